@@ -1,0 +1,282 @@
+"""The nonlinear GMM objective of BLP models and its analytic gradient.
+
+For given θ = (Σ, Π, ρ), :class:`NonlinearObjective` solves the δ contraction in all markets
+(warm-started from the last solution), concentrates out β by linear IV-GMM on the absorbed
+δ, and returns q(θ) = N·ḡ'Wḡ. The gradient follows from the implicit function theorem:
+∂δ/∂θ = −(∂s/∂δ)⁻¹ ∂s/∂θ per market, absorbed like δ, and ∂q/∂θ = 2 ξ'Z W Z' ∂δ̃/∂θ / N.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .agents import AgentDesign
+from .exceptions import BLPInputError
+from .gmm import LinearGMM
+from .kernel import (
+    Nesting,
+    ShareEvaluator,
+    rho_jacobian,
+    share_jacobian,
+    solve_delta,
+    theta_jacobian,
+)
+from .parameters import NonlinearParameters
+from .products import ProductDesign
+
+__all__ = ["Evaluation", "NonlinearObjective", "default_chunk_size"]
+
+
+def default_chunk_size(n_products: int, n_agents: int, budget: float = 1e7) -> int:
+    """Markets per kernel call so that a chunk's ``[T, J, I]`` array holds ~``budget`` values."""
+    return max(1, int(budget // max(1, n_products * n_agents)))
+
+
+@dataclass(eq=False)
+class Evaluation:
+    """Everything computed at one θ.
+
+    Attributes
+    ----------
+    theta : numpy.ndarray
+        Parameters.
+    objective : float
+        N·ḡ'Wḡ (``inf`` when the contraction failed).
+    gradient : numpy.ndarray or None
+        ∂q/∂θ.
+    delta : numpy.ndarray
+        ``(N,)`` mean utilities.
+    beta : numpy.ndarray
+        Concentrated linear coefficients.
+    xi : numpy.ndarray
+        ``(N,)`` structural errors (fixed effects absorbed).
+    delta_jacobian : numpy.ndarray or None
+        ``(N, P)`` ∂δ/∂θ (not absorbed).
+    converged : numpy.ndarray
+        ``(T,)`` contraction converged per market.
+    iterations, evaluations : numpy.ndarray
+        ``(T,)`` SQUAREM iterations and share evaluations per market.
+    seconds : float
+        Time spent.
+    """
+
+    theta: np.ndarray
+    objective: float
+    gradient: np.ndarray | None
+    delta: np.ndarray
+    beta: np.ndarray
+    xi: np.ndarray
+    delta_jacobian: np.ndarray | None
+    converged: np.ndarray
+    iterations: np.ndarray
+    evaluations: np.ndarray
+    seconds: float = 0.0
+
+    @property
+    def success(self) -> bool:
+        """Whether every market's contraction converged to finite values."""
+        return bool(self.converged.all()) and np.isfinite(self.objective)
+
+
+@dataclass(eq=False)
+class NonlinearObjective:
+    """GMM objective q(θ) with warm-started δ and an analytic gradient.
+
+    Parameters
+    ----------
+    design : ProductDesign
+        Product side (absorption and X2 already built).
+    agents : AgentDesign
+        Agents in the product markets' layout.
+    parameters : NonlinearParameters
+        Structure of θ.
+    W : numpy.ndarray
+        Weighting matrix.
+    nest_codes : numpy.ndarray, optional
+        ``(N,)`` nest index of each product (RCNL).
+    fp_tol : float
+        Contraction tolerance (∞-norm of the δ update).
+    fp_max_evaluations : int
+        Share evaluations per market before the contraction gives up.
+    chunk_size : int, optional
+        Markets per kernel call (bounds memory); by default about 1e7 values per chunk.
+    """
+
+    design: ProductDesign
+    agents: AgentDesign
+    parameters: NonlinearParameters
+    W: np.ndarray
+    nest_codes: np.ndarray | None = None
+    fp_tol: float = 1e-14
+    fp_max_evaluations: int = 5000
+    chunk_size: int | None = None
+    gmm: LinearGMM = field(init=False)
+    evaluations: list[Evaluation] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        layout = self.design.layout
+        self.log_shares = layout.pad(np.log(self.design.shares))
+        self.characteristics = layout.pad(self.design.random.values)
+        self.n_nests = 1 if self.nest_codes is None else int(self.nest_codes.max()) + 1
+        self.codes = layout.pad(
+            np.zeros(self.design.nobs, dtype=np.intp)
+            if self.nest_codes is None
+            else self.nest_codes
+        )
+        self.last_delta = layout.pad(self.design.logit_delta())
+        if self.chunk_size is None:
+            self.chunk_size = default_chunk_size(layout.width, self.agents.layout.width)
+        self.chunks = layout.chunks(self.chunk_size)
+        self.set_weighting_matrix(self.W)
+        self.count = 0
+        self.failures = 0
+
+    def set_weighting_matrix(self, W: np.ndarray) -> None:
+        """Use a new weighting matrix (e.g. for the second GMM step)."""
+        self.W = W
+        self.gmm = LinearGMM(self.design.X_absorbed, self.design.Z_absorbed, W)
+
+    def nesting(self, markets: np.ndarray, rho: np.ndarray) -> Nesting:
+        """Nesting for some markets at nesting parameters ``rho``."""
+        mask = self.design.layout.mask[markets]
+        if not self.parameters.has_rho:
+            return Nesting.unnested(mask.shape)
+        return Nesting.from_codes(self.codes[markets], self.n_nests, rho)
+
+    def market_pieces(self, theta: np.ndarray, markets: np.ndarray):
+        """μ, coefficients, evaluator and nesting for some markets at θ."""
+        _, _, rho = self.parameters.unpack(theta)
+        agents = self.agents
+        coefficients, _ = self.parameters.coefficients(
+            theta, agents.nodes[markets], agents.demographics[markets]
+        )
+        mask = self.design.layout.mask[markets]
+        characteristics = self.characteristics[markets]
+        mu = np.matmul(characteristics, np.swapaxes(coefficients, 1, 2))
+        mu = np.where(mask[:, :, None], mu, 0.0)
+        if not np.isfinite(mu).all():
+            bad = self.design.layout.market_labels[markets][~np.isfinite(mu).all(axis=(1, 2))]
+            raise BLPInputError(
+                f"agent utilities overflow at theta={theta.tolist()} in markets "
+                f"{bad[:5].tolist()}: the random coefficients are too large for the scale of "
+                "the characteristics (rescale the data or tighten the bounds)"
+            )
+        nesting = self.nesting(markets, rho)
+        evaluator = ShareEvaluator(mu, agents.weights[markets], mask, nesting)
+        return mu, coefficients, evaluator, nesting
+
+    def evaluate(self, theta: np.ndarray, gradient: bool = True) -> Evaluation:
+        """Objective (and gradient) at θ; warm-starts the next call from this δ on success.
+
+        Parameters
+        ----------
+        theta : numpy.ndarray
+            Free nonlinear parameters.
+        gradient : bool
+            Also compute ∂q/∂θ and ∂δ/∂θ.
+
+        Returns
+        -------
+        Evaluation
+        """
+        start = time.perf_counter()
+        theta = np.asarray(theta, dtype=np.float64)
+        layout = self.design.layout
+        n_params = self.parameters.size
+        delta_padded = np.zeros_like(self.last_delta)
+        jacobian_padded = np.zeros((*self.last_delta.shape, n_params)) if gradient else None
+        converged = np.zeros(layout.n_markets, dtype=bool)
+        iterations = np.zeros(layout.n_markets, dtype=np.int64)
+        share_evaluations = np.zeros(layout.n_markets, dtype=np.int64)
+        random_positions = self.parameters.random_positions()
+        rho_positions = self.parameters.rho_positions()
+        for markets in self.chunks:
+            mu, coefficients, evaluator, nesting = self.market_pieces(theta, markets)
+            mask = layout.mask[markets]
+            result = solve_delta(
+                evaluator,
+                self.log_shares[markets],
+                self.last_delta[markets],
+                tol=self.fp_tol,
+                max_evaluations=self.fp_max_evaluations,
+            )
+            delta_padded[markets] = result.delta
+            converged[markets] = result.converged
+            iterations[markets] = result.iterations
+            share_evaluations[markets] = result.evaluations
+            if not gradient or n_params == 0 or not result.converged.all():
+                continue
+            weights = self.agents.weights[markets]
+            probabilities = evaluator.probabilities(result.delta)
+            by_delta = share_jacobian(probabilities, weights, nesting, mask)
+            by_theta = np.zeros((*mask.shape, n_params))
+            if random_positions.size:
+                factors, positions = self.parameters.agent_factors(
+                    coefficients,
+                    self.agents.nodes[markets],
+                    self.agents.demographics[markets],
+                )
+                pieces = theta_jacobian(
+                    probabilities, weights, nesting, mask, self.characteristics[markets], factors
+                )
+                for piece, columns in zip(pieces, positions, strict=True):
+                    by_theta[:, :, columns] = piece
+            if rho_positions.size:
+                by_rho = rho_jacobian(probabilities, result.delta, mu, weights, nesting, mask)
+                if self.parameters.rho.size == 1:
+                    by_rho = by_rho.sum(axis=2, keepdims=True)
+                free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
+                by_theta[:, :, rho_positions] = by_rho[:, :, free]
+            padded = ~mask
+            index = np.arange(mask.shape[1])
+            by_delta[:, index, index] += padded
+            jacobian_padded[markets] = -np.linalg.solve(by_delta, by_theta)
+
+        success = bool(converged.all()) and np.isfinite(delta_padded[layout.mask]).all()
+        delta = layout.flatten(delta_padded)
+        if not success:
+            self.failures += 1
+            nan = np.full(self.design.nobs, np.nan)
+            evaluation = Evaluation(
+                theta,
+                np.inf,
+                None,
+                delta,
+                np.full(self.design.X.shape[1], np.nan),
+                nan,
+                None,
+                converged,
+                iterations,
+                share_evaluations,
+                time.perf_counter() - start,
+            )
+            self.count += 1
+            return evaluation
+        self.last_delta = delta_padded
+        beta, xi = self.gmm.residuals(self.design.residualize(delta))
+        objective = self.gmm.objective(xi)
+        delta_jacobian = None
+        objective_gradient = None
+        if gradient:
+            delta_jacobian = (
+                layout.flatten(jacobian_padded) if n_params else np.zeros((delta.size, 0))
+            )
+            absorbed = self.design.residualize(delta_jacobian) if n_params else delta_jacobian
+            objective_gradient = self.gmm.objective_gradient(xi, absorbed)
+        self.count += 1
+        return Evaluation(
+            theta,
+            objective,
+            objective_gradient,
+            delta,
+            beta,
+            xi,
+            delta_jacobian,
+            converged,
+            iterations,
+            share_evaluations,
+            time.perf_counter() - start,
+        )
