@@ -1,0 +1,366 @@
+"""Tests for blpmodels.integration: quadrature exactness, sampling properties, layout, errors."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.special import ndtr, ndtri
+
+from blpmodels.exceptions import BLPInputError, IntegrationWarning
+from blpmodels.integration import KINDS, Integration, build_integration, check_weights
+
+SAMPLING = ("monte_carlo", "halton", "lhs", "mlhs")
+
+
+def normal_moment(powers: tuple[int, ...]) -> float:
+    """E[prod x_j^a_j] for x ~ N(0, I): product of (a-1)!! for even a, else 0."""
+    result = 1.0
+    for a in powers:
+        if a % 2:
+            return 0.0
+        result *= math.prod(range(a - 1, 0, -2))
+    return result
+
+
+def monomials(dimensions: int, max_degree: int) -> list[tuple[int, ...]]:
+    """All exponent tuples of total degree <= max_degree."""
+    return [
+        powers
+        for powers in itertools.product(range(max_degree + 1), repeat=dimensions)
+        if sum(powers) <= max_degree
+    ]
+
+
+def quadrature(nodes: np.ndarray, weights: np.ndarray, powers: tuple[int, ...]) -> float:
+    return float(weights @ np.prod(nodes ** np.asarray(powers), axis=1))
+
+
+def sorted_rule(nodes: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort(np.round(nodes, 10).T[::-1])
+    return nodes[order], weights[order]
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic rules
+
+
+def test_product_matches_pyblp() -> None:
+    pyblp = pytest.importorskip("pyblp")
+    oracle = pyblp.build_integration(pyblp.Integration("product", 7), 2)
+    nodes, weights = Integration("product", 7).build(2)
+    assert nodes.shape == (49, 2)
+    ours = sorted_rule(nodes, weights)
+    theirs = sorted_rule(np.asarray(oracle.nodes), np.asarray(oracle.weights).ravel())
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("level", "dimensions"), [(2, 2), (3, 3), (4, 3), (3, 4)])
+def test_grid_matches_pyblp(level: int, dimensions: int) -> None:
+    pyblp = pytest.importorskip("pyblp")
+    oracle = pyblp.build_integration(pyblp.Integration("grid", level), dimensions)
+    nodes, weights = Integration("grid", level).build(dimensions)
+    assert nodes.shape == oracle.nodes.shape
+    ours = sorted_rule(nodes, weights)
+    theirs = sorted_rule(np.asarray(oracle.nodes), np.asarray(oracle.weights).ravel())
+    np.testing.assert_allclose(ours[0], theirs[0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["product", "grid"])
+@pytest.mark.parametrize("dimensions", [1, 2, 3])
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_exact_polynomial_moments(kind: str, dimensions: int, size: int) -> None:
+    nodes, weights = Integration(kind, size).build(dimensions)
+    assert nodes.shape[1] == dimensions
+    assert weights.sum() == pytest.approx(1.0, abs=1e-12)
+    degree = 2 * size - 1
+    for powers in monomials(dimensions, degree):
+        assert quadrature(nodes, weights, powers) == pytest.approx(
+            normal_moment(powers), abs=1e-9
+        ), powers
+
+
+def test_named_moments() -> None:
+    nodes, weights = Integration("grid", 3).build(2)
+    assert quadrature(nodes, weights, (2, 0)) == pytest.approx(1.0, abs=1e-12)
+    assert quadrature(nodes, weights, (4, 0)) == pytest.approx(3.0, abs=1e-12)
+    assert quadrature(nodes, weights, (2, 2)) == pytest.approx(1.0, abs=1e-12)
+    assert quadrature(nodes, weights, (3, 1)) == pytest.approx(0.0, abs=1e-12)
+    assert quadrature(nodes, weights, (1, 0)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["product", "grid"])
+def test_inexact_beyond_promised_degree(kind: str) -> None:
+    # Level/size 2 promises degree 3 only: E[x^4] = 3 is visibly missed.
+    nodes, weights = Integration(kind, 2).build(2)
+    assert abs(quadrature(nodes, weights, (4, 0)) - 3.0) > 0.5
+    # Level 1 (degree 1) is the origin alone: E[x^2] = 1 is missed.
+    nodes, weights = Integration("grid", 1).build(2)
+    assert abs(quadrature(nodes, weights, (2, 0)) - 1.0) > 0.5
+
+
+def test_grid_has_negative_weights_and_no_zero_or_duplicate_nodes() -> None:
+    nodes, weights = Integration("grid", 4).build(3)
+    assert (weights < 0).any()
+    assert (weights != 0).all()
+    assert len(np.unique(nodes, axis=0)) == len(nodes)
+    # Level 1 is the single node at the origin.
+    nodes, weights = Integration("grid", 1).build(3)
+    np.testing.assert_array_equal(nodes, np.zeros((1, 3)))
+    np.testing.assert_array_equal(weights, [1.0])
+
+
+def test_grid_one_dimension_is_gauss_hermite() -> None:
+    grid_nodes, grid_weights = Integration("grid", 5).build(1)
+    prod_nodes, prod_weights = Integration("product", 5).build(1)
+    np.testing.assert_allclose(grid_nodes, prod_nodes, atol=1e-14)
+    np.testing.assert_allclose(grid_weights, prod_weights, atol=1e-14)
+
+
+@pytest.mark.parametrize("dimensions", [4, 5, 6])
+@pytest.mark.parametrize("level", [3, 4, 5])
+def test_grid_is_much_smaller_than_product(dimensions: int, level: int) -> None:
+    # Same accuracy: both are exact for total degree 2*level - 1. (In 3 dimensions the
+    # non-nested Gauss-Hermite sparse grid is not smaller than the product rule.)
+    grid_nodes, _ = Integration("grid", level).build(dimensions)
+    product_nodes, _ = Integration("product", level).build(dimensions)
+    assert len(grid_nodes) < 2 / 3 * len(product_nodes)
+    if dimensions == 6:
+        assert len(grid_nodes) < len(product_nodes) / 5
+
+
+def test_product_node_count() -> None:
+    nodes, weights = Integration("product", 3).build(4)
+    assert nodes.shape == (81, 4)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling rules
+
+
+@pytest.mark.parametrize("kind", SAMPLING)
+def test_sampling_reproducible_and_seed_dependent(kind: str) -> None:
+    first = build_integration(Integration(kind, 50, seed=3), 2, ["a", "b"])
+    again = build_integration(Integration(kind, 50, seed=3), 2, ["a", "b"])
+    other = build_integration(Integration(kind, 50, seed=4), 2, ["a", "b"])
+    pd.testing.assert_frame_equal(first, again)
+    assert not np.allclose(first[["nodes0", "nodes1"]], other[["nodes0", "nodes1"]])
+
+
+@pytest.mark.parametrize("kind", SAMPLING)
+def test_sampling_distinct_across_markets(kind: str) -> None:
+    agents = build_integration(Integration(kind, 40, seed=0), 3, [10, 20, 30])
+    blocks = agents[["nodes0", "nodes1", "nodes2"]].to_numpy().reshape(3, 40, 3)
+    for i, j in itertools.combinations(range(3), 2):
+        assert not np.isin(blocks[i], blocks[j]).any()
+    assert np.isfinite(blocks).all()
+    np.testing.assert_array_equal(agents["weights"], np.full(120, 1 / 40))
+
+
+@pytest.mark.parametrize("kind", SAMPLING)
+def test_sampling_moments(kind: str) -> None:
+    nodes, weights = Integration(kind, 20_000, seed=11).build(3)
+    assert np.isfinite(nodes).all()
+    np.testing.assert_allclose(weights @ nodes, 0.0, atol=0.03)
+    np.testing.assert_allclose(weights @ nodes**2, 1.0, atol=0.04)
+    correlation = np.corrcoef(nodes.T)[np.triu_indices(3, 1)]
+    np.testing.assert_allclose(correlation, 0.0, atol=0.04)
+
+
+def test_monte_carlo_blocks_follow_one_stream() -> None:
+    agents = build_integration(Integration("monte_carlo", 5, seed=9), 2, ["x", "y"])
+    expected = np.random.default_rng(9).standard_normal((10, 2))
+    np.testing.assert_array_equal(agents[["nodes0", "nodes1"]].to_numpy(), expected)
+
+
+def test_halton_blocks_follow_one_sequence() -> None:
+    single, _ = Integration("halton", 30, seed=5).build(2)
+    agents = build_integration(Integration("halton", 15, seed=5), 2, ["x", "y"])
+    np.testing.assert_allclose(agents[["nodes0", "nodes1"]].to_numpy(), single, rtol=1e-12)
+
+
+def test_halton_unscrambled_start_is_finite() -> None:
+    # The unscrambled sequence starts at 0, which must not map to -inf.
+    nodes, _ = Integration("halton", 8, options={"scramble": False}).build(2)
+    assert np.isfinite(nodes).all()
+    discarded, _ = Integration("halton", 7, options={"scramble": False, "discard": 1}).build(2)
+    np.testing.assert_allclose(discarded, nodes[1:])
+
+
+@pytest.mark.parametrize("kind", ["lhs", "mlhs"])
+@pytest.mark.parametrize("size", [1, 7, 100])
+def test_latin_hypercube_strata(kind: str, size: int) -> None:
+    agents = build_integration(Integration(kind, size, seed=2), 3, ["a", "b", "c"])
+    nodes = agents[["nodes0", "nodes1", "nodes2"]].to_numpy().reshape(3, size, 3)
+    strata = np.floor(ndtr(nodes) * size).astype(int)
+    for market in range(3):
+        for dim in range(3):
+            np.testing.assert_array_equal(np.sort(strata[market, :, dim]), np.arange(size))
+
+
+def test_lhs_unscrambled_is_centered() -> None:
+    nodes, _ = Integration("lhs", 4, seed=0, options={"scramble": False}).build(2)
+    centers = ndtri((np.arange(4) + 0.5) / 4)
+    np.testing.assert_allclose(np.sort(nodes, axis=0), np.column_stack([centers, centers]))
+
+
+def test_mlhs_one_shift_per_dimension() -> None:
+    nodes, _ = Integration("mlhs", 25, seed=6).build(2)
+    offsets = np.sort(ndtr(nodes), axis=0) * 25 - np.arange(25)[:, None]
+    # Within a dimension every point shares the same offset u inside its stratum.
+    np.testing.assert_allclose(offsets, np.broadcast_to(offsets[:1], offsets.shape), atol=1e-8)
+    assert not np.isclose(offsets[0, 0], offsets[0, 1])
+
+
+def test_halton_beats_monte_carlo_on_smooth_integrand() -> None:
+    truth = math.exp(0.25)  # E[exp(x1/2 + x2/2)] for x ~ N(0, I_2)
+
+    def error(kind: str, seed: int) -> float:
+        nodes, weights = Integration(kind, 1000, seed=seed).build(2)
+        return abs(float(weights @ np.exp(nodes.sum(axis=1) / 2)) - truth)
+
+    seeds = range(5)
+    halton = np.mean([error("halton", seed) for seed in seeds])
+    monte_carlo = np.mean([error("monte_carlo", seed) for seed in seeds])
+    assert halton < monte_carlo / 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_frame_layout(kind: str) -> None:
+    market_ids = ["m2", "m1", "m2", "m3", "m1"]
+    integration = Integration(kind, 3, seed=0)
+    agents = build_integration(integration, 2, market_ids)
+    per_market = len(integration.build(2)[1])
+    assert agents.columns.tolist() == ["market_ids", "weights", "nodes0", "nodes1"]
+    assert len(agents) == 3 * per_market
+    assert (
+        agents["market_ids"].tolist()
+        == ["m2"] * per_market + ["m1"] * per_market + ["m3"] * per_market
+    )
+    for column in ("weights", "nodes0", "nodes1"):
+        assert agents[column].dtype == np.float64
+    sums = agents.groupby("market_ids", sort=False)["weights"].sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-12)
+    assert agents.index.equals(pd.RangeIndex(len(agents)))
+
+
+def test_frame_without_markets_matches_build() -> None:
+    integration = Integration("grid", 3)
+    agents = build_integration(integration, 3)
+    nodes, weights = integration.build(3)
+    assert agents.columns.tolist() == ["weights", "nodes0", "nodes1", "nodes2"]
+    np.testing.assert_array_equal(agents["weights"], weights)
+    np.testing.assert_array_equal(agents[["nodes0", "nodes1", "nodes2"]].to_numpy(), nodes)
+
+
+@pytest.mark.parametrize("kind", ["product", "grid"])
+def test_deterministic_rules_repeat_across_markets(kind: str) -> None:
+    agents = build_integration(Integration(kind, 3), 2, np.array([7, 8, 9]))
+    blocks = agents[["nodes0", "nodes1"]].to_numpy().reshape(3, -1, 2)
+    np.testing.assert_array_equal(blocks[0], blocks[1])
+    np.testing.assert_array_equal(blocks[0], blocks[2])
+    assert agents["market_ids"].dtype == np.int64
+
+
+def test_market_ids_from_series_keep_first_appearance_order() -> None:
+    ids = pd.Series(["z", "z", "a", "m", "a"])
+    agents = build_integration(Integration("monte_carlo", 2, seed=0), 1, ids)
+    assert agents["market_ids"].tolist() == ["z", "z", "a", "a", "m", "m"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors and warnings
+
+
+@pytest.mark.parametrize(
+    ("arguments", "name"),
+    [
+        ({"kind": "sobol", "size": 3}, "kind"),
+        ({"kind": "halton", "size": 0}, "size"),
+        ({"kind": "halton", "size": 2.5}, "size"),
+        ({"kind": "halton", "size": True}, "size"),
+        ({"kind": "halton", "size": 3, "seed": -1}, "seed"),
+        ({"kind": "halton", "size": 3, "options": {"scrambled": True}}, "scrambled"),
+        ({"kind": "product", "size": 3, "options": {"scramble": True}}, "scramble"),
+        ({"kind": "halton", "size": 3, "options": {"scramble": "yes"}}, "scramble"),
+        ({"kind": "halton", "size": 3, "options": {"discard": -2}}, "discard"),
+    ],
+)
+def test_bad_integration_arguments(arguments: dict, name: str) -> None:
+    with pytest.raises(BLPInputError, match=name):
+        Integration(**arguments)
+
+
+def test_unknown_kind_lists_valid_kinds() -> None:
+    with pytest.raises(BLPInputError) as info:
+        Integration("sobol", 3)  # type: ignore[arg-type]
+    for kind in KINDS:
+        assert kind in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize("dimensions", [0, -1, 1.0, None])
+def test_bad_dimensions(dimensions: object) -> None:
+    integration = Integration("monte_carlo", 3, seed=0)
+    with pytest.raises(BLPInputError, match="dimensions"):
+        integration.build(dimensions)  # type: ignore[arg-type]
+    with pytest.raises(BLPInputError, match="dimensions"):
+        build_integration(integration, dimensions)  # type: ignore[arg-type]
+
+
+def test_bad_market_ids() -> None:
+    integration = Integration("monte_carlo", 3, seed=0)
+    with pytest.raises(BLPInputError, match="market_ids"):
+        build_integration(integration, 1, [])
+    with pytest.raises(BLPInputError, match="market_ids"):
+        build_integration(integration, 1, ["a", None])
+    with pytest.raises(BLPInputError, match="market_ids"):
+        build_integration(integration, 1, np.zeros((2, 2)))
+    with pytest.raises(BLPInputError, match="integration"):
+        build_integration("halton", 1)  # type: ignore[arg-type]
+
+
+def test_integration_is_frozen_and_hashable() -> None:
+    integration = Integration("halton", 3, seed=1, options={"scramble": True})
+    assert integration == Integration("halton", 3, seed=1, options={"scramble": True})
+    assert hash(integration) == hash(Integration("halton", 3, seed=1))
+    with pytest.raises(AttributeError):
+        integration.size = 4  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        integration.options["scramble"] = False  # type: ignore[index]
+
+
+def test_check_weights_warns_naming_markets() -> None:
+    weights = [0.5, 0.5, 0.3, 0.3, 1.0, 0.2]
+    market_ids = ["ok", "ok", "bad1", "bad1", "fine", "bad2"]
+    with pytest.warns(IntegrationWarning, match=r"2 market\(s\).*'bad1'.*'bad2'"):
+        check_weights(weights, market_ids, "monte_carlo")
+    with pytest.warns(IntegrationWarning, match="bad1"):
+        check_weights(weights, market_ids, None)
+
+
+def test_check_weights_quiet_cases() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_weights([0.5, 0.5, 1.0], ["a", "a", "b"], "halton")
+        check_weights([0.5, 0.5 + 1e-10], None, "lhs")
+        check_weights([2.0, -0.5], ["a", "a"], "grid")  # sparse grids are not checked
+        agents = build_integration(Integration("grid", 3), 2, ["a", "b"])
+        check_weights(agents["weights"], agents["market_ids"], "grid")
+        check_weights(agents["weights"], agents["market_ids"], "product")
+
+
+def test_check_weights_length_mismatch() -> None:
+    with pytest.raises(BLPInputError, match="market_ids"):
+        check_weights([1.0, 0.0], ["a"], None)
