@@ -274,8 +274,9 @@ class DemandSystem:
             rows = self.design.match_rows(data)
         inputs = self.inputs(positions, data, rows)
         frame = self.rows_frame(inputs.rows[inputs.mask], data, rows)
-        probabilities = inputs.probabilities()
+        # The derivative checks the column first, so a bad ``variable`` fails before share work.
         derivative = self.utility_derivative(inputs, variable, frame)
+        probabilities = inputs.probabilities()
         jacobian = share_jacobian(
             probabilities, inputs.weights, inputs.nesting, inputs.mask, derivative
         )

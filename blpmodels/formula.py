@@ -63,6 +63,7 @@ def _top_level_tilde(text: str) -> int:
 def _clean_sum(text: str) -> str:
     """Tidy the '+' left behind after removing a bracketed group."""
     text = re.sub(r"\+\s*\+", "+", text)
+    text = re.sub(r"\+\s*-", "-", text)
     text = re.sub(r"^\s*\+|\+\s*$", "", text.strip())
     return text.strip()
 

@@ -36,6 +36,8 @@ __all__ = [
     "rho_jacobian",
     "share_jacobian",
     "solve_delta",
+    "solve_delta_hybrid",
+    "solve_delta_newton",
     "theta_jacobian",
 ]
 
@@ -54,23 +56,27 @@ class Nesting:
         ``[T, J]`` nesting parameter of each product's nest (0 for an unnested model).
     rho : numpy.ndarray
         ``[H]`` nesting parameter of each nest.
+    has_nests : bool
+        Whether products carry nests (within-nest probabilities are then computed, also
+        at ρ = 0, for derivatives with respect to ρ).
     """
 
     codes: np.ndarray
     n_nests: int
     rho_products: np.ndarray
     rho: np.ndarray
+    has_nests: bool = True
 
     @classmethod
     def unnested(cls, shape: tuple[int, int]) -> Nesting:
         """One nest with ρ = 0: the (random-coefficients) logit."""
-        return cls(np.zeros(shape, dtype=np.intp), 1, np.zeros(shape), np.zeros(1))
+        return cls(np.zeros(shape, dtype=np.intp), 1, np.zeros(shape), np.zeros(1), False)
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, n_nests: int, rho: np.ndarray) -> Nesting:
         """Nesting with codes ``[T, J]`` and ρ per nest ``[H]`` (or a scalar shared by all)."""
         rho = np.broadcast_to(np.asarray(rho, dtype=np.float64), (n_nests,)).copy()
-        return cls(codes, n_nests, rho[codes], rho)
+        return cls(codes, n_nests, rho[codes], rho, True)
 
     @property
     def nested(self) -> bool:
@@ -79,7 +85,9 @@ class Nesting:
 
     def subset(self, markets: np.ndarray) -> Nesting:
         """The same nesting restricted to some markets."""
-        return Nesting(self.codes[markets], self.n_nests, self.rho_products[markets], self.rho)
+        return Nesting(
+            self.codes[markets], self.n_nests, self.rho_products[markets], self.rho, self.has_nests
+        )
 
     def membership(self, product_mask: np.ndarray) -> np.ndarray:
         """``[T, H, J]`` 0/1 matrix of nest membership (padding excluded)."""
@@ -87,18 +95,20 @@ class Nesting:
         return ((self.codes[:, None, :] == nests) & product_mask[:, None, :]).astype(np.float64)
 
 
-@dataclass(frozen=True, eq=False)
 class Probabilities:
     """Choice probabilities at one δ.
+
+    For the unnested model they may be kept in factored form P_ji = A_ji e_j r_i (the
+    ``factors``), which the Jacobians use directly; ``unconditional`` is then formed only
+    when asked for.
 
     Attributes
     ----------
     unconditional : numpy.ndarray
         ``[T, J, I]`` P_ji (0 for padded products).
-    conditional : numpy.ndarray
-        ``[T, J, I]`` P_{j|h,i}, the probability within the product's nest (equal to
-        ``unconditional`` divided by the nest probability; for unnested models it is the
-        same array as ``unconditional``).
+    conditional : numpy.ndarray or None
+        ``[T, J, I]`` P_{j|h,i}, the probability within the product's nest
+        (``unconditional`` divided by the nest probability); None for unnested models.
     nest : numpy.ndarray
         ``[T, H, I]`` P_{h,i}.
     inclusive : numpy.ndarray
@@ -107,14 +117,36 @@ class Probabilities:
         ``[T, I]`` log(1 + Σ_h exp(IV_hi)), whose weighted mean gives consumer surplus.
     shares : numpy.ndarray
         ``[T, J]`` Σ_i w_i P_ji.
+    factors : tuple of numpy.ndarray or None
+        ``(A [T, J, I], e [T, J], r [T, I])`` with P = A · e ⊗ r, when kept factored.
     """
 
-    unconditional: np.ndarray
-    conditional: np.ndarray
-    nest: np.ndarray
-    inclusive: np.ndarray
-    log_denominator: np.ndarray
-    shares: np.ndarray
+    def __init__(
+        self,
+        unconditional: np.ndarray | None,
+        conditional: np.ndarray | None,
+        nest: np.ndarray,
+        inclusive: np.ndarray,
+        log_denominator: np.ndarray,
+        shares: np.ndarray,
+        factors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        self._unconditional = unconditional
+        self.conditional = conditional
+        self.nest = nest
+        self.inclusive = inclusive
+        self.log_denominator = log_denominator
+        self.shares = shares
+        self.factors = factors
+
+    @property
+    def unconditional(self) -> np.ndarray:
+        """``[T, J, I]`` P_ji (formed from the factors on first use)."""
+        if self._unconditional is None:
+            agent_factor, exp_delta, ratio = self.factors
+            self._unconditional = agent_factor * exp_delta[:, :, None]
+            self._unconditional *= ratio[:, None, :]
+        return self._unconditional
 
 
 def _masked_max(values: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
@@ -183,6 +215,8 @@ def log_space_probabilities(
     nest_of_product = np.take_along_axis(nest_probabilities, nesting.codes[:, :, None], axis=1)
     unconditional = np.where(mask3, conditional * nest_of_product, 0.0)
     shares = np.einsum("tji,ti->tj", unconditional, weights)
+    if not nesting.has_nests:
+        conditional = None
     return Probabilities(
         unconditional, conditional, nest_probabilities, inclusive, log_denominator, shares
     )
@@ -191,8 +225,15 @@ def log_space_probabilities(
 class ShareEvaluator:
     """Shares and the δ contraction at one parameter vector, for a group of markets.
 
-    The agent-specific factor A_ji = exp((μ_ji − m_{h(j)i}) / (1 − ρ_j)) is computed once; each
-    share evaluation is then ``S = E @ A`` (nest sums) and ``A @ R`` (weighted agent sums).
+    The agent-specific factor A_ji = exp((μ_ji − m_{h(j)i}) / (1 − ρ_j)) is computed once, with
+    m a per-(nest, agent) shift that keeps A ≤ 1; each share evaluation is then ``S = E @ A``
+    (nest sums) and ``A @ R`` (weighted agent sums), two batched matrix–vector products.
+    For the unnested model the shares take the direct form
+
+        s_j = e^{δ_j − c} Σ_i A_ji w_i / (e^{−c − m_i} + S_i),   S_i = Σ_k e^{δ_k − c} A_ki,
+
+    with c = max_k δ_k. Markets where the scaled sums underflow are recomputed by
+    log-sum-exp.
 
     Parameters
     ----------
@@ -220,17 +261,14 @@ class ShareEvaluator:
         product_mask: np.ndarray,
         nesting: Nesting,
     ) -> None:
-        self.mu = mu
-        self.weights = weights
-        self.product_mask = product_mask
-        self.nesting = nesting
-        self.scale = np.where(product_mask, 1.0 - nesting.rho_products, 1.0)
-        self.membership = nesting.membership(product_mask)
-        self.single_nest = nesting.n_nests == 1
+        self._setup(weights, product_mask, nesting)
         mask3 = product_mask[:, :, None]
         if self.single_nest:
-            peak = _masked_max(mu, mask3, axis=1)[:, None, :]
-            self.agent_peak = peak
+            if self.padded:
+                peaks = _masked_max(mu, mask3, axis=1)[:, None, :]
+            else:
+                peaks = mu.max(axis=1, keepdims=True)
+            factor = np.subtract(mu, peaks)
         else:
             peaks = np.stack(
                 [
@@ -239,111 +277,257 @@ class ShareEvaluator:
                 ],
                 axis=1,
             )
-            self.agent_peak = peaks
-            peak = np.take_along_axis(peaks, nesting.codes[:, :, None], axis=1)
-        with np.errstate(under="ignore"):
-            self.agent_factor = np.where(mask3, np.exp((mu - peak) / self.scale[:, :, None]), 0.0)
-        nest_scale = 1.0 - nesting.rho
-        self.peak_term = self.agent_peak / nest_scale[None, :, None]
-        self.nest_scale = nest_scale
+            factor = mu - np.take_along_axis(peaks, nesting.codes[:, :, None], axis=1)
+        self._mu = mu
+        self._finish(factor, peaks)
+
+    @classmethod
+    def from_coefficients(
+        cls,
+        characteristics: np.ndarray,
+        coefficients: np.ndarray,
+        weights: np.ndarray,
+        product_mask: np.ndarray,
+        nesting: Nesting,
+        out: np.ndarray | None = None,
+    ) -> ShareEvaluator:
+        """Build from X2 ``[T, J, K2]`` and agent coefficients ``[T, I, K2]`` (μ = X2 c').
+
+        The shift m_hi is the bound Σ_k max_{j∈h} X2_jk c_ik ≥ max_{j∈h} μ_ji, so μ − m comes
+        out of one augmented matrix product ``[X2 | nest one-hot] @ [c | −m]'`` and A needs a
+        single exponential pass; μ itself is only formed if a fallback or a ρ derivative
+        asks for it. ``out`` is an optional ``[T, J, I]`` buffer to hold A (reused across
+        evaluations to avoid allocating a large array each time).
+        """
+        self = object.__new__(cls)
+        self._setup(weights, product_mask, nesting)
+        x = characteristics
+        members = (
+            product_mask[:, None, :]
+            if self.single_nest
+            else (nesting.codes[:, None, :] == np.arange(nesting.n_nests)[None, :, None])
+            & product_mask[:, None, :]
+        )
+        masked = members[:, :, :, None]
+        high = np.where(masked, x[:, None, :, :], -np.inf).max(axis=2)
+        low = np.where(masked, x[:, None, :, :], np.inf).min(axis=2)
+        high = np.where(np.isfinite(high), high, 0.0)
+        low = np.where(np.isfinite(low), low, 0.0)
+        # [T, H, I]: Σ_k max(c_ik · high_hk, c_ik · low_hk), agents on the contiguous axis.
+        peaks = np.zeros((x.shape[0], high.shape[1], coefficients.shape[1]))
+        for k in range(x.shape[2]):
+            column = coefficients[:, None, :, k]
+            peaks += np.maximum(column * high[:, :, k, None], column * low[:, :, k, None])
+        if self.single_nest:
+            left = np.concatenate([x, np.ones((*x.shape[:2], 1))], axis=2)
+        else:
+            onehot = np.swapaxes(members, 1, 2).astype(np.float64)
+            left = np.concatenate([x, onehot], axis=2)
+        right = np.concatenate([coefficients, -np.swapaxes(peaks, 1, 2)], axis=2)
+        right = np.ascontiguousarray(np.swapaxes(right, 1, 2))
+        if out is not None and out.shape == (*x.shape[:2], coefficients.shape[1]):
+            factor = np.matmul(left, right, out=out)
+        else:
+            factor = np.matmul(left, right)
+        self._mu = None
+        self._characteristics = characteristics
+        self._coefficients = coefficients
+        self._finish(factor, peaks)
+        return self
+
+    def _setup(self, weights: np.ndarray, product_mask: np.ndarray, nesting: Nesting) -> None:
+        self.weights = weights
+        self.product_mask = product_mask
+        self.nesting = nesting
+        self.padded = not bool(product_mask.all())
+        self.single_nest = nesting.n_nests == 1
+        self.unit_scale = not nesting.nested
+        self.scale = np.where(product_mask, 1.0 - nesting.rho_products, 1.0)
+        self.membership = None if self.single_nest else nesting.membership(product_mask)
+
+    def _finish(self, factor: np.ndarray, peaks: np.ndarray) -> None:
+        if not self.unit_scale:
+            factor /= self.scale[:, :, None]
+        with np.errstate(under="ignore", over="ignore"):
+            np.exp(factor, out=factor)
+        if self.padded:
+            factor[~self.product_mask] = 0.0
+        self.agent_factor = factor
+        self.agent_peak = peaks
+        self.nest_scale = 1.0 - self.nesting.rho
+        self.peak_term = peaks / self.nest_scale[None, :, None]
+        with np.errstate(over="ignore"):
+            self.exp_negative_peak = np.exp(-peaks[:, 0, :]) if self.single_nest else None
+
+    @property
+    def mu(self) -> np.ndarray:
+        """``[T, J, I]`` agent-specific utilities (formed on demand)."""
+        if self._mu is None:
+            self._mu = np.matmul(self._characteristics, np.swapaxes(self._coefficients, 1, 2))
+        return self._mu
 
     def subset(self, markets: np.ndarray) -> ShareEvaluator:
         """An evaluator for some of the markets, sharing no state with this one."""
         new = object.__new__(ShareEvaluator)
-        new.mu = self.mu[markets]
-        new.weights = self.weights[markets]
-        new.product_mask = self.product_mask[markets]
+        new.__dict__.update(self.__dict__)
+        for name in (
+            "weights", "product_mask", "scale", "agent_peak", "agent_factor", "peak_term",
+        ):
+            setattr(new, name, getattr(self, name)[markets])
+        if self._mu is not None:
+            new._mu = self._mu[markets]
+        else:
+            new._characteristics = self._characteristics[markets]
+            new._coefficients = self._coefficients[markets]
+        if self.exp_negative_peak is not None:
+            new.exp_negative_peak = self.exp_negative_peak[markets]
+        new.padded = not bool(new.product_mask.all())
         new.nesting = self.nesting.subset(markets)
-        new.scale = self.scale[markets]
-        new.membership = self.membership[markets]
-        new.single_nest = self.single_nest
-        new.agent_peak = self.agent_peak[markets]
-        new.agent_factor = self.agent_factor[markets]
-        new.peak_term = self.peak_term[markets]
-        new.nest_scale = self.nest_scale
+        new.membership = None if self.membership is None else self.membership[markets]
         return new
 
-    def _nest_sums(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        scaled = np.where(self.product_mask, delta / self.scale, -np.inf)
+    def _exp_delta(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled exp(δ/(1−ρ) − c_h) per product and the per-nest shifts c ``[T, H]``."""
+        scaled = delta if self.unit_scale else delta / self.scale
+        if self.padded:
+            scaled = np.where(self.product_mask, scaled, -np.inf)
         if self.single_nest:
-            top = _masked_max(scaled, self.product_mask, axis=1)[:, None]
+            top = scaled.max(axis=1, keepdims=True)
+            top = np.where(np.isfinite(top), top, 0.0)
             with np.errstate(under="ignore"):
-                exp_delta = np.exp(scaled - top)
-            sums = np.matmul(exp_delta[:, None, :], self.agent_factor)
-            return exp_delta, top, sums
-        top = _masked_max(
-            np.where(self.membership > 0, scaled[:, None, :], -np.inf),
-            self.membership > 0,
-            axis=2,
-        )
+                return np.exp(scaled - top), top
+        members = self.membership > 0
+        top = _masked_max(np.where(members, scaled[:, None, :], -np.inf), members, axis=2)
         top_of_product = np.take_along_axis(top, self.nesting.codes, axis=1)
         with np.errstate(under="ignore"):
-            exp_delta = np.where(self.product_mask, np.exp(scaled - top_of_product), 0.0)
-        sums = np.matmul(self.membership * exp_delta[:, None, :], self.agent_factor)
-        return exp_delta, top, sums
+            return np.where(self.product_mask, np.exp(scaled - top_of_product), 0.0), top
+
+    def _logit_ratio(self, exp_delta: np.ndarray, top: np.ndarray) -> np.ndarray:
+        """``[T, I]`` 1 / (e^{−c−m_i} + S_i) for the unnested model."""
+        sums = np.matmul(exp_delta[:, None, :], self.agent_factor)[:, 0, :]
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            return 1.0 / (np.exp(-top) * self.exp_negative_peak + sums)
 
     def _nest_terms(
         self, delta: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        exp_delta, top, sums = self._nest_sums(delta)
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """exp(δ) factors, nest sums, inclusive values, log denominators, nest probabilities."""
+        exp_delta, top = self._exp_delta(delta)
+        if self.single_nest:
+            sums = np.matmul(exp_delta[:, None, :], self.agent_factor)
+        else:
+            sums = np.matmul(self.membership * exp_delta[:, None, :], self.agent_factor)
         with np.errstate(divide="ignore"):
             log_sums = np.log(sums)
-        inclusive = self.nest_scale[None, :, None] * (top[:, :, None] + self.peak_term + log_sums)
-        peak = np.maximum(inclusive.max(axis=1), 0.0)
+        inclusive = top[:, :, None] + self.peak_term + log_sums
+        if not self.unit_scale:
+            inclusive *= self.nest_scale[None, :, None]
         with np.errstate(under="ignore"):
-            log_denominator = peak + np.log(
-                np.exp(-peak) + np.exp(inclusive - peak[:, None, :]).sum(axis=1)
-            )
+            if self.single_nest:
+                log_denominator = np.logaddexp(0.0, inclusive[:, 0, :])
+            else:
+                peak = np.maximum(inclusive.max(axis=1), 0.0)
+                log_denominator = peak + np.log(
+                    np.exp(-peak) + np.exp(inclusive - peak[:, None, :]).sum(axis=1)
+                )
             nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
-        return exp_delta, sums, inclusive, log_denominator, nest_probabilities, top
+        return exp_delta, sums, inclusive, log_denominator, nest_probabilities
+
+    def _fallback_markets(self, shares: np.ndarray) -> np.ndarray:
+        bad = ~(shares > 0) | ~np.isfinite(shares)
+        if self.padded:
+            bad &= self.product_mask
+        return np.flatnonzero(bad.any(axis=1))
 
     def shares(self, delta: np.ndarray) -> np.ndarray:
         """Market shares ``[T, J]`` at mean utilities ``delta`` (0 in padding).
 
         Markets whose scaled sums underflow are recomputed in log space.
         """
-        exp_delta, sums, _, _, nest_probabilities, _ = self._nest_terms(delta)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(sums > 0, self.weights[:, None, :] * nest_probabilities / sums, 0.0)
-        if self.single_nest:
-            weighted = np.matmul(self.agent_factor, ratio[:, 0, :, None])[:, :, 0]
+        if self.single_nest and self.unit_scale:
+            exp_delta, top = self._exp_delta(delta)
+            ratio = self._logit_ratio(exp_delta, top) * self.weights
+            weighted = np.matmul(self.agent_factor, ratio[:, :, None])[:, :, 0]
         else:
-            per_nest = np.matmul(self.agent_factor, np.swapaxes(ratio, 1, 2))
-            weighted = np.take_along_axis(per_nest, self.nesting.codes[:, :, None], axis=2)[..., 0]
-        shares = np.where(self.product_mask, exp_delta * weighted, 0.0)
-        bad = ((shares <= 0) | ~np.isfinite(shares)) & self.product_mask
-        if bad.any():
-            markets = np.flatnonzero(bad.any(axis=1))
-            fallback = log_space_probabilities(
-                delta[markets],
-                self.mu[markets],
-                self.weights[markets],
-                self.product_mask[markets],
-                self.nesting.subset(markets),
-            )
-            shares[markets] = fallback.shares
+            exp_delta, sums, _, _, nest_probabilities = self._nest_terms(delta)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = nest_probabilities * self.weights[:, None, :] / sums
+            ratio[~(sums > 0)] = 0.0
+            if self.single_nest:
+                weighted = np.matmul(self.agent_factor, ratio[:, 0, :, None])[:, :, 0]
+            else:
+                per_nest = np.matmul(self.agent_factor, np.swapaxes(ratio, 1, 2))
+                codes = self.nesting.codes[:, :, None]
+                weighted = np.take_along_axis(per_nest, codes, axis=2)[..., 0]
+        shares = exp_delta * weighted
+        if self.padded:
+            shares[~self.product_mask] = 0.0
+        markets = self._fallback_markets(shares)
+        if markets.size:
+            shares[markets] = self._log_space(delta, markets).shares
         return shares
 
-    def probabilities(self, delta: np.ndarray) -> Probabilities:
-        """Agent-level choice probabilities ``[T, J, I]`` and their pieces at ``delta``."""
-        exp_delta, sums, inclusive, log_denominator, nest_probabilities, _ = self._nest_terms(delta)
-        sums_of_product = np.take_along_axis(sums, self.nesting.codes[:, :, None], axis=1)
-        with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
-            conditional = np.where(
-                self.product_mask[:, :, None] & (sums_of_product > 0),
-                exp_delta[:, :, None] * self.agent_factor / sums_of_product,
-                0.0,
-            )
-        nest_of_product = np.take_along_axis(
-            nest_probabilities, self.nesting.codes[:, :, None], axis=1
-        )
-        unconditional = conditional * nest_of_product
-        shares = np.einsum("tji,ti->tj", unconditional, self.weights)
-        bad = ((shares <= 0) | ~np.isfinite(shares)) & self.product_mask
-        if bad.any() or not np.isfinite(unconditional).all():
+    def _log_space(self, delta: np.ndarray, markets: np.ndarray | None = None) -> Probabilities:
+        if markets is None:
             return log_space_probabilities(
                 delta, self.mu, self.weights, self.product_mask, self.nesting
             )
+        return log_space_probabilities(
+            delta[markets],
+            self.mu[markets],
+            self.weights[markets],
+            self.product_mask[markets],
+            self.nesting.subset(markets),
+        )
+
+    def probabilities(self, delta: np.ndarray, factored: bool = False) -> Probabilities:
+        """Agent-level choice probabilities ``[T, J, I]`` and their pieces at ``delta``.
+
+        With ``factored=True`` the unnested model keeps P = A · e ⊗ r in factored form (the
+        Jacobians work on the factors without forming P).
+        """
+        if self.single_nest and self.unit_scale and not self.nesting.has_nests:
+            exp_delta, top = self._exp_delta(delta)
+            sums = np.matmul(exp_delta[:, None, :], self.agent_factor)[:, 0, :]
+            with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+                outside = np.exp(-top) * self.exp_negative_peak
+                ratio = 1.0 / (outside + sums)
+            unconditional = None
+            if factored:
+                weighted_ratio = (ratio * self.weights)[:, :, None]
+                shares = exp_delta * np.matmul(self.agent_factor, weighted_ratio)[:, :, 0]
+            else:
+                unconditional = self.agent_factor * exp_delta[:, :, None]
+                unconditional *= ratio[:, None, :]
+                shares = np.matmul(unconditional, self.weights[:, :, None])[:, :, 0]
+            if self._fallback_markets(shares).size:
+                return self._log_space(delta)
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                # log(1 + e^{IV}) = log(e^{−c−m} + S) + c + m; the inside probability is S·ratio.
+                peak = self.agent_peak[:, 0, :]
+                log_denominator = -np.log(ratio) + top + peak
+                inclusive = (np.log(sums) + top + peak)[:, None, :]
+                nest = (sums * ratio)[:, None, :]
+            factors = (self.agent_factor, exp_delta, ratio) if factored else None
+            return Probabilities(
+                unconditional, None, nest, inclusive, log_denominator, shares, factors
+            )
+        exp_delta, sums, inclusive, log_denominator, nest_probabilities = self._nest_terms(delta)
+        with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+            inverse_sums = np.where(sums > 0, 1.0 / sums, 0.0)
+            conditional = self.agent_factor * exp_delta[:, :, None]
+            if self.single_nest:
+                conditional *= inverse_sums
+                unconditional = conditional * nest_probabilities
+            else:
+                codes = self.nesting.codes[:, :, None]
+                conditional *= np.take_along_axis(inverse_sums, codes, axis=1)
+                unconditional = conditional * np.take_along_axis(nest_probabilities, codes, axis=1)
+        shares = np.matmul(unconditional, self.weights[:, :, None])[:, :, 0]
+        if self._fallback_markets(shares).size:
+            return self._log_space(delta)
+        if not self.nesting.has_nests:
+            conditional = None
         return Probabilities(
             unconditional, conditional, nest_probabilities, inclusive, log_denominator, shares
         )
@@ -488,12 +672,169 @@ def solve_delta(
     return FixedPointResult(delta, converged, iterations, evaluations)
 
 
+def solve_delta_newton(
+    evaluator: ShareEvaluator,
+    log_shares: np.ndarray,
+    initial_delta: np.ndarray,
+    inverse_jacobian: np.ndarray,
+    *,
+    tol: float = 1e-14,
+    max_iterations: int = 30,
+    slowdown: float = 0.05,
+) -> tuple[FixedPointResult, np.ndarray]:
+    """Newton-type iterations for s(δ) = observed shares with a fixed (stale) Jacobian.
+
+    Each step is δ ← δ − J⁻¹ diag(s(δ)) (log s(δ) − log s_obs), a Newton step on the log
+    residual whose Jacobian is diag(1/s) J. With J from a nearby parameter vector the
+    convergence is linear with a small rate, so a handful of share evaluations (two batched
+    matrix–vector products each) replace the dozens a contraction needs. A market stops when
+    its step's ∞-norm is below ``tol``; markets whose steps stop shrinking fast enough are
+    handed back for the safeguarded contraction.
+
+    Parameters
+    ----------
+    evaluator : ShareEvaluator
+        Share function at the current parameters.
+    log_shares : numpy.ndarray
+        ``[T, J]`` log observed shares (0 in padding).
+    initial_delta : numpy.ndarray
+        ``[T, J]`` starting values.
+    inverse_jacobian : numpy.ndarray
+        ``[T, J, J]`` inverse of ∂s/∂δ near the solution (identity in padding).
+    tol : float
+        Tolerance on the ∞-norm of the step.
+    max_iterations : int
+        Steps before giving a market back.
+    slowdown : float
+        A market whose step norm shrinks by less than this factor is given back.
+
+    Returns
+    -------
+    tuple
+        ``(result, needs_fallback)``: the fixed-point result (with ``converged`` set for the
+        markets Newton solved) and a ``[T]`` mask of markets to finish by contraction.
+    """
+    n_markets = log_shares.shape[0]
+    mask = evaluator.product_mask
+    delta = np.where(mask, initial_delta, 0.0)
+    converged = np.zeros(n_markets, dtype=bool)
+    fallback = np.zeros(n_markets, dtype=bool)
+    active = np.ones(n_markets, dtype=bool)
+    iterations = np.zeros(n_markets, dtype=np.int64)
+    last_norm = np.full(n_markets, np.inf)
+    working = np.arange(n_markets)
+    current = evaluator
+    for _ in range(max_iterations):
+        live = active[working]
+        if not live.any():
+            break
+        if live.mean() < 0.5:
+            current = current.subset(np.flatnonzero(live))
+            working = working[live]
+            live = np.ones(working.size, dtype=bool)
+        shares = current.shares(delta[working])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            residual = np.where(mask[working], np.log(shares) - log_shares[working], 0.0)
+            step = -np.matmul(inverse_jacobian[working], (shares * residual)[:, :, None])[:, :, 0]
+        norm = np.abs(step).max(axis=1) if step.shape[1] else np.zeros(working.size)
+        iterations[working[live]] += 1
+        slow = live & (~np.isfinite(norm) | (norm > slowdown * last_norm[working]))
+        accept = live & ~slow
+        delta[working[accept]] += step[accept]
+        done = accept & (norm < tol)
+        converged[working[done]] = True
+        fallback[working[slow]] = True
+        last_norm[working[live]] = norm[live]
+        active[working[done | slow]] = False
+    fallback |= ~converged
+    return FixedPointResult(delta, converged, iterations, iterations.copy()), fallback
+
+
+def _merge(result: FixedPointResult, rest: np.ndarray, finished: FixedPointResult) -> FixedPointResult:
+    delta = result.delta.copy()
+    delta[rest] = finished.delta
+    converged = result.converged.copy()
+    converged[rest] = finished.converged
+    iterations = result.iterations.copy()
+    iterations[rest] += finished.iterations
+    evaluations = result.evaluations.copy()
+    evaluations[rest] += finished.evaluations
+    return FixedPointResult(delta, converged, iterations, evaluations)
+
+
+def inverse_delta_jacobian(evaluator: ShareEvaluator, delta: np.ndarray) -> np.ndarray | None:
+    """``[T, J, J]`` inverse of ∂s/∂δ at ``delta`` (identity in padding), or None if singular."""
+    probabilities = evaluator.probabilities(delta, factored=True)
+    jacobian = share_jacobian(
+        probabilities, evaluator.weights, evaluator.nesting, evaluator.product_mask
+    )
+    index = np.arange(jacobian.shape[1])
+    jacobian[:, index, index] += ~evaluator.product_mask
+    try:
+        inverse = np.linalg.inv(jacobian)
+    except np.linalg.LinAlgError:
+        return None
+    return inverse if np.isfinite(inverse).all() else None
+
+
+def solve_delta_hybrid(
+    evaluator: ShareEvaluator,
+    log_shares: np.ndarray,
+    initial_delta: np.ndarray,
+    inverse_jacobian: np.ndarray | None = None,
+    *,
+    tol: float = 1e-14,
+    max_evaluations: int = 5000,
+) -> FixedPointResult:
+    """Solve for δ with Newton-type steps, safeguarded by the SQUAREM contraction.
+
+    1. Newton steps with ``inverse_jacobian`` (e.g. from the last parameter vector); without
+       one, the contraction alone;
+    2. markets where those steps stall get a fresh Jacobian at their current δ and more
+       Newton steps;
+    3. markets that still stall finish with :func:`solve_delta`.
+
+    Returns
+    -------
+    FixedPointResult
+        Iterations and evaluations count every share evaluation of every stage.
+    """
+    if inverse_jacobian is None:
+        # Far from the solution (no Jacobian from a nearby θ yet), the contraction is
+        # cheaper than Newton with a fresh Jacobian at every step.
+        return solve_delta(
+            evaluator, log_shares, initial_delta, tol=tol, max_evaluations=max_evaluations
+        )
+    result, fallback = solve_delta_newton(
+        evaluator, log_shares, initial_delta, inverse_jacobian, tol=tol
+    )
+    if fallback.any():
+        rest = np.flatnonzero(fallback)
+        subset = evaluator.subset(rest)
+        fresh = inverse_delta_jacobian(subset, result.delta[rest])
+        if fresh is not None:
+            again, still = solve_delta_newton(
+                subset, log_shares[rest], result.delta[rest], fresh, tol=tol
+            )
+            result = _merge(result, rest, again)
+            fallback[rest] = still
+    if fallback.any():
+        rest = np.flatnonzero(fallback)
+        finished = solve_delta(
+            evaluator.subset(rest), log_shares[rest], result.delta[rest], tol=tol,
+            max_evaluations=max_evaluations,
+        )
+        result = _merge(result, rest, finished)
+    return result
+
+
 def share_jacobian(
     probabilities: Probabilities,
     weights: np.ndarray,
     nesting: Nesting,
     product_mask: np.ndarray,
     utility_derivative: np.ndarray | None = None,
+    workspace: np.ndarray | None = None,
 ) -> np.ndarray:
     """Derivatives of shares with respect to each product's utility shifter.
 
@@ -511,25 +852,53 @@ def share_jacobian(
     product_mask : numpy.ndarray
         ``[T, J]`` real products.
     utility_derivative : numpy.ndarray, optional
-        ``[T, J, I]`` (or ``[T, J, 1]``) D; None for ∂s/∂δ.
+        ``[T, J, I]`` D; None for ∂s/∂δ.
+    workspace : numpy.ndarray, optional
+        ``[T, J, I]`` scratch buffer (avoids allocating a large temporary).
 
     Returns
     -------
     numpy.ndarray
         ``[T, J, J]`` Jacobian (zero rows and columns in padding).
     """
+    own_scale = np.where(product_mask, 1.0 / (1.0 - nesting.rho_products), 0.0)
+    if (
+        probabilities.factors is not None
+        and utility_derivative is None
+        and not nesting.nested
+        and bool((weights >= 0).all())
+    ):
+        # Σ_i w_i P_ji P_ki = e_j e_k Σ_i (A_ji r_i √w_i)(A_ki r_i √w_i): one pass and a product.
+        agent_factor, exp_delta, ratio = probabilities.factors
+        column_scale = (ratio * np.sqrt(weights))[:, None, :]
+        if workspace is not None and workspace.shape == agent_factor.shape:
+            scaled = np.multiply(agent_factor, column_scale, out=workspace)
+        else:
+            scaled = agent_factor * column_scale
+        jacobian = np.matmul(scaled, np.swapaxes(scaled, 1, 2))
+        jacobian *= -(exp_delta[:, :, None] * exp_delta[:, None, :])
+        index = np.arange(jacobian.shape[1])
+        jacobian[:, index, index] += probabilities.shares * own_scale
+        return jacobian
     P = probabilities.unconditional
     weighted = P * weights[:, None, :]
-    derivative = 1.0 if utility_derivative is None else utility_derivative
-    own_scale = np.where(product_mask, 1.0 / (1.0 - nesting.rho_products), 0.0)
-    diagonal = np.einsum("tji,tji->tj", weighted, np.broadcast_to(derivative, P.shape))
-    jacobian = -np.matmul(weighted, np.swapaxes(P * derivative, 1, 2))
+    if utility_derivative is None:
+        diagonal = probabilities.shares
+        jacobian = -np.matmul(weighted, np.swapaxes(P, 1, 2))
+        within_source = probabilities.conditional
+    else:
+        derivative = np.broadcast_to(utility_derivative, P.shape)
+        diagonal = np.einsum("tji,tji->tj", weighted, derivative)
+        jacobian = -np.matmul(weighted, np.swapaxes(P * derivative, 1, 2))
+        within_source = (
+            None if probabilities.conditional is None else probabilities.conditional * derivative
+        )
     if nesting.nested:
         same_nest = (nesting.codes[:, :, None] == nesting.codes[:, None, :]) & (
             product_mask[:, :, None] & product_mask[:, None, :]
         )
         factor = (nesting.rho_products / (1.0 - nesting.rho_products))[:, :, None]
-        within = np.matmul(weighted, np.swapaxes(probabilities.conditional * derivative, 1, 2))
+        within = np.matmul(weighted, np.swapaxes(within_source, 1, 2))
         jacobian -= np.where(same_nest, factor * within, 0.0)
     index = np.arange(P.shape[1])
     jacobian[:, index, index] += diagonal * own_scale
@@ -547,7 +916,10 @@ def theta_jacobian(
     """Derivatives of shares with respect to parameters that enter μ.
 
     Each parameter l acts through one random-coefficient column k: ∂μ_ji/∂θ_l = X2_jk · g_il.
-    For each column k, ``agent_factors[k]`` holds g for that column's parameters.
+    For each column k, ``agent_factors[k]`` holds g for that column's parameters. With
+    x̄_ik = Σ_j P_ji X2_jk, the derivative Σ_i w_i P_ji g_il (X2_jk − x̄_ik) (plus the
+    within-nest term for nested models) is computed as batched matrix products, without
+    ``[T, J, I]`` temporaries.
 
     Parameters
     ----------
@@ -560,35 +932,57 @@ def theta_jacobian(
     product_mask : numpy.ndarray
         ``[T, J]`` real products.
     characteristics : numpy.ndarray
-        ``[T, J, K2]`` random-coefficient characteristics X2.
+        ``[T, J, K2]`` random-coefficient characteristics X2 (0 in padding).
     agent_factors : list of numpy.ndarray
-        For each column k, ``[T, I, L_k]`` agent factors g (may have L_k = 0).
+        For each column k, ``[T, L_k, I]`` agent factors g (agents last; L_k may be 0).
 
     Returns
     -------
     list of numpy.ndarray
         For each column k, ``[T, J, L_k]`` = Σ_i w_i Σ_m ∂P_ji/∂V_mi X2_mk g_il.
     """
+    sizes = [factors.shape[1] for factors in agent_factors]
+    if sum(sizes) == 0:
+        return [np.zeros((*product_mask.shape, 0)) for _ in agent_factors]
+    columns = np.repeat(np.arange(len(agent_factors)), sizes)
+    # Agents stay on the last (contiguous) axis: numpy is slow on tiny trailing axes.
+    factors = np.concatenate(agent_factors, axis=1) * weights[:, None, :]
+    x = characteristics[:, :, columns]
+    size = factors.shape[1]
+    if probabilities.factors is not None and not nesting.nested:
+        # P = A · e ⊗ r: every product with P becomes a product with A and small factors.
+        agent_factor, exp_delta, ratio = probabilities.factors
+        weighted_x = np.swapaxes(exp_delta[:, :, None] * characteristics, 1, 2)
+        mean_x = np.matmul(weighted_x, agent_factor)
+        mean_x *= ratio[:, None, :]
+        scaled = factors * ratio[:, None, :]
+        stacked = np.concatenate([scaled, scaled * mean_x[:, columns, :]], axis=1)
+        products = np.matmul(agent_factor, np.swapaxes(stacked, 1, 2))
+        products *= exp_delta[:, :, None]
+        out = x * products[:, :, :size] - products[:, :, size:]
+        return np.split(out, np.cumsum(sizes)[:-1], axis=2)
     P = probabilities.unconditional
-    nested = nesting.nested
-    scale = np.where(product_mask, 1.0 - nesting.rho_products, 1.0)[:, :, None]
-    out = []
-    if nested:
-        membership = nesting.membership(product_mask)
-    for column, factors in enumerate(agent_factors):
-        if factors.shape[-1] == 0:
-            out.append(np.zeros((*P.shape[:2], 0)))
-            continue
-        x = characteristics[:, :, column]
-        mean_all = np.einsum("tji,tj->ti", P, x)
-        inner = x[:, :, None] / scale - mean_all[:, None, :]
-        if nested:
-            within_mean = np.einsum("thj,tji,tj->thi", membership, probabilities.conditional, x)
-            within_of_product = np.take_along_axis(within_mean, nesting.codes[:, :, None], axis=1)
-            inner = inner - (nesting.rho_products[:, :, None] / scale) * within_of_product
-        weighted_factors = factors * weights[:, :, None]
-        out.append(np.matmul(P * inner, weighted_factors))
-    return out
+    mean_x = np.matmul(np.swapaxes(characteristics, 1, 2), P)
+    stacked = np.concatenate([factors, factors * mean_x[:, columns, :]], axis=1)
+    products = np.matmul(P, np.swapaxes(stacked, 1, 2))
+    direct, centered = products[:, :, :size], products[:, :, size:]
+    if not nesting.nested:
+        out = x * direct - centered
+    else:
+        scale = np.where(product_mask, 1.0 - nesting.rho_products, 1.0)[:, :, None]
+        out = x / scale * direct - centered
+        factor = (nesting.rho_products / (1.0 - nesting.rho_products))[:, :, None]
+        for nest in range(nesting.n_nests):
+            members = (nesting.codes == nest) & product_mask
+            if not members.any():
+                continue
+            within_x = np.matmul(
+                np.swapaxes(characteristics * members[:, :, None], 1, 2),
+                probabilities.conditional,
+            )
+            within = np.matmul(P, np.swapaxes(factors * within_x[:, columns, :], 1, 2))
+            out -= np.where(members[:, :, None], factor * within, 0.0)
+    return np.split(out, np.cumsum(sizes)[:-1], axis=2)
 
 
 def rho_jacobian(

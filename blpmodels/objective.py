@@ -17,11 +17,13 @@ from .agents import AgentDesign
 from .exceptions import BLPInputError
 from .gmm import LinearGMM
 from .kernel import (
+    FixedPointResult,
     Nesting,
     ShareEvaluator,
     rho_jacobian,
     share_jacobian,
     solve_delta,
+    solve_delta_hybrid,
     theta_jacobian,
 )
 from .parameters import NonlinearParameters
@@ -33,6 +35,20 @@ __all__ = ["Evaluation", "NonlinearObjective", "default_chunk_size"]
 def default_chunk_size(n_products: int, n_agents: int, budget: float = 1e7) -> int:
     """Markets per kernel call so that a chunk's ``[T, J, I]`` array holds ~``budget`` values."""
     return max(1, int(budget // max(1, n_products * n_agents)))
+
+
+def default_threads(n_markets: int, n_products: int, n_agents: int) -> int:
+    """Threads for market chunks: the available cores (up to 4) when the arrays are large.
+
+    Below about 2e5 agent-product values per evaluation, thread hand-offs cost more than the
+    arithmetic they split.
+    """
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if n_markets < 2 or n_markets * n_products * n_agents < 2e5:
+        return 1
+    return max(1, min(4, cores or 1, n_markets))
 
 
 @dataclass(eq=False)
@@ -101,6 +117,11 @@ class NonlinearObjective:
         Contraction tolerance (∞-norm of the δ update).
     fp_max_evaluations : int
         Share evaluations per market before the contraction gives up.
+    fp_method : {"newton", "squarem"}
+        Fixed-point algorithm: Newton-type steps safeguarded by SQUAREM, or SQUAREM alone.
+    threads : int, optional
+        Market chunks evaluated in parallel threads (1: sequential); by default the available
+        cores (up to 4) for large problems.
     chunk_size : int, optional
         Markets per kernel call (bounds memory); by default about 1e7 values per chunk.
     """
@@ -113,6 +134,8 @@ class NonlinearObjective:
     fp_tol: float = 1e-14
     fp_max_evaluations: int = 5000
     chunk_size: int | None = None
+    fp_method: str = "newton"
+    threads: int | None = None
     gmm: LinearGMM = field(init=False)
     evaluations: list[Evaluation] = field(init=False, default_factory=list)
 
@@ -126,18 +149,49 @@ class NonlinearObjective:
             if self.nest_codes is None
             else self.nest_codes
         )
-        self.last_delta = layout.pad(self.design.logit_delta())
+        self.reset()
+        if self.threads is None:
+            self.threads = default_threads(layout.n_markets, layout.width, self.agents.layout.width)
         if self.chunk_size is None:
             self.chunk_size = default_chunk_size(layout.width, self.agents.layout.width)
+            if self.threads > 1:
+                # At least one chunk per thread.
+                self.chunk_size = min(self.chunk_size, -(-layout.n_markets // self.threads))
         self.chunks = layout.chunks(self.chunk_size)
+        self._pool = None
         self.set_weighting_matrix(self.W)
         self.count = 0
         self.failures = 0
+        self.total_iterations = 0
+        self.total_evaluations = 0
+
+    def reset(self) -> None:
+        """Forget warm starts: the next evaluation starts δ at the logit δ."""
+        self._buffers: dict[tuple[str, int, tuple[int, ...]], np.ndarray] = {}
+        self.last_delta = self.design.layout.pad(self.design.logit_delta())
+        self.last_theta: np.ndarray | None = None
+        self.last_delta_jacobian: np.ndarray | None = None
+        self.last_inverse: np.ndarray | None = None
+
+    def buffer(self, name: str, markets: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """A reusable work array per chunk: large ``[T, J, I]`` arrays are allocated once."""
+        key = (name, int(markets[0]), shape)
+        if key not in self._buffers:
+            self._buffers[key] = np.empty(shape)
+        return self._buffers[key]
+
+    def starting_delta(self, theta: np.ndarray) -> np.ndarray:
+        """First-order prediction δ(θ_last) + ∂δ/∂θ (θ − θ_last) when available."""
+        if self.last_theta is None or self.last_delta_jacobian is None:
+            return self.last_delta
+        predicted = self.last_delta + self.last_delta_jacobian @ (theta - self.last_theta)
+        return predicted if np.isfinite(predicted).all() else self.last_delta
 
     def set_weighting_matrix(self, W: np.ndarray) -> None:
         """Use a new weighting matrix (e.g. for the second GMM step)."""
         self.W = W
         self.gmm = LinearGMM(self.design.X_absorbed, self.design.Z_absorbed, W)
+        self._cache: list[Evaluation] = []
 
     def nesting(self, markets: np.ndarray, rho: np.ndarray) -> Nesting:
         """Nesting for some markets at nesting parameters ``rho``."""
@@ -147,7 +201,7 @@ class NonlinearObjective:
         return Nesting.from_codes(self.codes[markets], self.n_nests, rho)
 
     def market_pieces(self, theta: np.ndarray, markets: np.ndarray):
-        """μ, coefficients, evaluator and nesting for some markets at θ."""
+        """Agent coefficients, share evaluator and nesting for some markets at θ."""
         _, _, rho = self.parameters.unpack(theta)
         agents = self.agents
         coefficients, _ = self.parameters.coefficients(
@@ -155,18 +209,99 @@ class NonlinearObjective:
         )
         mask = self.design.layout.mask[markets]
         characteristics = self.characteristics[markets]
-        mu = np.matmul(characteristics, np.swapaxes(coefficients, 1, 2))
-        mu = np.where(mask[:, :, None], mu, 0.0)
-        if not np.isfinite(mu).all():
-            bad = self.design.layout.market_labels[markets][~np.isfinite(mu).all(axis=(1, 2))]
+        # X2 is zero in padding, so μ is too; checking the factors is cheaper than μ itself.
+        scale = np.abs(coefficients).max(axis=(1, 2)) * np.abs(characteristics).max(axis=(1, 2))
+        if not np.isfinite(scale).all() or (scale > 1e300).any():
+            bad = self.design.layout.market_labels[markets][~(scale <= 1e300)]
             raise BLPInputError(
                 f"agent utilities overflow at theta={theta.tolist()} in markets "
                 f"{bad[:5].tolist()}: the random coefficients are too large for the scale of "
                 "the characteristics (rescale the data or tighten the bounds)"
             )
         nesting = self.nesting(markets, rho)
-        evaluator = ShareEvaluator(mu, agents.weights[markets], mask, nesting)
-        return mu, coefficients, evaluator, nesting
+        evaluator = ShareEvaluator.from_coefficients(
+            characteristics, coefficients, agents.weights[markets], mask, nesting,
+            out=self.buffer("factor", markets, (*mask.shape, coefficients.shape[1])),
+        )
+        return coefficients, evaluator, nesting
+
+    def solve(
+        self, evaluator: ShareEvaluator, markets: np.ndarray, initial: np.ndarray
+    ) -> FixedPointResult:
+        """Solve for δ in some markets with the configured fixed-point method.
+
+        ``"newton"`` reuses the inverse of ∂s/∂δ from the last gradient evaluation (see
+        :func:`~blpmodels.kernel.solve_delta_hybrid`); ``"squarem"`` runs the contraction.
+        """
+        log_shares = self.log_shares[markets]
+        if self.fp_method == "squarem":
+            return solve_delta(
+                evaluator, log_shares, initial, tol=self.fp_tol,
+                max_evaluations=self.fp_max_evaluations,
+            )
+        inverse = None if self.last_inverse is None else self.last_inverse[markets]
+        return solve_delta_hybrid(
+            evaluator, log_shares, initial, inverse, tol=self.fp_tol,
+            max_evaluations=self.fp_max_evaluations,
+        )
+
+    def _executor(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=self.threads)
+        return self._pool
+
+    def _evaluate_chunk(
+        self,
+        theta: np.ndarray,
+        markets: np.ndarray,
+        initial: np.ndarray,
+        gradient: bool,
+        outputs: tuple,
+    ) -> None:
+        """Solve δ and its Jacobians in one chunk of markets, writing into ``outputs``."""
+        delta_padded, jacobian_padded, inverse_padded, converged, iterations, evaluations = outputs
+        layout = self.design.layout
+        n_params = self.parameters.size
+        coefficients, evaluator, nesting = self.market_pieces(theta, markets)
+        mask = layout.mask[markets]
+        result = self.solve(evaluator, markets, initial)
+        delta_padded[markets] = result.delta
+        converged[markets] = result.converged
+        iterations[markets] = result.iterations
+        evaluations[markets] = result.evaluations
+        if not gradient or n_params == 0 or not result.converged.all():
+            return
+        weights = self.agents.weights[markets]
+        probabilities = evaluator.probabilities(result.delta, factored=True)
+        by_delta = share_jacobian(
+            probabilities, weights, nesting, mask,
+            workspace=self.buffer("scratch", markets, evaluator.agent_factor.shape),
+        )
+        by_theta = np.zeros((*mask.shape, n_params))
+        random_positions = self.parameters.random_positions()
+        if random_positions.size:
+            factors, positions = self.parameters.agent_factors(
+                coefficients, self.agents.nodes[markets], self.agents.demographics[markets]
+            )
+            pieces = theta_jacobian(
+                probabilities, weights, nesting, mask, self.characteristics[markets], factors
+            )
+            for piece, columns in zip(pieces, positions, strict=True):
+                by_theta[:, :, columns] = piece
+        rho_positions = self.parameters.rho_positions()
+        if rho_positions.size:
+            by_rho = rho_jacobian(probabilities, result.delta, evaluator.mu, weights, nesting, mask)
+            if self.parameters.rho.size == 1:
+                by_rho = by_rho.sum(axis=2, keepdims=True)
+            free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
+            by_theta[:, :, rho_positions] = by_rho[:, :, free]
+        index = np.arange(mask.shape[1])
+        by_delta[:, index, index] += ~mask
+        inverse = np.linalg.inv(by_delta)
+        inverse_padded[markets] = inverse
+        jacobian_padded[markets] = -np.matmul(inverse, by_theta)
 
     def evaluate(self, theta: np.ndarray, gradient: bool = True) -> Evaluation:
         """Objective (and gradient) at θ; warm-starts the next call from this δ on success.
@@ -184,59 +319,36 @@ class NonlinearObjective:
         """
         start = time.perf_counter()
         theta = np.asarray(theta, dtype=np.float64)
+        for cached in self._cache:
+            # Optimizers re-request points (the start, the accepted step); reuse them.
+            if np.array_equal(cached.theta, theta) and (cached.gradient is not None or not gradient):
+                return cached
         layout = self.design.layout
         n_params = self.parameters.size
         delta_padded = np.zeros_like(self.last_delta)
         jacobian_padded = np.zeros((*self.last_delta.shape, n_params)) if gradient else None
+        inverse_padded = np.zeros((*self.last_delta.shape, self.last_delta.shape[1])) if gradient else None
+        initial = self.starting_delta(theta)
         converged = np.zeros(layout.n_markets, dtype=bool)
         iterations = np.zeros(layout.n_markets, dtype=np.int64)
         share_evaluations = np.zeros(layout.n_markets, dtype=np.int64)
-        random_positions = self.parameters.random_positions()
-        rho_positions = self.parameters.rho_positions()
-        for markets in self.chunks:
-            mu, coefficients, evaluator, nesting = self.market_pieces(theta, markets)
-            mask = layout.mask[markets]
-            result = solve_delta(
-                evaluator,
-                self.log_shares[markets],
-                self.last_delta[markets],
-                tol=self.fp_tol,
-                max_evaluations=self.fp_max_evaluations,
-            )
-            delta_padded[markets] = result.delta
-            converged[markets] = result.converged
-            iterations[markets] = result.iterations
-            share_evaluations[markets] = result.evaluations
-            if not gradient or n_params == 0 or not result.converged.all():
-                continue
-            weights = self.agents.weights[markets]
-            probabilities = evaluator.probabilities(result.delta)
-            by_delta = share_jacobian(probabilities, weights, nesting, mask)
-            by_theta = np.zeros((*mask.shape, n_params))
-            if random_positions.size:
-                factors, positions = self.parameters.agent_factors(
-                    coefficients,
-                    self.agents.nodes[markets],
-                    self.agents.demographics[markets],
-                )
-                pieces = theta_jacobian(
-                    probabilities, weights, nesting, mask, self.characteristics[markets], factors
-                )
-                for piece, columns in zip(pieces, positions, strict=True):
-                    by_theta[:, :, columns] = piece
-            if rho_positions.size:
-                by_rho = rho_jacobian(probabilities, result.delta, mu, weights, nesting, mask)
-                if self.parameters.rho.size == 1:
-                    by_rho = by_rho.sum(axis=2, keepdims=True)
-                free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
-                by_theta[:, :, rho_positions] = by_rho[:, :, free]
-            padded = ~mask
-            index = np.arange(mask.shape[1])
-            by_delta[:, index, index] += padded
-            jacobian_padded[markets] = -np.linalg.solve(by_delta, by_theta)
+        outputs = (delta_padded, jacobian_padded, inverse_padded, converged, iterations, share_evaluations)
+
+        def run(markets: np.ndarray) -> None:
+            self._evaluate_chunk(theta, markets, initial[markets], gradient, outputs)
+
+        if self.threads > 1 and len(self.chunks) > 1:
+            # numpy releases the GIL in the large array operations, so market chunks run in
+            # parallel threads; each writes only its own markets' slices.
+            list(self._executor().map(run, self.chunks))
+        else:
+            for markets in self.chunks:
+                run(markets)
 
         success = bool(converged.all()) and np.isfinite(delta_padded[layout.mask]).all()
         delta = layout.flatten(delta_padded)
+        self.total_iterations += int(iterations.sum())
+        self.total_evaluations += int(share_evaluations.sum())
         if not success:
             self.failures += 1
             nan = np.full(self.design.nobs, np.nan)
@@ -256,6 +368,12 @@ class NonlinearObjective:
             self.count += 1
             return evaluation
         self.last_delta = delta_padded
+        self.last_theta = theta.copy()
+        if gradient:
+            self.last_delta_jacobian = jacobian_padded
+            self.last_inverse = inverse_padded
+        else:
+            self.last_delta_jacobian = None
         beta, xi = self.gmm.residuals(self.design.residualize(delta))
         objective = self.gmm.objective(xi)
         delta_jacobian = None

@@ -366,8 +366,8 @@ class NonlinearParameters:
         Returns
         -------
         tuple of lists
-            ``(factors, positions)``: for each random-coefficient column k, the ``[T, I, L_k]``
-            factors ∂c_ik/∂θ_l and the positions l in θ they belong to.
+            ``(factors, positions)``: for each random-coefficient column k, the ``[T, L_k, I]``
+            factors ∂c_ik/∂θ_l (agents last) and the positions l in θ they belong to.
         """
         k2 = len(self.characteristics)
         factors: list[list[np.ndarray]] = [[] for _ in range(k2)]
@@ -380,8 +380,8 @@ class NonlinearParameters:
                 source = source * coefficients[:, :, row]
             factors[row].append(source)
             positions[row].append(position)
-        shape = coefficients.shape[:2]
+        n_markets, n_agents = coefficients.shape[:2]
         return (
-            [np.stack(f, axis=2) if f else np.zeros((*shape, 0)) for f in factors],
+            [np.stack(f, axis=1) if f else np.zeros((n_markets, 0, n_agents)) for f in factors],
             [np.asarray(p, dtype=np.intp) for p in positions],
         )

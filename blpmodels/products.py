@@ -9,6 +9,8 @@ estimation work, and names the column, market or term at fault.
 
 from __future__ import annotations
 
+import importlib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ import pandas as pd
 from .absorb import Absorber, AbsorbMethod
 from .design import TermBlock, build_block, check_columns, check_full_rank, first_label
 from .exceptions import BLPInputError
-from .formula import ParsedFormula
+from .formula import ParsedFormula, required_variables
 from .markets import MarketLayout
 
 __all__ = ["ProductDesign", "validate_shares"]
@@ -195,7 +197,10 @@ class ProductDesign:
         """
         if not isinstance(data, pd.DataFrame):
             raise BLPInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
-        check_columns(data, ["market_ids", parsed.dependent])
+        # Own copy: results must not change when the caller edits the frame afterwards.
+        data = data.copy()
+        check_columns(data, ["market_ids"])
+        check_columns(data, [parsed.dependent], market_ids=data["market_ids"])
         markets = _ids(data, "market_ids", required=True)
         assert markets is not None
         shares = np.asarray(data[parsed.dependent], dtype=np.float64)
@@ -235,6 +240,12 @@ class ProductDesign:
             role="random coefficients",
         )
         absorber = Absorber.from_formula(absorb, data, method=absorb_method) if absorb else None
+        # Keep only the names the formulas use, not the caller's whole namespace.
+        used: set[str] = set()
+        for block in (exog, endog, instruments, random_block):
+            if block.formula:
+                used |= required_variables(block.formula)
+        context = {name: value for name, value in context.items() if name in used}
         return cls._assemble(
             data,
             shares,
@@ -398,6 +409,23 @@ class ProductDesign:
             shares_column=shares_column,
         )
 
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        # Modules used in formula transforms (``scipy.special.expit(x)``) pickle by name.
+        state = self.__dict__.copy()
+        state["context"] = {
+            name: _ModuleName(value.__name__) if isinstance(value, types.ModuleType) else value
+            for name, value in self.context.items()
+        }
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["context"] = {
+            name: importlib.import_module(value.name) if isinstance(value, _ModuleName) else value
+            for name, value in state["context"].items()
+        }
+        self.__dict__.update(state)
+
     # ------------------------------------------------------------------ properties
     @property
     def nobs(self) -> int:
@@ -480,6 +508,13 @@ class ProductDesign:
                 "product of each market you predict"
             )
         return rows
+
+
+@dataclass(frozen=True)
+class _ModuleName:
+    """A module in a pickled formula context, re-imported on unpickling."""
+
+    name: str
 
 
 def _frame(values: Any, name: str, n: int) -> pd.DataFrame:

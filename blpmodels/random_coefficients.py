@@ -60,6 +60,7 @@ class BLPRandomCoefficients(BLPModel):
 
     agents: AgentDesign
     chunk_size: int | None = None
+    threads: int | None = None
 
     @classmethod
     def from_formula(  # type: ignore[override]
@@ -76,6 +77,7 @@ class BLPRandomCoefficients(BLPModel):
         absorb_method: AbsorbMethod | None = None,
         context: Mapping[str, Any] | None = None,
         chunk_size: int | None = None,
+        threads: int | None = None,
     ) -> BLPRandomCoefficients:
         """Build the model from formulas, product data and agent data (or an integration rule).
 
@@ -104,6 +106,9 @@ class BLPRandomCoefficients(BLPModel):
             Extra names for formula transforms.
         chunk_size : int, optional
             Markets per kernel call (bounds memory); chosen automatically by default.
+        threads : int, optional
+            Market chunks evaluated in parallel threads; by default the available cores (up
+            to 4) for large problems, 1 for small ones. Results do not depend on it.
 
         Returns
         -------
@@ -124,8 +129,9 @@ class BLPRandomCoefficients(BLPModel):
         )
         if design.random.size == 0:
             raise BLPInputError(f"random={random!r} gives no random-coefficient columns")
-        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-            raise BLPInputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        for name, value in (("chunk_size", chunk_size), ("threads", threads)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise BLPInputError(f"{name} must be a positive integer, got {value!r}")
         kind = None
         if integration is not None:
             if agent_data is not None:
@@ -154,7 +160,9 @@ class BLPRandomCoefficients(BLPModel):
             kind=kind,
         )
         types = dict(rc_types or {})
-        return cls._from_design(design, agents=agents, chunk_size=chunk_size, rc_types=types)
+        return cls._from_design(
+            design, agents=agents, chunk_size=chunk_size, threads=threads, rc_types=types
+        )
 
     rc_types: dict[str, str]
 
@@ -200,6 +208,7 @@ class BLPRandomCoefficients(BLPModel):
         *,
         fp_tol: float = 1e-14,
         fp_max_evaluations: int = 5000,
+        fp_method: str = "newton",
     ) -> NonlinearObjective:
         """The GMM objective at a weighting matrix (default (Z'Z/N)⁻¹), for custom use.
 
@@ -242,6 +251,7 @@ class BLPRandomCoefficients(BLPModel):
         seed: int | None = None,
         fp_tol: float = 1e-14,
         fp_max_evaluations: int = 5000,
+        fp_method: str = "newton",
         compute_hessian: bool = True,
     ) -> BLPResultsWrapper:
         """Estimate θ = (Σ, Π, ρ) and β by one- or two-step GMM.
@@ -279,6 +289,10 @@ class BLPRandomCoefficients(BLPModel):
             Contraction tolerance (∞-norm of the δ update), 1e-14 by default.
         fp_max_evaluations : int
             Share evaluations per market before the contraction gives up.
+        fp_method : {"newton", "squarem"}
+            How δ is solved: Newton-type steps reusing ∂s/∂δ from the previous parameter
+            vector, safeguarded by the SQUAREM contraction (default); or SQUAREM alone (as
+            pyblp does). Both stop at the same tolerance.
         compute_hessian : bool
             Compute the Hessian at the optimum (2P extra gradient evaluations) for the
             second-order check.
@@ -305,6 +319,8 @@ class BLPRandomCoefficients(BLPModel):
             raise BLPInputError(f"starts must be a positive integer, got {starts!r}")
         if not (fp_tol > 0):
             raise BLPInputError(f"fp_tol must be positive, got {fp_tol!r}")
+        if fp_method not in ("newton", "squarem"):
+            raise BLPInputError(f"fp_method must be 'newton' or 'squarem', got {fp_method!r}")
         if optimizer_name == "bfgs" and (sigma_bounds is not None or pi_bounds is not None):
             warnings.warn(
                 "bfgs cannot impose bounds: sigma_bounds / pi_bounds are ignored",
@@ -313,9 +329,10 @@ class BLPRandomCoefficients(BLPModel):
             )
         clock = time.perf_counter()
         objective = self.objective_function(
-            parameters, options.W, fp_tol=fp_tol, fp_max_evaluations=fp_max_evaluations
+            parameters, options.W, fp_tol=fp_tol, fp_max_evaluations=fp_max_evaluations,
+            fp_method=fp_method,
         )
-        initial = objective.evaluate(parameters.theta0, gradient=False)
+        initial = objective.evaluate(parameters.theta0, gradient=parameters.size > 0)
         if not initial.success:
             bad = design.layout.market_labels[~initial.converged].tolist()
             raise FixedPointError(
@@ -464,8 +481,10 @@ class BLPRandomCoefficients(BLPModel):
             "hessian": diagnostics.hessian,
             "hessian_eigenvalues": diagnostics.reduced_hessian_eigenvalues,
             "fp_converged": bool(final.converged.all()),
-            "fp_iterations": int(final.iterations.sum()),
-            "contraction_evaluations": int(final.evaluations.sum()),
+            "fp_method": fp_method,
+            "fp_iterations": objective.total_iterations,
+            "contraction_evaluations": objective.total_evaluations,
+            "threads": objective.threads,
             "fp_failures": objective.failures,
             "warnings": diagnostics.warnings,
             "starts": start_table,
