@@ -20,8 +20,11 @@ datasets, simulation
 from __future__ import annotations
 
 from . import datasets, simulation
+from .compare import Comparison, compare
 from .exceptions import BLPInputError, ConvergenceWarning, FixedPointError, IntegrationWarning
 from .models import BLPLogit, BLPModel, BLPNestedLogit
+from .instruments import build_blp_instruments, build_differentiation_instruments
+from .integration import Integration, build_integration
 from .random_coefficients import BLPRandomCoefficients
 from .results import BLPResults, BootstrappedResults
 
@@ -35,10 +38,16 @@ __all__ = [
     "BLPRandomCoefficients",
     "BLPResults",
     "BootstrappedResults",
+    "Comparison",
     "ConvergenceWarning",
     "FixedPointError",
+    "Integration",
     "IntegrationWarning",
     "__version__",
+    "build_blp_instruments",
+    "build_differentiation_instruments",
+    "build_integration",
+    "compare",
     "datasets",
     "simulation",
 ]
