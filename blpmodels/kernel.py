@@ -206,12 +206,14 @@ def log_space_probabilities(
             log_conditional = np.where(
                 members[:, :, None], values - log_sum[:, None, :], log_conditional
             )
-    peak = np.maximum(np.where(np.isfinite(inclusive), inclusive, -np.inf).max(axis=1), 0.0)
-    log_denominator = peak + np.log(
-        np.exp(-peak) + np.exp(inclusive - peak[:, None, :]).sum(axis=1)
-    )
-    nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
-    conditional = np.exp(log_conditional)
+    # Non-finite utilities (a diverging δ) give NaN here; callers check the shares.
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        peak = np.maximum(np.where(np.isfinite(inclusive), inclusive, -np.inf).max(axis=1), 0.0)
+        log_denominator = peak + np.log(
+            np.exp(-peak) + np.exp(inclusive - peak[:, None, :]).sum(axis=1)
+        )
+        nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
+        conditional = np.exp(log_conditional)
     nest_of_product = np.take_along_axis(nest_probabilities, nesting.codes[:, :, None], axis=1)
     unconditional = np.where(mask3, conditional * nest_of_product, 0.0)
     shares = np.einsum("tji,ti->tj", unconditional, weights)
@@ -459,7 +461,8 @@ class ShareEvaluator:
                 per_nest = np.matmul(self.agent_factor, np.swapaxes(ratio, 1, 2))
                 codes = self.nesting.codes[:, :, None]
                 weighted = np.take_along_axis(per_nest, codes, axis=2)[..., 0]
-        shares = exp_delta * weighted
+        with np.errstate(invalid="ignore", over="ignore"):
+            shares = exp_delta * weighted
         if self.padded:
             shares[~self.product_mask] = 0.0
         markets = self._fallback_markets(shares)
