@@ -106,6 +106,10 @@ class TermBlock:
                     f"never saw ({message.split(':', 1)[-1].split('.')[0].strip()})"
                 )
         values = np.asarray(matrix, dtype=np.float64)
+        columns = [str(name) for name in matrix.columns]
+        if columns != list(self.names) and set(self.names) <= set(columns):
+            # Columns build_block dropped (the constant, with absorbed fixed effects).
+            values = values[:, [columns.index(name) for name in self.names]]
         if values.shape[1] != len(self.names):
             raise BLPInputError(
                 f"formula part {self.formula!r} produced {values.shape[1]} columns on the new "

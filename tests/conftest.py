@@ -1,0 +1,169 @@
+"""Shared fixtures: where the data live, the Mixtape and Nevo cereal data, fitted logit models.
+
+Tests that read the shared data carry ``@pytest.mark.data``; their fixtures skip cleanly (with
+the path that was looked at) when the data folder is missing, so the rest of the suite still
+runs. Session-scoped fixtures hand out frames and results that tests must not modify; the
+``products`` fixture gives a fresh copy for tests that edit the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from blpmodels import BLPLogit
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_products, load_nevo
+
+FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
+IV_FE_FORMULA = "shares ~ 0 + [prices ~ price_instrument]"
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        pytest.skip(f"shared data file {path} not found (set {DATA_ENV_VAR} to the data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data_home() -> Path:
+    """The data folder the loaders read (BLPMODELS_DATA or ../shared/data)."""
+    return data_home()
+
+
+@pytest.fixture(scope="session")
+def mixtape_products(shared_data_home: Path) -> pd.DataFrame:
+    """Mixtape cereal products with shares, prices and ids (read once; do not modify)."""
+    _require(shared_data_home / "mixtape" / "products.csv")
+    return load_mixtape_products(shared_data_home)
+
+
+@pytest.fixture
+def products(mixtape_products: pd.DataFrame) -> pd.DataFrame:
+    """A private copy of the Mixtape products, free to edit."""
+    return mixtape_products.copy()
+
+
+@pytest.fixture(scope="session")
+def nevo_products(shared_data_home: Path) -> pd.DataFrame:
+    """Nevo's products with pyblp's nested-logit tutorial columns (do not modify).
+
+    ``nesting_ids`` = mushy, and ``nest_count`` (= ``demand_instruments20``, as in pyblp's
+    tutorial) = the number of products in the (market, nest) group.
+    """
+    _require(shared_data_home / "pyblp" / "nevo_products.csv")
+    data, _ = load_nevo(shared_data_home)
+    data = data.copy()
+    data["nesting_ids"] = data["mushy"]
+    counts = data.groupby(["market_ids", "nesting_ids"])["shares"].transform("size")
+    data["nest_count"] = counts.astype(np.float64)
+    data["demand_instruments20"] = data["nest_count"]
+    return data
+
+
+@pytest.fixture(scope="session")
+def ols_results(mixtape_products: pd.DataFrame):
+    """``shares ~ 1 + prices + mushy`` with HC0 standard errors (exercise 1, question 3)."""
+    data = mixtape_products.copy()
+    return BLPLogit.from_formula("shares ~ 1 + prices + mushy", data).fit(cov_type="HC0")
+
+
+@pytest.fixture(scope="session")
+def fe_results(mixtape_products: pd.DataFrame):
+    """``shares ~ 0 + prices`` with market and product effects absorbed (question 5)."""
+    data = mixtape_products.copy()
+    return BLPLogit.from_formula("shares ~ 0 + prices", data, absorb=FIXED_EFFECTS).fit()
+
+
+@pytest.fixture(scope="session")
+def iv_fe_results(mixtape_products: pd.DataFrame):
+    """``shares ~ 0 + [prices ~ price_instrument]`` with absorbed effects (question 6)."""
+    data = mixtape_products.copy()
+    return BLPLogit.from_formula(IV_FE_FORMULA, data, absorb=FIXED_EFFECTS).fit()
+
+
+@pytest.fixture(scope="session")
+def iv_results(mixtape_products: pd.DataFrame):
+    """``shares ~ 1 + mushy + [prices ~ price_instrument]`` without fixed effects."""
+    data = mixtape_products.copy()
+    return BLPLogit.from_formula("shares ~ 1 + mushy + [prices ~ price_instrument]", data).fit()
+
+
+def simulate_logit_products(
+    n_markets: int = 40,
+    n_products: int = 6,
+    *,
+    seed: int = 0,
+    alpha: float = -2.0,
+    beta_x: float = 1.0,
+    constant: float = -1.0,
+    rho: float = 0.0,
+    drop: float = 0.0,
+) -> pd.DataFrame:
+    """Small simulated (nested) logit data, no shared data needed, with an endogenous price.
+
+    Columns: ``market_ids`` (``"m00"``…), ``product_ids`` (``"p0"``…), ``firm_ids``,
+    ``nesting_ids`` (two nests, by product parity), ``x``, ``z1``, ``z2`` (price shifters),
+    ``prices`` (correlated with ξ), ``xi``, ``nest_count`` (products in the market's nest),
+    ``nest_z1`` (sum of ``z1`` over the other products of the nest) and ``shares``: plain logit
+    for ``rho=0``, nested logit otherwise. ``drop`` removes that fraction of rows at random
+    (never product ``p0``), giving markets of different sizes.
+    """
+    rng = np.random.default_rng(seed)
+    n = n_markets * n_products
+    frame = pd.DataFrame(
+        {
+            "market_ids": np.repeat([f"m{t:02d}" for t in range(n_markets)], n_products),
+            "product_ids": np.tile([f"p{j}" for j in range(n_products)], n_markets),
+            "firm_ids": np.tile([f"f{j % 3}" for j in range(n_products)], n_markets),
+            "nesting_ids": np.tile([j % 2 for j in range(n_products)], n_markets),
+            "x": rng.normal(size=n),
+            "z1": rng.normal(size=n),
+            "z2": rng.normal(size=n),
+            "xi": 0.3 * rng.normal(size=n),
+        }
+    )
+    frame["prices"] = (
+        3.0
+        + 0.5 * frame["z1"]
+        + 0.3 * frame["z2"]
+        + 0.2 * frame["x"]
+        + 0.8 * frame["xi"]
+        + 0.1 * rng.normal(size=n)
+    )
+    keep = (rng.uniform(size=n) >= drop) | (frame["product_ids"] == "p0")
+    frame = frame[keep].reset_index(drop=True)
+    nests = frame.groupby(["market_ids", "nesting_ids"])
+    frame["nest_count"] = nests["z1"].transform("size").astype(np.float64)
+    frame["nest_z1"] = nests["z1"].transform("sum") - frame["z1"]
+    delta = constant + alpha * frame["prices"] + beta_x * frame["x"] + frame["xi"]
+    scaled = np.exp(delta / (1.0 - rho))
+    inclusive = scaled.groupby([frame["market_ids"], frame["nesting_ids"]]).transform("sum")
+    first_in_nest = ~frame.duplicated(["market_ids", "nesting_ids"])
+    denominator = 1.0 + (inclusive ** (1.0 - rho)).where(first_in_nest, 0.0).groupby(
+        frame["market_ids"]
+    ).transform("sum")
+    frame["shares"] = scaled / inclusive * inclusive ** (1.0 - rho) / denominator
+    return frame
+
+
+@pytest.fixture
+def simulate():
+    """The simulator itself, for tests that need other sizes or seeds."""
+    return simulate_logit_products
+
+
+@pytest.fixture
+def simulated_products() -> pd.DataFrame:
+    """Simulated logit data: 40 markets × 6 products (fresh copy for every test)."""
+    return simulate_logit_products()
+
+
+@pytest.fixture
+def simulated_nested_products() -> pd.DataFrame:
+    """Simulated nested logit (rho = 0.6, two nests): 200 markets of 1–8 products."""
+    return simulate_logit_products(
+        n_markets=200, n_products=8, seed=0, rho=0.6, drop=0.3, constant=3.0
+    )
