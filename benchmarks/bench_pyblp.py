@@ -1,0 +1,207 @@
+"""Time blpmodels against pyblp on the same problems, in one run, and print the ratios.
+
+Problems (pyblp 1.3.0 settings in brackets):
+
+* ``ex2-q5``   Mixtape exercise 2, question 5: 2,256 products × 1,000 agents per market,
+  σ on prices and Π on mushy/prices × log income, product and market FE absorbed
+  [trust-constr, gtol = xtol = 1e-8, 1-step].
+* ``nevo``     pyblp's Nevo (2000) tutorial with demographics: product FE, four random
+  coefficients, the tutorial's Π zero pattern [BFGS, gtol 1e-5, 1-step].
+* ``*-eval``   one objective + gradient evaluation at the starting values (cold start: δ starts
+  at the logit δ for both); pyblp is timed with ``Optimization('return')``, which also computes
+  its standard errors, so blpmodels is timed with the same work (an evaluation plus the
+  covariance) through ``fit(optimizer=return-start, compute_hessian=False)``.
+
+Run ``python benchmarks/bench_pyblp.py`` (needs pyblp and the shared data; ``--repeat`` takes the
+best of several runs, ``--threads 1`` forces single-threaded blpmodels, ``--profile`` prints
+where blpmodels spends its time on ex2-q5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+import blpmodels
+from blpmodels import BLPRandomCoefficients, datasets
+
+NEVO_SIGMA = np.diag([0.3302, 2.4526, 0.0163, 0.2441])
+NEVO_PI = np.array(
+    [
+        [5.4819, 0, 0.2037, 0],
+        [15.8935, -1.2000, 0, 2.6342],
+        [-0.2506, 0, 0.0511, 0],
+        [1.2650, 0, -0.8091, 0],
+    ]
+)
+EX2_SIGMA = [[0, 0], [0, 1]]
+EX2_PI = [[0.2], [1]]
+
+
+def _best(function, repeat: int):
+    best, value = np.inf, None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        value = function()
+        best = min(best, time.perf_counter() - start)
+    return best, value
+
+
+def _return_start(fun, theta, bounds):
+    return theta
+
+
+def ours_ex2(threads: int | None, evaluate_only: bool = False):
+    products, agents = datasets.load_mixtape_exercise2()
+    instruments = " + ".join(f"demand_instruments{k}" for k in range(4))
+    model = BLPRandomCoefficients.from_formula(
+        f"shares ~ 0 + [prices ~ {instruments}]",
+        products,
+        absorb="C(market_ids) + C(product_ids)",
+        random="0 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=agents,
+        threads=threads,
+    )
+    if evaluate_only:
+        return model.fit(sigma=EX2_SIGMA, pi=EX2_PI, optimizer=_return_start, compute_hessian=False)
+    return model.fit(sigma=EX2_SIGMA, pi=EX2_PI, optimizer_options={"gtol": 1e-8, "xtol": 1e-8})
+
+
+def ours_nevo(threads: int | None, evaluate_only: bool = False):
+    products, agents = datasets.load_nevo()
+    instruments = " + ".join(f"demand_instruments{k}" for k in range(20))
+    model = BLPRandomCoefficients.from_formula(
+        f"shares ~ 0 + [prices ~ {instruments}]",
+        products,
+        absorb="C(product_ids)",
+        random="1 + prices + sugar + mushy",
+        demographics="0 + income + income_squared + age + child",
+        agent_data=agents,
+        threads=threads,
+    )
+    if evaluate_only:
+        return model.fit(
+            sigma=NEVO_SIGMA, pi=NEVO_PI, optimizer=_return_start, compute_hessian=False
+        )
+    return model.fit(
+        sigma=NEVO_SIGMA, pi=NEVO_PI, optimizer="bfgs", optimizer_options={"gtol": 1e-5}
+    )
+
+
+def pyblp_ex2(evaluate_only: bool = False):
+    import pyblp
+
+    products, agents = datasets.load_mixtape_exercise2()
+    formulations = (
+        pyblp.Formulation("0 + prices", absorb="C(market_ids) + C(product_ids)"),
+        pyblp.Formulation("0 + mushy + prices"),
+    )
+    problem = pyblp.Problem(formulations, products, pyblp.Formulation("0 + log_income"), agents)
+    optimization = (
+        pyblp.Optimization("return")
+        if evaluate_only
+        else pyblp.Optimization("trust-constr", {"gtol": 1e-8, "xtol": 1e-8})
+    )
+    return problem.solve(sigma=EX2_SIGMA, pi=EX2_PI, optimization=optimization, method="1s")
+
+
+def pyblp_nevo(evaluate_only: bool = False):
+    import pyblp
+
+    products, agents = datasets.load_nevo()
+    formulations = (
+        pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
+        pyblp.Formulation("1 + prices + sugar + mushy"),
+    )
+    problem = pyblp.Problem(
+        formulations,
+        products,
+        pyblp.Formulation("0 + income + income_squared + age + child"),
+        agents,
+    )
+    optimization = (
+        pyblp.Optimization("return")
+        if evaluate_only
+        else pyblp.Optimization("bfgs", {"gtol": 1e-5})
+    )
+    return problem.solve(NEVO_SIGMA, NEVO_PI, optimization=optimization, method="1s")
+
+
+def _pyblp_params(results) -> np.ndarray:
+    """pyblp estimates in blpmodels' order: β, free Σ entries, free Π entries (row-major).
+
+    The benchmark problems have diagonal Σ, so pyblp's and blpmodels' Σ conventions agree.
+    """
+    sigma = results.sigma
+    free_sigma = [sigma[k, k] for k in range(sigma.shape[0]) if sigma[k, k] != 0]
+    return np.concatenate([results.beta.ravel(), free_sigma, results.pi[results.pi != 0].ravel()])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs")
+    parser.add_argument("--threads", type=int, default=None, help="blpmodels threads")
+    parser.add_argument("--only", nargs="*", default=None, help="problems to run")
+    parser.add_argument("--profile", action="store_true", help="profile blpmodels on ex2-q5")
+    arguments = parser.parse_args()
+    warnings.simplefilter("ignore")
+    import pyblp
+
+    pyblp.options.verbose = False
+    problems = {
+        "ex2-q5": (lambda: ours_ex2(arguments.threads), lambda: pyblp_ex2()),
+        "nevo": (lambda: ours_nevo(arguments.threads), lambda: pyblp_nevo()),
+        "ex2-q5-eval": (lambda: ours_ex2(arguments.threads, True), lambda: pyblp_ex2(True)),
+        "nevo-eval": (lambda: ours_nevo(arguments.threads, True), lambda: pyblp_nevo(True)),
+    }
+    rows = []
+    for name, (ours, theirs) in problems.items():
+        if arguments.only and name not in arguments.only:
+            continue
+        ours_time, ours_result = _best(ours, arguments.repeat)
+        theirs_time, theirs_result = _best(theirs, arguments.repeat)
+        mine = np.asarray(ours_result.params, dtype=float)
+        other = _pyblp_params(theirs_result)
+        rows.append(
+            {
+                "problem": name,
+                "blpmodels s": ours_time,
+                "pyblp s": theirs_time,
+                "speed-up": theirs_time / ours_time,
+                "objective (ours)": ours_result.objective,
+                "objective (pyblp)": float(np.squeeze(theirs_result.objective)),
+                "max rel. param diff": float(
+                    np.max(np.abs(mine - other) / np.maximum(1e-12, np.abs(other)))
+                ),
+                "threads": ours_result.info.convergence.get("threads"),
+            }
+        )
+    table = pd.DataFrame(rows).set_index("problem")
+    print(
+        f"blpmodels {blpmodels.__version__} vs pyblp {pyblp.__version__}",
+        f"(best of {arguments.repeat})",
+    )
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format
+    ):
+        print(table)
+    if arguments.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        ours_ex2(arguments.threads)
+        profiler.disable()
+        stream = io.StringIO()
+        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(15)
+        print(stream.getvalue())
+
+
+if __name__ == "__main__":
+    main()
