@@ -110,11 +110,12 @@ class DemandSystem:
         """
         delta = self.delta + self.design.X @ (np.asarray(beta) - self.beta)
         rho = self.rho
-        if theta is not None and self.parameters is not None and self.parameters.has_rho:
-            _, _, rho_values = self.parameters.unpack(theta)
-            rho = (
-                np.broadcast_to(rho_values, self.rho.shape).copy() if self.rho is not None else rho
-            )
+        if theta is not None and rho is not None:
+            if self.parameters is None:  # closed-form nested logit: θ is ρ itself
+                rho = np.broadcast_to(np.asarray(theta, dtype=np.float64), rho.shape).copy()
+            elif self.parameters.has_rho:
+                _, _, rho_values = self.parameters.unpack(theta)
+                rho = np.broadcast_to(rho_values, rho.shape).copy()
         return replace(
             self,
             beta=np.asarray(beta, dtype=np.float64),

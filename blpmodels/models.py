@@ -55,8 +55,6 @@ class BLPModel(Model):
         pyhdfe residualization method.
     """
 
-    _nonlinear: Any = None
-
     def __init__(
         self,
         shares: Any,

@@ -446,11 +446,25 @@ class BLPResults(LikelihoodModelResults):
         params = np.asarray(self.params)
         cov = np.asarray(self.cov_params())
         samples = rng.multivariate_normal(params, cov, size=int(draws), method="eigh")
-        if getattr(self.model, "_nonlinear", None) is not None:
+        k1 = len(self.beta)
+        if samples.shape[1] > k1:
             parameters = self.demand.parameters
-            samples[:, len(self.beta) :] = np.clip(
-                samples[:, len(self.beta) :], parameters.lower, parameters.upper
-            )
+            if parameters is not None:
+                lower, upper = parameters.lower, parameters.upper
+            else:  # closed-form nested logit: the draws beyond β are ρ
+                lower, upper = 0.0, 0.99
+            clipped = np.clip(samples[:, k1:], lower, upper)
+            moved = np.any(clipped != samples[:, k1:], axis=1)
+            if moved.any():
+                import warnings
+
+                warnings.warn(
+                    f"{int(moved.sum())} of {draws} bootstrap draws fell outside the parameter "
+                    "bounds and were moved onto them",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            samples[:, k1:] = clipped
         return BootstrappedResults(self, pd.DataFrame(samples, columns=self.model.data.param_names))
 
     # ------------------------------------------------------------------ summary
