@@ -189,7 +189,8 @@ def log_space_probabilities(
     """
     mask3 = product_mask[:, :, None]
     scale = 1.0 - nesting.rho_products[:, :, None]
-    scaled = np.where(mask3, (delta[:, :, None] + mu) / scale, -np.inf)
+    with np.errstate(invalid="ignore"):
+        scaled = np.where(mask3, (delta[:, :, None] + mu) / scale, -np.inf)
     n_markets, n_products, n_agents = mu.shape
     inclusive = np.full((n_markets, nesting.n_nests, n_agents), -np.inf)
     log_conditional = np.full(mu.shape, -np.inf)
@@ -199,7 +200,8 @@ def log_space_probabilities(
             continue
         values = np.where(members[:, :, None], scaled, -np.inf)
         peak = _masked_max(values, members[:, :, None], axis=1)
-        with np.errstate(divide="ignore"):
+        # Non-finite utilities (a diverging δ) give non-finite sums; callers check the shares.
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             log_sum = peak + np.log(np.exp(values - peak[:, None, :]).sum(axis=1))
         inclusive[:, nest, :] = (1.0 - nesting.rho[nest]) * log_sum
         with np.errstate(invalid="ignore"):
@@ -444,24 +446,25 @@ class ShareEvaluator:
     def shares(self, delta: np.ndarray) -> np.ndarray:
         """Market shares ``[T, J]`` at mean utilities ``delta`` (0 in padding).
 
-        Markets whose scaled sums underflow are recomputed in log space.
+        Markets whose scaled sums underflow are recomputed in log space. Non-finite δ (a
+        diverging contraction step) gives non-finite shares, which callers check, without
+        floating-point warnings.
         """
-        if self.single_nest and self.unit_scale:
-            exp_delta, top = self._exp_delta(delta)
-            ratio = self._logit_ratio(exp_delta, top) * self.weights
-            weighted = np.matmul(self.agent_factor, ratio[:, :, None])[:, :, 0]
-        else:
-            exp_delta, sums, _, _, nest_probabilities = self._nest_terms(delta)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = nest_probabilities * self.weights[:, None, :] / sums
-            ratio[~(sums > 0)] = 0.0
-            if self.single_nest:
-                weighted = np.matmul(self.agent_factor, ratio[:, 0, :, None])[:, :, 0]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            if self.single_nest and self.unit_scale:
+                exp_delta, top = self._exp_delta(delta)
+                ratio = self._logit_ratio(exp_delta, top) * self.weights
+                weighted = np.matmul(self.agent_factor, ratio[:, :, None])[:, :, 0]
             else:
-                per_nest = np.matmul(self.agent_factor, np.swapaxes(ratio, 1, 2))
-                codes = self.nesting.codes[:, :, None]
-                weighted = np.take_along_axis(per_nest, codes, axis=2)[..., 0]
-        with np.errstate(invalid="ignore", over="ignore"):
+                exp_delta, sums, _, _, nest_probabilities = self._nest_terms(delta)
+                ratio = nest_probabilities * self.weights[:, None, :] / sums
+                ratio[~(sums > 0)] = 0.0
+                if self.single_nest:
+                    weighted = np.matmul(self.agent_factor, ratio[:, 0, :, None])[:, :, 0]
+                else:
+                    per_nest = np.matmul(self.agent_factor, np.swapaxes(ratio, 1, 2))
+                    codes = self.nesting.codes[:, :, None]
+                    weighted = np.take_along_axis(per_nest, codes, axis=2)[..., 0]
             shares = exp_delta * weighted
         if self.padded:
             shares[~self.product_mask] = 0.0

@@ -217,6 +217,8 @@ class BLPRandomCoefficients(BLPModel):
         NonlinearObjective
             Call ``.evaluate(theta)`` for the objective, gradient and δ.
         """
+        if fp_method not in ("newton", "squarem"):
+            raise BLPInputError(f"fp_method must be 'newton' or 'squarem', got {fp_method!r}")
         design = self.design
         if W is None:
             W = inverse_weight_matrix(design.Z_absorbed.T @ design.Z_absorbed / design.nobs)
@@ -229,7 +231,9 @@ class BLPRandomCoefficients(BLPModel):
             nest_codes=codes,
             fp_tol=fp_tol,
             fp_max_evaluations=fp_max_evaluations,
+            fp_method=fp_method,
             chunk_size=self.chunk_size,
+            threads=self.threads,
         )
 
     def fit(  # type: ignore[override]
