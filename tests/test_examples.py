@@ -1,0 +1,210 @@
+"""The Mixtape examples run and reproduce the exercises' headline numbers.
+
+Exercise 1 runs entirely (about a second); of exercise 2 the default suite runs the
+from-scratch rebuild of the derived data and questions 2, 5 and 6 (a few seconds); the whole
+script (about half a minute) is marked slow. The data are located as
+:func:`blpmodels.datasets.data_home` does (``BLPMODELS_DATA`` or ``../shared/data``) and the
+tests are skipped when they are missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import runpy
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from blpmodels.datasets import DATA_ENV_VAR, data_home
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+pytestmark = pytest.mark.data
+
+
+def _require(*relative: str) -> None:
+    """Skip unless every named file exists under the data home."""
+    for name in relative:
+        path = data_home() / name
+        if not path.is_file():
+            pytest.skip(f"shared data file {path} not found (set {DATA_ENV_VAR})")
+
+
+def _load(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def exercise1() -> ModuleType:
+    """The exercise 1 example module."""
+    _require("mixtape/products.csv")
+    return _load("mixtape_exercise1")
+
+
+@pytest.fixture(scope="module")
+def exercise1_results(exercise1: ModuleType) -> dict[str, Any]:
+    """Everything exercise 1's ``main()`` returns (runs the whole script once)."""
+    return exercise1.main()
+
+
+@pytest.fixture(scope="module")
+def exercise2() -> ModuleType:
+    """The exercise 2 example module."""
+    _require(
+        "mixtape/products.csv",
+        "mixtape/demographics.csv",
+        "mixtape/derived/ex2_product_data.csv",
+        "mixtape/derived/ex2_product_data_with_overid_and_firms.csv",
+        "mixtape/derived/ex2_agent_data.csv.gz",
+    )
+    return _load("mixtape_exercise2")
+
+
+@pytest.fixture(scope="module")
+def exercise2_data(exercise2: ModuleType) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exercise 2 products and agents."""
+    return exercise2.load_data()
+
+
+@pytest.fixture(scope="module")
+def exercise2_q5(exercise2: ModuleType, exercise2_data: tuple[pd.DataFrame, pd.DataFrame]):
+    """Question 5's fit (sigma and pi on prices)."""
+    products, agents = exercise2_data
+    return exercise2.question5(products, agents, exercise2.logit_results(products))
+
+
+# ------------------------------------------------------------------------------ exercise 1
+
+
+def test_exercise1_shares(exercise1_results: dict[str, Any]) -> None:
+    assert exercise1_results["q2"]["outside_min"] == pytest.approx(0.305, abs=5e-4)
+    assert exercise1_results["q2"]["outside_max"] == pytest.approx(0.815, abs=5e-4)
+
+
+def test_exercise1_ols_and_blplogit_agree(exercise1_results: dict[str, Any]) -> None:
+    ols, blp = exercise1_results["q3"], exercise1_results["q4"]
+    assert ols.params["price_per_serving"] == pytest.approx(-7.48, abs=5e-3)
+    renamed = ols.params.rename({"price_per_serving": "prices"})[blp.params.index]
+    np.testing.assert_allclose(blp.params, renamed, rtol=1e-10)
+    bse = ols.bse.rename({"price_per_serving": "prices"})[blp.bse.index]
+    np.testing.assert_allclose(blp.bse, bse, rtol=1e-10)
+
+
+def test_exercise1_fixed_effects_and_iv(exercise1_results: dict[str, Any]) -> None:
+    assert exercise1_results["q5"].params["prices"] == pytest.approx(-28.6, abs=0.05)
+    assert exercise1_results["q6"].params["prices"] == pytest.approx(-30.6, abs=0.05)
+    first = exercise1_results["q6_first_stage"]
+    assert first.tvalues["price_instrument"] ** 2 > 1000
+
+
+def test_exercise1_counterfactuals(exercise1_results: dict[str, Any]) -> None:
+    q7 = exercise1_results["q7"]
+    assert q7["own"] == pytest.approx(223.6, abs=0.05)
+    assert q7["others"] == pytest.approx(-1.45, abs=0.005)
+    assert q7["others_spread"] < 1e-8  # IIA: every rival loses the same percent
+    assert q7["own_cut"] == pytest.approx(230.2, abs=0.05)
+    assert q7["others_cut"] == pytest.approx(-2.9, abs=0.01)
+
+
+def test_exercise1_elasticities(exercise1_results: dict[str, Any]) -> None:
+    elasticities = exercise1_results["q8"]["elasticities"]
+    assert elasticities.shape == (24, 24)
+    own = np.diag(elasticities)
+    assert (own < 0).all()
+    off = elasticities.to_numpy()[~np.eye(24, dtype=bool)]
+    assert (off > 0).all()
+    diversion = exercise1_results["q8"]["diversion"]
+    np.testing.assert_allclose(diversion.sum(axis=1), 1.0, rtol=1e-10)
+
+
+def test_exercise1_clustered_and_bootstrap(exercise1_results: dict[str, Any]) -> None:
+    assert exercise1_results["s1"]["robust"] == pytest.approx(0.968, abs=5e-4)
+    assert exercise1_results["s1"]["clustered"] == pytest.approx(1.182, abs=5e-4)
+    table = exercise1_results["s2"]
+    assert (table["2.5%"] < table["estimate"]).all()
+    assert (table["estimate"] < table["97.5%"]).all()
+    assert table.loc["F1B04", "2.5%"] > 150
+
+
+def test_exercise1_runs_as_a_script(exercise1: ModuleType, capsys) -> None:
+    runpy.run_path(str(EXAMPLES / "mixtape_exercise1.py"), run_name="__main__")
+    assert "Exercise 1 ran in" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ exercise 2
+
+
+def test_exercise2_data_built_from_scratch(
+    exercise2: ModuleType, exercise2_data: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    products, agents = exercise2_data
+    overid, _ = exercise2.load_data(overidentified=True)
+    differences = exercise2.build_from_scratch(products, agents, overid)
+    correlation = differences.pop("corr_prices_predicted")
+    assert correlation > 0.95
+    assert max(differences.values()) < 1e-12
+
+
+def test_exercise2_question2(
+    exercise2: ModuleType, exercise2_data: tuple[pd.DataFrame, pd.DataFrame]
+) -> None:
+    results = exercise2.question2(*exercise2_data)
+    assert results.params["pi[mushy,log_income]"] == pytest.approx(0.251, abs=5e-4)
+    assert results.info.convergence["converged"]
+    assert results.info.convergence["gradient_norm"] < 1e-6
+
+
+def test_exercise2_question5(exercise2_q5) -> None:
+    params = exercise2_q5.params
+    assert params["sigma[prices,prices]"] == pytest.approx(6.02, abs=0.01)
+    assert params["pi[prices,log_income]"] == pytest.approx(-5.96, abs=0.01)
+    assert (np.asarray(exercise2_q5.info.convergence["hessian_eigenvalues"]) > 0).all()
+
+
+def test_exercise2_question6_agent_probabilities(
+    exercise2: ModuleType, exercise2_data: tuple[pd.DataFrame, pd.DataFrame], exercise2_q5
+) -> None:
+    products, agents = exercise2_data
+    agent = exercise2.agent_counterfactual(exercise2_q5, agents, products)
+    assert agent["check"] < 1e-10  # agent probabilities aggregate to predict()'s shares
+    changes = exercise2.percent_changes(exercise2_q5, products).drop(index="F1B04")
+    assert changes.max() - changes.min() > 0.1  # no longer IIA
+
+
+@pytest.mark.slow
+def test_exercise2_whole_script(exercise2: ModuleType) -> None:
+    _require(
+        "mixtape/derived/ex2_s3_quad_7x7.csv.gz",
+        "mixtape/derived/ex2_s4_optimal_instruments.csv",
+        *(f"mixtape/derived/ex2_s1_mc_{n}.csv.gz" for n in exercise2.DRAWS),
+        *(f"mixtape/derived/ex2_s2_halton_{n}.csv.gz" for n in exercise2.DRAWS),
+    )
+    out = exercise2.main()
+    starts = out["q3"]["pi[mushy,log_income]"]
+    assert np.allclose(starts, 0.2513, atol=1e-4)
+    for table in (out["s1"], out["s2"]):
+        assert table["converged"].all()
+        large = table[table.index.get_level_values("draws") >= 500]
+        assert large["sigma[prices,prices]"].between(5.9, 6.2).all()
+    assert out["s3"].attrs["gap"] < 1e-12
+    assert out["s4"].loc["optimal instruments", "sigma[prices,prices]"] == pytest.approx(
+        12.62, abs=0.01
+    )
+    s5 = out["s5"]
+    np.testing.assert_allclose(
+        s5.loc["1-step, W=updated_W", "sigma[prices,prices]"],
+        s5.loc['method="2s"', "sigma[prices,prices]"],
+        atol=1e-5,
+    )
+    assert s5.loc['method="2s"', "objective"] == pytest.approx(1.705, abs=1e-3)
