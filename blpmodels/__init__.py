@@ -22,9 +22,9 @@ from __future__ import annotations
 from . import datasets, simulation
 from .compare import Comparison, compare
 from .exceptions import BLPInputError, ConvergenceWarning, FixedPointError, IntegrationWarning
-from .models import BLPLogit, BLPModel, BLPNestedLogit
 from .instruments import build_blp_instruments, build_differentiation_instruments
 from .integration import Integration, build_integration
+from .models import BLPLogit, BLPModel, BLPNestedLogit
 from .random_coefficients import BLPRandomCoefficients
 from .results import BLPResults, BootstrappedResults
 

@@ -177,7 +177,7 @@ def load_mixtape_products(data_home: str | os.PathLike[str] | None = None) -> pd
     >>> products = load_mixtape_products()  # doctest: +SKIP
     >>> products.shape, products["market_ids"].nunique()  # doctest: +SKIP
     ((2256, 14), 94)
-    >>> round(products["outside_share"].min(), 3)  # doctest: +SKIP
+    >>> round(float(products["outside_share"].min()), 3)  # doctest: +SKIP
     0.305
     """
     data = _read_csv("mixtape/products.csv", data_home, strings=("market", "product"))
@@ -406,7 +406,7 @@ def load_petrin_micro_moments(
     Examples
     --------
     >>> moments = load_petrin_micro_moments()  # doctest: +SKIP
-    >>> moments["values"]["E[age | mi]"], moments["covariances"].shape  # doctest: +SKIP
+    >>> float(moments["values"]["E[age | mi]"]), moments["covariances"].shape  # doctest: +SKIP
     (0.783, (10, 10))
     """
     values_path = _path("pyblp/petrin_values.csv", data_home)

@@ -343,7 +343,7 @@ def check_full_rank(
     >>> check_full_rank(x, ["a", "b"], "regressors")
     Traceback (most recent call last):
     ...
-    blpmodels.exceptions.BLPInputError: regressors are collinear: 'b' is a linear combination of ['a']
+    blpmodels.exceptions.BLPInputError: regressors are collinear: 'b' is a linear combination ...
     """
     if matrix.shape[1] == 0:
         return

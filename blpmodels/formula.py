@@ -90,7 +90,8 @@ def parse_formula(formula: str) -> ParsedFormula:
     Examples
     --------
     >>> parse_formula("shares ~ 1 + mushy + [prices ~ price_instrument]")
-    ParsedFormula(dependent='shares', exog='1 + mushy', endog='prices', instruments='price_instrument')
+    ParsedFormula(dependent='shares', exog='1 + mushy', endog='prices',
+                  instruments='price_instrument')
     >>> parse_formula("shares ~ 0 + prices").endog is None
     True
     """

@@ -181,7 +181,7 @@ class BLPLogit(BLPModel):
     ...     "shares ~ 0 + [prices ~ price_instrument]", data,
     ...     absorb="C(market_ids) + C(product_ids)")  # doctest: +SKIP
     >>> results = model.fit()  # doctest: +SKIP
-    >>> round(results.params["prices"], 1)  # doctest: +SKIP
+    >>> round(float(results.params["prices"]), 1)  # doctest: +SKIP
     -30.6
     """
 
@@ -248,6 +248,21 @@ class BLPNestedLogit(BLPModel):
     estimator that numerical optimization over ρ would reach.
 
     The product data need ``nesting_ids``.
+
+    Examples
+    --------
+    pyblp's nested-logit tutorial on Nevo's cereal data (nests = mushy):
+
+    >>> from blpmodels import BLPNestedLogit, datasets  # doctest: +SKIP
+    >>> products, _ = datasets.load_nevo()  # doctest: +SKIP
+    >>> products["nesting_ids"] = products["mushy"]  # doctest: +SKIP
+    >>> groups = products.groupby(["market_ids", "nesting_ids"])["shares"]  # doctest: +SKIP
+    >>> products["nest_count"] = groups.transform("size")  # doctest: +SKIP
+    >>> instruments = " + ".join(f"demand_instruments{k}" for k in range(20))  # doctest: +SKIP
+    >>> model = BLPNestedLogit.from_formula(
+    ...     f"shares ~ 0 + [prices ~ {instruments} + nest_count]", products)  # doctest: +SKIP
+    >>> round(float(model.fit(method="2s").params["rho"]), 4)  # doctest: +SKIP
+    0.8915
     """
 
     def _within_shares(

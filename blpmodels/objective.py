@@ -221,7 +221,11 @@ class NonlinearObjective:
             )
         nesting = self.nesting(markets, rho)
         evaluator = ShareEvaluator.from_coefficients(
-            characteristics, coefficients, agents.weights[markets], mask, nesting,
+            characteristics,
+            coefficients,
+            agents.weights[markets],
+            mask,
+            nesting,
             out=self.buffer("factor", markets, (*mask.shape, coefficients.shape[1])),
         )
         return coefficients, evaluator, nesting
@@ -237,12 +241,19 @@ class NonlinearObjective:
         log_shares = self.log_shares[markets]
         if self.fp_method == "squarem":
             return solve_delta(
-                evaluator, log_shares, initial, tol=self.fp_tol,
+                evaluator,
+                log_shares,
+                initial,
+                tol=self.fp_tol,
                 max_evaluations=self.fp_max_evaluations,
             )
         inverse = None if self.last_inverse is None else self.last_inverse[markets]
         return solve_delta_hybrid(
-            evaluator, log_shares, initial, inverse, tol=self.fp_tol,
+            evaluator,
+            log_shares,
+            initial,
+            inverse,
+            tol=self.fp_tol,
             max_evaluations=self.fp_max_evaluations,
         )
 
@@ -277,7 +288,10 @@ class NonlinearObjective:
         weights = self.agents.weights[markets]
         probabilities = evaluator.probabilities(result.delta, factored=True)
         by_delta = share_jacobian(
-            probabilities, weights, nesting, mask,
+            probabilities,
+            weights,
+            nesting,
+            mask,
             workspace=self.buffer("scratch", markets, evaluator.agent_factor.shape),
         )
         by_theta = np.zeros((*mask.shape, n_params))
@@ -322,18 +336,29 @@ class NonlinearObjective:
         theta = np.asarray(theta, dtype=np.float64)
         for cached in self._cache:
             # Optimizers re-request points (the start, the accepted step); reuse them.
-            if np.array_equal(cached.theta, theta) and (cached.gradient is not None or not gradient):
+            if np.array_equal(cached.theta, theta) and (
+                cached.gradient is not None or not gradient
+            ):
                 return cached
         layout = self.design.layout
         n_params = self.parameters.size
         delta_padded = np.zeros_like(self.last_delta)
         jacobian_padded = np.zeros((*self.last_delta.shape, n_params)) if gradient else None
-        inverse_padded = np.zeros((*self.last_delta.shape, self.last_delta.shape[1])) if gradient else None
+        inverse_padded = (
+            np.zeros((*self.last_delta.shape, self.last_delta.shape[1])) if gradient else None
+        )
         initial = self.starting_delta(theta)
         converged = np.zeros(layout.n_markets, dtype=bool)
         iterations = np.zeros(layout.n_markets, dtype=np.int64)
         share_evaluations = np.zeros(layout.n_markets, dtype=np.int64)
-        outputs = (delta_padded, jacobian_padded, inverse_padded, converged, iterations, share_evaluations)
+        outputs = (
+            delta_padded,
+            jacobian_padded,
+            inverse_padded,
+            converged,
+            iterations,
+            share_evaluations,
+        )
 
         def run(markets: np.ndarray) -> None:
             self._evaluate_chunk(theta, markets, initial[markets], gradient, outputs)

@@ -213,17 +213,17 @@ class NonlinearParameters:
         upper: list[float] = []
         names = [*characteristics]
         for k in range(k2):
-            for l in range(k + 1):
-                if sigma_start[k, l] != 0:
-                    kinds.append(("sigma", k, l))
-                    lower.append(sigma_lower[k, l])
-                    upper.append(sigma_upper[k, l])
+            for column in range(k + 1):
+                if sigma_start[k, column] != 0:
+                    kinds.append(("sigma", k, column))
+                    lower.append(sigma_lower[k, column])
+                    upper.append(sigma_upper[k, column])
         for k in range(k2):
-            for l in range(d):
-                if pi_start[k, l] != 0:
-                    kinds.append(("pi", k, l))
-                    lower.append(pi_lower[k, l])
-                    upper.append(pi_upper[k, l])
+            for column in range(d):
+                if pi_start[k, column] != 0:
+                    kinds.append(("pi", k, column))
+                    lower.append(pi_lower[k, column])
+                    upper.append(pi_upper[k, column])
         for h in range(rho_start.size):
             if rho_start[h] != 0:
                 kinds.append(("rho", h, -1))

@@ -49,7 +49,7 @@ def validate_shares(shares: np.ndarray, market_ids: np.ndarray, column: str = "s
     >>> validate_shares(np.array([0.2, 0.9]), np.array(["a", "a"]))
     Traceback (most recent call last):
     ...
-    blpmodels.exceptions.BLPInputError: column 'shares': inside shares sum to >= 1 in 1 market(s), e.g. 'a' (sum 1.1); the outside good needs a positive share
+    blpmodels.exceptions.BLPInputError: column 'shares': inside shares sum to >= 1 ...
     """
     ids = pd.Series(np.asarray(market_ids, dtype=object))
     checks = [

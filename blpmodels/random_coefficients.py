@@ -54,7 +54,7 @@ class BLPRandomCoefficients(BLPModel):
     ...     absorb="C(market_ids) + C(product_ids)", random="0 + mushy",
     ...     demographics="0 + log_income", agent_data=agents)  # doctest: +SKIP
     >>> results = model.fit(sigma=0, pi=1)  # doctest: +SKIP
-    >>> round(results.params["pi[mushy,log_income]"], 3)  # doctest: +SKIP
+    >>> round(float(results.params["pi[mushy,log_income]"]), 3)  # doctest: +SKIP
     0.251
     """
 
@@ -333,7 +333,10 @@ class BLPRandomCoefficients(BLPModel):
             )
         clock = time.perf_counter()
         objective = self.objective_function(
-            parameters, options.W, fp_tol=fp_tol, fp_max_evaluations=fp_max_evaluations,
+            parameters,
+            options.W,
+            fp_tol=fp_tol,
+            fp_max_evaluations=fp_max_evaluations,
             fp_method=fp_method,
         )
         initial = objective.evaluate(parameters.theta0, gradient=parameters.size > 0)

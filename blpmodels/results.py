@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -178,6 +178,11 @@ class BLPResults(LikelihoodModelResults):
 
         Only the sum is identified; every dimension after the first is normalized to zero at
         its first level (as a dummy-variable regression dropping that level would).
+
+        Examples
+        --------
+        >>> results.fixed_effects.columns.tolist()  # doctest: +SKIP
+        ['market_ids', 'product_ids', 'total']
         """
         design = self.model.design
         if design.absorber is None:
@@ -228,7 +233,11 @@ class BLPResults(LikelihoodModelResults):
 
         Examples
         --------
-        >>> results.t_test("prices = -30")  # doctest: +SKIP
+        With ``results`` from the IV + fixed-effects logit of Mixtape exercise 1:
+
+        >>> test = results.t_test("prices = -30")  # doctest: +SKIP
+        >>> round(float(test.pvalue), 2)  # doctest: +SKIP
+        0.54
         """
         return super().t_test(self._translate(r_matrix), cov_p=cov_p, use_t=use_t)
 
@@ -285,9 +294,13 @@ class BLPResults(LikelihoodModelResults):
 
         Examples
         --------
-        >>> counterfactual = data[data.market_ids == "C01Q2"].copy()  # doctest: +SKIP
-        >>> counterfactual.loc[counterfactual.product_ids == "F1B04", "prices"] /= 2
-        >>> results.predict(counterfactual)  # doctest: +SKIP
+        Halve F1B04's price in C01Q2 (Mixtape exercise 1, IV + fixed-effects logit):
+
+        >>> market = data[data.market_ids == "C01Q2"].copy()  # doctest: +SKIP
+        >>> market.loc[market.product_ids == "F1B04", "prices"] /= 2  # doctest: +SKIP
+        >>> change = results.predict(market) / market["shares"] - 1  # doctest: +SKIP
+        >>> round(100 * change[market.product_ids == "F1B04"].item(), 2)  # doctest: +SKIP
+        223.64
         """
         design = self.model.design
         if data is None:
@@ -308,6 +321,11 @@ class BLPResults(LikelihoodModelResults):
 
         For the logit, there is one representative agent and the probabilities equal the
         shares.
+
+        Examples
+        --------
+        >>> results.probabilities("C01Q1").shape  # doctest: +SKIP
+        (24, 1)
         """
         positions = self.demand.market_positions(market_id)
         if positions.size != 1:
@@ -351,6 +369,12 @@ class BLPResults(LikelihoodModelResults):
         Returns
         -------
         pandas.DataFrame
+
+        Examples
+        --------
+        >>> elasticities = results.elasticities(market_id="C01Q1")  # doctest: +SKIP
+        >>> round(float(elasticities.loc["F1B04", "F1B04"]), 3)  # doctest: +SKIP
+        -2.178
         """
         design = self.model.design
         data_rows = None if data is None else design.match_rows(data)
@@ -380,6 +404,12 @@ class BLPResults(LikelihoodModelResults):
         """Diversion ratios from product j (row) to k (column); outside good on the diagonal.
 
         D_jk = −(∂s_k/∂x_j)/(∂s_j/∂x_j); each row sums to one with the outside good.
+
+        Examples
+        --------
+        >>> diversion = results.diversion_ratios(market_id="C01Q1")  # doctest: +SKIP
+        >>> bool(np.allclose(diversion.sum(axis=1), 1.0))  # doctest: +SKIP
+        True
         """
         design = self.model.design
         data_rows = None if data is None else design.match_rows(data)
@@ -404,6 +434,12 @@ class BLPResults(LikelihoodModelResults):
         """Second-choice diversion from j (row) to k (column) when j is removed.
 
         (s_k without j − s_k) / s_j, with the outside good on the diagonal; rows sum to one.
+
+        Examples
+        --------
+        >>> diversion = results.long_run_diversion_ratios(market_id="C01Q1")  # doctest: +SKIP
+        >>> bool(np.allclose(diversion.sum(axis=1), 1.0))  # doctest: +SKIP
+        True
         """
         design = self.model.design
         positions = self.demand.market_positions(market_id)
@@ -439,6 +475,12 @@ class BLPResults(LikelihoodModelResults):
         BootstrappedResults
             Draws of the parameters; its :meth:`~BootstrappedResults.predict` gives shares at
             the observed or changed data for every draw (ξ held at its estimate).
+
+        Examples
+        --------
+        >>> bootstrapped = results.bootstrap(draws=100, seed=0)  # doctest: +SKIP
+        >>> bootstrapped.draws  # doctest: +SKIP
+        100
         """
         if not isinstance(draws, (int, np.integer)) or draws < 1:
             raise BLPInputError(f"draws must be a positive integer, got {draws!r}")
@@ -491,6 +533,14 @@ class BLPResults(LikelihoodModelResults):
         Returns
         -------
         statsmodels.iolib.summary.Summary
+
+        Examples
+        --------
+        >>> print(results.summary())  # doctest: +SKIP
+                                  BLPLogit Results
+        ===================================================================================
+        Dep. Variable:                      shares   Objective:                 ...
+        ...
         """
         design = self.model.design
         info = self.info
@@ -507,7 +557,7 @@ class BLPResults(LikelihoodModelResults):
             ("No. Products:", [f"{design.n_products}"]),
             ("Absorbed FE:", [absorbed]),
         ]
-        j_stat, df, pvalue = self.j_stat
+        _, df, pvalue = self.j_stat
         right = [
             ("Objective:", [f"{info.objective:.6g}"]),
             ("Moments:", [f"{info.n_moments}"]),
@@ -552,11 +602,11 @@ class BLPResults(LikelihoodModelResults):
                 f"{convergence.get('iterations')} iterations, {convergence.get('evaluations')} "
                 f"objective evaluations; projected gradient norm "
                 f"{convergence.get('gradient_norm', np.nan):.3g}; Hessian eigenvalues "
-                f"{np.array2string(np.asarray(eigen), precision=4) if eigen is not None else 'n/a'}."
+                f"{'n/a' if eigen is None else np.array2string(np.asarray(eigen), precision=4)}."
             )
             notes.append(
                 "Fixed point: "
-                f"{convergence.get('fp_iterations')} SQUAREM iterations, "
+                f"{convergence.get('fp_iterations')} fixed-point iterations, "
                 f"{convergence.get('contraction_evaluations')} contraction evaluations, "
                 f"all markets converged={convergence.get('fp_converged')}."
             )
@@ -564,7 +614,8 @@ class BLPResults(LikelihoodModelResults):
                 notes.append(f"Warning: {warning}")
         if design.absorber is not None:
             notes.append(
-                f"Fixed effects absorbed ({absorbed}); {design.absorber.degrees} degrees of freedom."
+                f"Fixed effects absorbed ({absorbed}); "
+                f"{design.absorber.degrees} degrees of freedom."
             )
         if notes:
             summary.add_extra_txt(notes)
@@ -574,9 +625,9 @@ class BLPResults(LikelihoodModelResults):
 class BLPResultsWrapper(LikelihoodResultsWrapper):
     """Labels results attributes with parameter names and data indexes."""
 
-    _attrs: dict[str, str] = {}
+    _attrs: ClassVar[dict[str, str]] = {}
     _wrap_attrs = wrap.union_dicts(LikelihoodResultsWrapper._wrap_attrs, _attrs)
-    _methods: dict[str, str] = {}
+    _methods: ClassVar[dict[str, str]] = {}
     _wrap_methods = wrap.union_dicts(LikelihoodResultsWrapper._wrap_methods, _methods)
 
 
