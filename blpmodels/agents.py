@@ -65,6 +65,7 @@ class AgentDesign:
         max_nodes: int = 0,
         context: Mapping[str, Any] | None = None,
         kind: str | None = None,
+        template: TermBlock | None = None,
     ) -> AgentDesign:
         """Validate agent data and lay it out.
 
@@ -83,6 +84,10 @@ class AgentDesign:
             Names visible to formula transforms.
         kind : str, optional
             Integration kind ("grid" allows weights not summing to one).
+        template : TermBlock, optional
+            Demographics block of an estimated model: new agent data are encoded exactly as
+            the estimation agents were (same columns, same categorical levels), and
+            ``demographics`` is ignored.
 
         Returns
         -------
@@ -130,15 +135,21 @@ class AgentDesign:
                 IntegrationWarning,
                 stacklevel=3,
             )
-        block = build_block(
-            demographics,
-            agent_data,
-            intercept="keep",
-            context=context,
-            market_ids=market_ids,
-            what="agent data",
-            role="demographics",
-        )
+        if template is None:
+            block = build_block(
+                demographics,
+                agent_data,
+                intercept="keep",
+                context=context,
+                market_ids=market_ids,
+                what="agent data",
+                role="demographics",
+            )
+        elif template.size == 0:
+            block = TermBlock(template.formula, (), np.zeros((len(agent_data), 0)), template.spec)
+        else:
+            values = np.asarray(template.rebuild(agent_data, context), dtype=np.float64)
+            block = TermBlock(template.formula, template.names, values, template.spec)
         nodes = np.asarray(agent_data[node_columns], dtype=np.float64).reshape(len(agent_data), -1)
         return cls(
             data=agent_data,
