@@ -369,6 +369,40 @@ def test_rcnl_objective_and_gradient_match_pyblp(nevo_nested, pyblp, rho):
     np.testing.assert_allclose(evaluation.delta, np.ravel(oracle.delta), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    ("ours", "pyblp_random", "pyblp_types"),
+    [
+        ({"sugar": "lognormal"}, "0 + prices + sugar", ["linear", "log"]),
+        # pyblp has no negative lognormal; its documented recipe is 'log' on I(-prices).
+        ({"prices": "negative_lognormal"}, "0 + I(-prices) + sugar", ["log", "linear"]),
+    ],
+    ids=["lognormal", "negative_lognormal"],
+)
+def test_lognormal_objective_and_gradient_match_pyblp(nevo, pyblp, ours, pyblp_random, pyblp_types):
+    products, agents = nevo
+    model = nevo_model(nevo, random="0 + prices + sugar", demographics="0 + income", rc_types=ours)
+    sigma = np.diag([0.3, 0.2])
+    pi = [[0.5], [0.1]]
+    parameters = model.parameters(sigma=sigma, pi=pi)
+    evaluation = model.objective_function(parameters).evaluate(parameters.theta0)
+    problem = pyblp.Problem(
+        (
+            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
+            pyblp.Formulation(pyblp_random),
+        ),
+        products,
+        agent_formulation=pyblp.Formulation("0 + income"),
+        agent_data=agents,
+        rc_types=pyblp_types,
+    )
+    oracle = problem.solve(
+        sigma=sigma, pi=pi, method="1s", optimization=pyblp.Optimization("return")
+    )
+    assert evaluation.objective == pytest.approx(float(oracle.objective), rel=1e-8)
+    np.testing.assert_allclose(evaluation.gradient, np.ravel(oracle.gradient), rtol=1e-7)
+    np.testing.assert_allclose(evaluation.delta, np.ravel(oracle.delta), rtol=1e-9, atol=1e-9)
+
+
 def test_nested_logit_fitted_numerically(nevo_nested):
     """ρ without random coefficients (σ fixed at 0): pyblp's nested-logit tutorial numbers.
 
