@@ -23,8 +23,11 @@ from scipy import stats
 from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrapper
 from statsmodels.iolib.summary import Summary
 
+from .agents import AgentDesign
 from .demand import DemandSystem
-from .exceptions import BLPInputError
+from .exceptions import BLPInputError, FixedPointError
+from .integration import Integration, build_integration
+from .kernel import ShareEvaluator, solve_delta
 
 __all__ = ["BLPResults", "BLPResultsWrapper", "BootstrappedResults", "EstimationInfo"]
 
@@ -511,11 +514,6 @@ class BLPResults(LikelihoodModelResults):
         >>> fewer = agents.groupby("market_ids").head(200).assign(weights=1 / 200)  # doctest: +SKIP
         >>> moved = results.compute_delta(agent_data=fewer) - results.delta  # doctest: +SKIP
         """
-        from .agents import AgentDesign
-        from .exceptions import FixedPointError
-        from .integration import Integration, build_integration
-        from .kernel import ShareEvaluator, solve_delta
-
         demand = self.demand
         if demand.agents is None or demand.parameters is None:
             raise BLPInputError(
