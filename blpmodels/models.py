@@ -23,7 +23,7 @@ from statsmodels.base.model import Model
 
 from .absorb import AbsorbMethod
 from .demand import DemandSystem
-from .estimation import fit_linear, gmm_options
+from .estimation import GMMOptions, LinearEstimate, fit_linear, gmm_options
 from .exceptions import BLPInputError
 from .formula import parse_formula
 from .products import ProductDesign
@@ -150,6 +150,20 @@ class BLPModel(Model):
         """GMM models have no likelihood."""
         raise NotImplementedError("BLP models are estimated by GMM and have no likelihood")
 
+    def _linear_info(self, options: GMMOptions, estimate: LinearEstimate) -> EstimationInfo:
+        """Diagnostics of a linear (closed-form) IV-GMM fit."""
+        return EstimationInfo(
+            method=options.method,
+            cov_type=options.cov_type,
+            objective=estimate.objective,
+            W=estimate.W,
+            updated_W=estimate.updated_W,
+            moment_covariance=estimate.S,
+            n_moments=len(self.design.z_names),
+            first_stage=estimate.first_stage,
+            steps=estimate.steps,
+        )
+
     def _results(
         self,
         params: np.ndarray,
@@ -221,17 +235,7 @@ class BLPLogit(BLPModel):
             n_exog=design.exog.size,
             endog_names=list(design.endog.names),
         )
-        info = EstimationInfo(
-            method=options.method,
-            cov_type=options.cov_type,
-            objective=estimate.objective,
-            W=estimate.W,
-            updated_W=estimate.updated_W,
-            moment_covariance=estimate.S,
-            n_moments=len(design.z_names),
-            first_stage=estimate.first_stage,
-            steps=estimate.steps,
-        )
+        info = self._linear_info(options, estimate)
         demand = DemandSystem(design, estimate.beta, delta)
         return self._results(
             estimate.beta, design.x_names, estimate.cov, info, demand, estimate.xi, delta
@@ -341,17 +345,7 @@ class BLPNestedLogit(BLPModel):
                 stacklevel=2,
             )
         delta = logit_delta - within @ rho_values
-        info = EstimationInfo(
-            method=options.method,
-            cov_type=options.cov_type,
-            objective=estimate.objective,
-            W=estimate.W,
-            updated_W=estimate.updated_W,
-            moment_covariance=estimate.S,
-            n_moments=len(design.z_names),
-            first_stage=estimate.first_stage,
-            steps=estimate.steps,
-        )
+        info = self._linear_info(options, estimate)
         n_nests = int(nest_codes.max()) + 1
         demand = DemandSystem(
             design,
