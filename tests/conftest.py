@@ -2,12 +2,17 @@
 
 Tests that read the shared data carry ``@pytest.mark.data``; their fixtures skip cleanly (with
 the path that was looked at) when the data folder is missing, so the rest of the suite still
-runs. Session-scoped fixtures hand out frames and results that tests must not modify; the
+runs. Under continuous integration (the ``CI`` environment variable set and non-empty) missing
+data is an error instead: the run stops at session start, naming the folder and the files it
+looked for, and any test skipped for want of data or an oracle package fails.
+
+Session-scoped fixtures hand out frames and results that tests must not modify; the
 ``products`` fixture gives a fresh copy for tests that edit the data.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +26,67 @@ FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 IV_FE_FORMULA = "shares ~ 0 + [prices ~ price_instrument]"
 
 
+#: Data files the test suite reads, relative to the data home (see the data folder's README).
+REQUIRED_DATA = (
+    "mixtape/products.csv",
+    "mixtape/demographics.csv",
+    "mixtape/derived/ex2_product_data.csv",
+    "mixtape/derived/ex2_product_data_with_overid_and_firms.csv",
+    "mixtape/derived/ex2_agent_data.csv.gz",
+    "pyblp/nevo_products.csv",
+    "pyblp/nevo_agents.csv",
+    "pyblp/blp_products.csv",
+    "pyblp/blp_agents.csv",
+)
+
+#: Words in a skip reason that mean "a data file or an oracle package is missing".
+_MISSING_MARKERS = ("not found", "could not import", DATA_ENV_VAR)
+
+
+def under_ci() -> bool:
+    """True when the ``CI`` environment variable is set and non-empty (CI services set it)."""
+    return bool(os.environ.get("CI", "").strip())
+
+
+def missing_data_message(home: Path, missing: list[str]) -> str:
+    listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return (
+        f"CI is set but the shared data are missing: looked in {home} "
+        f"(from {DATA_ENV_VAR}={os.environ.get(DATA_ENV_VAR, '<unset>')!s}) for {listed}. "
+        f"Point {DATA_ENV_VAR} at the data folder; under CI missing data fail the run instead of "
+        "skipping tests."
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under CI, stop before collecting anything when the shared data are not there."""
+    if not under_ci():
+        return
+    home = data_home()
+    missing = [name for name in REQUIRED_DATA if not (home / name).is_file()]
+    if missing:
+        pytest.exit(missing_data_message(home, missing), returncode=pytest.ExitCode.TESTS_FAILED)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under CI, a test skipped for a missing data file or oracle package fails instead."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (under_ci() and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+    if any(marker in reason for marker in _MISSING_MARKERS):
+        report.outcome = "failed"
+        report.longrepr = f"under CI a missing prerequisite is a failure, not a skip: {reason}"
+
+
 def _require(path: Path) -> Path:
     if not path.is_file():
-        pytest.skip(f"shared data file {path} not found (set {DATA_ENV_VAR} to the data folder)")
+        message = f"shared data file {path} not found (set {DATA_ENV_VAR} to the data folder)"
+        if under_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
     return path
 
 
