@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from scipy.special import ndtr, ndtri
 
 from blpmodels.exceptions import BLPInputError, IntegrationWarning
@@ -164,14 +165,107 @@ def test_sampling_distinct_across_markets(kind: str) -> None:
     np.testing.assert_array_equal(agents["weights"], np.full(120, 1 / 40))
 
 
-@pytest.mark.parametrize("kind", SAMPLING)
-def test_sampling_moments(kind: str) -> None:
-    nodes, weights = Integration(kind, 20_000, seed=11).build(3)
+def sample_errors(kind: str, size: int = 20_000, seed: int = 11) -> dict[str, float]:
+    """Worst errors of a 3-dimensional rule against exact N(0, I) moments."""
+    nodes, weights = Integration(kind, size, seed=seed).build(3)
     assert np.isfinite(nodes).all()
-    np.testing.assert_allclose(weights @ nodes, 0.0, atol=0.03)
-    np.testing.assert_allclose(weights @ nodes**2, 1.0, atol=0.04)
-    correlation = np.corrcoef(nodes.T)[np.triu_indices(3, 1)]
-    np.testing.assert_allclose(correlation, 0.0, atol=0.04)
+    second = np.einsum("i,ij,ik->jk", weights, nodes, nodes)
+    return {
+        "mean": float(np.abs(weights @ nodes).max()),  # E[x_j] = 0
+        "variance": float(np.abs(np.diag(second) - 1.0).max()),  # E[x_j²] = 1
+        "cross": float(np.abs(second[np.triu_indices(3, 1)]).max()),  # E[x_j x_k] = 0
+        "fourth": float(np.abs(weights @ nodes**4 - 3.0).max()),  # E[x_j⁴] = 3
+        # E[exp(Σ x_j / 2)] = exp(3/8): smooth, not additive.
+        "exp": abs(float(weights @ np.exp(nodes.sum(axis=1) / 2)) - math.exp(3 / 8)),
+    }
+
+
+# Tolerances for N = 20,000 points. Monte Carlo: five standard errors of each sample moment
+# (sd of x, x², x_j x_k, x⁴ and exp(Σx/2) are 1, √2, 1, √96 and √(e^{3/2} − e^{3/4})), the
+# accuracy it really has. Scrambled Halton: QMC error is O((log N)^d / N); measured worst over
+# seeds 0–9: mean 5e-4, variance 4e-4, cross 4e-4, fourth 0.017, exp 9e-4 — the bounds are 3–4×
+# those and 5–15× below Monte Carlo's. LHS and MLHS stratify each margin, so sums of univariate
+# functions (mean, variance, fourth moment) are far more accurate (measured worst 2e-4, 2e-4,
+# 0.01), while cross moments are no better than Monte Carlo (one stratum per point and
+# dimension, paired at random).
+_SE = {"mean": 1.0, "variance": math.sqrt(2), "cross": 1.0, "fourth": math.sqrt(96)}
+_SE["exp"] = math.sqrt(math.exp(1.5) - math.exp(0.75))
+MONTE_CARLO_BOUNDS = {name: 5 * sd / math.sqrt(20_000) for name, sd in _SE.items()}
+SAMPLING_BOUNDS = {
+    "monte_carlo": MONTE_CARLO_BOUNDS,
+    "halton": {"mean": 2e-3, "variance": 2e-3, "cross": 2e-3, "fourth": 0.05, "exp": 4e-3},
+    "lhs": {**MONTE_CARLO_BOUNDS, "mean": 1e-3, "variance": 1e-3, "fourth": 0.04},
+    "mlhs": {**MONTE_CARLO_BOUNDS, "mean": 1e-3, "variance": 1e-3, "fourth": 0.04},
+}
+
+
+@pytest.mark.parametrize("kind", SAMPLING)
+def test_sampling_moments_at_the_accuracy_of_each_rule(kind: str) -> None:
+    errors = sample_errors(kind)
+    for name, bound in SAMPLING_BOUNDS[kind].items():
+        assert errors[name] < bound, (name, errors[name], bound)
+
+
+def test_monte_carlo_nodes_are_standard_normal() -> None:
+    """Kolmogorov–Smirnov on each margin (seeded, so deterministic; p > 0.01 at this seed)."""
+    nodes, _ = Integration("monte_carlo", 20_000, seed=11).build(3)
+    for column in nodes.T:
+        assert stats.kstest(column, "norm").pvalue > 0.01
+
+
+def rms_errors(kind: str, sizes: list[int], integrand, truth: float, seeds=range(16)):
+    errors = []
+    for size in sizes:
+        values = [
+            float(weights @ integrand(nodes)) - truth
+            for nodes, weights in (Integration(kind, size, seed=seed).build(2) for seed in seeds)
+        ]
+        errors.append(math.sqrt(np.mean(np.square(values))))
+    return errors
+
+
+def convergence_rate(sizes: list[int], errors: list[float]) -> float:
+    """Slope of log RMS error on log N."""
+    return float(np.polyfit(np.log(sizes), np.log(errors), 1)[0])
+
+
+SIZES = [256, 1024, 4096, 16384]
+
+
+def test_halton_converges_faster_than_monte_carlo() -> None:
+    """RMS error over 16 seeds of E[exp(x1/2 + x2/2)] = e^{1/4} for N = 256 … 16,384.
+
+    Monte Carlo converges at N^{-1/2}; scrambled Halton at nearly N^{-1} for smooth integrands
+    (measured slopes: Monte Carlo −0.44 to −0.57, Halton −0.83 to −0.93 over three seed sets).
+    """
+
+    def integrand(nodes):
+        return np.exp(nodes.sum(axis=1) / 2)
+
+    truth = math.exp(0.25)
+    monte_carlo = rms_errors("monte_carlo", SIZES, integrand, truth)
+    halton = rms_errors("halton", SIZES, integrand, truth)
+    assert -0.7 < convergence_rate(SIZES, monte_carlo) < -0.3
+    assert convergence_rate(SIZES, halton) < -0.7
+    assert halton[-1] < monte_carlo[-1] / 5
+
+
+@pytest.mark.parametrize("kind", ["lhs", "mlhs"])
+def test_latin_hypercube_converges_faster_on_additive_integrands(kind: str) -> None:
+    """E[exp(x1/2) + exp(x2/2)] = 2e^{1/8}: stratified margins beat N^{-1/2}.
+
+    Measured slopes: LHS −0.94 to −1.04, MLHS −0.88 (Monte Carlo −0.52).
+    """
+
+    def integrand(nodes):
+        return np.exp(nodes[:, 0] / 2) + np.exp(nodes[:, 1] / 2)
+
+    truth = 2 * math.exp(0.125)
+    monte_carlo = rms_errors("monte_carlo", SIZES, integrand, truth)
+    stratified = rms_errors(kind, SIZES, integrand, truth)
+    assert -0.7 < convergence_rate(SIZES, monte_carlo) < -0.3
+    assert convergence_rate(SIZES, stratified) < -0.75
+    assert stratified[-1] < monte_carlo[-1] / 10
 
 
 def test_monte_carlo_blocks_follow_one_stream() -> None:
