@@ -85,7 +85,7 @@ def parse_formula(formula: str) -> ParsedFormula:
     ------
     BLPInputError
         If the formula has no ``~``, an empty or non-column left-hand side, unbalanced or
-        malformed brackets, or a bracket without ``~``.
+        malformed brackets, a bracket without ``~`` or with more than one, or no regressors.
 
     Examples
     --------
@@ -112,7 +112,20 @@ def parse_formula(formula: str) -> ParsedFormula:
         )
     rhs = formula[split + 1 :]
     exog, endog, instruments = parse_rhs(rhs, context=formula)
+    if endog is None and not _has_terms(exog):
+        raise BLPInputError(
+            f"formula {formula!r} has no regressors: there is nothing to estimate; add "
+            "characteristics or instrumented regressors, e.g. 'shares ~ 1 + x + [prices ~ z]'"
+        )
     return ParsedFormula(dependent, exog, endog, instruments)
+
+
+def _has_terms(rhs: str) -> bool:
+    """Whether a formulaic right-hand side has any term (the constant counts)."""
+    try:
+        return len(list(Formula(rhs))) > 0
+    except Exception:  # a syntax error is reported, with the data, when the block is built
+        return True
 
 
 def parse_rhs(rhs: str, *, context: str | None = None) -> tuple[str, str | None, str | None]:
@@ -133,7 +146,8 @@ def parse_rhs(rhs: str, *, context: str | None = None) -> tuple[str, str | None,
     Raises
     ------
     BLPInputError
-        If a bracketed group has no ``~`` or an empty side.
+        If a bracketed group has no ``~``, more than one, or an empty side, or a ``~`` is
+        left outside the brackets.
 
     Examples
     --------
@@ -153,11 +167,21 @@ def parse_rhs(rhs: str, *, context: str | None = None) -> tuple[str, str | None,
         left, right = group[:tilde].strip(), group[tilde + 1 :].strip()
         if not left or not right:
             raise BLPInputError(f"formula {where!r}: empty side in bracket [{group}]")
+        if _top_level_tilde(right) >= 0:
+            raise BLPInputError(
+                f"formula {where!r}: the bracket [{group}] has more than one '~'; write "
+                "[instrumented regressors ~ instruments], e.g. [prices ~ z1 + z2]"
+            )
         endog_parts.append(left)
         instrument_parts.append(right)
     if "[" in _BRACKET.sub("", rhs) or "]" in _BRACKET.sub("", rhs):
         raise BLPInputError(f"formula {where!r}: nested or malformed square brackets")
     exog = _clean_sum(_BRACKET.sub("", rhs))
+    if _top_level_tilde(exog) >= 0:
+        raise BLPInputError(
+            f"formula {where!r} has more than one '~' outside square brackets; instrumented "
+            "regressors go in brackets: 'shares ~ 1 + x + [prices ~ z]'"
+        )
     if not exog:
         # "[prices ~ z]" alone keeps formulaic's default constant, as "1 + [..]" would.
         exog = "1"
