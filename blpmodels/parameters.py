@@ -29,23 +29,60 @@ RCType = Literal["normal", "lognormal", "negative_lognormal"]
 _RC_TYPES = ("normal", "lognormal", "negative_lognormal")
 
 
-def _as_matrix(value: Any, shape: tuple[int, int], name: str) -> np.ndarray:
+def _real_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as a float64 array; ragged nesting or text is blamed on ``name``."""
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # numpy refuses ragged nested lists
+        raise BLPInputError(
+            f"{name} must be a rectangular array of numbers; its rows have different lengths: "
+            f"{value!r}"
+        ) from error
+    if array.dtype.kind in "USO":
+        # Strings would be parsed by numpy ("1" -> 1.0); objects may hide either.
+        if array.dtype.kind != "O" or any(
+            isinstance(item, (str, bytes)) for item in array.ravel().tolist()
+        ):
+            raise BLPInputError(f"{name} must hold numbers, got {value!r}")
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as error:
+            raise BLPInputError(f"{name} must hold numbers, got {value!r}") from error
+    if array.dtype.kind == "c":
+        raise BLPInputError(f"{name} must hold real numbers, got {value!r}")
+    return array.astype(np.float64)
+
+
+def _as_matrix(
+    value: Any,
+    shape: tuple[int, int],
+    name: str,
+    rows: Sequence[Any] = (),
+    columns: Sequence[Any] = (),
+) -> np.ndarray:
     if value is None:
         return np.zeros(shape)
-    array = np.asarray(value, dtype=np.float64)
+    array = _real_array(value, name)
     if array.ndim == 0:
-        if array == 0 or shape == (1, 1):
-            return np.full(shape, float(array))
-        raise BLPInputError(
-            f"{name} must be a {shape[0]}×{shape[1]} matrix; a nonzero scalar is only accepted "
-            "when it is 1×1"
-        )
+        if array == 0 or shape == (1, 1) or not np.isfinite(array):
+            array = np.full(shape, float(array))
+        else:
+            raise BLPInputError(
+                f"{name} must be a {shape[0]}×{shape[1]} matrix; a nonzero scalar is only "
+                "accepted when it is 1×1"
+            )
     if array.ndim == 1 and shape[1] == 1 and array.size == shape[0]:
         array = array[:, None]
     if array.shape != shape:
         raise BLPInputError(f"{name} must be {shape[0]}×{shape[1]}, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise BLPInputError(f"{name} has non-finite starting values")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row, column = (int(k) for k in np.argwhere(bad)[0])
+        entry = f"{name}[{rows[row]},{columns[column]}]" if rows and columns else name
+        raise BLPInputError(
+            f"{name} has non-finite starting values: {entry} is {array[row, column]} "
+            "(starting values must be finite numbers)"
+        )
     return array.copy()
 
 
@@ -56,8 +93,15 @@ def _bounds(
         return lower, upper
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
         raise BLPInputError(f"{name}_bounds must be a pair (lower, upper)")
-    low = np.broadcast_to(np.asarray(bounds[0], dtype=np.float64), shape).copy()
-    high = np.broadcast_to(np.asarray(bounds[1], dtype=np.float64), shape).copy()
+    try:
+        low = np.broadcast_to(_real_array(bounds[0], f"{name}_bounds"), shape).copy()
+        high = np.broadcast_to(_real_array(bounds[1], f"{name}_bounds"), shape).copy()
+    except ValueError as error:
+        if isinstance(error, BLPInputError):
+            raise
+        raise BLPInputError(
+            f"{name}_bounds must be scalars or arrays of shape {shape[0]}×{shape[1]}"
+        ) from error
     if np.isnan(low).any() or np.isnan(high).any():
         raise BLPInputError(f"{name}_bounds has NaN; use ±numpy.inf for no bound")
     return low, high
@@ -153,7 +197,7 @@ class NonlinearParameters:
         ['sigma[prices,prices]', 'pi[prices,log_income]']
         """
         k2, d = len(characteristics), len(demographics)
-        sigma_start = _as_matrix(sigma, (k2, k2), "sigma")
+        sigma_start = _as_matrix(sigma, (k2, k2), "sigma", characteristics, characteristics)
         if np.any(np.triu(sigma_start, 1) != 0):
             rows, columns = np.nonzero(np.triu(sigma_start, 1))
             raise BLPInputError(
@@ -161,7 +205,7 @@ class NonlinearParameters:
                 f"sigma[{characteristics[rows[0]]},{characteristics[columns[0]]}] above the "
                 "diagonal must be zero"
             )
-        pi_start = _as_matrix(pi, (k2, d), "pi")
+        pi_start = _as_matrix(pi, (k2, d), "pi", characteristics, demographics)
         default_sigma_lower = np.where(np.eye(k2, dtype=bool), 0.0, -np.inf)
         sigma_lower, sigma_upper = _bounds(
             sigma_bounds, (k2, k2), "sigma", default_sigma_lower, np.full((k2, k2), np.inf)
@@ -178,12 +222,13 @@ class NonlinearParameters:
         else:
             if not nests:
                 raise BLPInputError("rho was given but the product data have no nesting_ids")
-            rho_start = np.atleast_1d(np.asarray(rho, dtype=np.float64)).ravel()
+            rho_start = np.atleast_1d(_real_array(rho, "rho")).ravel()
             if rho_start.size not in (1, len(nests)):
                 raise BLPInputError(
                     f"rho must have 1 value or one per nest ({len(nests)}), got {rho_start.size}"
                 )
-        if ((rho_start < 0) | (rho_start >= 1)).any():
+        # Written so that NaN fails too (every comparison with NaN is False).
+        if not ((rho_start >= 0) & (rho_start < 1)).all():
             raise BLPInputError(f"rho must lie in [0, 1), got {rho_start.tolist()}")
         rho_shape = (rho_start.size, 1)
         rho_lower, rho_upper = _bounds(
