@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from formulaic import Formula
 
-from .design import TermBlock, build_block, check_columns
+from .design import TermBlock, build_block, check_columns, numeric_values
 from .exceptions import BLPInputError, IntegrationWarning
-from .markets import MarketLayout
+from .markets import MarketLayout, check_ids
 
 __all__ = ["AgentDesign"]
 
@@ -96,12 +97,18 @@ class AgentDesign:
         Raises
         ------
         BLPInputError
-            Missing columns, NaN, agents in markets without products or markets without
-            agents, negative weights outside sparse grids.
+            No rows, missing columns, NaN or infinite values, text in numeric columns,
+            non-numeric demographics, ambiguous market ids, agents in markets without products
+            or markets without agents, negative weights outside sparse grids, markets whose
+            weights do not sum to a positive number.
         """
         if not isinstance(agent_data, pd.DataFrame):
             raise BLPInputError(f"agent_data must be a DataFrame, got {type(agent_data).__name__}")
-        check_columns(agent_data, ["market_ids", "weights"], what="agent data")
+        if len(agent_data) == 0:
+            raise BLPInputError("agent data has no rows")
+        check_columns(agent_data, ["market_ids"], what="agent data")
+        market_ids = check_ids(agent_data["market_ids"], "market_ids", "agent data")
+        check_columns(agent_data, ["weights"], market_ids=market_ids, what="agent data")
         node_numbers = sorted(
             int(match.group(1))
             for column in agent_data.columns
@@ -116,16 +123,27 @@ class AgentDesign:
                 f"{[f'nodes{k}' for k in node_numbers]}"
             )
         node_columns = [f"nodes{k}" for k in range(min(available, max_nodes))]
-        market_ids = np.asarray(agent_data["market_ids"], dtype=object)
         check_columns(agent_data, node_columns, market_ids=market_ids, what="agent data")
+        weights = _finite_column(agent_data, "weights", market_ids)
+        nodes = np.zeros((len(agent_data), len(node_columns)))
+        for position, column in enumerate(node_columns):
+            nodes[:, position] = _finite_column(agent_data, column, market_ids)
         layout = MarketLayout.from_ids(market_ids, market_labels, what="agent data")
-        weights = np.asarray(agent_data["weights"], dtype=np.float64)
-        if not np.isfinite(weights).all():
-            raise BLPInputError("agent data column 'weights' has non-finite values")
         if kind != "grid" and (weights < 0).any():
-            market = market_ids[int(np.flatnonzero(weights < 0)[0])]
-            raise BLPInputError(f"agent data: negative weights in market {market!r}")
+            bad = pd.unique(market_ids[weights < 0])
+            raise BLPInputError(
+                f"agent data: negative weights in {bad.size} market(s): {bad[:5].tolist()}; "
+                "only sparse-grid integration has negative weights"
+            )
         totals = np.bincount(layout.codes, weights=weights, minlength=layout.n_markets)
+        empty = ~(totals > 0)
+        if empty.any():
+            # Shares are weighted sums over agents: they would be zero (or negative) there.
+            bad = layout.market_labels[empty][:5].tolist()
+            raise BLPInputError(
+                f"agent data: weights sum to {totals[empty][0]:.6g} in {int(empty.sum())} "
+                f"market(s): {bad}; every market needs agents with positive total weight"
+            )
         off = np.abs(totals - 1.0) > 1e-8
         if off.any() and kind != "grid":
             bad = layout.market_labels[off][:5].tolist()
@@ -135,6 +153,8 @@ class AgentDesign:
                 IntegrationWarning,
                 stacklevel=3,
             )
+        demographics_formula = demographics if template is None else template.formula
+        _check_numeric_demographics(demographics_formula, agent_data)
         if template is None:
             block = build_block(
                 demographics,
@@ -148,9 +168,8 @@ class AgentDesign:
         elif template.size == 0:
             block = TermBlock(template.formula, (), np.zeros((len(agent_data), 0)), template.spec)
         else:
-            values = np.asarray(template.rebuild(agent_data, context), dtype=np.float64)
+            values = template.rebuild(agent_data, context, what="agent data")
             block = TermBlock(template.formula, template.names, values, template.spec)
-        nodes = np.asarray(agent_data[node_columns], dtype=np.float64).reshape(len(agent_data), -1)
         return cls(
             data=agent_data,
             layout=layout,
@@ -179,3 +198,48 @@ class AgentDesign:
     def n_agents(self) -> np.ndarray:
         """Agents per market."""
         return self.layout.counts
+
+
+def _finite_column(data: pd.DataFrame, column: str, market_ids: np.ndarray) -> np.ndarray:
+    """A numeric agent column as float64, naming the first market with an infinite value."""
+    values = numeric_values(data[column], f"agent data column {column!r}")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        market = market_ids[int(np.flatnonzero(bad)[0])]
+        raise BLPInputError(
+            f"agent data column {column!r} has {int(bad.sum())} non-finite values "
+            f"(first in market {market!r})"
+        )
+    return values
+
+
+def _check_numeric_demographics(formula: str | None, agent_data: pd.DataFrame) -> None:
+    """Refuse text or categorical columns used as plain demographics.
+
+    formulaic silently turns such a column into one dummy per level, so ``0 + income`` with
+    income read as text gives a Π column per distinct income. ``C(column)`` asks for dummies
+    explicitly and stays allowed.
+    """
+    if not formula:
+        return
+    try:
+        terms = list(Formula(formula))
+    except Exception:  # syntax errors are reported when the block is built
+        return
+    for term in terms:
+        for factor in term.factors:
+            name = str(factor.expr)
+            if name not in agent_data.columns:
+                continue
+            column = agent_data[name]
+            # formulaic encodes object columns as categories even when they hold numbers.
+            numeric = pd.api.types.is_bool_dtype(column.dtype) or (
+                pd.api.types.is_numeric_dtype(column.dtype)
+                and not isinstance(column.dtype, pd.CategoricalDtype)
+            )
+            if not numeric:
+                raise BLPInputError(
+                    f"demographic {name!r} is not numeric (dtype {column.dtype}): demographics "
+                    f"must be numbers; convert the column (e.g. astype(float)), or write "
+                    f"C({name}) in the demographics formula to use one dummy per level"
+                )

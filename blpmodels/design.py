@@ -8,6 +8,8 @@ formulaic ``ModelSpec`` that made it, so ``predict`` on new data reuses exactly 
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,8 +27,154 @@ __all__ = [
     "build_block",
     "check_columns",
     "check_full_rank",
+    "check_scales",
     "first_label",
+    "numeric_values",
+    "warn_user",
 ]
+
+# Columns whose largest magnitude exceeds this, or whose standard deviation falls below the
+# inverse, make Z'Z and the weighting matrix badly conditioned (see check_scales).
+SCALE_LIMIT = 1e6
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn_user(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn at the first frame outside blpmodels, so the warning shows the caller's line.
+
+    Parameters
+    ----------
+    message : str
+        Warning text.
+    category : type
+        Warning class.
+    """
+    frame = sys._getframe(1)
+    level = 2
+    while frame is not None and _internal(frame):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+def _in_package(frame: Any) -> bool:
+    filename = frame.f_code.co_filename
+    return not filename.startswith("<") and os.path.abspath(filename).startswith(_PACKAGE)
+
+
+def _internal(frame: Any) -> bool:
+    # Methods that dataclasses generate (``__init__``) are compiled from "<string>": they are
+    # ours when called from the package, and the caller's code otherwise (a REPL's "<stdin>").
+    if frame.f_code.co_filename.startswith("<"):
+        return frame.f_back is not None and _in_package(frame.f_back)
+    return _in_package(frame)
+
+
+# infer_dtype kinds that convert to float64 without losing meaning.
+_NUMERIC_KINDS = {"floating", "integer", "mixed-integer-float", "boolean", "decimal", "empty"}
+
+
+def numeric_values(values: Any, label: str) -> np.ndarray:
+    """Values as float64, refusing text and other non-numbers instead of converting them.
+
+    ``numpy.asarray(..., dtype=float)`` silently parses strings such as ``"0.02"``; data read
+    as text usually hide a problem (a stray header, a thousands separator), so name the column.
+
+    Parameters
+    ----------
+    values : array-like or pandas.Series
+        Values to convert.
+    label : str
+        What the values are, for the message (e.g. ``"agent data column 'weights'"``).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 values (NaN where missing).
+
+    Raises
+    ------
+    BLPInputError
+        If the values hold text or other non-numeric objects.
+
+    Examples
+    --------
+    >>> numeric_values(pd.Series(["0.1", "0.2"]), "column 'shares'")
+    Traceback (most recent call last):
+    ...
+    blpmodels.exceptions.BLPInputError: column 'shares' holds text (e.g. '0.1'), not numbers; ...
+    """
+    dtype = getattr(values, "dtype", None)
+    if dtype is None:
+        values = np.asarray(values)
+        dtype = values.dtype
+    numeric = pd.api.types.is_bool_dtype(dtype) or (
+        pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_complex_dtype(dtype)
+    )
+    if not numeric:
+        flat = values if isinstance(values, pd.Series) else np.asarray(values).ravel()
+        kind = pd.api.types.infer_dtype(flat, skipna=True)
+        if kind not in _NUMERIC_KINDS or isinstance(dtype, pd.CategoricalDtype):
+            text = next((value for value in flat if isinstance(value, (str, bytes))), None)
+            if text is not None:
+                raise BLPInputError(
+                    f"{label} holds text (e.g. {text!r}), not numbers; convert it first "
+                    "(e.g. with pandas.to_numeric) and check why it was read as text"
+                )
+            raise BLPInputError(f"{label} holds {kind} values ({dtype}), not numbers")
+    return np.asarray(values, dtype=np.float64)
+
+
+def check_scales(blocks: Sequence[tuple[str, Sequence[str], np.ndarray]]) -> None:
+    """Warn about columns too large or too small for well-conditioned moment matrices.
+
+    A column with values beyond ``1e6`` in magnitude, or varying by less than ``1e-6``
+    (standard deviation), next to columns of order one makes Z'Z and the GMM weighting matrix
+    nearly singular, so estimates lose digits or the weighting matrix cannot be inverted.
+    Constant columns (an intercept at any scale) are left alone.
+
+    Parameters
+    ----------
+    blocks : sequence of (role, names, values)
+        E.g. ``("regressor", ("x",), X)``; each column is named once, under its first role.
+
+    Warns
+    -----
+    UserWarning
+        Naming the column, its scale and a power of ten to rescale it by.
+    """
+    seen: set[str] = set()
+    for role, names, values in blocks:
+        if values.size == 0:
+            continue
+        largest = np.abs(values).max(axis=0)
+        # Scaled first so that squaring 1e200 cannot overflow.
+        unit = np.where(largest > 0, largest, 1.0)
+        spread = (values / unit).std(axis=0) * unit
+        # max == min, not std == 0: the std of a constant column is a rounding error, not 0.
+        constant = values.max(axis=0) == values.min(axis=0)
+        for position, name in enumerate(names):
+            if name in seen:
+                continue
+            seen.add(name)
+            if constant[position]:
+                continue
+            if largest[position] > SCALE_LIMIT:
+                factor = 10.0 ** np.floor(np.log10(largest[position]))
+                warn_user(
+                    f"{role} {name!r} has values up to {largest[position]:.3g} in absolute "
+                    f"value: rescale it (e.g. divide by {factor:.0e}) so that the moment and "
+                    "weighting matrices stay well conditioned"
+                )
+            elif spread[position] < 1.0 / SCALE_LIMIT:
+                factor = 10.0 ** -np.floor(np.log10(spread[position]))
+                warn_user(
+                    f"{role} {name!r} varies on a scale of {spread[position]:.3g} (standard "
+                    f"deviation): rescale it (e.g. multiply by {factor:.0e}) so that the moment "
+                    "and weighting matrices stay well conditioned"
+                )
+
 
 Intercept = Literal["keep", "drop"]
 
@@ -58,17 +206,29 @@ class TermBlock:
         return len(self.names)
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> TermBlock:
-        """A block read column by column from a frame (the array interface of the models)."""
-        values = np.asarray(frame, dtype=np.float64)
-        return cls("", tuple(str(column) for column in frame.columns), values, None)
+    def from_frame(cls, frame: pd.DataFrame, role: str = "data") -> TermBlock:
+        """A block read column by column from a frame (the array interface of the models).
+
+        ``role`` names the frame in messages (e.g. ``"exog"``); text columns are refused.
+        """
+        names = tuple(str(column) for column in frame.columns)
+        values = np.zeros((len(frame), len(names)))
+        for position, name in enumerate(names):
+            values[:, position] = numeric_values(frame.iloc[:, position], f"{role} column {name!r}")
+        return cls("", names, values, None)
 
     @property
     def columns_only(self) -> bool:
         """Whether the block reads named columns instead of evaluating a formula."""
         return self.spec is None and bool(self.names)
 
-    def rebuild(self, data: pd.DataFrame, context: Mapping[str, Any] | None = None) -> np.ndarray:
+    def rebuild(
+        self,
+        data: pd.DataFrame,
+        context: Mapping[str, Any] | None = None,
+        *,
+        what: str = "product data",
+    ) -> np.ndarray:
         """Evaluate the block on new data with the original encoding.
 
         Parameters
@@ -77,6 +237,8 @@ class TermBlock:
             New rows holding every variable the formula reads.
         context : mapping, optional
             Names visible to the formula (functions used in transforms).
+        what : str
+            Name of the data set in messages ("product data", "agent data").
 
         Returns
         -------
@@ -92,9 +254,9 @@ class TermBlock:
         if self.spec is None:
             if not self.names:
                 return np.zeros((len(data), 0))
-            check_columns(data, list(self.names))
-            return np.asarray(data[list(self.names)], dtype=np.float64)
-        check_columns(data, sorted(required_variables(self.formula)), context=context)
+            check_columns(data, list(self.names), what=what)
+            return TermBlock.from_frame(data[list(self.names)], what).values
+        check_columns(data, sorted(required_variables(self.formula)), context=context, what=what)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             matrix = self.spec.get_model_matrix(data, context=dict(context or {}))

@@ -17,7 +17,59 @@ import pandas as pd
 
 from .exceptions import BLPInputError
 
-__all__ = ["MarketLayout"]
+__all__ = ["MarketLayout", "check_ids"]
+
+
+def check_ids(values: Any, column: str, what: str = "product data") -> np.ndarray:
+    """Ids as an object array, refusing missing ids and ids that differ only in type.
+
+    ``2`` and ``"2"`` are different keys to pandas, so a column mixing them (typically after
+    concatenating frames read differently) silently splits one market, product or firm in two.
+
+    Parameters
+    ----------
+    values : array-like
+        ``(N,)`` ids.
+    column : str
+        Column name for messages.
+    what : str
+        Data set name for messages; empty for an argument given on its own (``column`` is
+        then its name).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)`` object array of the ids.
+
+    Raises
+    ------
+    BLPInputError
+        Naming the column and the ids that print alike but differ in type.
+
+    Examples
+    --------
+    >>> check_ids([1, "1", 2], "market_ids")
+    Traceback (most recent call last):
+    ...
+    blpmodels.exceptions.BLPInputError: product data column 'market_ids' has ids that differ ...
+    """
+    label = f"{what} column {column!r}" if what else column
+    ids = np.asarray(values, dtype=object).ravel()
+    missing = pd.isna(ids)
+    if missing.any():
+        raise BLPInputError(f"{label} has {int(missing.sum())} missing values")
+    uniques = pd.unique(ids)
+    printed = pd.Series([str(value) for value in uniques])
+    clash = printed.duplicated(keep=False).to_numpy()
+    if clash.any():
+        first = printed[clash].iloc[0]
+        examples = [value for value, text in zip(uniques, printed, strict=True) if text == first]
+        types = ", ".join(type(value).__name__ for value in examples)
+        raise BLPInputError(
+            f"{label} has ids that differ only in type: {examples} ({types}) "
+            "would count as different ids; convert the column to one type (e.g. astype(str))"
+        )
+    return ids
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,9 +135,7 @@ class MarketLayout:
             If ids are missing, or (with ``market_labels``) a row's market is unknown or a
             labelled market has no rows.
         """
-        ids = pd.Series(np.asarray(market_ids, dtype=object))
-        if ids.isna().any():
-            raise BLPInputError(f"{what}: market_ids has {int(ids.isna().sum())} missing values")
+        ids = pd.Series(check_ids(market_ids, "market_ids", what))
         if market_labels is None:
             codes, uniques = pd.factorize(ids, sort=False)
             labels = np.asarray(uniques, dtype=object)
@@ -99,6 +149,7 @@ class MarketLayout:
                 raise BLPInputError(
                     f"{what} has rows for markets without products: {extra}"
                     + (" ..." if pd.unique(ids[unknown]).size > 5 else "")
+                    + _type_hint(extra, labels)
                 )
             present = np.bincount(codes, minlength=labels.size) > 0
             if not present.all():
@@ -184,3 +235,16 @@ class MarketLayout:
             np.arange(start, min(start + chunk_size, self.n_markets))
             for start in range(0, self.n_markets, chunk_size)
         ]
+
+
+def _type_hint(unknown: list[Any], labels: np.ndarray) -> str:
+    """A hint when unknown ids equal known ones as text (``"1"`` in agents, ``1`` in products)."""
+    printed = {str(label): label for label in labels}
+    matches = [(value, printed[str(value)]) for value in unknown if str(value) in printed]
+    if not matches:
+        return ""
+    value, label = matches[0]
+    return (
+        f"; {value!r} ({type(value).__name__}) would match the product market {label!r} "
+        f"({type(label).__name__}) as text: give both data sets ids of the same type"
+    )

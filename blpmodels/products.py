@@ -19,10 +19,18 @@ import numpy as np
 import pandas as pd
 
 from .absorb import Absorber, AbsorbMethod
-from .design import TermBlock, build_block, check_columns, check_full_rank, first_label
+from .design import (
+    TermBlock,
+    build_block,
+    check_columns,
+    check_full_rank,
+    check_scales,
+    first_label,
+    numeric_values,
+)
 from .exceptions import BLPInputError
 from .formula import ParsedFormula, required_variables
-from .markets import MarketLayout
+from .markets import MarketLayout, check_ids
 
 __all__ = ["ProductDesign", "validate_shares"]
 
@@ -79,12 +87,7 @@ def _ids(data: pd.DataFrame, column: str | None, required: bool = False) -> np.n
         if required:
             check_columns(data, [column])
         return None
-    values = data[column]
-    if values.isna().any():
-        raise BLPInputError(
-            f"product data column {column!r} has {int(values.isna().sum())} missing values"
-        )
-    return np.asarray(values, dtype=object)
+    return check_ids(data[column], column)
 
 
 @dataclass(eq=False)
@@ -113,6 +116,9 @@ class ProductDesign:
         Names formula transforms may use.
     formula : str or None
         The formula the design came from.
+    labelled_rows : bool
+        Whether ``data.index`` came from the caller (a data frame or pandas inputs); pandas
+        inputs given later, such as cluster groups, must then carry the same index.
     """
 
     data: pd.DataFrame
@@ -130,6 +136,7 @@ class ProductDesign:
     context: dict[str, Any] = field(default_factory=dict)
     formula: str | None = None
     shares_column: str = "shares"
+    labelled_rows: bool = True
     X: np.ndarray = field(init=False)
     Z: np.ndarray = field(init=False)
     X_absorbed: np.ndarray = field(init=False)
@@ -138,6 +145,17 @@ class ProductDesign:
     def __post_init__(self) -> None:
         self.X = np.column_stack([self.exog.values, self.endog.values])
         self.Z = np.column_stack([self.exog.values, self.instruments.values])
+        if self.X.shape[1] == 0:
+            raise BLPInputError(_no_regressors_message(self.formula, self.absorber is not None))
+        # Warn before the rank checks: a badly scaled column can make them fail.
+        check_scales(
+            [
+                ("regressor", self.exog.names, self.exog.values),
+                ("regressor", self.endog.names, self.endog.values),
+                ("instrument", self.instruments.names, self.instruments.values),
+                ("random-coefficient characteristic", self.random.names, self.random.values),
+            ]
+        )
         if self.instruments.size < self.endog.size:
             raise BLPInputError(
                 f"{self.endog.size} instrumented regressor(s) {list(self.endog.names)} but only "
@@ -157,6 +175,36 @@ class ProductDesign:
         check_full_rank(
             self.Z_absorbed, self.z_names, "instruments", before_absorption=reference[1]
         )
+        self._check_instruments_are_excluded()
+        # X2 enters utilities as is (not absorbed): collinear columns give unidentified Σ rows.
+        check_full_rank(self.random.values, self.random.names, "random coefficients")
+
+    def _check_instruments_are_excluded(self, tolerance: float = 1e-9) -> None:
+        """Raise if an excluded instrument lies in the span of the regressors X1.
+
+        Such an "instrument" is the instrumented regressor itself (up to scale and exogenous
+        terms), so IV collapses to OLS while the output still reads as IV.
+        """
+        if not self.instruments.size or not self.endog.size:
+            return
+        n_exog = self.exog.size
+        regressors = self.X_absorbed
+        norms = np.linalg.norm(regressors, axis=0)
+        scaled = regressors / norms
+        instruments = self.Z_absorbed[:, n_exog:]
+        lengths = np.linalg.norm(instruments, axis=0)
+        coefficients, *_ = np.linalg.lstsq(scaled, instruments / lengths, rcond=None)
+        residuals = np.linalg.norm(instruments / lengths - scaled @ coefficients, axis=0)
+        for position in np.flatnonzero(residuals < tolerance):
+            weights = np.abs(coefficients[n_exog:, position])
+            partners = [self.endog.names[k] for k in np.flatnonzero(weights > 1e-8)]
+            suffix = " after absorbing the fixed effects" if self.absorber is not None else ""
+            raise BLPInputError(
+                f"excluded instrument {self.instruments.names[position]!r} is a linear "
+                f"combination of the regressors{suffix}, through the instrumented regressor(s) "
+                f"{partners}: an instrument must be excluded from the demand equation, or the "
+                "IV estimate is just OLS"
+            )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -197,13 +245,15 @@ class ProductDesign:
         """
         if not isinstance(data, pd.DataFrame):
             raise BLPInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+        if len(data) == 0:
+            raise BLPInputError("product data has no rows")
         # Own copy: results must not change when the caller edits the frame afterwards.
         data = data.copy()
         check_columns(data, ["market_ids"])
-        check_columns(data, [parsed.dependent], market_ids=data["market_ids"])
         markets = _ids(data, "market_ids", required=True)
         assert markets is not None
-        shares = np.asarray(data[parsed.dependent], dtype=np.float64)
+        check_columns(data, [parsed.dependent], market_ids=markets)
+        shares = numeric_values(data[parsed.dependent], f"product data column {parsed.dependent!r}")
         validate_shares(shares, markets, parsed.dependent)
         context = dict(context or {})
         intercept = "drop" if absorb else "keep"
@@ -215,6 +265,9 @@ class ProductDesign:
             market_ids=markets,
             role="exogenous regressors",
         )
+        if exog.size == 0 and not parsed.has_endog:
+            # Before the other blocks and the fixed effects: nothing could be estimated.
+            raise BLPInputError(_no_regressors_message(formula, bool(absorb)))
         endog = build_block(
             f"0 + {parsed.endog}" if parsed.endog else None,
             data,
@@ -306,8 +359,27 @@ class ProductDesign:
         -------
         ProductDesign
         """
-        share_series = pd.Series(np.asarray(shares, dtype=np.float64).ravel(), name="shares")
-        n = share_series.size
+        inputs = {
+            "shares": shares,
+            "exog": exog,
+            "endog": endog,
+            "instruments": instruments,
+            "random": random,
+            "market_ids": market_ids,
+            "product_ids": product_ids,
+            "firm_ids": firm_ids,
+            "nesting_ids": nesting_ids,
+            "absorb": absorb,
+        }
+        index = _common_index(inputs)
+        share_values = numeric_values(
+            shares if isinstance(shares, pd.Series) else np.asarray(shares).ravel(), "shares"
+        ).ravel()
+        n = share_values.size
+        if n == 0:
+            raise BLPInputError("shares is empty: the model needs product rows")
+        if index is not None and len(index) != n:
+            index = None  # a length mismatch is reported below, naming the input
         frames = {
             "exog": _frame(exog, "exog", n),
             "endog": _frame(endog, "endog", n),
@@ -315,38 +387,34 @@ class ProductDesign:
             "random": _frame(random, "random", n),
         }
         ids: dict[str, np.ndarray] = {}
-        for name, values in (
-            ("market_ids", market_ids),
-            ("product_ids", product_ids),
-            ("firm_ids", firm_ids),
-            ("nesting_ids", nesting_ids),
-        ):
+        for name in ("market_ids", "product_ids", "firm_ids", "nesting_ids"):
+            values = inputs[name]
             if values is not None:
                 array = np.asarray(values, dtype=object).ravel()
                 if array.size != n:
                     raise BLPInputError(f"{name} has {array.size} rows but shares has {n}")
-                ids[name] = array
+                ids[name] = check_ids(array, name, what="")
         if "market_ids" not in ids:
             raise BLPInputError("market_ids is required")
-        columns: dict[str, Any] = {"shares": share_series.to_numpy(), **ids}
-        for frame in frames.values():
-            for column in frame.columns:
-                columns.setdefault(str(column), frame[column].to_numpy())
-        data = pd.DataFrame(columns)
-        validate_shares(share_series.to_numpy(), ids["market_ids"])
-        absorber = None
-        if absorb is not None:
-            absorb_frame = _frame(absorb, "absorb", n)
-            absorber = Absorber(absorb_frame.astype(object), method=absorb_method)
-        blocks = {name: TermBlock.from_frame(frame) for name, frame in frames.items()}
+        blocks = {name: TermBlock.from_frame(frame, name) for name, frame in frames.items()}
         for name, block in blocks.items():
             bad = ~np.isfinite(block.values)
             if bad.any():
                 column = block.names[int(np.nonzero(bad.any(axis=0))[0][0])]
                 raise BLPInputError(f"{name} column {column!r} has missing or non-finite values")
+        columns: dict[str, Any] = {"shares": share_values, **ids}
+        for name, frame in frames.items():
+            for position, column in enumerate(frame.columns):
+                columns.setdefault(str(column), blocks[name].values[:, position])
+        data = pd.DataFrame(columns, index=index)
+        validate_shares(share_values, ids["market_ids"])
+        absorber = None
+        if absorb is not None:
+            absorb_frame = _frame(absorb, "absorb", n)
+            absorber = Absorber(absorb_frame.astype(object), method=absorb_method)
         return cls._assemble(
             data,
-            share_series.to_numpy(),
+            share_values,
             ids["market_ids"],
             blocks["exog"],
             blocks["endog"],
@@ -359,6 +427,7 @@ class ProductDesign:
             context={},
             formula=None,
             shares_column="shares",
+            labelled_rows=index is not None,
         )
 
     @classmethod
@@ -379,6 +448,7 @@ class ProductDesign:
         context: dict[str, Any],
         formula: str | None,
         shares_column: str,
+        labelled_rows: bool = True,
     ) -> ProductDesign:
         products = _ids(data, product_column)
         if products is not None:
@@ -407,6 +477,7 @@ class ProductDesign:
             context=context,
             formula=formula,
             shares_column=shares_column,
+            labelled_rows=labelled_rows,
         )
 
     # ------------------------------------------------------------------ pickling
@@ -472,8 +543,10 @@ class ProductDesign:
         Raises
         ------
         BLPInputError
-            Unknown markets, unknown or missing products, duplicated rows.
+            Not a DataFrame, unknown markets, unknown or missing products, duplicated rows.
         """
+        if not isinstance(data, pd.DataFrame):
+            raise BLPInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         check_columns(data, ["market_ids"])
         markets = np.asarray(data["market_ids"], dtype=object)
         self.layout.market_positions(pd.unique(markets))
@@ -532,3 +605,35 @@ def _frame(values: Any, name: str, n: int) -> pd.DataFrame:
     if len(frame) != n:
         raise BLPInputError(f"{name} has {len(frame)} rows but shares has {n}")
     return frame.reset_index(drop=True)
+
+
+def _common_index(inputs: Mapping[str, Any]) -> pd.Index | None:
+    """The index shared by the pandas inputs, None without any; raise if two differ.
+
+    statsmodels refuses endog and exog whose indexes differ ("The indices for endog and exog
+    are not aligned") rather than aligning or ignoring them; we do the same for every input.
+    """
+    first: tuple[str, pd.Index] | None = None
+    for name, values in inputs.items():
+        if not isinstance(values, (pd.Series, pd.DataFrame)):
+            continue
+        if first is None:
+            first = (name, values.index)
+        elif not values.index.equals(first[1]):
+            raise BLPInputError(
+                f"The indices for {first[0]} and {name} are not aligned: pandas inputs must "
+                "share one index (as in statsmodels); reindex them, or pass numpy arrays to "
+                "match rows by position"
+            )
+    return None if first is None else first[1]
+
+
+def _no_regressors_message(formula: str | None, absorbed: bool) -> str:
+    where = f"formula {formula!r}" if formula else "the model"
+    reason = (
+        " once the constant is dropped (the absorbed fixed effects replace it)" if absorbed else ""
+    )
+    return (
+        f"{where} has no regressors{reason}: there is nothing to estimate; add characteristics "
+        "or instrumented regressors, e.g. 'shares ~ 1 + x + [prices ~ z]'"
+    )
