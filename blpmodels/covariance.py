@@ -24,9 +24,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .design import warn_user
 from .exceptions import BLPInputError
+from .markets import check_ids
 
 __all__ = [
+    "MIN_CLUSTERS",
     "CovType",
     "cluster_codes",
     "gmm_covariance",
@@ -35,6 +38,11 @@ __all__ = [
 ]
 
 CovType = Literal["robust", "unadjusted", "clustered"]
+
+#: Fewer clusters than this (in any clustering dimension) trigger a warning: cluster-robust
+#: covariances are consistent as the number of clusters grows, and with few clusters they are
+#: biased towards zero (Cameron & Miller, 2015, put "few" at roughly 20 to 50).
+MIN_CLUSTERS = 20
 
 _ALIASES = {
     "robust": "robust",
@@ -71,7 +79,13 @@ def normalize_cov_type(
     Raises
     ------
     BLPInputError
-        Unknown ``cov_type`` or keyword, missing or wrongly sized ``groups``.
+        Unknown ``cov_type`` or keyword, missing or wrongly sized ``groups``, fewer than two
+        clusters in a clustering dimension, ``center`` not a bool.
+
+    Warns
+    -----
+    UserWarning
+        A clustering dimension has fewer than :data:`MIN_CLUSTERS` clusters.
 
     Examples
     --------
@@ -88,7 +102,11 @@ def normalize_cov_type(
     unknown = set(kwds) - {"groups", "center"}
     if unknown:
         raise BLPInputError(f"unknown cov_kwds {sorted(unknown)}; accepted: 'groups', 'center'")
-    center = bool(kwds.get("center", True))
+    center = kwds.get("center", True)
+    # bool("no") is True: accept only real booleans so a typo cannot flip the estimator.
+    if not isinstance(center, (bool, np.bool_)):
+        raise BLPInputError(f"cov_kwds 'center' must be True or False, got {center!r}")
+    center = bool(center)
     groups = kwds.get("groups")
     if kind == "clustered":
         if groups is None:
@@ -96,12 +114,40 @@ def normalize_cov_type(
                 "cov_type='clustered' needs cov_kwds={'groups': ids} (one or several columns "
                 "of cluster ids, e.g. data['product_ids'])"
             )
-        return kind, cluster_codes(groups, nobs), center
+        codes = cluster_codes(groups, nobs)
+        _check_cluster_counts(codes, _group_names(groups, codes.shape[1]))
+        return kind, codes, center
     if groups is not None:
         raise BLPInputError(
             f"cov_kwds 'groups' is only used with cov_type='clustered', not {kind!r}"
         )
     return kind, None, center
+
+
+def _group_names(groups: Any, count: int) -> list[str]:
+    if isinstance(groups, pd.DataFrame):
+        return [repr(str(column)) for column in groups.columns]
+    if isinstance(groups, pd.Series) and groups.name is not None:
+        return [repr(str(groups.name))]
+    return [f"column {column}" for column in range(count)]
+
+
+def _check_cluster_counts(codes: np.ndarray, names: list[str]) -> None:
+    for column, name in enumerate(names):
+        count = int(codes[:, column].max()) + 1 if codes.shape[0] else 0
+        if count < 2:
+            # One cluster makes the clustered S the outer product of the total moment, which
+            # is ~0 at the GMM solution: standard errors of 1e-15 and p-values of 0.
+            raise BLPInputError(
+                f"cov_kwds groups {name} has only {count} cluster; a clustered covariance "
+                "needs at least two clusters (and many more to be reliable)"
+            )
+        if count < MIN_CLUSTERS:
+            warn_user(
+                f"cov_kwds groups {name} has only {count} clusters: the clustered covariance "
+                f"is unreliable with that many clusters (standard errors too small); use at "
+                f"least {MIN_CLUSTERS} clusters, or cov_type='robust'"
+            )
 
 
 def cluster_codes(groups: Any, nobs: int) -> np.ndarray:
@@ -119,6 +165,7 @@ def cluster_codes(groups: Any, nobs: int) -> np.ndarray:
         series = pd.Series(values[:, column])
         if series.isna().any():
             raise BLPInputError(f"cluster groups column {column} has missing values")
+        check_ids(series, str(column), "cluster groups")
         codes[:, column] = pd.factorize(series, sort=False)[0]
     return codes
 

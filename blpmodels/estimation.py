@@ -70,8 +70,9 @@ def gmm_options(
     Raises
     ------
     BLPInputError
-        Unknown method or covariance type, missing cluster groups, W of the wrong shape or
-        not symmetric positive definite.
+        Unknown method or covariance type, missing cluster groups or groups whose pandas index
+        differs from the product data's, W of the wrong shape, not finite, or not symmetric
+        positive definite.
     """
     if method not in ("1s", "2s"):
         raise BLPInputError(f"method must be '1s' or '2s', got {method!r}")
@@ -85,12 +86,35 @@ def gmm_options(
         if missing:
             raise BLPInputError(f"cov_kwds groups: product data have no column(s) {missing}")
         kwds["groups"] = design.data[columns].reset_index(drop=True)
+    elif (
+        isinstance(groups, (pd.Series, pd.DataFrame))
+        and design.labelled_rows
+        and not groups.index.equals(design.data.index)
+    ):
+        # As statsmodels does for endog and exog: refuse, rather than match rows by position.
+        raise BLPInputError(
+            "cov_kwds groups: the index is not aligned with the product data's index; "
+            "reindex the groups like the data, name product-data columns instead "
+            "(e.g. 'product_ids'), or pass a numpy array"
+        )
     kind, clusters, center = normalize_cov_type(cov_type, kwds, design.nobs)
     weights = None
     if W is not None:
-        weights = np.asarray(W, dtype=np.float64)
+        try:
+            weights = np.asarray(W, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise BLPInputError(
+                f"W must be a {n_moments}×{n_moments} matrix of numbers: {error}"
+            ) from error
         if weights.shape != (n_moments, n_moments):
             raise BLPInputError(f"W must be {n_moments}×{n_moments}, got shape {weights.shape}")
+        bad = ~np.isfinite(weights)
+        if bad.any():
+            row, column = (int(k) for k in np.argwhere(bad)[0])
+            raise BLPInputError(
+                f"W[{row}, {column}] is {weights[row, column]}: the weighting matrix must be "
+                f"finite ({int(bad.sum())} non-finite entries)"
+            )
         if not np.allclose(weights, weights.T, rtol=1e-10, atol=1e-12 * np.abs(weights).max()):
             raise BLPInputError("W must be symmetric")
         if np.linalg.eigvalsh(0.5 * (weights + weights.T)).min() <= 0:
