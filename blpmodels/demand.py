@@ -19,6 +19,7 @@ import pandas as pd
 from .agents import AgentDesign
 from .design import check_columns
 from .exceptions import BLPInputError
+from .formula import required_variables
 from .kernel import Nesting, Probabilities, ShareEvaluator, removal_shares, share_jacobian
 from .parameters import NonlinearParameters
 from .products import ProductDesign
@@ -125,13 +126,73 @@ class DemandSystem:
         )
 
     def market_positions(self, market_id: Any = None) -> np.ndarray:
-        """Layout positions of one market, a list of markets, or all (None)."""
+        """Layout positions of one market, a list of markets, or all (None).
+
+        Raises
+        ------
+        BLPInputError
+            Unknown markets, or an empty list (which would silently give empty output).
+        """
         layout = self.design.layout
         if market_id is None:
             return np.arange(layout.n_markets)
         if isinstance(market_id, (list, tuple, np.ndarray, pd.Index, pd.Series)):
+            if len(market_id) == 0:
+                raise BLPInputError(
+                    "market_id is empty: give one market, a list of markets, or None for all"
+                )
             return layout.market_positions(list(market_id))
         return layout.market_positions([market_id])
+
+    def check_variable(self, variable: Any, data: pd.DataFrame | None = None) -> None:
+        """Raise unless utilities depend on the product-data column ``variable``.
+
+        Derivatives with respect to a column the formulas do not read (an id, an instrument)
+        are identically zero, and a categorical column has no derivative: both are mistakes.
+
+        Parameters
+        ----------
+        variable : str
+            Column to differentiate with respect to.
+        data : pandas.DataFrame, optional
+            Data the derivative is taken on (default: the estimation data).
+
+        Raises
+        ------
+        BLPInputError
+            Missing column, a column the utilities do not read, or a non-numeric column.
+        """
+        design = self.design
+        frame = design.data if data is None else data
+        if not isinstance(variable, str):
+            raise BLPInputError(f"wrt must be a column name, got {variable!r}")
+        check_columns(frame, [variable])
+        used = self.variables()
+        if variable not in used:
+            raise BLPInputError(
+                f"derivatives with respect to {variable!r}: the model's utility does not depend "
+                f"on it (it reads {sorted(used)}); choose one of those columns"
+            )
+        column = frame[variable]
+        if not (
+            pd.api.types.is_numeric_dtype(column.dtype)
+            and not pd.api.types.is_bool_dtype(column.dtype)
+        ):
+            raise BLPInputError(
+                f"column {variable!r} is not numeric ({column.dtype}): derivatives with "
+                "respect to it are not defined"
+            )
+
+    def variables(self) -> set[str]:
+        """Product-data columns the utilities read (X1 and X2; not the instruments)."""
+        design = self.design
+        used: set[str] = set()
+        for block in (design.exog, design.endog, design.random):
+            if block.columns_only:
+                used |= set(block.names)
+            elif block.formula:
+                used |= required_variables(block.formula) - set(design.context)
+        return used
 
     def _nesting(self, positions: np.ndarray, mask: np.ndarray) -> Nesting:
         if self.nest_codes is None or self.rho is None or self.rho.size == 0:

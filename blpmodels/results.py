@@ -25,6 +25,7 @@ from statsmodels.iolib.summary import Summary
 
 from .agents import AgentDesign
 from .demand import DemandSystem
+from .design import check_columns
 from .exceptions import BLPInputError, FixedPointError
 from .integration import Integration, build_integration
 from .kernel import ShareEvaluator, solve_delta
@@ -293,7 +294,8 @@ class BLPResults(LikelihoodModelResults):
         Raises
         ------
         BLPInputError
-            Unknown markets or products, incomplete markets, unseen categories, NaN.
+            ``data`` not a DataFrame, unknown markets or products, incomplete markets, unseen
+            categories, NaN, a ``market_id`` that ``data`` does not hold, an empty list.
 
         Examples
         --------
@@ -308,14 +310,20 @@ class BLPResults(LikelihoodModelResults):
         design = self.model.design
         if data is None:
             data = design.data
+        _check_frame(data)
         if market_id is not None:
             positions = self.demand.market_positions(market_id)
             markets = design.layout.market_labels[positions]
-            data = data[
-                pd.Series(np.asarray(data["market_ids"], dtype=object), index=data.index).isin(
-                    markets
+            check_columns(data, ["market_ids"])
+            ids = pd.Series(np.asarray(data["market_ids"], dtype=object), index=data.index)
+            present = pd.Index(pd.unique(ids.to_numpy())).get_indexer(markets) >= 0
+            absent = markets[~present].tolist()
+            if absent:
+                raise BLPInputError(
+                    f"market_id {absent[:5]} not in the data passed to predict; give the rows "
+                    "of every market you ask for"
                 )
-            ]
+            data = data[ids.isin(markets)]
         shares = self.demand.shares(data)
         return pd.Series(shares, index=data.index, name="shares")
 
@@ -348,6 +356,7 @@ class BLPResults(LikelihoodModelResults):
         self, market_id: Any, wrt: str, data: pd.DataFrame | None, rows: np.ndarray | None
     ):
         positions = self.demand.market_positions(market_id)
+        self.demand.check_variable(wrt, data)
         for chunk in self.demand.chunks(positions):
             yield self.demand.jacobian(chunk, wrt, data, rows)
 
@@ -735,6 +744,13 @@ class BLPResults(LikelihoodModelResults):
         if notes:
             summary.add_extra_txt(notes)
         return summary
+
+
+def _check_frame(data: Any) -> pd.DataFrame:
+    """Post-estimation data must be a DataFrame (columns are read by name)."""
+    if not isinstance(data, pd.DataFrame):
+        raise BLPInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
+    return data
 
 
 class BLPResultsWrapper(LikelihoodResultsWrapper):
