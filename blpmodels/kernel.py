@@ -31,10 +31,15 @@ __all__ = [
     "Nesting",
     "Probabilities",
     "ShareEvaluator",
+    "inverse_delta_jacobian",
+    "inverse_log_share_jacobian",
+    "log_space_log_shares",
     "log_space_probabilities",
     "removal_shares",
+    "residual_norm",
     "rho_jacobian",
     "share_jacobian",
+    "share_residual",
     "solve_delta",
     "solve_delta_hybrid",
     "solve_delta_newton",
@@ -188,6 +193,62 @@ def log_space_probabilities(
     array([[0.211942, 0.576117]])
     """
     mask3 = product_mask[:, :, None]
+    log_conditional, inclusive, log_denominator = _log_space_terms(delta, mu, product_mask, nesting)
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
+        conditional = np.exp(log_conditional)
+    nest_of_product = np.take_along_axis(nest_probabilities, nesting.codes[:, :, None], axis=1)
+    unconditional = np.where(mask3, conditional * nest_of_product, 0.0)
+    shares = np.einsum("tji,ti->tj", unconditional, weights)
+    if not nesting.has_nests:
+        conditional = None
+    return Probabilities(
+        unconditional, conditional, nest_probabilities, inclusive, log_denominator, shares
+    )
+
+
+def log_space_log_shares(
+    delta: np.ndarray,
+    mu: np.ndarray,
+    weights: np.ndarray,
+    product_mask: np.ndarray,
+    nesting: Nesting,
+) -> np.ndarray:
+    """``[T, J]`` log shares without forming shares: finite wherever δ and μ are.
+
+    log s_j = log Σ_i w_i exp(log P_ji), summed in log space, so a δ far from the solution
+    (shares far below the smallest double) still gives the contraction a finite step. Markets
+    with negative weights (some quadrature rules) take the log of the summed shares instead.
+    Padding gets 0.
+
+    Examples
+    --------
+    >>> delta = np.array([[-800.0, 0.0]]); mu = np.zeros((1, 2, 1)); w = np.ones((1, 1))
+    >>> mask = np.ones((1, 2), bool)
+    >>> log_space_log_shares(delta, mu, w, mask, Nesting.unnested((1, 2))).round(4).tolist()
+    [[-800.6931, -0.6931]]
+    """
+    log_conditional, inclusive, log_denominator = _log_space_terms(delta, mu, product_mask, nesting)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+        log_nest = np.take_along_axis(
+            inclusive - log_denominator[:, None, :], nesting.codes[:, :, None], axis=1
+        )
+        terms = log_conditional + log_nest + np.log(weights)[:, None, :]
+        peak = _masked_max(terms, np.isfinite(terms), axis=2)
+        log_shares = peak + np.log(np.exp(terms - peak[:, :, None]).sum(axis=2))
+        negative = (weights < 0).any(axis=1)
+        if negative.any():
+            unconditional = np.exp(log_conditional[negative] + log_nest[negative])
+            summed = np.einsum("tji,ti->tj", unconditional, weights[negative])
+            log_shares[negative] = np.log(summed)
+    return np.where(product_mask, log_shares, 0.0)
+
+
+def _log_space_terms(
+    delta: np.ndarray, mu: np.ndarray, product_mask: np.ndarray, nesting: Nesting
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log P_{j|h,i} ``[T, J, I]``, inclusive values ``[T, H, I]``, log denominators ``[T, I]``."""
+    mask3 = product_mask[:, :, None]
     scale = 1.0 - nesting.rho_products[:, :, None]
     with np.errstate(invalid="ignore"):
         scaled = np.where(mask3, (delta[:, :, None] + mu) / scale, -np.inf)
@@ -214,16 +275,7 @@ def log_space_probabilities(
         log_denominator = peak + np.log(
             np.exp(-peak) + np.exp(inclusive - peak[:, None, :]).sum(axis=1)
         )
-        nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
-        conditional = np.exp(log_conditional)
-    nest_of_product = np.take_along_axis(nest_probabilities, nesting.codes[:, :, None], axis=1)
-    unconditional = np.where(mask3, conditional * nest_of_product, 0.0)
-    shares = np.einsum("tji,ti->tj", unconditional, weights)
-    if not nesting.has_nests:
-        conditional = None
-    return Probabilities(
-        unconditional, conditional, nest_probabilities, inclusive, log_denominator, shares
-    )
+    return log_conditional, inclusive, log_denominator
 
 
 class ShareEvaluator:
@@ -478,6 +530,28 @@ class ShareEvaluator:
             shares[markets] = self._log_space(delta, markets).shares
         return shares
 
+    def log_shares(self, delta: np.ndarray) -> np.ndarray:
+        """log s(δ) ``[T, J]`` (0 in padding), finite wherever δ is.
+
+        The fast path's shares are used where they are normal positive doubles; markets where
+        some share underflows (δ far from the solution) are summed in log space
+        (:func:`log_space_log_shares`), so δ solvers always get a usable residual.
+        """
+        shares = self.shares(delta)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(self.product_mask, np.log(shares), 0.0)
+        tiny = ~(shares > 1e-300) & self.product_mask
+        markets = np.flatnonzero(tiny.any(axis=1) & np.isfinite(delta).all(axis=1))
+        if markets.size:
+            logs[markets] = log_space_log_shares(
+                delta[markets],
+                self.mu[markets],
+                self.weights[markets],
+                self.product_mask[markets],
+                self.nesting.subset(markets),
+            )
+        return logs
+
     def _log_space(self, delta: np.ndarray, markets: np.ndarray | None = None) -> Probabilities:
         if markets is None:
             return log_space_probabilities(
@@ -565,6 +639,18 @@ class FixedPointResult:
     iterations: np.ndarray
     evaluations: np.ndarray
 
+    def replace_markets(self, markets: np.ndarray, other: FixedPointResult) -> FixedPointResult:
+        """This result with ``markets`` taken from ``other`` (solved again); counts add up."""
+        delta = self.delta.copy()
+        delta[markets] = other.delta
+        converged = self.converged.copy()
+        converged[markets] = other.converged
+        iterations = self.iterations.copy()
+        iterations[markets] += other.iterations
+        evaluations = self.evaluations.copy()
+        evaluations[markets] += other.evaluations
+        return FixedPointResult(delta, converged, iterations, evaluations)
+
 
 def solve_delta(
     evaluator: ShareEvaluator,
@@ -580,8 +666,10 @@ def solve_delta(
 
     The map is δ ← δ + (1 − ρ_j)(log s_j − log s_j(δ)) (the (1 − ρ) damping makes it a
     contraction for nested models). Each market has its own extrapolation step and stops when
-    the ∞-norm of its update is below ``tol``; converged markets are frozen and dropped from
-    the working set once they are the majority.
+    the ∞-norm of its update, which is :func:`residual_norm` at the point it was taken from, is
+    below ``tol``; converged markets are frozen and dropped from the working set once they are
+    the majority. An extrapolation that makes the shares non-finite falls back to the plain
+    steps; a market fails only when a plain step does, or its budget is spent.
 
     Parameters
     ----------
@@ -628,9 +716,8 @@ def solve_delta(
     damping = evaluator.scale
 
     def contraction(ev: ShareEvaluator, x: np.ndarray, obs: np.ndarray, damp: np.ndarray):
-        shares = ev.shares(x)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            update = np.where(ev.product_mask, damp * (obs - np.log(shares)), 0.0)
+        with np.errstate(invalid="ignore"):
+            update = np.where(ev.product_mask, damp * (obs - ev.log_shares(x)), 0.0)
         return x + update
 
     def norm(values: np.ndarray) -> np.ndarray:
@@ -667,8 +754,12 @@ def solve_delta(
         x3 = x0 + 2.0 * alpha[:, None] * r + (alpha * alpha)[:, None] * v
         x4 = contraction(current, x3, observed, damping)
         evaluations[live] += np.where(done, 1, np.where(done2, 2, 3))[active]
+        # An extrapolation that leaves the region where shares are representable falls
+        # back to the plain steps, and the step cap shrinks again.
         bad_step = ~np.isfinite(x4).all(axis=1)
         x4 = np.where(bad_step[:, None], x2, x4)
+        x4 = np.where(~np.isfinite(x4).all(axis=1)[:, None], x1, x4)
+        step_max[working[bad_step]] = step_max_initial
         done4 = ~done & ~done2 & ~bad_step & (norm(x4 - x3) < tol)
 
         new = np.where(done[:, None], x1, np.where(done2[:, None], x2, x4))
@@ -685,24 +776,55 @@ def solve_delta(
     return FixedPointResult(delta, converged, iterations, evaluations)
 
 
+def share_residual(
+    evaluator: ShareEvaluator, delta: np.ndarray, log_shares: np.ndarray
+) -> np.ndarray:
+    """``[T, J]`` log s(δ) − log s_obs on real products (0 in padding; ±inf/NaN where shares fail).
+
+    This is the quantity every δ solver must drive to zero: its damped form (1 − ρ_j) times it
+    is the contraction's own step, so one rule judges every method.
+    """
+    with np.errstate(invalid="ignore"):
+        return np.where(evaluator.product_mask, evaluator.log_shares(delta) - log_shares, 0.0)
+
+
+def residual_norm(evaluator: ShareEvaluator, residual: np.ndarray) -> np.ndarray:
+    """``[T]`` convergence measure: max_j (1 − ρ_j)|log s_j(δ) − log s_obs,j| (inf if not finite).
+
+    For the unnested model this is the share residual itself; for nested models it is the
+    contraction's step, whose round-off floor is (1 − ρ) times smaller (utilities enter shares
+    divided by 1 − ρ, so the residual cannot be resolved below about ε|δ|/(1 − ρ)).
+    """
+    if residual.shape[1] == 0:
+        return np.zeros(residual.shape[0])
+    scaled = np.abs(residual * evaluator.scale)
+    norm = scaled.max(axis=1)
+    return np.where(np.isfinite(scaled).all(axis=1), norm, np.inf)
+
+
 def solve_delta_newton(
     evaluator: ShareEvaluator,
     log_shares: np.ndarray,
     initial_delta: np.ndarray,
-    inverse_jacobian: np.ndarray,
+    inverse_log_jacobian: np.ndarray,
     *,
     tol: float = 1e-14,
     max_iterations: int = 30,
     slowdown: float = 0.2,
 ) -> tuple[FixedPointResult, np.ndarray]:
-    """Newton-type iterations for s(δ) = observed shares with a fixed (stale) Jacobian.
+    """Newton-type iterations for log s(δ) = log s_obs with a fixed (stale) Jacobian.
 
-    Each step is δ ← δ − J⁻¹ diag(s(δ)) (log s(δ) − log s_obs), a Newton step on the log
-    residual whose Jacobian is diag(1/s) J. With J from a nearby parameter vector the
-    convergence is linear with a small rate, so a handful of share evaluations (two batched
-    matrix–vector products each) replace the dozens a contraction needs. A market stops when
-    its step's ∞-norm is below ``tol``; markets whose steps stop shrinking fast enough are
-    handed back for the safeguarded contraction.
+    Each step is δ ← δ − K (log s(δ) − log s_obs), with K the inverse of ∂log s/∂δ at a
+    reference point (:func:`inverse_delta_jacobian`; e.g. the solution at the last parameter
+    vector). With K from a nearby point convergence is linear with a small rate, so a handful
+    of share evaluations (two batched matrix–vector products each) replace the dozens a
+    contraction needs.
+
+    A market has converged only when the residual at the returned δ is below ``tol``
+    (:func:`residual_norm`), never because the steps became small: a stale K far from the
+    solution can make steps vanish while the shares are wrong. A market whose residual
+    does not shrink by ``slowdown`` per step is handed back, at its best δ, for the
+    safeguarded contraction.
 
     Parameters
     ----------
@@ -712,14 +834,14 @@ def solve_delta_newton(
         ``[T, J]`` log observed shares (0 in padding).
     initial_delta : numpy.ndarray
         ``[T, J]`` starting values.
-    inverse_jacobian : numpy.ndarray
-        ``[T, J, J]`` inverse of ∂s/∂δ near the solution (identity in padding).
+    inverse_log_jacobian : numpy.ndarray
+        ``[T, J, J]`` inverse of ∂log s/∂δ near the solution (identity in padding).
     tol : float
-        Tolerance on the ∞-norm of the step.
+        Tolerance on the residual norm (:func:`residual_norm`).
     max_iterations : int
         Steps before giving a market back.
     slowdown : float
-        A market whose step norm shrinks by less than this factor is given back. A share
+        A market whose residual norm shrinks by less than this factor is given back. A share
         evaluation costs about a sixth of a fresh Jacobian, so a few more linear steps beat a
         refresh; 0.2 was about 10 % faster than 0.05 on the exercise-2 and Nevo fits.
 
@@ -728,6 +850,16 @@ def solve_delta_newton(
     tuple
         ``(result, needs_fallback)``: the fixed-point result (with ``converged`` set for the
         markets Newton solved) and a ``[T]`` mask of markets to finish by contraction.
+
+    Examples
+    --------
+    >>> mu = np.zeros((1, 2, 1)); w = np.ones((1, 1)); mask = np.ones((1, 2), bool)
+    >>> evaluator = ShareEvaluator(mu, w, mask, Nesting.unnested((1, 2)))
+    >>> inverse = inverse_delta_jacobian(evaluator, np.zeros((1, 2)))
+    >>> result, fallback = solve_delta_newton(evaluator, np.log([[0.2, 0.3]]), np.zeros((1, 2)),
+    ...                                       inverse)
+    >>> bool(result.converged.all()), bool(fallback.any())
+    (True, False)
     """
     n_markets = log_shares.shape[0]
     mask = evaluator.product_mask
@@ -737,9 +869,10 @@ def solve_delta_newton(
     active = np.ones(n_markets, dtype=bool)
     iterations = np.zeros(n_markets, dtype=np.int64)
     last_norm = np.full(n_markets, np.inf)
+    last_delta = delta.copy()
     working = np.arange(n_markets)
     current = evaluator
-    for _ in range(max_iterations):
+    for _ in range(max_iterations + 1):
         live = active[working]
         if not live.any():
             break
@@ -747,104 +880,120 @@ def solve_delta_newton(
             current = current.subset(np.flatnonzero(live))
             working = working[live]
             live = np.ones(working.size, dtype=bool)
-        shares = current.shares(delta[working])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            residual = np.where(mask[working], np.log(shares) - log_shares[working], 0.0)
-            step = -np.matmul(inverse_jacobian[working], (shares * residual)[:, :, None])[:, :, 0]
-        norm = np.abs(step).max(axis=1) if step.shape[1] else np.zeros(working.size)
+        residual = share_residual(current, delta[working], log_shares[working])
+        norm = residual_norm(current, residual)
         iterations[working[live]] += 1
-        slow = live & (~np.isfinite(norm) | (norm > slowdown * last_norm[working]))
-        accept = live & ~slow
-        delta[working[accept]] += step[accept]
-        done = accept & (norm < tol)
+        done = live & (norm < tol)
+        # A residual that grows or shrinks slowly means K is too stale here: go back to
+        # the best δ so far and let the contraction finish.
+        slow = live & ~done & ~(norm <= slowdown * last_norm[working])
+        out_of_steps = live & ~done & ~slow & (iterations[working] > max_iterations)
+        step_on = live & ~done & ~slow & ~out_of_steps
         converged[working[done]] = True
-        fallback[working[slow]] = True
-        last_norm[working[live]] = norm[live]
-        active[working[done | slow]] = False
+        delta[working[slow]] = last_delta[working[slow]]
+        fallback[working[slow | out_of_steps]] = True
+        active[working[done | slow | out_of_steps]] = False
+        if step_on.any():
+            moving = working[step_on]
+            last_delta[moving] = delta[moving]
+            last_norm[moving] = norm[step_on]
+            step = np.matmul(inverse_log_jacobian[moving], residual[step_on][:, :, None])[:, :, 0]
+            delta[moving] -= step
     fallback |= ~converged
     return FixedPointResult(delta, converged, iterations, iterations.copy()), fallback
 
 
-def _merge(
-    result: FixedPointResult, rest: np.ndarray, finished: FixedPointResult
-) -> FixedPointResult:
-    delta = result.delta.copy()
-    delta[rest] = finished.delta
-    converged = result.converged.copy()
-    converged[rest] = finished.converged
-    iterations = result.iterations.copy()
-    iterations[rest] += finished.iterations
-    evaluations = result.evaluations.copy()
-    evaluations[rest] += finished.evaluations
-    return FixedPointResult(delta, converged, iterations, evaluations)
+def inverse_log_share_jacobian(
+    jacobian: np.ndarray, shares: np.ndarray, product_mask: np.ndarray
+) -> np.ndarray | None:
+    """``[T, J, J]`` (∂log s/∂δ)⁻¹ = (∂s/∂δ)⁻¹ diag(s) from ∂s/∂δ (modified in place), or None.
 
-
-def inverse_delta_jacobian(evaluator: ShareEvaluator, delta: np.ndarray) -> np.ndarray | None:
-    """``[T, J, J]`` inverse of ∂s/∂δ at ``delta`` (identity in padding), or None if singular."""
-    probabilities = evaluator.probabilities(delta, factored=True)
-    jacobian = share_jacobian(
-        probabilities, evaluator.weights, evaluator.nesting, evaluator.product_mask
-    )
+    Padding gets the identity. None when the Jacobian is singular or the inverse not finite.
+    """
     index = np.arange(jacobian.shape[1])
-    jacobian[:, index, index] += ~evaluator.product_mask
+    jacobian[:, index, index] += ~product_mask
     try:
         inverse = np.linalg.inv(jacobian)
     except np.linalg.LinAlgError:
         return None
+    inverse *= np.where(product_mask, shares, 1.0)[:, None, :]
     return inverse if np.isfinite(inverse).all() else None
+
+
+def inverse_delta_jacobian(evaluator: ShareEvaluator, delta: np.ndarray) -> np.ndarray | None:
+    """``[T, J, J]`` inverse of ∂log s/∂δ at ``delta`` (identity in padding), or None if singular.
+
+    Examples
+    --------
+    One agent, logit: ∂log s_j/∂δ_k = 1{j = k} − s_k.
+
+    >>> mu = np.zeros((1, 2, 1)); w = np.ones((1, 1)); mask = np.ones((1, 2), bool)
+    >>> evaluator = ShareEvaluator(mu, w, mask, Nesting.unnested((1, 2)))
+    >>> inverse = inverse_delta_jacobian(evaluator, np.zeros((1, 2)))
+    >>> np.allclose(np.linalg.inv(inverse[0]), np.eye(2) - 1 / 3)
+    True
+    """
+    probabilities = evaluator.probabilities(delta, factored=True)
+    jacobian = share_jacobian(
+        probabilities, evaluator.weights, evaluator.nesting, evaluator.product_mask
+    )
+    return inverse_log_share_jacobian(jacobian, probabilities.shares, evaluator.product_mask)
 
 
 def solve_delta_hybrid(
     evaluator: ShareEvaluator,
     log_shares: np.ndarray,
     initial_delta: np.ndarray,
-    inverse_jacobian: np.ndarray | None = None,
+    inverse_log_jacobian: np.ndarray | None = None,
     *,
     tol: float = 1e-14,
     max_evaluations: int = 5000,
 ) -> FixedPointResult:
     """Solve for δ with Newton-type steps, safeguarded by the SQUAREM contraction.
 
-    1. Newton steps with ``inverse_jacobian`` (e.g. from the last parameter vector); without
-       one, the contraction alone;
+    1. Newton steps with ``inverse_log_jacobian`` (e.g. from the last parameter vector);
+       without one, the contraction alone;
     2. markets where those steps stall get a fresh Jacobian at their current δ and more
        Newton steps;
     3. markets that still stall finish with :func:`solve_delta`.
+
+    Every stage judges convergence by the same residual (:func:`residual_norm`), so a market
+    reported converged solves the share equations to ``tol`` whichever stage finished it.
 
     Returns
     -------
     FixedPointResult
         Iterations and evaluations count every share evaluation of every stage.
     """
-    if inverse_jacobian is None:
+    if inverse_log_jacobian is None:
         # Far from the solution (no Jacobian from a nearby θ yet), the contraction is
         # cheaper than Newton with a fresh Jacobian at every step.
         return solve_delta(
             evaluator, log_shares, initial_delta, tol=tol, max_evaluations=max_evaluations
         )
     result, fallback = solve_delta_newton(
-        evaluator, log_shares, initial_delta, inverse_jacobian, tol=tol
+        evaluator, log_shares, initial_delta, inverse_log_jacobian, tol=tol
     )
     if fallback.any():
         rest = np.flatnonzero(fallback)
         subset = evaluator.subset(rest)
-        fresh = inverse_delta_jacobian(subset, result.delta[rest])
+        start = result.delta[rest]
+        fresh = inverse_delta_jacobian(subset, start) if np.isfinite(start).all() else None
         if fresh is not None:
-            again, still = solve_delta_newton(
-                subset, log_shares[rest], result.delta[rest], fresh, tol=tol
-            )
-            result = _merge(result, rest, again)
+            again, still = solve_delta_newton(subset, log_shares[rest], start, fresh, tol=tol)
+            result = result.replace_markets(rest, again)
             fallback[rest] = still
     if fallback.any():
         rest = np.flatnonzero(fallback)
+        used = int(result.evaluations[rest].max())
         finished = solve_delta(
             evaluator.subset(rest),
             log_shares[rest],
             result.delta[rest],
             tol=tol,
-            max_evaluations=max_evaluations,
+            max_evaluations=max(1, max_evaluations - used),
         )
-        result = _merge(result, rest, finished)
+        result = result.replace_markets(rest, finished)
     return result
 
 

@@ -168,7 +168,8 @@ class NonlinearObjective:
     def reset(self) -> None:
         """Forget warm starts: the next evaluation starts δ at the logit δ."""
         self._buffers: dict[tuple[str, int, tuple[int, ...]], np.ndarray] = {}
-        self.last_delta = self.design.layout.pad(self.design.logit_delta())
+        self.logit_delta = self.design.layout.pad(self.design.logit_delta())
+        self.last_delta = self.logit_delta.copy()
         self.last_theta: np.ndarray | None = None
         self.last_delta_jacobian: np.ndarray | None = None
         self.last_inverse: np.ndarray | None = None
@@ -257,6 +258,36 @@ class NonlinearObjective:
             max_evaluations=self.fp_max_evaluations,
         )
 
+    def _retry(
+        self,
+        evaluator: ShareEvaluator,
+        markets: np.ndarray,
+        initial: np.ndarray,
+        result: FixedPointResult,
+    ) -> FixedPointResult:
+        """Solve failed markets again by contraction from safe starts.
+
+        A start extrapolated from the last θ (or a Newton step from it) can land where the
+        shares are not representable; the last δ that converged and the logit δ are safe
+        starts, so one bad trial θ cannot poison the evaluations after it.
+        """
+        log_shares = self.log_shares[markets]
+        for start in (self.last_delta[markets], self.logit_delta[markets]):
+            failed = np.flatnonzero(~result.converged)
+            if failed.size == 0:
+                break
+            if np.array_equal(start[failed], initial[failed]):
+                continue
+            again = solve_delta(
+                evaluator.subset(failed),
+                log_shares[failed],
+                start[failed],
+                tol=self.fp_tol,
+                max_evaluations=self.fp_max_evaluations,
+            )
+            result = result.replace_markets(failed, again)
+        return result
+
     def _executor(self):
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -279,6 +310,8 @@ class NonlinearObjective:
         coefficients, evaluator, nesting = self.market_pieces(theta, markets)
         mask = layout.mask[markets]
         result = self.solve(evaluator, markets, initial)
+        if not result.converged.all():
+            result = self._retry(evaluator, markets, initial, result)
         delta_padded[markets] = result.delta
         converged[markets] = result.converged
         iterations[markets] = result.iterations
@@ -315,8 +348,10 @@ class NonlinearObjective:
         index = np.arange(mask.shape[1])
         by_delta[:, index, index] += ~mask
         inverse = np.linalg.inv(by_delta)
-        inverse_padded[markets] = inverse
         jacobian_padded[markets] = -np.matmul(inverse, by_theta)
+        # The Newton solver of the next evaluation wants (∂log s/∂δ)⁻¹ = (∂s/∂δ)⁻¹ diag(s).
+        inverse *= np.where(mask, probabilities.shares, 1.0)[:, None, :]
+        inverse_padded[markets] = inverse
 
     def evaluate(self, theta: np.ndarray, gradient: bool = True) -> Evaluation:
         """Objective (and gradient) at θ; warm-starts the next call from this δ on success.

@@ -1,0 +1,163 @@
+"""The δ solvers report convergence only where the share equations hold.
+
+The reliability probe of issue 7: on small simulated problems with one random coefficient on
+prices, evaluating the objective at a large σ and then a small one made the Newton solver report
+success on a δ off by up to ~100, with model shares of about 1e-24 — its steps
+J⁻¹·diag(s)·(log s_obs − log s(δ)) vanish when the shares collapse, and a step-size rule
+stopped there. Every check below recomputes the shares independently (numpy log-sum-exp from
+the data, the draws and θ) rather than trusting a solver's own residual.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from blpmodels import BLPRandomCoefficients, simulation
+from blpmodels.kernel import (
+    Nesting,
+    ShareEvaluator,
+    inverse_delta_jacobian,
+    solve_delta,
+    solve_delta_hybrid,
+    solve_delta_newton,
+)
+
+
+def probe_problem(seed: int, scale: float = 1.0) -> tuple[BLPRandomCoefficients, pd.DataFrame]:
+    """The probe's 20-market × 5-product problem: σ on prices, 20 agents, 4 excluded IVs."""
+    products = simulation.simulate_logit(n_markets=20, n_products=5, n_firms=2, seed=seed).products
+    products = products.copy()
+    rng = np.random.default_rng(seed + 1000)
+    for k in range(3):
+        products[f"z{k}"] = rng.normal(size=len(products)) + 0.3 * products["cost_shifter"]
+    products["prices"] *= scale
+    agents = pd.DataFrame(
+        {
+            "market_ids": np.repeat(products["market_ids"].unique(), 20),
+            "weights": 1 / 20,
+            "nodes0": rng.normal(size=20 * 20),
+        }
+    )
+    model = BLPRandomCoefficients.from_formula(
+        "shares ~ 1 + x + [prices ~ cost_shifter + z0 + z1 + z2]",
+        products,
+        random="0 + prices",
+        agent_data=agents,
+    )
+    return model, agents
+
+
+def independent_log_shares(
+    products: pd.DataFrame, agents: pd.DataFrame, delta: np.ndarray, sigma: float
+) -> np.ndarray:
+    """log s_j from scratch: log Σ_i w_i exp(δ_j + σν_i p_j − log(1 + Σ_k exp(δ_k + σν_i p_k)))."""
+    out = np.empty(len(products))
+    for market, rows in products.groupby("market_ids").indices.items():
+        draws = agents[agents["market_ids"] == market]
+        utility = delta[rows, None] + sigma * np.outer(
+            products["prices"].to_numpy()[rows], draws["nodes0"].to_numpy()
+        )
+        log_denominator = np.logaddexp.reduce(
+            np.vstack([np.zeros(utility.shape[1]), utility]), axis=0
+        )
+        log_probability = utility - log_denominator
+        out[rows] = np.logaddexp.reduce(
+            log_probability + np.log(draws["weights"].to_numpy())[None, :], axis=1
+        )
+    return out
+
+
+# θ sequences from the probe: a large σ, then a small one, with the warm start carried over.
+SEQUENCES = [(0, (5.0, 0.01)), (1, (2.7, 0.0135)), (1, (5.0, 0.01)), (4, (8.0, 0.5))]
+
+
+@pytest.mark.parametrize(("seed", "sequence"), SEQUENCES)
+def test_newton_never_reports_a_wrong_delta(seed, sequence):
+    """Failed before the fix: success=True, objective 100–1000× too large, δ off by 50–2e6."""
+    model, agents = probe_problem(seed)
+    parameters = model.parameters(sigma=1.0)
+    values = {}
+    for method in ("newton", "squarem"):
+        objective = model.objective_function(parameters, fp_method=method)
+        for theta in sequence:
+            evaluation = objective.evaluate(np.array([theta]))
+        assert evaluation.success
+        observed = np.log(model.design.shares)
+        residual = independent_log_shares(model.design.data, agents, evaluation.delta, sequence[-1])
+        assert np.abs(residual - observed).max() < 1e-12
+        values[method] = evaluation
+    assert np.allclose(values["newton"].delta, values["squarem"].delta, rtol=0, atol=1e-10)
+    assert values["newton"].objective == pytest.approx(values["squarem"].objective, rel=1e-8)
+
+
+def _logit_market(n_products: int = 5, n_agents: int = 30, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    prices = rng.uniform(1, 3, size=(2, n_products))
+    nodes = rng.normal(size=(2, n_agents))
+    weights = np.full((2, n_agents), 1 / n_agents)
+    mask = np.ones((2, n_products), dtype=bool)
+    shares = rng.uniform(0.02, 0.15, size=(2, n_products))
+
+    def evaluator(sigma: float) -> ShareEvaluator:
+        mu = sigma * prices[:, :, None] * nodes[:, None, :]
+        return ShareEvaluator(mu, weights, mask, Nesting.unnested(mask.shape))
+
+    return evaluator, np.log(shares), prices
+
+
+def test_newton_with_a_far_jacobian_hands_back_instead_of_stopping():
+    """A Jacobian from σ = 6 used at σ = 0.01 from a δ where the shares collapse.
+
+    The steps there are tiny although the residual is huge; the solver must hand the markets
+    back (or solve them), never call them converged.
+    """
+    evaluator, log_shares, _ = _logit_market()
+    far = evaluator(6.0)
+    far_delta = solve_delta(far, log_shares, np.zeros_like(log_shares)).delta
+    stale = inverse_delta_jacobian(far, far_delta)
+    near = evaluator(0.01)
+    start = far_delta - 40.0  # shares of about e^-40 at the start
+    result, fallback = solve_delta_newton(near, log_shares, start, stale)
+    residual = np.log(near.shares(result.delta)) - log_shares
+    converged_residual = np.abs(residual[result.converged]).max(initial=0.0)
+    assert converged_residual < 1e-14
+    assert (fallback | result.converged).all()
+    finished = solve_delta_hybrid(near, log_shares, start, stale)
+    assert finished.converged.all()
+    assert np.abs(np.log(near.shares(finished.delta)) - log_shares).max() < 1e-13
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_contraction_from_a_far_start(seed):
+    """Starts hundreds of units away: some shares underflow to zero in double precision.
+
+    Failed before the fix after 3 evaluations (log 0 made the first step infinite); the log
+    shares are now summed in log space there, and the contraction converges from any finite δ.
+    """
+    evaluator, log_shares, _ = _logit_market(seed=seed)
+    high = evaluator(4.0)
+    start = np.random.default_rng(seed).normal(scale=400.0, size=log_shares.shape)
+    result = solve_delta(high, log_shares, start)
+    assert result.converged.all()
+    assert np.abs(np.log(high.shares(result.delta)) - log_shares).max() < 1e-13
+
+
+@pytest.mark.parametrize("poison", [800.0, np.nan])
+def test_failed_start_is_retried_from_safe_starts(poison):
+    """A poisoned warm start (δ + 800, or NaN) still gives the right δ at the next θ.
+
+    Before the fix, δ + 800 failed (shares overflowed to the inside goods and the first step
+    was infinite). A NaN start fails any solver; the evaluation must retry from the logit δ.
+    """
+    model, agents = probe_problem(2)
+    objective = model.objective_function(model.parameters(sigma=1.0))
+    first = objective.evaluate(np.array([1.0]))
+    assert first.success
+    objective.last_delta = objective.last_delta + poison
+    objective.last_delta_jacobian = None
+    evaluation = objective.evaluate(np.array([1.5]))
+    assert evaluation.success
+    residual = independent_log_shares(model.design.data, agents, evaluation.delta, 1.5)
+    assert np.abs(residual - np.log(model.design.shares)).max() < 1e-12
