@@ -855,11 +855,14 @@ def solve_delta_newton(
     --------
     >>> mu = np.zeros((1, 2, 1)); w = np.ones((1, 1)); mask = np.ones((1, 2), bool)
     >>> evaluator = ShareEvaluator(mu, w, mask, Nesting.unnested((1, 2)))
-    >>> inverse = inverse_delta_jacobian(evaluator, np.zeros((1, 2)))
+    >>> near = np.array([[-0.8, -0.4]])  # near the solution log([0.2, 0.3]) − log(0.5)
+    >>> inverse = inverse_delta_jacobian(evaluator, near)
     >>> result, fallback = solve_delta_newton(evaluator, np.log([[0.2, 0.3]]), np.zeros((1, 2)),
     ...                                       inverse)
     >>> bool(result.converged.all()), bool(fallback.any())
     (True, False)
+    >>> np.abs(np.log(evaluator.shares(result.delta)) - np.log([[0.2, 0.3]])).max() < 1e-14
+    np.True_
     """
     n_markets = log_shares.shape[0]
     mask = evaluator.product_mask
