@@ -1,0 +1,317 @@
+"""Parametric bootstrap: the draws' distribution, their bounds, and the demand at each draw.
+
+Oracles: the normal distribution N(params, cov_params()) the draws must follow (sample means,
+covariances and percentiles judged by their own sampling error), the truncation formulas for
+draws moved onto bounds, and shares at each draw written out by hand (logit, nested logit and
+random coefficients) from the data, with no blpmodels code.
+
+Tolerances: every distributional check allows five standard errors of the sample statistic
+(seeded draws, so each check is deterministic; at five standard errors a correct
+implementation would fail about once in two million seeds).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from blpmodels import BLPNestedLogit, BLPRandomCoefficients, ConvergenceWarning
+from blpmodels.datasets import DATA_ENV_VAR, load_mixtape_exercise2
+
+pytestmark = pytest.mark.data
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+Z = 5.0  # standard errors allowed in every distributional check
+
+
+def assert_normal_draws(draws: np.ndarray, mean: np.ndarray, cov: np.ndarray, what: str = ""):
+    """Sample mean, covariance and 2.5/97.5 percentiles of draws from N(mean, cov).
+
+    Standard errors: mean sd_k/√n; covariance entry √((Σ_jk² + Σ_jj Σ_kk)/n) (the variance of a
+    sample covariance of normal data); percentile q_p √(p(1 − p)/n) / f(q_p) with f the normal
+    density at the percentile.
+    """
+    n = draws.shape[0]
+    sd = np.sqrt(np.diag(cov))
+    np.testing.assert_array_less(np.abs(draws.mean(axis=0) - mean), Z * sd / np.sqrt(n), what)
+    sample = np.cov(draws, rowvar=False)
+    error = np.sqrt((cov**2 + np.outer(np.diag(cov), np.diag(cov))) / n)
+    np.testing.assert_array_less(np.abs(sample - cov), Z * error, what)
+    for p in (0.025, 0.975):
+        z = stats.norm.ppf(p)
+        percentile = np.percentile(draws, 100 * p, axis=0)
+        error = np.sqrt(p * (1 - p) / n) / stats.norm.pdf(z) * sd
+        np.testing.assert_array_less(np.abs(percentile - (mean + z * sd)), Z * error, what)
+
+
+# ---------------------------------------------------------------- logit
+
+
+def test_draws_follow_the_estimated_normal_distribution(iv_results):
+    bootstrapped = iv_results.bootstrap(draws=20_000, seed=0)
+    assert bootstrapped.draws == 20_000
+    assert list(bootstrapped.params.columns) == list(iv_results.params.index)
+    assert_normal_draws(
+        bootstrapped.params.to_numpy(),
+        iv_results.params.to_numpy(),
+        iv_results.cov_params().to_numpy(),
+    )
+    # The percentile intervals sit on the normal confidence interval of statsmodels.
+    low, high = np.percentile(bootstrapped.params, [2.5, 97.5], axis=0)
+    np.testing.assert_allclose(low, iv_results.conf_int()[0], atol=0.1 * iv_results.bse.max())
+    np.testing.assert_allclose(high, iv_results.conf_int()[1], atol=0.1 * iv_results.bse.max())
+
+
+def test_draws_are_reproducible_and_seed_dependent(iv_results):
+    first = iv_results.bootstrap(draws=50, seed=3).params
+    pd.testing.assert_frame_equal(first, iv_results.bootstrap(draws=50, seed=3).params)
+    assert not np.allclose(first, iv_results.bootstrap(draws=50, seed=4).params)
+
+
+def _logit_shares(delta: np.ndarray) -> np.ndarray:
+    exp_delta = np.exp(delta)
+    return exp_delta / (1.0 + exp_delta.sum(axis=-1, keepdims=True))
+
+
+def _load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bootstrapped_counterfactual_and_its_intervals_by_hand(
+    mixtape_products, iv_fe_results, capsys
+):
+    """Exercise 1's bootstrap table: shares at every draw in closed form, then np.percentile.
+
+    With market and product effects absorbed and ξ held, a draw α* moves the logit mean
+    utility to δ̂ + (α* − α̂)p, with δ̂ = log(s_j/s_0) from the data.
+    """
+    example = _load_example("mixtape_exercise1")
+    draws, seed = 300, 0
+    table = example.supplemental2(mixtape_products, iv_fe_results, draws=draws, seed=seed)
+    capsys.readouterr()
+    baseline, changed = example.counterfactual_data(mixtape_products)
+    alpha = iv_fe_results.bootstrap(draws=draws, seed=seed).params["prices"].to_numpy()
+    shares = baseline["shares"].to_numpy()
+    delta_hat = np.log(shares / (1.0 - shares.sum()))
+    alpha_hat = iv_fe_results.params["prices"]
+    prices, new_prices = baseline["prices"].to_numpy(), changed["prices"].to_numpy()
+    before = _logit_shares(delta_hat + np.outer(alpha - alpha_hat, prices))
+    after = _logit_shares(
+        delta_hat + np.outer(alpha - alpha_hat, prices) + np.outer(alpha, new_prices - prices)
+    )
+    changes = 100 * (after / before - 1)
+    low, high = np.percentile(changes, [2.5, 97.5], axis=0)
+    np.testing.assert_allclose(table["2.5%"], low, rtol=1e-9)
+    np.testing.assert_allclose(table["97.5%"], high, rtol=1e-9)
+    # The same draws through BootstrappedResults.predict, draw by draw.
+    bootstrapped = iv_fe_results.bootstrap(draws=5, seed=1)
+    alpha = bootstrapped.params["prices"].to_numpy()
+    expected = _logit_shares(delta_hat + np.outer(alpha - alpha_hat, prices))
+    np.testing.assert_allclose(bootstrapped.predict(baseline), expected, rtol=1e-10)
+
+
+# ---------------------------------------------------------------- nested logit (ρ drawn)
+
+NESTED_FORMULA = (
+    "shares ~ 0 + [prices ~ "
+    + " + ".join(f"demand_instruments{k}" for k in range(20))
+    + " + nest_count]"
+)
+
+
+@pytest.fixture(scope="module")
+def nested_results(nevo_products):
+    return BLPNestedLogit.from_formula(NESTED_FORMULA, nevo_products.copy()).fit(method="2s")
+
+
+def test_nested_logit_rho_draws_are_clipped_to_bounds_with_a_warning(simulate):
+    """Simulated nested logit with true ρ = 0: ρ̂ = 0.025 (se 0.048), so ~30% of draws < 0."""
+    data = simulate(n_markets=40, n_products=6, rho=0.0, seed=1, drop=0.3, constant=3.0)
+    results = BLPNestedLogit.from_formula(
+        "shares ~ 1 + x + [prices ~ z1 + z2 + nest_count + nest_z1]", data
+    ).fit()
+    draws = 20_000
+    rho, se = results.params["rho"], results.bse["rho"]
+    below = stats.norm.cdf(-rho / se)
+    assert 0.05 < below < 0.5  # the case exercises the bound at zero
+    with pytest.warns(UserWarning, match=r"of 20000 bootstrap draws fell outside") as caught:
+        bootstrapped = results.bootstrap(draws=draws, seed=0)
+    rho_draws = bootstrapped.params["rho"].to_numpy()
+    assert rho_draws.min() == 0.0 and rho_draws.max() <= 0.99
+    at_bound = int((rho_draws == 0).sum())
+    assert str(caught[0].message).startswith(f"{at_bound} of {draws}")
+    assert abs(at_bound / draws - below) < Z * np.sqrt(below * (1 - below) / draws)
+    # E[max(X, 0)] = μΦ(μ/s) + sφ(μ/s) for X ~ N(μ, s²).
+    expected = rho * stats.norm.cdf(rho / se) + se * stats.norm.pdf(rho / se)
+    assert abs(rho_draws.mean() - expected) < Z * se / np.sqrt(draws)
+    # β is unbounded: its draws follow the normal distribution.
+    beta = ["Intercept", "x", "prices"]
+    assert_normal_draws(
+        bootstrapped.params[beta].to_numpy(),
+        results.params[beta].to_numpy(),
+        results.cov_params().loc[beta, beta].to_numpy(),
+    )
+
+
+def _nested_shares(delta, nests, rho):
+    scaled = np.exp(delta / (1.0 - rho))
+    inclusive = {h: scaled[nests == h].sum() for h in np.unique(nests)}
+    denominator = 1.0 + sum(value ** (1.0 - rho) for value in inclusive.values())
+    totals = np.array([inclusive[h] for h in nests])
+    return scaled / totals * totals ** (1.0 - rho) / denominator
+
+
+def test_nested_logit_bootstrap_predictions_by_hand(nested_results, nevo_products):
+    """δ* = δ̂ + (β* − β̂)p with δ̂ = log(s_j/s_0) − ρ̂ log(s_j/s_g), shares at ρ*."""
+    market_id = nevo_products["market_ids"].iloc[0]
+    market = nevo_products[nevo_products["market_ids"] == market_id].copy()
+    market.loc[market.index[0], "prices"] *= 0.8
+    bootstrapped = nested_results.bootstrap(draws=6, seed=2)
+    predicted = bootstrapped.predict(market).to_numpy()
+    observed = nevo_products[nevo_products["market_ids"] == market_id]
+    shares, nests = observed["shares"].to_numpy(), observed["nesting_ids"].to_numpy()
+    group = np.array([shares[nests == h].sum() for h in nests])
+    rho_hat, beta_hat = nested_results.params["rho"], nested_results.params["prices"]
+    delta_hat = np.log(shares / (1 - shares.sum())) - rho_hat * np.log(shares / group)
+    for row, (beta, rho) in enumerate(bootstrapped.params[["prices", "rho"]].to_numpy()):
+        delta = (
+            delta_hat
+            + beta * market["prices"].to_numpy()
+            - beta_hat * observed["prices"].to_numpy()
+        )
+        np.testing.assert_allclose(predicted[row], _nested_shares(delta, nests, rho), rtol=1e-10)
+    assert np.ptp(bootstrapped.params["rho"]) > 0  # ρ really varies across draws
+
+
+# ---------------------------------------------------------------- random coefficients (θ drawn)
+
+Q5_FORMULA = (
+    "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
+)
+# Exercise 2, question 5 estimates (pyblp 1.3.0 and blpmodels agree to 1e-6).
+Q5_SIGMA = 6.01516714
+Q5_PI = [[0.10882918], [-5.95723916]]
+
+
+@pytest.fixture(scope="module")
+def exercise2(shared_data_home):
+    for name in ("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz"):
+        if not (shared_data_home / name).is_file():
+            pytest.skip(
+                f"shared data file {shared_data_home / name} not found (set {DATA_ENV_VAR})"
+            )
+    return load_mixtape_exercise2(shared_data_home)
+
+
+@pytest.fixture(scope="module")
+def q5_results(exercise2):
+    """Results at the question-5 estimates (the optimizer stays at the start)."""
+    products, agents = exercise2
+    model = BLPRandomCoefficients.from_formula(
+        Q5_FORMULA,
+        products,
+        absorb="C(market_ids) + C(product_ids)",
+        random="0 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=agents,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(
+            sigma=[[0, 0], [0, Q5_SIGMA]],
+            pi=Q5_PI,
+            optimizer=lambda fun, theta0, bounds: theta0,
+            compute_hessian=False,
+        )
+
+
+def test_random_coefficient_draws_respect_the_sigma_bound(q5_results):
+    draws = 20_000
+    sigma, se = q5_results.params["sigma[prices,prices]"], q5_results.bse["sigma[prices,prices]"]
+    below = stats.norm.cdf(-sigma / se)
+    assert 0.05 < below < 0.5  # σ is within a few standard errors of its bound at zero
+    with pytest.warns(UserWarning, match="bootstrap draws fell outside") as caught:
+        bootstrapped = q5_results.bootstrap(draws=draws, seed=0)
+    sigma_draws = bootstrapped.params["sigma[prices,prices]"].to_numpy()
+    at_bound = int((sigma_draws == 0).sum())
+    assert sigma_draws.min() == 0.0
+    assert str(caught[0].message).startswith(f"{at_bound} of {draws}")
+    assert abs(at_bound / draws - below) < Z * np.sqrt(below * (1 - below) / draws)
+    # E[max(X, 0)] = μΦ(μ/s) + sφ(μ/s) for X ~ N(μ, s²).
+    expected = sigma * stats.norm.cdf(sigma / se) + se * stats.norm.pdf(sigma / se)
+    assert abs(sigma_draws.mean() - expected) < Z * se / np.sqrt(draws)
+    free = ["prices", "pi[mushy,log_income]", "pi[prices,log_income]"]
+    assert_normal_draws(
+        bootstrapped.params[free].to_numpy(),
+        q5_results.params[free].to_numpy(),
+        q5_results.cov_params().loc[free, free].to_numpy(),
+    )
+
+
+def _rc_shares(delta, market, people, sigma, pi_mushy, pi_prices):
+    """Σ_i w_i exp(δ_j + μ_ji) / (1 + Σ_k exp(δ_k + μ_ki)) with the question-5 μ."""
+    income = people["log_income"].to_numpy()
+    mushy_coefficient = pi_mushy * income
+    price_coefficient = sigma * people["nodes1"].to_numpy() + pi_prices * income
+    mu = np.outer(market["mushy"].to_numpy(), mushy_coefficient) + np.outer(
+        market["prices"].to_numpy(), price_coefficient
+    )
+    exp_utility = np.exp(delta[:, None] + mu)
+    probabilities = exp_utility / (1.0 + exp_utility.sum(axis=0))
+    return probabilities @ people["weights"].to_numpy()
+
+
+def test_random_coefficient_bootstrap_predictions_by_hand(q5_results, exercise2):
+    products, agents = exercise2
+    market_id = "C01Q2"
+    rows = (products["market_ids"] == market_id).to_numpy()
+    observed = products[rows]
+    people = agents[agents["market_ids"] == market_id]
+    delta_hat = q5_results.delta.to_numpy()[rows]
+    params = q5_results.params
+    # δ̂ is checked by hand first: it reproduces the observed shares at the estimates.
+    np.testing.assert_allclose(
+        _rc_shares(
+            delta_hat,
+            observed,
+            people,
+            params["sigma[prices,prices]"],
+            params["pi[mushy,log_income]"],
+            params["pi[prices,log_income]"],
+        ),
+        observed["shares"],
+        rtol=1e-10,
+    )
+    market = observed.copy()
+    market.loc[market.index[2], "prices"] *= 0.7
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # draws moved onto σ ≥ 0, if any
+        bootstrapped = q5_results.bootstrap(draws=4, seed=5)
+    predicted = bootstrapped.predict(market).to_numpy()
+    for row, draw in enumerate(bootstrapped.params.to_dict("records")):
+        delta = (
+            delta_hat
+            + draw["prices"] * market["prices"].to_numpy()
+            - params["prices"] * observed["prices"].to_numpy()
+        )
+        expected = _rc_shares(
+            delta,
+            market,
+            people,
+            draw["sigma[prices,prices]"],
+            draw["pi[mushy,log_income]"],
+            draw["pi[prices,log_income]"],
+        )
+        np.testing.assert_allclose(predicted[row], expected, rtol=1e-10)
