@@ -228,6 +228,55 @@ def test_nevo(nevo_results):
     assert len(nevo_results.params) == 1 + 4 + 9
 
 
+NEVO_CHARACTERISTICS = ["Intercept", "prices", "sugar", "mushy"]
+NEVO_DEMOGRAPHIC_NAMES = NEVO_DEMOGRAPHICS[4:].split(" + ")
+
+
+def theta_matrices(params, characteristics, demographics):
+    """Σ and Π filled from parameter names such as ``sigma[prices,prices]``, ``pi[prices,age]``."""
+    sigma = np.zeros((len(characteristics), len(characteristics)))
+    pi = np.zeros((len(characteristics), len(demographics)))
+    for name, value in params.items():
+        kind, _, rest = name.partition("[")
+        if kind not in ("sigma", "pi"):
+            continue
+        row, column = rest.rstrip("]").split(",")
+        if kind == "sigma":
+            sigma[characteristics.index(row), characteristics.index(column)] = value
+        else:
+            pi[characteristics.index(row), demographics.index(column)] = value
+    return sigma, pi
+
+
+def test_nevo_matches_pyblp_at_our_estimates(nevo, nevo_results, pyblp):
+    """pyblp run live at our Nevo estimates: objective, β and every standard error.
+
+    pyblp's gradient there must be as small as our optimizer's stopping rule allows (BFGS,
+    gtol 1e-5 on the largest component); the full pyblp fit is the slow test below.
+    """
+    products, agents = nevo
+    problem = pyblp.Problem(
+        (
+            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
+            pyblp.Formulation(NEVO_RANDOM),
+        ),
+        products,
+        pyblp.Formulation(NEVO_DEMOGRAPHICS),
+        agents,
+    )
+    sigma, pi = theta_matrices(nevo_results.params, NEVO_CHARACTERISTICS, NEVO_DEMOGRAPHIC_NAMES)
+    oracle = problem.solve(
+        sigma=sigma, pi=pi, method="1s", optimization=pyblp.Optimization("return")
+    )
+    assert nevo_results.objective == pytest.approx(float(oracle.objective), rel=1e-8)
+    assert np.abs(oracle.gradient).max() < 1e-4
+    expected = _pyblp_nevo_values(oracle, NEVO_CHARACTERISTICS, NEVO_DEMOGRAPHIC_NAMES)
+    assert set(expected) == set(nevo_results.params.index)
+    for name, (estimate, se) in expected.items():
+        assert nevo_results.params[name] == pytest.approx(estimate, rel=1e-8), name
+        assert nevo_results.bse[name] == pytest.approx(se, rel=1e-6), name
+
+
 def _pyblp_nevo_values(results, sigma_names, demographic_names):
     """pyblp results as {name: (estimate, se)} in blpmodels' naming."""
     out = {"prices": (results.beta[0, 0], results.beta_se[0, 0])}
@@ -450,6 +499,55 @@ def test_nested_logit_fitted_numerically(nevo_nested):
     assert results.params["prices"] == pytest.approx(-7.83828345, rel=1e-6)
 
 
+def test_rcnl_fit_matches_pyblp_at_our_estimates(nevo, nevo_products, pyblp):
+    """An RCNL fit with an interior optimum (σ and Π on a constant and prices, one ρ).
+
+    pyblp run live at our estimates: same objective, β and standard errors, and a gradient as
+    small as our stopping rule (gtol 1e-8) allows.
+    """
+    _, agents = nevo
+    model = BLPRandomCoefficients.from_formula(
+        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS} + nest_count]",
+        nevo_products,
+        random="1 + prices",
+        demographics="0 + income",
+        agent_data=agents,
+    )
+    results = model.fit(
+        sigma=np.diag([0.3, 2.0]), pi=[[1.0], [2.0]], rho=0.7, optimizer_options=TIGHT
+    )
+    assert results.info.convergence["gradient_norm"] < 1e-6
+    assert 0.1 < results.params["rho"] < 0.9  # interior
+    problem = pyblp.Problem(
+        (pyblp.Formulation("0 + prices"), pyblp.Formulation("1 + prices")),
+        nevo_products,  # demand_instruments20 = nest_count
+        pyblp.Formulation("0 + income"),
+        agents,
+    )
+    sigma, pi = theta_matrices(results.params, ["Intercept", "prices"], ["income"])
+    oracle = problem.solve(
+        sigma=sigma,
+        pi=pi,
+        rho=results.params["rho"],
+        method="1s",
+        optimization=pyblp.Optimization("return"),
+    )
+    assert results.objective == pytest.approx(float(oracle.objective), rel=1e-8)
+    assert np.abs(oracle.gradient).max() < 1e-5
+    assert results.params["prices"] == pytest.approx(float(oracle.beta[0, 0]), rel=1e-8)
+    expected_se = {
+        "prices": oracle.beta_se[0, 0],
+        "sigma[Intercept,Intercept]": oracle.sigma_se[0, 0],
+        "sigma[prices,prices]": oracle.sigma_se[1, 1],
+        "pi[Intercept,income]": oracle.pi_se[0, 0],
+        "pi[prices,income]": oracle.pi_se[1, 0],
+        "rho": oracle.rho_se[0, 0],
+    }
+    assert set(expected_se) == set(results.params.index)
+    for name, se in expected_se.items():
+        assert results.bse[name] == pytest.approx(se, rel=1e-6), name
+
+
 # ---------------------------------------------------------------- multistart, 2s
 
 
@@ -523,28 +621,180 @@ def test_two_step_matches_pyblp(two_step):
         assert results.bse[name] == pytest.approx(value, rel=1e-5), name
 
 
-def test_two_step_objective_is_hansen_j(two_step):
-    """J = N ḡ' S₁⁻¹ ḡ with S₁ the centered moment covariance at the first-step residuals."""
-    model, results = two_step
-    first = model.fit(**Q5_START, method="1s", optimizer_options=TIGHT)
-    assert len(results.info.steps) == 2
-    assert results.info.steps[0]["objective"] == pytest.approx(first.objective, rel=1e-6)
-    Z = model.design.Z_absorbed
-    n = Z.shape[0]
+OVERID_INSTRUMENTS = [f"demand_instruments{k}" for k in range(5)]
 
-    def centered_covariance(xi):
-        g = Z * np.asarray(xi)[:, None]
-        g = g - g.mean(axis=0)
-        return g.T @ g / n
 
-    S1 = centered_covariance(first.xi)
-    g_bar = Z.T @ np.asarray(results.xi) / n
+@pytest.fixture(scope="module")
+def pyblp_overidentified(exercise2_overidentified, pyblp):
+    """pyblp's problem on the overidentified data, clustering by product."""
+    products, agents = exercise2_overidentified
+    return pyblp.Problem(
+        (
+            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
+            pyblp.Formulation("0 + mushy + prices"),
+        ),
+        products.assign(clustering_ids=products["product_ids"]),
+        pyblp.Formulation("0 + log_income"),
+        agents,
+    )
+
+
+def pyblp_at(problem, pyblp, theta, **options):
+    """pyblp evaluated (not optimized) at θ = (σ_prices, π_mushy, π_prices) of questions 5/6."""
+    return problem.solve(
+        sigma=[[0, 0], [0, theta[0]]],
+        pi=[[theta[1]], [theta[2]]],
+        method="1s",
+        optimization=pyblp.Optimization("return"),
+        **options,
+    )
+
+
+def residualize_on_dummies(products, values):
+    """Market and product fixed effects removed by least squares on dummies (not pyhdfe)."""
+    dummies = pd.get_dummies(products[["market_ids", "product_ids"]], drop_first=True)
+    D = np.column_stack([np.ones(len(products)), dummies.to_numpy(dtype=float)])
+    values = np.asarray(values, dtype=float)
+    return values - D @ np.linalg.lstsq(D, values, rcond=None)[0]
+
+
+def test_two_step_objective_is_hansen_j(
+    two_step, exercise2_overidentified, pyblp_overidentified, pyblp
+):
+    """J = N ḡ₂' S₁⁻¹ ḡ₂ built by hand from pyblp's δ at our step-1 and step-2 θ.
+
+    Nothing here uses blpmodels' residuals: fixed effects are removed by a dummy regression,
+    β is the IV-GMM formula, S₁ the centered moment covariance at the step-1 residuals. pyblp's
+    own objective at the step-2 estimates with W = S₁⁻¹ must agree, and pyblp's gradients at
+    both steps must vanish (each step is an optimum).
+    """
+    products, _ = exercise2_overidentified
+    _, results = two_step
+    step1 = results.info.steps[0]
+    first = pyblp_at(pyblp_overidentified, pyblp, step1["theta"])
+    second = pyblp_at(pyblp_overidentified, pyblp, results.params.to_numpy()[1:], W=first.updated_W)
+    assert np.abs(first.gradient).max() < 1e-6 and np.abs(second.gradient).max() < 1e-6
+
+    Z = residualize_on_dummies(products, products[OVERID_INSTRUMENTS])
+    X = residualize_on_dummies(products, products[["prices"]])
+    n = len(products)
+
+    def residuals(delta, W):
+        y = residualize_on_dummies(products, np.ravel(delta))
+        ZX, Zy = Z.T @ X, Z.T @ y
+        beta = np.linalg.solve(ZX.T @ W @ ZX, ZX.T @ W @ Zy)
+        return y - X @ beta
+
+    xi1 = residuals(first.delta, np.linalg.inv(Z.T @ Z / n))
+    g = Z * xi1[:, None]
+    g -= g.mean(axis=0)
+    S1 = g.T @ g / n
+    np.testing.assert_allclose(results.W, np.linalg.inv(S1), rtol=1e-6)
+    g_bar = Z.T @ residuals(second.delta, np.linalg.inv(S1)) / n
     J = n * g_bar @ np.linalg.solve(S1, g_bar)
-    assert results.objective == pytest.approx(J, rel=1e-5)
+    # rel 1e-6: the dummy regression and pyhdfe (tol 1e-14) agree to ~1e-10 in J.
+    assert results.objective == pytest.approx(J, rel=1e-6)
+    assert float(second.objective) == pytest.approx(J, rel=1e-6)
+    assert J == pytest.approx(PYBLP_2S["objective"], rel=1e-5)  # pyblp's own 2-step fit
     statistic, df, pvalue = results.j_stat
     assert df == 5 - 4
     assert statistic == results.objective
-    assert pvalue == pytest.approx(stats.chi2.sf(J, 1), rel=1e-5)
+    assert pvalue == pytest.approx(stats.chi2.sf(J, 1), rel=1e-6)
+
+
+def _user_weighting_matrix(products):
+    """Any symmetric positive definite W not proportional to (Z'Z)⁻¹: 1/variance of each Z."""
+    return np.diag(1.0 / products[OVERID_INSTRUMENTS].to_numpy().var(axis=0))
+
+
+# ours: fit options; pyblp: step-1 options (at our step-1 θ) and step-2 options (with W = the
+# updated W of step 1, at our estimates).
+TWO_STEP_CASES = {
+    "clustered": (
+        {"cov_type": "clustered", "cov_kwds": {"groups": "product_ids"}},
+        {"W_type": "clustered", "se_type": "clustered"},
+        {"se_type": "clustered"},
+    ),
+    "unadjusted": (
+        {"cov_type": "unadjusted"},
+        {"W_type": "unadjusted", "se_type": "unadjusted"},
+        {"se_type": "unadjusted"},
+    ),
+    "user_W": ({"W": "user"}, {"W": "user"}, {}),
+}
+
+
+def _with_user_w(options, products):
+    return {
+        key: _user_weighting_matrix(products) if value == "user" else value
+        for key, value in options.items()
+    }
+
+
+@pytest.fixture(scope="module", params=list(TWO_STEP_CASES))
+def two_step_case(request, exercise2_overidentified):
+    products, _ = exercise2_overidentified
+    ours = _with_user_w(TWO_STEP_CASES[request.param][0], products)
+    model = overidentified_model(exercise2_overidentified)
+    return request.param, model.fit(**Q5_START, method="2s", optimizer_options=TIGHT, **ours)
+
+
+def test_two_step_weighting_and_covariances_match_pyblp(
+    two_step_case, exercise2_overidentified, pyblp_overidentified, pyblp
+):
+    """Two steps with clustered or unadjusted W and covariance, or a user first-step W.
+
+    pyblp (Optimization('return')) at our step-1 θ: same objective, zero gradient (so the first
+    step used the right W), and its updated W (built with W_type) must be our second-step W.
+    At our estimates with that W: same objective and β, zero gradient (the second step's
+    optimum), same standard errors (se_type). pyblp's clustered and robust moment covariances
+    are centered like ours; tolerances are the optimizer's (gtol 1e-8) and δ's (1e-14).
+    """
+    name, results = two_step_case
+    products, _ = exercise2_overidentified
+    _, first_options, second_options = TWO_STEP_CASES[name]
+    step1 = results.info.steps[0]
+    first = pyblp_at(
+        pyblp_overidentified, pyblp, step1["theta"], **_with_user_w(first_options, products)
+    )
+    assert float(first.objective) == pytest.approx(step1["objective"], rel=1e-8)
+    assert np.abs(first.gradient).max() < 1e-6
+    np.testing.assert_allclose(results.W, first.updated_W, rtol=1e-8)
+    second = pyblp_at(
+        pyblp_overidentified,
+        pyblp,
+        results.params.to_numpy()[1:],
+        W=first.updated_W,
+        **second_options,
+    )
+    assert results.objective == pytest.approx(float(second.objective), rel=1e-8)
+    assert np.abs(second.gradient).max() < 1e-6
+    assert results.params["prices"] == pytest.approx(float(second.beta[0, 0]), rel=1e-8)
+    expected_se = [second.beta_se[0, 0], second.sigma_se[1, 1], *np.ravel(second.pi_se)]
+    np.testing.assert_allclose(results.bse.to_numpy(), expected_se, rtol=1e-6)
+    assert results.info.cov_type == {"user_W": "robust"}.get(name, name)
+
+
+@pytest.mark.slow
+def test_two_step_clustered_against_pyblp_run(
+    exercise2_overidentified, pyblp_overidentified, pyblp
+):
+    """pyblp's own clustered two-step fit (about a minute on two cores)."""
+    ours, _, _ = TWO_STEP_CASES["clustered"]
+    model = overidentified_model(exercise2_overidentified)
+    results = model.fit(**Q5_START, method="2s", optimizer_options=TIGHT, **ours)
+    oracle = pyblp_overidentified.solve(
+        **Q5_START,
+        method="2s",
+        W_type="clustered",
+        se_type="clustered",
+        optimization=pyblp.Optimization("trust-constr", TIGHT),
+    )
+    assert results.objective == pytest.approx(float(oracle.objective), rel=1e-5)
+    expected = [oracle.beta[0, 0], oracle.sigma[1, 1], oracle.pi[0, 0], oracle.pi[1, 0]]
+    np.testing.assert_allclose(results.params.to_numpy(), expected, rtol=1e-5)
+    expected_se = [oracle.beta_se[0, 0], oracle.sigma_se[1, 1], *np.ravel(oracle.pi_se)]
+    np.testing.assert_allclose(results.bse.to_numpy(), expected_se, rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -672,6 +922,17 @@ def test_post_estimation_matches_pyblp(exercise2, q5_results, pyblp_q5_at_estima
         np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-10)
     diversion = pairs[1][0].to_numpy()
     np.testing.assert_allclose(diversion.sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_q5_estimates_are_pyblps_optimum_with_its_standard_errors(
+    q5_results, pyblp_q5_at_estimates
+):
+    """pyblp, run live at our estimates: zero objective and gradient, the same robust SEs."""
+    oracle = pyblp_q5_at_estimates
+    assert float(oracle.objective) < 1e-10 and q5_results.objective < 1e-10  # just identified
+    assert np.abs(oracle.gradient).max() < 1e-6
+    expected_se = [oracle.beta_se[0, 0], oracle.sigma_se[1, 1], *np.ravel(oracle.pi_se)]
+    np.testing.assert_allclose(q5_results.bse.to_numpy(), expected_se, rtol=1e-6)
 
 
 def test_probabilities_average_to_shares(exercise2, q5_results):
