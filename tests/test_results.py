@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
-from linearmodels.iv import IV2SLS
+from linearmodels.iv import IV2SLS, IVGMM
 from scipy import stats
 from statsmodels.iolib.summary2 import summary_col
 
@@ -254,3 +254,161 @@ def test_just_identified_model_has_no_overidentification_test(iv_results):
     j_stat, df, pvalue = iv_results.j_stat
     assert df == 0 and np.isnan(pvalue)
     assert j_stat == pytest.approx(0.0, abs=1e-10)
+
+
+# ---------------------------------------------------------------- summaries against oracles
+
+OVERID = "1 + mushy + [prices ~ price_instrument + price_instrument_sq]"
+
+
+@pytest.fixture(scope="module")
+def overidentified_pair(mixtape_products):
+    """Two-step overidentified IV logit and linearmodels' IVGMM on the same moments."""
+    data = mixtape_products.assign(
+        logit_delta=_logit_delta(mixtape_products),
+        price_instrument_sq=mixtape_products["price_instrument"] ** 2,
+    )
+    ours = BLPLogit.from_formula(f"shares ~ {OVERID}", data).fit(method="2s")
+    # Our robust moment covariance is centered; linearmodels centers when asked.
+    theirs = IVGMM.from_formula(
+        f"logit_delta ~ {OVERID}", data, weight_type="robust", center=True
+    ).fit(iter_limit=2, cov_type="robust", debiased=False, center=True)
+    return ours, theirs
+
+
+def _printed(cell: str) -> tuple[float, float]:
+    """A printed number and half a unit of its last printed digit (its rounding error)."""
+    text = cell.strip()
+    mantissa = text.lower().split("e")[0]
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    exponent = int(text.lower().split("e")[1]) if "e" in text.lower() else 0
+    return float(text), 0.5 * 10.0 ** (exponent - decimals) * (1 + 1e-9)
+
+
+def _header(summary) -> dict[str, str]:
+    cells = {}
+    for row in summary.tables[0].data:
+        for label, value in zip(row[::2], row[1::2], strict=True):
+            if label.strip():
+                cells[label.strip()] = value.strip()
+    return cells
+
+
+@pytest.mark.data
+def test_summary_prints_the_numbers_of_linearmodels(overidentified_pair):
+    """Every printed coefficient, SE, z, p-value, interval, J and its p-value, to the digit."""
+    ours, theirs = overidentified_pair
+    summary = ours.summary()
+    table = summary.tables[1].data
+    assert [cell.strip() for cell in table[0]] == [
+        "",
+        "coef",
+        "std err",
+        "z",
+        "P>|z|",
+        "[0.025",
+        "0.975]",
+    ]
+    conf_int = theirs.conf_int()
+    printed_names = []
+    for row in table[1:]:
+        name = row[0].strip()
+        printed_names.append(name)
+        expected = [
+            theirs.params[name],
+            theirs.std_errors[name],
+            theirs.tstats[name],
+            theirs.pvalues[name],
+            conf_int.loc[name, "lower"],
+            conf_int.loc[name, "upper"],
+        ]
+        for cell, value in zip(row[1:], expected, strict=True):
+            number, rounding = _printed(cell)
+            assert abs(number - value) <= rounding, (name, cell, value)
+    assert printed_names == NAMES
+    header = _header(summary)
+    j_stat = theirs.j_stat
+    assert float(header["Objective:"]) == pytest.approx(j_stat.stat, rel=5e-6)  # 6 digits
+    assert float(header["Hansen J p-value:"]) == pytest.approx(j_stat.pval, rel=5e-4)  # 4 digits
+    assert header["Moments:"] == "4"  # Intercept, mushy and two excluded instruments
+    assert header["Overid. df:"] == str(j_stat.df) == "1"
+    assert header["GMM step:"] == "2-step"
+    assert header["No. Observations:"] == str(int(theirs.nobs))
+    first_stage = theirs.first_stage.diagnostics.loc["prices", "f.stat"] / 2  # per instrument
+    assert float(header["1st-stage F prices:"]) == pytest.approx(first_stage, rel=5e-4)
+
+
+# ---------------------------------------------------------------- F tests
+
+
+@pytest.mark.data
+def test_f_test_equals_statsmodels_on_the_same_ols(mixtape_products, ols_results):
+    """OLS with HC0: our F test against statsmodels' own f_test on the same regression."""
+    data = mixtape_products.assign(logit_delta=_logit_delta(mixtape_products))
+    oracle = smf.ols("logit_delta ~ 1 + prices + mushy", data).fit(cov_type="HC0")
+    hypothesis = "prices = -7, mushy = 0.1"
+    ours, theirs = ols_results.f_test(hypothesis), oracle.f_test(hypothesis)
+    assert float(np.squeeze(ours.fvalue)) == pytest.approx(
+        float(np.squeeze(theirs.fvalue)), rel=1e-8
+    )
+    assert float(ours.pvalue) == pytest.approx(float(theirs.pvalue), rel=1e-6)
+    assert (ours.df_num, ours.df_denom) == (theirs.df_num, theirs.df_denom) == (2, 2256 - 3)
+
+
+@pytest.mark.data
+def test_f_test_of_an_iv_model_by_hand_from_linearmodels(iv_results, linearmodels_iv):
+    """F = r'(R V R')⁻¹ r / q with linearmodels' estimates and covariance; p from F(q, N − K)."""
+    test = iv_results.f_test("prices = -9, mushy = 0.05")
+    params = linearmodels_iv.params[NAMES].to_numpy()
+    cov = linearmodels_iv.cov.loc[NAMES, NAMES].to_numpy()
+    R = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    r = R @ params - np.array([-9.0, 0.05])
+    F = r @ np.linalg.solve(R @ cov @ R.T, r) / 2
+    assert float(np.squeeze(test.fvalue)) == pytest.approx(F, rel=1e-8)
+    assert float(test.pvalue) == pytest.approx(stats.f.sf(F, 2, 2256 - 3), rel=1e-6)
+    assert (test.df_num, test.df_denom) == (2, 2256 - 3)
+
+
+# ---------------------------------------------------------------- compare()
+
+
+@pytest.mark.data
+def test_compare_tabulates_each_results_own_numbers(
+    mixtape_products, iv_results, linearmodels_iv, overidentified_pair
+):
+    from blpmodels import compare
+
+    data = mixtape_products.assign(logit_delta=_logit_delta(mixtape_products))
+    ols = smf.ols("logit_delta ~ 1 + prices + mushy", data).fit(cov_type="HC0")
+    two_step, ivgmm = overidentified_pair
+    columns = {"OLS": ols, "BLP IV": iv_results, "linearmodels IV": linearmodels_iv}
+    columns["BLP 2-step"] = two_step
+    comparison = compare(columns, stars=True)
+    oracle_values = {
+        "OLS": (ols.params, ols.bse, ols.pvalues),
+        "BLP IV": (linearmodels_iv.params, linearmodels_iv.std_errors, linearmodels_iv.pvalues),
+        "linearmodels IV": (
+            linearmodels_iv.params,
+            linearmodels_iv.std_errors,
+            linearmodels_iv.pvalues,
+        ),
+        "BLP 2-step": (ivgmm.params, ivgmm.std_errors, ivgmm.pvalues),
+    }
+    assert list(comparison.params.columns) == list(columns)
+    cells = comparison.to_frame()
+    for column, (params, errors, pvalues) in oracle_values.items():
+        for name in NAMES:
+            assert comparison.params.loc[name, column] == pytest.approx(params[name], rel=1e-8)
+            assert comparison.std_errors.loc[name, column] == pytest.approx(errors[name], rel=1e-6)
+            p = pvalues[name]
+            stars = "***" if p < 0.01 else "**" if p < 0.05 else "*" if p < 0.1 else ""
+            position = list(cells.index).index(name)
+            assert cells[column].iloc[position] == f"{params[name]:.4f}{stars}", (column, name)
+            assert cells[column].iloc[position + 1] == f"({errors[name]:.4f})", (column, name)
+    info = comparison.info
+    assert (info.loc["N"] == "2256").all()
+    assert info.loc["GMM objective", "BLP 2-step"] == f"{ivgmm.j_stat.stat:.4g}"
+    assert info.loc["Markets", "BLP IV"] == "94"
+    assert pd.isna(info.loc["GMM objective", "OLS"]) and pd.isna(info.loc["Markets", "OLS"])
+    text = str(comparison)
+    assert f"{ivgmm.params['prices']:.4f}***" in text
