@@ -28,6 +28,7 @@ __all__ = [
     "check_columns",
     "check_full_rank",
     "check_scales",
+    "column_norms",
     "first_label",
     "numeric_values",
     "warn_user",
@@ -469,6 +470,19 @@ def build_block(
     return TermBlock(rhs, tuple(names), np.ascontiguousarray(values), matrix.model_spec)
 
 
+def column_norms(matrix: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each column, without overflow for values near the float64 limit.
+
+    Examples
+    --------
+    >>> column_norms(np.array([[3e200], [4e200]]))
+    array([5.e+200])
+    """
+    largest = np.abs(matrix).max(axis=0) if matrix.shape[0] else np.zeros(matrix.shape[1])
+    unit = np.where(largest > 0, largest, 1.0)
+    return np.linalg.norm(matrix / unit, axis=0) * unit
+
+
 def check_full_rank(
     matrix: np.ndarray,
     names: Sequence[str],
@@ -509,8 +523,8 @@ def check_full_rank(
     """
     if matrix.shape[1] == 0:
         return
-    norms = np.linalg.norm(matrix, axis=0)
-    reference = norms if before_absorption is None else np.linalg.norm(before_absorption, axis=0)
+    norms = column_norms(matrix)
+    reference = norms if before_absorption is None else column_norms(before_absorption)
     for position, (norm, full) in enumerate(zip(norms, reference, strict=True)):
         if norm <= tolerance * full or norm == 0:
             reason = "absorbed by the fixed effects" if before_absorption is not None else "zero"

@@ -25,6 +25,7 @@ from .design import (
     check_columns,
     check_full_rank,
     check_scales,
+    column_norms,
     first_label,
     numeric_values,
 )
@@ -189,10 +190,9 @@ class ProductDesign:
             return
         n_exog = self.exog.size
         regressors = self.X_absorbed
-        norms = np.linalg.norm(regressors, axis=0)
-        scaled = regressors / norms
+        scaled = regressors / column_norms(regressors)
         instruments = self.Z_absorbed[:, n_exog:]
-        lengths = np.linalg.norm(instruments, axis=0)
+        lengths = column_norms(instruments)
         coefficients, *_ = np.linalg.lstsq(scaled, instruments / lengths, rcond=None)
         residuals = np.linalg.norm(instruments / lengths - scaled @ coefficients, axis=0)
         for position in np.flatnonzero(residuals < tolerance):

@@ -663,3 +663,15 @@ def test_the_shared_data_sets_do_not_warn_about_scale():
             design.from_formula(parse_formula(formula), data, random=random)
     finally:
         context.__exit__(None, None, None)
+
+
+def test_huge_columns_are_rescaled_not_reported_as_zero(simulated_products):
+    # Column norms of values near 1e200 overflow to inf; the rank check must not call them zero.
+    data = simulated_products.assign(huge=simulated_products["x"] * 1e200)
+    with pytest.warns(UserWarning, match="regressor 'huge' has values up to"):
+        model = BLPLogit.from_formula("shares ~ 1 + huge + [prices ~ z1]", data)
+    assert model.design.x_names == ["Intercept", "huge", "prices"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the scale warning, checked above
+        with pytest.raises(BLPInputError, match=r"'I\(2 \* huge\)' is a linear combination"):
+            BLPLogit.from_formula("shares ~ 1 + huge + I(2 * huge) + [prices ~ z1]", data)
