@@ -633,7 +633,11 @@ def fit(
 def assert_same_estimates(
     expected: tuple[pd.Series, float], actual: tuple[pd.Series, float], what: str
 ) -> None:
-    """Estimates by name to :data:`PARAMS_TOLERANCE`, objectives to 1e-10 relative."""
+    """Estimates by name and objectives to :data:`PARAMS_TOLERANCE`.
+
+    The objectives get the same relative tolerance: at a bound the objective moves to first
+    order with θ (|Δq| ≈ |∂q/∂θ|·|Δθ|), so end points 1e-7 apart can differ by about as much.
+    """
     params, objective = expected
     other, other_objective = actual
     assert list(other.index) == list(params.index), f"{what}: parameter names differ"
@@ -644,7 +648,9 @@ def assert_same_estimates(
         atol=PARAMS_TOLERANCE,
         err_msg=what,
     )
-    np.testing.assert_allclose(other_objective, objective, rtol=1e-10, atol=1e-14, err_msg=what)
+    np.testing.assert_allclose(
+        other_objective, objective, rtol=PARAMS_TOLERANCE, atol=1e-12, err_msg=what
+    )
 
 
 def relabel(
