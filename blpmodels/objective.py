@@ -8,14 +8,18 @@ For given θ = (Σ, Π, ρ), :class:`NonlinearObjective` solves the δ contracti
 
 from __future__ import annotations
 
+import numbers
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .agents import AgentDesign
+from .covariance import moment_covariance
 from .exceptions import BLPInputError
-from .gmm import LinearGMM
+from .gmm import LinearGMM, inverse_weight_matrix
 from .kernel import (
     FixedPointResult,
     Nesting,
@@ -29,7 +33,39 @@ from .kernel import (
 from .parameters import NonlinearParameters
 from .products import ProductDesign
 
-__all__ = ["Evaluation", "NonlinearObjective", "default_chunk_size"]
+__all__ = ["Evaluation", "NonlinearObjective", "check_fixed_point_options", "default_chunk_size"]
+
+
+def check_fixed_point_options(fp_tol: Any, fp_max_evaluations: Any, fp_method: Any) -> None:
+    """Validate the δ solver settings before any work.
+
+    Raises
+    ------
+    BLPInputError
+        ``fp_tol`` not a positive finite number, ``fp_max_evaluations`` not a positive
+        integer, or an unknown ``fp_method``.
+
+    Examples
+    --------
+    >>> check_fixed_point_options(1e-14, 5000, "newton")
+    """
+    if (
+        isinstance(fp_tol, bool)
+        or not isinstance(fp_tol, (numbers.Real, np.floating))
+        or not np.isfinite(fp_tol)
+        or fp_tol <= 0
+    ):
+        raise BLPInputError(f"fp_tol must be a positive number, got {fp_tol!r}")
+    if (
+        isinstance(fp_max_evaluations, bool)
+        or not isinstance(fp_max_evaluations, numbers.Integral)
+        or fp_max_evaluations < 1
+    ):
+        raise BLPInputError(
+            f"fp_max_evaluations must be a positive integer, got {fp_max_evaluations!r}"
+        )
+    if fp_method not in ("newton", "squarem"):
+        raise BLPInputError(f"fp_method must be 'newton' or 'squarem', got {fp_method!r}")
 
 
 def default_chunk_size(n_products: int, n_agents: int, budget: float = 1e7) -> int:
@@ -77,6 +113,8 @@ class Evaluation:
         ``(T,)`` SQUAREM iterations and share evaluations per market.
     seconds : float
         Time spent.
+    absorbed_jacobian : numpy.ndarray or None
+        ``(N, P)`` ∂δ/∂θ with the fixed effects absorbed.
     """
 
     theta: np.ndarray
@@ -90,6 +128,7 @@ class Evaluation:
     iterations: np.ndarray
     evaluations: np.ndarray
     seconds: float = 0.0
+    absorbed_jacobian: np.ndarray | None = None
 
     @property
     def success(self) -> bool:
@@ -124,6 +163,9 @@ class NonlinearObjective:
         cores (up to 4) for large problems.
     chunk_size : int, optional
         Markets per kernel call (bounds memory); by default about 1e7 values per chunk.
+    covariance : callable, optional
+        ``covariance(Z, ξ) -> S`` with the fit's covariance type (default: robust), for the
+        weighting-matrix update.
     """
 
     design: ProductDesign
@@ -136,6 +178,7 @@ class NonlinearObjective:
     chunk_size: int | None = None
     fp_method: str = "newton"
     threads: int | None = None
+    covariance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     gmm: LinearGMM = field(init=False)
     evaluations: list[Evaluation] = field(init=False, default_factory=list)
 
@@ -149,6 +192,8 @@ class NonlinearObjective:
             if self.nest_codes is None
             else self.nest_codes
         )
+        if self.covariance is None:
+            self.covariance = lambda Z, xi: moment_covariance(Z, xi, "robust")
         self.reset()
         if self.threads is None:
             self.threads = default_threads(layout.n_markets, layout.width, self.agents.layout.width)
@@ -445,8 +490,10 @@ class NonlinearObjective:
             )
             absorbed = self.design.residualize(delta_jacobian) if n_params else delta_jacobian
             objective_gradient = self.gmm.objective_gradient(xi, absorbed)
+        else:
+            absorbed = None
         self.count += 1
-        return Evaluation(
+        evaluation = Evaluation(
             theta,
             objective,
             objective_gradient,
@@ -458,4 +505,30 @@ class NonlinearObjective:
             iterations,
             share_evaluations,
             time.perf_counter() - start,
+            absorbed,
         )
+        # Optimizers ask again for points they have seen (the start, an accepted step).
+        self._cache = [*self._cache[-3:], evaluation]
+        return evaluation
+
+    def moment_jacobian(self, evaluation: Evaluation) -> np.ndarray:
+        """``(M, K1 + P)`` Jacobian of the mean moments ḡ = Z'ξ/N in (β, θ) at an evaluation.
+
+        Examples
+        --------
+        >>> G = objective.moment_jacobian(objective.evaluate(theta))  # doctest: +SKIP
+        """
+        design = self.design
+        Z = design.Z_absorbed
+        absorbed = evaluation.absorbed_jacobian
+        if absorbed is None:
+            raise ValueError("the evaluation was made without its gradient")
+        return np.column_stack([-Z.T @ design.X_absorbed, Z.T @ absorbed]) / design.nobs
+
+    def moment_covariance(self, evaluation: Evaluation) -> np.ndarray:
+        """S, the covariance of the per-product moments z_j ξ_j, with the fit's ``cov_type``."""
+        return self.covariance(self.design.Z_absorbed, evaluation.xi)
+
+    def updated_weighting_matrix(self, evaluation: Evaluation) -> np.ndarray:
+        """S⁻¹ at an evaluation: the weighting matrix of the next GMM step."""
+        return inverse_weight_matrix(self.moment_covariance(evaluation), "updated weighting matrix")

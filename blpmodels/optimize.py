@@ -10,10 +10,11 @@ gradient), as the field expects to see them reported.
 
 from __future__ import annotations
 
+import inspect
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -46,18 +47,90 @@ class OptimizationOutcome:
     seconds: float
     optimizer: str
 
+    def replace(self, **changes: Any) -> OptimizationOutcome:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def rescaled(self, scale: np.ndarray) -> OptimizationOutcome:
+        """The outcome of an optimization over θ/scale, in θ."""
+        return replace(self, theta=self.theta * scale)
+
+
+_SCIPY_METHODS = {
+    "trust-constr": "trust-constr",
+    "l-bfgs-b": "L-BFGS-B",
+    "bfgs": "BFGS",
+    "slsqp": "SLSQP",
+    "nelder-mead": "Nelder-Mead",
+}
+# scipy's solver functions, whose keyword parameters are the options each method accepts.
+_SOLVER_FUNCTIONS = {
+    "trust-constr": ("scipy.optimize._trustregion_constr", "_minimize_trustregion_constr"),
+    "l-bfgs-b": ("scipy.optimize._lbfgsb_py", "_minimize_lbfgsb"),
+    "bfgs": ("scipy.optimize._optimize", "_minimize_bfgs"),
+    "slsqp": ("scipy.optimize._slsqp_py", "_minimize_slsqp"),
+    "nelder-mead": ("scipy.optimize._optimize", "_minimize_neldermead"),
+}
+# Arguments the solver functions take that are not user options (set by scipy or by us).
+_NOT_OPTIONS = {"fun", "x0", "args", "jac", "hess", "hessp", "bounds", "constraints", "callback"}
+
+
+def accepted_options(method: str) -> set[str] | None:
+    """Option names scipy's ``method`` accepts (None when they cannot be read).
+
+    Examples
+    --------
+    >>> "gtol" in accepted_options("trust-constr")
+    True
+    """
+    import importlib
+
+    module_name, function_name = _SOLVER_FUNCTIONS[method]
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+        parameters = inspect.signature(function).parameters.values()
+    except (ImportError, AttributeError, TypeError, ValueError):  # pragma: no cover - scipy moved
+        return None
+    names = {
+        parameter.name
+        for parameter in parameters
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    }
+    return names - _NOT_OPTIONS - {name for name in names if name.startswith("_")}
+
 
 def check_optimizer(optimizer: Any, options: Mapping[str, Any] | None) -> str:
-    """Validate the optimizer name (or callable) and its options before any work."""
+    """Validate the optimizer name (or callable) and its options before any work.
+
+    Raises
+    ------
+    BLPInputError
+        Unknown optimizer, options that are not a dict, or option names the optimizer does
+        not accept (scipy would raise a TypeError deep inside, or only warn).
+
+    Examples
+    --------
+    >>> check_optimizer("L-BFGS-B", {"gtol": 1e-8})
+    'l-bfgs-b'
+    """
+    if options is not None and not isinstance(options, Mapping):
+        raise BLPInputError(f"optimizer_options must be a dict, got {type(options).__name__}")
     if callable(optimizer):
         return getattr(optimizer, "__name__", "callable")
     if not isinstance(optimizer, str) or optimizer.lower() not in OPTIMIZERS:
         raise BLPInputError(
             f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS} or pass a callable"
         )
-    if options is not None and not isinstance(options, Mapping):
-        raise BLPInputError("optimizer_options must be a dict")
-    return optimizer.lower()
+    method = optimizer.lower()
+    accepted = accepted_options(method)
+    if options and accepted is not None:
+        unknown = sorted(str(key) for key in options if key not in accepted)
+        if unknown:
+            raise BLPInputError(
+                f"optimizer {method!r} does not accept the option(s) {unknown}; it accepts "
+                f"{sorted(accepted)}"
+            )
+    return method
 
 
 def run_optimizer(
@@ -120,12 +193,7 @@ def run_optimizer(
             lambda t: objective(t)[0], theta0, method="Nelder-Mead", **kwargs
         )
     else:
-        scipy_method = {
-            "trust-constr": "trust-constr",
-            "l-bfgs-b": "L-BFGS-B",
-            "bfgs": "BFGS",
-            "slsqp": "SLSQP",
-        }[method]
+        scipy_method = _SCIPY_METHODS[method]
         with warnings.catch_warnings():
             # trust-constr warns when it turns bounds into an interior-point problem.
             warnings.filterwarnings("ignore", message=".*delta_grad == 0.0.*")
@@ -145,7 +213,29 @@ def run_optimizer(
 
 @dataclass(frozen=True, eq=False)
 class Diagnostics:
-    """Convergence checks at the optimum."""
+    """Convergence checks at the optimum.
+
+    Attributes
+    ----------
+    gradient, projected_gradient : numpy.ndarray
+        ∂q/∂θ and its projection on the feasible directions (zero where a bound is active
+        and the gradient points outward).
+    projected_gradient_norm : float
+        ∞-norm of the projected gradient, in the units of θ.
+    scaled_gradient_norm : float
+        The same for the gradient with respect to θ/s (s the natural scales), which the
+        first-order check uses: it does not depend on the units of the data.
+    hessian : numpy.ndarray or None
+        Finite-difference Hessian of q in θ.
+    reduced_hessian_eigenvalues : numpy.ndarray or None
+        Eigenvalues of the Hessian over the parameters not at a bound.
+    at_bounds : numpy.ndarray
+        Parameters at a bound.
+    first_order_failed : bool
+        The scaled projected gradient is not near zero.
+    warnings : list of str
+        What the checks found.
+    """
 
     gradient: np.ndarray
     projected_gradient: np.ndarray
@@ -154,6 +244,50 @@ class Diagnostics:
     reduced_hessian_eigenvalues: np.ndarray | None
     at_bounds: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    scaled_gradient_norm: float = 0.0
+    first_order_failed: bool = False
+
+
+def diagnostics_projection(
+    gradient: np.ndarray, theta: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> np.ndarray:
+    """The gradient projected on the feasible directions: 0 where a bound is active and the
+    gradient points out of the feasible set (a minimum may lie on the bound there).
+
+    Examples
+    --------
+    >>> diagnostics_projection(np.array([2.0, 2.0]), np.array([0.0, 1.0]), np.zeros(2),
+    ...                        np.full(2, np.inf)).tolist()
+    [0.0, 2.0]
+    """
+    projected = gradient.copy()
+    at_lower = theta <= lower
+    at_upper = theta >= upper
+    projected[at_lower] = np.minimum(0.0, gradient[at_lower])
+    projected[at_upper] = np.maximum(0.0, gradient[at_upper])
+    return projected
+
+
+_DEFAULT_GRADIENT_TOLERANCE = {"trust-constr": 1e-8, "l-bfgs-b": 1e-5, "bfgs": 1e-5}
+
+
+def gradient_tolerance(optimizer: Any, options: Mapping[str, Any] | None) -> float | None:
+    """The gradient tolerance an optimizer stops at (its ``gtol`` or scipy's default).
+
+    None for optimizers without one (SLSQP, Nelder–Mead, callables).
+
+    Examples
+    --------
+    >>> gradient_tolerance("trust-constr", None), gradient_tolerance("l-bfgs-b", {"gtol": 1e-9})
+    (1e-08, 1e-09)
+    """
+    if callable(optimizer) or not isinstance(optimizer, str):
+        return None
+    method = optimizer.lower()
+    if method not in _DEFAULT_GRADIENT_TOLERANCE:
+        return None
+    value = (options or {}).get("gtol", _DEFAULT_GRADIENT_TOLERANCE[method])
+    return float(value)
 
 
 def diagnose(
@@ -162,9 +296,10 @@ def diagnose(
     objective: float,
     lower: np.ndarray,
     upper: np.ndarray,
-    gradient_function: Callable[[np.ndarray], np.ndarray] | None,
+    gradient_function: Callable[[np.ndarray], np.ndarray | None] | None,
     *,
     step: float = 1.5e-8,
+    scale: np.ndarray | None = None,
 ) -> Diagnostics:
     """Projected gradient, Hessian eigenvalues and warnings at a candidate optimum.
 
@@ -179,54 +314,86 @@ def diagnose(
     lower, upper : numpy.ndarray
         Bounds.
     gradient_function : callable, optional
-        ``θ -> gradient``; when given, the Hessian is computed by forward differences of the
-        analytic gradient with relative step ``step`` (accurate to about √ε relative, ample
-        for the second-order check) and symmetrized.
+        ``θ -> gradient`` (None where it cannot be computed); when given, the Hessian is
+        computed by forward differences of the analytic gradient with relative step ``step``
+        (accurate to about √ε relative, ample for the second-order check) and symmetrized.
     step : float
         Relative finite-difference step.
+    scale : numpy.ndarray, optional
+        Natural scale of each parameter (default 1): the first-order check is made on the
+        gradient with respect to θ/scale, and difference steps are at least ``step·scale``.
 
     Returns
     -------
     Diagnostics
-        Warnings are issued when the projected gradient norm exceeds
-        1e-3·max(1, objective) or the reduced Hessian is not positive definite.
+        Warnings are issued when the scaled projected gradient norm exceeds
+        1e-3·max(1, objective), the reduced Hessian is not positive definite, or the gradient
+        could not be computed at a difference point.
+
+    Examples
+    --------
+    >>> d = diagnose(np.array([1.0]), np.array([0.0]), 0.0, np.array([0.0]), np.array([np.inf]),
+    ...              lambda t: 2 * (t - 1))
+    >>> d.reduced_hessian_eigenvalues.round(6).tolist(), d.warnings
+    ([2.0], [])
     """
+    scale = np.ones_like(theta) if scale is None else np.asarray(scale, dtype=np.float64)
     at_lower = theta <= lower
     at_upper = theta >= upper
-    projected = gradient.copy()
-    projected[at_lower] = np.minimum(0.0, gradient[at_lower])
-    projected[at_upper] = np.maximum(0.0, gradient[at_upper])
+    projected = diagnostics_projection(gradient, theta, lower, upper)
     norm = float(np.abs(projected).max()) if projected.size else 0.0
+    scaled_norm = float(np.abs(projected * scale).max()) if projected.size else 0.0
     hessian = None
     eigenvalues = None
     notes = []
     if gradient_function is not None and theta.size:
         hessian = np.zeros((theta.size, theta.size))
         for p in range(theta.size):
-            h = step * max(1.0, abs(theta[p]))
+            h = step * max(scale[p], abs(theta[p]))
             # Step into the feasible side of a bound.
             if theta[p] + h > upper[p]:
                 h = -h
             shifted = theta.copy()
             shifted[p] += h
-            hessian[:, p] = (gradient_function(shifted) - gradient) / h
+            shifted_gradient = gradient_function(shifted)
+            if shifted_gradient is None:
+                hessian[:, p] = np.nan
+            else:
+                hessian[:, p] = (shifted_gradient - gradient) / h
         hessian = 0.5 * (hessian + hessian.T)
         free = ~(at_lower | at_upper)
-        reduced = hessian.copy()
-        reduced[~free, :] = 0.0
-        reduced[:, ~free] = 0.0
-        eigenvalues = np.linalg.eigvalsh(reduced[np.ix_(free, free)]) if free.any() else np.zeros(0)
-        if eigenvalues.size and eigenvalues.min() <= 0:
+        if not np.isfinite(hessian).all():
             notes.append(
-                f"the Hessian is not positive definite at the estimates (smallest eigenvalue "
-                f"{eigenvalues.min():.3g}): this may not be a minimum"
+                "the Hessian could not be computed: δ could not be solved at a point next to "
+                "the estimates"
             )
-    if norm > 1e-3 * max(1.0, abs(objective)):
+            eigenvalues = np.full(int(free.sum()), np.nan)
+        else:
+            eigenvalues = (
+                np.linalg.eigvalsh(hessian[np.ix_(free, free)]) if free.any() else np.zeros(0)
+            )
+            if eigenvalues.size and eigenvalues.min() <= 0:
+                notes.append(
+                    f"the Hessian is not positive definite at the estimates (smallest "
+                    f"eigenvalue {eigenvalues.min():.3g}): this may not be a minimum"
+                )
+    first_order_failed = scaled_norm > 1e-3 * max(1.0, abs(objective))
+    if first_order_failed:
         notes.append(
             f"the projected gradient norm {norm:.3g} is not near zero: the optimizer may have "
             "stopped early (tighten its tolerance or try other starting values)"
         )
-    return Diagnostics(gradient, projected, norm, hessian, eigenvalues, at_lower | at_upper, notes)
+    return Diagnostics(
+        gradient,
+        projected,
+        norm,
+        hessian,
+        eigenvalues,
+        at_lower | at_upper,
+        notes,
+        scaled_norm,
+        first_order_failed,
+    )
 
 
 def draw_starts(

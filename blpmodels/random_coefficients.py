@@ -12,7 +12,7 @@ found by minimizing the GMM objective with the analytic gradient.
 
 from __future__ import annotations
 
-import time
+import numbers
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -25,13 +25,14 @@ from .absorb import AbsorbMethod
 from .agents import AgentDesign
 from .covariance import gmm_covariance
 from .demand import DemandSystem
-from .estimation import gmm_options, safe_inverse
-from .exceptions import BLPInputError, ConvergenceWarning, FixedPointError
+from .estimation import GMMOptions, gmm_options, safe_inverse
+from .estimator import Estimate, Estimator, FitSettings, check_fit_settings, natural_scales
+from .exceptions import BLPInputError
 from .formula import parse_formula
 from .gmm import first_stage, inverse_weight_matrix
 from .models import BLPModel
-from .objective import Evaluation, NonlinearObjective
-from .optimize import check_optimizer, diagnose, draw_starts, run_optimizer
+from .objective import NonlinearObjective, check_fixed_point_options
+from .optimize import check_optimizer
 from .parameters import NonlinearParameters
 from .products import ProductDesign
 from .results import BLPResultsWrapper, EstimationInfo
@@ -130,7 +131,9 @@ class BLPRandomCoefficients(BLPModel):
         if design.random.size == 0:
             raise BLPInputError(f"random={random!r} gives no random-coefficient columns")
         for name, value in (("chunk_size", chunk_size), ("threads", threads)):
-            if value is not None and (not isinstance(value, int) or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+            ):
                 raise BLPInputError(f"{name} must be a positive integer, got {value!r}")
         kind = None
         if integration is not None:
@@ -161,7 +164,11 @@ class BLPRandomCoefficients(BLPModel):
         )
         types = dict(rc_types or {})
         return cls._from_design(
-            design, agents=agents, chunk_size=chunk_size, threads=threads, rc_types=types
+            design,
+            agents=agents,
+            chunk_size=None if chunk_size is None else int(chunk_size),
+            threads=None if threads is None else int(threads),
+            rc_types=types,
         )
 
     rc_types: dict[str, str]
@@ -209,16 +216,33 @@ class BLPRandomCoefficients(BLPModel):
         fp_tol: float = 1e-14,
         fp_max_evaluations: int = 5000,
         fp_method: str = "newton",
+        covariance: Any = None,
     ) -> NonlinearObjective:
         """The GMM objective at a weighting matrix (default (Z'Z/N)⁻¹), for custom use.
+
+        Parameters
+        ----------
+        parameters : NonlinearParameters
+            From :meth:`parameters`.
+        W : numpy.ndarray, optional
+            Weighting matrix.
+        fp_tol, fp_max_evaluations, fp_method
+            δ solver settings, as in :meth:`fit`.
+        covariance : callable, optional
+            ``covariance(Z, ξ) -> S`` for weighting-matrix updates (default robust).
 
         Returns
         -------
         NonlinearObjective
             Call ``.evaluate(theta)`` for the objective, gradient and δ.
+
+        Examples
+        --------
+        >>> objective = model.objective_function(model.parameters(sigma=1.0))  # doctest: +SKIP
+        >>> objective.evaluate(np.array([0.5])).success  # doctest: +SKIP
+        True
         """
-        if fp_method not in ("newton", "squarem"):
-            raise BLPInputError(f"fp_method must be 'newton' or 'squarem', got {fp_method!r}")
+        check_fixed_point_options(fp_tol, fp_max_evaluations, fp_method)
         design = self.design
         if W is None:
             W = inverse_weight_matrix(design.Z_absorbed.T @ design.Z_absorbed / design.nobs)
@@ -229,11 +253,12 @@ class BLPRandomCoefficients(BLPModel):
             parameters,
             W,
             nest_codes=codes,
-            fp_tol=fp_tol,
-            fp_max_evaluations=fp_max_evaluations,
+            fp_tol=float(fp_tol),
+            fp_max_evaluations=int(fp_max_evaluations),
             fp_method=fp_method,
             chunk_size=self.chunk_size,
             threads=self.threads,
+            covariance=covariance,
         )
 
     def fit(  # type: ignore[override]
@@ -252,7 +277,9 @@ class BLPRandomCoefficients(BLPModel):
         optimizer: Any = "trust-constr",
         optimizer_options: Mapping[str, Any] | None = None,
         starts: int | None = None,
-        seed: int | None = None,
+        seed: Any = None,
+        max_evaluations: int = 1000,
+        scale_parameters: bool = True,
         fp_tol: float = 1e-14,
         fp_max_evaluations: int = 5000,
         fp_method: str = "newton",
@@ -271,7 +298,8 @@ class BLPRandomCoefficients(BLPModel):
         sigma_bounds, pi_bounds, rho_bounds : tuple, optional
             ``(lower, upper)`` arrays. Defaults: Σ diagonal ≥ 0, ρ in [0, 0.99].
         method : {"1s", "2s"}
-            One step, or two with W updated to S⁻¹ at the first-step estimates.
+            One step, or two with W updated to S⁻¹ at the first-step estimates (S of the
+            chosen ``cov_type``).
         W : array-like, optional
             First-step weighting matrix (default (Z'Z/N)⁻¹).
         cov_type : {"robust", "unadjusted", "clustered"}
@@ -282,174 +310,137 @@ class BLPRandomCoefficients(BLPModel):
             "trust-constr" (default), "l-bfgs-b", "bfgs" (ignores bounds), "slsqp",
             "nelder-mead", or ``callable(fun, theta0, bounds)``.
         optimizer_options : dict, optional
-            Passed to the optimizer (e.g. ``{"gtol": 1e-8, "xtol": 1e-8}``).
+            Passed to the optimizer (e.g. ``{"gtol": 1e-8, "xtol": 1e-8}``); names the
+            optimizer does not accept are an error. With ``scale_parameters`` the optimizer
+            works on θ/s, so its tolerances are in those units.
         starts : int, optional
             Draw this many starting values within bounds (seeded by ``seed``), fit from each
             and keep the lowest objective; the table of runs is in
             ``results.info.convergence["starts"]``.
         seed : int, optional
             Seed for ``starts``.
+        max_evaluations : int
+            Objective evaluations per optimization (per start and GMM step). When spent, the
+            best point found is reported, ``converged`` is False and a ConvergenceWarning says
+            why.
+        scale_parameters : bool
+            Optimize over u = θ/s, with s the natural scale of each parameter (one unit of u
+            moves agent utilities by about one), so the optimizer's steps are sensible whatever
+            the units of the data. Results are reported in θ. ``False`` optimizes θ itself
+            (as pyblp does), for parity with published runs.
         fp_tol : float
-            Contraction tolerance (∞-norm of the δ update), 1e-14 by default.
+            Tolerance on max_j (1 − ρ_j)|log s_j(δ) − log s_obs,j| in every market, 1e-14 by
+            default; δ counts as solved only when this residual is met.
         fp_max_evaluations : int
-            Share evaluations per market before the contraction gives up.
+            Share evaluations per market before the δ solver gives up.
         fp_method : {"newton", "squarem"}
             How δ is solved: Newton-type steps reusing ∂s/∂δ from the previous parameter
             vector, safeguarded by the SQUAREM contraction (default); or SQUAREM alone (as
-            pyblp does). Both stop at the same tolerance.
+            pyblp does). Both stop at the same residual tolerance.
         compute_hessian : bool
-            Compute the Hessian at the optimum (2P extra gradient evaluations) for the
+            Compute the Hessian at the optimum (P extra gradient evaluations) for the
             second-order check.
 
         Returns
         -------
         BLPResults
-            Parameters are β followed by the free entries of Σ, Π and ρ.
+            Parameters are β followed by the free entries of Σ, Π and ρ; convergence details
+            in ``results.info.convergence``.
 
         Raises
         ------
         BLPInputError
-            Bad starting values, bounds, options.
+            Bad starting values, bounds or options; more parameters than moments.
         FixedPointError
-            The contraction fails at the starting values (the markets are named).
+            δ cannot be solved at the starting values (the markets and the reason are named).
+
+        Warns
+        -----
+        ConvergenceWarning
+            The optimizer did not converge or ran out of evaluations, the first- or
+            second-order check failed, or the moments do not identify some parameters.
         """
         design = self.design
         parameters = self.parameters(
             sigma, pi, rho, sigma_bounds=sigma_bounds, pi_bounds=pi_bounds, rho_bounds=rho_bounds
         )
         options = gmm_options(design, method, W, cov_type, cov_kwds, len(design.z_names))
-        optimizer_name = check_optimizer(optimizer, optimizer_options)
-        if starts is not None and (not isinstance(starts, int) or starts < 1):
-            raise BLPInputError(f"starts must be a positive integer, got {starts!r}")
-        if not (fp_tol > 0):
-            raise BLPInputError(f"fp_tol must be positive, got {fp_tol!r}")
-        if fp_method not in ("newton", "squarem"):
-            raise BLPInputError(f"fp_method must be 'newton' or 'squarem', got {fp_method!r}")
-        if optimizer_name == "bfgs" and (sigma_bounds is not None or pi_bounds is not None):
-            warnings.warn(
-                "bfgs cannot impose bounds: sigma_bounds / pi_bounds are ignored",
-                UserWarning,
-                stacklevel=2,
-            )
-        clock = time.perf_counter()
+        check_fixed_point_options(fp_tol, fp_max_evaluations, fp_method)
+        settings = check_fit_settings(
+            optimizer,
+            optimizer_options,
+            starts=starts,
+            seed=seed,
+            max_evaluations=max_evaluations,
+            compute_hessian=compute_hessian,
+            scale_parameters=scale_parameters,
+            steps=2 if options.method == "2s" else 1,
+            check_options=check_optimizer,
+        )
+        self._check_order_condition(parameters)
+        lower, upper = parameters.lower, parameters.upper
+        if check_optimizer(optimizer, optimizer_options) == "bfgs":
+            if sigma_bounds is not None or pi_bounds is not None:
+                warnings.warn(
+                    "bfgs cannot impose bounds: sigma_bounds / pi_bounds are ignored",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            lower, upper = np.full_like(lower, -np.inf), np.full_like(upper, np.inf)
         objective = self.objective_function(
             parameters,
             options.W,
             fp_tol=fp_tol,
             fp_max_evaluations=fp_max_evaluations,
             fp_method=fp_method,
+            covariance=options.moment_covariance,
         )
-        initial = objective.evaluate(parameters.theta0, gradient=parameters.size > 0)
-        if not initial.success:
-            bad = design.layout.market_labels[~initial.converged].tolist()
-            raise FixedPointError(
-                f"the δ contraction failed at the starting values in {len(bad)} market(s): "
-                f"{bad[:10]}; try smaller starting values for sigma/pi",
-                markets=bad,
-            )
-        lower, upper = parameters.lower, parameters.upper
-        if optimizer_name == "bfgs":
-            lower, upper = np.full_like(lower, -np.inf), np.full_like(upper, np.inf)
-
-        last_good: dict[str, Evaluation] = {"value": initial}
-
-        def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            evaluation = objective.evaluate(theta)
-            if not evaluation.success:
-                # Revert to the last good point's values, penalized, so optimizers back off.
-                good = last_good["value"]
-                penalty = 10.0 * max(1.0, abs(good.objective))
-                gradient = good.gradient if good.gradient is not None else np.zeros(theta.size)
-                return good.objective + penalty, gradient
-            last_good["value"] = evaluation
-            return evaluation.objective, evaluation.gradient
-
-        steps: list[dict[str, Any]] = []
-        start_table = None
-        theta = parameters.theta0
-        n_steps = 2 if options.method == "2s" else 1
-        outcome = None
-        for step in range(1, n_steps + 1):
-            if parameters.size == 0:
-                outcome = None
-            elif step == 1 and starts:
-                runs = []
-                best = None
-                for draw in draw_starts(theta, parameters.lower, parameters.upper, starts, seed):
-                    objective.last_delta = design.layout.pad(design.logit_delta())
-                    result = run_optimizer(fun, draw, lower, upper, optimizer, optimizer_options)
-                    value = objective.evaluate(result.theta)
-                    runs.append(
-                        {
-                            **{
-                                f"start {name}": v
-                                for name, v in zip(parameters.names, draw, strict=True)
-                            },
-                            **{
-                                name: v
-                                for name, v in zip(parameters.names, result.theta, strict=True)
-                            },
-                            "objective": value.objective,
-                            "gradient_norm": float(np.abs(value.gradient).max())
-                            if value.gradient is not None
-                            else np.nan,
-                            "converged": result.converged,
-                        }
-                    )
-                    if value.success and (best is None or value.objective < best[1]):
-                        best = (result, value.objective)
-                start_table = pd.DataFrame(runs)
-                if best is None:
-                    raise FixedPointError("every starting value failed: the contraction diverged")
-                outcome = best[0]
-                theta = outcome.theta
-            else:
-                outcome = run_optimizer(fun, theta, lower, upper, optimizer, optimizer_options)
-                theta = outcome.theta
-            evaluation = objective.evaluate(theta)
-            if not evaluation.success:
-                bad = design.layout.market_labels[~evaluation.converged].tolist()
-                raise FixedPointError(
-                    f"the δ contraction failed at the estimates in markets {bad[:10]}", markets=bad
-                )
-            steps.append(
-                {
-                    "step": step,
-                    "objective": evaluation.objective,
-                    "theta": theta.copy(),
-                    "beta": evaluation.beta.copy(),
-                    "optimizer": None if outcome is None else outcome.message,
-                }
-            )
-            if step < n_steps:
-                moment_cov = options.moment_covariance(design.Z_absorbed, evaluation.xi)
-                objective.set_weighting_matrix(
-                    inverse_weight_matrix(moment_cov, "updated weighting matrix")
-                )
-        optimization_seconds = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        final = evaluation
-        diagnostics = diagnose(
-            theta,
-            final.gradient,
-            final.objective,
-            parameters.lower,
-            parameters.upper,
-            (lambda t: objective.evaluate(t).gradient)
-            if compute_hessian and parameters.size
-            else None,
+        agents = self.agents
+        scale = natural_scales(
+            parameters, design.random.values, agents.nodes, agents.demographics, agents.weights
         )
-        hessian_seconds = time.perf_counter() - clock
-        for note in diagnostics.warnings:
-            warnings.warn(note, ConvergenceWarning, stacklevel=2)
+        estimator = Estimator(
+            objective,
+            parameters.names,
+            design.x_names,
+            lower,
+            upper,
+            scale,
+            settings,
+            design.layout.market_labels,
+            int(fp_max_evaluations),
+        )
+        estimate = estimator.run(parameters.theta0)
+        return self._estimate_results(estimate, objective, parameters, options, settings)
 
+    def _check_order_condition(self, parameters: NonlinearParameters) -> None:
+        """More parameters than moments cannot be estimated: an error naming both counts."""
+        n_linear = len(self.design.x_names)
+        n_moments = len(self.design.z_names)
+        if n_linear + parameters.size > n_moments:
+            raise BLPInputError(
+                f"the model has {n_linear + parameters.size} parameters ({n_linear} linear, "
+                f"{parameters.size} nonlinear: {parameters.names}) but only {n_moments} "
+                "moments (instruments): add excluded instruments or fix some of sigma/pi/rho "
+                "at zero"
+            )
+
+    def _estimate_results(
+        self,
+        estimate: Estimate,
+        objective: NonlinearObjective,
+        parameters: NonlinearParameters,
+        options: GMMOptions,
+        settings: FitSettings,
+    ) -> BLPResultsWrapper:
+        """Covariance, first-stage diagnostics and the demand system from an :class:`Estimate`."""
+        design = self.design
+        final = estimate.evaluation
+        theta = estimate.theta
         nobs = design.nobs
         Z = design.Z_absorbed
-        absorbed_jacobian = design.residualize(final.delta_jacobian)
-        G = np.column_stack([-Z.T @ design.X_absorbed, Z.T @ absorbed_jacobian]) / nobs
-        S = options.moment_covariance(Z, final.xi)
-        cov = gmm_covariance(G, objective.W, S, nobs)
+        S = objective.moment_covariance(final)
+        cov = gmm_covariance(objective.moment_jacobian(final), objective.W, S, nobs)
         first = (
             first_stage(
                 design.X_absorbed[:, design.exog.size :],
@@ -461,7 +452,6 @@ class BLPRandomCoefficients(BLPModel):
             if design.endog.size
             else pd.DataFrame(columns=["f_stat", "f_pvalue", "partial_r2", "n_instruments"])
         )
-
         codes, _ = self._nests()
         _, _, rho_values = parameters.unpack(theta)
         n_nests = 0 if codes is None else int(codes.max()) + 1
@@ -476,25 +466,31 @@ class BLPRandomCoefficients(BLPModel):
             rho=None if codes is None else np.broadcast_to(rho_values, (n_nests,)).copy(),
             chunk_size=objective.chunk_size,
         )
+        outcome = estimate.outcome
+        diagnostics = estimate.diagnostics
         convergence = {
-            "optimizer": optimizer_name,
-            "converged": bool(outcome.converged) if outcome is not None else True,
+            "optimizer": check_optimizer(settings.optimizer, settings.optimizer_options),
+            "converged": estimate.converged,
+            "optimizer_converged": True if outcome is None else bool(outcome.converged),
             "message": outcome.message if outcome is not None else "no free parameters",
             "iterations": outcome.iterations if outcome is not None else 0,
             "evaluations": objective.count,
+            "max_evaluations": settings.max_evaluations,
             "gradient": diagnostics.gradient,
             "projected_gradient": diagnostics.projected_gradient,
             "gradient_norm": diagnostics.projected_gradient_norm,
+            "scaled_gradient_norm": diagnostics.scaled_gradient_norm,
+            "scale": estimate.scale,
             "hessian": diagnostics.hessian,
             "hessian_eigenvalues": diagnostics.reduced_hessian_eigenvalues,
             "fp_converged": bool(final.converged.all()),
-            "fp_method": fp_method,
+            "fp_method": objective.fp_method,
             "fp_iterations": objective.total_iterations,
             "contraction_evaluations": objective.total_evaluations,
             "threads": objective.threads,
             "fp_failures": objective.failures,
-            "warnings": diagnostics.warnings,
-            "starts": start_table,
+            "warnings": estimate.warnings,
+            "starts": estimate.starts,
         }
         info = EstimationInfo(
             method=options.method,
@@ -506,8 +502,8 @@ class BLPRandomCoefficients(BLPModel):
             n_moments=len(design.z_names),
             first_stage=first,
             convergence=convergence,
-            timings={"optimization": optimization_seconds, "hessian": hessian_seconds},
-            steps=steps,
+            timings=estimate.seconds,
+            steps=estimate.steps,
         )
         params = np.concatenate([final.beta, theta])
         names = [*design.x_names, *parameters.names]

@@ -1,0 +1,670 @@
+"""The estimation loop shared by nonlinear models: starts, steps, optimizer, budgets, checks.
+
+:class:`Estimator` drives a GMM objective (anything with ``evaluate``,
+``set_weighting_matrix``, ``moment_jacobian`` and ``updated_weighting_matrix``; today
+:class:`~blpmodels.objective.NonlinearObjective`) through one or two GMM steps and hands back an
+:class:`Estimate` record; the model turns that record into results. The loop owns what makes a
+fit trustworthy off the golden path:
+
+* **identification before estimation** — more parameters than moments is an error; a moment
+  Jacobian of deficient rank at the start (or the estimate) is a warning naming the parameters;
+* **scaling** — the optimizer works on u = θ / s with s the natural scale of each parameter
+  (one unit of u moves agent utilities by about one), so its first step is sensible whatever
+  the units of the data;
+* **failed evaluations** — a trial θ where δ cannot be solved gets a value worse than any seen
+  and the last gradient handed out, so trust regions shrink, line searches back off and
+  quasi-Newton updates skip the point; the next evaluation starts δ from a safe place;
+* **budgets** — at most ``max_evaluations`` objective evaluations per optimization; when the
+  budget is spent the best point found is kept and the fit says why it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import BLPInputError, ConvergenceWarning, FixedPointError
+from .optimize import (
+    Diagnostics,
+    OptimizationOutcome,
+    diagnose,
+    diagnostics_projection,
+    draw_starts,
+    gradient_tolerance,
+    run_optimizer,
+)
+
+__all__ = [
+    "Estimate",
+    "Estimator",
+    "FitSettings",
+    "ScaledObjective",
+    "check_identification",
+    "natural_scales",
+]
+
+
+class Evaluated(Protocol):
+    """What the estimator reads from one evaluation of the objective."""
+
+    theta: np.ndarray
+    objective: float
+    gradient: np.ndarray | None
+    converged: np.ndarray
+    evaluations: np.ndarray
+
+    @property
+    def success(self) -> bool: ...
+
+
+class GMMObjective(Protocol):
+    """The objective the estimator drives (demand moments today; stacked blocks later)."""
+
+    W: np.ndarray
+    count: int
+
+    def evaluate(self, theta: np.ndarray, gradient: bool = True) -> Any: ...
+
+    def set_weighting_matrix(self, W: np.ndarray) -> None: ...
+
+    def moment_jacobian(self, evaluation: Any) -> np.ndarray: ...
+
+    def updated_weighting_matrix(self, evaluation: Any) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass(frozen=True, eq=False)
+class FitSettings:
+    """Validated optimizer settings of one fit.
+
+    Attributes
+    ----------
+    optimizer : str or callable
+        Optimizer name (see :data:`blpmodels.optimize.OPTIMIZERS`) or callable.
+    optimizer_options : dict
+        Options passed to the optimizer.
+    steps : int
+        GMM steps (1 or 2).
+    starts : int or None
+        Number of random starting values for the first step.
+    seed : Any
+        Seed for the random starts.
+    max_evaluations : int
+        Objective evaluations per optimization before it is stopped.
+    scale_parameters : bool
+        Optimize over θ divided by its natural scale.
+    compute_hessian : bool
+        Finite-difference Hessian at the estimates for the second-order check.
+    """
+
+    optimizer: Any
+    optimizer_options: Mapping[str, Any]
+    steps: int = 1
+    starts: int | None = None
+    seed: Any = None
+    max_evaluations: int = 1000
+    scale_parameters: bool = True
+    compute_hessian: bool = True
+
+
+@dataclass(eq=False)
+class Estimate:
+    """What the estimator found: the model builds its results from this record.
+
+    Attributes
+    ----------
+    theta : numpy.ndarray
+        Estimated nonlinear parameters.
+    evaluation : Any
+        The objective's evaluation at ``theta`` (δ, β, ξ, gradient, ∂δ/∂θ).
+    outcome : OptimizationOutcome or None
+        What the optimizer of the last step reported (None without free parameters).
+    diagnostics : Diagnostics
+        Projected gradient, Hessian and its eigenvalues at the estimates.
+    converged : bool
+        The optimizer reported success, its budget was not spent, and the projected gradient
+        (in scaled units) passed the first-order check.
+    steps : list of dict
+        Objective, θ and β of each GMM step.
+    starts : pandas.DataFrame or None
+        One row per random start (start, end point, objective, status).
+    warnings : list of str
+        Everything the fit warned about.
+    seconds : dict
+        Time spent optimizing and in the Hessian.
+    scale : numpy.ndarray
+        The natural scale s of each parameter (θ = s·u for the optimizer's u).
+    """
+
+    theta: np.ndarray
+    evaluation: Any
+    outcome: OptimizationOutcome | None
+    diagnostics: Diagnostics
+    converged: bool
+    steps: list[dict[str, Any]]
+    starts: pd.DataFrame | None
+    warnings: list[str]
+    seconds: dict[str, float]
+    scale: np.ndarray
+
+
+def natural_scales(
+    parameters: Any,
+    characteristics: np.ndarray,
+    nodes: np.ndarray,
+    demographics: np.ndarray,
+    weights: np.ndarray,
+) -> np.ndarray:
+    """The scale s of each free parameter: one unit of θ/s moves agent utilities by about one.
+
+    θ_l multiplies X2_jk·g_il in μ (g a node or demographic), so s_l = 1 / (rms X2_k · rms g_l);
+    for lognormal coefficients θ acts inside the exponential and s_l = 1 / rms g_l; ρ has
+    scale 1. Scales are rounded to powers of two, so θ = s·u is exact in floating point.
+
+    Parameters
+    ----------
+    parameters : NonlinearParameters
+        Structure of θ (``kinds`` and ``rc_types``).
+    characteristics : numpy.ndarray
+        ``(N, K2)`` random-coefficient characteristics (real products).
+    nodes, demographics : numpy.ndarray
+        ``[T, I, K]`` and ``[T, I, D]`` agent nodes and demographics (padding has weight 0).
+    weights : numpy.ndarray
+        ``[T, I]`` agent weights.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(P,)`` scales.
+
+    Examples
+    --------
+    Prices in millions: σ on prices gets a scale of about 1e-6.
+
+    >>> from blpmodels.parameters import NonlinearParameters
+    >>> parameters = NonlinearParameters.build(["prices"], sigma=1e-6)
+    >>> x = np.full((10, 1), 3e6); nodes = np.ones((2, 5, 1)); w = np.full((2, 5), 0.2)
+    >>> float(natural_scales(parameters, x, nodes, np.zeros((2, 5, 0)), w)[0])
+    2.384185791015625e-07
+    """
+    agent_weight = np.abs(weights)
+    total = agent_weight.sum()
+
+    def agent_rms(values: np.ndarray) -> float:
+        return float(np.sqrt((agent_weight * values**2).sum() / total)) if total > 0 else 0.0
+
+    x_rms = np.sqrt(np.mean(characteristics**2, axis=0)) if characteristics.size else []
+    scales = np.ones(len(parameters.kinds))
+    for position, (kind, row, column) in enumerate(parameters.kinds):
+        if kind == "rho":
+            continue
+        source = nodes[:, :, column] if kind == "sigma" else demographics[:, :, column]
+        size = agent_rms(source)
+        if parameters.rc_types[row] == "normal":
+            size *= float(x_rms[row])
+        if np.isfinite(size) and size > 0:
+            scales[position] = 2.0 ** np.round(-np.log2(size))
+    return scales
+
+
+def check_identification(
+    jacobian: np.ndarray, names: list[str], where: str, *, tol: float = 1e-10
+) -> str | None:
+    """A warning text if the moment Jacobian has deficient column rank, naming the parameters.
+
+    Columns are normalized first, so the check is about collinearity, not units.
+
+    Parameters
+    ----------
+    jacobian : numpy.ndarray
+        ``(M, P)`` ∂ḡ/∂(β, θ).
+    names : list of str
+        Parameter names.
+    where : str
+        "at the starting values" / "at the estimates", for the message.
+    tol : float
+        Smallest singular value relative to the largest below which a direction is unidentified.
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> G = np.array([[1.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 2.0, 3.0]])
+    >>> check_identification(G, ["a", "b", "c"], "at the starting values")[:60]
+    'the moments do not identify a combination of parameters [a, '
+    """
+    norms = np.linalg.norm(jacobian, axis=0)
+    zero = ~(norms > 0)
+    normalized = jacobian / np.where(zero, 1.0, norms)
+    _, singular, right = np.linalg.svd(normalized, full_matrices=False)
+    weak = singular < tol * max(singular.max(initial=0.0), 1e-300)
+    involved = zero.copy()
+    for vector in right[weak]:
+        involved |= np.abs(vector) > 0.1
+    if not involved.any():
+        return None
+    culprits = ", ".join(name for name, bad in zip(names, involved, strict=True) if bad)
+    return (
+        f"the moments do not identify a combination of parameters [{culprits}] {where}: the "
+        "moment Jacobian has deficient rank (collinear or zero columns); their estimates and "
+        "standard errors are not meaningful"
+    )
+
+
+class _BudgetSpent(Exception):
+    """Raised inside the optimizer's callback when the evaluation budget is spent."""
+
+
+@dataclass(eq=False)
+class ScaledObjective:
+    """The objective as the optimizer sees it: scaled, guarded against failures, budgeted.
+
+    ``__call__(u)`` returns ``(q, ∂q/∂u)`` at θ = s·u. A failed evaluation returns a value above
+    every value seen in this run and the gradient handed out last (so quasi-Newton updates
+    see no change and skip the point). After ``max_evaluations`` calls it stops the optimizer.
+    """
+
+    objective: GMMObjective
+    scale: np.ndarray
+    max_evaluations: int
+    calls: int = 0
+    failures: int = 0
+    best: Any = None
+    worst: float = -np.inf
+    last_gradient: np.ndarray | None = None
+    trace: list[tuple[float, float]] = field(default_factory=list)
+
+    def __call__(self, u: np.ndarray) -> tuple[float, np.ndarray]:
+        if self.calls >= self.max_evaluations:
+            raise _BudgetSpent
+        self.calls += 1
+        evaluation = self.objective.evaluate(self.scale * np.asarray(u, dtype=np.float64))
+        if not evaluation.success or evaluation.gradient is None:
+            self.failures += 1
+            reference = 0.0 if not np.isfinite(self.worst) else self.worst
+            value = reference + max(1.0, abs(reference))
+            gradient = self.last_gradient if self.last_gradient is not None else np.zeros(u.size)
+            return value, gradient.copy()
+        if self.best is None or evaluation.objective < self.best.objective:
+            self.best = evaluation
+        self.worst = max(self.worst, evaluation.objective)
+        gradient = evaluation.gradient * self.scale
+        self.last_gradient = gradient
+        self.trace.append((evaluation.objective, float(np.abs(gradient).max(initial=0.0))))
+        return evaluation.objective, gradient
+
+
+class Estimator:
+    """One- or two-step GMM over θ for a nonlinear objective.
+
+    Parameters
+    ----------
+    objective : NonlinearObjective
+        The GMM objective (its weighting matrix is that of the first step).
+    names : list of str
+        Names of the free nonlinear parameters.
+    linear_names : list of str
+        Names of the concentrated linear parameters β (for identification messages).
+    lower, upper : numpy.ndarray
+        Bounds of θ.
+    scale : numpy.ndarray
+        Natural scales of θ (see :func:`natural_scales`); ones to optimize θ itself.
+    settings : FitSettings
+        Optimizer, steps, starts and budgets.
+    market_labels : numpy.ndarray
+        Market ids, to name markets where δ cannot be solved.
+    fp_max_evaluations : int
+        The δ solver's budget, named in error messages.
+    """
+
+    def __init__(
+        self,
+        objective: GMMObjective,
+        names: list[str],
+        linear_names: list[str],
+        lower: np.ndarray,
+        upper: np.ndarray,
+        scale: np.ndarray,
+        settings: FitSettings,
+        market_labels: np.ndarray,
+        fp_max_evaluations: int,
+    ) -> None:
+        self.objective = objective
+        self.names = list(names)
+        self.linear_names = list(linear_names)
+        self.lower = np.asarray(lower, dtype=np.float64)
+        self.upper = np.asarray(upper, dtype=np.float64)
+        self.scale = np.asarray(scale, dtype=np.float64) if settings.scale_parameters else None
+        if self.scale is None:
+            self.scale = np.ones(len(names))
+        self.settings = settings
+        self.market_labels = market_labels
+        self.fp_max_evaluations = fp_max_evaluations
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ helpers
+    def _warn(self, message: str, stacklevel: int = 4) -> None:
+        self.notes.append(message)
+        warnings.warn(message, ConvergenceWarning, stacklevel=stacklevel)
+
+    def fixed_point_error(self, evaluation: Any, where: str) -> FixedPointError:
+        """A FixedPointError naming the markets and why δ could not be solved there."""
+        failed = ~np.asarray(evaluation.converged, dtype=bool)
+        bad = self.market_labels[failed].tolist()
+        spent = np.asarray(evaluation.evaluations)[failed] >= self.fp_max_evaluations
+        if failed.any() and spent.all():
+            reason = (
+                f"it did not converge within fp_max_evaluations={self.fp_max_evaluations} share "
+                "evaluations per market (raise fp_max_evaluations, or start sigma/pi smaller)"
+            )
+        else:
+            reason = (
+                "the shares could not be matched with finite mean utilities (the random "
+                "coefficients are too large for the scale of the data: start sigma/pi smaller "
+                "or rescale the characteristics)"
+            )
+        shown = ", ".join(repr(label) for label in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        return FixedPointError(
+            f"the δ contraction failed {where} in {len(bad)} market(s) [{shown}]: {reason}",
+            markets=bad,
+        )
+
+    def _identification(self, evaluation: Any, where: str) -> None:
+        names = [*self.linear_names, *self.names]
+        note = check_identification(self.objective.moment_jacobian(evaluation), names, where)
+        if note is not None:
+            self._warn(note, stacklevel=5)
+
+    def _optimize(self, theta0: np.ndarray) -> tuple[OptimizationOutcome, Any, ScaledObjective]:
+        """One optimization from ``theta0``; returns the outcome and the evaluation it ends at."""
+        scaled = ScaledObjective(self.objective, self.scale, self.settings.max_evaluations)
+        start = time.perf_counter()
+        try:
+            outcome = run_optimizer(
+                scaled,
+                theta0 / self.scale,
+                self.lower / self.scale,
+                self.upper / self.scale,
+                self.settings.optimizer,
+                self.settings.optimizer_options,
+            )
+            outcome = outcome.rescaled(self.scale)
+        except _BudgetSpent:
+            best = scaled.best
+            outcome = OptimizationOutcome(
+                best.theta.copy(),
+                False,
+                f"stopped after max_evaluations={self.settings.max_evaluations} objective "
+                "evaluations; the best point found is reported",
+                -1,
+                scaled.calls,
+                time.perf_counter() - start,
+                str(self.settings.optimizer),
+            )
+        theta = outcome.theta
+        outside = (theta < self.lower) | (theta > self.upper)
+        if outside.any():
+            names = [name for name, bad in zip(self.names, outside, strict=True) if bad]
+            self._warn(
+                f"the optimizer returned {names} outside their bounds; they were moved onto "
+                "the bounds and the fit is not marked converged"
+            )
+            theta = np.clip(theta, self.lower, self.upper)
+            outcome = outcome.replace(theta=theta, converged=False)
+        evaluation = self.objective.evaluate(theta)
+        best = scaled.best
+        if not evaluation.success or (
+            best is not None and best.objective < evaluation.objective and not outcome.converged
+        ):
+            # The optimizer ended on a failed or worse point than one it had seen: keep the best.
+            if best is None:
+                raise self.fixed_point_error(evaluation, "at the optimizer's last point")
+            evaluation = self.objective.evaluate(best.theta)
+            outcome = outcome.replace(theta=best.theta.copy(), converged=False)
+        return outcome, evaluation, scaled
+
+    def _multistart(self, theta0: np.ndarray) -> tuple[OptimizationOutcome, Any, pd.DataFrame]:
+        rows = []
+        best: tuple[OptimizationOutcome, Any] | None = None
+        draws = draw_starts(
+            theta0, self.lower, self.upper, self.settings.starts, self.settings.seed
+        )
+        for draw in draws:
+            self.objective.reset()
+            row: dict[str, Any] = {
+                f"start {name}": value for name, value in zip(self.names, draw, strict=True)
+            }
+            first = self.objective.evaluate(draw)
+            if not first.success:
+                error = self.fixed_point_error(first, "at this start")
+                rows.append({**row, "objective": np.nan, "status": str(error)})
+                continue
+            outcome, evaluation, scaled = self._optimize(draw)
+            rows.append(
+                {
+                    **row,
+                    **dict(zip(self.names, outcome.theta, strict=True)),
+                    "objective": evaluation.objective,
+                    "gradient_norm": float(np.abs(evaluation.gradient).max(initial=0.0)),
+                    "converged": outcome.converged,
+                    "evaluations": scaled.calls,
+                    "fp_failures": scaled.failures,
+                    "status": outcome.message,
+                }
+            )
+            if best is None or evaluation.objective < best[1].objective:
+                best = (outcome, evaluation)
+        table = pd.DataFrame(rows)
+        if best is None:
+            raise FixedPointError(
+                f"the δ contraction failed at every one of the {len(draws)} starting values; "
+                "see the start table in the error's .starts attribute",
+                markets=[],
+            )
+        return best[0], best[1], table
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, theta0: np.ndarray) -> Estimate:
+        """Estimate from ``theta0``.
+
+        Raises
+        ------
+        FixedPointError
+            δ cannot be solved at the starting values (markets and reason named).
+        """
+        clock = time.perf_counter()
+        has_free = theta0.size > 0
+        initial = self.objective.evaluate(theta0, gradient=has_free)
+        if not initial.success:
+            raise self.fixed_point_error(initial, "at the starting values")
+        if has_free:
+            self._identification(initial, "at the starting values")
+        steps: list[dict[str, Any]] = []
+        start_table = None
+        outcome: OptimizationOutcome | None = None
+        evaluation = initial
+        theta = theta0
+        evaluations = 0
+        for step in range(1, self.settings.steps + 1):
+            if not has_free:
+                evaluation = self.objective.evaluate(theta)
+            elif step == 1 and self.settings.starts:
+                outcome, evaluation, start_table = self._multistart(theta)
+            else:
+                outcome, evaluation, scaled = self._optimize(theta)
+                evaluations += scaled.calls
+            theta = evaluation.theta
+            steps.append(
+                {
+                    "step": step,
+                    "objective": evaluation.objective,
+                    "theta": theta.copy(),
+                    "beta": evaluation.beta.copy(),
+                    "optimizer": None if outcome is None else outcome.message,
+                }
+            )
+            if step < self.settings.steps:
+                self.objective.set_weighting_matrix(
+                    self.objective.updated_weighting_matrix(evaluation)
+                )
+                evaluation = self.objective.evaluate(theta)
+        optimization_seconds = time.perf_counter() - clock
+        return self._finish(theta, evaluation, outcome, steps, start_table, optimization_seconds)
+
+    def _diagnose(self, theta: np.ndarray, evaluation: Any) -> Diagnostics:
+        def gradient_at(point: np.ndarray) -> np.ndarray | None:
+            return self.objective.evaluate(point).gradient
+
+        return diagnose(
+            theta,
+            evaluation.gradient,
+            evaluation.objective,
+            self.lower,
+            self.upper,
+            gradient_at if self.settings.compute_hessian and theta.size else None,
+            scale=self.scale,
+        )
+
+    def _polish(
+        self, theta: np.ndarray, evaluation: Any, diagnostics: Diagnostics, tolerance: float
+    ) -> tuple[np.ndarray, Any, int]:
+        """Newton steps with the difference Hessian until the scaled gradient meets ``tolerance``.
+
+        An optimizer may stop on its own criterion short of it (trust-constr ends barrier
+        subproblems with the bound multipliers absorbing part of the gradient); the Hessian
+        computed for the second-order check makes a few more steps nearly free. A step is
+        kept only if the objective falls; parameters at a bound whose gradient points outward
+        stay there.
+        """
+        hessian = diagnostics.hessian
+        free = ~diagnostics.at_bounds | (diagnostics.projected_gradient != 0)
+        if hessian is None or not np.isfinite(hessian).all() or not free.any():
+            return theta, evaluation, 0
+        block = hessian[np.ix_(free, free)]
+        if np.linalg.eigvalsh(block).min() <= 0:
+            return theta, evaluation, 0
+        taken = 0
+        for _ in range(5):
+            gradient = evaluation.gradient
+            projected = np.abs(diagnostics_projection(gradient, theta, self.lower, self.upper))
+            if (projected * self.scale).max(initial=0.0) <= tolerance:
+                break
+            step = np.zeros_like(theta)
+            step[free] = -np.linalg.solve(block, gradient[free])
+            trial = np.clip(theta + step, self.lower, self.upper)
+            candidate = self.objective.evaluate(trial)
+            if not candidate.success or not candidate.objective < evaluation.objective:
+                break
+            theta, evaluation = trial, candidate
+            taken += 1
+        return theta, evaluation, taken
+
+    def _finish(
+        self,
+        theta: np.ndarray,
+        evaluation: Any,
+        outcome: OptimizationOutcome | None,
+        steps: list[dict[str, Any]],
+        start_table: pd.DataFrame | None,
+        optimization_seconds: float,
+    ) -> Estimate:
+        clock = time.perf_counter()
+        diagnostics = self._diagnose(theta, evaluation)
+        tolerance = gradient_tolerance(self.settings.optimizer, self.settings.optimizer_options)
+        if (
+            outcome is not None
+            and tolerance is not None
+            and diagnostics.scaled_gradient_norm > tolerance
+        ):
+            theta, evaluation, taken = self._polish(theta, evaluation, diagnostics, tolerance)
+            if taken:
+                outcome = outcome.replace(
+                    theta=theta.copy(),
+                    message=f"{outcome.message} (then {taken} Newton step(s) with the "
+                    "finite-difference Hessian to meet the gradient tolerance)",
+                )
+                steps[-1].update(
+                    objective=evaluation.objective, theta=theta.copy(), beta=evaluation.beta.copy()
+                )
+                diagnostics = self._diagnose(theta, evaluation)
+        hessian_seconds = time.perf_counter() - clock
+        for note in diagnostics.warnings:
+            self._warn(note)
+        if theta.size:
+            self._identification(evaluation, "at the estimates")
+        converged = True
+        if outcome is not None:
+            converged = outcome.converged and not diagnostics.first_order_failed
+            if not outcome.converged:
+                self._warn(f"the optimizer did not converge: {outcome.message}")
+        return Estimate(
+            theta=theta,
+            evaluation=evaluation,
+            outcome=outcome,
+            diagnostics=diagnostics,
+            converged=converged,
+            steps=steps,
+            starts=start_table,
+            warnings=self.notes,
+            seconds={"optimization": optimization_seconds, "hessian": hessian_seconds},
+            scale=self.scale,
+        )
+
+
+def check_fit_settings(
+    optimizer: Any,
+    optimizer_options: Mapping[str, Any] | None,
+    *,
+    starts: Any,
+    seed: Any,
+    max_evaluations: Any,
+    compute_hessian: Any,
+    scale_parameters: Any,
+    steps: int,
+    check_options: Callable[[Any, Mapping[str, Any] | None], str],
+) -> FitSettings:
+    """Validate the optimizer arguments of ``fit`` into :class:`FitSettings` (no work done)."""
+    check_options(optimizer, optimizer_options)
+    if starts is not None and (
+        isinstance(starts, bool) or not isinstance(starts, (int, np.integer)) or starts < 1
+    ):
+        raise BLPInputError(f"starts must be a positive integer, got {starts!r}")
+    if seed is not None and (
+        isinstance(seed, bool)
+        or not isinstance(seed, (int, np.integer, np.random.SeedSequence, np.random.Generator))
+        or (isinstance(seed, (int, np.integer)) and seed < 0)
+    ):
+        raise BLPInputError(
+            f"seed must be a non-negative integer, a SeedSequence or a Generator, got {seed!r}"
+        )
+    if (
+        isinstance(max_evaluations, bool)
+        or not isinstance(max_evaluations, (int, np.integer))
+        or max_evaluations < 1
+    ):
+        raise BLPInputError(f"max_evaluations must be a positive integer, got {max_evaluations!r}")
+    for name, value in (
+        ("compute_hessian", compute_hessian),
+        ("scale_parameters", scale_parameters),
+    ):
+        if not isinstance(value, (bool, np.bool_)):
+            raise BLPInputError(f"{name} must be True or False, got {value!r}")
+    return FitSettings(
+        optimizer=optimizer,
+        optimizer_options=dict(optimizer_options or {}),
+        steps=steps,
+        starts=None if starts is None else int(starts),
+        seed=seed,
+        max_evaluations=int(max_evaluations),
+        scale_parameters=bool(scale_parameters),
+        compute_hessian=bool(compute_hessian),
+    )
