@@ -13,14 +13,28 @@ Session-scoped fixtures hand out frames and results that tests must not modify; 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pytest
+# One BLAS thread per process unless the caller chose otherwise (set before numpy is imported).
+# blpmodels runs market chunks in its own threads and pyblp works market by market on small
+# matrices, so BLAS threads add nothing here; on a busy shared machine their spin-waiting made
+# the pyblp oracles 7-20x slower (test_postestimation_oracles.py: 70 s with OpenBLAS's default
+# threads, 9.5 s with one, under the same load).
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
-from blpmodels import BLPLogit
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_products, load_nevo
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from blpmodels import BLPLogit  # noqa: E402
+from blpmodels.datasets import (  # noqa: E402
+    DATA_ENV_VAR,
+    data_home,
+    load_mixtape_products,
+    load_nevo,
+)
 
 FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 IV_FE_FORMULA = "shares ~ 0 + [prices ~ price_instrument]"

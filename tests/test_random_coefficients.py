@@ -935,6 +935,32 @@ def test_q5_estimates_are_pyblps_optimum_with_its_standard_errors(
     np.testing.assert_allclose(q5_results.bse.to_numpy(), expected_se, rtol=1e-6)
 
 
+def test_q5_summary_prints_pyblps_estimates(q5_results, pyblp_q5_at_estimates):
+    """The printed table: pyblp's estimates and SEs to the printed digit; 4 moments, df 0."""
+    oracle = pyblp_q5_at_estimates
+    summary = q5_results.summary()
+    expected = {
+        "prices": (oracle.beta[0, 0], oracle.beta_se[0, 0]),
+        "sigma[prices,prices]": (oracle.sigma[1, 1], oracle.sigma_se[1, 1]),
+        "pi[mushy,log_income]": (oracle.pi[0, 0], oracle.pi_se[0, 0]),
+        "pi[prices,log_income]": (oracle.pi[1, 0], oracle.pi_se[1, 0]),
+    }
+    rows = {row[0].strip(): row[1:] for row in summary.tables[1].data[1:]}
+    assert list(rows) == list(expected)
+    for name, (estimate, se) in expected.items():
+        for cell, value in zip(rows[name][:2], (estimate, se), strict=True):
+            decimals = len(cell.strip().split(".")[1])
+            assert abs(float(cell) - value) <= 0.5 * 10.0**-decimals, (name, cell, value)
+    header = {
+        label.strip(): value.strip()
+        for row in summary.tables[0].data
+        for label, value in zip(row[::2], row[1::2], strict=True)
+    }
+    assert header["Moments:"] == "4" and header["Overid. df:"] == "0"
+    assert abs(float(header["Objective:"])) < 1e-10
+    assert header["Converged:"] == "True"
+
+
 def test_probabilities_average_to_shares(exercise2, q5_results):
     products, agents = exercise2
     probabilities = q5_results.probabilities("C01Q2")
@@ -1061,7 +1087,7 @@ def test_contraction_failure_names_markets(nevo):
     model = nevo_model((products, agents), random="0 + prices")
     start = time.perf_counter()
     with pytest.raises(FixedPointError, match="C01Q1") as error:
-        model.fit(sigma=1.0, fp_max_evaluations=2)
+        model.fit(sigma=1.0, fp_max_evaluations=3)
     assert time.perf_counter() - start < 5
     assert "C01Q1" in error.value.markets
     assert set(error.value.markets) <= set(products["market_ids"])
