@@ -34,11 +34,10 @@ than the same tolerance, or cannot be recomputed (SQUAREM fails at the returned 
 claims an objective that the share equations do not support. Median time is over fits that
 returned; total time counts errors at the time they took and hangs at the limit.
 
-Run ``python benchmarks/bench_robustness.py`` (about 40 minutes on two cores with the defaults
-on today's code; ``--quick`` runs 24 fits — s0, s2-p1e3 and s4-rcnl from one drawn start and
-from 50, 10 s limit — in under two minutes). ``--markdown``
-prints the tables for docs/performance.md. Every fit is written to
-``benchmarks/results/robustness-<time>.csv``.
+Run ``python benchmarks/bench_robustness.py`` (216 fits, about 10 minutes with the defaults;
+``--quick`` runs 24 fits — s0, s2-p1e3 and s4-rcnl from one drawn start and from 50, 10 s
+limit — in under two minutes). ``--markdown`` prints the tables for docs/performance.md.
+Every fit is written to ``benchmarks/results/robustness-<time>.csv``.
 
 Examples
 --------
@@ -430,8 +429,9 @@ def classify(fits: pd.DataFrame, rtol: float, atol: float) -> pd.DataFrame:
     return fits
 
 
-def summarize(fits: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per library and optimizer: shares of outcomes and times; and the errors by group."""
+def summarize(fits: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per library and optimizer: shares of outcomes and times; the errors by group; and per
+    problem, the best objective and how many fits of each library and optimizer reached it."""
     rows = []
     for (library, optimizer), group in fits.groupby(["library", "optimizer"], sort=False):
         count = len(group)
@@ -458,7 +458,14 @@ def summarize(fits: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         .rename("fits")
         .reset_index()
     )
-    return table, errors
+    reached = fits.groupby(["problem", "library", "optimizer"], sort=False)["reached"].agg(
+        lambda column: f"{int(column.sum())}/{len(column)}"
+    )
+    problems = reached.unstack(["library", "optimizer"])
+    problems.columns = [f"{library} {optimizer}" for library, optimizer in problems.columns]
+    best = fits.groupby("problem", sort=False)["best"].first()
+    problems.insert(0, "best q", best.map(lambda value: f"{value:.7g}"))
+    return table, errors, problems.reset_index()
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -544,23 +551,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_all(tasks, arguments.jobs, timeout, not arguments.quiet), arguments.rtol, arguments.atol
     )
     elapsed = time.perf_counter() - clock
-    table, errors = summarize(fits)
+    table, errors, problems = summarize(fits)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}.csv"
     fits.to_csv(path, index=False)
-    best = fits.groupby("problem")["best"].first()
-    print("\nbest objective per problem: " + ", ".join(f"{k} {v:.6g}" for k, v in best.items()))
-    if arguments.markdown:
-        print("\n" + markdown(table))
-        if len(errors):
-            print("\n" + markdown(errors))
-    else:
-        with pd.option_context(
-            "display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3g}".format
-        ):
-            print("\n" + table.to_string(index=False))
-            if len(errors):
-                print("\n" + errors.to_string(index=False))
+    tables = [table, problems] + ([errors] if len(errors) else [])
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3g}".format
+    ):
+        for part in tables:
+            print("\n" + (markdown(part) if arguments.markdown else part.to_string(index=False)))
     print(f"\n{len(fits)} fits in {elapsed:.0f} s; per-fit results in {path}")
 
 
