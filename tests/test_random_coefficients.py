@@ -2,8 +2,12 @@
 
 Oracles:
 
-- pyblp 1.3.0 estimates (hard-coded where a pyblp run takes long; pyblp itself in the tests
-  marked slow, and at fixed θ with ``Optimization('return')``, which only evaluates);
+- pyblp 1.3.0, run live in the default suite at our estimates with
+  ``Optimization('return')`` (which only evaluates): objective, zero gradient, β and standard
+  errors for question 5, Nevo, an RCNL fit and two-step fits (robust, clustered, unadjusted,
+  user W); its full fits (a minute or more each) are marked slow, and their numbers are also
+  hard-coded here;
+- Hansen's J built by hand from pyblp's δ (fixed effects removed by a dummy regression);
 - central finite differences of the GMM objective for the analytic gradient and Hessian;
 - the closed-form nested logit (pyblp's tutorial numbers) for ρ without random coefficients;
 - the data themselves: predictions at the estimation data must reproduce observed shares.
