@@ -197,10 +197,19 @@ def natural_scales(
     agent_weight = np.abs(weights)
     total = agent_weight.sum()
 
-    def agent_rms(values: np.ndarray) -> float:
-        return float(np.sqrt((agent_weight * values**2).sum() / total)) if total > 0 else 0.0
+    def rms(values: np.ndarray, weights: np.ndarray, axis: int | None = None) -> np.ndarray:
+        # Divided by the largest entry first: columns near 1e200 must not overflow when squared.
+        peak = np.abs(values).max(axis=axis, keepdims=True, initial=0.0)
+        ratio = values / np.where(peak > 0, peak, 1.0)
+        mean = (weights * ratio**2).sum(axis=axis) / weights.sum(axis=axis)
+        return np.squeeze(peak, axis=axis) * np.sqrt(mean)
 
-    x_rms = np.sqrt(np.mean(characteristics**2, axis=0)) if characteristics.size else []
+    def agent_rms(values: np.ndarray) -> float:
+        return float(rms(values.ravel(), agent_weight.ravel())) if total > 0 else 0.0
+
+    x_rms = (
+        rms(characteristics, np.ones_like(characteristics), axis=0) if characteristics.size else []
+    )
     scales = np.ones(len(parameters.kinds))
     for position, (kind, row, column) in enumerate(parameters.kinds):
         if kind == "rho":
