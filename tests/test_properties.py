@@ -20,9 +20,10 @@ What must hold on *any* small problem, not only on the seeded ones of the other 
   leaves the minimized objective unchanged.
 
 Problems are tiny (3–8 markets, 2–6 products, 5–30 agents, one or two random coefficients)
-so the whole file runs in about a minute on two cores. Hypothesis shrinks failures to a
+so the whole file runs in well under a minute on two cores. Hypothesis shrinks failures to a
 minimal problem (its seed and sizes) and θ sequence; the ``@example`` cases pin the sequence
-of the issue-7 reproduction (σ = 5 then 0.01), so it is checked on every run.
+of the issue-7 reproduction (σ = 5 then 0.01) and counterexamples hypothesis has found, so they
+are checked on every run. ``BLPMODELS_PROPERTY_SCALE=20`` multiplies the number of examples.
 """
 
 from __future__ import annotations
@@ -333,6 +334,8 @@ def check_kernel_solvers(
 @example(
     spec=KernelSpec(0, 5, 5, 20, 1, False, False), sequence=[(5.0, 0.0, 0.0), (0.01, 0.0, 0.0)]
 )
+# Counterexamples hypothesis found, pinned so that every run checks them.
+@example(spec=KernelSpec(0, 3, 2, 5, 1, False, False), sequence=[(0.0, 0.0, 0.0), (0.0, 0.0, 7.0)])
 def test_kernel_solvers_reproduce_shares(
     spec: KernelSpec, sequence: list[tuple[float, float, float]]
 ) -> None:
@@ -343,6 +346,10 @@ def test_kernel_solvers_reproduce_shares(
 @FAST
 @given(spec=kernel_specs(nested=True), sequence=NESTED_SEQUENCES)
 @example(spec=KernelSpec(0, 5, 5, 20, 1, True, False), sequence=[(5.0, 0.5, 0.0), (0.01, 0.5, 0.0)])
+@example(spec=KernelSpec(0, 3, 5, 5, 1, True, False), sequence=[(0.0, 0.0, 0.0), (5.0, 0.0, 0.0)])
+@example(
+    spec=KernelSpec(0, 6, 2, 5, 2, True, False), sequence=[(0.0, 0.0, 0.0), (5.875, 0.5, -52.0)]
+)
 def test_kernel_solvers_reproduce_nested_shares(
     spec: KernelSpec, sequence: list[tuple[float, float, float]]
 ) -> None:
@@ -693,6 +700,13 @@ def relabel(
     style=st.sampled_from(["int", "str"]),
     shuffle=st.integers(0, 2**16),
 )
+@example(
+    spec=ModelSpec(0, 7, 2, 6, 1, False),
+    sigma=float(np.exp(2.0)),
+    optimizer="trust-constr",
+    style="int",
+    shuffle=0,
+)
 def test_estimates_do_not_depend_on_row_order_or_labels(
     spec: ModelSpec, sigma: float, optimizer: str, style: str, shuffle: int
 ) -> None:
@@ -736,6 +750,7 @@ def test_estimates_do_not_depend_on_threads_or_chunks(
     optimizer=OPTIMIZERS,
     scale=st.sampled_from([0.01, 100.0]),
 )
+@example(spec=ModelSpec(5, 3, 5, 22, 2, False), sigma=1.0, optimizer="trust-constr", scale=0.01)
 def test_price_units_rescale_sigma_only(
     spec: ModelSpec, sigma: float, optimizer: str, scale: float
 ) -> None:
