@@ -166,7 +166,8 @@ def natural_scales(
 
     θ_l multiplies X2_jk·g_il in μ (g a node or demographic), so s_l = 1 / (rms X2_k · rms g_l);
     for lognormal coefficients θ acts inside the exponential and s_l = 1 / rms g_l; ρ has
-    scale 1. Scales are rounded to powers of two, so θ = s·u is exact in floating point.
+    scale 1. The scales are exact (not rounded), so multiplying a characteristic by c divides
+    its scales by c and the optimizer sees the same problem in u = θ/s whatever the units.
 
     Parameters
     ----------
@@ -192,7 +193,7 @@ def natural_scales(
     >>> parameters = NonlinearParameters.build(["prices"], sigma=1e-6)
     >>> x = np.full((10, 1), 3e6); nodes = np.ones((2, 5, 1)); w = np.full((2, 5), 0.2)
     >>> float(natural_scales(parameters, x, nodes, np.zeros((2, 5, 0)), w)[0])
-    2.384185791015625e-07
+    3.3333333333333335e-07
     """
     agent_weight = np.abs(weights)
     total = agent_weight.sum()
@@ -219,7 +220,7 @@ def natural_scales(
         if parameters.rc_types[row] == "normal":
             size *= float(x_rms[row])
         if np.isfinite(size) and size > 0:
-            scales[position] = 2.0 ** np.round(-np.log2(size))
+            scales[position] = 1.0 / size
     return scales
 
 
@@ -546,36 +547,57 @@ class Estimator:
     def _polish(
         self, theta: np.ndarray, evaluation: Any, diagnostics: Diagnostics, tolerance: float
     ) -> tuple[np.ndarray, Any, int]:
-        """Newton steps with the difference Hessian until the scaled gradient meets ``tolerance``.
+        """Projected Newton steps with the difference Hessian until the gradient meets tolerance.
 
-        An optimizer may stop on its own criterion short of it (trust-constr ends barrier
-        subproblems with the bound multipliers absorbing part of the gradient); the Hessian
-        computed for the second-order check makes a few more steps nearly free. A step is
-        kept only if the objective falls; parameters at a bound whose gradient points outward
-        stay there.
+        An optimizer may stop on its own criterion short of it: trust-constr ends barrier
+        subproblems with bound multipliers absorbing part of the gradient, and never reaches a
+        bound exactly. The Hessian computed for the second-order check makes a few more steps
+        nearly free. Parameters whose Newton step would cross a bound are put on it and the
+        step is solved again for the others; a step is kept only if the objective falls.
         """
         hessian = diagnostics.hessian
-        free = ~diagnostics.at_bounds | (diagnostics.projected_gradient != 0)
-        if hessian is None or not np.isfinite(hessian).all() or not free.any():
-            return theta, evaluation, 0
-        block = hessian[np.ix_(free, free)]
-        if np.linalg.eigvalsh(block).min() <= 0:
+        if hessian is None or not np.isfinite(hessian).all():
             return theta, evaluation, 0
         taken = 0
         for _ in range(5):
             gradient = evaluation.gradient
-            projected = np.abs(diagnostics_projection(gradient, theta, self.lower, self.upper))
-            if (projected * self.scale).max(initial=0.0) <= tolerance:
+            projected = diagnostics_projection(gradient, theta, self.lower, self.upper)
+            if (np.abs(projected) * self.scale).max(initial=0.0) <= tolerance:
                 break
-            step = np.zeros_like(theta)
-            step[free] = -np.linalg.solve(block, gradient[free])
-            trial = np.clip(theta + step, self.lower, self.upper)
+            trial = self._newton_point(theta, gradient, hessian)
+            if trial is None:
+                break
             candidate = self.objective.evaluate(trial)
             if not candidate.success or not candidate.objective < evaluation.objective:
                 break
             theta, evaluation = trial, candidate
             taken += 1
         return theta, evaluation, taken
+
+    def _newton_point(
+        self, theta: np.ndarray, gradient: np.ndarray, hessian: np.ndarray
+    ) -> np.ndarray | None:
+        """The bound-constrained Newton point of the quadratic model, by active-set steps."""
+        target = theta.copy()
+        fixed = ((theta <= self.lower) & (gradient > 0)) | ((theta >= self.upper) & (gradient < 0))
+        for _ in range(theta.size + 1):
+            free = ~fixed
+            if not free.any():
+                return target
+            block = hessian[np.ix_(free, free)]
+            if np.linalg.eigvalsh(block).min() <= 0:
+                return None
+            # Moving the fixed parameters onto their bounds shifts the model's gradient.
+            shift = target - theta
+            rhs = gradient[free] + hessian[np.ix_(free, fixed)] @ shift[fixed]
+            proposal = target.copy()
+            proposal[free] = theta[free] - np.linalg.solve(block, rhs)
+            crossing = free & ((proposal < self.lower) | (proposal > self.upper))
+            if not crossing.any():
+                return proposal
+            target[crossing] = np.clip(proposal[crossing], self.lower, self.upper)[crossing]
+            fixed |= crossing
+        return None
 
     def _finish(
         self,
