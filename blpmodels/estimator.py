@@ -141,6 +141,10 @@ class Estimate:
         Time spent optimizing and in the Hessian.
     scale : numpy.ndarray
         The natural scale s of each parameter (θ = s·u for the optimizer's u).
+    trace : pandas.DataFrame
+        Every objective evaluation the optimizers asked for, in order: GMM step, start,
+        evaluation number, objective (the penalty where δ could not be solved), the ∞-norm of
+        the scaled gradient, and whether δ was solved.
     """
 
     theta: np.ndarray
@@ -153,6 +157,7 @@ class Estimate:
     warnings: list[str]
     seconds: dict[str, float]
     scale: np.ndarray
+    trace: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def natural_scales(
@@ -278,9 +283,13 @@ class _BudgetSpent(Exception):
 class ScaledObjective:
     """The objective as the optimizer sees it: scaled, guarded against failures, budgeted.
 
-    ``__call__(u)`` returns ``(q, ∂q/∂u)`` at θ = s·u. A failed evaluation returns a value above
-    every value seen in this run and the gradient handed out last (so quasi-Newton updates
-    see no change and skip the point). After ``max_evaluations`` calls it stops the optimizer.
+    ``__call__(u)`` returns ``(q, ∂q/∂u)`` at θ = s·u. Where δ cannot be solved it returns the
+    value and gradient of a penalty bowl around the best point found so far,
+    ``q_ref + c·(1 + ‖u − u_best‖²)`` with ``q_ref`` the largest value seen and
+    ``c = max(1, |q_ref|)``: above every value seen, and with a gradient that points back
+    to where δ was solved, so trust regions shrink and line searches back off, and the
+    quasi-Newton model sees a real function rather than a stale gradient. After
+    ``max_evaluations`` calls it stops the optimizer.
     """
 
     objective: GMMObjective
@@ -290,27 +299,40 @@ class ScaledObjective:
     failures: int = 0
     best: Any = None
     worst: float = -np.inf
-    last_gradient: np.ndarray | None = None
-    trace: list[tuple[float, float]] = field(default_factory=list)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    label: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, u: np.ndarray) -> tuple[float, np.ndarray]:
         if self.calls >= self.max_evaluations:
             raise _BudgetSpent
         self.calls += 1
-        evaluation = self.objective.evaluate(self.scale * np.asarray(u, dtype=np.float64))
+        u = np.asarray(u, dtype=np.float64)
+        evaluation = self.objective.evaluate(self.scale * u)
         if not evaluation.success or evaluation.gradient is None:
             self.failures += 1
-            reference = 0.0 if not np.isfinite(self.worst) else self.worst
-            value = reference + max(1.0, abs(reference))
-            gradient = self.last_gradient if self.last_gradient is not None else np.zeros(u.size)
-            return value, gradient.copy()
+            reference = self.worst if np.isfinite(self.worst) else 0.0
+            weight = max(1.0, abs(reference))
+            gap = u - self.best.theta / self.scale if self.best is not None else np.zeros(u.size)
+            value = reference + weight * (1.0 + float(gap @ gap))
+            self._record(value, np.nan, success=False)
+            return value, 2.0 * weight * gap
         if self.best is None or evaluation.objective < self.best.objective:
             self.best = evaluation
         self.worst = max(self.worst, evaluation.objective)
         gradient = evaluation.gradient * self.scale
-        self.last_gradient = gradient
-        self.trace.append((evaluation.objective, float(np.abs(gradient).max(initial=0.0))))
+        self._record(evaluation.objective, float(np.abs(gradient).max(initial=0.0)), True)
         return evaluation.objective, gradient
+
+    def _record(self, value: float, gradient_norm: float, success: bool) -> None:
+        self.trace.append(
+            {
+                **self.label,
+                "evaluation": self.calls,
+                "objective": value,
+                "gradient_norm": gradient_norm,
+                "delta_solved": success,
+            }
+        )
 
 
 class Estimator:
@@ -360,6 +382,8 @@ class Estimator:
         self.market_labels = market_labels
         self.fp_max_evaluations = fp_max_evaluations
         self.notes: list[str] = []
+        self.trace: list[dict[str, Any]] = []
+        self._label: dict[str, Any] = {"step": 1, "start": 0}
 
     # ------------------------------------------------------------------ helpers
     def _warn(self, message: str, stacklevel: int = 4) -> None:
@@ -396,7 +420,10 @@ class Estimator:
 
     def _optimize(self, theta0: np.ndarray) -> tuple[OptimizationOutcome, Any, ScaledObjective]:
         """One optimization from ``theta0``; returns the outcome and the evaluation it ends at."""
-        scaled = ScaledObjective(self.objective, self.scale, self.settings.max_evaluations)
+        scaled = ScaledObjective(
+            self.objective, self.scale, self.settings.max_evaluations, trace=self.trace
+        )
+        scaled.label = dict(self._label)
         start = time.perf_counter()
         try:
             outcome = run_optimizer(
@@ -448,7 +475,8 @@ class Estimator:
         draws = draw_starts(
             theta0, self.lower, self.upper, self.settings.starts, self.settings.seed
         )
-        for draw in draws:
+        for number, draw in enumerate(draws, start=1):
+            self._label["start"] = number
             self.objective.reset()
             row: dict[str, Any] = {
                 f"start {name}": value for name, value in zip(self.names, draw, strict=True)
@@ -503,15 +531,14 @@ class Estimator:
         outcome: OptimizationOutcome | None = None
         evaluation = initial
         theta = theta0
-        evaluations = 0
         for step in range(1, self.settings.steps + 1):
+            self._label = {"step": step, "start": 0}
             if not has_free:
                 evaluation = self.objective.evaluate(theta)
             elif step == 1 and self.settings.starts:
                 outcome, evaluation, start_table = self._multistart(theta)
             else:
-                outcome, evaluation, scaled = self._optimize(theta)
-                evaluations += scaled.calls
+                outcome, evaluation, _ = self._optimize(theta)
             theta = evaluation.theta
             steps.append(
                 {
@@ -648,6 +675,17 @@ class Estimator:
             warnings=self.notes,
             seconds={"optimization": optimization_seconds, "hessian": hessian_seconds},
             scale=self.scale,
+            trace=pd.DataFrame(
+                self.trace,
+                columns=[
+                    "step",
+                    "start",
+                    "evaluation",
+                    "objective",
+                    "gradient_norm",
+                    "delta_solved",
+                ],
+            ),
         )
 
 

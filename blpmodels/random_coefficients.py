@@ -491,6 +491,7 @@ class BLPRandomCoefficients(BLPModel):
             "fp_failures": objective.failures,
             "warnings": estimate.warnings,
             "starts": estimate.starts,
+            "trace": estimate.trace,
         }
         info = EstimationInfo(
             method=options.method,

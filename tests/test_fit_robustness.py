@@ -297,7 +297,9 @@ def test_scaled_objective_failure_value_and_budget():
     value, gradient = scaled(np.array([0.25]))  # θ = 0.5
     assert value == pytest.approx(1.25) and gradient == pytest.approx([2.0])  # 2·(2·0.5)
     failed_value, failed_gradient = scaled(np.array([1.0]))  # θ = 2 fails
-    assert failed_value > value and failed_gradient == pytest.approx(gradient)
+    # The penalty bowl around the best u = 0.25: 1.25 + 1.25·(1 + 0.75²), slope 2·1.25·0.75.
+    assert failed_value == pytest.approx(3.203125) and failed_gradient == pytest.approx([1.875])
+    assert [row["delta_solved"] for row in scaled.trace] == [True, False]
     scaled(np.array([0.0]))
     with pytest.raises(_BudgetSpent):
         scaled(np.array([0.1]))
