@@ -278,8 +278,9 @@ NESTED_SEQUENCES = st.lists(st.tuples(SIGMAS, st.floats(0.0, 0.95), SHIFTS), min
 #: (the hybrid's Newton stages use part of it before the contraction takes over), so with
 #: nested markets at ρ ≈ 0.94 and σ = 8, which need 3,500 contraction steps, the default 5,000
 #: can run out for one method and not the other. The properties here are about correctness
-#: (success means solved, and the methods agree), so the budget is made ample; the objective
-#: retries such markets from safe starts with a fresh budget (tests/test_delta_solver.py).
+#: (success means solved, the methods agree, and the hybrid solves what the contraction solves
+#: within half the budget), so the budget is made ample; the objective retries such markets
+#: from safe starts with a fresh budget (tests/test_delta_solver.py).
 BUDGET = 50_000
 
 
@@ -326,8 +327,13 @@ def check_kernel_solvers(
             f"{label}: solve_delta_hybrid converged=True, share error {error[bad]}"
         )
 
-        assert np.array_equal(hybrid.converged, squarem.converged), (
+        # The hybrid ends with the contraction from the initial δ and at least half of the
+        # budget its Newton stages left, so it must solve every market the contraction alone
+        # solves within that (markets at ρ ≈ 0.95 and σ = 10 need 40,000 contraction steps).
+        easy = squarem.converged & (squarem.evaluations <= (BUDGET - 100) // 2)
+        assert not (easy & ~hybrid.converged).any(), (
             f"{label}: converged differs: hybrid {hybrid.converged}, squarem {squarem.converged}"
+            f" after {squarem.evaluations} evaluations"
         )
         both = hybrid.converged & squarem.converged
         gap = np.where(problem.mask, np.abs(hybrid.delta - squarem.delta), 0.0).max(axis=1)
