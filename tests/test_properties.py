@@ -42,7 +42,7 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 
 from blpmodels import BLPRandomCoefficients
-from blpmodels.exceptions import ConvergenceWarning
+from blpmodels.exceptions import ConvergenceWarning, FixedPointError
 from blpmodels.kernel import (
     Nesting,
     ShareEvaluator,
@@ -635,8 +635,10 @@ def fit(
 ) -> tuple[pd.Series, float]:
     """Fit from diagonal Σ = ``sigma`` (a scalar: the same on every coefficient) and ρ = 0.5.
 
-    Returns the estimates and the objective. A fit that raises fails the property, as does one
-    that runs past :data:`FIT_SECONDS`.
+    Returns the estimates and the objective. A start where δ cannot be solved (large σ with a
+    handful of agents) is a legitimate, named outcome: it returns ``(None, markets)``, which the
+    comparisons require of both fits. Any other error fails the property, as does a fit that
+    runs past :data:`FIT_SECONDS`.
     """
     diagonal = np.broadcast_to(np.asarray(sigma, dtype=float), (spec.n_random,))
     start = float(diagonal[0]) if spec.n_random == 1 else np.diag(diagonal)
@@ -645,13 +647,30 @@ def fit(
             # Convergence warnings (a Hessian not positive definite at a bound) are not the
             # subject here.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            results = model.fit(
-                sigma=start,
-                rho=0.5 if spec.nested else None,
-                optimizer=optimizer,
-                optimizer_options=OPTIMIZER_OPTIONS[optimizer],
-            )
+            try:
+                results = model.fit(
+                    sigma=start,
+                    rho=0.5 if spec.nested else None,
+                    optimizer=optimizer,
+                    optimizer_options=OPTIMIZER_OPTIONS[optimizer],
+                )
+            except FixedPointError as error:
+                if "at the starting values" not in str(error):
+                    raise
+                return None, sorted(map(str, error.markets))
     return results.params, float(results.objective)
+
+
+def same_start_failure(expected: tuple, actual: tuple, what: str) -> bool:
+    """True when both fits stopped at an unsolvable start; fails if only one did.
+
+    The markets are compared by number: relabelled ids name them differently.
+    """
+    if expected[0] is None or actual[0] is None:
+        assert expected[0] is None and actual[0] is None, f"{what}: only one start failed"
+        assert len(expected[1]) == len(actual[1]), f"{what}: starts failed in other markets"
+        return True
+    return False
 
 
 def assert_same_estimates(
@@ -662,6 +681,8 @@ def assert_same_estimates(
     The objectives get the same relative tolerance: at a bound the objective moves to first
     order with θ (|Δq| ≈ |∂q/∂θ|·|Δθ|), so end points 1e-7 apart can differ by about as much.
     """
+    if same_start_failure(expected, actual, what):
+        return
     params, objective = expected
     other, other_objective = actual
     assert list(other.index) == list(params.index), f"{what}: parameter names differ"
@@ -778,11 +799,14 @@ def test_price_units_rescale_sigma_only(
     optimizers' tolerance, and at the same σ once the price σ is multiplied back by c.
     """
     products, agents = simulate_data(spec)
-    params, objective = fit(build_model(products, agents, spec.n_random), spec, sigma, optimizer)
+    expected = fit(build_model(products, agents, spec.n_random), spec, sigma, optimizer)
     scaled = products.assign(prices=products["prices"] * scale)
     start = np.full(spec.n_random, sigma)
     start[0] /= scale
-    other, other_objective = fit(build_model(scaled, agents, spec.n_random), spec, start, optimizer)
+    actual = fit(build_model(scaled, agents, spec.n_random), spec, start, optimizer)
+    if same_start_failure(expected, actual, f"prices × {scale:g}"):
+        return
+    (params, objective), (other, other_objective) = expected, actual
     other = other.copy()
     other["sigma[prices,prices]"] *= scale
     names = [name for name in params.index if name.startswith(("sigma", "rho"))]
