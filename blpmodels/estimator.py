@@ -412,6 +412,38 @@ class Estimator:
             markets=bad,
         )
 
+    def _solvable_start(self, theta0: np.ndarray, what: str) -> tuple[np.ndarray, Any]:
+        """``theta0``, or the first point halfway (then a quarter, ...) towards zero where δ
+        can be solved, with a warning; a FixedPointError naming markets and reason if none.
+
+        With very large σ a handful of agents choose almost deterministically and δ may not
+        exist in double precision (∂s/∂δ is singular); pyblp's optimizer carries on from such
+        a start with a penalty, and so can the user, from a point where the model is defined.
+        The point moves towards 0 clipped to the bounds, so fixed zeros and bounds hold.
+        """
+        evaluation = self.objective.evaluate(theta0, gradient=theta0.size > 0)
+        if evaluation.success:
+            return theta0, evaluation
+        first_error = self.fixed_point_error(evaluation, f"at {what}")
+        anchor = np.clip(np.zeros_like(theta0), self.lower, self.upper)
+        for halvings in range(1, 9):
+            theta = anchor + (theta0 - anchor) * 0.5**halvings
+            evaluation = self.objective.evaluate(theta)
+            if evaluation.success:
+                shown = ", ".join(
+                    f"{name}={value:.6g}" for name, value in zip(self.names, theta, strict=True)
+                )
+                self._warn(
+                    f"{first_error}; the fit starts instead from {what} moved "
+                    f"{2**halvings}× closer to zero ({shown})",
+                    stacklevel=5,
+                )
+                return theta, evaluation
+        raise FixedPointError(
+            f"{first_error}; nor could it be solved with {what} moved up to 256× closer to zero",
+            markets=first_error.markets,
+        )
+
     def _identification(self, evaluation: Any, where: str) -> None:
         names = [*self.linear_names, *self.names]
         note = check_identification(self.objective.moment_jacobian(evaluation), names, where)
@@ -481,9 +513,9 @@ class Estimator:
             row: dict[str, Any] = {
                 f"start {name}": value for name, value in zip(self.names, draw, strict=True)
             }
-            first = self.objective.evaluate(draw)
-            if not first.success:
-                error = self.fixed_point_error(first, "at this start")
+            try:
+                draw, _ = self._solvable_start(draw, f"start {number}")
+            except FixedPointError as error:
                 rows.append({**row, "objective": np.nan, "status": str(error)})
                 continue
             outcome, evaluation, scaled = self._optimize(draw)
@@ -517,13 +549,12 @@ class Estimator:
         Raises
         ------
         FixedPointError
-            δ cannot be solved at the starting values (markets and reason named).
+            δ cannot be solved at the starting values, nor at any of them moved up to 256×
+            closer to zero (markets and reason named).
         """
         clock = time.perf_counter()
         has_free = theta0.size > 0
-        initial = self.objective.evaluate(theta0, gradient=has_free)
-        if not initial.success:
-            raise self.fixed_point_error(initial, "at the starting values")
+        theta0, initial = self._solvable_start(theta0, "the starting values")
         if has_free:
             self._identification(initial, "at the starting values")
         steps: list[dict[str, Any]] = []

@@ -84,12 +84,23 @@ def test_rescaled_prices_rescale_sigma(scale):
     assert scaled.params.iloc[-1] * scale == pytest.approx(reference.params.iloc[-1], rel=1e-5)
 
 
-def test_start_where_delta_cannot_be_solved_names_markets_and_reason():
-    """σ = 200: agents choose almost deterministically, ∂s/∂δ is singular; a named error."""
+def test_start_where_delta_cannot_be_solved_moves_closer_to_zero(optima):
+    """σ = 200: agents choose almost deterministically and ∂s/∂δ is singular there.
+
+    Before, a FixedPointError; pyblp's optimizer carries on from such starts with a penalty.
+    The fit now says so, starts from the first halving where δ can be solved, and ends at
+    the optimum.
+    """
     model, _ = probe_problem(0)
-    with pytest.raises(FixedPointError, match=r"at the starting values.*\['M0") as error:
-        model.fit(sigma=200.0)
-    assert "fp_max_evaluations=5000" in str(error.value)
+    with pytest.warns(ConvergenceWarning, match=r"at the starting values.*\['M0.*closer to zero"):
+        results = model.fit(sigma=200.0)
+    assert results.info.objective == pytest.approx(optima[0][1], rel=1e-6)
+
+
+def test_start_that_cannot_be_rescued_names_markets_and_reason():
+    model, _ = probe_problem(0)
+    with pytest.raises(FixedPointError, match=r"\['M0.*fp_max_evaluations=2 .*256×") as error:
+        model.fit(sigma=1.0, fp_max_evaluations=2)
     assert error.value.markets
 
 
