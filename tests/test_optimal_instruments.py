@@ -1,0 +1,516 @@
+"""Optimal instruments against pyblp, closed forms and a simulation.
+
+Oracles:
+
+- pyblp 1.3.0's ``ProblemResults.compute_optimal_instruments`` run live at the same parameters
+  (``Optimization('return')``): the exercise-2 question-5 model on a subset of markets (the
+  whole data set is slow: pyblp needs about a minute there), RCNL on Nevo's data, and pyblp's
+  own realization code (``_compute_realizations``) at the same draws of ξ for the "normal" and
+  "empirical" methods. We match to about 1e-13 relative: both compute the same IFT solve in
+  double precision, so the tolerances below leave room for rounding only.
+- The exercise's precomputed ``ex2_s4_optimal_instruments.csv``: pyblp's output at its own
+  question-5 estimates, which differ from ours in the ninth digit; at our estimates the file is
+  matched to 5e-10 relative, so 1e-8 is the tolerance.
+- Closed forms: for the logit the optimal instrument for prices is the first-stage fitted value
+  (statsmodels OLS with dummies), and IV with it is 2SLS (estimates and SEs by hand); for the
+  nested logit ∂δ/∂ρ = −log s_{j|h} at the shares implied by δ = X1β (+ fixed effects).
+- A simulation with known parameters: the optimal-IV logit is centred on the truth and its SE
+  is no larger than with the raw instruments.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.formula.api as smf
+
+from blpmodels import BLPInputError, BLPLogit, BLPNestedLogit, BLPRandomCoefficients
+from blpmodels import optimal_instruments as module
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
+from blpmodels.exceptions import ConvergenceWarning
+from blpmodels.optimal_instruments import optimal_instruments, reduced_form_prices
+from blpmodels.simulation import simulate_logit
+
+FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
+Q5_FORMULA = (
+    "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
+)
+#: blpmodels' question-5 estimates (tests/test_random_coefficients.py checks the fit itself).
+Q5_THETA = {"sigma": [[0, 0], [0, 6.01516714]], "pi": [[0.10882918], [-5.95723916]]}
+Q5_COLUMNS = [
+    "optimal_prices",
+    "optimal_sigma_prices_prices",
+    "optimal_pi_mushy_log_income",
+    "optimal_pi_prices_log_income",
+]
+SUBSET = 8  # markets in the default-suite pyblp comparison
+NEVO_INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(20))
+RTOL = 1e-11  # same arithmetic in both libraries: rounding only
+
+
+def _stay(fun, theta0, bounds):
+    return theta0
+
+
+def at_parameters(model, **start):
+    """Results at the starting θ (β concentrated out there), without optimizing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(optimizer=_stay, compute_hessian=False, **start)
+
+
+def _require(*relative: str) -> None:
+    for name in relative:
+        if not (data_home() / name).is_file():
+            pytest.skip(f"shared data file {data_home() / name} not found (set {DATA_ENV_VAR})")
+
+
+def assert_columns_close(ours: np.ndarray, theirs: np.ndarray, rtol: float = RTOL) -> None:
+    """Each column equal relative to its own scale (columns differ by orders of magnitude)."""
+    ours, theirs = np.atleast_2d(ours.T).T, np.atleast_2d(np.asarray(theirs).T).T
+    scale = np.abs(theirs).max(axis=0)
+    assert (scale > 0).all()
+    np.testing.assert_array_less(np.abs(ours - theirs).max(axis=0), rtol * scale)
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def pyblp():
+    module = pytest.importorskip("pyblp")
+    module.options.verbose = False
+    return module
+
+
+@pytest.fixture(scope="module")
+def exercise2():
+    _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
+    return load_mixtape_exercise2()
+
+
+def q5_results(products, agents):
+    model = BLPRandomCoefficients.from_formula(
+        Q5_FORMULA,
+        products,
+        absorb=FIXED_EFFECTS,
+        random="0 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=agents,
+    )
+    return at_parameters(model, **Q5_THETA)
+
+
+def q5_pyblp(pyblp, products, agents):
+    problem = pyblp.Problem(
+        (
+            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
+            pyblp.Formulation("0 + mushy + prices"),
+        ),
+        products,
+        pyblp.Formulation("0 + log_income"),
+        agents,
+    )
+    return problem.solve(**Q5_THETA, method="1s", optimization=pyblp.Optimization("return"))
+
+
+@pytest.fixture(scope="module")
+def q5_subset(exercise2):
+    """The question-5 model on the first markets only, at the question-5 estimates."""
+    products, agents = exercise2
+    markets = products["market_ids"].unique()[:SUBSET]
+    products = products[products["market_ids"].isin(markets)]
+    agents = agents[agents["market_ids"].isin(markets)]
+    return products, agents, q5_results(products, agents)
+
+
+@pytest.fixture(scope="module")
+def q5_subset_pyblp(q5_subset, pyblp):
+    products, agents, _ = q5_subset
+    return q5_pyblp(pyblp, products, agents)
+
+
+@pytest.fixture(scope="module")
+def nevo():
+    _require("pyblp/nevo_products.csv", "pyblp/nevo_agents.csv")
+    products, agents = load_nevo()
+    products = products.copy()
+    products["nesting_ids"] = products["mushy"]
+    counts = products.groupby(["market_ids", "nesting_ids"])["shares"].transform("size")
+    products["nest_count"] = counts.astype(np.float64)
+    return products, agents
+
+
+@pytest.fixture
+def logit_results(simulated_products):
+    return BLPLogit.from_formula(
+        "shares ~ 0 + x + [prices ~ z1 + z2]", simulated_products, absorb="C(market_ids)"
+    ).fit()
+
+
+# ---------------------------------------------------------------------- pyblp
+
+
+def test_q5_matches_pyblp(q5_subset, q5_subset_pyblp):
+    """Exercise 2, question 5 (σ and Π with demographics, two-way fixed effects)."""
+    products, _, results = q5_subset
+    oracle = q5_subset_pyblp.compute_optimal_instruments(method="approximate")
+    instruments = optimal_instruments(results)
+    assert list(instruments.columns) == Q5_COLUMNS
+    assert instruments.index.equals(products.index)
+    assert instruments.attrs["parameters"] == {
+        "optimal_prices": "prices",
+        "optimal_sigma_prices_prices": "sigma[prices,prices]",
+        "optimal_pi_mushy_log_income": "pi[mushy,log_income]",
+        "optimal_pi_prices_log_income": "pi[prices,log_income]",
+    }
+    assert_columns_close(instruments[Q5_COLUMNS[1:]].to_numpy(), oracle.demand_instruments)
+    expected = instruments.attrs["expected_prices"]
+    assert_columns_close(expected.to_numpy(), oracle.expected_prices)
+    assert_columns_close(instruments["optimal_prices"].to_numpy(), oracle.expected_prices)
+    # pyblp's to_problem() instruments: these columns (absorbed like any instrument).
+    problem = oracle.to_problem()
+    model = BLPRandomCoefficients.from_formula(
+        "shares ~ 0 + [prices ~ " + " + ".join(instruments.columns) + "]",
+        products.join(instruments),
+        absorb=FIXED_EFFECTS,
+        random="0 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=q5_subset[1],
+    )
+    ours = model.design.Z_absorbed
+    order = [1, 2, 3, 0]  # pyblp puts the θ instruments first and expected prices last
+    assert_columns_close(ours[:, order], problem.products.ZD, rtol=1e-9)
+
+
+def test_q5_user_expected_prices_match_pyblp(q5_subset, q5_subset_pyblp):
+    """Given expected prices move X1 and the random coefficient on prices (μ) alike."""
+    products, _, results = q5_subset
+    given = products["prices"] * 0.9 + 0.01
+    oracle = q5_subset_pyblp.compute_optimal_instruments(expected_prices=given.to_numpy())
+    instruments = optimal_instruments(results, expected_prices=given)
+    assert_columns_close(instruments[Q5_COLUMNS[1:]].to_numpy(), oracle.demand_instruments)
+    np.testing.assert_array_equal(instruments["optimal_prices"], given)
+    default = optimal_instruments(results)
+    assert np.abs(default.to_numpy() - instruments.to_numpy()).max() > 1e-3
+
+
+@pytest.mark.parametrize("method", ["normal", "empirical"])
+def test_draws_match_pyblp_realizations(q5_subset, q5_subset_pyblp, method):
+    """The average over ξ draws: pyblp's own realization code at the same two draws."""
+    _, _, results = q5_subset
+    oracle = q5_subset_pyblp
+    xi = np.asarray(results.resid)
+    rng = np.random.default_rng(3)  # the draws as documented: default_rng(seed)
+    if method == "normal":
+        draws = [rng.normal(0.0, np.std(xi), xi.size) for _ in range(2)]
+    else:
+        draws = [xi[rng.integers(0, xi.size, xi.size)] for _ in range(2)]
+    expected_prices = np.c_[reduced_form_prices(results).to_numpy()]
+    jacobians = [
+        oracle._compute_realizations(expected_prices, None, True, np.c_[draw], oracle.omega)[2]
+        for draw in draws
+    ]
+    expected = (jacobians[0] + jacobians[1]) / 2 / np.var(np.asarray(oracle.xi))
+    instruments = optimal_instruments(results, method, draws=2, seed=3)
+    assert instruments.attrs["method"] == method and instruments.attrs["draws"] == 2
+    assert_columns_close(instruments[Q5_COLUMNS[1:]].to_numpy(), expected)
+    approximate = optimal_instruments(results)
+    assert np.abs(instruments.to_numpy() - approximate.to_numpy())[:, 1:].max() > 1e-4
+    np.testing.assert_array_equal(instruments["optimal_prices"], approximate["optimal_prices"])
+
+
+@pytest.mark.parametrize("rho", [0.7, [0.7, 0.4]], ids=["common", "per_nest"])
+def test_rcnl_matches_pyblp(nevo, pyblp, rho):
+    """Random coefficients with nests (σ on prices, ρ) on Nevo's data, product effects."""
+    products, agents = nevo
+    model = BLPRandomCoefficients.from_formula(
+        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS}]",
+        products,
+        absorb="C(product_ids)",
+        random="0 + prices",
+        agent_data=agents,
+    )
+    results = at_parameters(model, sigma=[[2.0]], rho=rho)
+    problem = pyblp.Problem(
+        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("0 + prices")),
+        products,
+        agent_data=agents[["market_ids", "weights", "nodes0"]],
+    )
+    oracle = problem.solve(
+        sigma=[[2.0]], rho=rho, method="1s", optimization=pyblp.Optimization("return")
+    )
+    expected = oracle.compute_optimal_instruments()
+    instruments = optimal_instruments(results)
+    names = ["optimal_rho"] if np.ndim(rho) == 0 else ["optimal_rho_0", "optimal_rho_1"]
+    assert list(instruments.columns) == ["optimal_prices", "optimal_sigma_prices_prices", *names]
+    assert_columns_close(instruments.to_numpy()[:, 1:], expected.demand_instruments)
+    assert_columns_close(instruments["optimal_prices"].to_numpy(), expected.expected_prices)
+
+
+def test_nested_logit_matches_pyblp(nevo, pyblp):
+    """The closed-form nested logit (pyblp's tutorial model): θ is ρ, as in pyblp's problem."""
+    products, _ = nevo
+    results = BLPNestedLogit.from_formula(
+        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS} + nest_count]", products
+    ).fit()
+    problem = pyblp.Problem(
+        pyblp.Formulation("0 + prices"),
+        products.assign(demand_instruments20=products["nest_count"]),
+    )
+    oracle = problem.solve(
+        rho=float(results.params["rho"]), method="1s", optimization=pyblp.Optimization("return")
+    )
+    expected = oracle.compute_optimal_instruments()
+    instruments = optimal_instruments(results)
+    assert list(instruments.columns) == ["optimal_prices", "optimal_rho"]
+    assert_columns_close(instruments[["optimal_rho"]].to_numpy(), expected.demand_instruments)
+    assert_columns_close(instruments["optimal_prices"].to_numpy(), expected.expected_prices)
+
+
+@pytest.mark.slow
+def test_q5_whole_data_matches_pyblp(exercise2, pyblp):
+    """All 94 markets (pyblp needs about a minute at fixed parameters)."""
+    products, agents = exercise2
+    results = q5_results(products, agents)
+    oracle = q5_pyblp(pyblp, products, agents).compute_optimal_instruments()
+    instruments = optimal_instruments(results)
+    assert_columns_close(instruments[Q5_COLUMNS[1:]].to_numpy(), oracle.demand_instruments)
+    assert_columns_close(instruments["optimal_prices"].to_numpy(), oracle.expected_prices)
+
+
+# ---------------------------------------------------------------------- the exercise's file
+
+
+def test_q5_reproduces_the_exercise_file(exercise2):
+    """``ex2_s4_optimal_instruments.csv``: pyblp at its question-5 estimates (ninth digit off)."""
+    _require("mixtape/derived/ex2_s4_optimal_instruments.csv")
+    products, agents = exercise2
+    path = data_home() / "mixtape" / "derived" / "ex2_s4_optimal_instruments.csv"
+    stored = pd.read_csv(path, dtype={"market_ids": str, "product_ids": str})
+    assert (stored["market_ids"].to_numpy() == products["market_ids"].to_numpy()).all()
+    assert (stored["product_ids"].to_numpy() == products["product_ids"].to_numpy()).all()
+    instruments = optimal_instruments(q5_results(products, agents))
+    columns = [f"optimal_demand_instruments{k}" for k in range(3)]
+    assert_columns_close(
+        instruments[Q5_COLUMNS[1:]].to_numpy(), stored[columns].to_numpy(), rtol=1e-8
+    )
+    # Expected prices do not depend on θ: equal to rounding.
+    assert_columns_close(
+        instruments["optimal_prices"].to_numpy(), stored["expected_prices"].to_numpy()
+    )
+
+
+# ---------------------------------------------------------------------- closed forms
+
+
+def test_logit_instrument_is_the_first_stage_fit(logit_results, simulated_products):
+    instruments = optimal_instruments(logit_results)
+    assert list(instruments.columns) == ["optimal_prices"]
+    first_stage = smf.ols("prices ~ x + z1 + z2 + C(market_ids)", simulated_products).fit()
+    np.testing.assert_allclose(
+        instruments["optimal_prices"], first_stage.fittedvalues, rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_array_equal(
+        instruments.attrs["expected_prices"], instruments["optimal_prices"]
+    )
+    np.testing.assert_array_equal(
+        reduced_form_prices(logit_results), instruments.attrs["expected_prices"]
+    )
+
+
+def test_logit_optimal_iv_is_2sls(logit_results, simulated_products):
+    """IV with E[p | z] is 2SLS with all instruments: same estimates and robust SEs, by hand."""
+    data = simulated_products.join(optimal_instruments(logit_results))
+    again = BLPLogit.from_formula(
+        "shares ~ 0 + x + [prices ~ optimal_prices]", data, absorb="C(market_ids)"
+    ).fit()
+    dummies = pd.get_dummies(data["market_ids"], dtype=float).to_numpy()
+
+    def absorb(values):
+        return values - dummies @ np.linalg.lstsq(dummies, values, rcond=None)[0]
+
+    inside = data.groupby("market_ids")["shares"].transform("sum")
+    y = absorb((np.log(data["shares"]) - np.log(1 - inside)).to_numpy())
+    X = absorb(data[["x", "prices"]].to_numpy())
+    Z = absorb(data[["x", "z1", "z2"]].to_numpy())
+    fitted = Z @ np.linalg.lstsq(Z, X, rcond=None)[0]
+    bread = np.linalg.inv(fitted.T @ X)
+    beta = bread @ fitted.T @ y
+    residuals = y - X @ beta
+    meat = (fitted * residuals[:, None] ** 2).T @ fitted
+    se = np.sqrt(np.diag(bread @ meat @ bread.T))
+    for results in (logit_results, again):
+        np.testing.assert_allclose(results.params, beta, rtol=1e-10)
+        np.testing.assert_allclose(results.bse, se, rtol=1e-8)
+
+
+def test_logit_optimal_iv_is_consistent_with_no_larger_se():
+    """Simulated Bertrand data with known α: optimal IV centred on the truth, SE ≤ raw IV."""
+    estimates, standard_errors, raw_errors = [], [], []
+    formula = "shares ~ 1 + x + [prices ~ cost_shifter + I(cost_shifter ** 2)]"
+    for seed in range(20):
+        products = simulate_logit(n_markets=60, n_products=5, n_firms=3, seed=seed).products
+        raw = BLPLogit.from_formula(formula, products).fit()
+        instruments = optimal_instruments(raw)
+        optimal = BLPLogit.from_formula(
+            "shares ~ 1 + x + [prices ~ optimal_prices]", products.join(instruments)
+        ).fit()
+        estimates.append(optimal.params["prices"])
+        standard_errors.append(optimal.bse["prices"])
+        raw_errors.append(raw.bse["prices"])
+    estimates, standard_errors = np.asarray(estimates), np.asarray(standard_errors)
+    monte_carlo_se = estimates.std(ddof=1) / np.sqrt(estimates.size)
+    assert abs(estimates.mean() - (-2.0)) < 3 * monte_carlo_se
+    # The reported SE describes the spread of the estimates.
+    assert 0.6 < estimates.std(ddof=1) / standard_errors.mean() < 1.6
+    assert (standard_errors <= np.asarray(raw_errors) * (1 + 1e-9)).all()
+
+
+def _within_nest_log_shares(delta, markets, nests, rho):
+    """log s_{j|h} at mean utilities δ, one group (market, nest) at a time."""
+    scaled = pd.Series(np.asarray(delta) / (1 - np.asarray(rho)))
+    groups = [np.asarray(markets), np.asarray(nests)]
+    top = scaled.groupby(groups).transform("max")
+    total = np.exp(scaled - top).groupby(groups).transform("sum")
+    return (scaled - top - np.log(total)).to_numpy()
+
+
+@pytest.mark.parametrize("per_nest", [False, True], ids=["common", "per_nest"])
+def test_nested_logit_closed_form(simulated_nested_products, per_nest):
+    """∂δ/∂ρ_h = −log s_{j|h} 1{j ∈ h} at the shares implied by δ = X1(E[p])β."""
+    data = simulated_nested_products
+    results = BLPNestedLogit.from_formula(
+        "shares ~ 1 + x + [prices ~ z1 + z2 + nest_count + nest_z1]", data
+    ).fit(rho="nest" if per_nest else "common")
+    instruments = optimal_instruments(results)
+    expected_prices = instruments.attrs["expected_prices"].to_numpy()
+    params = results.params
+    delta = params["Intercept"] + params["x"] * data["x"] + params["prices"] * expected_prices
+    nests = data["nesting_ids"].to_numpy()
+    rho = params[["rho[0]", "rho[1]"]].to_numpy()[nests] if per_nest else params["rho"]
+    log_within = _within_nest_log_shares(delta, data["market_ids"], nests, rho)
+    variance = np.var(np.asarray(results.resid))
+    if per_nest:
+        assert list(instruments.columns) == ["optimal_prices", "optimal_rho_0", "optimal_rho_1"]
+        for nest in (0, 1):
+            expected = np.where(nests == nest, -log_within, 0.0) / variance
+            np.testing.assert_allclose(
+                instruments[f"optimal_rho_{nest}"], expected, rtol=1e-9, atol=1e-12
+            )
+    else:
+        assert list(instruments.columns) == ["optimal_prices", "optimal_rho"]
+        np.testing.assert_allclose(
+            instruments["optimal_rho"], -log_within / variance, rtol=1e-9, atol=1e-12
+        )
+
+
+def test_functions_of_prices_are_evaluated_at_expected_prices(simulated_products):
+    """x(p) gets the instrument x(E[p | z]), named so that formulas can read it."""
+    results = BLPLogit.from_formula(
+        "shares ~ 1 + x + [prices + I(prices ** 2) ~ z1 + z2 + I(z1 ** 2)]", simulated_products
+    ).fit()
+    instruments = optimal_instruments(results)
+    assert list(instruments.columns) == ["optimal_prices", "optimal_I_prices_2"]
+    np.testing.assert_allclose(
+        instruments["optimal_I_prices_2"], instruments["optimal_prices"] ** 2, rtol=1e-12
+    )
+    again = BLPLogit.from_formula(
+        "shares ~ 1 + x + [prices + I(prices ** 2) ~ " + " + ".join(instruments.columns) + "]",
+        simulated_products.join(instruments),
+    ).fit()
+    assert np.isfinite(again.params).all()
+
+
+def test_expected_prices_argument_alignment(logit_results, simulated_products):
+    default = optimal_instruments(logit_results)
+    expected = default.attrs["expected_prices"]
+    shuffled = expected.sample(frac=1.0, random_state=0)
+    for given in (expected, shuffled, expected.to_numpy(), expected.to_frame()):
+        again = optimal_instruments(logit_results, expected_prices=given)
+        pd.testing.assert_frame_equal(again, default)
+    observed = optimal_instruments(logit_results, expected_prices=simulated_products["prices"])
+    np.testing.assert_array_equal(observed["optimal_prices"], simulated_products["prices"])
+
+
+def test_model_without_instrumented_prices(simulated_products):
+    """Exogenous prices are their own instruments: no columns and no expected prices."""
+    results = BLPLogit.from_formula("shares ~ 1 + x + prices", simulated_products).fit()
+    instruments = optimal_instruments(results)
+    assert instruments.shape == (len(simulated_products), 0)
+    assert instruments.attrs["expected_prices"] is None
+    with pytest.raises(BLPInputError, match="does not instrument prices"):
+        optimal_instruments(results, expected_prices=simulated_products["prices"])
+    with pytest.raises(BLPInputError, match="does not instrument prices"):
+        reduced_form_prices(results)
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def no_heavy_work(monkeypatch):
+    """Fail if the kernel or the price regression is reached."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("heavy work started before the inputs were checked")
+
+    monkeypatch.setattr(module, "_expected_delta_jacobian", forbidden)
+    monkeypatch.setattr(module, "reduced_form_prices", forbidden)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "exact"}, "method must be one of"),
+        ({"method": None}, "method must be one of"),
+        ({"method": "normal", "draws": 0}, "draws must be a positive integer"),
+        ({"method": "normal", "draws": 2.5}, "draws must be a positive integer"),
+        ({"method": "empirical", "draws": True}, "draws must be a positive integer"),
+        ({"method": "normal", "seed": -1}, "seed must be"),
+        ({"method": "normal", "seed": "0"}, "seed must be"),
+        ({"method": "normal", "seed": 1.5}, "seed must be"),
+        ({"draws": 10}, "draws is only used"),
+        ({"seed": 0}, "seed is only used"),
+        ({"expected_prices": np.ones(5)}, r"expected_prices must have shape \(240,\)"),
+        ({"expected_prices": np.full(240, np.nan)}, "expected_prices has 240 missing"),
+        ({"expected_prices": np.full(240, np.inf)}, "non-finite"),
+        ({"expected_prices": ["a"] * 240}, "expected_prices must be numbers"),
+        ({"expected_prices": pd.Series(["a"] * 240)}, "expected_prices must be numbers"),
+        ({"expected_prices": pd.Series(np.ones(240), index=range(1, 241))}, "not aligned"),
+        ({"expected_prices": pd.Series(np.ones(239))}, "has 239 rows"),
+        ({"expected_prices": pd.DataFrame(np.ones((240, 2)))}, "one column"),
+    ],
+)
+def test_bad_arguments_fail_before_work(logit_results, no_heavy_work, kwargs, match):
+    with pytest.raises(BLPInputError, match=match):
+        optimal_instruments(logit_results, **kwargs)
+
+
+def test_unsupported_results(logit_results, simulated_products, no_heavy_work):
+    ols = smf.ols("prices ~ x", simulated_products).fit()
+    bootstrapped = logit_results.bootstrap(draws=2, seed=0)
+    for results in (None, ols, bootstrapped, logit_results.model):
+        with pytest.raises(BLPInputError, match="results must be a fitted blpmodels"):
+            optimal_instruments(results)
+
+
+def test_supply_side_results_are_refused(logit_results, no_heavy_work):
+    """The extension point: a results object that reports a supply side."""
+
+    class WithSupply:
+        def __init__(self, inner):
+            self.__dict__.update(inner._results.__dict__)
+            self.supply = object()
+
+    with pytest.raises(BLPInputError, match="supply side"):
+        optimal_instruments(WithSupply(logit_results))
+
+
+def test_endogenous_variable_other_than_prices(simulated_products, no_heavy_work):
+    results = BLPLogit.from_formula("shares ~ 1 + prices + [x ~ z1 + z2]", simulated_products).fit()
+    with pytest.raises(BLPInputError, match="do not read a 'prices' column"):
+        optimal_instruments(results)
