@@ -9,8 +9,9 @@ Oracles:
   "empirical" methods. We match to about 1e-13 relative: both compute the same IFT solve in
   double precision, so the tolerances below leave room for rounding only.
 - The exercise's precomputed ``ex2_s4_optimal_instruments.csv``: pyblp's output at its own
-  question-5 estimates, which differ from ours in the ninth digit; at our estimates the file is
-  matched to 5e-10 relative, so 1e-8 is the tolerance.
+  question-5 estimates, of which ``Q5_THETA`` holds eight digits; there the file is matched to
+  5e-10 relative (and to 4e-14 at the θ recovered from the file by least squares, 2e-9 away),
+  so 1e-8 is the tolerance.
 - Closed forms: for the logit the optimal instrument for prices is the first-stage fitted value
   (statsmodels OLS with dummies), and IV with it is 2SLS (estimates and SEs by hand); for the
   nested logit ∂δ/∂ρ = −log s_{j|h} at the shares implied by δ = X1β (+ fixed effects).
@@ -38,7 +39,7 @@ FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 Q5_FORMULA = (
     "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
 )
-#: blpmodels' question-5 estimates (tests/test_random_coefficients.py checks the fit itself).
+#: The question-5 estimates to eight digits (tests/test_random_coefficients.py checks the fit).
 Q5_THETA = {"sigma": [[0, 0], [0, 6.01516714]], "pi": [[0.10882918], [-5.95723916]]}
 Q5_COLUMNS = [
     "optimal_prices",
@@ -286,7 +287,7 @@ def test_q5_whole_data_matches_pyblp(exercise2, pyblp):
 
 
 def test_q5_reproduces_the_exercise_file(exercise2):
-    """``ex2_s4_optimal_instruments.csv``: pyblp at its question-5 estimates (ninth digit off)."""
+    """``ex2_s4_optimal_instruments.csv``: pyblp at its question-5 estimates."""
     _require("mixtape/derived/ex2_s4_optimal_instruments.csv")
     products, agents = exercise2
     path = data_home() / "mixtape" / "derived" / "ex2_s4_optimal_instruments.csv"
