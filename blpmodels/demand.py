@@ -10,7 +10,7 @@ model uses the same share math.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,8 +23,9 @@ from .formula import required_variables
 from .kernel import Nesting, Probabilities, ShareEvaluator, removal_shares, share_jacobian
 from .parameters import NonlinearParameters
 from .products import ProductDesign
+from .supply import PriceState
 
-__all__ = ["DemandSystem", "MarketInputs"]
+__all__ = ["DemandSystem", "MarketInputs", "PricedMarkets"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +69,59 @@ class MarketInputs:
 
 
 @dataclass(frozen=True, eq=False)
+class PricedMarkets:
+    """Markets whose utilities are linear in prices, evaluable at any prices.
+
+    V_ij(p) = V_ij(p⁰) + D_ij (p_j − p⁰_j) with D = ∂V/∂p fixed, so new prices need no
+    formula rebuild: one addition to μ and a share evaluation.
+
+    Attributes
+    ----------
+    inputs : MarketInputs
+        Kernel inputs at the base prices.
+    prices : numpy.ndarray
+        ``[T, J]`` base prices p⁰ (0 in padding).
+    derivative : numpy.ndarray
+        ``[T, J, I]`` D (0 in padding).
+    """
+
+    inputs: MarketInputs
+    prices: np.ndarray
+    derivative: np.ndarray
+
+    def state(self, prices: np.ndarray, markets: np.ndarray | None = None) -> PriceState:
+        """Demand and its price derivatives at ``prices`` ``[T', J]`` in ``markets`` (default all).
+
+        Parameters
+        ----------
+        prices : numpy.ndarray
+            ``[T', J]`` prices of the chosen markets.
+        markets : numpy.ndarray, optional
+            Indexes into this group of markets (not layout positions).
+
+        Returns
+        -------
+        PriceState
+        """
+        inputs = self.inputs
+        if markets is None or markets.size == inputs.mask.shape[0]:
+            chosen = slice(None)
+            nesting = inputs.nesting
+        else:
+            chosen = markets
+            nesting = inputs.nesting.subset(markets)
+        mask = inputs.mask[chosen]
+        derivative = self.derivative[chosen]
+        change = np.where(mask, prices - self.prices[chosen], 0.0)
+        mu = inputs.mu[chosen] + derivative * change[:, :, None]
+        weights = inputs.weights[chosen]
+        probabilities = ShareEvaluator(mu, weights, mask, nesting).probabilities(
+            inputs.delta[chosen]
+        )
+        return PriceState.at(probabilities, weights, nesting, mask, derivative)
+
+
+@dataclass(frozen=True, eq=False)
 class DemandSystem:
     """Estimated demand, evaluable on the estimation data or on changed data.
 
@@ -102,6 +156,8 @@ class DemandSystem:
     nest_codes: np.ndarray | None = None
     rho: np.ndarray | None = None
     chunk_size: int | None = None
+    # Formula rebuilds on the estimation data, kept per instance (with_parameters starts afresh).
+    cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ evaluation
     def with_parameters(self, beta: np.ndarray, theta: np.ndarray | None = None) -> DemandSystem:
@@ -298,12 +354,38 @@ class DemandSystem:
         return data.iloc[selected]
 
     def utility_derivative(
-        self, inputs: MarketInputs, variable: str, frame: pd.DataFrame
+        self,
+        inputs: MarketInputs,
+        variable: str,
+        frame: pd.DataFrame,
+        *,
+        estimation: bool = False,
     ) -> np.ndarray:
         """∂V_ji/∂x_j for a product-data column x: ``[T, J, I]``.
 
-        ``frame`` holds the product data of the real slots of ``inputs`` in slot order.
+        ``frame`` holds the product data of the real slots of ``inputs`` in slot order;
+        ``estimation=True`` says it is the estimation data, whose column derivatives (formula
+        rebuilds) are computed once and kept.
         """
+        if estimation:
+            d_x1, d_x2 = self._estimation_derivatives(variable)
+            rows = inputs.rows[inputs.mask]
+            d_x1, d_x2 = d_x1[rows], d_x2[rows]
+        else:
+            d_x1, d_x2 = self._column_derivatives(frame, variable)
+        mean_part = np.zeros(inputs.mask.shape)
+        mean_part[inputs.mask] = d_x1 @ self.beta
+        derivative = np.repeat(mean_part[:, :, None], inputs.mu.shape[2], axis=2)
+        if self.design.random.size and inputs.coefficients.shape[2]:
+            d_x2_slots = np.zeros((*inputs.mask.shape, self.design.random.size))
+            d_x2_slots[inputs.mask] = d_x2
+            derivative += np.matmul(d_x2_slots, np.swapaxes(inputs.coefficients, 1, 2))
+        return derivative
+
+    def _column_derivatives(
+        self, frame: pd.DataFrame, variable: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Derivatives of the X1 and X2 columns with respect to ``variable`` on ``frame``."""
         design = self.design
         check_columns(frame, [variable])
         d_x1 = np.column_stack(
@@ -312,14 +394,15 @@ class DemandSystem:
                 design.endog.derivative(frame, variable, design.context),
             ]
         )
-        mean_part = np.zeros(inputs.mask.shape)
-        mean_part[inputs.mask] = d_x1 @ self.beta
-        derivative = np.repeat(mean_part[:, :, None], inputs.mu.shape[2], axis=2)
-        if design.random.size and inputs.coefficients.shape[2]:
-            d_x2 = np.zeros((*inputs.mask.shape, design.random.size))
-            d_x2[inputs.mask] = design.random.derivative(frame, variable, design.context)
-            derivative += np.matmul(d_x2, np.swapaxes(inputs.coefficients, 1, 2))
-        return derivative
+        if not design.random.size:
+            return d_x1, np.zeros((len(frame), 0))
+        return d_x1, design.random.derivative(frame, variable, design.context)
+
+    def _estimation_derivatives(self, variable: str) -> tuple[np.ndarray, np.ndarray]:
+        key = ("derivatives", variable)
+        if key not in self.cache:
+            self.cache[key] = self._column_derivatives(self.design.data, variable)
+        return self.cache[key]
 
     def jacobian(
         self,
@@ -337,7 +420,7 @@ class DemandSystem:
         inputs = self.inputs(positions, data, rows)
         frame = self.rows_frame(inputs.rows[inputs.mask], data, rows)
         # The derivative checks the column first, so a bad ``variable`` fails before share work.
-        derivative = self.utility_derivative(inputs, variable, frame)
+        derivative = self.utility_derivative(inputs, variable, frame, estimation=data is None)
         probabilities = inputs.probabilities()
         jacobian = share_jacobian(
             probabilities, inputs.weights, inputs.nesting, inputs.mask, derivative
@@ -357,3 +440,80 @@ class DemandSystem:
         if self.design.product_ids is not None:
             return self.design.product_ids[rows]
         return self.design.layout.position[rows]
+
+    def priced(
+        self,
+        positions: np.ndarray,
+        data: pd.DataFrame | None = None,
+        rows: np.ndarray | None = None,
+        variable: str = "prices",
+    ) -> PricedMarkets:
+        """Markets ready for evaluation at other prices (see :class:`PricedMarkets`).
+
+        Parameters
+        ----------
+        positions : numpy.ndarray
+            Market positions.
+        data : pandas.DataFrame, optional
+            Changed product data (its prices are the base prices).
+        rows : numpy.ndarray, optional
+            Estimation rows of ``data``.
+        variable : str
+            The price column.
+
+        Raises
+        ------
+        BLPInputError
+            Utilities are not linear in the price column (see :meth:`check_linear`).
+        """
+        inputs = self.inputs(positions, data, rows)
+        frame = self.rows_frame(inputs.rows[inputs.mask], data, rows)
+        if data is None:
+            if ("linear", variable) not in self.cache:
+                self.check_linear(self.design.data, variable)
+                self.cache["linear", variable] = True
+        else:
+            self.check_linear(frame, variable)
+        derivative = self.utility_derivative(inputs, variable, frame, estimation=data is None)
+        prices = np.zeros(inputs.mask.shape)
+        prices[inputs.mask] = np.asarray(frame[variable], dtype=np.float64)
+        return PricedMarkets(inputs, prices, derivative)
+
+    def check_linear(self, frame: pd.DataFrame, variable: str = "prices") -> None:
+        """Raise unless every regressor and random-coefficient column is linear in ``variable``.
+
+        Equilibrium prices, passthrough and profit Hessians move prices along straight lines
+        in utility: the change of each column after a unit step must equal its derivative.
+
+        Raises
+        ------
+        BLPInputError
+            Naming the columns that are not linear in the variable.
+        """
+        design = self.design
+        self.check_variable(variable, frame)
+        base = np.asarray(frame[variable], dtype=np.float64)
+        step = np.maximum(np.abs(base), 1.0)
+        moved = frame.copy()
+        moved[variable] = base + step
+        bad: list[str] = []
+        for block in (design.exog, design.endog, design.random):
+            if not block.size or variable not in self._block_variables(block):
+                continue
+            slope = block.derivative(frame, variable, design.context)
+            change = block.rebuild(moved, design.context) - block.rebuild(frame, design.context)
+            expected = slope * step[:, None]
+            scale = np.abs(expected) + np.abs(change) + 1e-12
+            wrong = (np.abs(change - expected) > 1e-6 * scale).any(axis=0)
+            bad.extend(name for name, flag in zip(block.names, wrong, strict=True) if flag)
+        if bad:
+            raise BLPInputError(
+                f"the supply side needs utilities linear in {variable!r}, but the terms "
+                f"{sorted(set(bad))} are not; write the model with {variable!r} entering "
+                "linearly (interactions with characteristics are fine)"
+            )
+
+    def _block_variables(self, block: Any) -> set[str]:
+        if block.columns_only:
+            return set(block.names)
+        return required_variables(block.formula) - set(self.design.context)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -23,14 +24,23 @@ from scipy import stats
 from statsmodels.base.model import LikelihoodModelResults, LikelihoodResultsWrapper
 from statsmodels.iolib.summary import Summary
 
+from . import supply
 from .agents import AgentDesign
-from .demand import DemandSystem
+from .demand import DemandSystem, PricedMarkets
 from .design import check_columns
-from .exceptions import BLPInputError, FixedPointError
+from .exceptions import BLPInputError, ConvergenceWarning, FixedPointError
 from .integration import Integration, build_integration
 from .kernel import ShareEvaluator, solve_delta
+from .supply import Ownership, ownership_matrices, resolve_ownership
 
-__all__ = ["BLPResults", "BLPResultsWrapper", "BootstrappedResults", "EstimationInfo"]
+__all__ = [
+    "BLPResults",
+    "BLPResultsWrapper",
+    "BootstrappedResults",
+    "Equilibrium",
+    "EstimationInfo",
+    "MergerResults",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -633,6 +643,952 @@ class BLPResults(LikelihoodModelResults):
             samples[:, k1:] = clipped
         return BootstrappedResults(self, pd.DataFrame(samples, columns=self.model.data.param_names))
 
+    # ------------------------------------------------------------------ supply side
+    def _ownership(self, firm_ids: Any = None, ownership: Any = None) -> Ownership:
+        design = self.model.design
+        return resolve_ownership(
+            design.firm_ids,
+            design.market_ids,
+            design.data.index,
+            firm_ids,
+            ownership,
+            product_labels=self.demand.product_labels(np.arange(design.nobs)),
+        )
+
+    def _product_series(self, values: np.ndarray, rows: np.ndarray, name: str) -> pd.Series:
+        design = self.model.design
+        index = pd.MultiIndex.from_arrays(
+            [design.market_ids[rows], self.demand.product_labels(rows)],
+            names=["market_ids", "product_ids"],
+        )
+        return pd.Series(values, index=index, name=name)
+
+    def _market_series(self, values: np.ndarray, positions: np.ndarray, name: str) -> pd.Series:
+        labels = self.model.design.layout.market_labels[positions]
+        return pd.Series(values, index=pd.Index(labels, name="market_ids"), name=name)
+
+    def _prices(self, rows: np.ndarray) -> np.ndarray:
+        design = self.model.design
+        self.demand.check_variable("prices")
+        return np.asarray(design.data["prices"], dtype=np.float64)[rows]
+
+    def _markup_rows(
+        self, market_id: Any, firm_ids: Any, ownership: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Estimation rows of the chosen markets (data order) and their markups p − c."""
+        design = self.model.design
+        positions = self.demand.market_positions(market_id)
+        spec = self._ownership(firm_ids, ownership)
+        self.demand.check_variable("prices")
+        codes = design.layout.pad(spec.codes)
+        rows, values = [], []
+        for chunk in self.demand.chunks(positions):
+            jacobian, inputs, probabilities = self.demand.jacobian(chunk, "prices")
+            omega = ownership_matrices(codes[chunk], inputs.mask, spec.kappa)
+            eta = supply.markups(jacobian, probabilities.shares, omega, inputs.mask)
+            rows.append(inputs.rows[inputs.mask])
+            values.append(eta[inputs.mask])
+        rows_all, eta_all = np.concatenate(rows), np.concatenate(values)
+        bad = ~np.isfinite(eta_all)
+        if bad.any():
+            markets = pd.unique(design.market_ids[rows_all[bad]])
+            raise BLPInputError(
+                f"the first-order conditions are singular in markets {markets[:5].tolist()}: "
+                "markups are not determined there (does demand respond to prices?)"
+            )
+        order = np.argsort(rows_all, kind="stable")
+        return rows_all[order], eta_all[order]
+
+    def markups(
+        self, market_id: Any = None, *, firm_ids: Any = None, ownership: Any = None
+    ) -> pd.Series:
+        """Bertrand–Nash markups p − c implied by the estimated demand at observed prices.
+
+        They solve the first-order conditions s + (Ω ⊙ (∂s/∂p)ᵀ)(p − c) = 0, with Ω the
+        ownership matrix, in all markets at once.
+
+        Parameters
+        ----------
+        market_id : optional
+            One market, a list, or None for all.
+        firm_ids : Series, array-like or mapping, optional
+            Firms that set prices instead of the product data's ``firm_ids``: one id per
+            product row (a Series with the product data's index, or an array in its order), or
+            a mapping old firm → new firm (firms not named keep theirs).
+        ownership : {"monopoly", "single"} or callable, optional
+            ``"monopoly"``: one firm per market; ``"single"``: each product its own firm; a
+            callable ``kappa(f, g)``: the weight firm f puts on firm g's profits (partial or
+            common ownership; only κ(f, g)/κ(f, f) matters).
+
+        Returns
+        -------
+        pandas.Series
+            Markups labelled by ``(market_ids, product_ids)``.
+
+        Raises
+        ------
+        BLPInputError
+            No ``firm_ids`` column when firms are needed (with how to add one), unknown or
+            missing firm ids, a bad ownership callable, unknown markets, no ``prices``
+            column in the model.
+
+        Examples
+        --------
+        With ``results`` from the IV + fixed-effects logit of Mixtape exercise 1 (firms in a
+        ``firm_ids`` column), single-product firms' logit markups are 1/(−α(1 − s)):
+
+        >>> markups = results.markups(ownership="single")  # doctest: +SKIP
+        >>> alpha = results.params["prices"]  # doctest: +SKIP
+        >>> expected = -1 / (alpha * (1 - data["shares"].to_numpy()))  # doctest: +SKIP
+        >>> bool(np.allclose(markups, expected))  # doctest: +SKIP
+        True
+        """
+        rows, eta = self._markup_rows(market_id, firm_ids, ownership)
+        return self._product_series(eta, rows, "markups")
+
+    def costs(
+        self, market_id: Any = None, *, firm_ids: Any = None, ownership: Any = None
+    ) -> pd.Series:
+        """Marginal costs c = p − markup, imputed from Bertrand–Nash pricing.
+
+        Parameters
+        ----------
+        market_id, firm_ids, ownership
+            As in :meth:`markups`.
+
+        Returns
+        -------
+        pandas.Series
+            Costs labelled by ``(market_ids, product_ids)``.
+
+        Raises
+        ------
+        BLPInputError
+            As in :meth:`markups`.
+
+        Examples
+        --------
+        Mixtape exercise 1, supplemental 3 (IV + fixed-effects logit, firms from the first
+        two characters of ``product_ids``):
+
+        >>> costs = results.costs()  # doctest: +SKIP
+        >>> round(float(costs.mean()), 4)  # doctest: +SKIP
+        0.087
+        """
+        rows, eta = self._markup_rows(market_id, firm_ids, ownership)
+        return self._product_series(self._prices(rows) - eta, rows, "costs")
+
+    def margins(
+        self, market_id: Any = None, *, firm_ids: Any = None, ownership: Any = None
+    ) -> pd.Series:
+        """Lerner indices (p − c)/p.
+
+        Parameters
+        ----------
+        market_id, firm_ids, ownership
+            As in :meth:`markups`.
+
+        Returns
+        -------
+        pandas.Series
+            Margins labelled by ``(market_ids, product_ids)``.
+
+        Raises
+        ------
+        BLPInputError
+            As in :meth:`markups`, and prices that are not positive.
+
+        Examples
+        --------
+        >>> margins = results.margins(market_id="C01Q1")  # doctest: +SKIP
+        >>> bool((margins > 0).all())  # doctest: +SKIP
+        True
+        """
+        rows, eta = self._markup_rows(market_id, firm_ids, ownership)
+        prices = self._prices(rows)
+        if (prices <= 0).any():
+            market = self.model.design.market_ids[rows[np.flatnonzero(prices <= 0)[0]]]
+            raise BLPInputError(
+                f"column 'prices' has prices <= 0 (first in market {market!r}): margins "
+                "(p − c)/p need positive prices; use markups() instead"
+            )
+        return self._product_series(eta / prices, rows, "margins")
+
+    def profits(
+        self,
+        market_id: Any = None,
+        *,
+        firm_ids: Any = None,
+        ownership: Any = None,
+        market_size: Any = None,
+    ) -> pd.Series:
+        """Variable profits (p − c)·s per product, per unit of market size unless sized.
+
+        Parameters
+        ----------
+        market_id, firm_ids, ownership
+            As in :meth:`markups`.
+        market_size : str, float or pandas.Series, optional
+            A product-data column, one number, or a Series indexed by ``market_ids``;
+            profits are then (p − c)·s·size.
+
+        Returns
+        -------
+        pandas.Series
+            Profits labelled by ``(market_ids, product_ids)``.
+
+        Raises
+        ------
+        BLPInputError
+            As in :meth:`markups`, and market sizes that are missing, not positive or not
+            finite.
+
+        Examples
+        --------
+        >>> profits = results.profits(market_size="market_size")  # doctest: +SKIP
+        >>> profits.groupby("market_ids").sum().head()  # doctest: +SKIP
+        """
+        rows, eta = self._markup_rows(market_id, firm_ids, ownership)
+        sizes = self._market_sizes(market_size, rows)
+        values = eta * self.model.design.shares[rows] * sizes
+        return self._product_series(values, rows, "profits")
+
+    def _market_sizes(self, market_size: Any, rows: np.ndarray) -> np.ndarray:
+        """Market size of each row: 1, a column, a number or a Series by market id."""
+        design = self.model.design
+        if market_size is None:
+            return np.ones(rows.size)
+        if isinstance(market_size, str):
+            check_columns(design.data, [market_size])
+            sizes = pd.to_numeric(design.data[market_size], errors="coerce").to_numpy()[rows]
+            what = f"column {market_size!r}"
+        elif isinstance(market_size, pd.Series):
+            sizes = market_size.reindex(design.market_ids[rows]).to_numpy(dtype=np.float64)
+            what = "market_size"
+            if np.isnan(sizes).any():
+                market = design.market_ids[rows[np.flatnonzero(np.isnan(sizes))[0]]]
+                raise BLPInputError(f"market_size has no value for market {market!r}")
+        elif isinstance(market_size, (int, float, np.number)) and not isinstance(market_size, bool):
+            sizes = np.full(rows.size, float(market_size))
+            what = "market_size"
+        else:
+            raise BLPInputError(
+                "market_size must be a column name, a number or a Series indexed by market_ids, "
+                f"got {type(market_size).__name__}"
+            )
+        bad = ~np.isfinite(sizes) | (sizes <= 0)
+        if bad.any():
+            market = design.market_ids[rows[np.flatnonzero(bad)[0]]]
+            raise BLPInputError(
+                f"{what}: market sizes must be positive numbers (first bad in market {market!r})"
+            )
+        return sizes
+
+    def hhi(
+        self,
+        market_id: Any = None,
+        *,
+        firm_ids: Any = None,
+        ownership: str | None = None,
+        data: pd.DataFrame | None = None,
+    ) -> pd.Series:
+        """Herfindahl–Hirschman index per market, on shares within the inside goods.
+
+        HHI = 10,000 Σ_f (S_f / S)², S_f firm f's share and S the inside share, so one firm
+        gives 10,000 whatever the outside good's share. (pyblp's ``compute_hhi`` uses
+        shares of the whole market, outside good included, and gives 10,000 S².)
+
+        Parameters
+        ----------
+        market_id : optional
+            One market, a list, or None for all (or all markets of ``data``).
+        firm_ids, ownership
+            As in :meth:`markups` (profit weights do not enter the index).
+        data : pandas.DataFrame, optional
+            Changed product data: shares are predicted there (ξ held).
+
+        Returns
+        -------
+        pandas.Series
+            Indices labelled by ``market_ids``.
+
+        Raises
+        ------
+        BLPInputError
+            As in :meth:`markups`, and bad ``data`` as in :meth:`predict`.
+
+        Examples
+        --------
+        >>> results.hhi(ownership="monopoly").unique().tolist()  # doctest: +SKIP
+        [10000.0]
+        """
+        design = self.model.design
+        spec = self._ownership(firm_ids, None if callable(ownership) else ownership)
+        rows = None if data is None else design.match_rows(_check_frame(data))
+        positions = self._positions(market_id, rows)
+        codes = design.layout.pad(spec.codes)
+        values = []
+        for chunk in self.demand.chunks(positions):
+            if data is None:
+                mask = design.layout.mask[chunk]
+                shares = np.where(mask, design.shares[design.layout.index[chunk]], 0.0)
+            else:
+                inputs = self.demand.inputs(chunk, data, rows)
+                self.demand.rows_frame(inputs.rows[inputs.mask], data, rows)
+                mask, shares = inputs.mask, inputs.probabilities().shares
+            values.append(supply.hhi(shares, codes[chunk], mask))
+        return self._market_series(np.concatenate(values), positions, "hhi")
+
+    def _positions(self, market_id: Any, rows: np.ndarray | None) -> np.ndarray:
+        """Markets asked for; with new data, those it covers (and ``market_id`` among them)."""
+        if rows is None:
+            return self.demand.market_positions(market_id)
+        covered = np.unique(self.model.design.layout.codes[rows])
+        if market_id is None:
+            return covered
+        positions = self.demand.market_positions(market_id)
+        missing = positions[~np.isin(positions, covered)]
+        if missing.size:
+            labels = self.model.design.layout.market_labels[missing]
+            raise BLPInputError(f"market_id {labels[:5].tolist()} not in the data passed")
+        return positions
+
+    def consumer_surplus(
+        self, data: pd.DataFrame | None = None, *, market_id: Any = None
+    ) -> pd.Series:
+        """Expected consumer surplus per market, per unit of market size.
+
+        CS_t = Σ_i w_i log(1 + Σ_h e^{IV_hi}) / (−α_i), with α_i agent i's price coefficient
+        (nests and random coefficients included); ξ and fixed effects are held at their
+        estimates. Differences between two calls (e.g. after a merger) are the
+        compensating variation of the price changes.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame, optional
+            Changed product data (complete markets): the counterfactual surplus.
+        market_id : optional
+            One market, a list, or None for all (or all markets of ``data``).
+
+        Returns
+        -------
+        pandas.Series
+            Surplus labelled by ``market_ids``.
+
+        Raises
+        ------
+        BLPInputError
+            The price coefficient differs across products (prices enter through a
+            transformation such as ``log(prices)`` or an interaction): money-metric surplus
+            needs one price coefficient per agent; bad ``data`` as in :meth:`predict`.
+
+        Warns
+        -----
+        UserWarning
+            Some agents have a positive price coefficient (a normal random coefficient on
+            price): their log-sum divided by −α_i is negative and is included, as pyblp does.
+
+        Examples
+        --------
+        >>> before = results.consumer_surplus()  # doctest: +SKIP
+        >>> dearer = data.assign(prices=data["prices"] * 1.1)  # doctest: +SKIP
+        >>> bool((results.consumer_surplus(dearer) < before).all())  # doctest: +SKIP
+        True
+        """
+        design = self.model.design
+        rows = None if data is None else design.match_rows(_check_frame(data))
+        positions = self._positions(market_id, rows)
+        self.demand.check_variable("prices", data)
+        values, positive = [], 0.0
+        for chunk in self.demand.chunks(positions):
+            inputs = self.demand.inputs(chunk, data, rows)
+            frame = self.demand.rows_frame(inputs.rows[inputs.mask], data, rows)
+            derivative = self.demand.utility_derivative(
+                inputs, "prices", frame, estimation=data is None
+            )
+            probabilities = inputs.probabilities()
+            surplus, share = _surplus(probabilities, inputs.weights, inputs.mask, derivative)
+            values.append(surplus)
+            positive = max(positive, share)
+        _warn_positive_price_coefficients(positive)
+        return self._market_series(np.concatenate(values), positions, "consumer_surplus")
+
+    def passthrough(
+        self, market_id: Any = None, *, firm_ids: Any = None, ownership: Any = None
+    ) -> pd.DataFrame:
+        """Cost passthrough ∂p_j/∂c_k (row j, column k) at the observed equilibrium.
+
+        The implicit-function derivative of the first-order conditions
+        F(p, c) = s + (Ω ⊙ (∂s/∂p)ᵀ)(p − c) = 0, with exact second derivatives of the shares:
+        ∂p/∂c = (∂F/∂p)⁻¹ (Ω ⊙ (∂s/∂p)ᵀ). Costs are those implied by the same ownership.
+
+        Parameters
+        ----------
+        market_id : optional
+            One market (a J×J frame), a list, or None (stacked, rows labelled by
+            ``(market_ids, product_ids)``).
+        firm_ids, ownership
+            As in :meth:`markups`.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        BLPInputError
+            As in :meth:`markups`, and utilities that are not linear in prices.
+
+        Examples
+        --------
+        >>> passthrough = results.passthrough("C01Q1")  # doctest: +SKIP
+        >>> passthrough.loc["F1B04", "F1B04"]  # doctest: +SKIP
+        """
+        design = self.model.design
+        positions = self.demand.market_positions(market_id)
+        spec = self._ownership(firm_ids, ownership)
+        codes = design.layout.pad(spec.codes)
+        pieces = []
+        for chunk in self.demand.chunks(positions):
+            priced = self.demand.priced(chunk)
+            state = priced.state(priced.prices)
+            omega = ownership_matrices(codes[chunk], state.product_mask, spec.kappa)
+            eta = supply.markups(state.jacobian, state.shares, omega, state.product_mask)
+            second = supply.foc_jacobian(state, omega, eta)
+            matrices = supply.passthrough(second, state.jacobian, omega, state.product_mask)
+            for t in range(chunk.size):
+                mask = state.product_mask[t]
+                rows = priced.inputs.rows[t][mask]
+                pieces.append(
+                    (
+                        design.layout.market_labels[chunk[t]],
+                        self._market_frame(matrices[t][np.ix_(mask, mask)], rows),
+                    )
+                )
+        return self._stack(pieces)
+
+    def profit_hessians(
+        self,
+        market_id: Any,
+        *,
+        firm_ids: Any = None,
+        ownership: Any = None,
+        costs: Any = None,
+    ) -> dict[Any, pd.DataFrame]:
+        """Each firm's profit Hessian in its own prices, ∂²π_f/∂p_j∂p_k, in one market.
+
+        π_f = Σ_g κ(f, g)/κ(f, f) Σ_{k∈g} (p_k − c_k) s_k (its own products' profits under
+        standard ownership). At an equilibrium, negative definite Hessians mean the
+        first-order conditions pick profit maxima.
+
+        Parameters
+        ----------
+        market_id
+            One market.
+        firm_ids, ownership
+            As in :meth:`markups`.
+        costs : pandas.Series or array-like, optional
+            Marginal costs per product row (aligned with the product data); default
+            :meth:`costs` under the same ownership.
+
+        Returns
+        -------
+        dict
+            Firm id → J_f×J_f DataFrame labelled by ``product_ids``.
+
+        Raises
+        ------
+        BLPInputError
+            As in :meth:`passthrough`; not a single market; bad costs.
+
+        Examples
+        --------
+        >>> hessians = results.profit_hessians("C01Q1")  # doctest: +SKIP
+        >>> all(np.linalg.eigvalsh(h).max() < 0 for h in hessians.values())  # doctest: +SKIP
+        True
+        """
+        design = self.model.design
+        positions = self.demand.market_positions(market_id)
+        if positions.size != 1:
+            raise BLPInputError("profit_hessians() takes a single market_id")
+        spec = self._ownership(firm_ids, ownership)
+        priced = self.demand.priced(positions)
+        state = priced.state(priced.prices)
+        mask = state.product_mask
+        omega = ownership_matrices(design.layout.pad(spec.codes)[positions], mask, spec.kappa)
+        if costs is None:
+            eta = supply.markups(state.jacobian, state.shares, omega, mask)
+        else:
+            cost_rows = _values_argument(costs, design.data.index, "costs", design.market_ids)
+            eta = np.where(mask, priced.prices - cost_rows[priced.inputs.rows], 0.0)
+        hessian = supply.foc_jacobian(state, omega, eta)[0]
+        rows = priced.inputs.rows[0][mask[0]]
+        codes = spec.codes[rows]
+        block = hessian[np.ix_(mask[0], mask[0])]
+        out = {}
+        for code in pd.unique(codes):
+            own = codes == code
+            out[spec.labels[code]] = self._market_frame(block[np.ix_(own, own)], rows[own])
+        return out
+
+    # ------------------------------------------------------------------ equilibrium
+    def _full_costs(self, costs: Any, data: pd.DataFrame | None, rows: np.ndarray | None):
+        """Costs of every estimation row: the argument where given, else imputed ones."""
+        design = self.model.design
+        if costs is None:
+            self._imputing_firms()
+            rows_all, eta = self._markup_rows(None, None, None)
+            full = np.full(design.nobs, np.nan)
+            full[rows_all] = self._prices(rows_all) - eta
+            return full
+        if data is None:
+            values = _values_argument(costs, design.data.index, "costs", design.market_ids)
+            given_rows = np.arange(design.nobs)
+        else:
+            market_ids = np.asarray(data["market_ids"], dtype=object)
+            values = _values_argument(costs, data.index, "costs", market_ids)
+            given_rows = rows
+        low = values <= 0
+        if low.any():
+            warnings.warn(
+                f"{int(low.sum())} costs are <= 0 (first in market "
+                f"{design.market_ids[given_rows[np.flatnonzero(low)[0]]]!r}); marginal costs are "
+                "usually positive: check their units",
+                UserWarning,
+                stacklevel=3,
+            )
+        full = np.full(design.nobs, np.nan)
+        full[given_rows] = values
+        return full
+
+    def _imputing_firms(self) -> Ownership:
+        """The data's firms, which imputed costs need (fails before any share work)."""
+        try:
+            return self._ownership()
+        except BLPInputError as error:
+            raise BLPInputError(f"{error}; or pass costs=") from error
+
+    def _solve(
+        self,
+        demand: DemandSystem,
+        positions: np.ndarray,
+        spec: Ownership,
+        costs: np.ndarray | None,
+        tol: float,
+        max_iterations: int,
+        *,
+        data: pd.DataFrame | None = None,
+        rows: np.ndarray | None = None,
+        cost_changes: np.ndarray | None = None,
+    ) -> _Solved:
+        """Equilibrium prices chunk by chunk.
+
+        ``costs`` None imputes them in each chunk from the observed prices under the product
+        data's firms (one share evaluation, kept as the pre-change state), then adds
+        ``cost_changes``.
+        """
+        _check_solver_options(tol, max_iterations)
+        design = self.model.design
+        codes = design.layout.pad(spec.codes)
+        pre_codes = None
+        if costs is None:
+            pre_codes = design.layout.pad(self._imputing_firms().codes)
+        pieces = []
+        for chunk in demand.chunks(positions):
+            priced = demand.priced(chunk, data, rows)
+            mask = priced.inputs.mask
+            pre_state = pre_markups = None
+            if pre_codes is not None:
+                pre_state = priced.state(priced.prices)
+                pre_omega = ownership_matrices(pre_codes[chunk], mask)
+                pre_markups = supply.markups(pre_state.jacobian, pre_state.shares, pre_omega, mask)
+                self._check_markups(pre_markups, mask, chunk)
+                slot_costs = priced.prices - pre_markups
+                if cost_changes is not None:
+                    slot_costs = slot_costs + np.where(mask, cost_changes[priced.inputs.rows], 0)
+            else:
+                assert costs is not None
+                slot_costs = np.where(mask, costs[priced.inputs.rows], 0.0)
+                missing = mask & ~np.isfinite(slot_costs)
+                if missing.any():
+                    market = design.layout.market_labels[chunk[missing.any(axis=1)][0]]
+                    raise BLPInputError(f"costs are missing or not finite in market {market!r}")
+            omega = ownership_matrices(codes[chunk], mask, spec.kappa)
+            solution = supply.solve_prices(
+                priced.state,
+                slot_costs,
+                priced.prices,
+                omega,
+                mask,
+                tol=tol,
+                max_iterations=max_iterations,
+            )
+            eta = np.where(mask, solution.prices - slot_costs, 0.0)
+            second = supply.foc_jacobian(solution.state, omega, eta)
+            eigenvalues = supply.firm_hessian_max_eigenvalues(second, codes[chunk], mask)
+            pieces.append(
+                _Piece(
+                    chunk,
+                    priced,
+                    solution,
+                    slot_costs,
+                    eigenvalues,
+                    codes[chunk],
+                    pre_state,
+                    pre_markups,
+                )
+            )
+        return _Solved(pieces, spec)
+
+    def _check_markups(self, eta: np.ndarray, mask: np.ndarray, chunk: np.ndarray) -> None:
+        bad = (mask & ~np.isfinite(eta)).any(axis=1)
+        if bad.any():
+            markets = self.model.design.layout.market_labels[chunk[bad]]
+            raise BLPInputError(
+                f"the first-order conditions are singular in markets {markets[:5].tolist()}: "
+                "markups are not determined there (does demand respond to prices?)"
+            )
+
+    def _equilibrium_record(
+        self, solved: _Solved, data: pd.DataFrame | None, rows: np.ndarray | None
+    ) -> Equilibrium:
+        design = self.model.design
+        slot_rows = np.concatenate(
+            [p.priced.inputs.rows[p.priced.inputs.mask] for p in solved.pieces]
+        )
+        prices = np.concatenate([p.solution.prices[p.priced.inputs.mask] for p in solved.pieces])
+        shares = np.concatenate(
+            [p.solution.state.shares[p.priced.inputs.mask] for p in solved.pieces]
+        )
+        costs = np.concatenate([p.costs[p.priced.inputs.mask] for p in solved.pieces])
+        order = np.argsort(slot_rows, kind="stable")
+        slot_rows, prices, shares, costs = (
+            slot_rows[order],
+            prices[order],
+            shares[order],
+            costs[order],
+        )
+        positions = np.concatenate([p.chunk for p in solved.pieces])
+        eigen = [
+            _firm_eigenvalues(p, solved.spec, design.layout.market_labels) for p in solved.pieces
+        ]
+        eigenvalues = pd.concat(eigen) if eigen else pd.Series(dtype=float)
+        markets = pd.DataFrame(
+            {
+                "iterations": np.concatenate([p.solution.iterations for p in solved.pieces]),
+                "foc_norm": np.concatenate([p.solution.foc_norm for p in solved.pieces]),
+                "converged": np.concatenate([p.solution.converged for p in solved.pieces]),
+                "max_hessian_eigenvalue": np.concatenate(
+                    [np.nanmax(p.eigenvalues, axis=1) for p in solved.pieces]
+                ),
+            },
+            index=pd.Index(design.layout.market_labels[positions], name="market_ids"),
+        )
+        if data is None:
+            frame = design.data.iloc[slot_rows].copy()
+            frame["prices"] = prices
+            frame[design.shares_column] = shares
+            frame["costs"] = costs
+        else:
+            assert rows is not None
+            inverse = pd.Series(np.arange(rows.size), index=rows)
+            where = inverse.reindex(slot_rows).to_numpy()
+            back = np.argsort(where)
+            frame = data.iloc[where[back]].copy()
+            frame["prices"] = prices[back]
+            frame[design.shares_column] = shares[back]
+            frame["costs"] = costs[back]
+        return Equilibrium(
+            prices=self._product_series(prices, slot_rows, "prices"),
+            shares=self._product_series(shares, slot_rows, "shares"),
+            costs=self._product_series(costs, slot_rows, "costs"),
+            markets=markets,
+            hessian_eigenvalues=eigenvalues,
+            data=frame,
+        )
+
+    def equilibrium_prices(
+        self,
+        data: pd.DataFrame | None = None,
+        *,
+        costs: Any = None,
+        firm_ids: Any = None,
+        ownership: Any = None,
+        market_id: Any = None,
+        tol: float = 1e-12,
+        max_iterations: int = 1000,
+    ) -> Equilibrium:
+        """Bertrand–Nash equilibrium prices and shares, all markets at once.
+
+        Prices solve s + (Ω ⊙ (∂s/∂p)ᵀ)(p − c) = 0 by the ζ-markup fixed point
+        p ← c + ζ(p) of Morrow and Skerlos (2011) (with the nested-logit split of ∂s/∂p for
+        nested models), finished with Newton steps on the first-order conditions once they
+        are small. A market has converged only when max_j |s_j + ((Ω ⊙ (∂s/∂p)ᵀ)(p − c))_j|
+        is below ``tol`` at the prices returned. ξ and the fixed effects stay at their
+        estimates, as in :meth:`predict`.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame, optional
+            Changed product data (complete markets; its prices are the starting point);
+            default the estimation data.
+        costs : pandas.Series or array-like, optional
+            Marginal costs per product row, aligned with ``data`` (or the product data);
+            default :meth:`costs` with the product data's firms.
+        firm_ids, ownership
+            Who sets prices, as in :meth:`markups` (e.g. the firms after a merger).
+        market_id : optional
+            One market, a list, or None for all (of ``data``).
+        tol : float
+            Tolerance on the profit-gradient norm.
+        max_iterations : int
+            Price updates per market.
+
+        Returns
+        -------
+        Equilibrium
+            Prices, shares and costs labelled by ``(market_ids, product_ids)``, per-market
+            iterations, profit-gradient norms, convergence flags and the largest eigenvalue
+            of the firms' profit Hessians, and the product data at the new prices.
+
+        Raises
+        ------
+        BLPInputError
+            As in :meth:`markups` and :meth:`predict`; costs missing or not finite; utilities
+            not linear in prices; bad ``tol`` or ``max_iterations``.
+
+        Warns
+        -----
+        ConvergenceWarning
+            Markets that did not converge, by name (flagged in ``markets["converged"]``).
+
+        Examples
+        --------
+        After a merger of firms F1 and F2 in Mixtape exercise 1:
+
+        >>> merged = results.equilibrium_prices(firm_ids={"F2": "F1"})  # doctest: +SKIP
+        >>> bool(merged.markets["converged"].all())  # doctest: +SKIP
+        True
+        """
+        design = self.model.design
+        rows = None if data is None else design.match_rows(_check_frame(data))
+        positions = self._positions(market_id, rows)
+        spec = self._ownership(firm_ids, ownership)
+        if costs is None and data is None:
+            self._imputing_firms()
+            full_costs = None
+        else:
+            full_costs = self._full_costs(costs, data, rows)
+        solved = self._solve(
+            self.demand, positions, spec, full_costs, tol, max_iterations, data=data, rows=rows
+        )
+        record = self._equilibrium_record(solved, data, rows)
+        failed = record.markets.index[~record.markets["converged"]].tolist()
+        if failed:
+            warnings.warn(
+                f"equilibrium prices did not converge in {len(failed)} market(s): "
+                f"{failed[:10]}; see .markets['foc_norm']",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        _warn_second_order(record)
+        return record
+
+    def merger(
+        self,
+        firm_ids: Any = None,
+        cost_changes: Any = None,
+        *,
+        ownership: Any = None,
+        market_id: Any = None,
+        market_size: Any = None,
+        tol: float = 1e-12,
+        max_iterations: int = 1000,
+    ) -> MergerResults:
+        """Merger simulation: the new Bertrand–Nash equilibrium beside the observed one.
+
+        Costs are imputed from the observed prices under the product data's firms, changed by
+        ``cost_changes``, and prices are solved again under the new owners
+        (:meth:`equilibrium_prices`); ξ and the fixed effects stay at their estimates.
+
+        Parameters
+        ----------
+        firm_ids : Series, array-like or mapping, optional
+            Firms after the merger, e.g. ``{"F2": "F1"}`` (F1 buys F2).
+        cost_changes : float, pandas.Series or array-like, optional
+            Added to each product's marginal cost after the merger (negative: efficiencies),
+            aligned with the product data.
+        ownership : {"monopoly", "single"} or callable, optional
+            Post-merger ownership instead of (or, a callable, on top of) ``firm_ids``.
+        market_id : optional
+            One market, a list, or None for all.
+        market_size : str, float or pandas.Series, optional
+            Scales profits and surplus (see :meth:`profits`); default per unit of market size.
+        tol, max_iterations
+            As in :meth:`equilibrium_prices`.
+
+        Returns
+        -------
+        MergerResults
+            ``products`` (per product: firms, prices, shares, markups, profits before, after
+            and the change) and ``markets`` (HHI, consumer surplus, total profit before, after
+            and the change), and ``summary()``.
+
+        Raises
+        ------
+        BLPInputError
+            Neither ``firm_ids`` nor ``ownership``; as in :meth:`equilibrium_prices`.
+        FixedPointError
+            Equilibrium prices did not converge in some markets (named, in ``.markets``).
+
+        Examples
+        --------
+        >>> merger = results.merger(firm_ids={"F2": "F1"})  # doctest: +SKIP
+        >>> print(merger.summary())  # doctest: +SKIP
+        """
+        if firm_ids is None and ownership is None:
+            raise BLPInputError("give the post-merger firms as firm_ids= (or ownership=)")
+        design = self.model.design
+        positions = self.demand.market_positions(market_id)
+        pre = self._ownership()
+        post = self._ownership(firm_ids, ownership)
+        changes = None if cost_changes is None else _changes_argument(cost_changes, design)
+        solved = self._solve(
+            self.demand, positions, post, None, tol, max_iterations, cost_changes=changes
+        )
+        record = self._equilibrium_record(solved, None, None)
+        failed = record.markets.index[~record.markets["converged"]].tolist()
+        if failed:
+            raise FixedPointError(
+                f"post-merger prices did not converge in {len(failed)} market(s): {failed[:10]}",
+                markets=failed,
+            )
+        before = _stack_pieces(solved, lambda p, mask: p.priced.prices[mask])
+        rows = before["rows"]
+        sizes = self._market_sizes(market_size, rows)
+        shares = design.shares[rows]
+        eta = _stack_pieces(solved, lambda p, mask: p.pre_markups[mask])["values"]
+        costs = record.costs.to_numpy()
+        prices, new_prices = before["values"], record.prices.to_numpy()
+        new_shares = record.shares.to_numpy()
+        quantities = {
+            "prices": (prices, new_prices),
+            "shares": (shares, new_shares),
+            "markups": (eta, new_prices - costs),
+            "profits": (eta * shares * sizes, (new_prices - costs) * new_shares * sizes),
+        }
+        products = pd.DataFrame(
+            {
+                "firm_ids_pre": pre.labels[pre.codes[rows]],
+                "firm_ids_post": post.labels[post.codes[rows]],
+                **_before_after(quantities),
+            },
+            index=record.prices.index,
+        )
+        market_sizes = pd.Series(sizes).groupby(design.market_ids[rows], sort=False).first()
+        market_sizes = market_sizes.reindex(record.markets.index).to_numpy()
+        surplus_pre, surplus_post = _merger_surplus(solved)
+        totals = products.groupby(level="market_ids", sort=False)[["profits_pre", "profits_post"]]
+        summed = totals.sum().reindex(record.markets.index)
+        per_market = {
+            "hhi": _merger_hhi(solved, pre, design.shares),
+            "consumer_surplus": (surplus_pre * market_sizes, surplus_post * market_sizes),
+            "profits": (summed["profits_pre"].to_numpy(), summed["profits_post"].to_numpy()),
+        }
+        markets = pd.DataFrame(_before_after(per_market), index=record.markets.index)
+        _warn_second_order(record)
+        return MergerResults(products=products, markets=markets, equilibrium=record)
+
+    def simulate(
+        self,
+        params: Any = None,
+        *,
+        costs: Any = None,
+        firm_ids: Any = None,
+        ownership: Any = None,
+        tol: float = 1e-12,
+        max_iterations: int = 1000,
+    ) -> Equilibrium:
+        """The estimated economy at other parameters, in equilibrium, as new product data.
+
+        Demand is rebuilt at ``params`` with ξ and the fixed effects held at their estimates
+        (δ = δ̂ + X1(β − β̂)) and prices and shares are solved at the Bertrand–Nash
+        equilibrium with the given costs. The result's ``data`` are the product data with the
+        new ``prices``, shares and a ``costs`` column, ready for ``from_formula`` (e.g. to
+        check that an estimator recovers the parameters it was simulated at).
+
+        Parameters
+        ----------
+        params : mapping or pandas.Series, optional
+            Parameter values by name (those of ``results.params``); parameters not named keep
+            their estimates.
+        costs : pandas.Series or array-like, optional
+            Marginal costs per product row; default :meth:`costs` at the estimates.
+        firm_ids, ownership
+            Who sets prices, as in :meth:`markups`.
+        tol, max_iterations
+            As in :meth:`equilibrium_prices`.
+
+        Returns
+        -------
+        Equilibrium
+            As from :meth:`equilibrium_prices`; ``data`` holds the simulated product data.
+
+        Raises
+        ------
+        BLPInputError
+            Unknown parameter names or non-finite values; as in :meth:`equilibrium_prices`.
+        FixedPointError
+            Prices did not converge in some markets (named).
+
+        Examples
+        --------
+        Mixtape exercise 1, supplemental 4: α = −20 with the imputed costs, then estimate
+        again with the costs as the instrument:
+
+        >>> simulated = results.simulate({"prices": -20}).data  # doctest: +SKIP
+        >>> again = BLPLogit.from_formula(
+        ...     "shares ~ 0 + [prices ~ costs]", simulated,
+        ...     absorb="C(market_ids) + C(product_ids)").fit()  # doctest: +SKIP
+        >>> round(float(again.params["prices"]), 2)  # doctest: +SKIP
+        -19.39
+        """
+        values = self._parameter_vector(params)
+        k1 = len(self.beta)
+        demand = self.demand.with_parameters(values[:k1], values[k1:] if values.size > k1 else None)
+        full_costs = self._full_costs(costs, None, None)
+        spec = self._ownership(firm_ids, ownership)
+        positions = self.demand.market_positions(None)
+        solved = self._solve(demand, positions, spec, full_costs, tol, max_iterations)
+        record = self._equilibrium_record(solved, None, None)
+        failed = record.markets.index[~record.markets["converged"]].tolist()
+        if failed:
+            raise FixedPointError(
+                f"simulated prices did not converge in {len(failed)} market(s): {failed[:10]}",
+                markets=failed,
+            )
+        _warn_second_order(record)
+        return record
+
+    def _parameter_vector(self, params: Any) -> np.ndarray:
+        """Estimates with the entries named in ``params`` replaced."""
+        names = list(self.model.data.param_names)
+        values = np.asarray(self.params, dtype=np.float64).copy()
+        if params is None:
+            return values
+        if not isinstance(params, (Mapping, pd.Series)):
+            raise BLPInputError(
+                f"params must map parameter names to values, got {type(params).__name__}"
+            )
+        for name, value in dict(params).items():
+            if name not in names:
+                raise BLPInputError(f"unknown parameter {name!r}; the parameters are {names}")
+            number = float(value)
+            if not np.isfinite(number):
+                raise BLPInputError(f"parameter {name!r} must be finite, got {value!r}")
+            values[names.index(name)] = number
+        return values
+
     # ------------------------------------------------------------------ summary
     def summary(
         self,
@@ -751,6 +1707,271 @@ def _check_frame(data: Any) -> pd.DataFrame:
     if not isinstance(data, pd.DataFrame):
         raise BLPInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
     return data
+
+
+# ---------------------------------------------------------------------- supply-side records
+@dataclass(frozen=True, eq=False)
+class Equilibrium:
+    """Bertrand–Nash equilibrium prices and shares (see :meth:`BLPResults.equilibrium_prices`).
+
+    Attributes
+    ----------
+    prices, shares, costs : pandas.Series
+        Per product, labelled by ``(market_ids, product_ids)``.
+    markets : pandas.DataFrame
+        Per market: ``iterations`` (price updates), ``foc_norm`` (max_j |F_j| at the
+        returned prices), ``converged`` and ``max_hessian_eigenvalue`` (largest eigenvalue
+        of any firm's profit Hessian in its own prices: negative when the second-order
+        conditions hold).
+    hessian_eigenvalues : pandas.Series
+        Largest eigenvalue of each firm's profit Hessian, labelled by
+        ``(market_ids, firm_ids)``.
+    data : pandas.DataFrame
+        The product data of the markets solved, with the new prices and shares.
+    """
+
+    prices: pd.Series
+    shares: pd.Series
+    costs: pd.Series
+    markets: pd.DataFrame
+    hessian_eigenvalues: pd.Series
+    data: pd.DataFrame
+
+    @property
+    def converged(self) -> bool:
+        """Whether every market converged."""
+        return bool(self.markets["converged"].all())
+
+    @property
+    def markups(self) -> pd.Series:
+        """p − c at the equilibrium."""
+        return (self.prices - self.costs).rename("markups")
+
+
+@dataclass(frozen=True, eq=False)
+class MergerResults:
+    """Before and after a merger (see :meth:`BLPResults.merger`).
+
+    Attributes
+    ----------
+    products : pandas.DataFrame
+        Per product (``(market_ids, product_ids)``): ``firm_ids_pre``, ``firm_ids_post`` and
+        ``<quantity>_pre``, ``_post``, ``_change`` for prices, shares, markups (p − c) and
+        profits.
+    markets : pandas.DataFrame
+        Per market: ``hhi``, ``consumer_surplus`` and total ``profits``, each ``_pre``,
+        ``_post`` and ``_change``.
+    equilibrium : Equilibrium
+        The post-merger equilibrium (convergence diagnostics, Hessian eigenvalues, data).
+    """
+
+    products: pd.DataFrame
+    markets: pd.DataFrame
+    equilibrium: Equilibrium
+
+    def summary(self) -> str:
+        """A short text report: price changes, HHI, surplus and profits.
+
+        Examples
+        --------
+        >>> print(merger.summary())  # doctest: +SKIP
+        """
+        products, markets = self.products, self.markets
+        moved = products["firm_ids_pre"].astype(str) != products["firm_ids_post"].astype(str)
+        firms = products.loc[moved, "firm_ids_pre"].astype(str).unique().tolist()
+        change = 100 * products["prices_change"] / products["prices_pre"]
+        merging = products["firm_ids_post"].isin(products.loc[moved, "firm_ids_post"])
+        lines = [
+            "Merger simulation",
+            "=" * 60,
+            f"Markets: {len(markets)}    Products: {len(products)}",
+            f"Firms whose owner changed: {firms[:10]}",
+            f"Price change, merging firms' products: mean {change[merging].mean():.3g}%, "
+            f"median {change[merging].median():.3g}%",
+            f"Price change, other products: mean {change[~merging].mean():.3g}%, "
+            f"median {change[~merging].median():.3g}%",
+            f"HHI: mean {markets['hhi_pre'].mean():.0f} -> {markets['hhi_post'].mean():.0f} "
+            f"(mean change {markets['hhi_change'].mean():.0f})",
+            _total_line("Consumer surplus", markets, "consumer_surplus"),
+            _total_line("Profits", markets, "profits"),
+            f"Equilibrium: max FOC norm {self.equilibrium.markets['foc_norm'].max():.2g}, "
+            f"max profit-Hessian eigenvalue "
+            f"{self.equilibrium.markets['max_hessian_eigenvalue'].max():.3g}",
+        ]
+        return "\n".join(lines)
+
+
+def _total_line(label: str, markets: pd.DataFrame, name: str) -> str:
+    change, before = markets[f"{name}_change"].sum(), markets[f"{name}_pre"].sum()
+    return f"{label}: total change {change:.6g} ({100 * change / before:.3g}%)"
+
+
+@dataclass(frozen=True, eq=False)
+class _Piece:
+    chunk: np.ndarray
+    priced: PricedMarkets
+    solution: supply.EquilibriumSolution
+    costs: np.ndarray
+    eigenvalues: np.ndarray
+    codes: np.ndarray
+    pre_state: supply.PriceState | None = None
+    pre_markups: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _Solved:
+    pieces: list[_Piece]
+    spec: Ownership
+
+
+def _firm_eigenvalues(piece: _Piece, spec: Ownership, market_labels: np.ndarray) -> pd.Series:
+    mask = piece.priced.inputs.mask
+    local = supply.local_firm_codes(piece.codes, mask)
+    markets = np.broadcast_to(np.arange(mask.shape[0])[:, None], mask.shape)[mask]
+    table = pd.DataFrame(
+        {"t": markets, "local": local[mask], "code": piece.codes[mask]}
+    ).drop_duplicates()
+    index = pd.MultiIndex.from_arrays(
+        [market_labels[piece.chunk[table["t"]]], spec.labels[table["code"]]],
+        names=["market_ids", "firm_ids"],
+    )
+    values = piece.eigenvalues[table["t"].to_numpy(), table["local"].to_numpy()]
+    return pd.Series(values, index=index, name="max_eigenvalue")
+
+
+def _stack_pieces(solved: _Solved, take: Any) -> dict[str, np.ndarray]:
+    """Estimation rows of the solved markets (sorted) and a per-slot quantity at them."""
+    rows, values = [], []
+    for piece in solved.pieces:
+        mask = piece.priced.inputs.mask
+        rows.append(piece.priced.inputs.rows[mask])
+        values.append(take(piece, mask))
+    flat_rows, flat_values = np.concatenate(rows), np.concatenate(values)
+    order = np.argsort(flat_rows, kind="stable")
+    return {"rows": flat_rows[order], "values": flat_values[order]}
+
+
+def _before_after(quantities: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+    columns = {}
+    for name, (before, after) in quantities.items():
+        columns[f"{name}_pre"] = before
+        columns[f"{name}_post"] = after
+        columns[f"{name}_change"] = after - before
+    return columns
+
+
+def _merger_hhi(
+    solved: _Solved, pre: Ownership, observed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """HHI at the observed shares and firms, and at the new shares and firms."""
+    before, after = [], []
+    for piece in solved.pieces:
+        inputs = piece.priced.inputs
+        mask = inputs.mask
+        shares = np.where(mask, observed[inputs.rows], 0.0)
+        before.append(supply.hhi(shares, pre.codes[inputs.rows], mask))
+        after.append(supply.hhi(piece.solution.state.shares, piece.codes, mask))
+    return np.concatenate(before), np.concatenate(after)
+
+
+def _merger_surplus(solved: _Solved) -> tuple[np.ndarray, np.ndarray]:
+    """Consumer surplus before and after, NaN (with a warning) where it is not defined."""
+    before, after, positive = [], [], 0.0
+    try:
+        for piece in solved.pieces:
+            for state, out in ((piece.pre_state, before), (piece.solution.state, after)):
+                assert state is not None
+                surplus, share = _surplus(
+                    state.probabilities,
+                    state.weights,
+                    state.product_mask,
+                    state.utility_derivative,
+                )
+                out.append(surplus)
+                positive = max(positive, share)
+    except BLPInputError as error:
+        warnings.warn(f"consumer surplus left out: {error}", UserWarning, stacklevel=3)
+        n_markets = sum(piece.chunk.size for piece in solved.pieces)
+        return np.full(n_markets, np.nan), np.full(n_markets, np.nan)
+    _warn_positive_price_coefficients(positive)
+    return np.concatenate(before), np.concatenate(after)
+
+
+def _warn_second_order(record: Equilibrium) -> None:
+    """Warn where prices satisfy the first-order conditions but not the second-order ones."""
+    markets = record.markets
+    saddle = markets.index[markets["converged"] & (markets["max_hessian_eigenvalue"] > 0)]
+    if len(saddle):
+        warnings.warn(
+            f"in {len(saddle)} market(s), e.g. {saddle[:5].tolist()}, a firm's profit Hessian "
+            "has a positive eigenvalue at the prices found: they solve the first-order "
+            "conditions but are not a profit maximum (see .markets['max_hessian_eigenvalue'])",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+
+def _surplus(
+    probabilities: Any, weights: np.ndarray, mask: np.ndarray, derivative: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Surplus per market and the largest weight share of agents with a positive α."""
+    alpha = supply.agent_price_coefficients(derivative, mask, weights)
+    positive = (np.where(alpha > 0, weights, 0.0).sum(axis=1) / weights.sum(axis=1)).max()
+    surplus = supply.consumer_surplus(probabilities.log_denominator, weights, alpha)
+    return surplus, float(positive)
+
+
+def _warn_positive_price_coefficients(share: float) -> None:
+    if share > 0:
+        warnings.warn(
+            f"some agents have a positive price coefficient (up to {100 * share:.3g}% of a "
+            "market's weight): their surplus log-sum/(−α) is negative and is included",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _values_argument(values: Any, index: pd.Index, name: str, market_ids: np.ndarray) -> np.ndarray:
+    """One finite number per row: a Series with the rows' index or an array in their order."""
+    if isinstance(values, pd.Series):
+        if len(values) != len(index) or not values.index.equals(index):
+            raise BLPInputError(
+                f"{name} Series must carry the product data's index (one value per row); "
+                "reindex it, or pass a numpy array in the rows' order"
+            )
+        values = values.to_numpy()
+    try:
+        array = np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as error:
+        raise BLPInputError(f"{name} must be numbers") from error
+    if array.size != len(index):
+        raise BLPInputError(f"{name} has {array.size} values but the data have {len(index)} rows")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise BLPInputError(
+            f"{name} has {int(bad.sum())} missing or non-finite values (first in market "
+            f"{market_ids[np.flatnonzero(bad)[0]]!r})"
+        )
+    return array
+
+
+def _changes_argument(changes: Any, design: Any) -> np.ndarray:
+    if isinstance(changes, (int, float, np.number)) and not isinstance(changes, bool):
+        if not np.isfinite(changes):
+            raise BLPInputError(f"cost_changes must be finite, got {changes!r}")
+        return np.full(design.nobs, float(changes))
+    return _values_argument(changes, design.data.index, "cost_changes", design.market_ids)
+
+
+def _check_solver_options(tol: Any, max_iterations: Any) -> None:
+    if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol > 0):
+        raise BLPInputError(f"tol must be a positive number, got {tol!r}")
+    if (
+        isinstance(max_iterations, bool)
+        or not isinstance(max_iterations, (int, np.integer))
+        or max_iterations < 1
+    ):
+        raise BLPInputError(f"max_iterations must be a positive integer, got {max_iterations!r}")
 
 
 class BLPResultsWrapper(LikelihoodResultsWrapper):
