@@ -1,0 +1,368 @@
+"""Supply side of every model against pyblp 1.3.0 at the same parameters.
+
+Cases: the Mixtape exercise-1 IV + fixed-effects logit; the closed-form nested logit with one ρ
+(Nevo's cereal data, nests = mushy) and with a ρ per nest (simulated unbalanced markets); the
+exercise-2 question-5 random-coefficients model (demographics, absorbed effects) at its
+estimates; an RCNL model; and a negative-lognormal price coefficient (pyblp: ``'log'`` on
+``I(-prices)``). Random-coefficients results are taken at fixed parameters (an optimizer that
+stays at the start) and pyblp's with ``Optimization('return')``, so both describe the same
+demand; the linear models' estimates are passed to pyblp the same way.
+
+Compared: ``compute_costs``, ``compute_markups`` (our margins), ``compute_profits``,
+``compute_hhi`` (fed inside-good shares: pyblp's index uses shares of the whole market),
+``compute_consumer_surpluses``, ``compute_passthrough``, ``compute_profit_hessians`` (summed
+over each firm's products, as pyblp's simulations do, and restricted to the firm's prices),
+``compute_prices`` after a merger, and costs under partial ownership (``build_ownership`` with a
+κ callable). pyblp returns market-level values in sorted market order; ours are labelled, so
+they are compared by label.
+
+Tolerance: both libraries solve δ to 1e-14 and evaluate the same closed forms, so differences
+are rounding: measured at most 2e-12 of each quantity's largest entry (prices from pyblp's
+ζ iteration run to 1e-14). 1e-9 of the largest entry leaves room for BLAS order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from blpmodels import (
+    BLPLogit,
+    BLPNestedLogit,
+    BLPRandomCoefficients,
+    ConvergenceWarning,
+    FixedPointError,
+)
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
+
+pytestmark = pytest.mark.data
+
+RTOL = 1e-9
+NEVO_INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(20))
+Q5_FORMULA = (
+    "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
+)
+Q5_THETA = {"sigma": [[0, 0], [0, 6.015167]], "pi": [[0.108829], [-5.957239]]}
+FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
+
+
+def kappa(first: Any, second: Any) -> float:
+    """Asymmetric partial ownership: κ(f, g) ≠ κ(g, f)."""
+    if first == second:
+        return 1.0
+    return 0.3 if str(first) < str(second) else 0.1
+
+
+@dataclass
+class Case:
+    ours: Any
+    oracle: Any
+    products: pd.DataFrame
+    market: Any
+    merger: dict
+
+
+def _stay(fun, theta0, bounds):
+    return theta0
+
+
+def _at(model, **start):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(method="1s", optimizer=_stay, compute_hessian=False, **start)
+
+
+def _require(*names: str) -> None:
+    for name in names:
+        if not (data_home() / name).is_file():
+            pytest.skip(f"shared data file {data_home() / name} not found (set {DATA_ENV_VAR})")
+
+
+@pytest.fixture(scope="module")
+def pyblp():
+    module = pytest.importorskip("pyblp")
+    module.options.verbose = False
+    return module
+
+
+@pytest.fixture(scope="module")
+def nevo():
+    _require("pyblp/nevo_products.csv", "pyblp/nevo_agents.csv")
+    products, agents = load_nevo()
+    products = products.copy()
+    products["nesting_ids"] = products["mushy"]
+    groups = products.groupby(["market_ids", "nesting_ids"])["shares"]
+    products["nest_count"] = groups.transform("size").astype(np.float64)
+    return products, agents
+
+
+def _logit(pyblp, request) -> Case:
+    products = request.getfixturevalue("mixtape_products").copy()
+    products["firm_ids"] = products["product_ids"].str[:2]
+    ours = BLPLogit.from_formula(
+        "shares ~ 0 + [prices ~ price_instrument]", products, absorb=FIXED_EFFECTS
+    ).fit()
+    frame = products.assign(demand_instruments0=products["price_instrument"])
+    problem = pyblp.Problem(pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS), frame)
+    return Case(ours, problem.solve(method="1s"), products, "C01Q2", {"F2": "F1"})
+
+
+def _nested_common(pyblp, request) -> Case:
+    products, _ = request.getfixturevalue("nevo")
+    ours = BLPNestedLogit.from_formula(
+        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS} + nest_count]",
+        products,
+        absorb="C(market_ids)",
+    ).fit()
+    frame = products.assign(demand_instruments20=products["nest_count"])
+    problem = pyblp.Problem(pyblp.Formulation("0 + prices", absorb="C(market_ids)"), frame)
+    oracle = problem.solve(
+        rho=ours.params["rho"], method="1s", optimization=pyblp.Optimization("return")
+    )
+    return Case(ours, oracle, products, "C01Q1", {2: 1})
+
+
+def _nested_per_nest(pyblp, request) -> Case:
+    simulate = request.getfixturevalue("simulate")
+    products = simulate(n_markets=200, n_products=8, seed=0, rho=0.6, drop=0.3, constant=3.0)
+    ours = BLPNestedLogit.from_formula(
+        "shares ~ 1 + x + [prices ~ z1 + z2 + nest_count + nest_z1]", products
+    ).fit(rho="nest")
+    instruments = ["z1", "z2", "nest_count", "nest_z1"]
+    frame = products.assign(
+        **{f"demand_instruments{k}": products[name] for k, name in enumerate(instruments)}
+    )
+    problem = pyblp.Problem(pyblp.Formulation("1 + x + prices"), frame)
+    rho = ours.params[["rho[0]", "rho[1]"]].to_numpy()
+    oracle = problem.solve(rho=rho, method="1s", optimization=pyblp.Optimization("return"))
+    return Case(ours, oracle, products, "m07", {"f1": "f0"})
+
+
+def _q5(pyblp, request) -> Case:
+    _require(
+        "mixtape/derived/ex2_product_data_with_overid_and_firms.csv",
+        "mixtape/derived/ex2_agent_data.csv.gz",
+    )
+    products, agents = load_mixtape_exercise2()
+    with_firms, _ = load_mixtape_exercise2(overidentified=True)
+    products = products.copy()
+    products["firm_ids"] = products["product_ids"].str[:2]
+    assert (with_firms["firm_ids"].to_numpy() == products["firm_ids"].to_numpy()).all()
+    model = BLPRandomCoefficients.from_formula(
+        Q5_FORMULA,
+        products,
+        absorb=FIXED_EFFECTS,
+        random="0 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=agents,
+    )
+    ours = _at(model, **Q5_THETA)
+    problem = pyblp.Problem(
+        (
+            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
+            pyblp.Formulation("0 + mushy + prices"),
+        ),
+        products,
+        pyblp.Formulation("0 + log_income"),
+        agents,
+    )
+    oracle = problem.solve(**Q5_THETA, method="1s", optimization=pyblp.Optimization("return"))
+    return Case(ours, oracle, products, "C01Q1", {"F6": "F1"})
+
+
+def _rcnl(pyblp, request) -> Case:
+    products, agents = request.getfixturevalue("nevo")
+    model = BLPRandomCoefficients.from_formula(
+        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS}]",
+        products,
+        absorb="C(product_ids)",
+        random="0 + prices",
+        agent_data=agents,
+    )
+    ours = _at(model, sigma=[[2.0]], rho=0.7)
+    problem = pyblp.Problem(
+        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("0 + prices")),
+        products,
+        agent_data=agents[["market_ids", "weights", "nodes0"]],
+    )
+    oracle = problem.solve(
+        sigma=[[2.0]], rho=0.7, method="1s", optimization=pyblp.Optimization("return")
+    )
+    return Case(ours, oracle, products, "C01Q1", {2: 1})
+
+
+def _negative_lognormal(pyblp, request) -> Case:
+    products, agents = request.getfixturevalue("nevo")
+    products = products.drop(columns=["nesting_ids"])
+    theta = {"sigma": np.diag([0.3, 0.2]), "pi": [[0.5], [0.1]]}
+    model = BLPRandomCoefficients.from_formula(
+        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS}]",
+        products,
+        absorb="C(product_ids)",
+        random="0 + prices + sugar",
+        demographics="0 + income",
+        agent_data=agents,
+        rc_types={"prices": "negative_lognormal"},
+    )
+    ours = _at(model, **theta)
+    problem = pyblp.Problem(
+        (
+            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
+            pyblp.Formulation("0 + I(-prices) + sugar"),
+        ),
+        products,
+        pyblp.Formulation("0 + income"),
+        agents,
+        rc_types=["log", "linear"],
+    )
+    oracle = problem.solve(**theta, method="1s", optimization=pyblp.Optimization("return"))
+    return Case(ours, oracle, products, "C01Q1", {2: 1})
+
+
+BUILDERS = {
+    "logit": _logit,
+    "nested_common": _nested_common,
+    "nested_per_nest": _nested_per_nest,
+    "q5": _q5,
+    "rcnl": _rcnl,
+    "negative_lognormal": _negative_lognormal,
+}
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, Case]:
+    """Cases built once per module (the builders read function-scoped fixtures)."""
+    return {}
+
+
+@pytest.fixture(params=list(BUILDERS))
+def case(request, pyblp, built) -> Case:
+    if request.param not in built:
+        made = BUILDERS[request.param](pyblp, request)
+        # The same demand: β concentrated out at the same parameters.
+        np.testing.assert_allclose(
+            np.asarray(made.ours.beta), np.ravel(made.oracle.beta), rtol=1e-8
+        )
+        built[request.param] = made
+    return built[request.param]
+
+
+def assert_close(ours: Any, theirs: Any, what: str) -> None:
+    ours, theirs = np.ravel(np.asarray(ours, float)), np.ravel(np.asarray(theirs, float))
+    scale = np.abs(theirs).max()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=RTOL * scale, err_msg=what)
+
+
+def _market_order(case: Case) -> np.ndarray:
+    return np.ravel(case.oracle.problem.unique_market_ids)
+
+
+def test_costs_margins_and_profits_match_pyblp(case):
+    costs = case.oracle.compute_costs()
+    assert_close(case.ours.costs(), costs, "costs")
+    assert_close(case.ours.markups(), case.products["prices"].to_numpy() - costs.ravel(), "η")
+    assert_close(case.ours.margins(), case.oracle.compute_markups(costs=costs), "margins")
+    assert_close(case.ours.profits(), case.oracle.compute_profits(costs=costs), "profits")
+    market = case.ours.costs(market_id=case.market)
+    rows = (case.products["market_ids"] == case.market).to_numpy()
+    assert_close(market, costs[rows], "costs in one market")
+
+
+def test_hhi_and_consumer_surplus_match_pyblp(case):
+    products = case.products
+    inside = products["shares"] / products.groupby("market_ids")["shares"].transform("sum")
+    order = _market_order(case)
+    assert_close(
+        case.ours.hhi().loc[order], case.oracle.compute_hhi(shares=inside.to_numpy()), "HHI"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Q5: some agents' α > 0 (pyblp too)
+        surplus = case.ours.consumer_surplus()
+    assert_close(surplus.loc[order], case.oracle.compute_consumer_surpluses(), "surplus")
+
+
+def test_passthrough_and_profit_hessians_match_pyblp(case):
+    market, products = case.market, case.products
+    assert_close(
+        case.ours.passthrough(market),
+        case.oracle.compute_passthrough(market_id=market),
+        "passthrough",
+    )
+    rows = (products["market_ids"] == market).to_numpy()
+    costs = case.oracle.compute_costs()[rows]
+    per_product = case.oracle.compute_profit_hessians(costs=costs, market_id=market)
+    firms = products.loc[rows, "firm_ids"].to_numpy()
+    ownership = (firms[:, None] == firms[None, :]).astype(float)
+    # Row j of firm f(j)'s Hessian: Σ_m O_jm ∂²π_m/∂p_j∂p_k (pyblp's simulations do the same).
+    by_firm = (ownership.T[..., None] * per_product).sum(axis=0)
+    hessians = case.ours.profit_hessians(market)
+    assert sorted(map(str, hessians)) == sorted(map(str, pd.unique(firms)))
+    for firm, hessian in hessians.items():
+        own = np.flatnonzero(firms == firm)
+        assert list(hessian.index) == products.loc[rows, "product_ids"].to_numpy()[own].tolist()
+        assert_close(hessian, by_firm[np.ix_(own, own)], f"Hessian of firm {firm}")
+
+
+def test_equilibrium_prices_after_a_merger_match_pyblp(case, pyblp):
+    market, products = case.market, case.products
+    rows = (products["market_ids"] == market).to_numpy()
+    new_firms = products["firm_ids"].replace(case.merger).to_numpy()[rows]
+    costs = case.oracle.compute_costs()[rows]
+    iteration = pyblp.Iteration("simple", {"atol": 1e-14, "max_evaluations": 10000})
+    prices = case.oracle.compute_prices(
+        firm_ids=new_firms, costs=costs, market_id=market, iteration=iteration
+    )
+    ours = case.ours.equilibrium_prices(firm_ids=case.merger, market_id=market)
+    assert_close(ours.prices, prices, "equilibrium prices")
+    assert ours.markets.loc[market, "foc_norm"] < 1e-12
+    assert ours.markets.loc[market, "max_hessian_eigenvalue"] < 0
+    shares = case.oracle.compute_shares(prices=prices, market_id=market)
+    assert_close(ours.shares, shares, "equilibrium shares")
+
+
+def test_costs_under_partial_ownership_match_pyblp(case, pyblp):
+    ownership = pyblp.build_ownership(case.products, kappa)
+    costs = case.oracle.compute_costs(ownership=ownership)
+    assert_close(case.ours.costs(ownership=kappa), costs, "costs with kappa")
+
+
+# ---------------------------------------------------------------- question 5 across markets
+
+
+@pytest.fixture
+def q5(pyblp, request, built) -> Case:
+    if "q5" not in built:
+        built["q5"] = _q5(pyblp, request)
+    return built["q5"]
+
+
+@pytest.mark.filterwarnings("ignore:some agents have a positive price coefficient")
+def test_q5_merger_in_all_markets(q5):
+    """F1 buys F6. Market C03Q1 already fails the second-order conditions at the observed
+    prices under this demand (a firm's profit Hessian has a positive eigenvalue: some agents'
+    price coefficients are positive), and its post-merger solution is flagged the same way."""
+    with pytest.warns(ConvergenceWarning, match=r"1 market\(s\), e.g. \['C03Q1'\]"):
+        observed = q5.ours.equilibrium_prices()
+    assert observed.markets["iterations"].eq(0).all()
+    with pytest.warns(ConvergenceWarning, match=r"\['C03Q1'\].*not a profit maximum"):
+        merger = q5.ours.merger(firm_ids=q5.merger)
+    products, markets = merger.products, merger.markets
+    assert (merger.equilibrium.markets["foc_norm"] < 1e-12).all()
+    merging = products["firm_ids_pre"].isin(["F1", "F6"])
+    regular = products.index.get_level_values("market_ids") != "C03Q1"
+    assert (products.loc[merging & regular, "prices_change"] > 0).all()
+    assert (markets["consumer_surplus_change"] < 0).all()
+    assert (markets["hhi_change"] > 0).all()
+
+
+def test_q5_merger_without_an_equilibrium_names_the_market(q5):
+    """F1 buys F2: in C03Q1 neither we nor pyblp find prices that solve the first-order
+    conditions (pyblp's ζ iteration ends at prices of −135)."""
+    with pytest.raises(FixedPointError, match=r"\['C03Q1'\]") as caught:
+        q5.ours.merger(firm_ids={"F2": "F1"}, market_id=["C01Q1", "C03Q1"])
+    assert caught.value.markets == ["C03Q1"]
