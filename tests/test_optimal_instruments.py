@@ -224,6 +224,65 @@ def test_draws_match_pyblp_realizations(q5_subset, q5_subset_pyblp, method):
     np.testing.assert_array_equal(instruments["optimal_prices"], approximate["optimal_prices"])
 
 
+def test_market_chunks_do_not_change_the_instruments(q5_subset):
+    """Small chunks (3 markets) read the same draws and write the same rows as one chunk."""
+    products, agents, results = q5_subset
+    model = BLPRandomCoefficients.from_formula(
+        Q5_FORMULA,
+        products,
+        absorb=FIXED_EFFECTS,
+        random="0 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=agents,
+        chunk_size=3,
+    )
+    chunked = at_parameters(model, **Q5_THETA)
+    assert chunked.demand.chunk_size == 3
+    for method, options in (("approximate", {}), ("empirical", {"draws": 2, "seed": 1})):
+        whole = optimal_instruments(results, method, **options)
+        pieces = optimal_instruments(chunked, method, **options)
+        np.testing.assert_allclose(pieces.to_numpy(), whole.to_numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    ("ours", "pyblp_random", "pyblp_types"),
+    [
+        ({"sugar": "lognormal"}, "0 + prices + sugar", ["linear", "log"]),
+        # pyblp has no negative lognormal; its documented recipe is 'log' on I(-prices).
+        ({"prices": "negative_lognormal"}, "0 + I(-prices) + sugar", ["log", "linear"]),
+    ],
+    ids=["lognormal", "negative_lognormal"],
+)
+def test_lognormal_matches_pyblp(nevo, pyblp, ours, pyblp_random, pyblp_types):
+    """Lognormal coefficients with demographics: ∂c/∂θ carries the coefficient itself."""
+    products, agents = nevo
+    products = products.drop(columns="nesting_ids")  # no nests here
+    model = BLPRandomCoefficients.from_formula(
+        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS}]",
+        products,
+        absorb="C(product_ids)",
+        random="0 + prices + sugar",
+        demographics="0 + income",
+        agent_data=agents,
+        rc_types=ours,
+    )
+    sigma, pi = np.diag([0.3, 0.2]), [[0.5], [0.1]]
+    results = at_parameters(model, sigma=sigma, pi=pi)
+    problem = pyblp.Problem(
+        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation(pyblp_random)),
+        products,
+        agent_formulation=pyblp.Formulation("0 + income"),
+        agent_data=agents,
+        rc_types=pyblp_types,
+    )
+    oracle = problem.solve(
+        sigma=sigma, pi=pi, method="1s", optimization=pyblp.Optimization("return")
+    ).compute_optimal_instruments()
+    instruments = optimal_instruments(results)
+    assert_columns_close(instruments.to_numpy()[:, 1:], oracle.demand_instruments)
+    assert_columns_close(instruments["optimal_prices"].to_numpy(), oracle.expected_prices)
+
+
 @pytest.mark.parametrize("rho", [0.7, [0.7, 0.4]], ids=["common", "per_nest"])
 def test_rcnl_matches_pyblp(nevo, pyblp, rho):
     """Random coefficients with nests (σ on prices, ρ) on Nevo's data, product effects."""
