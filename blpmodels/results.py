@@ -1181,73 +1181,29 @@ class BLPResults(LikelihoodModelResults):
         rows: np.ndarray | None = None,
         cost_changes: np.ndarray | None = None,
     ) -> _Solved:
-        """Equilibrium prices chunk by chunk.
+        """Equilibrium prices, market chunk by market chunk.
 
         ``costs`` None imputes them in each chunk from the observed prices under the product
         data's firms (one share evaluation, kept as the pre-change state), then adds
         ``cost_changes``.
         """
         _check_solver_options(tol, max_iterations)
-        design = self.model.design
-        codes = design.layout.pad(spec.codes)
-        pre_codes = None
-        if costs is None:
-            pre_codes = design.layout.pad(self._imputing_firms().codes)
-        pieces = []
-        for chunk in demand.chunks(positions):
-            priced = demand.priced(chunk, data, rows)
-            mask = priced.inputs.mask
-            pre_state = pre_markups = None
-            if pre_codes is not None:
-                pre_state = priced.state(priced.prices)
-                pre_omega = ownership_matrices(pre_codes[chunk], mask)
-                pre_markups = supply.markups(pre_state.jacobian, pre_state.shares, pre_omega, mask)
-                self._check_markups(pre_markups, mask, chunk)
-                slot_costs = priced.prices - pre_markups
-                if cost_changes is not None:
-                    slot_costs = slot_costs + np.where(mask, cost_changes[priced.inputs.rows], 0)
-            else:
-                assert costs is not None
-                slot_costs = np.where(mask, costs[priced.inputs.rows], 0.0)
-                missing = mask & ~np.isfinite(slot_costs)
-                if missing.any():
-                    market = design.layout.market_labels[chunk[missing.any(axis=1)][0]]
-                    raise BLPInputError(f"costs are missing or not finite in market {market!r}")
-            omega = ownership_matrices(codes[chunk], mask, spec.kappa)
-            solution = supply.solve_prices(
-                priced.state,
-                slot_costs,
-                priced.prices,
-                omega,
-                mask,
-                tol=tol,
-                max_iterations=max_iterations,
-            )
-            eta = np.where(mask, solution.prices - slot_costs, 0.0)
-            second = supply.foc_jacobian(solution.state, omega, eta)
-            eigenvalues = supply.firm_hessian_max_eigenvalues(second, codes[chunk], mask)
-            pieces.append(
-                _Piece(
-                    chunk,
-                    priced,
-                    solution,
-                    slot_costs,
-                    eigenvalues,
-                    codes[chunk],
-                    pre_state,
-                    pre_markups,
-                )
-            )
-        return _Solved(pieces, spec)
-
-    def _check_markups(self, eta: np.ndarray, mask: np.ndarray, chunk: np.ndarray) -> None:
-        bad = (mask & ~np.isfinite(eta)).any(axis=1)
-        if bad.any():
-            markets = self.model.design.layout.market_labels[chunk[bad]]
-            raise BLPInputError(
-                f"the first-order conditions are singular in markets {markets[:5].tolist()}: "
-                "markups are not determined there (does demand respond to prices?)"
-            )
+        layout = self.model.design.layout
+        task = _ChunkTask(
+            demand=demand,
+            codes=layout.pad(spec.codes),
+            kappa=spec.kappa,
+            pre_codes=None if costs is not None else layout.pad(self._imputing_firms().codes),
+            costs=costs,
+            cost_changes=cost_changes,
+            data=data,
+            rows=rows,
+            options={"tol": tol, "max_iterations": max_iterations},
+            market_labels=layout.market_labels,
+        )
+        # Sequential: on a loaded two-core machine, solving the chunks in threads was slower
+        # (0.45 s against 0.34 s for the exercise-2 merger).
+        return _Solved([task.solve(chunk) for chunk in demand.chunks(positions)], spec)
 
     def _equilibrium_record(
         self, solved: _Solved, data: pd.DataFrame | None, rows: np.ndarray | None
@@ -1816,6 +1772,61 @@ class _Piece:
     codes: np.ndarray
     pre_state: supply.PriceState | None = None
     pre_markups: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _ChunkTask:
+    """Everything one chunk's equilibrium needs, so chunks can be solved in threads."""
+
+    demand: DemandSystem
+    codes: np.ndarray
+    kappa: np.ndarray | None
+    pre_codes: np.ndarray | None
+    costs: np.ndarray | None
+    cost_changes: np.ndarray | None
+    data: pd.DataFrame | None
+    rows: np.ndarray | None
+    options: dict[str, Any]
+    market_labels: np.ndarray
+
+    def solve(self, chunk: np.ndarray) -> _Piece:
+        priced = self.demand.priced(chunk, self.data, self.rows)
+        mask = priced.inputs.mask
+        pre_state = pre_markups = None
+        if self.pre_codes is not None:
+            pre_state = priced.state(priced.prices)
+            pre_omega = ownership_matrices(self.pre_codes[chunk], mask)
+            pre_markups = supply.markups(pre_state.jacobian, pre_state.shares, pre_omega, mask)
+            self._check_markups(pre_markups, mask, chunk)
+            costs = priced.prices - pre_markups
+            if self.cost_changes is not None:
+                costs = costs + np.where(mask, self.cost_changes[priced.inputs.rows], 0.0)
+        else:
+            assert self.costs is not None
+            costs = np.where(mask, self.costs[priced.inputs.rows], 0.0)
+            missing = mask & ~np.isfinite(costs)
+            if missing.any():
+                market = self.market_labels[chunk[missing.any(axis=1)][0]]
+                raise BLPInputError(f"costs are missing or not finite in market {market!r}")
+        omega = ownership_matrices(self.codes[chunk], mask, self.kappa)
+        solution = supply.solve_prices(
+            priced.state, costs, priced.prices, omega, mask, initial=pre_state, **self.options
+        )
+        eta = np.where(mask, solution.prices - costs, 0.0)
+        second = supply.foc_jacobian(solution.state, omega, eta)
+        eigenvalues = supply.firm_hessian_max_eigenvalues(second, self.codes[chunk], mask)
+        return _Piece(
+            chunk, priced, solution, costs, eigenvalues, self.codes[chunk], pre_state, pre_markups
+        )
+
+    def _check_markups(self, eta: np.ndarray, mask: np.ndarray, chunk: np.ndarray) -> None:
+        bad = (mask & ~np.isfinite(eta)).any(axis=1)
+        if bad.any():
+            markets = self.market_labels[chunk[bad]]
+            raise BLPInputError(
+                f"the first-order conditions are singular in markets {markets[:5].tolist()}: "
+                "markups are not determined there (does demand respond to prices?)"
+            )
 
 
 @dataclass(frozen=True, eq=False)

@@ -744,6 +744,7 @@ def solve_prices(
     max_iterations: int = 1000,
     newton_below: float = 1e-4,
     patience: int = 100,
+    initial: PriceState | None = None,
 ) -> EquilibriumSolution:
     """Bertrand–Nash prices in all markets at once.
 
@@ -777,6 +778,8 @@ def solve_prices(
         Norm below which Newton steps are tried (0 turns them off).
     patience : int
         Updates without a new smallest norm before a market gives up.
+    initial : PriceState, optional
+        The state at ``prices`` if the caller has it (saves one evaluation).
 
     Returns
     -------
@@ -793,7 +796,10 @@ def solve_prices(
     since_best = np.zeros(n_markets, dtype=np.intp)
     active = np.arange(n_markets)
     while active.size:
-        state = evaluate(current[active], active)
+        if initial is not None and active.size == n_markets and not iterations.any():
+            state = initial
+        else:
+            state = evaluate(current[active], active)
         eta = current[active] - costs[active]
         omega = ownership[active]
         residual = foc_residual(state.jacobian, state.shares, omega, eta)
@@ -851,6 +857,8 @@ def _newton_step(
 
 
 def _subset_state(state: PriceState, markets: np.ndarray) -> PriceState:
+    if markets.size == state.product_mask.shape[0]:
+        return state  # every market: nothing to copy (markets are always sorted)
     probabilities = state.probabilities
     conditional = probabilities.conditional
     subset = Probabilities(
