@@ -325,10 +325,25 @@ def test_equilibrium_prices_after_a_merger_match_pyblp(case, pyblp):
     assert_close(ours.shares, shares, "equilibrium shares")
 
 
-def test_costs_under_partial_ownership_match_pyblp(case, pyblp):
-    ownership = pyblp.build_ownership(case.products, kappa)
+def test_partial_ownership_matches_pyblp(case, pyblp):
+    """κ(f, g) ≠ κ(g, f): every place Ω enters must keep its orientation."""
+    products, market = case.products, case.market
+    ownership = pyblp.build_ownership(products, kappa)
     costs = case.oracle.compute_costs(ownership=ownership)
     assert_close(case.ours.costs(ownership=kappa), costs, "costs with kappa")
+    rows = (products["market_ids"] == market).to_numpy()
+    omega = ownership[rows][:, : rows.sum()]
+    assert_close(
+        case.ours.passthrough(market, ownership=kappa),
+        case.oracle.compute_passthrough(ownership=omega, market_id=market),
+        "passthrough with kappa",
+    )
+    per_product = case.oracle.compute_profit_hessians(costs=costs[rows], market_id=market)
+    by_firm = (omega.T[..., None] * per_product).sum(axis=0)
+    firms = products.loc[rows, "firm_ids"].to_numpy()
+    for firm, hessian in case.ours.profit_hessians(market, ownership=kappa).items():
+        own = np.flatnonzero(firms == firm)
+        assert_close(hessian, by_firm[np.ix_(own, own)], f"Hessian of firm {firm} with kappa")
 
 
 # ---------------------------------------------------------------- question 5 across markets
