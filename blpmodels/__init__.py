@@ -26,7 +26,7 @@ from .instruments import build_blp_instruments, build_differentiation_instrument
 from .integration import Integration, build_integration
 from .models import BLPLogit, BLPModel, BLPNestedLogit
 from .random_coefficients import BLPRandomCoefficients
-from .results import BLPResults, BootstrappedResults
+from .results import BLPResults, BootstrappedResults, Equilibrium, MergerResults
 
 __version__ = "0.1.0"
 
@@ -40,9 +40,11 @@ __all__ = [
     "BootstrappedResults",
     "Comparison",
     "ConvergenceWarning",
+    "Equilibrium",
     "FixedPointError",
     "Integration",
     "IntegrationWarning",
+    "MergerResults",
     "__version__",
     "build_blp_instruments",
     "build_differentiation_instruments",

@@ -18,6 +18,7 @@ with step 1e-6 carry an error near 1e-10 on entries of order one, so 1e-7 is che
 
 from __future__ import annotations
 
+import doctest
 import warnings
 
 import numpy as np
@@ -410,6 +411,8 @@ def test_logit_surplus_and_hhi(exercise1):
     expected = 1e4 * ((firm / firm.sum()) ** 2).sum()
     assert results.hhi(market_id="C01Q1").item() == pytest.approx(expected, rel=1e-12)
     assert (results.hhi(ownership="monopoly") == 1e4).all()
+    # Shares predicted at the estimation data are the observed ones.
+    np.testing.assert_allclose(results.hhi(data=data), results.hhi(), rtol=1e-12)
 
 
 @pytest.mark.data
@@ -524,3 +527,52 @@ def test_equilibrium_on_changed_data_keeps_its_rows(exercise1):
         warnings.simplefilter("error")
         base = results.equilibrium_prices(market_id="C01Q2")
     np.testing.assert_allclose(base.prices.to_numpy(), equilibrium.prices.to_numpy(), rtol=1e-9)
+
+
+SUPPLY_EXAMPLES = {
+    f"blpmodels.results.{name}"
+    for name in (
+        "BLPResults.markups",
+        "BLPResults.costs",
+        "BLPResults.margins",
+        "BLPResults.profits",
+        "BLPResults.hhi",
+        "BLPResults.consumer_surplus",
+        "BLPResults.passthrough",
+        "BLPResults.profit_hessians",
+        "BLPResults.equilibrium_prices",
+        "BLPResults.merger",
+        "BLPResults.simulate",
+        "MergerResults.summary",
+    )
+}
+
+
+@pytest.mark.data
+def test_docstring_examples_run_on_exercise1(mixtape_products):
+    """The results methods' examples (skipped offline) run on the exercise-1 logit."""
+    import blpmodels.results
+
+    data = mixtape_products.copy()
+    results = BLPLogit.from_formula(IV_FE, data, absorb=FIXED_EFFECTS).fit()
+    namespace = {
+        "data": data,
+        "results": results,
+        "np": np,
+        "BLPLogit": BLPLogit,
+        "merger": results.merger(firm_ids={"F2": "F1"}),
+    }
+    found, failed = set(), []
+    for test in doctest.DocTestFinder().find(blpmodels.results):
+        if test.name not in SUPPLY_EXAMPLES:
+            continue
+        found.add(test.name)
+        for example in test.examples:
+            example.options.pop(doctest.SKIP, None)
+        test.globs.update(namespace)
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        runner.run(test)
+        if runner.summarize(verbose=False).failed:
+            failed.append(test.name)
+    assert found == SUPPLY_EXAMPLES
+    assert not failed, f"docstring examples failed (see the captured output): {failed}"
