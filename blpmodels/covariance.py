@@ -17,7 +17,7 @@ No small-sample corrections are applied, which matches pyblp and linearmodels wi
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -180,8 +180,8 @@ def _cluster_sum_covariance(moments: np.ndarray, codes: np.ndarray) -> np.ndarra
 
 
 def moment_covariance(
-    instruments: np.ndarray,
-    residuals: np.ndarray,
+    instruments: np.ndarray | Sequence[np.ndarray],
+    residuals: np.ndarray | Sequence[np.ndarray],
     cov_type: CovType,
     *,
     clusters: np.ndarray | None = None,
@@ -189,12 +189,16 @@ def moment_covariance(
 ) -> np.ndarray:
     """Covariance S of the per-observation moments g_i = z_i ξ_i.
 
+    Several moment blocks over the same rows (demand Z_D'ξ and supply Z_S'ω) are given as
+    sequences; their per-row moments [z_Di ξ_i, z_Si ω_i] are stacked, and the unadjusted S is
+    the block matrix (e_b'e_c/N)·Z_b'Z_c/N.
+
     Parameters
     ----------
-    instruments : numpy.ndarray
-        ``(N, M)`` instruments Z.
-    residuals : numpy.ndarray
-        ``(N,)`` structural errors ξ.
+    instruments : numpy.ndarray or sequence of numpy.ndarray
+        ``(N, M)`` instruments Z (or one per block).
+    residuals : numpy.ndarray or sequence of numpy.ndarray
+        ``(N,)`` structural errors ξ (or one per block).
     cov_type : {"robust", "unadjusted", "clustered"}
         Estimator (already validated by :func:`normalize_cov_type`).
     clusters : numpy.ndarray, optional
@@ -213,11 +217,20 @@ def moment_covariance(
     >>> moment_covariance(z, xi, "robust")
     array([[2.5]])
     """
-    nobs = instruments.shape[0]
+    if isinstance(instruments, np.ndarray):
+        instruments, residuals = [instruments], [residuals]  # type: ignore[list-item]
+    nobs = instruments[0].shape[0]
     if cov_type == "unadjusted":
-        sigma2 = float(residuals @ residuals) / nobs
-        return sigma2 * (instruments.T @ instruments) / nobs
-    moments = instruments * residuals[:, None]
+        return np.block(
+            [
+                [
+                    float(first @ second) / nobs * (left.T @ right) / nobs
+                    for right, second in zip(instruments, residuals, strict=True)
+                ]
+                for left, first in zip(instruments, residuals, strict=True)
+            ]
+        )
+    moments = np.column_stack([Z * e[:, None] for Z, e in zip(instruments, residuals, strict=True)])
     if center:
         moments = moments - moments.mean(axis=0)
     if cov_type == "robust":

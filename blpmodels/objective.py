@@ -19,7 +19,7 @@ import numpy as np
 from .agents import AgentDesign
 from .covariance import moment_covariance
 from .exceptions import BLPInputError
-from .gmm import LinearGMM, inverse_weight_matrix
+from .gmm import inverse_weight_matrix
 from .kernel import (
     FixedPointResult,
     Nesting,
@@ -30,6 +30,7 @@ from .kernel import (
     solve_delta_hybrid,
     theta_jacobian,
 )
+from .moments import ProductBlock, StackedGMM
 from .parameters import NonlinearParameters
 from .products import ProductDesign
 
@@ -179,7 +180,7 @@ class NonlinearObjective:
     fp_method: str = "newton"
     threads: int | None = None
     covariance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-    gmm: LinearGMM = field(init=False)
+    gmm: StackedGMM = field(init=False)
     evaluations: list[Evaluation] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -204,6 +205,7 @@ class NonlinearObjective:
                 self.chunk_size = min(self.chunk_size, -(-layout.n_markets // self.threads))
         self.chunks = layout.chunks(self.chunk_size)
         self._pool = None
+        self.blocks = [ProductBlock("demand", self.design.X_absorbed, self.design.Z_absorbed)]
         self.set_weighting_matrix(self.W)
         self.count = 0
         self.failures = 0
@@ -236,7 +238,7 @@ class NonlinearObjective:
     def set_weighting_matrix(self, W: np.ndarray) -> None:
         """Use a new weighting matrix (e.g. for the second GMM step)."""
         self.W = W
-        self.gmm = LinearGMM(self.design.X_absorbed, self.design.Z_absorbed, W)
+        self.gmm = StackedGMM(self.blocks, W)
         self._cache: list[Evaluation] = []
 
     def nesting(self, markets: np.ndarray, rho: np.ndarray) -> Nesting:
@@ -480,8 +482,8 @@ class NonlinearObjective:
             self.last_inverse = inverse_padded
         else:
             self.last_delta_jacobian = None
-        beta, xi = self.gmm.residuals(self.design.residualize(delta))
-        objective = self.gmm.objective(xi)
+        solution = self.gmm.solve([self.design.residualize(delta)])
+        beta, xi, objective = solution.coefficients[0], solution.residuals[0], solution.objective
         delta_jacobian = None
         objective_gradient = None
         if gradient:
@@ -489,7 +491,7 @@ class NonlinearObjective:
                 layout.flatten(jacobian_padded) if n_params else np.zeros((delta.size, 0))
             )
             absorbed = self.design.residualize(delta_jacobian) if n_params else delta_jacobian
-            objective_gradient = self.gmm.objective_gradient(xi, absorbed)
+            objective_gradient = self.gmm.gradient(solution, [absorbed])
         else:
             absorbed = None
         self.count += 1
@@ -518,16 +520,14 @@ class NonlinearObjective:
         --------
         >>> G = objective.moment_jacobian(objective.evaluate(theta))  # doctest: +SKIP
         """
-        design = self.design
-        Z = design.Z_absorbed
         absorbed = evaluation.absorbed_jacobian
         if absorbed is None:
             raise ValueError("the evaluation was made without its gradient")
-        return np.column_stack([-Z.T @ design.X_absorbed, Z.T @ absorbed]) / design.nobs
+        return self.gmm.moment_jacobian([absorbed])
 
     def moment_covariance(self, evaluation: Evaluation) -> np.ndarray:
         """S, the covariance of the per-product moments z_j ξ_j, with the fit's ``cov_type``."""
-        return self.covariance(self.design.Z_absorbed, evaluation.xi)
+        return self.covariance([block.Z for block in self.blocks], [evaluation.xi])
 
     def updated_weighting_matrix(self, evaluation: Evaluation) -> np.ndarray:
         """S⁻¹ at an evaluation: the weighting matrix of the next GMM step."""

@@ -300,6 +300,7 @@ def diagnose(
     *,
     step: float = 1.5e-8,
     scale: np.ndarray | None = None,
+    hessian: np.ndarray | None = None,
 ) -> Diagnostics:
     """Projected gradient, Hessian eigenvalues and warnings at a candidate optimum.
 
@@ -322,6 +323,9 @@ def diagnose(
     scale : numpy.ndarray, optional
         Natural scale of each parameter (default 1): the first-order check is made on the
         gradient with respect to θ/scale, and difference steps are at least ``step·scale``.
+    hessian : numpy.ndarray, optional
+        A Hessian computed nearby (e.g. before a final Newton step), used instead of
+        differencing ``gradient_function`` again.
 
     Returns
     -------
@@ -343,10 +347,9 @@ def diagnose(
     projected = diagnostics_projection(gradient, theta, lower, upper)
     norm = float(np.abs(projected).max()) if projected.size else 0.0
     scaled_norm = float(np.abs(projected * scale).max()) if projected.size else 0.0
-    hessian = None
     eigenvalues = None
     notes = []
-    if gradient_function is not None and theta.size:
+    if hessian is None and gradient_function is not None and theta.size:
         hessian = np.zeros((theta.size, theta.size))
         for p in range(theta.size):
             h = step * max(scale[p], abs(theta[p]))
@@ -361,6 +364,7 @@ def diagnose(
             else:
                 hessian[:, p] = (shifted_gradient - gradient) / h
         hessian = 0.5 * (hessian + hessian.T)
+    if hessian is not None:
         free = ~(at_lower | at_upper)
         if not np.isfinite(hessian).all():
             notes.append(

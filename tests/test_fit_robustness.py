@@ -330,3 +330,28 @@ def test_claimed_convergence_short_of_the_gradient_tolerance_is_polished():
     assert "Newton step" in estimate.outcome.message
     assert np.allclose(estimate.theta, [1.0, 2.0], atol=1e-9)
     assert steps[-1]["theta"] is not theta and np.allclose(steps[-1]["theta"], estimate.theta)
+
+
+@pytest.mark.parametrize(
+    "hessian",
+    [np.diag([2.0, 1.0, 4.0]), np.array([[2.0, 0.5, 0.3], [0.5, 1.0, 0.2], [0.3, 0.2, 4.0]])],
+)
+def test_bound_constrained_newton_point_puts_crossing_parameters_on_their_bounds(hessian):
+    """Two of three Newton coordinates cross their lower bound 0; the third moves on.
+
+    q = (θ − (−1, −2, 3))'A(θ − ·): with A diagonal the bound-constrained minimum is (0, 0, 3);
+    with a coupled A the free coordinate must be solved again given the bounds (SLSQP checks).
+    """
+    optimum = np.array([-1.0, -2.0, 3.0])
+    estimator = _estimator(QuadraticObjective(optimum, hessian), 3)
+    estimator.lower = np.zeros(3)
+    theta = np.array([0.5, 0.5, 0.5])
+    point = estimator._newton_point(theta, 2 * hessian @ (theta - optimum), 2 * hessian)
+    expected = scipy.optimize.minimize(
+        lambda t: (t - optimum) @ hessian @ (t - optimum),
+        theta,
+        method="SLSQP",
+        bounds=[(0, None)] * 3,
+        options={"ftol": 1e-14},
+    ).x
+    np.testing.assert_allclose(point, expected, atol=1e-6)

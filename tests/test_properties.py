@@ -558,10 +558,13 @@ def check_objectives(spec: ModelSpec, sequence: list[tuple[float, float]]) -> No
                 f"{evaluation.objective:.6g} but max |log s(δ) − log s_obs| = {error:.3g}"
             )
         newton, squarem = evaluations["newton"], evaluations["squarem"]
-        assert newton.success == squarem.success, (
+        # The Newton-type solver may solve markets the contraction cannot within its budget
+        # (σ ≈ 8, ρ ≈ 0.92 needed more than 15,000 contraction steps in one market), never
+        # the other way round.
+        assert newton.success or not squarem.success, (
             f"{label}: success differs: newton {newton.success}, squarem {squarem.success}"
         )
-        if newton.success:
+        if newton.success and squarem.success:
             gap = np.abs(newton.delta - squarem.delta).max()
             assert gap <= DELTA_TOLERANCE, f"{label}: |δ_newton − δ_squarem| = {gap:.3g}"
 
@@ -658,7 +661,17 @@ def fit(
                 if "at the starting values" not in str(error):
                     raise
                 return None, sorted(map(str, error.markets))
-    return results.params, float(results.objective)
+    params = results.params.copy()
+    eigenvalues = results.info.convergence["hessian_eigenvalues"]
+    # A (nearly) flat direction: the parameters along it are not identified, and fits of
+    # equivalent problems may end anywhere on it (with 2 products and 5 agents per market,
+    # σ and ρ traded off along an eigenvalue of 3e-8 of the largest).
+    params.attrs["flat"] = bool(
+        eigenvalues is not None
+        and eigenvalues.size
+        and np.abs(eigenvalues).min() < 1e-6 * np.abs(eigenvalues).max()
+    )
+    return params, float(results.objective)
 
 
 def same_start_failure(expected: tuple, actual: tuple, what: str) -> bool:
@@ -687,14 +700,16 @@ def assert_same_estimates(
     other, other_objective = actual
     assert list(other.index) == list(params.index), f"{what}: parameter names differ"
     np.testing.assert_allclose(
+        other_objective, objective, rtol=PARAMS_TOLERANCE, atol=1e-12, err_msg=what
+    )
+    if params.attrs.get("flat") or other.attrs.get("flat"):
+        return  # the same minimum; the point on a flat valley floor is not identified
+    np.testing.assert_allclose(
         other.to_numpy(),
         params.to_numpy(),
         rtol=PARAMS_TOLERANCE,
         atol=PARAMS_TOLERANCE,
         err_msg=what,
-    )
-    np.testing.assert_allclose(
-        other_objective, objective, rtol=PARAMS_TOLERANCE, atol=1e-12, err_msg=what
     )
 
 
@@ -817,6 +832,8 @@ def test_price_units_rescale_sigma_only(
     np.testing.assert_allclose(
         other_objective, objective, rtol=OBJECTIVE_TOLERANCE, atol=1e-10, err_msg=what
     )
+    if params.attrs.get("flat") or other.attrs.get("flat"):
+        return  # the same minimum; the point on a flat valley floor is not identified
     np.testing.assert_allclose(
         other[names].to_numpy(),
         params[names].to_numpy(),

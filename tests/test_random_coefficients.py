@@ -273,7 +273,16 @@ def test_nevo_matches_pyblp_at_our_estimates(nevo, nevo_results, pyblp):
         sigma=sigma, pi=pi, method="1s", optimization=pyblp.Optimization("return")
     )
     assert nevo_results.objective == pytest.approx(float(oracle.objective), rel=1e-8)
-    assert np.abs(oracle.gradient).max() < 1e-4
+    # The same gradient (its largest entry: σ_sugar, where BFGS stops on the Nevo problem), and
+    # as small as our stopping rule allows: gtol 1e-5 on the gradient in θ / natural scale
+    # (sugar's scale is 0.097, so 1.3e-5 there is 1.35e-4 in θ), within 10× when BFGS reports
+    # precision loss at the objective's rounding floor.
+    convergence = nevo_results.info.convergence
+    assert np.abs(oracle.gradient).max() == pytest.approx(
+        np.abs(convergence["gradient"]).max(), rel=1e-4
+    )
+    assert convergence["scaled_gradient_norm"] < 1e-4
+    assert convergence["converged"]
     expected = _pyblp_nevo_values(oracle, NEVO_CHARACTERISTICS, NEVO_DEMOGRAPHIC_NAMES)
     assert set(expected) == set(nevo_results.params.index)
     for name, (estimate, se) in expected.items():
