@@ -1,7 +1,8 @@
 """The supply side: ownership, Bertrand–Nash markups, equilibrium prices and welfare.
 
 Pure array functions over padded markets (``[T, J]`` products, ``[T, J, I]`` agents, masks
-for padding), as in :mod:`blpmodels.kernel`; nothing here loops over markets in Python.
+for padding), as in :mod:`blpmodels.kernel`: the numerics work on all markets at once (a
+market-by-market solve happens only to isolate a singular system).
 
 Firms set prices to maximize the profit-weighted sum of the products they care about. With
 Ω the ownership matrix (Ω_jk: the weight the firm selling j puts on the profit of k, 1 on its
@@ -786,65 +787,117 @@ def solve_prices(
     EquilibriumSolution
     """
     n_markets = costs.shape[0]
-    current = np.where(product_mask, prices, 0.0).astype(np.float64, copy=True)
     costs = np.where(product_mask, costs, 0.0)
-    iterations = np.zeros(n_markets, dtype=np.intp)
-    best = np.full(n_markets, np.inf)
-    best_prices = current.copy()
-    newton_ok = np.full(n_markets, newton_below > 0)
-    last_newton = np.zeros(n_markets, dtype=bool)
-    since_best = np.zeros(n_markets, dtype=np.intp)
+    track = _Iteration.start(np.where(product_mask, prices, 0.0), newton_below > 0)
     active = np.arange(n_markets)
     while active.size:
-        if initial is not None and active.size == n_markets and not iterations.any():
+        if initial is not None and active.size == n_markets and not track.iterations.any():
             state = initial
         else:
-            state = evaluate(current[active], active)
-        eta = current[active] - costs[active]
-        omega = ownership[active]
-        residual = foc_residual(state.jacobian, state.shares, omega, eta)
+            state = evaluate(track.current[active], active)
+        eta = track.current[active] - costs[active]
+        residual = foc_residual(state.jacobian, state.shares, ownership[active], eta)
         norm = _norms(residual, product_mask[active])
-        improved = norm < best[active]
-        best[active[improved]] = norm[improved]
-        best_prices[active[improved]] = current[active[improved]]
-        since_best[active[improved]] = 0
-        # A Newton step that did not lower the norm is undone; ζ steps take over.
-        undo = ~improved & last_newton[active] & np.isfinite(norm)
-        newton_ok[active[undo]] = False
-        current[active[undo]] = best_prices[active[undo]]
-        last_newton[active] = False
+        undo = track.record(active, norm)
         failed = (
             ~np.isfinite(norm)
-            | (iterations[active] >= max_iterations)
-            | (since_best[active] >= patience)
+            | (track.iterations[active] >= max_iterations)
+            | (track.since_best[active] >= patience)
         )
         stepping = np.flatnonzero(~(norm < tol) & ~failed & ~undo)
         if stepping.size:
-            positions = active[stepping]
-            sub = _subset_state(state, stepping)
-            updated = costs[positions] + zeta_markups(sub, omega[stepping], eta[stepping])
-            chosen = np.flatnonzero(newton_ok[positions] & (norm[stepping] < newton_below))
-            if chosen.size:
-                step = _newton_step(
-                    _subset_state(sub, chosen),
-                    omega[stepping][chosen],
-                    eta[stepping][chosen],
-                    residual[stepping][chosen],
-                )
-                good = np.isfinite(step).all(axis=1)
-                updated[chosen[good]] = current[positions[chosen[good]]] + step[good]
-                last_newton[positions[chosen[good]]] = True
-            current[positions] = np.where(product_mask[positions], updated, 0.0)
-            iterations[positions] += 1
-            since_best[positions] += 1
-        active = np.sort(
-            np.concatenate([positions if stepping.size else active[:0], active[undo & ~failed]])
-        )
-    final = np.where(np.isfinite(best)[:, None], best_prices, current)
+            newton = stepping[track.newton_ok[active[stepping]] & (norm[stepping] < newton_below)]
+            track.step(
+                active,
+                stepping,
+                newton,
+                _subset_state(state, stepping),
+                costs,
+                ownership[active],
+                eta,
+                residual,
+                product_mask,
+            )
+        # Undone markets are evaluated again at their best prices before a ζ step.
+        active = np.sort(np.concatenate([active[stepping], active[undo & ~failed]]))
+    final = np.where(np.isfinite(track.best)[:, None], track.best_prices, track.current)
     state = evaluate(final, np.arange(n_markets))
     residual = foc_residual(state.jacobian, state.shares, ownership, final - costs)
     norm = _norms(residual, product_mask)
-    return EquilibriumSolution(final, state, iterations, norm, norm < tol)
+    return EquilibriumSolution(final, state, track.iterations, norm, norm < tol)
+
+
+@dataclass(eq=False)
+class _Iteration:
+    """Per-market progress of :func:`solve_prices` (arrays over all its markets)."""
+
+    current: np.ndarray
+    best: np.ndarray
+    best_prices: np.ndarray
+    iterations: np.ndarray
+    since_best: np.ndarray
+    newton_ok: np.ndarray
+    last_newton: np.ndarray
+
+    @classmethod
+    def start(cls, prices: np.ndarray, newton: bool) -> _Iteration:
+        n_markets = prices.shape[0]
+        return cls(
+            current=prices.astype(np.float64, copy=True),
+            best=np.full(n_markets, np.inf),
+            best_prices=prices.astype(np.float64, copy=True),
+            iterations=np.zeros(n_markets, dtype=np.intp),
+            since_best=np.zeros(n_markets, dtype=np.intp),
+            newton_ok=np.full(n_markets, newton),
+            last_newton=np.zeros(n_markets, dtype=bool),
+        )
+
+    def record(self, active: np.ndarray, norm: np.ndarray) -> np.ndarray:
+        """Keep the best prices; undo Newton steps that did not lower the norm (returned)."""
+        improved = norm < self.best[active]
+        better = active[improved]
+        self.best[better] = norm[improved]
+        self.best_prices[better] = self.current[better]
+        self.since_best[better] = 0
+        undo = ~improved & self.last_newton[active] & np.isfinite(norm)
+        self.newton_ok[active[undo]] = False
+        self.current[active[undo]] = self.best_prices[active[undo]]
+        self.last_newton[active] = False
+        return undo
+
+    def step(
+        self,
+        active: np.ndarray,
+        stepping: np.ndarray,
+        newton: np.ndarray,
+        state: PriceState,
+        costs: np.ndarray,
+        ownership: np.ndarray,
+        markups: np.ndarray,
+        residual: np.ndarray,
+        product_mask: np.ndarray,
+    ) -> None:
+        """ζ steps for ``stepping`` (indexes into ``active``), Newton steps for ``newton``.
+
+        ``state`` holds the stepping markets only; the other arrays all active markets.
+        """
+        positions = active[stepping]
+        updated = costs[positions] + zeta_markups(state, ownership[stepping], markups[stepping])
+        if newton.size:
+            chosen = np.searchsorted(stepping, newton)
+            step = _newton_step(
+                _subset_state(state, chosen),
+                ownership[newton],
+                markups[newton],
+                residual[newton],
+            )
+            good = np.isfinite(step).all(axis=1)
+            targets = positions[chosen[good]]
+            updated[chosen[good]] = self.current[targets] + step[good]
+            self.last_newton[targets] = True
+        self.current[positions] = np.where(product_mask[positions], updated, 0.0)
+        self.iterations[positions] += 1
+        self.since_best[positions] += 1
 
 
 def _newton_step(

@@ -203,6 +203,18 @@ def test_equilibrium_solves_the_first_order_conditions_by_zeta_and_by_newton(eco
     assert newton.iterations.sum() < zeta.iterations.sum()
 
 
+def test_newton_steps_from_far_away_are_undone_when_they_do_not_help():
+    """Newton from the first step: some steps raise the profit-gradient norm (measured: one
+    market ends with NaN prices without the safeguard); undone, ζ steps take over."""
+    economy = Economy(nested=True, agents=50, markets=20, seed=3)
+    omega = ownership_matrices(economy.codes, economy.mask)
+    costs = np.where(economy.mask, economy.prices - 0.2, 0.0)
+    start = np.where(economy.mask, costs + 0.5, 0.0)
+    solution = solve_prices(economy.state, costs, start, omega, economy.mask, newton_below=np.inf)
+    assert solution.converged.all()
+    assert (solution.foc_norm < 1e-12).all()
+
+
 def test_markets_that_fail_are_flagged_while_the_others_converge():
     economy = Economy(nested=True)
     omega = ownership_matrices(economy.codes, economy.mask)
