@@ -307,10 +307,33 @@ def lambda_diagonal(
     the plain-logit split of Morrow and Skerlos (2011) when ρ = 0. Γ = Λ − J is not formed
     here: callers have J.
 
+    Parameters
+    ----------
+    probabilities : Probabilities
+        Choice probabilities ``[T, J, I]``.
+    weights : numpy.ndarray
+        ``[T, I]`` integration weights.
+    nesting : Nesting
+        Nests and ρ.
+    utility_derivative : numpy.ndarray
+        ``[T, J, I]`` (or broadcastable) D = ∂V/∂p.
+
     Returns
     -------
     numpy.ndarray
         ``[T, J]`` (0 in padding).
+
+    Examples
+    --------
+    Logit with one agent: Λ_jj = α s_j.
+
+    >>> from blpmodels.kernel import ShareEvaluator
+    >>> mask, nesting = np.ones((1, 2), bool), Nesting.unnested((1, 2))
+    >>> evaluator = ShareEvaluator(np.zeros((1, 2, 1)), np.ones((1, 1)), mask, nesting)
+    >>> probabilities = evaluator.probabilities(np.array([[0.0, 1.0]]))
+    >>> lam = lambda_diagonal(probabilities, np.ones((1, 1)), nesting, np.full((1, 2, 1), -2.0))
+    >>> bool(np.allclose(lam, -2.0 * probabilities.shares))
+    True
     """
     derivative = np.broadcast_to(utility_derivative, probabilities.unconditional.shape)
     weighted = np.einsum(
@@ -454,10 +477,19 @@ def zeta_markups(state: PriceState, ownership: np.ndarray, markups: np.ndarray) 
     equilibrium. Γ enters transposed elementwise with Ω (not (Ω ⊙ Γ)ᵀ), which matters when Ω is
     asymmetric (partial ownership).
 
+    Parameters
+    ----------
+    state : PriceState
+        Demand at the current prices.
+    ownership : numpy.ndarray
+        ``[T, J, J]`` Ω.
+    markups : numpy.ndarray
+        ``[T, J]`` current η = p − c.
+
     Returns
     -------
     numpy.ndarray
-        ``[T, J]`` ζ (0 in padding).
+        ``[T, J]`` ζ (0 in padding; the ζ-markup step is p ← c + ζ).
     """
     mask = state.product_mask
     gamma = -state.jacobian
@@ -498,6 +530,22 @@ def foc_jacobian(state: PriceState, ownership: np.ndarray, markups: np.ndarray) 
     -------
     numpy.ndarray
         ``[T, J, J]`` (zero in padding).
+
+    Examples
+    --------
+    One logit product sold by a monopolist: F = s + α s (1 − s) η, and
+    ∂F/∂p = α s (1 − s) (2 + α η (1 − 2s)).
+
+    >>> from blpmodels.kernel import ShareEvaluator
+    >>> mask, nesting, w = np.ones((1, 1), bool), Nesting.unnested((1, 1)), np.ones((1, 1))
+    >>> alpha, eta = -2.0, np.array([[0.3]])
+    >>> evaluator = ShareEvaluator(np.zeros((1, 1, 1)), w, mask, nesting)
+    >>> state = PriceState.at(evaluator.probabilities(np.array([[0.5]])), w, nesting, mask,
+    ...                       np.full((1, 1, 1), alpha))
+    >>> s = state.shares[0, 0]
+    >>> closed = alpha * s * (1 - s) * (2 + alpha * eta[0, 0] * (1 - 2 * s))
+    >>> bool(np.isclose(foc_jacobian(state, np.ones((1, 1, 1)), eta)[0, 0, 0], closed))
+    True
     """
     mask = state.product_mask
     P = state.probabilities.unconditional
@@ -581,6 +629,18 @@ def passthrough(
 def local_firm_codes(firm_codes: np.ndarray, product_mask: np.ndarray) -> np.ndarray:
     """Firms numbered 0, 1, … within each market (in order of code), -1 in padding.
 
+    Parameters
+    ----------
+    firm_codes : numpy.ndarray
+        ``[T, J]`` non-negative integer firm codes (shared across markets).
+    product_mask : numpy.ndarray
+        ``[T, J]`` real products.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[T, J]`` firm positions within each market.
+
     Examples
     --------
     >>> local_firm_codes(np.array([[7, 3, 7], [5, 5, 0]]), np.array([[1, 1, 1], [1, 1, 0]], bool))
@@ -609,6 +669,26 @@ def firm_hessian_max_eigenvalues(
     The block's eigenvalues are those of the full matrix with every other row and column
     replaced by a large negative diagonal, so all markets share one batched ``eigvalsh``
     per firm position.
+
+    Parameters
+    ----------
+    foc_jac : numpy.ndarray
+        ``[T, J, J]`` ∂F/∂p (:func:`foc_jacobian`).
+    firm_codes : numpy.ndarray
+        ``[T, J]`` firm codes.
+    product_mask : numpy.ndarray
+        ``[T, J]`` real products.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[T, F]`` largest eigenvalue per market and firm position.
+
+    Examples
+    --------
+    >>> hessian = np.array([[[-2.0, 5.0, 0.0], [5.0, -1.0, 0.0], [0.0, 0.0, -3.0]]])
+    >>> firm_hessian_max_eigenvalues(hessian, np.array([[0, 1, 0]]), np.ones((1, 3), bool))
+    array([[-2., -1.]])
     """
     local = local_firm_codes(firm_codes, product_mask)
     n_firms = int(local.max(initial=-1)) + 1
@@ -632,6 +712,20 @@ def hhi(shares: np.ndarray, firm_codes: np.ndarray, product_mask: np.ndarray) ->
 
     HHI_t = 10,000 Σ_f (S_ft / S_t)², S_ft the inside share of firm f and S_t = Σ_f S_ft.
 
+    Parameters
+    ----------
+    shares : numpy.ndarray
+        ``[T, J]`` shares.
+    firm_codes : numpy.ndarray
+        ``[T, J]`` firm codes.
+    product_mask : numpy.ndarray
+        ``[T, J]`` real products.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[T]`` indices.
+
     Examples
     --------
     >>> hhi(np.array([[0.1, 0.1, 0.2]]), np.array([[0, 0, 1]]), np.ones((1, 3), bool))
@@ -654,6 +748,15 @@ def agent_price_coefficients(
     Surplus in money needs one price coefficient per agent, the same for every product
     (no income effects): ∂V_ij/∂p_j must not vary with j.
 
+    Parameters
+    ----------
+    utility_derivative : numpy.ndarray
+        ``[T, J, I]`` ∂V_ij/∂p_j.
+    product_mask : numpy.ndarray
+        ``[T, J]`` real products.
+    weights : numpy.ndarray
+        ``[T, I]`` integration weights (0 for padded agents).
+
     Returns
     -------
     numpy.ndarray
@@ -665,6 +768,11 @@ def agent_price_coefficients(
         The derivative differs across products in some market (the price enters through a
         transformation such as ``log(prices)`` or interacted with characteristics), or it is
         zero for an agent.
+
+    Examples
+    --------
+    >>> agent_price_coefficients(np.full((1, 2, 1), -3.0), np.ones((1, 2), bool), np.ones((1, 1)))
+    array([[-3.]])
     """
     derivative = np.where(product_mask[:, :, None], utility_derivative, np.nan)
     low, high = np.nanmin(derivative, axis=1), np.nanmax(derivative, axis=1)
@@ -690,6 +798,20 @@ def consumer_surplus(
 
     CS_t = Σ_i w_i log(1 + Σ_h e^{IV_hi}) / (−α_i): the log-sum in money units (utilities
     linear in price, no income effects).
+
+    Parameters
+    ----------
+    log_denominator : numpy.ndarray
+        ``[T, I]`` log(1 + Σ_h e^{IV_hi}) (:attr:`Probabilities.log_denominator`).
+    weights : numpy.ndarray
+        ``[T, I]`` integration weights.
+    alpha : numpy.ndarray
+        ``[T, I]`` price coefficients (:func:`agent_price_coefficients`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[T]`` surplus.
 
     Examples
     --------
@@ -785,6 +907,28 @@ def solve_prices(
     Returns
     -------
     EquilibriumSolution
+
+    Examples
+    --------
+    Two single-product logit firms: the solution has markups 1/(−α(1 − s_j)).
+
+    >>> from blpmodels.kernel import ShareEvaluator
+    >>> mask, nesting, w = np.ones((1, 2), bool), Nesting.unnested((1, 2)), np.ones((1, 1))
+    >>> alpha, delta, base = -2.0, np.array([[1.0, 0.5]]), np.array([[1.0, 1.0]])
+    >>> def evaluate(prices, markets):
+    ...     shifted = delta[markets] + alpha * (prices - base[markets])
+    ...     evaluator = ShareEvaluator(np.zeros((markets.size, 2, 1)), w[markets],
+    ...                                mask[markets], nesting.subset(markets))
+    ...     return PriceState.at(evaluator.probabilities(shifted), w[markets],
+    ...                          nesting.subset(markets), mask[markets],
+    ...                          np.full((markets.size, 2, 1), alpha))
+    >>> costs = np.array([[0.5, 0.6]])
+    >>> solution = solve_prices(evaluate, costs, base, np.eye(2)[None], mask)
+    >>> bool(solution.converged[0])
+    True
+    >>> s = solution.state.shares
+    >>> bool(np.allclose(solution.prices - costs, 1 / (-alpha * (1 - s)), rtol=1e-10))
+    True
     """
     n_markets = costs.shape[0]
     costs = np.where(product_mask, costs, 0.0)
