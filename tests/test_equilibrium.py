@@ -381,3 +381,22 @@ def test_q5_merger_without_an_equilibrium_names_the_market(q5):
     with pytest.raises(FixedPointError, match=r"\['C03Q1'\]") as caught:
         q5.ours.merger(firm_ids={"F2": "F1"}, market_id=["C01Q1", "C03Q1"])
     assert caught.value.markets == ["C03Q1"]
+
+
+@pytest.mark.filterwarnings("ignore::blpmodels.ConvergenceWarning")
+def test_simulate_at_the_estimates_gives_back_the_data_and_moves_with_the_parameters(case):
+    products = case.products
+    same = case.ours.simulate()
+    assert same.markets["iterations"].eq(0).all()
+    np.testing.assert_allclose(same.data["prices"], products["prices"], rtol=1e-14)
+    np.testing.assert_allclose(same.data["shares"], products["shares"], rtol=1e-10)
+    # Less price-sensitive demand: the price coefficient 5% closer to zero (for Q5, whose mean
+    # coefficient is positive and offset by income, less dispersion of it instead: more
+    # agents with positive coefficients leave C03Q1 without an equilibrium).
+    name = "sigma[prices,prices]" if "sigma[prices,prices]" in case.ours.params else "prices"
+    moved = case.ours.simulate({name: 0.95 * case.ours.params[name]})
+    assert (moved.markets["foc_norm"] < 1e-12).all()
+    change = moved.data["prices"].to_numpy() - products["prices"].to_numpy()
+    assert np.abs(change).max() > 1e-6
+    if name == "prices":
+        assert (change > 0).mean() > 0.9  # mostly higher markups
