@@ -1688,7 +1688,8 @@ class Equilibrium:
         Largest eigenvalue of each firm's profit Hessian, labelled by
         ``(market_ids, firm_ids)``.
     data : pandas.DataFrame
-        The product data of the markets solved, with the new prices and shares.
+        The product data of the markets solved, with the new prices and shares and a
+        ``costs`` column (ready for ``from_formula``).
     """
 
     prices: pd.Series
