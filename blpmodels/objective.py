@@ -33,6 +33,8 @@ from .kernel import (
 from .moments import ProductBlock, StackedGMM
 from .parameters import NonlinearParameters
 from .products import ProductDesign
+from .supply_design import SupplyDesign
+from .supply_moments import directional_markup_derivative, markup_jacobian, markups
 
 __all__ = ["Evaluation", "NonlinearObjective", "check_fixed_point_options", "default_chunk_size"]
 
@@ -115,7 +117,17 @@ class Evaluation:
     seconds : float
         Time spent.
     absorbed_jacobian : numpy.ndarray or None
-        ``(N, P)`` ∂δ/∂θ with the fixed effects absorbed.
+        ``(N, P)`` ∂y_D/∂θ with the fixed effects absorbed (y_D = δ minus the price terms
+        whose coefficients are in θ).
+    gamma, omega : numpy.ndarray or None
+        Cost coefficients and ``(N,)`` cost shocks ω (cost fixed effects absorbed), with a
+        supply side.
+    markups : numpy.ndarray or None
+        ``(N,)`` Bertrand–Nash markups η = p − c.
+    supply_jacobian : numpy.ndarray or None
+        ``(N, P)`` absorbed ∂f(c)/∂θ.
+    failure : str or None
+        Why θ could not be evaluated when δ was solved (e.g. non-positive log costs).
     """
 
     theta: np.ndarray
@@ -130,11 +142,60 @@ class Evaluation:
     evaluations: np.ndarray
     seconds: float = 0.0
     absorbed_jacobian: np.ndarray | None = None
+    gamma: np.ndarray | None = None
+    omega: np.ndarray | None = None
+    markups: np.ndarray | None = None
+    supply_jacobian: np.ndarray | None = None
+    failure: str | None = None
 
     @property
     def success(self) -> bool:
         """Whether every market's contraction converged to finite values."""
-        return bool(self.converged.all()) and np.isfinite(self.objective)
+        return bool(self.converged.all()) and np.isfinite(self.objective) and self.failure is None
+
+    @property
+    def residuals(self) -> list[np.ndarray]:
+        """Residuals of each moment block: [ξ] or [ξ, ω]."""
+        return [self.xi] if self.omega is None else [self.xi, self.omega]
+
+    @property
+    def dependent_jacobians(self) -> list[np.ndarray]:
+        """Absorbed ∂y_b/∂θ of each block (demand, then supply)."""
+        if self.absorbed_jacobian is None:
+            raise ValueError("the evaluation was made without its gradient")
+        if self.supply_jacobian is None:
+            return [self.absorbed_jacobian]
+        return [self.absorbed_jacobian, self.supply_jacobian]
+
+
+@dataclass(eq=False)
+class _Outputs:
+    """Arrays the market chunks of one evaluation write into (each its own markets)."""
+
+    delta: np.ndarray
+    jacobian: np.ndarray | None
+    inverse: np.ndarray | None
+    converged: np.ndarray
+    iterations: np.ndarray
+    evaluations: np.ndarray
+    eta: np.ndarray | None
+    eta_jacobian: np.ndarray | None
+
+    @classmethod
+    def allocate(
+        cls, shape: tuple[int, int], n_theta: int, gradient: bool, supply: bool
+    ) -> _Outputs:
+        n_markets, width = shape
+        return cls(
+            np.zeros(shape),
+            np.zeros((*shape, n_theta)) if gradient else None,
+            np.zeros((n_markets, width, width)) if gradient else None,
+            np.zeros(n_markets, dtype=bool),
+            np.zeros(n_markets, dtype=np.int64),
+            np.zeros(n_markets, dtype=np.int64),
+            np.zeros(shape) if supply else None,
+            np.zeros((*shape, n_theta)) if supply and gradient else None,
+        )
 
 
 @dataclass(eq=False)
@@ -167,6 +228,10 @@ class NonlinearObjective:
     covariance : callable, optional
         ``covariance(Z, ξ) -> S`` with the fit's covariance type (default: robust), for the
         weighting-matrix update.
+    supply : SupplyDesign, optional
+        A supply side: cost moments Z_S'ω are stacked with the demand moments, and the
+        coefficients of the X1 columns that read prices join θ (after Σ, Π, ρ), because the
+        markups depend on them.
     """
 
     design: ProductDesign
@@ -180,6 +245,7 @@ class NonlinearObjective:
     fp_method: str = "newton"
     threads: int | None = None
     covariance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    supply: SupplyDesign | None = None
     gmm: StackedGMM = field(init=False)
     evaluations: list[Evaluation] = field(init=False, default_factory=list)
 
@@ -205,12 +271,64 @@ class NonlinearObjective:
                 self.chunk_size = min(self.chunk_size, -(-layout.n_markets // self.threads))
         self.chunks = layout.chunks(self.chunk_size)
         self._pool = None
-        self.blocks = [ProductBlock("demand", self.design.X_absorbed, self.design.Z_absorbed)]
+        self._setup_price_terms()
+        self.blocks = [
+            ProductBlock(
+                "demand", self.design.X_absorbed[:, self.kept_columns], self.design.Z_absorbed
+            )
+        ]
+        if self.supply is not None:
+            self.blocks.append(
+                ProductBlock("supply", self.supply.X_absorbed, self.supply.Z_absorbed)
+            )
         self.set_weighting_matrix(self.W)
         self.count = 0
         self.failures = 0
         self.total_iterations = 0
         self.total_evaluations = 0
+
+    def _setup_price_terms(self) -> None:
+        """Which X1 coefficients move into θ, and the price derivatives of X1 and X2.
+
+        Without a supply side every X1 coefficient is concentrated out. With one, the
+        coefficients of the X1 columns that read prices are parameters of θ (markups depend
+        on them), and D = ∂V/∂p is assembled from ∂X1/∂p and ∂X2/∂p, which are data.
+        """
+        design = self.design
+        n_linear = design.X.shape[1]
+        self.moved_columns = np.zeros(0, dtype=np.intp)
+        self.kept_columns = np.arange(n_linear)
+        if self.supply is None:
+            self.n_theta = self.parameters.size
+            return
+        price = self.supply.price_column
+        frame = design.data
+        d_x1 = np.column_stack(
+            [
+                design.exog.derivative(frame, price, design.context),
+                design.endog.derivative(frame, price, design.context),
+            ]
+        )
+        moved = np.flatnonzero(np.any(d_x1 != 0, axis=0))
+        self.moved_columns = moved
+        self.kept_columns = np.setdiff1d(np.arange(n_linear), moved)
+        layout = design.layout
+        self.price_x1 = layout.pad(d_x1[:, moved])
+        self.moved_x1_absorbed = design.X_absorbed[:, moved]
+        self.moved_x1 = design.X[:, moved]
+        self.price_x2 = layout.pad(design.random.derivative(frame, price, design.context))
+        self.ownership = self.supply.ownership
+        self.n_theta = self.parameters.size + moved.size
+
+    @property
+    def moved_names(self) -> list[str]:
+        """Names of the X1 coefficients that are parameters of θ (with a supply side)."""
+        return [self.design.x_names[k] for k in self.moved_columns]
+
+    def split(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """θ as (Σ, Π, ρ entries; moved X1 coefficients)."""
+        size = self.parameters.size
+        return theta[:size], theta[size:]
 
     def reset(self) -> None:
         """Forget warm starts: the next evaluation starts δ at the logit δ."""
@@ -248,8 +366,12 @@ class NonlinearObjective:
             return Nesting.unnested(mask.shape)
         return Nesting.from_codes(self.codes[markets], self.n_nests, rho)
 
-    def market_pieces(self, theta: np.ndarray, markets: np.ndarray):
-        """Agent coefficients, share evaluator and nesting for some markets at θ."""
+    def market_pieces(self, theta: np.ndarray, markets: np.ndarray, reuse: bool = True):
+        """Agent coefficients, share evaluator and nesting for some markets at θ (Σ, Π, ρ).
+
+        ``reuse=False`` allocates the agent factor anew instead of reusing the chunk's buffer
+        (for a second evaluator alive at the same time).
+        """
         _, _, rho = self.parameters.unpack(theta)
         agents = self.agents
         coefficients, _ = self.parameters.coefficients(
@@ -274,7 +396,9 @@ class NonlinearObjective:
             agents.weights[markets],
             mask,
             nesting,
-            out=self.buffer("factor", markets, (*mask.shape, coefficients.shape[1])),
+            out=self.buffer("factor", markets, (*mask.shape, coefficients.shape[1]))
+            if reuse
+            else None,
         )
         return coefficients, evaluator, nesting
 
@@ -343,38 +467,65 @@ class NonlinearObjective:
         return self._pool
 
     def _evaluate_chunk(
-        self,
-        theta: np.ndarray,
-        markets: np.ndarray,
-        initial: np.ndarray,
-        gradient: bool,
-        outputs: tuple,
+        self, theta: np.ndarray, markets: np.ndarray, initial: np.ndarray, out: _Outputs
     ) -> None:
-        """Solve δ and its Jacobians in one chunk of markets, writing into ``outputs``."""
-        delta_padded, jacobian_padded, inverse_padded, converged, iterations, evaluations = outputs
-        layout = self.design.layout
-        n_params = self.parameters.size
-        coefficients, evaluator, nesting = self.market_pieces(theta, markets)
-        mask = layout.mask[markets]
+        """Solve δ, its Jacobian and (with a supply side) the markups in one chunk of markets."""
+        theta_rc, _ = self.split(theta)
+        coefficients, evaluator, nesting = self.market_pieces(theta_rc, markets)
         result = self.solve(evaluator, markets, initial)
         if not result.converged.all():
             result = self._retry(evaluator, markets, initial, result)
-        delta_padded[markets] = result.delta
-        converged[markets] = result.converged
-        iterations[markets] = result.iterations
-        evaluations[markets] = result.evaluations
-        if not gradient or n_params == 0 or not result.converged.all():
+        out.delta[markets] = result.delta
+        out.converged[markets] = result.converged
+        out.iterations[markets] = result.iterations
+        out.evaluations[markets] = result.evaluations
+        gradient = out.jacobian is not None
+        if not result.converged.all() or not (
+            (gradient and self.n_theta) or self.supply is not None
+        ):
             return
-        weights = self.agents.weights[markets]
         probabilities = evaluator.probabilities(result.delta, factored=True)
+        delta_jacobian = None
+        if gradient and self.n_theta:
+            delta_jacobian = self._delta_jacobian(
+                theta_rc, markets, coefficients, nesting, probabilities, result.delta, out
+            )
+        if self.supply is not None:
+            self._markups(
+                theta,
+                markets,
+                coefficients,
+                evaluator,
+                nesting,
+                probabilities,
+                result.delta,
+                delta_jacobian,
+                out,
+            )
+
+    def _delta_jacobian(
+        self,
+        theta_rc: np.ndarray,
+        markets: np.ndarray,
+        coefficients: np.ndarray,
+        nesting: Nesting,
+        probabilities: Any,
+        delta: np.ndarray,
+        out: _Outputs,
+    ) -> np.ndarray:
+        """∂δ/∂θ = −(∂s/∂δ)⁻¹ ∂s/∂θ in a chunk (zero for moved X1 coefficients)."""
+        mask = self.design.layout.mask[markets]
+        weights = self.agents.weights[markets]
         by_delta = share_jacobian(
             probabilities,
             weights,
             nesting,
             mask,
-            workspace=self.buffer("scratch", markets, evaluator.agent_factor.shape),
+            workspace=self.buffer("scratch", markets, probabilities.factors[0].shape)
+            if probabilities.factors is not None
+            else None,
         )
-        by_theta = np.zeros((*mask.shape, n_params))
+        by_theta = np.zeros((*mask.shape, self.n_theta))
         random_positions = self.parameters.random_positions()
         if random_positions.size:
             factors, positions = self.parameters.agent_factors(
@@ -387,7 +538,8 @@ class NonlinearObjective:
                 by_theta[:, :, columns] = piece
         rho_positions = self.parameters.rho_positions()
         if rho_positions.size:
-            by_rho = rho_jacobian(probabilities, result.delta, evaluator.mu, weights, nesting, mask)
+            mu = np.matmul(self.characteristics[markets], np.swapaxes(coefficients, 1, 2))
+            by_rho = rho_jacobian(probabilities, delta, mu, weights, nesting, mask)
             if self.parameters.rho.size == 1:
                 by_rho = by_rho.sum(axis=2, keepdims=True)
             free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
@@ -395,10 +547,113 @@ class NonlinearObjective:
         index = np.arange(mask.shape[1])
         by_delta[:, index, index] += ~mask
         inverse = np.linalg.inv(by_delta)
-        jacobian_padded[markets] = -np.matmul(inverse, by_theta)
+        jacobian = -np.matmul(inverse, by_theta)
+        out.jacobian[markets] = jacobian
         # The Newton solver of the next evaluation wants (∂log s/∂δ)⁻¹ = (∂s/∂δ)⁻¹ diag(s).
         inverse *= np.where(mask, probabilities.shares, 1.0)[:, None, :]
-        inverse_padded[markets] = inverse
+        out.inverse[markets] = inverse
+        return jacobian
+
+    def price_derivative(
+        self, theta: np.ndarray, markets: np.ndarray, coefficients: np.ndarray
+    ) -> np.ndarray:
+        """``[T, J, I]`` D_ji = ∂V_ji/∂p_j: ∂X1/∂p·β_p plus ∂X2/∂p times agent coefficients."""
+        _, beta_moved = self.split(theta)
+        mean = self.price_x1[markets] @ beta_moved
+        return mean[:, :, None] + np.matmul(self.price_x2[markets], np.swapaxes(coefficients, 1, 2))
+
+    def _markups(
+        self,
+        theta: np.ndarray,
+        markets: np.ndarray,
+        coefficients: np.ndarray,
+        evaluator: ShareEvaluator,
+        nesting: Nesting,
+        probabilities: Any,
+        delta: np.ndarray,
+        delta_jacobian: np.ndarray | None,
+        out: _Outputs,
+    ) -> None:
+        """Markups η and (with the gradient) ∂η/∂θ in a chunk of markets."""
+        mask = self.design.layout.mask[markets]
+        weights = self.agents.weights[markets]
+        ownership = self.ownership[markets]
+        derivative = self.price_derivative(theta, markets, coefficients)
+        price_jacobian = share_jacobian(probabilities, weights, nesting, mask, derivative)
+        eta, system = markups(price_jacobian, probabilities.shares, ownership, mask)
+        out.eta[markets] = eta
+        if delta_jacobian is None:
+            return
+        if not self.parameters.has_rho:
+            directions = self._markup_directions(markets, coefficients, delta_jacobian)
+            out.eta_jacobian[markets] = markup_jacobian(
+                probabilities.unconditional,
+                weights,
+                derivative,
+                eta,
+                system,
+                ownership,
+                directions,
+            )
+            return
+        for position in range(self.n_theta):
+            out.eta_jacobian[markets, :, position] = self._nested_markup_derivative(
+                theta, markets, delta, delta_jacobian[:, :, position], position, eta, system
+            )
+
+    def _markup_directions(
+        self, markets: np.ndarray, coefficients: np.ndarray, delta_jacobian: np.ndarray
+    ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """For each θ entry, the changes (dV, dD) of agent utilities and price derivatives."""
+        directions: list[tuple[np.ndarray | None, np.ndarray | None]] = [
+            (None, None)
+        ] * self.n_theta
+        if self.parameters.size:
+            factors, positions = self.parameters.agent_factors(
+                coefficients, self.agents.nodes[markets], self.agents.demographics[markets]
+            )
+            x2 = self.characteristics[markets]
+            d_x2 = self.price_x2[markets]
+            for column, (factor, places) in enumerate(zip(factors, positions, strict=True)):
+                for offset, position in enumerate(places):
+                    agent = factor[:, None, offset, :]  # [T, 1, I]
+                    utility = delta_jacobian[:, :, position, None] + x2[:, :, column, None] * agent
+                    derivative = d_x2[:, :, column, None] * agent
+                    directions[position] = (utility, derivative)
+        n_agents = coefficients.shape[1]
+        for offset in range(self.moved_columns.size):
+            position = self.parameters.size + offset
+            d_x1 = self.price_x1[markets][:, :, offset, None]
+            directions[position] = (None, np.broadcast_to(d_x1, (*d_x1.shape[:2], n_agents)))
+        return directions
+
+    def _nested_markup_derivative(
+        self,
+        theta: np.ndarray,
+        markets: np.ndarray,
+        delta: np.ndarray,
+        delta_direction: np.ndarray,
+        position: int,
+        eta: np.ndarray,
+        system: np.ndarray,
+    ) -> np.ndarray:
+        """∂η/∂θ_l for nested models: central differences of B·η along (∂δ/∂θ_l, e_l)."""
+        mask = self.design.layout.mask[markets]
+        weights = self.agents.weights[markets]
+        ownership = self.ownership[markets]
+        step = 1e-5 * max(1.0, abs(float(theta[position])))
+
+        def system_times_eta(t: float) -> np.ndarray:
+            shifted = theta.copy()
+            shifted[position] += t
+            theta_rc, _ = self.split(shifted)
+            coefficients, evaluator, nesting = self.market_pieces(theta_rc, markets, reuse=False)
+            probabilities = evaluator.probabilities(delta + t * delta_direction)
+            derivative = self.price_derivative(shifted, markets, coefficients)
+            jacobian = share_jacobian(probabilities, weights, nesting, mask, derivative)
+            return np.matmul(ownership * np.swapaxes(jacobian, 1, 2), eta[:, :, None])[:, :, 0]
+
+        return directional_markup_derivative(system_times_eta, system, step)
 
     def evaluate(self, theta: np.ndarray, gradient: bool = True) -> Evaluation:
         """Objective (and gradient) at θ; warm-starts the next call from this δ on success.
@@ -406,7 +661,8 @@ class NonlinearObjective:
         Parameters
         ----------
         theta : numpy.ndarray
-            Free nonlinear parameters.
+            Free nonlinear parameters (Σ, Π, ρ entries, then the X1 coefficients that read
+            prices when there is a supply side).
         gradient : bool
             Also compute ∂q/∂θ and ∂δ/∂θ.
 
@@ -423,27 +679,13 @@ class NonlinearObjective:
             ):
                 return cached
         layout = self.design.layout
-        n_params = self.parameters.size
-        delta_padded = np.zeros_like(self.last_delta)
-        jacobian_padded = np.zeros((*self.last_delta.shape, n_params)) if gradient else None
-        inverse_padded = (
-            np.zeros((*self.last_delta.shape, self.last_delta.shape[1])) if gradient else None
+        out = _Outputs.allocate(
+            self.last_delta.shape, self.n_theta, gradient, self.supply is not None
         )
         initial = self.starting_delta(theta)
-        converged = np.zeros(layout.n_markets, dtype=bool)
-        iterations = np.zeros(layout.n_markets, dtype=np.int64)
-        share_evaluations = np.zeros(layout.n_markets, dtype=np.int64)
-        outputs = (
-            delta_padded,
-            jacobian_padded,
-            inverse_padded,
-            converged,
-            iterations,
-            share_evaluations,
-        )
 
         def run(markets: np.ndarray) -> None:
-            self._evaluate_chunk(theta, markets, initial[markets], gradient, outputs)
+            self._evaluate_chunk(theta, markets, initial[markets], out)
 
         if self.threads > 1 and len(self.chunks) > 1:
             # numpy releases the GIL in the large array operations, so market chunks run in
@@ -453,65 +695,115 @@ class NonlinearObjective:
             for markets in self.chunks:
                 run(markets)
 
-        success = bool(converged.all()) and np.isfinite(delta_padded[layout.mask]).all()
-        delta = layout.flatten(delta_padded)
-        self.total_iterations += int(iterations.sum())
-        self.total_evaluations += int(share_evaluations.sum())
-        if not success:
-            self.failures += 1
-            nan = np.full(self.design.nobs, np.nan)
-            evaluation = Evaluation(
-                theta,
-                np.inf,
-                None,
-                delta,
-                np.full(self.design.X.shape[1], np.nan),
-                nan,
-                None,
-                converged,
-                iterations,
-                share_evaluations,
-                time.perf_counter() - start,
-            )
-            self.count += 1
-            return evaluation
-        self.last_delta = delta_padded
-        self.last_theta = theta.copy()
-        if gradient:
-            self.last_delta_jacobian = jacobian_padded
-            self.last_inverse = inverse_padded
-        else:
-            self.last_delta_jacobian = None
-        solution = self.gmm.solve([self.design.residualize(delta)])
-        beta, xi, objective = solution.coefficients[0], solution.residuals[0], solution.objective
-        delta_jacobian = None
-        objective_gradient = None
-        if gradient:
-            delta_jacobian = (
-                layout.flatten(jacobian_padded) if n_params else np.zeros((delta.size, 0))
-            )
-            absorbed = self.design.residualize(delta_jacobian) if n_params else delta_jacobian
-            objective_gradient = self.gmm.gradient(solution, [absorbed])
-        else:
-            absorbed = None
+        success = bool(out.converged.all()) and np.isfinite(out.delta[layout.mask]).all()
+        delta = layout.flatten(out.delta)
+        self.total_iterations += int(out.iterations.sum())
+        self.total_evaluations += int(out.evaluations.sum())
         self.count += 1
+        if not success:
+            return self._failed(theta, delta, out, start)
+        self.last_delta = out.delta
+        self.last_theta = theta.copy()
+        self.last_delta_jacobian = out.jacobian
+        if gradient:
+            self.last_inverse = out.inverse
+        dependents, jacobians, supply = self._dependents(theta, delta, out)
+        if supply.get("failure"):
+            return self._failed(theta, delta, out, start, supply["failure"])
+        solution = self.gmm.solve(dependents)
+        objective_gradient = self.gmm.gradient(solution, jacobians) if gradient else None
         evaluation = Evaluation(
             theta,
-            objective,
+            solution.objective,
             objective_gradient,
             delta,
-            beta,
-            xi,
-            delta_jacobian,
-            converged,
-            iterations,
-            share_evaluations,
+            solution.coefficients[0],
+            solution.residuals[0],
+            layout.flatten(out.jacobian) if gradient else None,
+            out.converged,
+            out.iterations,
+            out.evaluations,
             time.perf_counter() - start,
-            absorbed,
+            jacobians[0] if gradient else None,
+            gamma=solution.coefficients[1] if self.supply is not None else None,
+            omega=solution.residuals[1] if self.supply is not None else None,
+            markups=supply.get("markups"),
+            supply_jacobian=jacobians[1] if gradient and self.supply is not None else None,
         )
         # Optimizers ask again for points they have seen (the start, an accepted step).
         self._cache = [*self._cache[-3:], evaluation]
         return evaluation
+
+    def _dependents(
+        self, theta: np.ndarray, delta: np.ndarray, out: _Outputs
+    ) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, Any]]:
+        """Each block's absorbed dependent variable and its θ-Jacobian (if computed).
+
+        Demand: y_D = δ − X1_p β_p (the X1 columns whose coefficients are in θ); supply:
+        y_S = f(p − η).
+        """
+        layout = self.design.layout
+        _, beta_moved = self.split(theta)
+        gradient = out.jacobian is not None
+        demand = self.design.residualize(delta)
+        if beta_moved.size:
+            demand = demand - self.moved_x1_absorbed @ beta_moved
+        dependents = [demand]
+        jacobians: list[np.ndarray] = []
+        if gradient:
+            delta_jacobian = layout.flatten(out.jacobian)
+            absorbed = (
+                self.design.residualize(delta_jacobian)
+                if self.n_theta
+                else np.zeros((delta.size, 0))
+            )
+            if beta_moved.size:
+                absorbed[:, self.parameters.size :] = -self.moved_x1_absorbed
+            jacobians.append(absorbed)
+        supply: dict[str, Any] = {}
+        if self.supply is not None:
+            eta = layout.flatten(out.eta)
+            costs = self.supply.prices - eta
+            values, slope = self.supply.transform(costs)
+            if not np.isfinite(values).all():
+                bad = int((~np.isfinite(values)).sum())
+                supply["failure"] = (
+                    f"the implied marginal costs are not positive for {bad} product(s), so "
+                    "their logs are undefined (set costs_bounds, e.g. (0.001, None), as pyblp "
+                    "users do, or use linear costs)"
+                )
+                return dependents, jacobians, supply
+            supply["markups"] = eta
+            dependents.append(self.supply.residualize(values))
+            if gradient:
+                eta_jacobian = layout.flatten(out.eta_jacobian)
+                jacobians.append(self.supply.residualize(-slope[:, None] * eta_jacobian))
+        return dependents, jacobians, supply
+
+    def _failed(
+        self,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        out: _Outputs,
+        start: float,
+        failure: str | None = None,
+    ) -> Evaluation:
+        self.failures += 1
+        nan = np.full(self.design.nobs, np.nan)
+        return Evaluation(
+            theta,
+            np.inf,
+            None,
+            delta,
+            np.full(self.kept_columns.size, np.nan),
+            nan,
+            None,
+            out.converged,
+            out.iterations,
+            out.evaluations,
+            time.perf_counter() - start,
+            failure=failure,
+        )
 
     def moment_jacobian(self, evaluation: Evaluation) -> np.ndarray:
         """``(M, K1 + P)`` Jacobian of the mean moments ḡ = Z'ξ/N in (β, θ) at an evaluation.
@@ -520,14 +812,12 @@ class NonlinearObjective:
         --------
         >>> G = objective.moment_jacobian(objective.evaluate(theta))  # doctest: +SKIP
         """
-        absorbed = evaluation.absorbed_jacobian
-        if absorbed is None:
-            raise ValueError("the evaluation was made without its gradient")
-        return self.gmm.moment_jacobian([absorbed])
+        return self.gmm.moment_jacobian(evaluation.dependent_jacobians)
 
     def moment_covariance(self, evaluation: Evaluation) -> np.ndarray:
-        """S, the covariance of the per-product moments z_j ξ_j, with the fit's ``cov_type``."""
-        return self.covariance([block.Z for block in self.blocks], [evaluation.xi])
+        """S, the covariance of the per-product moments [z_Dj ξ_j, z_Sj ω_j], with the fit's
+        ``cov_type``."""
+        return self.covariance([block.Z for block in self.blocks], evaluation.residuals)
 
     def updated_weighting_matrix(self, evaluation: Evaluation) -> np.ndarray:
         """S⁻¹ at an evaluation: the weighting matrix of the next GMM step."""

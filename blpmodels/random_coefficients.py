@@ -19,15 +19,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.linalg
 from formulaic.utils.context import capture_context
 
 from .absorb import AbsorbMethod
 from .agents import AgentDesign
 from .covariance import gmm_covariance
 from .demand import DemandSystem
+from .design import required_variables
 from .estimation import GMMOptions, gmm_options, safe_inverse
 from .estimator import Estimate, Estimator, FitSettings, check_fit_settings, natural_scales
-from .exceptions import BLPInputError
+from .exceptions import BLPInputError, FixedPointError
 from .formula import parse_formula
 from .gmm import first_stage, inverse_weight_matrix
 from .models import BLPModel
@@ -36,6 +38,7 @@ from .optimize import check_optimizer
 from .parameters import NonlinearParameters
 from .products import ProductDesign
 from .results import BLPResultsWrapper, EstimationInfo
+from .supply_design import SupplyDesign
 
 __all__ = ["BLPRandomCoefficients"]
 
@@ -79,6 +82,11 @@ class BLPRandomCoefficients(BLPModel):
         context: Mapping[str, Any] | None = None,
         chunk_size: int | None = None,
         threads: int | None = None,
+        supply: str | None = None,
+        supply_instruments: str | None = None,
+        costs_type: str = "linear",
+        supply_absorb: str | None = None,
+        costs_bounds: Any = None,
     ) -> BLPRandomCoefficients:
         """Build the model from formulas, product data and agent data (or an integration rule).
 
@@ -110,6 +118,21 @@ class BLPRandomCoefficients(BLPModel):
         threads : int, optional
             Market chunks evaluated in parallel threads; by default the available cores (up
             to 4) for large problems, 1 for small ones. Results do not depend on it.
+        supply : str, optional
+            Marginal-cost characteristics X3, e.g. ``"1 + mushy"``: adds the supply side
+            f(p − η) = X3γ + ω with Bertrand–Nash markups η from ``firm_ids`` and moments
+            E[Z_S ω] = 0, Z_S = the X3 columns and ``supply_instruments``. γ is concentrated
+            out (named ``gamma[...]``); the coefficients of the X1 columns that read prices
+            become nonlinear parameters (start them with ``fit(beta=...)``).
+        supply_instruments : str, optional
+            Excluded supply instruments, e.g. ``"demand_instruments0"``.
+        costs_type : {"linear", "log"}
+            f(c) = c or log c.
+        supply_absorb : str, optional
+            Fixed effects in the cost equation, e.g. ``"C(product_ids)"``.
+        costs_bounds : tuple, optional
+            ``(lower, upper)`` clipping of the implied costs before f (``None`` entries: no
+            bound), e.g. ``(0.001, None)`` with log costs, as in pyblp's BLP example.
 
         Returns
         -------
@@ -163,15 +186,41 @@ class BLPRandomCoefficients(BLPModel):
             kind=kind,
         )
         types = dict(rc_types or {})
+        supply_design = None
+        if supply is not None:
+            demand_variables: set[str] = set()
+            for block in (design.exog, design.endog, design.random):
+                if block.formula:
+                    demand_variables |= required_variables(block.formula)
+            supply_design = SupplyDesign.from_formula(
+                supply,
+                design.data,
+                design.layout,
+                design.firm_ids,
+                supply_instruments=supply_instruments,
+                costs_type=costs_type,
+                supply_absorb=supply_absorb,
+                absorb_method=absorb_method,
+                costs_bounds=costs_bounds,
+                demand_variables=demand_variables,
+                context=namespace,
+            )
+        elif supply_instruments or supply_absorb or costs_bounds is not None:
+            raise BLPInputError(
+                "supply_instruments, supply_absorb and costs_bounds need a supply formula "
+                "(supply='1 + ...')"
+            )
         return cls._from_design(
             design,
             agents=agents,
             chunk_size=None if chunk_size is None else int(chunk_size),
             threads=None if threads is None else int(threads),
             rc_types=types,
+            supply=supply_design,
         )
 
     rc_types: dict[str, str]
+    supply: SupplyDesign | None = None
 
     def _nests(self) -> tuple[np.ndarray | None, tuple[Any, ...]]:
         if self.design.nesting_ids is None:
@@ -245,7 +294,7 @@ class BLPRandomCoefficients(BLPModel):
         check_fixed_point_options(fp_tol, fp_max_evaluations, fp_method)
         design = self.design
         if W is None:
-            W = inverse_weight_matrix(design.Z_absorbed.T @ design.Z_absorbed / design.nobs)
+            W = self.initial_weighting_matrix()
         codes, _ = self._nests()
         return NonlinearObjective(
             design,
@@ -259,7 +308,27 @@ class BLPRandomCoefficients(BLPModel):
             chunk_size=self.chunk_size,
             threads=self.threads,
             covariance=covariance,
+            supply=self.supply,
         )
+
+    def initial_weighting_matrix(self) -> np.ndarray:
+        """(Z'Z/N)⁻¹, block diagonal over the demand and supply instruments."""
+        design = self.design
+        blocks = [design.Z_absorbed]
+        if self.supply is not None:
+            blocks.append(self.supply.Z_absorbed)
+        return scipy.linalg.block_diag(
+            *[
+                inverse_weight_matrix(Z.T @ Z / design.nobs, f"{name} instruments' Z'Z/N")
+                for name, Z in zip(("demand", "supply"), blocks, strict=False)
+            ]
+        )
+
+    @property
+    def n_moments(self) -> int:
+        """Number of moments (demand, plus supply when there is a supply side)."""
+        supply = 0 if self.supply is None else len(self.supply.z_names)
+        return len(self.design.z_names) + supply
 
     def fit(  # type: ignore[override]
         self,
@@ -284,6 +353,7 @@ class BLPRandomCoefficients(BLPModel):
         fp_max_evaluations: int = 5000,
         fp_method: str = "newton",
         compute_hessian: bool = True,
+        beta: Mapping[str, float] | None = None,
     ) -> BLPResultsWrapper:
         """Estimate θ = (Σ, Π, ρ) and β by one- or two-step GMM.
 
@@ -340,6 +410,11 @@ class BLPRandomCoefficients(BLPModel):
         compute_hessian : bool
             Compute the Hessian at the optimum (P extra gradient evaluations) for the
             second-order check.
+        beta : dict, optional
+            With a supply side, starting values of the coefficients of the X1 columns that
+            read prices (they become nonlinear parameters: markups depend on them), e.g.
+            ``{"prices": -30}``. By default the demand-only IV estimate at the starting
+            Σ, Π, ρ.
 
         Returns
         -------
@@ -364,7 +439,7 @@ class BLPRandomCoefficients(BLPModel):
         parameters = self.parameters(
             sigma, pi, rho, sigma_bounds=sigma_bounds, pi_bounds=pi_bounds, rho_bounds=rho_bounds
         )
-        options = gmm_options(design, method, W, cov_type, cov_kwds, len(design.z_names))
+        options = gmm_options(design, method, W, cov_type, cov_kwds, self.n_moments)
         check_fixed_point_options(fp_tol, fp_max_evaluations, fp_method)
         settings = check_fit_settings(
             optimizer,
@@ -377,16 +452,6 @@ class BLPRandomCoefficients(BLPModel):
             steps=2 if options.method == "2s" else 1,
             check_options=check_optimizer,
         )
-        self._check_order_condition(parameters)
-        lower, upper = parameters.lower, parameters.upper
-        if check_optimizer(optimizer, optimizer_options) == "bfgs":
-            if sigma_bounds is not None or pi_bounds is not None:
-                warnings.warn(
-                    "bfgs cannot impose bounds: sigma_bounds / pi_bounds are ignored",
-                    UserWarning,
-                    stacklevel=2,
-                )
-            lower, upper = np.full_like(lower, -np.inf), np.full_like(upper, np.inf)
         objective = self.objective_function(
             parameters,
             options.W,
@@ -395,14 +460,31 @@ class BLPRandomCoefficients(BLPModel):
             fp_method=fp_method,
             covariance=options.moment_covariance,
         )
+        self._check_order_condition(parameters, objective)
+        moved_start = self._moved_start(beta, objective, parameters)
+        names = [*parameters.names, *objective.moved_names]
+        lower = np.concatenate([parameters.lower, np.full(moved_start.size, -np.inf)])
+        upper = np.concatenate([parameters.upper, np.full(moved_start.size, np.inf)])
+        if check_optimizer(optimizer, optimizer_options) == "bfgs":
+            if sigma_bounds is not None or pi_bounds is not None:
+                warnings.warn(
+                    "bfgs cannot impose bounds: sigma_bounds / pi_bounds are ignored",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            lower, upper = np.full_like(lower, -np.inf), np.full_like(upper, np.inf)
         agents = self.agents
         scale = natural_scales(
             parameters, design.random.values, agents.nodes, agents.demographics, agents.weights
         )
+        if moved_start.size:
+            # One unit of θ/s moves utilities by about one: s = 1 / rms of the price column.
+            size = np.sqrt((objective.moved_x1**2).mean(axis=0))
+            scale = np.concatenate([scale, 1.0 / np.where(size > 0, size, 1.0)])
         estimator = Estimator(
             objective,
-            parameters.names,
-            design.x_names,
+            names,
+            [*[design.x_names[k] for k in objective.kept_columns], *self._gamma_names()],
             lower,
             upper,
             scale,
@@ -410,19 +492,85 @@ class BLPRandomCoefficients(BLPModel):
             design.layout.market_labels,
             int(fp_max_evaluations),
         )
-        estimate = estimator.run(parameters.theta0)
+        estimate = estimator.run(np.concatenate([parameters.theta0, moved_start]))
         return self._estimate_results(estimate, objective, parameters, options, settings)
 
-    def _check_order_condition(self, parameters: NonlinearParameters) -> None:
-        """More parameters than moments cannot be estimated: an error naming both counts."""
-        n_linear = len(self.design.x_names)
-        n_moments = len(self.design.z_names)
+    def _gamma_names(self) -> list[str]:
+        return [] if self.supply is None else self.supply.x_names
+
+    def _moved_start(
+        self, beta: Any, objective: NonlinearObjective, parameters: NonlinearParameters
+    ) -> np.ndarray:
+        """Starting values of the X1 coefficients that join θ with a supply side.
+
+        ``beta`` names them (e.g. ``{"prices": -30}``); a coefficient not named starts at the
+        demand-only IV estimate at the starting Σ, Π, ρ (one evaluation of the demand
+        objective).
+        """
+        if beta is not None and not isinstance(beta, Mapping):
+            raise BLPInputError("beta must be a dict such as {'prices': -30.0}")
+        names = objective.moved_names
+        given = dict(beta or {})
+        if given and self.supply is None:
+            raise BLPInputError(
+                "beta starting values are only needed with a supply side: without one every "
+                "linear coefficient is concentrated out"
+            )
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise BLPInputError(
+                f"beta names {unknown}, but the coefficients in θ are {names} (the X1 columns "
+                "that read prices)"
+            )
+        values = {}
+        for name, value in given.items():
+            try:
+                values[name] = float(value)
+            except (TypeError, ValueError):
+                raise BLPInputError(f"beta[{name!r}] must be a number, got {value!r}") from None
+            if not np.isfinite(values[name]):
+                raise BLPInputError(f"beta[{name!r}] must be finite, got {value!r}")
+        missing = [name for name in names if name not in values]
+        if missing:
+            demand_moments = len(self.design.z_names)
+            demand_only = NonlinearObjective(
+                self.design,
+                self.agents,
+                parameters,
+                self.initial_weighting_matrix()[:demand_moments, :demand_moments],
+                nest_codes=objective.nest_codes,
+                fp_tol=objective.fp_tol,
+                fp_max_evaluations=objective.fp_max_evaluations,
+                threads=objective.threads,
+                chunk_size=objective.chunk_size,
+            )
+            start = demand_only.evaluate(parameters.theta0, gradient=False)
+            if not start.success:
+                raise FixedPointError(
+                    "the δ contraction failed at the starting values, so the starting "
+                    f"{missing} cannot be taken from the demand-only estimate: give "
+                    "beta={...} and smaller sigma/pi",
+                    markets=self.design.layout.market_labels[~start.converged].tolist(),
+                )
+            for name in missing:
+                values[name] = float(start.beta[self.design.x_names.index(name)])
+        return np.asarray([values[name] for name in names], dtype=np.float64)
+
+    def _check_order_condition(
+        self, parameters: NonlinearParameters, objective: NonlinearObjective
+    ) -> None:
+        """More parameters than moments cannot be estimated: an error naming both counts.
+
+        The X1 coefficients that join θ with a supply side are counted as linear ones.
+        """
+        n_linear = len(self.design.x_names) + len(self._gamma_names())
+        n_moments = self.n_moments
         if n_linear + parameters.size > n_moments:
+            names = [*parameters.names, *objective.moved_names]
             raise BLPInputError(
                 f"the model has {n_linear + parameters.size} parameters ({n_linear} linear, "
-                f"{parameters.size} nonlinear: {parameters.names}) but only {n_moments} "
-                "moments (instruments): add excluded instruments or fix some of sigma/pi/rho "
-                "at zero"
+                f"{parameters.size} nonlinear: {names}) but only {n_moments} moments "
+                "(instruments): add excluded instruments or fix some of sigma/pi/rho at zero"
             )
 
     def _estimate_results(
@@ -436,11 +584,20 @@ class BLPRandomCoefficients(BLPModel):
         """Covariance, first-stage diagnostics and the demand system from an :class:`Estimate`."""
         design = self.design
         final = estimate.evaluation
-        theta = estimate.theta
+        theta, beta_moved = objective.split(estimate.theta)
         nobs = design.nobs
         Z = design.Z_absorbed
         S = objective.moment_covariance(final)
         cov = gmm_covariance(objective.moment_jacobian(final), objective.W, S, nobs)
+        # The estimator's order is (concentrated β, γ, Σ Π ρ, β of price columns); results
+        # list β in formula order, then γ, then Σ, Π, ρ.
+        beta = np.zeros(len(design.x_names))
+        beta[objective.kept_columns] = final.beta
+        beta[objective.moved_columns] = beta_moved
+        gamma = np.zeros(0) if final.gamma is None else final.gamma
+        internal = np.concatenate([final.beta, gamma, estimate.theta])
+        order = self._display_order(objective, gamma.size, parameters.size)
+        cov = cov[np.ix_(order, order)]
         first = (
             first_stage(
                 design.X_absorbed[:, design.exog.size :],
@@ -457,7 +614,7 @@ class BLPRandomCoefficients(BLPModel):
         n_nests = 0 if codes is None else int(codes.max()) + 1
         demand = DemandSystem(
             design,
-            final.beta,
+            beta,
             final.delta,
             agents=self.agents,
             parameters=parameters,
@@ -500,12 +657,31 @@ class BLPRandomCoefficients(BLPModel):
             W=objective.W,
             updated_W=safe_inverse(S),
             moment_covariance=S,
-            n_moments=len(design.z_names),
+            n_moments=self.n_moments,
             first_stage=first,
             convergence=convergence,
             timings=estimate.seconds,
             steps=estimate.steps,
         )
-        params = np.concatenate([final.beta, theta])
-        names = [*design.x_names, *parameters.names]
+        if self.supply is not None and estimate.steps:
+            index = design.data.index
+            estimate.steps[-1].update(
+                gamma=pd.Series(gamma, index=self._gamma_names()),
+                omega=pd.Series(final.omega, index=index, name="omega"),
+                markups=pd.Series(final.markups, index=index, name="markups"),
+                costs=pd.Series(self.supply.prices - final.markups, index=index, name="costs"),
+            )
+        params = internal[order]
+        names = [*design.x_names, *self._gamma_names(), *parameters.names]
         return self._results(params, names, cov, info, demand, final.xi, final.delta)
+
+    @staticmethod
+    def _display_order(objective: NonlinearObjective, n_gamma: int, n_theta: int) -> np.ndarray:
+        """Positions in the estimator's order of (β in formula order, γ, Σ Π ρ)."""
+        kept, moved = objective.kept_columns, objective.moved_columns
+        position = np.empty(kept.size + moved.size, dtype=np.intp)
+        position[kept] = np.arange(kept.size)
+        position[moved] = kept.size + n_gamma + n_theta + np.arange(moved.size)
+        return np.concatenate(
+            [position, kept.size + np.arange(n_gamma), kept.size + n_gamma + np.arange(n_theta)]
+        )
