@@ -24,6 +24,12 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from pathlib import Path  # noqa: E402
 
+# A relative data folder (CI passes ../shared/data) is read against the directory pytest started
+# in; tests that run pytest in a temporary directory (test_ci_guard.py) would otherwise look for
+# the data there.
+if os.environ.get("BLPMODELS_DATA", "").strip():
+    os.environ["BLPMODELS_DATA"] = str(Path(os.environ["BLPMODELS_DATA"]).expanduser().resolve())
+
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
