@@ -31,7 +31,7 @@ from .demand import MarketInputs, PricedMarkets
 from .design import TermBlock, build_block, check_columns, numeric_values
 from .exceptions import BLPInputError, FixedPointError
 from .formula import required_variables
-from .instruments import build_blp_instruments
+from .instruments import build_blp_instruments, build_differentiation_instruments
 from .kernel import Nesting, ShareEvaluator, raise_unconverged, solve_delta
 from .markets import MarketLayout, check_ids
 from .parameters import NonlinearParameters
@@ -436,7 +436,14 @@ class SimulationResults:
         return self.simulation.agent_data
 
 
-_NO_DEMAND_COLUMNS = ("shares",)
+InstrumentKind = Literal["blp", "differentiation", "both"]
+
+
+def _check_instruments(kind: Any) -> None:
+    if kind is not None and kind not in ("blp", "differentiation", "both"):
+        raise BLPInputError(
+            f"instruments must be 'blp', 'differentiation', 'both' or None, got {kind!r}"
+        )
 
 
 def _formula(value: Any, name: str, *, required: bool = False) -> str | None:
@@ -939,8 +946,13 @@ class Simulation:
             return None
         return _row_values(values, self.products.index, self._market_ids, label)
 
-    def _instruments(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """BLP instruments on the exogenous characteristics (constant columns dropped)."""
+    def _instruments(self, frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+        """Instruments on the exogenous characteristics, redundant columns dropped.
+
+        A column is kept only when it is not a linear combination of a constant and the
+        columns kept before it (in balanced markets the own- and rival-firm product counts add
+        up to a constant, for instance), so the instruments can be used as they are.
+        """
         variables: set[str] = set()
         for rhs in (self.formulas["linear"], self.formulas["random"], self.formulas["supply"]):
             if rhs is not None:
@@ -953,10 +965,25 @@ class Simulation:
             and pd.api.types.is_numeric_dtype(frame[name])
             and not pd.api.types.is_bool_dtype(frame[name])
         )
-        characteristics = " + ".join(["1", *numeric])
-        instruments = build_blp_instruments(frame, characteristics)
-        varying = instruments.columns[instruments.std(axis=0).to_numpy() > 0]
-        return instruments[varying]
+        blocks = []
+        if kind in ("blp", "both"):
+            blocks.append(build_blp_instruments(frame, " + ".join(["1", *numeric])))
+        if kind in ("differentiation", "both") and numeric:
+            blocks.append(build_differentiation_instruments(frame, numeric))
+        instruments = pd.concat(blocks, axis=1) if blocks else pd.DataFrame(index=frame.index)
+        kept: list[str] = []
+        basis = np.ones((len(frame), 1)) / np.sqrt(len(frame))
+        for name in instruments.columns:
+            column = instruments[name].to_numpy(np.float64)
+            scale = np.linalg.norm(column)
+            if scale == 0:
+                continue
+            residual = column / scale - basis @ (basis.T @ (column / scale))
+            size = np.linalg.norm(residual)
+            if size > 1e-8:
+                kept.append(name)
+                basis = np.column_stack([basis, residual / size])
+        return instruments[kept]
 
     def _output(
         self,
@@ -965,17 +992,17 @@ class Simulation:
         omega: np.ndarray,
         costs: np.ndarray | None,
         markets: pd.DataFrame,
-        instruments: bool,
+        instruments: str | None,
     ) -> SimulationResults:
         frame = frame.copy()
         frame["xi"] = xi
         frame["omega"] = omega
         if costs is not None:
             frame["costs"] = costs
-        if instruments:
-            blp = self._instruments(frame)
-            frame = frame.drop(columns=[c for c in blp.columns if c in frame.columns])
-            frame = pd.concat([frame, blp], axis=1)
+        if instruments is not None:
+            built = self._instruments(frame, instruments)
+            frame = frame.drop(columns=[c for c in built.columns if c in frame.columns])
+            frame = pd.concat([frame, built], axis=1)
         return SimulationResults(products=frame, markets=markets, simulation=self)
 
     # ------------------------------------------------------------------ solving
@@ -988,7 +1015,7 @@ class Simulation:
         prices: Any = None,
         tol: float = 1e-12,
         max_iterations: int = 1000,
-        instruments: bool = True,
+        instruments: InstrumentKind | None = "blp",
     ) -> SimulationResults:
         """Solve the Bertrand–Nash equilibrium prices and shares in every market at once.
 
@@ -1010,9 +1037,15 @@ class Simulation:
             Tolerance on each market's first-order-condition norm.
         max_iterations : int
             Price updates per market.
-        instruments : bool
-            Add BLP instruments (``blp_own_*``, ``blp_rival_*``) of the exogenous
-            characteristics to the products.
+        instruments : {"blp", "differentiation", "both"} or None
+            Instruments added to the products, built on the exogenous characteristics the
+            formulas read (all but ``prices``): BLP sums (``blp_own_*``, ``blp_rival_*``,
+            :func:`blpmodels.build_blp_instruments`, with a constant), local differentiation
+            instruments (``diff_own_*``, ``diff_rival_*``,
+            :func:`blpmodels.build_differentiation_instruments`), both, or none. Columns that
+            are constant or a linear combination of a constant and the columns before them
+            (in balanced markets the own- and rival-firm product counts add up to a constant)
+            are dropped.
 
         Returns
         -------
@@ -1042,6 +1075,7 @@ class Simulation:
         """
         tol = _check_float("tol", tol, low=0.0, low_open=True)
         max_iterations = _check_int("max_iterations", max_iterations, 1)
+        _check_instruments(instruments)
         xi_values = self._row_argument(xi, "xi")
         xi_values = self._xi if xi_values is None else xi_values
         omega_values = self._row_argument(omega, "omega")
@@ -1098,7 +1132,7 @@ class Simulation:
         *,
         tol: float = 1e-14,
         max_evaluations: int = 5000,
-        instruments: bool = True,
+        instruments: InstrumentKind | None = "blp",
     ) -> SimulationResults:
         """Keep the products' prices and shares and back out a characteristic consistent with them.
 
@@ -1119,8 +1153,8 @@ class Simulation:
             Tolerance of the δ contraction.
         max_evaluations : int
             Share evaluations per market in the contraction.
-        instruments : bool
-            Add BLP instruments, as in :meth:`replace_endogenous`.
+        instruments : {"blp", "differentiation", "both"} or None
+            Instruments added to the products, as in :meth:`replace_endogenous`.
 
         Returns
         -------
@@ -1152,6 +1186,7 @@ class Simulation:
         """
         tol = _check_float("tol", tol, low=0.0, low_open=True)
         max_evaluations = _check_int("max_evaluations", max_evaluations, 1)
+        _check_instruments(instruments)
         frame = self.products
         check_columns(frame, ["shares"], market_ids=self._market_ids, what="products")
         shares = numeric_values(frame["shares"], "products column 'shares'")
