@@ -393,6 +393,10 @@ class Estimator:
     def fixed_point_error(self, evaluation: Any, where: str) -> FixedPointError:
         """A FixedPointError naming the markets and why δ could not be solved there."""
         failed = ~np.asarray(evaluation.converged, dtype=bool)
+        failure = getattr(evaluation, "failure", None)
+        if failure and not failed.any():
+            # δ was solved; the supply side could not use it (e.g. log of costs <= 0).
+            return FixedPointError(f"the objective cannot be evaluated {where}: {failure}")
         bad = self.market_labels[failed].tolist()
         spent = np.asarray(evaluation.evaluations)[failed] >= self.fp_max_evaluations
         if failed.any() and spent.all():
@@ -440,7 +444,7 @@ class Estimator:
                 )
                 return theta, evaluation
         raise FixedPointError(
-            f"{first_error}; nor could it be solved with {what} moved up to 256× closer to zero",
+            f"{first_error}; nor at {what} moved up to 256× closer to zero",
             markets=first_error.markets,
         )
 
@@ -619,7 +623,7 @@ class Estimator:
         hessian = diagnostics.hessian
         if hessian is None or not np.isfinite(hessian).all():
             return theta, evaluation, 0
-        taken = 0
+        theta, evaluation, taken = self._snap_to_bounds(theta, evaluation)
         for _ in range(5):
             gradient = evaluation.gradient
             projected = diagnostics_projection(gradient, theta, self.lower, self.upper)
@@ -643,6 +647,26 @@ class Estimator:
             theta, evaluation = trial, candidate
             taken += 1
         return theta, evaluation, taken
+
+    def _snap_to_bounds(self, theta: np.ndarray, evaluation: Any) -> tuple[np.ndarray, Any, int]:
+        """Put parameters a hair inside a bound, pushed outward by the gradient, on the bound.
+
+        Interior-point optimizers (trust-constr) stop about 1e-8 inside a bound: the full
+        gradient there is not zero, so the first-order check would fail although the minimum
+        is on the bound. The move is kept only if the objective does not rise above rounding.
+        """
+        gradient = evaluation.gradient
+        near = 1e-5 * self.scale
+        to_lower = (theta - self.lower <= near) & (theta > self.lower) & (gradient > 0)
+        to_upper = (self.upper - theta <= near) & (theta < self.upper) & (gradient < 0)
+        if not (to_lower | to_upper).any():
+            return theta, evaluation, 0
+        trial = np.where(to_lower, self.lower, np.where(to_upper, self.upper, theta))
+        candidate = self.objective.evaluate(trial)
+        noise = 1e-11 * max(1.0, abs(evaluation.objective))
+        if candidate.success and candidate.objective <= evaluation.objective + noise:
+            return trial, candidate, 1
+        return theta, evaluation, 0
 
     def _improves(
         self, evaluation: Any, candidate: Any, trial: np.ndarray, scaled_norm: float

@@ -28,9 +28,19 @@ class BLPInputError(ValueError):
 
 
 class FixedPointError(RuntimeError):
-    """The mean-utility contraction failed to converge or produced non-finite values.
+    """A fixed point failed: the mean-utility contraction, Bertrand–Nash prices, or costs.
 
-    ``markets`` holds the ids of the markets at fault.
+    Raised when δ cannot be solved (no convergence, or non-finite values), when equilibrium
+    prices do not converge, or when the objective cannot be evaluated at a start because the
+    costs implied there are unusable (e.g. not positive with log costs). ``markets`` holds the
+    ids of the markets at fault (empty when the problem is not one market's).
+
+    Examples
+    --------
+    >>> from blpmodels.exceptions import FixedPointError
+    >>> error = FixedPointError("the δ contraction failed in 1 market(s)", markets=["C01Q1"])
+    >>> error.markets
+    ['C01Q1']
     """
 
     def __init__(self, message: str, markets: list | None = None) -> None:
