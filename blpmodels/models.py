@@ -108,6 +108,11 @@ class BLPModel(Model):
         *,
         absorb_method: AbsorbMethod | None = None,
         context: Mapping[str, Any] | None = None,
+        supply: str | None = None,
+        supply_instruments: str | None = None,
+        costs_type: str = "linear",
+        supply_absorb: str | None = None,
+        costs_bounds: Any = None,
         **kwargs: Any,
     ) -> BLPModel:
         """Build the model from a formula such as ``shares ~ 1 + mushy + [prices ~ z]``.
@@ -126,6 +131,19 @@ class BLPModel(Model):
             pyhdfe method ("within", "map", "lsmr", "sw", "dummy").
         context : mapping, optional
             Extra names for formula transforms (the caller's namespace is used by default).
+        supply : str, optional
+            Marginal-cost characteristics, e.g. ``"1 + mushy"``: estimate demand jointly with
+            the cost equation f(p − η) = X3γ + ω, η the Bertrand–Nash markups under
+            ``firm_ids``, with moments E[Z_S ω] = 0. The price coefficient (and ρ) then
+            become nonlinear parameters, γ is concentrated out and named ``gamma[...]``.
+        supply_instruments : str, optional
+            Excluded supply instruments (added to the X3 columns).
+        costs_type : {"linear", "log"}
+            f(c) = c or log c.
+        supply_absorb : str, optional
+            Fixed effects in the cost equation.
+        costs_bounds : tuple, optional
+            ``(lower, upper)`` clipping of the implied costs before f.
 
         Returns
         -------
@@ -143,7 +161,45 @@ class BLPModel(Model):
             context=namespace,
             formula=formula,
         )
-        return cls._from_design(design)
+        from .random_coefficients import build_supply_design
+
+        supply_design = build_supply_design(
+            design,
+            supply,
+            supply_instruments=supply_instruments,
+            costs_type=costs_type,
+            supply_absorb=supply_absorb,
+            costs_bounds=costs_bounds,
+            absorb_method=absorb_method,
+            context=namespace,
+        )
+        return cls._from_design(design, supply=supply_design)
+
+    #: The cost side when built with ``supply=`` (see :meth:`from_formula`).
+    supply: Any = None
+
+    def _supply_fit(
+        self,
+        fit_options: Mapping[str, Any],
+        *,
+        rho: Any = None,
+        beta: Mapping[str, float] | None = None,
+        **gmm: Any,
+    ) -> BLPResultsWrapper:
+        """Joint demand and supply estimation (see :func:`fit_logit_with_supply`)."""
+        from .random_coefficients import fit_logit_with_supply
+
+        return fit_logit_with_supply(
+            self, self.supply, rho=rho, beta=beta, **gmm, **dict(fit_options)
+        )
+
+    def _no_supply_options(self, beta: Any, fit_options: Mapping[str, Any]) -> None:
+        if beta is not None or fit_options:
+            names = sorted(fit_options) + (["beta"] if beta is not None else [])
+            raise BLPInputError(
+                f"{names} only apply with a supply side (from_formula(..., supply='1 + ...')): "
+                "without one the model is linear and fitted in closed form"
+            )
 
     # statsmodels reads these
     def loglike(self, params: np.ndarray) -> float:  # pragma: no cover - GMM has none
@@ -205,6 +261,9 @@ class BLPLogit(BLPModel):
         W: Any = None,
         cov_type: str = "robust",
         cov_kwds: Mapping[str, Any] | None = None,
+        *,
+        beta: Mapping[str, float] | None = None,
+        **fit_options: Any,
     ) -> BLPResultsWrapper:
         """Estimate by one- or two-step GMM.
 
@@ -213,17 +272,31 @@ class BLPLogit(BLPModel):
         method : {"1s", "2s"}
             One-step GMM with W (default (Z'Z/N)⁻¹), or two steps with W updated to S⁻¹.
         W : array-like, optional
-            First-step weighting matrix (M×M).
+            First-step weighting matrix (M×M; with a supply side, over the demand and then
+            the supply instruments).
         cov_type : {"robust", "HC0", "unadjusted", "clustered"}
             Covariance of the estimates (and of the moments used to update W).
         cov_kwds : dict, optional
             ``{"groups": ids or column name(s)}`` for clustering (several columns give
             multi-way clustering); ``{"center": False}`` to not center robust moments.
+        beta : dict, optional
+            With a supply side only: starting price coefficient, e.g. ``{"prices": -30}``
+            (default the demand-only IV estimate).
+        **fit_options
+            With a supply side only: optimizer settings of
+            :meth:`~blpmodels.BLPRandomCoefficients.fit` (``optimizer``,
+            ``optimizer_options``, ``max_evaluations``, ``compute_hessian``, …).
 
         Returns
         -------
         BLPResults
+            β, then ``gamma[...]`` with a supply side.
         """
+        if self.supply is not None:
+            return self._supply_fit(
+                fit_options, beta=beta, method=method, W=W, cov_type=cov_type, cov_kwds=cov_kwds
+            )
+        self._no_supply_options(beta, fit_options)
         design = self.design
         options = gmm_options(design, method, W, cov_type, cov_kwds, len(design.z_names))
         delta = design.logit_delta()
@@ -294,6 +367,10 @@ class BLPNestedLogit(BLPModel):
         cov_type: str = "robust",
         cov_kwds: Mapping[str, Any] | None = None,
         rho: str = "common",
+        *,
+        rho_start: Any = None,
+        beta: Mapping[str, float] | None = None,
+        **fit_options: Any,
     ) -> BLPResultsWrapper:
         """Estimate β and ρ by one- or two-step linear GMM.
 
@@ -303,14 +380,37 @@ class BLPNestedLogit(BLPModel):
             As in :meth:`BLPLogit.fit`.
         rho : {"common", "nest"}
             One ρ for all nests, or one per nest.
+        rho_start : float or array-like, optional
+            With a supply side only: starting ρ (default the demand-only closed-form
+            estimate, clipped into [0, 0.99]).
+        beta, **fit_options
+            With a supply side only, as in :meth:`BLPLogit.fit`.
 
         Returns
         -------
         BLPResults
-            Parameters are β followed by ``rho`` (or ``rho[<nest>]``).
+            Parameters are β followed by ``rho`` (or ``rho[<nest>]``); with a supply side β,
+            ``gamma[...]``, then ρ.
         """
         if rho not in ("common", "nest"):
             raise BLPInputError(f"rho must be 'common' or 'nest', got {rho!r}")
+        if self.supply is not None:
+            return self._nested_supply_fit(
+                rho,
+                rho_start,
+                beta,
+                fit_options,
+                method=method,
+                W=W,
+                cov_type=cov_type,
+                cov_kwds=cov_kwds,
+            )
+        self._no_supply_options(beta, fit_options)
+        if rho_start is not None:
+            raise BLPInputError(
+                "rho_start only applies with a supply side: without one ρ is estimated in "
+                "closed form"
+            )
         design = self.design
         within, rho_names, nest_codes, _ = self._within_shares(rho == "nest")
         options = gmm_options(design, method, W, cov_type, cov_kwds, len(design.z_names))
@@ -362,4 +462,32 @@ class BLPNestedLogit(BLPModel):
             demand,
             estimate.xi,
             delta,
+        )
+
+    def _nested_supply_fit(
+        self,
+        rho: str,
+        rho_start: Any,
+        beta: Mapping[str, float] | None,
+        fit_options: Mapping[str, Any],
+        **gmm: Any,
+    ) -> BLPResultsWrapper:
+        """Nested logit with a supply side: ρ and α nonlinear, started from the closed form."""
+        _, _, _, nest_labels = self._within_shares(rho == "nest")
+        if rho_start is None:
+            # The price coefficients then start at the closed-form estimate too: at the
+            # closed-form ρ, the demand-only IV estimate of β is the closed-form β.
+            demand_only = copy.copy(self)
+            demand_only.supply = None
+            closed = demand_only.fit(rho=rho)
+            rho_start = np.clip(np.asarray(closed.params)[len(self.design.x_names) :], 0.0, 0.99)
+        start = np.atleast_1d(np.asarray(rho_start, dtype=np.float64))
+        if rho == "nest" and start.size == 1:
+            start = np.full(len(nest_labels), start[0])
+        if rho == "common" and start.size != 1:
+            raise BLPInputError(
+                f"rho='common' takes one starting value, got rho_start of size {start.size}"
+            )
+        return self._supply_fit(
+            fit_options, rho=start if rho == "nest" else start[0], beta=beta, **gmm
         )

@@ -381,7 +381,8 @@ class NonlinearObjective:
         characteristics = self.characteristics[markets]
         # X2 is zero in padding, so μ is too; checking the factors is cheaper than μ itself.
         with np.errstate(over="ignore", invalid="ignore"):
-            scale = np.abs(coefficients).max(axis=(1, 2)) * np.abs(characteristics).max(axis=(1, 2))
+            peak = np.abs(coefficients).max(axis=(1, 2), initial=0.0)  # 0 without X2 columns
+            scale = peak * np.abs(characteristics).max(axis=(1, 2), initial=0.0)
         if not np.isfinite(scale).all() or (scale > 1e300).any():
             bad = self.design.layout.market_labels[markets][~(scale <= 1e300)]
             raise BLPInputError(

@@ -43,6 +43,105 @@ from .supply_design import SupplyDesign
 __all__ = ["BLPRandomCoefficients"]
 
 
+def build_supply_design(
+    design: ProductDesign,
+    supply: str | None,
+    *,
+    supply_instruments: str | None = None,
+    costs_type: str = "linear",
+    supply_absorb: str | None = None,
+    costs_bounds: Any = None,
+    absorb_method: AbsorbMethod | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> SupplyDesign | None:
+    """The cost side of a model built by ``from_formula`` (``None`` without ``supply``).
+
+    Shared by every model class, so that the supply arguments mean the same everywhere; the
+    options that only make sense with a cost equation are an error without one.
+
+    Examples
+    --------
+    >>> build_supply_design(design, None) is None  # doctest: +SKIP
+    True
+    """
+    if supply is None:
+        if supply_instruments or supply_absorb or costs_bounds is not None:
+            raise BLPInputError(
+                "supply_instruments, supply_absorb and costs_bounds need a supply formula "
+                "(supply='1 + ...')"
+            )
+        if costs_type != "linear":
+            raise BLPInputError(f"costs_type={costs_type!r} needs a supply formula (supply=...)")
+        return None
+    demand_variables: set[str] = set()
+    for block in (design.exog, design.endog, design.random):
+        if block.formula:
+            demand_variables |= required_variables(block.formula)
+    return SupplyDesign.from_formula(
+        supply,
+        design.data,
+        design.layout,
+        design.firm_ids,
+        supply_instruments=supply_instruments,
+        costs_type=costs_type,
+        supply_absorb=supply_absorb,
+        absorb_method=absorb_method,
+        costs_bounds=costs_bounds,
+        demand_variables=demand_variables,
+        context=dict(context or {}),
+    )
+
+
+def fit_logit_with_supply(
+    model: BLPModel,
+    supply: SupplyDesign,
+    *,
+    rho: Any = None,
+    beta: Mapping[str, float] | None = None,
+    **fit_options: Any,
+) -> BLPResultsWrapper:
+    """Logit or nested logit demand estimated jointly with its cost equation.
+
+    The price coefficient (and ρ for nests) enter the markups, so they join θ; the other
+    linear demand coefficients and γ stay concentrated out. This is the random-coefficients
+    estimator with no random coefficients: one agent per market with weight one, whose
+    shares are exactly the (nested) logit shares, so the same objective, gradient,
+    covariance and diagnostics serve every model.
+
+    Parameters
+    ----------
+    model : BLPModel
+        A :class:`~blpmodels.models.BLPLogit` or :class:`~blpmodels.models.BLPNestedLogit`
+        built with ``supply=``.
+    supply : SupplyDesign
+        Its cost side.
+    rho : float or array-like, optional
+        Starting ρ for nested logit.
+    beta : dict, optional
+        Starting values of the coefficients of price columns.
+    **fit_options
+        As in :meth:`BLPRandomCoefficients.fit`.
+
+    Returns
+    -------
+    BLPResults
+        β in formula order, then ``gamma[...]``, then ρ.
+
+    Examples
+    --------
+    >>> model = BLPLogit.from_formula(
+    ...     "shares ~ 1 + x + [prices ~ z]", data, supply="1 + w")  # doctest: +SKIP
+    >>> model.fit().params["gamma[w]"]  # doctest: +SKIP
+    """
+    design = model.design
+    agent_data = pd.DataFrame({"market_ids": design.layout.market_labels, "weights": 1.0})
+    agents = AgentDesign.build(agent_data, design.layout.market_labels, max_nodes=0)
+    inner = BLPRandomCoefficients._from_design(
+        design, agents=agents, rc_types={}, supply=supply, chunk_size=None, threads=None
+    )
+    return inner.fit(sigma=0, rho=rho, beta=beta, **fit_options)
+
+
 class BLPRandomCoefficients(BLPModel):
     """Random-coefficients (BLP) demand with demographics; nested when products have nests.
 
@@ -186,30 +285,16 @@ class BLPRandomCoefficients(BLPModel):
             kind=kind,
         )
         types = dict(rc_types or {})
-        supply_design = None
-        if supply is not None:
-            demand_variables: set[str] = set()
-            for block in (design.exog, design.endog, design.random):
-                if block.formula:
-                    demand_variables |= required_variables(block.formula)
-            supply_design = SupplyDesign.from_formula(
-                supply,
-                design.data,
-                design.layout,
-                design.firm_ids,
-                supply_instruments=supply_instruments,
-                costs_type=costs_type,
-                supply_absorb=supply_absorb,
-                absorb_method=absorb_method,
-                costs_bounds=costs_bounds,
-                demand_variables=demand_variables,
-                context=namespace,
-            )
-        elif supply_instruments or supply_absorb or costs_bounds is not None:
-            raise BLPInputError(
-                "supply_instruments, supply_absorb and costs_bounds need a supply formula "
-                "(supply='1 + ...')"
-            )
+        supply_design = build_supply_design(
+            design,
+            supply,
+            supply_instruments=supply_instruments,
+            costs_type=costs_type,
+            supply_absorb=supply_absorb,
+            costs_bounds=costs_bounds,
+            absorb_method=absorb_method,
+            context=namespace,
+        )
         return cls._from_design(
             design,
             agents=agents,
