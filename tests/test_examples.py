@@ -241,3 +241,117 @@ def test_exercise2_whole_script(exercise2: ModuleType) -> None:
         atol=1e-5,
     )
     assert s5.loc['method="2s"', "objective"] == pytest.approx(1.705, abs=1e-3)
+
+
+# ------------------------------------------------------------------ supply side and mergers
+
+
+@pytest.fixture(scope="module")
+def supply_example() -> ModuleType:
+    """The supply-side and merger example module."""
+    _require(
+        "mixtape/products.csv",
+        "mixtape/derived/ex2_product_data_with_overid_and_firms.csv",
+        "mixtape/derived/ex2_agent_data.csv.gz",
+    )
+    return _load("mixtape_supply_and_mergers")
+
+
+@pytest.fixture(scope="module")
+def supply_logit(supply_example: ModuleType) -> tuple[pd.DataFrame, Any]:
+    """Exercise 1 products (with firm_ids) and the IV logit clustered by product."""
+    from blpmodels.datasets import load_mixtape_products
+
+    products = load_mixtape_products()
+    return products, supply_example.exercise1_results(products)
+
+
+@pytest.fixture(scope="module")
+def supply_q5(supply_example: ModuleType) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
+    """Exercise 2 products (five instruments, firms), agents and question 5's fit."""
+    products, agents = supply_example.load_exercise2()
+    return products, agents, supply_example.question5_results(products, agents)
+
+
+def _check_exercise1_supplemental3(s3: dict[str, Any]) -> None:
+    """The marginal costs of exercise 1, supplemental 3 (solution notebook's numbers)."""
+    assert s3["mean"] == pytest.approx(0.0870, abs=5e-5)
+    assert s3["median"] == pytest.approx(0.0851, abs=5e-5)
+    assert s3["min"] == pytest.approx(0.000154, abs=5e-7)
+    assert s3["max"] == pytest.approx(0.188, abs=5e-4)
+    assert s3["max_over_cost"] == pytest.approx(316, abs=0.5)
+    assert 0 < s3["mean_margin"] < 1
+
+
+def _check_exercise1_supplemental4(s4: dict[str, Any]) -> None:
+    """Exercise 1, supplemental 4: equilibrium at α = −20, estimated back."""
+    assert s4["observed_iterations"] == 0
+    assert s4["foc_norm"] <= 1e-10
+    assert s4["max_hessian_eigenvalue"] < 0
+    assert s4["price_change"] > 0  # less price-sensitive demand, higher prices
+    assert s4["alpha_hat"] == pytest.approx(-19.39, abs=5e-3)
+
+
+def _check_merger(soc: dict[str, Any], merged: dict[str, Any]) -> None:
+    """Question 5 demand: C03Q1 fails the second-order conditions; F1 buys F2 elsewhere."""
+    assert soc["failed"] == ["C03Q1"]
+    assert soc["eigenvalues"].loc[("C03Q1", "F1")] > 0
+    assert soc["positive_alpha"].index[0].startswith("C03")
+    assert merged["excluded_error"] == ["C03Q1"]
+    result = merged["merger"]
+    markets = result.markets
+    assert len(markets) == 93 and "C03Q1" not in markets.index
+    equilibrium = result.equilibrium.markets
+    assert (equilibrium["foc_norm"] < 1e-12).all()
+    assert (equilibrium["max_hessian_eigenvalue"] < 0).all()
+    merging = result.products["firm_ids_pre"].isin(["F1", "F2"])
+    assert (result.products.loc[merging, "prices_change"] > 0).all()
+    assert (result.products["firm_ids_post"][merging] == "F1").all()
+    assert merged["merging_price_change"] > merged["other_price_change"] > 0
+    assert (markets["hhi_change"] > 0).all()
+    assert (markets["consumer_surplus_change"] < 0).all()
+    assert markets["profits_change"].sum() > 0
+    # Consumers lose more than firms gain: no cost savings.
+    assert markets["consumer_surplus_change"].sum() + markets["profits_change"].sum() < 0
+
+
+def test_supply_exercise1_supplemental3(
+    supply_example: ModuleType, supply_logit: tuple[pd.DataFrame, Any]
+) -> None:
+    _check_exercise1_supplemental3(supply_example.exercise1_supplemental3(*supply_logit))
+
+
+def test_supply_exercise1_supplemental4(
+    supply_example: ModuleType, supply_logit: tuple[pd.DataFrame, Any]
+) -> None:
+    products, results = supply_logit
+    s4 = supply_example.exercise1_supplemental4(products, results)
+    _check_exercise1_supplemental4(s4)
+    np.testing.assert_allclose(s4["equilibrium"].data["costs"], results.costs(), rtol=1e-14)
+
+
+def test_supply_merger_with_question5_demand(
+    supply_example: ModuleType, supply_q5: tuple[pd.DataFrame, pd.DataFrame, Any]
+) -> None:
+    _, agents, q5 = supply_q5
+    assert q5.params["sigma[prices,prices]"] == pytest.approx(6.02, abs=0.01)
+    assert q5.params["pi[prices,log_income]"] == pytest.approx(-5.96, abs=0.01)
+    soc = supply_example.second_order_conditions(q5, agents)
+    _check_merger(soc, supply_example.merger(q5, exclude=soc["failed"]))
+
+
+@pytest.mark.slow
+def test_supply_whole_script(supply_example: ModuleType, capsys) -> None:
+    """The whole script (about half a minute), with exercise 2 supplemental 6."""
+    out = supply_example.main()
+    _check_exercise1_supplemental3(out["ex1_s3"])
+    _check_exercise1_supplemental4(out["ex1_s4"])
+    s6 = out["ex2_s6"]
+    assert s6["supply"].info.convergence["converged"]
+    assert s6["gamma_intercept"] == pytest.approx(0.0881, abs=5e-5)
+    assert s6["gamma_mushy"] == pytest.approx(-0.00568, abs=5e-6)
+    assert s6["demand_difference"] < 1e-5
+    # The demand-only step is supplemental 5's one-step fit.
+    assert s6["demand"].params["sigma[prices,prices]"] == pytest.approx(8.48, abs=0.01)
+    _check_merger(out["soc"], out["merger"])
+    assert "Supply side and mergers ran in" in capsys.readouterr().out
