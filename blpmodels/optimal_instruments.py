@@ -265,7 +265,7 @@ def _fitted(results: Any) -> _Fitted:
             "results must be a fitted blpmodels demand model (BLPLogit, BLPNestedLogit or "
             f"BLPRandomCoefficients results), got {type(results).__name__}"
         )
-    if getattr(inner, "supply", None) is not None:
+    if getattr(model, "supply", None) is not None:
         # The extension point: with a supply side, expected prices solve the equilibrium at
         # ω = 0 and the supply moments get their own optimal instruments.
         raise BLPInputError(

@@ -594,6 +594,47 @@ class BLPResults(LikelihoodModelResults):
             )
         return pd.Series(delta, index=design.data.index, name="delta")
 
+    def optimal_instruments(
+        self,
+        method: str = "approximate",
+        *,
+        draws: int | None = None,
+        seed: Any = None,
+        expected_prices: Any = None,
+    ) -> pd.DataFrame:
+        """Feasible optimal demand instruments E[∂ξ/∂(β, θ) | z] at these estimates.
+
+        See :func:`blpmodels.optimal_instruments.optimal_instruments` for the columns, the
+        methods and the expected prices.
+
+        Parameters
+        ----------
+        method : {"approximate", "normal", "empirical"}
+            Evaluate at ξ = 0, or average over ``draws`` normal or resampled ξ.
+        draws : int, optional
+            Draws of ξ for "normal" and "empirical".
+        seed : int or numpy.random.Generator, optional
+            Seed of the draws.
+        expected_prices : array-like, optional
+            E[p | z]; by default the reduced form of prices on the exogenous columns.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One column per instrumented linear and per nonlinear parameter, indexed like the
+            product data (``data.join(instruments)`` re-estimates with them).
+
+        Examples
+        --------
+        >>> instruments = results.optimal_instruments()  # doctest: +SKIP
+        >>> formula = "shares ~ 1 + x + [prices ~ optimal_prices]"  # doctest: +SKIP
+        """
+        from .optimal_instruments import optimal_instruments
+
+        return optimal_instruments(
+            self, method, draws=draws, seed=seed, expected_prices=expected_prices
+        )
+
     def bootstrap(self, draws: int = 1000, seed: int | None = None) -> BootstrappedResults:
         """Parametric bootstrap: draw parameters from their estimated asymptotic distribution.
 

@@ -558,16 +558,23 @@ def test_unsupported_results(logit_results, simulated_products, no_heavy_work):
             optimal_instruments(results)
 
 
-def test_supply_side_results_are_refused(logit_results, no_heavy_work):
-    """The extension point: a results object that reports a supply side."""
-
-    class WithSupply:
-        def __init__(self, inner):
-            self.__dict__.update(inner._results.__dict__)
-            self.supply = object()
-
+def test_supply_side_results_are_refused(simulated_products):
+    """Estimated with a supply side, expected prices would solve the pricing equilibrium."""
+    products = simulated_products.drop(columns="nesting_ids")
+    results = BLPLogit.from_formula(
+        "shares ~ 1 + x + [prices ~ z1 + z2]", products, supply="1 + z1"
+    ).fit()
     with pytest.raises(BLPInputError, match="supply side"):
-        optimal_instruments(WithSupply(logit_results))
+        optimal_instruments(results)
+    with pytest.raises(BLPInputError, match="supply side"):
+        results.optimal_instruments()
+
+
+def test_results_method_is_the_function(logit_results):
+    expected = optimal_instruments(logit_results, "normal", draws=5, seed=3)
+    got = logit_results.optimal_instruments("normal", draws=5, seed=3)
+    pd.testing.assert_frame_equal(got, expected)
+    assert got.attrs["method"] == "normal" and got.attrs["draws"] == 5
 
 
 def test_endogenous_variable_other_than_prices(simulated_products, no_heavy_work):
