@@ -539,8 +539,8 @@ def run_all() -> dict[str, Any]:
     out["s2"] = supplemental2(products, out["q6"])
     header("Supplemental 3-4")
     print(
-        "Not covered here: imputing marginal costs (3) and re-solving equilibrium prices (4) "
-        "need the supply side, which blpmodels does not implement yet."
+        "Imputing marginal costs (3) and re-solving equilibrium prices (4) are answered by "
+        "examples/mixtape_supply_and_mergers.py (results.costs(), results.simulate())."
     )
     print(f"\nExercise 1 ran in {time.perf_counter() - clock:.1f} s.")
     return out

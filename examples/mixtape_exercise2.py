@@ -2,8 +2,8 @@
 
 Answers questions 1-6 and supplemental questions 1-5 of
 https://github.com/Mixtape-Sessions/Demand-Estimation (Exercises/Exercise-2) with
-:class:`blpmodels.BLPRandomCoefficients`. Supplemental 6 (supply side) is not implemented in
-blpmodels yet. Run it from the project root::
+:class:`blpmodels.BLPRandomCoefficients`. Supplemental 6 (supply side) is answered by
+``examples/mixtape_supply_and_mergers.py``. Run it from the project root::
 
     python examples/mixtape_exercise2.py
 
@@ -1057,11 +1057,12 @@ def supplemental5(agents: pd.DataFrame) -> pd.DataFrame:
 
 
 def supplemental6() -> None:
-    """Supplemental 6: supply side (not implemented in blpmodels yet)."""
+    """Supplemental 6: supply side, answered by ``mixtape_supply_and_mergers.py``."""
     header("Supplemental 6. Supply-side restrictions")
     print(
-        "NOT IMPLEMENTED: blpmodels does not estimate a supply side yet (no marginal-cost "
-        "formulation, firm conduct or supply moments), so this question is skipped."
+        "See examples/mixtape_supply_and_mergers.py: the supply side 1 + mushy estimated with "
+        "the five demand instruments (from_formula(..., supply='1 + mushy'), "
+        "fit(..., beta={'prices': 10}))."
     )
 
 
