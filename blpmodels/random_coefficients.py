@@ -12,6 +12,7 @@ found by minimizing the GMM objective with the analytic gradient.
 
 from __future__ import annotations
 
+import copy
 import numbers
 import warnings
 from collections.abc import Mapping
@@ -139,7 +140,13 @@ def fit_logit_with_supply(
     inner = BLPRandomCoefficients._from_design(
         design, agents=agents, rc_types={}, supply=supply, chunk_size=None, threads=None
     )
-    return inner.fit(sigma=0, rho=rho, beta=beta, **fit_options)
+    results = inner.fit(sigma=0, rho=rho, beta=beta, **fit_options)
+    # The results belong to the user's model (its class in summaries, its supply design).
+    outer = copy.copy(model)
+    outer.data = copy.copy(model.data)
+    outer.data.param_names = list(results.model.data.param_names)
+    results._results.model = outer
+    return results
 
 
 class BLPRandomCoefficients(BLPModel):

@@ -85,6 +85,8 @@ def test_logit_with_supply_matches_pyblp(logit_products, pyblp):
         "gamma[w]",
     ]
     assert results.info.convergence["converged"]
+    assert type(results.model) is BLPLogit and results.model.supply is not None
+    assert "BLPLogit Results" in str(results.summary())
     frame = _pyblp_frame(logit_products, ["z1", "z2"], ["z2"])
     problem = pyblp.Problem(
         (pyblp.Formulation("1 + x + prices"), None, pyblp.Formulation("1 + w")), frame
