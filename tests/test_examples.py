@@ -355,3 +355,61 @@ def test_supply_whole_script(supply_example: ModuleType, capsys) -> None:
     assert s6["demand"].params["sigma[prices,prices]"] == pytest.approx(8.48, abs=0.01)
     _check_merger(out["soc"], out["merger"])
     assert "Supply side and mergers ran in" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ docs/supply.md
+
+
+def _guide_blocks() -> list[tuple[bool, str]]:
+    """The ``python`` blocks of docs/supply.md: (marked slow, code)."""
+    import re
+
+    text = (EXAMPLES.parent / "docs" / "supply.md").read_text()
+    found = re.findall(r"(<!-- slow -->\n)?```python\n(.*?)```", text, flags=re.S)
+    return [(bool(slow), code) for slow, code in found]
+
+
+def _expected_prints(code: str) -> list[str]:
+    """What each top-level ``print`` is documented to show: its trailing comment, or the
+    comment line below it (a comment may add words after the value: ``# 6376 (shares held)``)."""
+    lines = code.splitlines()
+    expected = []
+    for number, line in enumerate(lines):
+        if not line.startswith("print("):
+            continue
+        if "  # " in line:
+            expected.append(line.rsplit("  # ", 1)[1])
+        else:
+            following = lines[number + 1]
+            assert following.startswith("# "), f"undocumented output: {line}"
+            expected.append(following[2:])
+    return expected
+
+
+def _run_guide(slow: bool, capsys) -> int:
+    """Run the guide's blocks in one namespace; every print shows what its comment says."""
+    namespace: dict[str, Any] = {}
+    checked = 0
+    for marked, code in _guide_blocks():
+        if marked and not slow:
+            continue
+        capsys.readouterr()
+        exec(compile(code, "docs/supply.md", "exec"), namespace)
+        printed = capsys.readouterr().out.splitlines()
+        expected = _expected_prints(code)
+        assert len(printed) == len(expected), (printed, expected)
+        for shown, documented in zip(printed, expected, strict=True):
+            assert documented == shown or documented.startswith((shown + " ", shown + ",")), (
+                f"docs/supply.md says {documented!r}, the code prints {shown!r}"
+            )
+            checked += 1
+    return checked
+
+
+def test_supply_guide_snippets_print_what_they_say(supply_example: ModuleType, capsys) -> None:
+    assert _run_guide(slow=False, capsys=capsys) > 15
+
+
+@pytest.mark.slow
+def test_supply_guide_snippets_with_random_coefficients(supply_example: ModuleType, capsys) -> None:
+    assert _run_guide(slow=True, capsys=capsys) > 17
