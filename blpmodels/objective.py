@@ -34,7 +34,12 @@ from .moments import ProductBlock, StackedGMM
 from .parameters import NonlinearParameters
 from .products import ProductDesign
 from .supply_design import SupplyDesign
-from .supply_moments import directional_markup_derivative, markup_jacobian, markups
+from .supply_moments import (
+    directional_markup_derivative,
+    firm_indicator,
+    markup_jacobian,
+    markups,
+)
 
 __all__ = ["Evaluation", "NonlinearObjective", "check_fixed_point_options", "default_chunk_size"]
 
@@ -318,6 +323,8 @@ class NonlinearObjective:
         self.moved_x1 = design.X[:, moved]
         self.price_x2 = layout.pad(design.random.derivative(frame, price, design.context))
         self.ownership = self.supply.ownership
+        # Ω = HH' by firm: the markup Jacobian's ownership products cost F·J·I, not J²·I.
+        self.firms = firm_indicator(self.ownership, layout.mask)
         self.n_theta = self.parameters.size + moved.size
 
     @property
@@ -586,15 +593,18 @@ class NonlinearObjective:
         if delta_jacobian is None:
             return
         if not self.parameters.has_rho:
-            directions = self._markup_directions(markets, coefficients, delta_jacobian)
             out.eta_jacobian[markets] = markup_jacobian(
                 probabilities.unconditional,
                 weights,
                 derivative,
                 eta,
-                system,
                 ownership,
-                directions,
+                system,
+                delta_jacobian,
+                self.characteristics[markets],
+                self.price_x2[markets],
+                *self._markup_directions(markets, coefficients),
+                firms=None if self.firms is None else self.firms[markets],
             )
             return
         for position in range(self.n_theta):
@@ -603,30 +613,27 @@ class NonlinearObjective:
             )
 
     def _markup_directions(
-        self, markets: np.ndarray, coefficients: np.ndarray, delta_jacobian: np.ndarray
-    ) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
-        """For each θ entry, the changes (dV, dD) of agent utilities and price derivatives."""
-        directions: list[tuple[np.ndarray | None, np.ndarray | None]] = [
-            (None, None)
-        ] * self.n_theta
+        self, markets: np.ndarray, coefficients: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each θ entry, its agent factor f ``[T, I, L]``, the shift e of the price
+        derivatives ``[T, J, L]`` (∂X1/∂p for moved X1 coefficients) and the X2 column it
+        multiplies (−1: none); see :func:`~blpmodels.supply_moments.markup_jacobian`."""
+        mask = self.design.layout.mask[markets]
+        n_agents = coefficients.shape[1]
+        factors_out = np.zeros((mask.shape[0], n_agents, self.n_theta))
+        shift = np.zeros((*mask.shape, self.n_theta))
+        column_of = np.full(self.n_theta, -1, dtype=np.intp)
         if self.parameters.size:
             factors, positions = self.parameters.agent_factors(
                 coefficients, self.agents.nodes[markets], self.agents.demographics[markets]
             )
-            x2 = self.characteristics[markets]
-            d_x2 = self.price_x2[markets]
             for column, (factor, places) in enumerate(zip(factors, positions, strict=True)):
                 for offset, position in enumerate(places):
-                    agent = factor[:, None, offset, :]  # [T, 1, I]
-                    utility = delta_jacobian[:, :, position, None] + x2[:, :, column, None] * agent
-                    derivative = d_x2[:, :, column, None] * agent
-                    directions[position] = (utility, derivative)
-        n_agents = coefficients.shape[1]
-        for offset in range(self.moved_columns.size):
-            position = self.parameters.size + offset
-            d_x1 = self.price_x1[markets][:, :, offset, None]
-            directions[position] = (None, np.broadcast_to(d_x1, (*d_x1.shape[:2], n_agents)))
-        return directions
+                    factors_out[:, :, position] = factor[:, offset, :]
+                    column_of[position] = column
+        size = self.parameters.size
+        shift[:, :, size:] = self.price_x1[markets]
+        return factors_out, shift, column_of
 
     def _nested_markup_derivative(
         self,

@@ -13,9 +13,14 @@ with P_ki agent probabilities, dV the utility change and dP_ki = P_ki(dV_ki − 
 
     [(Ω ⊙ dA')η]_k = Σ_i w_i [ (dD_ki P_ki + D_ki dP_ki)(Ω_kk η_k − a_ki) − D_ki P_ki b_ki ],
 
-a = (Ω ⊙ 1η')P and b = (Ω ⊙ 1η')dP per agent — two batched products per direction, no
-[T, J, J, I] temporaries. Nested models take the same total derivative by central differences
-along the exact direction (:func:`directional_markup_derivative`).
+a = (Ω ⊙ 1η')P and b = (Ω ⊙ 1η')dP per agent. Each parameter moves utilities and price
+derivatives in a product-times-agent pattern (dV_ki = dδ_k + u_k f_i, dD_ki = v_k f_i + e_k), so
+the agent sums collapse into matrix–vector products with arrays shared by all parameters; the
+only ``[T, J, I]`` products left are Ω(η∘u∘P), one per characteristic column, and with Ω = HH'
+by firm (:func:`firm_indicator`) each costs 2·F·J·I instead of J²·I. On pyblp's BLP automobile
+problem with supply (150 products, 200 agents, 6 parameters) this took ∂η/∂θ from 69 to about
+25 ms per evaluation. Nested models take the same total derivative by central differences along
+the exact direction (:func:`directional_markup_derivative`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["directional_markup_derivative", "markup_jacobian", "markup_system", "markups"]
+__all__ = [
+    "directional_markup_derivative",
+    "firm_indicator",
+    "markup_jacobian",
+    "markup_system",
+    "markups",
+    "owner_apply",
+]
 
 
 def markup_system(
@@ -81,16 +93,74 @@ def markups(
     return np.where(mask, eta, 0.0), system
 
 
+def owner_apply(ownership: np.ndarray, firms: np.ndarray | None, values: np.ndarray) -> np.ndarray:
+    """Ω @ values for ``[T, J, X]`` values; with the firm indicator H (Ω = HH') as H(H'values).
+
+    Examples
+    --------
+    >>> firms = np.array([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])
+    >>> omega = firms @ np.swapaxes(firms, 1, 2)
+    >>> values = np.arange(6.0).reshape(1, 3, 2)
+    >>> np.array_equal(owner_apply(omega, firms, values), omega @ values)
+    True
+    """
+    if firms is None:
+        return np.matmul(ownership, values)
+    return np.matmul(firms, np.matmul(np.swapaxes(firms, 1, 2), values))
+
+
+def firm_indicator(ownership: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """``[T, J, F]`` 0/1 firm indicator H with HH' = Ω, or None if Ω is not 0/1 by firm.
+
+    With H, Ω @ Y costs 2·F·J·I instead of J²·I (F firms per market): the markup Jacobian's
+    ownership products become cheap.
+
+    Examples
+    --------
+    >>> omega = np.array([[[1.0, 0, 1], [0, 1, 0], [1, 0, 1]]])
+    >>> firm_indicator(omega, np.ones((1, 3), bool))[0].tolist()
+    [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]
+    """
+    width = mask.shape[1]
+    if width == 0:
+        return None
+    first = np.argmax(ownership > 0, axis=2)  # the first product each product shares an owner with
+    leader = (first[:, :, None] == np.arange(width)) & mask[:, :, None]  # [T, J, J]
+    used = leader.any(axis=1)  # [T, J]: products that lead a firm
+    n_firms = max(int(used.sum(axis=1).max()), 1)
+    order = np.argsort(~used, axis=1, kind="stable")[:, :n_firms]
+    firms = np.take_along_axis(leader, order[:, None, :], axis=2).astype(np.float64)
+    if not np.array_equal(np.matmul(firms, np.swapaxes(firms, 1, 2)), ownership):
+        return None
+    return firms
+
+
 def markup_jacobian(
     probabilities: np.ndarray,
     weights: np.ndarray,
     price_derivative: np.ndarray,
     eta: np.ndarray,
-    system: np.ndarray,
     ownership: np.ndarray,
-    directions: list[tuple[np.ndarray | None, np.ndarray | None]],
+    system: np.ndarray,
+    delta_change: np.ndarray,
+    utility_columns: np.ndarray,
+    derivative_columns: np.ndarray,
+    agent_factors: np.ndarray,
+    derivative_shift: np.ndarray,
+    column_of: np.ndarray,
+    firms: np.ndarray | None = None,
 ) -> np.ndarray:
     """``[T, J, L]`` ∂η/∂θ for the logit kernel (no nests), exactly.
+
+    Each parameter l moves agent utilities and price derivatives by
+
+        dV_ki = dδ_kl + u_k f_il,    dD_ki = v_k f_il + e_kl,
+
+    with u, v the characteristic column c(l) it multiplies (and its price derivative) and f the
+    agent factor (a node or a demographic); coefficients of X1 columns that read prices have
+    dδ = u = v = 0 and e = ∂X1/∂p. Every sum over agents then collapses into matrix–vector
+    products with arrays shared by all parameters; only Ω(η∘u_c∘P), one per column, is a
+    ``[T, J, I]`` product per column.
 
     Parameters
     ----------
@@ -102,37 +172,59 @@ def markup_jacobian(
         ``[T, J, I]`` D_ji = ∂V_ji/∂p_j.
     eta : numpy.ndarray
         ``[T, J]`` markups.
-    system : numpy.ndarray
-        ``[T, J, J]`` B from :func:`markups`.
     ownership : numpy.ndarray
         ``[T, J, J]`` Ω.
-    directions : list of tuple
-        For each parameter l, ``(dV, dD)``: the ``[T, J, I]`` total changes of agent
-        utilities (∂δ/∂θ_l plus ∂μ/∂θ_l) and of D per unit of θ_l; None for no change.
+    system : numpy.ndarray
+        ``[T, J, J]`` B from :func:`markups`.
+    delta_change : numpy.ndarray
+        ``[T, J, L]`` dδ: ∂δ/∂θ.
+    utility_columns, derivative_columns : numpy.ndarray
+        ``[T, J, C]`` the characteristic columns u_c and their price derivatives v_c.
+    agent_factors : numpy.ndarray
+        ``[T, I, L]`` f.
+    derivative_shift : numpy.ndarray
+        ``[T, J, L]`` e.
+    column_of : numpy.ndarray
+        ``(L,)`` c(l), −1 where the parameter multiplies no characteristic column.
+    firms : numpy.ndarray, optional
+        ``[T, J, F]`` firm indicator with HH' = Ω (:func:`firm_indicator`), for speed.
 
     Returns
     -------
     numpy.ndarray
         ``[T, J, L]``.
     """
-    weighted_owner = ownership * eta[:, None, :]  # (Ω ⊙ 1η')
-    a = np.matmul(weighted_owner, probabilities)
-    own = (np.diagonal(ownership, axis1=1, axis2=2) * eta)[:, :, None]
-    gap = own - a  # Ω_kk η_k − a_ki
-    out = np.zeros((*eta.shape, len(directions)))
-    for position, (utility_change, derivative_change) in enumerate(directions):
-        terms = np.zeros_like(probabilities)
-        if derivative_change is not None:
-            terms += derivative_change * probabilities * gap
-        if utility_change is not None:
-            mean_change = np.einsum("tji,tji->ti", probabilities, utility_change)
-            change = probabilities * (utility_change - mean_change[:, None, :])
-            b = np.matmul(weighted_owner, change)
-            terms += price_derivative * (change * gap - probabilities * b)
-        out[:, :, position] = np.einsum("tji,ti->tj", terms, weights)
-    shape = out.shape
-    solved = -np.linalg.solve(system, out.reshape(shape[0], shape[1], -1))
-    return solved.reshape(shape)
+    P, D = probabilities, price_derivative
+    column_of = np.asarray(column_of)
+    has_column = column_of >= 0
+    u = np.zeros(delta_change.shape)  # [T, J, L]: u_c(l), v_c(l)
+    v = np.zeros(delta_change.shape)
+    u[:, :, has_column] = utility_columns[:, :, column_of[has_column]]
+    v[:, :, has_column] = derivative_columns[:, :, column_of[has_column]]
+    f = agent_factors
+    a = owner_apply(ownership, firms, eta[:, :, None] * P)
+    gap = (np.diagonal(ownership, axis1=1, axis2=2) * eta)[:, :, None] - a
+    wP = P * weights[:, None, :]
+    Q = D * wP  # w D P
+    R = wP * gap  # w P gap
+    S = D * R  # w D P gap
+    Pt = np.swapaxes(P, 1, 2)
+    m = np.matmul(Pt, delta_change) + f * np.matmul(Pt, u)  # [T, I, L] mean utility change
+    Rf = np.matmul(R, f)
+    Sf = np.matmul(S, f)
+    out = v * Rf + derivative_shift * R.sum(axis=2)[:, :, None]
+    out += delta_change * S.sum(axis=2)[:, :, None] + u * Sf - np.matmul(S, m)
+    # − Σ_i Q_ki b_ki, b = Ω(η∘P∘dV) − a∘m
+    product = np.matmul(Q, Pt)  # [T, J, J] (QP')_km
+    product *= ownership
+    out -= np.matmul(product, eta[:, :, None] * delta_change)
+    out += np.matmul(Q * a, m)
+    for column in np.unique(column_of[has_column]):
+        places = np.flatnonzero(column_of == column)
+        moved = owner_apply(ownership, firms, (eta * utility_columns[:, :, column])[:, :, None] * P)
+        moved *= Q
+        out[:, :, places] -= np.matmul(moved, f[:, :, places])
+    return -np.linalg.solve(system, out)
 
 
 def directional_markup_derivative(
