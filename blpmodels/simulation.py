@@ -36,7 +36,7 @@ from .kernel import Nesting, ShareEvaluator, raise_unconverged, solve_delta
 from .markets import MarketLayout, check_ids
 from .parameters import NonlinearParameters
 from .products import validate_shares
-from .supply import foc_residual, markups, ownership_matrices, solve_prices
+from .supply import PriceState, foc_residual, markups, ownership_matrices, solve_prices
 
 __all__ = [
     "LogitSimulation",
@@ -1112,12 +1112,20 @@ class Simulation:
         )
         if not solution.converged.all():
             failed = layout.market_labels[~solution.converged].tolist()
-            worst = np.nanmax(np.where(solution.converged, np.nan, solution.foc_norm), initial=-1)
+            bad = ~solution.converged
+            worst = np.nanmax(np.where(bad, solution.foc_norm, np.nan), initial=-1)
+            real = (self._weights[bad] != 0)[:, None, :] & mask[bad][:, :, None]
+            upward = int((real & (priced.derivative[bad] >= 0)).any(axis=1).sum())
+            reason = (
+                f"{upward} agent(s) there have utility not falling in price (∂U/∂p >= 0), so "
+                "firms may gain without bound: check beta, sigma and pi on prices"
+                if upward
+                else "check the price coefficients, or raise max_iterations"
+            )
             raise FixedPointError(
                 f"equilibrium prices did not converge in {len(failed)} market(s): {failed[:10]}"
                 f"{' ...' if len(failed) > 10 else ''} (largest first-order-condition norm "
-                f"{worst:.3g}, tolerance {tol:g}); demand may be too inelastic for an "
-                "equilibrium (check the price coefficients) or raise max_iterations",
+                f"{worst:.3g}, tolerance {tol:g}); {reason}",
                 markets=failed,
             )
         frame = self.products.copy()
@@ -1223,7 +1231,15 @@ class Simulation:
         costs = None
         foc = np.full(layout.n_markets, np.nan)
         if self.formulas["supply"] is not None:
-            state = priced.state(priced.prices)
+            # Demand at the solved δ, which reproduces the given shares whatever the current
+            # value of the replaced characteristic.
+            state = PriceState.at(
+                evaluator.probabilities(result.delta),
+                inputs.weights,
+                inputs.nesting,
+                mask,
+                priced.derivative,
+            )
             ownership = ownership_matrices(layout.pad(self._firm_codes), mask)
             eta = markups(state.jacobian, state.shares, ownership, mask)
             bad = (mask & ~np.isfinite(eta)).any(axis=1)
@@ -1273,6 +1289,11 @@ class Simulation:
         """Position of ``column`` in ``block``, checked to be a plain term read nowhere else."""
         if not isinstance(column, str):
             raise BLPInputError(f"the column to replace must be a name, got {column!r}")
+        if column in ("prices", "shares"):
+            raise BLPInputError(
+                f"{column!r} is endogenous and kept by replace_exogenous; name an exogenous "
+                "characteristic"
+            )
         check_columns(self.products, [column], market_ids=self._market_ids, what="products")
         if column not in block.names:
             raise BLPInputError(
