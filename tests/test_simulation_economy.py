@@ -570,3 +570,23 @@ def test_demo_prints_truth_beside_estimates(capsys) -> None:
     largest = text.split("Largest |estimate - truth| / SE: ")[1]
     assert float(largest.split(" ")[0]) < 3
     assert "logit demand" in text and "IV" in text  # the logit part is still there
+
+
+def test_row_order_and_id_types_do_not_matter() -> None:
+    products = _ids(6, 4, 2)
+    shocks = {"xi": np.linspace(-0.5, 0.5, 24), "omega": np.linspace(0.2, -0.2, 24)}
+    settings = {"supply": "1 + w", "gamma": GAMMA, **shocks}
+    sorted_out = Simulation(products, "1 + prices + x", BETA, **settings).replace_endogenous()
+    order = np.random.default_rng(0).permutation(len(products))
+    shuffled = products.iloc[order].assign(
+        market_ids=lambda frame: "M" + frame["market_ids"].astype(str),
+        firm_ids=lambda frame: "F" + frame["firm_ids"].astype(str),
+    )
+    moved = {key: value[order] for key, value in shocks.items()}
+    shuffled_out = Simulation(
+        shuffled, "1 + prices + x", BETA, supply="1 + w", gamma=GAMMA, **moved
+    ).replace_endogenous()
+    expected = sorted_out.products.loc[shuffled.index]
+    for column in ("prices", "shares", "costs"):
+        np.testing.assert_allclose(shuffled_out.products[column], expected[column], rtol=1e-13)
+    assert shuffled_out.markets.index.str.startswith("M").all()
