@@ -409,6 +409,19 @@ class SimulationResults:
         returned prices; NaN without costs) and ``converged``.
     simulation : Simulation
         The simulation that produced them (true parameters, agents, shocks).
+
+    Examples
+    --------
+    >>> products = build_id_data(T=4, J=3, F=2).assign(w=0.5)
+    >>> solved = Simulation(products, "1 + prices", {"Intercept": 1.0, "prices": -2.0},
+    ...                     supply="1 + w", gamma={"Intercept": 0.5, "w": 1.0},
+    ...                     seed=0).replace_endogenous()
+    >>> list(solved.markets.columns)
+    ['iterations', 'foc_norm', 'converged']
+    >>> bool(solved.foc_norm < 1e-12), solved.iterations < 100
+    (True, True)
+    >>> solved.truth.to_dict()
+    {'Intercept': 1.0, 'prices': -2.0, 'gamma[Intercept]': 0.5, 'gamma[w]': 1.0}
     """
 
     products: pd.DataFrame
@@ -888,6 +901,15 @@ class Simulation:
         ------
         BLPInputError
             Without a cost formula (``supply=``).
+
+        Examples
+        --------
+        >>> products = build_id_data(T=1, J=2, F=1).assign(w=[0.0, 1.0])
+        >>> simulation = Simulation(products, "1 + prices", {"Intercept": 1.0, "prices": -2.0},
+        ...                         supply="1 + w", gamma={"Intercept": 0.5, "w": 1.0},
+        ...                         costs_type="log")
+        >>> simulation.costs(omega=[0.0, 0.0]).round(4).tolist()
+        [1.6487, 4.4817]
         """
         if self.formulas["supply"] is None:
             raise BLPInputError(
