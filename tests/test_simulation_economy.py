@@ -590,3 +590,24 @@ def test_row_order_and_id_types_do_not_matter() -> None:
     for column in ("prices", "shares", "costs"):
         np.testing.assert_allclose(shuffled_out.products[column], expected[column], rtol=1e-13)
     assert shuffled_out.markets.index.str.startswith("M").all()
+
+
+def test_market_chunks_give_the_same_results() -> None:
+    simulation = _exogenous_simulation(
+        _ids(7, 5, 2), agent_data=_agents(7, 30), seed=3, xi_variance=0.3, omega_variance=0.1
+    )
+    whole = simulation.replace_endogenous()
+    chunked = simulation.replace_endogenous(chunk_size=3)
+    pd.testing.assert_frame_equal(chunked.products, whole.products, rtol=1e-13)
+    pd.testing.assert_frame_equal(chunked.markets, whole.markets, check_exact=False, atol=1e-12)
+    again = _exogenous_simulation(
+        whole.products.assign(v=0.0, w=0.0),
+        agent_data=simulation.agent_data,
+        xi=simulation.xi,
+        omega=simulation.omega,
+    )
+    backed_whole = again.replace_exogenous("v", "w")
+    backed_chunked = again.replace_exogenous("v", "w", chunk_size=2)
+    pd.testing.assert_frame_equal(backed_chunked.products, backed_whole.products, rtol=1e-13)
+    with pytest.raises(BLPInputError, match="'chunk_size' must be >= 1"):
+        simulation.replace_endogenous(chunk_size=0)
