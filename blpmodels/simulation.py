@@ -32,7 +32,7 @@ from .design import TermBlock, build_block, check_columns, numeric_values
 from .exceptions import BLPInputError, FixedPointError
 from .formula import required_variables
 from .instruments import build_blp_instruments, build_differentiation_instruments
-from .kernel import Nesting, ShareEvaluator, raise_unconverged, solve_delta
+from .kernel import FixedPointResult, Nesting, ShareEvaluator, raise_unconverged, solve_delta
 from .markets import MarketLayout, check_ids
 from .parameters import NonlinearParameters
 from .products import validate_shares
@@ -450,6 +450,11 @@ class SimulationResults:
 
 
 InstrumentKind = Literal["blp", "differentiation", "both"]
+
+
+def _check_chunk_size(chunk_size: Any) -> None:
+    if chunk_size is not None:
+        _check_int("chunk_size", chunk_size, 1)
 
 
 def _check_instruments(kind: Any) -> None:
@@ -926,41 +931,42 @@ class Simulation:
         return pd.Series(values, index=self.products.index, name="costs")
 
     # ------------------------------------------------------------------ machinery
-    def _nesting(self, mask: np.ndarray) -> Nesting:
+    def _nesting(self, positions: np.ndarray, mask: np.ndarray) -> Nesting:
         if self._nest_codes is None:
             return Nesting.unnested(mask.shape)
-        rho = np.broadcast_to(self.parameters.rho, (len(self.parameters.nests),))
-        return Nesting.from_codes(
-            self._layout.pad(self._nest_codes), len(self.parameters.nests), rho
-        )
+        n_nests = len(self.parameters.nests)
+        rho = np.broadcast_to(self.parameters.rho, (n_nests,))
+        return Nesting.from_codes(self._layout.pad(self._nest_codes)[positions], n_nests, rho)
 
-    def _priced(self, xi: np.ndarray) -> PricedMarkets:
-        """Demand in every market, evaluable at any prices (utilities are linear in them)."""
+    def _priced(self, xi: np.ndarray, positions: np.ndarray) -> PricedMarkets:
+        """Demand in some markets, evaluable at any prices (utilities are linear in them)."""
         layout = self._layout
-        mask = layout.mask
-        coefficients = self._coefficients
-        delta = layout.pad(self._x1.values @ self.beta.to_numpy() + xi)
-        slope = layout.pad(self._d_x1 @ self.beta.to_numpy())
-        n_agents = self._weights.shape[1]
-        derivative = np.repeat(slope[:, :, None], n_agents, axis=2)
+        mask = layout.mask[positions]
+        rows = layout.index[positions]
+        mask3 = mask[:, :, None]
+        coefficients = self._coefficients[positions]
+        weights = self._weights[positions]
+        beta = self.beta.to_numpy()
+        delta = (self._x1.values @ beta + xi)[rows]
+        slope = (self._d_x1 @ beta)[rows]
+        derivative = np.repeat(slope[:, :, None], weights.shape[1], axis=2)
         if self._x2.size:
             swapped = np.swapaxes(coefficients, 1, 2)
-            mu = np.matmul(layout.pad(self._x2.values), swapped)
-            derivative = derivative + np.matmul(layout.pad(self._d_x2), swapped)
+            mu = np.matmul(self._x2.values[rows], swapped)
+            derivative = derivative + np.matmul(self._d_x2[rows], swapped)
         else:
-            mu = np.zeros((layout.n_markets, layout.width, n_agents))
-        mask3 = mask[:, :, None]
+            mu = np.zeros((*mask.shape, weights.shape[1]))
         inputs = MarketInputs(
-            positions=np.arange(layout.n_markets),
+            positions=positions,
             delta=np.where(mask, delta, 0.0),
             mu=np.where(mask3, mu, 0.0),
-            weights=self._weights,
+            weights=weights,
             mask=mask,
-            nesting=self._nesting(mask),
+            nesting=self._nesting(positions, mask),
             coefficients=coefficients,
-            rows=layout.index,
+            rows=rows,
         )
-        prices = np.where(mask, layout.pad(self.products["prices"].to_numpy(np.float64)), 0.0)
+        prices = np.where(mask, self.products["prices"].to_numpy(np.float64)[rows], 0.0)
         return PricedMarkets(inputs, prices, np.where(mask3, derivative, 0.0))
 
     def _row_argument(self, values: Any, label: str) -> np.ndarray | None:
@@ -1038,6 +1044,7 @@ class Simulation:
         tol: float = 1e-12,
         max_iterations: int = 1000,
         instruments: InstrumentKind | None = "blp",
+        chunk_size: int | None = None,
     ) -> SimulationResults:
         """Solve the Bertrand–Nash equilibrium prices and shares in every market at once.
 
@@ -1068,6 +1075,9 @@ class Simulation:
             are constant or a linear combination of a constant and the columns before them
             (in balanced markets the own- and rival-firm product counts add up to a constant)
             are dropped.
+        chunk_size : int, optional
+            Markets solved together (bounds the memory of the ``[markets, J, agents]``
+            arrays); default all at once.
 
         Returns
         -------
@@ -1098,6 +1108,7 @@ class Simulation:
         tol = _check_float("tol", tol, low=0.0, low_open=True)
         max_iterations = _check_int("max_iterations", max_iterations, 1)
         _check_instruments(instruments)
+        _check_chunk_size(chunk_size)
         xi_values = self._row_argument(xi, "xi")
         xi_values = self._xi if xi_values is None else xi_values
         omega_values = self._row_argument(omega, "omega")
@@ -1113,35 +1124,46 @@ class Simulation:
 
         layout = self._layout
         mask = layout.mask
-        priced = self._priced(xi_values)
-        ownership = ownership_matrices(layout.pad(self._firm_codes), mask)
-        solution = solve_prices(
-            priced.state,
-            np.where(mask, layout.pad(cost_values), 0.0),
-            np.where(mask, layout.pad(start), 0.0),
-            ownership,
-            mask,
-            tol=tol,
-            max_iterations=max_iterations,
-        )
+        padded_costs = np.where(mask, layout.pad(cost_values), 0.0)
+        padded_start = np.where(mask, layout.pad(start), 0.0)
+        firm_codes = layout.pad(self._firm_codes)
+        prices_out, shares_out = np.zeros(mask.shape), np.zeros(mask.shape)
+        iterations = np.zeros(layout.n_markets, dtype=np.intp)
+        norms = np.zeros(layout.n_markets)
+        converged = np.zeros(layout.n_markets, dtype=bool)
+        upward = np.zeros(layout.n_markets, dtype=np.intp)
+        for chunk in layout.chunks(chunk_size):
+            priced = self._priced(xi_values, chunk)
+            inside = mask[chunk]
+            solution = solve_prices(
+                priced.state,
+                padded_costs[chunk],
+                padded_start[chunk],
+                ownership_matrices(firm_codes[chunk], inside),
+                inside,
+                tol=tol,
+                max_iterations=max_iterations,
+            )
+            prices_out[chunk] = solution.prices
+            shares_out[chunk] = solution.state.shares
+            iterations[chunk] = solution.iterations
+            norms[chunk] = solution.foc_norm
+            converged[chunk] = solution.converged
+            real = (priced.inputs.weights != 0)[:, None, :] & inside[:, :, None]
+            upward[chunk] = (real & (priced.derivative >= 0)).any(axis=1).sum(axis=1)
         markets = pd.DataFrame(
-            {
-                "iterations": solution.iterations,
-                "foc_norm": solution.foc_norm,
-                "converged": solution.converged,
-            },
+            {"iterations": iterations, "foc_norm": norms, "converged": converged},
             index=pd.Index(layout.market_labels, name="market_ids"),
         )
-        if not solution.converged.all():
-            failed = layout.market_labels[~solution.converged].tolist()
-            bad = ~solution.converged
-            worst = np.nanmax(np.where(bad, solution.foc_norm, np.nan), initial=-1)
-            real = (self._weights[bad] != 0)[:, None, :] & mask[bad][:, :, None]
-            upward = int((real & (priced.derivative[bad] >= 0)).any(axis=1).sum())
+        if not converged.all():
+            bad = ~converged
+            failed = layout.market_labels[bad].tolist()
+            worst = np.nanmax(np.where(bad, norms, np.nan), initial=-1)
+            agents = int(upward[bad].sum())
             reason = (
-                f"{upward} agent(s) there have utility not falling in price (∂U/∂p >= 0), so "
+                f"{agents} agent(s) there have utility not falling in price (∂U/∂p >= 0), so "
                 "firms may gain without bound: check beta, sigma and pi on prices"
-                if upward
+                if agents
                 else "check the price coefficients, or raise max_iterations"
             )
             raise FixedPointError(
@@ -1151,8 +1173,8 @@ class Simulation:
                 markets=failed,
             )
         frame = self.products.copy()
-        frame["prices"] = layout.flatten(solution.prices)
-        frame["shares"] = layout.flatten(solution.state.shares)
+        frame["prices"] = layout.flatten(prices_out)
+        frame["shares"] = layout.flatten(shares_out)
         return self._output(frame, xi_values, omega_values, cost_values, markets, instruments)
 
     def replace_exogenous(
@@ -1163,6 +1185,7 @@ class Simulation:
         tol: float = 1e-14,
         max_evaluations: int = 5000,
         instruments: InstrumentKind | None = "blp",
+        chunk_size: int | None = None,
     ) -> SimulationResults:
         """Keep the products' prices and shares and back out a characteristic consistent with them.
 
@@ -1185,6 +1208,8 @@ class Simulation:
             Share evaluations per market in the contraction.
         instruments : {"blp", "differentiation", "both"} or None
             Instruments added to the products, as in :meth:`replace_endogenous`.
+        chunk_size : int, optional
+            Markets solved together; default all at once.
 
         Returns
         -------
@@ -1217,6 +1242,7 @@ class Simulation:
         tol = _check_float("tol", tol, low=0.0, low_open=True)
         max_evaluations = _check_int("max_evaluations", max_evaluations, 1)
         _check_instruments(instruments)
+        _check_chunk_size(chunk_size)
         frame = self.products
         check_columns(frame, ["shares"], market_ids=self._market_ids, what="products")
         shares = numeric_values(frame["shares"], "products column 'shares'")
@@ -1237,40 +1263,73 @@ class Simulation:
 
         layout = self._layout
         mask = layout.mask
-        priced = self._priced(self._xi)
-        inputs = priced.inputs
-        evaluator = ShareEvaluator(inputs.mu, inputs.weights, mask, inputs.nesting)
         log_shares = np.where(mask, np.log(np.where(mask, layout.pad(shares), 1.0)), 0.0)
         outside = 1.0 - np.bincount(layout.codes, shares, layout.n_markets)
         start = np.where(mask, log_shares - np.log(outside)[:, None], 0.0)
-        result = solve_delta(evaluator, log_shares, start, tol=tol, max_evaluations=max_evaluations)
-        raise_unconverged(result, layout.market_labels)
-        delta = layout.flatten(result.delta)
-        out = frame.copy()
-        residual = delta - (self._x1.values @ self.beta.to_numpy() + self._xi)
-        out[column] = frame[column].to_numpy(np.float64) + residual / coefficient
-
-        costs = None
+        has_supply = self.formulas["supply"] is not None
+        fitted_costs = (
+            np.where(mask, layout.pad(self.costs().to_numpy()), 0.0)
+            if has_supply and supply_position is None
+            else None
+        )
+        firm_codes = layout.pad(self._firm_codes)
+        prices = np.where(mask, layout.pad(frame["prices"].to_numpy(np.float64)), 0.0)
+        delta_out = np.zeros(mask.shape)
+        eta_out = np.zeros(mask.shape)
+        iterations = np.zeros(layout.n_markets, dtype=np.intp)
+        evaluations = np.zeros(layout.n_markets, dtype=np.intp)
+        converged = np.zeros(layout.n_markets, dtype=bool)
         foc = np.full(layout.n_markets, np.nan)
-        if self.formulas["supply"] is not None:
+        for chunk in layout.chunks(chunk_size):
+            priced = self._priced(self._xi, chunk)
+            inputs = priced.inputs
+            inside = inputs.mask
+            evaluator = ShareEvaluator(inputs.mu, inputs.weights, inside, inputs.nesting)
+            result = solve_delta(
+                evaluator, log_shares[chunk], start[chunk], tol=tol, max_evaluations=max_evaluations
+            )
+            delta_out[chunk] = result.delta
+            iterations[chunk] = result.iterations
+            evaluations[chunk] = result.evaluations
+            converged[chunk] = result.converged
+            if not has_supply or not result.converged.all():
+                continue
             # Demand at the solved δ, which reproduces the given shares whatever the current
             # value of the replaced characteristic.
             state = PriceState.at(
                 evaluator.probabilities(result.delta),
                 inputs.weights,
                 inputs.nesting,
-                mask,
+                inside,
                 priced.derivative,
             )
-            ownership = ownership_matrices(layout.pad(self._firm_codes), mask)
-            eta = markups(state.jacobian, state.shares, ownership, mask)
-            bad = (mask & ~np.isfinite(eta)).any(axis=1)
+            ownership = ownership_matrices(firm_codes[chunk], inside)
+            eta = markups(state.jacobian, state.shares, ownership, inside)
+            eta_out[chunk] = eta
+            costs_here = prices[chunk] - eta if fitted_costs is None else fitted_costs[chunk]
+            residual_foc = foc_residual(
+                state.jacobian,
+                state.shares,
+                ownership,
+                np.where(inside, prices[chunk] - costs_here, 0.0),
+            )
+            foc[chunk] = np.where(inside, np.abs(residual_foc), 0.0).max(axis=1)
+        raise_unconverged(
+            FixedPointResult(delta_out, converged, iterations, evaluations), layout.market_labels
+        )
+        out = frame.copy()
+        residual = layout.flatten(delta_out) - (self._x1.values @ self.beta.to_numpy() + self._xi)
+        out[column] = frame[column].to_numpy(np.float64) + residual / coefficient
+
+        costs = None
+        if has_supply:
+            bad = (mask & ~np.isfinite(eta_out)).any(axis=1)
             if bad.any():
                 raise BLPInputError(
                     "the first-order conditions are singular in markets "
                     f"{layout.market_labels[bad][:5].tolist()}: markups are not determined"
                 )
-            implied = layout.flatten(priced.prices - eta)
+            implied = layout.flatten(prices - eta_out)
             if supply_position is not None:
                 if self.costs_type == "log":
                     low = implied <= 0
@@ -1292,15 +1351,8 @@ class Simulation:
                 costs = implied
             else:
                 costs = self.costs().to_numpy()
-            residual_foc = foc_residual(
-                state.jacobian,
-                state.shares,
-                ownership,
-                np.where(mask, priced.prices - layout.pad(costs), 0.0),
-            )
-            foc = np.where(mask, np.abs(residual_foc), 0.0).max(axis=1)
         markets = pd.DataFrame(
-            {"iterations": result.iterations, "foc_norm": foc, "converged": result.converged},
+            {"iterations": iterations, "foc_norm": foc, "converged": converged},
             index=pd.Index(layout.market_labels, name="market_ids"),
         )
         return self._output(out, self._xi, self._omega, costs, markets, instruments)
