@@ -202,7 +202,19 @@ def markup_jacobian(
     u[:, :, has_column] = utility_columns[:, :, column_of[has_column]]
     v[:, :, has_column] = derivative_columns[:, :, column_of[has_column]]
     f = agent_factors
-    a = owner_apply(ownership, firms, eta[:, :, None] * P)
+    columns = np.unique(column_of[has_column])
+    firm_sums = None
+    if firms is None:
+        a = owner_apply(ownership, None, eta[:, :, None] * P)
+    else:
+        # Firm sums Σ_{m∈F} x_m P_mi of every needed x at once: η (for a), η∘dδ_l, η∘u_c.
+        scales = np.concatenate(
+            [eta[:, :, None], eta[:, :, None] * delta_change, utility_columns[:, :, columns]],
+            axis=2,
+        )
+        scales[:, :, 1 + delta_change.shape[2] :] *= eta[:, :, None]
+        firm_sums = _firm_sums(firms, scales, P)
+        a = np.matmul(firms, firm_sums[:, 0])
     gap = (np.diagonal(ownership, axis1=1, axis2=2) * eta)[:, :, None] - a
     wP = P * weights[:, None, :]
     Q = D * wP  # w D P
@@ -214,17 +226,55 @@ def markup_jacobian(
     Sf = np.matmul(S, f)
     out = v * Rf + derivative_shift * R.sum(axis=2)[:, :, None]
     out += delta_change * S.sum(axis=2)[:, :, None] + u * Sf - np.matmul(S, m)
-    # − Σ_i Q_ki b_ki, b = Ω(η∘P∘dV) − a∘m
+    # − Σ_i Q_ki b_ki, b = Ω(η∘P∘dV) − a∘m with Ω(η∘P∘dV_l) = Ω(η∘dδ_l∘P) + f_l Ω(η∘u_c∘P)
+    out += np.matmul(Q * a, m)
+    if firm_sums is not None:
+        out -= _firm_terms(Q, f, firms, firm_sums, column_of, columns)
+        return -np.linalg.solve(system, out)
     product = np.matmul(Q, Pt)  # [T, J, J] (QP')_km
     product *= ownership
     out -= np.matmul(product, eta[:, :, None] * delta_change)
-    out += np.matmul(Q * a, m)
-    for column in np.unique(column_of[has_column]):
+    for column in columns:
         places = np.flatnonzero(column_of == column)
-        moved = owner_apply(ownership, firms, (eta * utility_columns[:, :, column])[:, :, None] * P)
+        moved = owner_apply(ownership, None, (eta * utility_columns[:, :, column])[:, :, None] * P)
         moved *= Q
         out[:, :, places] -= np.matmul(moved, f[:, :, places])
     return -np.linalg.solve(system, out)
+
+
+def _firm_sums(firms: np.ndarray, scales: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """``[T, X, F, I]`` Σ_m H_mF x_m P_mi for each column x of ``scales`` ``[T, J, X]``."""
+    n_markets, width, n_firms = firms.shape
+    columns = scales.shape[2]
+    weighted = (firms[:, :, None, :] * scales[:, :, :, None]).reshape(n_markets, width, -1)
+    sums = np.matmul(np.swapaxes(weighted, 1, 2), P)
+    return sums.reshape(n_markets, columns, n_firms, P.shape[2])
+
+
+def _firm_terms(
+    Q: np.ndarray,
+    f: np.ndarray,
+    firms: np.ndarray,
+    firm_sums: np.ndarray,
+    column_of: np.ndarray,
+    columns: np.ndarray,
+) -> np.ndarray:
+    """``[T, J, L]`` Σ_i Q_ki [Ω(η∘dδ_l∘P) + f_l Ω(η∘u_c(l)∘P)]_ki through firm sums.
+
+    [ΩX]_ki = Z_{F(k), i} with Z = H'X, so the sum is [Q V_l']_{k, F(k)} with
+    V_l = Z(η∘dδ_l) + f_l Z(η∘u_c(l)): one product ``[T, J, I] @ [T, I, L·F]``.
+    """
+    n_markets, width, n_firms = firms.shape
+    n_params = f.shape[2]
+    combined = firm_sums[:, 1 : 1 + n_params].copy()  # [T, L, F, I]
+    for offset, column in enumerate(columns):
+        places = np.flatnonzero(column_of == column)
+        moved = firm_sums[:, 1 + n_params + offset]  # [T, F, I]
+        combined[:, places] += np.swapaxes(f[:, :, places], 1, 2)[:, :, None, :] * moved[:, None]
+    flat = combined.reshape(n_markets, n_params * n_firms, -1)
+    terms = np.matmul(Q, np.swapaxes(flat, 1, 2)).reshape(n_markets, width, n_params, n_firms)
+    own = np.argmax(firms, axis=2)  # each product's firm (padding rows: Q is zero there)
+    return np.take_along_axis(terms, own[:, :, None, None], axis=3)[:, :, :, 0]
 
 
 def directional_markup_derivative(

@@ -39,6 +39,7 @@ import pytest
 from blpmodels import BLPRandomCoefficients
 from blpmodels.datasets import DATA_ENV_VAR, data_home, load_blp
 from blpmodels.estimation import gmm_options
+from blpmodels.supply_moments import firm_indicator, markup_jacobian
 
 pytestmark = pytest.mark.data
 
@@ -229,3 +230,41 @@ def test_autos_with_supply_full_fit_equals_pyblps(autos, pyblp):
     assert abs(results.objective - objective) / objective < 1e-5
     assert relative_error(results.params, theirs) < 2e-5
     assert relative_error(results.bse, theirs_se) < 2e-5
+
+
+# ---------------------------------------------------------------- the markup Jacobian's two paths
+
+
+def test_markup_jacobian_through_firm_sums_equals_the_dense_ownership_path():
+    """Estimation applies Ω through the firm indicator H (Ω = HH'); any other Ω (profit
+    weights) takes the dense products. Both give the same ∂η/∂θ, padding included."""
+    rng = np.random.default_rng(0)
+    T, J, N, L, F = 3, 7, 11, 4, 3  # markets, products, agents, parameters, firms
+    mask = np.ones((T, J), bool)
+    mask[0, 5:] = False
+    codes = rng.integers(0, F, size=(T, J))
+    firms = np.where(mask[:, :, None], codes[:, :, None] == np.arange(F), False).astype(float)
+    ownership = firms @ np.swapaxes(firms, 1, 2)
+    found = firm_indicator(ownership, mask)
+    assert np.array_equal(found @ np.swapaxes(found, 1, 2), ownership)
+    assert firm_indicator(0.5 * ownership, mask) is None
+    P = np.where(mask[:, :, None], rng.uniform(0.01, 0.1, size=(T, J, N)), 0.0)
+    system = ownership * rng.normal(size=(T, J, J)) - 3 * np.eye(J)
+    arguments = (
+        P,
+        rng.uniform(size=(T, N)),
+        np.where(mask[:, :, None], -rng.uniform(1, 2, size=(T, J, N)), 0.0),
+        np.where(mask, rng.uniform(size=(T, J)), 0.0),
+        ownership,
+        system,
+        rng.normal(size=(T, J, L)),
+        rng.normal(size=(T, J, 2)),
+        rng.normal(size=(T, J, 2)),
+        rng.normal(size=(T, N, L)),
+        rng.normal(size=(T, J, L)),
+        np.array([0, 1, 1, -1]),
+    )
+    dense = markup_jacobian(*arguments)
+    by_firm = markup_jacobian(*arguments, firms=found)
+    assert np.abs(dense).max() > 0.1
+    np.testing.assert_allclose(by_firm, dense, rtol=0, atol=1e-12 * np.abs(dense).max())
