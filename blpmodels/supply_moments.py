@@ -15,12 +15,14 @@ with P_ki agent probabilities, dV the utility change and dP_ki = P_ki(dV_ki − 
 
 a = (Ω ⊙ 1η')P and b = (Ω ⊙ 1η')dP per agent. Each parameter moves utilities and price
 derivatives in a product-times-agent pattern (dV_ki = dδ_k + u_k f_i, dD_ki = v_k f_i + e_k), so
-the agent sums collapse into matrix–vector products with arrays shared by all parameters; the
-only ``[T, J, I]`` products left are Ω(η∘u∘P), one per characteristic column, and with Ω = HH'
-by firm (:func:`firm_indicator`) each costs 2·F·J·I instead of J²·I. On pyblp's BLP automobile
-problem with supply (150 products, 200 agents, 6 parameters) this took ∂η/∂θ from 69 to about
-25 ms per evaluation. Nested models take the same total derivative by central differences along
-the exact direction (:func:`directional_markup_derivative`).
+the agent sums collapse into matrix–vector products with arrays shared by all parameters; what
+is left are the ownership sums Ω(η∘dδ_l∘P) and Ω(η∘u_c∘P). With Ω = HH' by firm
+(:func:`firm_indicator`) they are firm sums H'X, all taken in one product, and no ``[T, J, I]``
+array is formed per parameter. On the shapes of pyblp's BLP automobile problem with supply (20
+markets × 150 products × 200 agents, 6 parameters) ∂η/∂θ takes 23 ms of CPU (one thread)
+instead of 65 ms with one ``[T, J, I]`` utility change per parameter. Nested models take the
+same total derivative by central differences along the exact direction
+(:func:`directional_markup_derivative`).
 """
 
 from __future__ import annotations
