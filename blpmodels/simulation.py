@@ -616,6 +616,23 @@ class Simulation:
     context : mapping, optional
         Extra names for formula transforms.
 
+    Attributes
+    ----------
+    products : pandas.DataFrame
+        A copy of the product data (``prices`` 0 where absent).
+    formulas : dict
+        ``linear``, ``random``, ``supply`` and ``demographics`` formulas (None when absent).
+    beta, gamma : pandas.Series
+        True β and γ by column name.
+    parameters : NonlinearParameters
+        Σ, Π and ρ (also as :attr:`sigma`, :attr:`pi`, :attr:`rho`).
+    agent_data : pandas.DataFrame or None
+        The agents (built from ``integration`` when given): pass them to ``from_formula``.
+    costs_type : str
+        ``"linear"`` or ``"log"``.
+    seed : int or None
+        Seed of the shocks.
+
     Raises
     ------
     BLPInputError
