@@ -534,7 +534,8 @@ class BLPResults(LikelihoodModelResults):
         >>> moved = results.compute_delta(agent_data=fewer) - results.delta  # doctest: +SKIP
         """
         demand = self.demand
-        if demand.agents is None or demand.parameters is None:
+        no_random = demand.parameters is not None and not demand.parameters.characteristics
+        if demand.agents is None or demand.parameters is None or no_random:
             raise BLPInputError(
                 "compute_delta needs a random-coefficients model; logit and nested-logit δ "
                 "do not depend on agents"
@@ -663,7 +664,7 @@ class BLPResults(LikelihoodModelResults):
         params = np.asarray(self.params)
         cov = np.asarray(self.cov_params())
         samples = rng.multivariate_normal(params, cov, size=int(draws), method="eigh")
-        k1 = len(self.beta)
+        k1 = self._theta_start
         if samples.shape[1] > k1:
             parameters = self.demand.parameters
             if parameters is not None:
@@ -683,6 +684,17 @@ class BLPResults(LikelihoodModelResults):
                 )
             samples[:, k1:] = clipped
         return BootstrappedResults(self, pd.DataFrame(samples, columns=self.model.data.param_names))
+
+    @property
+    def _theta_start(self) -> int:
+        """Position of the first nonlinear parameter: after β and, with a supply side, γ."""
+        supply = getattr(self.model, "supply", None)
+        return len(self.beta) + (0 if supply is None else len(supply.x_names))
+
+    def _demand_parameters(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """β and θ from a full parameter vector (γ, which demand does not read, left out)."""
+        k1, start = len(self.beta), self._theta_start
+        return values[:k1], (values[start:] if values.size > start else None)
 
     # ------------------------------------------------------------------ supply side
     def _ownership(self, firm_ids: Any = None, ownership: Any = None) -> Ownership:
@@ -1556,8 +1568,7 @@ class BLPResults(LikelihoodModelResults):
         -19.39
         """
         values = self._parameter_vector(params)
-        k1 = len(self.beta)
-        demand = self.demand.with_parameters(values[:k1], values[k1:] if values.size > k1 else None)
+        demand = self.demand.with_parameters(*self._demand_parameters(values))
         full_costs = self._full_costs(costs, None, None)
         spec = self._ownership(firm_ids, ownership)
         positions = self.demand.market_positions(None)
@@ -2067,10 +2078,8 @@ class BootstrappedResults:
         return len(self.params)
 
     def _systems(self):
-        k1 = len(self.results.beta)
         for values in self.params.to_numpy():
-            theta = values[k1:] if values.size > k1 else None
-            yield self.results.demand.with_parameters(values[:k1], theta)
+            yield self.results.demand.with_parameters(*self.results._demand_parameters(values))
 
     def predict(self, data: pd.DataFrame | None = None) -> pd.DataFrame:
         """Shares for every draw (rows) and product row (columns), ξ held at its estimate.

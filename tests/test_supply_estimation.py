@@ -503,3 +503,54 @@ def test_log_costs_with_negative_implied_costs_are_named(logit_products):
     )
     with pytest.raises(FixedPointError, match="implied marginal costs are not positive"):
         model.fit(beta={"prices": -0.1}, max_evaluations=20)
+
+
+# ------------------------------------------------------------------ post-estimation
+
+
+def test_post_estimation_skips_gamma(logit_products):
+    """γ sits between β and θ in params; simulate and the bootstrap hand demand β and θ only."""
+    results = BLPLogit.from_formula(
+        "shares ~ 1 + x + [prices ~ z1 + z2]", logit_products, supply="1 + w"
+    ).fit()
+    again = results.simulate()
+    np.testing.assert_allclose(again.data["prices"], logit_products["prices"], atol=1e-10)
+    np.testing.assert_allclose(again.data["shares"], logit_products["shares"], rtol=1e-10)
+    moved = results.simulate({"prices": 1.1 * results.params["prices"]})
+    assert (moved.data["prices"] < logit_products["prices"]).all()  # more elastic, lower markups
+    bootstrapped = results.bootstrap(draws=20, seed=0)
+    assert list(bootstrapped.params.columns) == list(results.params.index)
+    shares = bootstrapped.predict()
+    assert shares.shape == (20, len(logit_products))
+    # Each draw's shares follow from its own β (γ is not read): redo one draw by hand.
+    draw = bootstrapped.params.iloc[3]
+    X = np.column_stack(
+        [np.ones(len(logit_products)), logit_products["x"], logit_products["prices"]]
+    )
+    delta = results.delta.to_numpy() + X @ (
+        draw.iloc[:3].to_numpy() - results.params.iloc[:3].to_numpy()
+    )
+    exp = np.exp(delta)
+    totals = pd.Series(exp).groupby(logit_products["market_ids"].to_numpy()).transform("sum")
+    np.testing.assert_allclose(shares.iloc[3].to_numpy(), exp / (1 + totals.to_numpy()), rtol=1e-10)
+    with pytest.raises(BLPInputError, match="compute_delta needs a random-coefficients model"):
+        results.compute_delta(logit_products)
+
+
+def test_rc_supply_bootstrap_clips_only_theta():
+    products, agents = _rc_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        results = _rc_model(products, agents).fit(
+            sigma=np.diag([0.4, 0.3]),
+            beta={"prices": -2.0},
+            optimizer=lambda fun, theta0, bounds: theta0,
+            compute_hessian=False,
+        )
+    bootstrapped = results.bootstrap(draws=200, seed=1)
+    draws = bootstrapped.params
+    assert (draws[["sigma[prices,prices]", "sigma[x,x]"]] >= 0).all().all()
+    # γ draws are not clipped: they scatter on both sides of the estimate.
+    gamma = draws["gamma[w]"] - results.params["gamma[w]"]
+    assert (gamma < 0).any() and (gamma > 0).any()
+    assert bootstrapped.predict().shape == (200, len(products))
