@@ -65,10 +65,13 @@ import pandas as pd
 FORMULA = "shares ~ 1 + x + [prices ~ cost_shifter + z0 + z1 + z2]"
 LIBRARIES = ("blpmodels", "pyblp")
 OPTIMIZERS = ("trust-constr", "l-bfgs-b")
+#: blpmodels' own optimizers (no pyblp counterpart; pyblp fits are skipped for them).
+OWN_OPTIMIZERS = ("gauss-newton",)
 #: The same options for both libraries: the tolerances the project's benchmarks use.
 OPTIMIZER_OPTIONS: dict[str, dict[str, float]] = {
     "trust-constr": {"gtol": 1e-8, "xtol": 1e-8},
     "l-bfgs-b": {"gtol": 1e-8},
+    "gauss-newton": {"gtol": 1e-8},
 }
 START_RANGE = (0.05, 12.0)
 LARGE_START = 50.0
@@ -517,7 +520,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, help="seconds before a fit counts as a hang")
     parser.add_argument("--jobs", type=int, default=1, help="fits in parallel (default 1)")
     parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
-    parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    parser.add_argument(
+        "--optimizers", nargs="+", choices=OPTIMIZERS + OWN_OPTIMIZERS, default=list(OPTIMIZERS)
+    )
     parser.add_argument("--seed", type=int, default=2024, help="seed of the start draws")
     parser.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance for best")
     parser.add_argument("--atol", type=float, default=1e-10, help="absolute tolerance for best")
@@ -534,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for index, start in enumerate(starts)
         for optimizer in arguments.optimizers
         for library in arguments.libraries
+        if not (library == "pyblp" and optimizer in OWN_OPTIMIZERS)
     ]
     import pyblp
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import BLPInputError, ConvergenceWarning, FixedPointError
+from .gauss_newton import concentrated_weight, gauss_newton_matrix, minimize_gauss_newton
 from .optimize import (
     Diagnostics,
     OptimizationOutcome,
@@ -462,14 +463,17 @@ class Estimator:
         scaled.label = dict(self._label)
         start = time.perf_counter()
         try:
-            outcome = run_optimizer(
-                scaled,
-                theta0 / self.scale,
-                self.lower / self.scale,
-                self.upper / self.scale,
-                self.settings.optimizer,
-                self.settings.optimizer_options,
-            )
+            if self.settings.optimizer == "gauss-newton":
+                outcome = self._gauss_newton(scaled, theta0)
+            else:
+                outcome = run_optimizer(
+                    scaled,
+                    theta0 / self.scale,
+                    self.lower / self.scale,
+                    self.upper / self.scale,
+                    self.settings.optimizer,
+                    self.settings.optimizer_options,
+                )
             outcome = outcome.rescaled(self.scale)
         except _BudgetSpent:
             best = scaled.best
@@ -647,6 +651,44 @@ class Estimator:
             theta, evaluation = trial, candidate
             taken += 1
         return theta, evaluation, taken
+
+    def _gauss_newton(self, scaled: ScaledObjective, theta0: np.ndarray) -> OptimizationOutcome:
+        """Levenberg–Marquardt on the moments; L-BFGS-B from its best point if it stalls."""
+        options = dict(self.settings.optimizer_options or {})
+        lower, upper = self.lower / self.scale, self.upper / self.scale
+        objective = self.objective
+        n_theta = theta0.size
+
+        def matrix(u: np.ndarray) -> np.ndarray:
+            # The optimizer only asks at points just evaluated: a cache hit, no new δ.
+            evaluation = objective.evaluate(self.scale * u)
+            jacobian = objective.moment_jacobian(evaluation)[:, -n_theta:] if n_theta else None
+            weight = concentrated_weight(objective.W, objective.gmm.linear_jacobian)
+            return gauss_newton_matrix(jacobian, weight, objective.design.nobs, self.scale)
+
+        outcome = minimize_gauss_newton(
+            scaled,
+            matrix,
+            theta0 / self.scale,
+            lower,
+            upper,
+            gtol=float(options.get("gtol", 1e-8)),
+            xtol=float(options.get("xtol", 1e-12)),
+            max_iterations=int(options.get("max_iterations", 200)),
+        )
+        if outcome.converged:
+            return outcome
+        best = scaled.best.theta / self.scale if scaled.best is not None else outcome.theta
+        fallback = run_optimizer(
+            scaled, best, lower, upper, "l-bfgs-b", {"gtol": float(options.get("gtol", 1e-8))}
+        )
+        return fallback.replace(
+            message=f"gauss-newton {outcome.message} after {outcome.iterations} step(s); "
+            f"continued with l-bfgs-b: {fallback.message}",
+            iterations=outcome.iterations + fallback.iterations,
+            evaluations=outcome.evaluations + fallback.evaluations,
+            optimizer="gauss-newton",
+        )
 
     def _snap_to_bounds(self, theta: np.ndarray, evaluation: Any) -> tuple[np.ndarray, Any, int]:
         """Put parameters a hair inside a bound, pushed outward by the gradient, on the bound.

@@ -31,7 +31,7 @@ __all__ = [
     "run_optimizer",
 ]
 
-OPTIMIZERS = ("trust-constr", "l-bfgs-b", "bfgs", "slsqp", "nelder-mead")
+OPTIMIZERS = ("trust-constr", "l-bfgs-b", "bfgs", "slsqp", "nelder-mead", "gauss-newton")
 _SUPPORTS_BOUNDS = {"trust-constr", "l-bfgs-b", "slsqp", "nelder-mead"}
 
 
@@ -122,7 +122,11 @@ def check_optimizer(optimizer: Any, options: Mapping[str, Any] | None) -> str:
             f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS} or pass a callable"
         )
     method = optimizer.lower()
-    accepted = accepted_options(method)
+    if method == "gauss-newton":
+        # Ours, not scipy's (blpmodels.gauss_newton); it takes these options.
+        accepted: set[str] | None = {"gtol", "xtol", "max_iterations"}
+    else:
+        accepted = accepted_options(method)
     if options and accepted is not None:
         unknown = sorted(str(key) for key in options if key not in accepted)
         if unknown:
@@ -268,7 +272,12 @@ def diagnostics_projection(
     return projected
 
 
-_DEFAULT_GRADIENT_TOLERANCE = {"trust-constr": 1e-8, "l-bfgs-b": 1e-5, "bfgs": 1e-5}
+_DEFAULT_GRADIENT_TOLERANCE = {
+    "trust-constr": 1e-8,
+    "l-bfgs-b": 1e-5,
+    "bfgs": 1e-5,
+    "gauss-newton": 1e-8,
+}
 
 
 def gradient_tolerance(optimizer: Any, options: Mapping[str, Any] | None) -> float | None:

@@ -1,0 +1,186 @@
+"""The Gauss–Newton / Levenberg–Marquardt outer solver (``fit(optimizer="gauss-newton")``).
+
+Oracles: closed forms for least squares with and without bounds (scipy's ``lsq_linear``), the
+finite-difference Hessian of a concentrated objective that is exactly quadratic, and the optima
+the other optimizers reach on simulated random-coefficients data and exercise 2 question 5.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+from conftest import simulate_logit_products
+
+from blpmodels import BLPInputError, BLPRandomCoefficients, Integration
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
+from blpmodels.gauss_newton import (
+    concentrated_weight,
+    gauss_newton_matrix,
+    minimize_gauss_newton,
+)
+from blpmodels.moments import ProductBlock, StackedGMM
+
+
+def _least_squares(A, y):
+    def fun(u):
+        residual = A @ u - y
+        return float(residual @ residual), 2.0 * A.T @ residual
+
+    return fun, (lambda u: 2.0 * A.T @ A)
+
+
+def test_unbounded_least_squares_in_one_step():
+    rng = np.random.default_rng(0)
+    A, y = rng.normal(size=(20, 4)), rng.normal(size=20)
+    fun, hessian = _least_squares(A, y)
+    outcome = minimize_gauss_newton(
+        fun, hessian, np.zeros(4), np.full(4, -np.inf), np.full(4, np.inf)
+    )
+    assert outcome.converged and outcome.iterations == 1
+    np.testing.assert_allclose(outcome.theta, np.linalg.lstsq(A, y, rcond=None)[0], rtol=1e-10)
+
+
+def test_bounded_least_squares_matches_lsq_linear():
+    """Active bounds: the answer is scipy's bounded least squares, with parameters on bounds."""
+    rng = np.random.default_rng(1)
+    A, y = rng.normal(size=(30, 5)), rng.normal(size=30) * 3
+    lower, upper = np.full(5, -0.2), np.full(5, 0.3)
+    fun, hessian = _least_squares(A, y)
+    outcome = minimize_gauss_newton(fun, hessian, np.zeros(5), lower, upper, gtol=1e-10)
+    expected = scipy.optimize.lsq_linear(A, y, bounds=(lower, upper), tol=1e-14).x
+    assert outcome.converged
+    np.testing.assert_allclose(outcome.theta, expected, atol=1e-9)
+    on_bounds = np.isclose(expected, lower) | np.isclose(expected, upper)
+    assert on_bounds.any() and ~on_bounds.all()
+    assert np.all(
+        (outcome.theta[on_bounds] == lower[on_bounds])
+        | (outcome.theta[on_bounds] == upper[on_bounds])
+    )
+
+
+def test_nonlinear_least_squares_rosenbrock():
+    """A curved valley needs damping: residuals (10(u2 − u1²), 1 − u1) from (−1.2, 1)."""
+
+    def residuals(u):
+        return np.array([10 * (u[1] - u[0] ** 2), 1 - u[0]])
+
+    def jacobian(u):
+        return np.array([[-20 * u[0], 10.0], [-1.0, 0.0]])
+
+    def fun(u):
+        r = residuals(u)
+        return float(r @ r), 2 * jacobian(u).T @ r
+
+    outcome = minimize_gauss_newton(
+        fun,
+        lambda u: 2 * jacobian(u).T @ jacobian(u),
+        np.array([-1.2, 1.0]),
+        np.full(2, -np.inf),
+        np.full(2, np.inf),
+        gtol=1e-12,
+    )
+    assert outcome.converged
+    np.testing.assert_allclose(outcome.theta, [1.0, 1.0], atol=1e-8)
+
+
+def test_gauss_newton_matrix_is_the_hessian_of_a_quadratic_concentrated_objective():
+    """With y(θ) = y0 + Aθ the concentrated q is quadratic: 2N C'W̃C is its exact Hessian."""
+    rng = np.random.default_rng(2)
+    n = 200
+    X = np.column_stack([np.ones(n), rng.normal(size=n)])
+    Z = np.column_stack([X, rng.normal(size=(n, 3))])
+    y0, A = rng.normal(size=n), rng.normal(size=(n, 2))
+    W = np.linalg.inv(Z.T @ Z / n)
+    gmm = StackedGMM([ProductBlock("demand", X, Z)], W)
+
+    def q(theta):
+        return gmm.solve([y0 + A @ theta]).objective
+
+    theta = np.array([0.3, -0.7])
+    step = 1e-3
+    numeric = np.empty((2, 2))
+    for i in range(2):
+        for j in range(2):
+            e_i, e_j = np.eye(2)[i] * step, np.eye(2)[j] * step
+            numeric[i, j] = (
+                q(theta + e_i + e_j)
+                - q(theta + e_i - e_j)
+                - q(theta - e_i + e_j)
+                + q(theta - e_i - e_j)
+            ) / (4 * step**2)
+    jacobian = Z.T @ A / n
+    matrix = gauss_newton_matrix(
+        jacobian, concentrated_weight(W, gmm.linear_jacobian), n, np.ones(2)
+    )
+    np.testing.assert_allclose(matrix, numeric, rtol=1e-6)
+    # Without the projection (W instead of W̃) it would not be: the linear part is concentrated.
+    assert not np.allclose(gauss_newton_matrix(jacobian, W, n, np.ones(2)), numeric, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def rc_model():
+    products = simulate_logit_products(60, 6, seed=11, drop=0.2).drop(columns="nesting_ids")
+    return BLPRandomCoefficients.from_formula(
+        "shares ~ 1 + x + [prices ~ z1 + z2 + I(z1**2) + I(z2**2)]",
+        products,
+        random="0 + prices + x",
+        integration=Integration("product", 5),
+    )
+
+
+@pytest.mark.parametrize("start", [0.3, 2.0])
+def test_rc_fit_reaches_the_optimum_of_the_other_optimizers(rc_model, start):
+    sigma = np.diag([start, start])
+    gauss_newton = rc_model.fit(sigma=sigma, optimizer="gauss-newton")
+    reference = rc_model.fit(
+        sigma=sigma, optimizer="l-bfgs-b", optimizer_options={"gtol": 1e-10, "ftol": 1e-15}
+    )
+    convergence = gauss_newton.info.convergence
+    assert convergence["converged"] and convergence["optimizer"] == "gauss-newton"
+    assert gauss_newton.info.objective <= reference.info.objective * (1 + 1e-9) + 1e-12
+    np.testing.assert_allclose(gauss_newton.params, reference.params, rtol=1e-5, atol=1e-7)
+
+
+def test_stalling_falls_back_to_lbfgsb_and_says_so(rc_model):
+    sigma = np.diag([2.0, 2.0])
+    results = rc_model.fit(
+        sigma=sigma, optimizer="gauss-newton", optimizer_options={"max_iterations": 1}
+    )
+    convergence = results.info.convergence
+    assert "continued with l-bfgs-b" in convergence["message"]
+    assert "max_iterations=1" in convergence["message"]
+    assert convergence["converged"]
+    reference = rc_model.fit(sigma=sigma, optimizer="gauss-newton")
+    np.testing.assert_allclose(results.params, reference.params, rtol=1e-4, atol=1e-6)
+
+
+def test_options_are_checked(rc_model):
+    with pytest.raises(BLPInputError, match=r"does not accept the option\(s\) \['maxiter'\]"):
+        rc_model.fit(
+            sigma=0.5 * np.eye(2), optimizer="gauss-newton", optimizer_options={"maxiter": 3}
+        )
+
+
+@pytest.mark.data
+def test_exercise2_question5():
+    """Just identified: the same σ and π as trust-constr (the exercise's digits)."""
+    name = "mixtape/derived/ex2_agent_data.csv.gz"
+    if not (data_home() / name).is_file():
+        pytest.skip(f"shared data file {data_home() / name} not found (set {DATA_ENV_VAR})")
+    products, agents = load_mixtape_exercise2()
+    instruments = " + ".join(f"demand_instruments{k}" for k in range(4))
+    model = BLPRandomCoefficients.from_formula(
+        f"shares ~ 0 + [prices ~ {instruments}]",
+        products,
+        absorb="C(market_ids) + C(product_ids)",
+        random="0 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=agents,
+    )
+    results = model.fit(sigma=[[0, 0], [0, 1]], pi=[[0.2], [1]], optimizer="gauss-newton")
+    assert results.info.convergence["converged"]
+    assert results.params["sigma[prices,prices]"] == pytest.approx(6.015167, abs=2e-6)
+    assert results.params["pi[mushy,log_income]"] == pytest.approx(0.108829, abs=2e-6)
+    assert results.params["pi[prices,log_income]"] == pytest.approx(-5.957239, abs=2e-6)
+    assert results.info.objective < 1e-15
