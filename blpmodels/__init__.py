@@ -11,6 +11,8 @@ Integration, build_integration
     Integration nodes and weights for random coefficients.
 build_blp_instruments, build_differentiation_instruments
     Standard excluded instruments, computed for all markets at once.
+MicroDataset, MicroMoment
+    Survey statistics (micro moments) matched in ``fit(micro_moments=[...])``.
 compare
     Side-by-side tables of blpmodels, statsmodels and linearmodels results.
 datasets, simulation
@@ -24,6 +26,7 @@ from .compare import Comparison, compare
 from .exceptions import BLPInputError, ConvergenceWarning, FixedPointError, IntegrationWarning
 from .instruments import build_blp_instruments, build_differentiation_instruments
 from .integration import Integration, build_integration
+from .micro import MicroDataset, MicroMoment
 from .models import BLPLogit, BLPModel, BLPNestedLogit
 from .random_coefficients import BLPRandomCoefficients
 from .results import BLPResults, BootstrappedResults, Equilibrium, MergerResults
@@ -45,6 +48,8 @@ __all__ = [
     "Integration",
     "IntegrationWarning",
     "MergerResults",
+    "MicroDataset",
+    "MicroMoment",
     "__version__",
     "build_blp_instruments",
     "build_differentiation_instruments",

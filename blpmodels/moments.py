@@ -92,6 +92,10 @@ class StackedGMM:
         The product blocks, in the order of their moments in W.
     W : numpy.ndarray
         ``(M, M)`` weighting matrix, M the total number of moments.
+    n_extra : int
+        Moments stacked after the product blocks that have no linear parameters (micro
+        moments: observed minus model values); :meth:`solve` and :meth:`gradient` take their
+        values and θ-Jacobian.
 
     Examples
     --------
@@ -105,10 +109,11 @@ class StackedGMM:
     ([1.0, -2.0], 0.0)
     """
 
-    def __init__(self, blocks: Sequence[ProductBlock], W: np.ndarray) -> None:
+    def __init__(self, blocks: Sequence[ProductBlock], W: np.ndarray, n_extra: int = 0) -> None:
         self.blocks = list(blocks)
         self.nobs = int(self.blocks[0].Z.shape[0])
-        self.n_moments = sum(block.n_moments for block in self.blocks)
+        self.n_extra = int(n_extra)
+        self.n_moments = sum(block.n_moments for block in self.blocks) + self.n_extra
         self.n_linear = sum(block.n_linear for block in self.blocks)
         if self.n_moments < self.n_linear:
             raise BLPInputError(
@@ -117,6 +122,10 @@ class StackedGMM:
         self.linear_jacobian = scipy.linalg.block_diag(
             *[block.Z.T @ block.X / self.nobs for block in self.blocks]
         )
+        if self.n_extra:
+            self.linear_jacobian = np.vstack(
+                [self.linear_jacobian, np.zeros((self.n_extra, self.linear_jacobian.shape[1]))]
+            )
         self.W = W
         H = self.linear_jacobian
         hessian = H.T @ W @ H
@@ -134,15 +143,29 @@ class StackedGMM:
             self._projector = np.zeros((0, self.n_moments))
         self._splits = np.cumsum([block.n_linear for block in self.blocks])[:-1]
 
-    def moment_constants(self, dependents: Sequence[np.ndarray]) -> np.ndarray:
-        """c = [Z_b' y_b / N] stacked; ``dependents`` may hold vectors or ``(N, P)`` matrices."""
-        return np.concatenate(
-            [block.Z.T @ y / self.nobs for block, y in zip(self.blocks, dependents, strict=True)]
-        )
+    def moment_constants(
+        self, dependents: Sequence[np.ndarray], extra: np.ndarray | None = None
+    ) -> np.ndarray:
+        """c = [Z_b' y_b / N] stacked; ``dependents`` may hold vectors or ``(N, P)`` matrices.
 
-    def solve(self, dependents: Sequence[np.ndarray]) -> StackedSolution:
-        """Coefficients, residuals, mean moments and objective for the dependent variables."""
-        coefficients = self._projector @ self.moment_constants(dependents)
+        ``extra`` (the moments without linear parameters, or their ``(M_e, P)`` Jacobian) is
+        appended; with ``n_extra`` moments it is required.
+        """
+        stacked = [
+            block.Z.T @ y / self.nobs for block, y in zip(self.blocks, dependents, strict=True)
+        ]
+        if self.n_extra:
+            if extra is None:
+                raise ValueError(f"{self.n_extra} micro moments need their values")
+            stacked.append(np.asarray(extra))
+        return np.concatenate(stacked)
+
+    def solve(
+        self, dependents: Sequence[np.ndarray], extra: np.ndarray | None = None
+    ) -> StackedSolution:
+        """Coefficients, residuals, mean moments and objective for the dependent variables
+        (and the values of the ``n_extra`` moments without linear parameters)."""
+        coefficients = self._projector @ self.moment_constants(dependents, extra)
         pieces = np.split(coefficients, self._splits)
         residuals = [
             y - block.X @ b for block, y, b in zip(self.blocks, dependents, pieces, strict=True)
@@ -150,16 +173,24 @@ class StackedGMM:
         # ḡ from the residuals, not as c − Hb: near the optimum c and Hb agree to several
         # digits, and the difference lost them (BFGS then stopped on "precision loss" on the
         # Nevo problem after 30% more evaluations).
-        moments = self.moment_constants(residuals)
+        moments = self.moment_constants(residuals, extra)
         weighted = self.W @ moments
         return StackedSolution(
             pieces, residuals, moments, float(self.nobs * moments @ weighted), weighted
         )
 
-    def gradient(self, solution: StackedSolution, jacobians: Sequence[np.ndarray]) -> np.ndarray:
-        """∂q/∂θ = 2N ḡ'W ∂c/∂θ from each block's ``(N, P)`` ∂y_b/∂θ (envelope theorem)."""
-        return 2.0 * self.nobs * solution._weighted @ self.moment_constants(jacobians)
+    def gradient(
+        self,
+        solution: StackedSolution,
+        jacobians: Sequence[np.ndarray],
+        extra: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """∂q/∂θ = 2N ḡ'W ∂c/∂θ from each block's ``(N, P)`` ∂y_b/∂θ (envelope theorem) and
+        the ``(n_extra, P)`` Jacobian of the moments without linear parameters."""
+        return 2.0 * self.nobs * solution._weighted @ self.moment_constants(jacobians, extra)
 
-    def moment_jacobian(self, jacobians: Sequence[np.ndarray]) -> np.ndarray:
+    def moment_jacobian(
+        self, jacobians: Sequence[np.ndarray], extra: np.ndarray | None = None
+    ) -> np.ndarray:
         """``(M, K + P)`` ∂ḡ/∂(b, θ): the constant linear part, then ∂c/∂θ."""
-        return np.column_stack([-self.linear_jacobian, self.moment_constants(jacobians)])
+        return np.column_stack([-self.linear_jacobian, self.moment_constants(jacobians, extra)])

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from .agents import AgentDesign
 from .covariance import moment_covariance
@@ -30,6 +31,7 @@ from .kernel import (
     solve_delta_hybrid,
     theta_jacobian,
 )
+from .micro import MicroBlock, MicroEvaluation, MicroProbabilities
 from .moments import ProductBlock, StackedGMM
 from .parameters import NonlinearParameters
 from .products import ProductDesign
@@ -133,6 +135,8 @@ class Evaluation:
         ``(N, P)`` absorbed ∂f(c)/∂θ.
     failure : str or None
         Why θ could not be evaluated when δ was solved (e.g. non-positive log costs).
+    micro : MicroEvaluation or None
+        Micro moments (observed minus model values), their model values and θ-Jacobian.
     """
 
     theta: np.ndarray
@@ -152,6 +156,7 @@ class Evaluation:
     markups: np.ndarray | None = None
     supply_jacobian: np.ndarray | None = None
     failure: str | None = None
+    micro: MicroEvaluation | None = None
 
     @property
     def success(self) -> bool:
@@ -251,6 +256,7 @@ class NonlinearObjective:
     threads: int | None = None
     covariance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     supply: SupplyDesign | None = None
+    micro: MicroBlock | None = None
     gmm: StackedGMM = field(init=False)
     evaluations: list[Evaluation] = field(init=False, default_factory=list)
 
@@ -277,6 +283,17 @@ class NonlinearObjective:
         self.chunks = layout.chunks(self.chunk_size)
         self._pool = None
         self._setup_price_terms()
+        self.micro_model = (
+            None
+            if self.micro is None
+            else MicroProbabilities(
+                self.parameters,
+                self.characteristics,
+                self.agents,
+                self.codes if self.parameters.has_rho else None,
+                self.n_nests,
+            )
+        )
         self.blocks = [
             ProductBlock(
                 "demand", self.design.X_absorbed[:, self.kept_columns], self.design.Z_absorbed
@@ -363,7 +380,7 @@ class NonlinearObjective:
     def set_weighting_matrix(self, W: np.ndarray) -> None:
         """Use a new weighting matrix (e.g. for the second GMM step)."""
         self.W = W
-        self.gmm = StackedGMM(self.blocks, W)
+        self.gmm = StackedGMM(self.blocks, W, 0 if self.micro is None else self.micro.size)
         self._cache: list[Evaluation] = []
 
     def nesting(self, markets: np.ndarray, rho: np.ndarray) -> Nesting:
@@ -718,8 +735,21 @@ class NonlinearObjective:
         dependents, jacobians, supply = self._dependents(theta, delta, out)
         if supply.get("failure"):
             return self._failed(theta, delta, out, start, supply["failure"])
-        solution = self.gmm.solve(dependents)
-        objective_gradient = self.gmm.gradient(solution, jacobians) if gradient else None
+        micro = None
+        if self.micro is not None:
+            try:
+                micro = self.micro.evaluate(
+                    self.micro_model, self.split(theta)[0], out.delta, out.jacobian
+                )
+            except BLPInputError as error:
+                return self._failed(theta, delta, out, start, str(error))
+        extra = None if micro is None else micro.moments
+        solution = self.gmm.solve(dependents, extra)
+        objective_gradient = (
+            self.gmm.gradient(solution, jacobians, None if micro is None else micro.jacobian)
+            if gradient
+            else None
+        )
         evaluation = Evaluation(
             theta,
             solution.objective,
@@ -737,6 +767,7 @@ class NonlinearObjective:
             omega=solution.residuals[1] if self.supply is not None else None,
             markups=supply.get("markups"),
             supply_jacobian=jacobians[1] if gradient and self.supply is not None else None,
+            micro=micro,
         )
         # Optimizers ask again for points they have seen (the start, an accepted step).
         self._cache = [*self._cache[-3:], evaluation]
@@ -820,12 +851,22 @@ class NonlinearObjective:
         --------
         >>> G = objective.moment_jacobian(objective.evaluate(theta))  # doctest: +SKIP
         """
-        return self.gmm.moment_jacobian(evaluation.dependent_jacobians)
+        micro = None if evaluation.micro is None else evaluation.micro.jacobian
+        return self.gmm.moment_jacobian(evaluation.dependent_jacobians, micro)
 
     def moment_covariance(self, evaluation: Evaluation) -> np.ndarray:
         """S, the covariance of the per-product moments [z_Dj ξ_j, z_Sj ω_j], with the fit's
-        ``cov_type``."""
-        return self.covariance([block.Z for block in self.blocks], evaluation.residuals)
+        ``cov_type``; micro moments add a block of their own (independent surveys), scaled
+        by N like the product moments' S."""
+        S = self.covariance([block.Z for block in self.blocks], evaluation.residuals)
+        if self.micro is None:
+            return S
+        micro = self.micro.covariance(
+            self.micro_model,
+            self.split(evaluation.theta)[0],
+            self.design.layout.pad(evaluation.delta),
+        )
+        return scipy.linalg.block_diag(S, self.design.nobs * micro)
 
     def updated_weighting_matrix(self, evaluation: Evaluation) -> np.ndarray:
         """S⁻¹ at an evaluation: the weighting matrix of the next GMM step."""

@@ -69,6 +69,8 @@ class EstimationInfo:
         Optimizer and fixed-point diagnostics (random-coefficients models).
     timings : dict
         Seconds spent in each stage.
+    micro : pandas.DataFrame, optional
+        Micro moments at the estimates (see :meth:`BLPResults.micro_values`).
     """
 
     method: str
@@ -82,6 +84,7 @@ class EstimationInfo:
     convergence: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
+    micro: pd.DataFrame | None = None
 
 
 _IDENTIFIER_CHARS = "A-Za-z0-9_.\\]\\)"
@@ -163,6 +166,30 @@ class BLPResults(LikelihoodModelResults):
     def objective(self) -> float:
         """GMM objective N·ḡ'Wḡ (Hansen's J after two steps)."""
         return self.info.objective
+
+    def micro_values(self) -> pd.DataFrame:
+        """Each micro moment's observed value beside the model's value at the estimates.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by moment name: ``dataset``, ``observations``, ``observed``, ``model``
+            and ``difference`` (observed − model, the micro moment ḡ).
+
+        Raises
+        ------
+        BLPInputError
+            The model was fitted without micro moments.
+
+        Examples
+        --------
+        >>> results.micro_values()  # doctest: +SKIP
+                                dataset  observations  observed  model  difference
+        E[log_income | inside]   income           100       7.9    7.9         0.0
+        """
+        if self.info.micro is None:
+            raise BLPInputError("these results were fitted without micro moments")
+        return self.info.micro.copy()
 
     @property
     def j_stat(self) -> tuple[float, int, float]:
@@ -1709,6 +1736,13 @@ class BLPResults(LikelihoodModelResults):
             notes.append(
                 f"Fixed effects absorbed ({absorbed}); "
                 f"{design.absorber.degrees} degrees of freedom."
+            )
+        if self.info.micro is not None:
+            notes.append("Micro moments (observed vs model at the estimates):")
+            notes.extend(
+                f"  {name}: observed {row['observed']:.6g}, model {row['model']:.6g} "
+                f"(dataset {row['dataset']}, {row['observations']} observations)"
+                for name, row in self.info.micro.iterrows()
             )
         if notes:
             summary.add_extra_txt(notes)

@@ -1,0 +1,1043 @@
+"""Micro moments: survey statistics matched by the model's agent-level choice probabilities.
+
+A :class:`MicroDataset` describes a survey of consumers in some markets: which agent types i
+and choices are sampled, through weights w_dij (first choices j, with 0 the outside option) or
+w_dijk (first choice j, second choice k). A :class:`MicroMoment` matches an observed statistic
+to the model's value f_m(v) of a function of *parts*, each a weighted mean over the survey,
+
+    v_p = Σ_t Σ_i Σ_j w_it w_dijt P_ijt v_pijt / Σ_t Σ_i Σ_j w_it w_dijt P_ijt,
+
+with w_it the integration weights, P_ijt the probability that agent i chooses j (or, for second
+choices, j first and k second: s_ik(−j) − s_ik, which is s_ij s_ik(−j) in the logit) and v_pijt
+the part's values. The micro moment is the observed value minus f_m(v); its covariance is that
+of a mean over the dataset's observations (the delta method through f_m).
+
+Weights and values are callables ``f(market_id, products, agents)`` with ``products`` and
+``agents`` the DataFrames of the market's rows (all columns, positional index), returning
+I × J, I × (1 + J) or, for second choices, I × J × (1 + J) arrays (pyblp's shapes: a missing
+leading column for the outside option means zeros there). Everything is validated, and the
+arrays are computed once, before estimation; each evaluation only recomputes the choice
+probabilities of the surveyed markets.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .exceptions import BLPInputError
+
+__all__ = ["MicroDataset", "MicroMoment"]
+
+ArrayFunction = Callable[[Any, pd.DataFrame, pd.DataFrame], Any]
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise BLPInputError(f"{what} name must be a non-empty string, got {name!r}")
+    return name
+
+
+@dataclass(frozen=True, eq=False)
+class MicroDataset:
+    """A survey of consumers in some markets.
+
+    Parameters
+    ----------
+    name : str
+        Name used in messages and tables.
+    observations : int
+        Number of surveyed consumers N_d (scales the covariance of this dataset's moments).
+    market_ids : sequence
+        Markets the survey covers (``None``: all markets).
+    weights : callable, optional
+        ``weights(market_id, products, agents)`` returning the sampling weights w_dij as an
+        I × J or I × (1 + J) array (I × J × (1 + J) with ``second_choices``). By default every
+        agent who bought an inside good is sampled with the same weight (second choices: any
+        second choice, the outside option included).
+    second_choices : bool
+        The survey records second choices (what the consumer would have bought had the first
+        choice not been available).
+    eliminated : str, optional
+        Not supported yet: products eliminated together for second choices.
+
+    Raises
+    ------
+    BLPInputError
+        Empty name, observations not a positive integer, no markets, weights not callable.
+
+    Examples
+    --------
+    >>> survey = MicroDataset("income", 100, ["C01Q1", "C01Q2"])
+    >>> survey.observations, survey.market_ids
+    (100, ('C01Q1', 'C01Q2'))
+    """
+
+    name: str
+    observations: int
+    market_ids: Sequence[Any] | None
+    weights: ArrayFunction | None = None
+    second_choices: bool = False
+    eliminated: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "micro dataset")
+        observations = self.observations
+        if (
+            isinstance(observations, bool)
+            or not isinstance(observations, numbers.Integral)
+            or observations <= 0
+        ):
+            raise BLPInputError(
+                f"micro dataset {self.name!r}: observations must be a positive integer, got "
+                f"{observations!r}"
+            )
+        object.__setattr__(self, "observations", int(observations))
+        if self.market_ids is not None:
+            ids = (
+                (self.market_ids,)
+                if isinstance(self.market_ids, str)
+                else tuple(pd.unique(pd.Series(list(self.market_ids), dtype=object)))
+            )
+            if not ids:
+                raise BLPInputError(f"micro dataset {self.name!r}: market_ids is empty")
+            object.__setattr__(self, "market_ids", ids)
+        if self.weights is not None and not callable(self.weights):
+            raise BLPInputError(
+                f"micro dataset {self.name!r}: weights must be a callable "
+                "weights(market_id, products, agents) returning an array, got "
+                f"{type(self.weights).__name__}"
+            )
+        if not isinstance(self.second_choices, (bool, np.bool_)):
+            raise BLPInputError(
+                f"micro dataset {self.name!r}: second_choices must be True or False"
+            )
+        if self.eliminated is not None:
+            raise BLPInputError(
+                f"micro dataset {self.name!r}: eliminated product groups are not supported yet "
+                "(each first choice is eliminated alone)"
+            )
+
+
+def _column(frame: pd.DataFrame, name: str, what: str, moment: str) -> np.ndarray:
+    """A numeric column of products or agents, or a pandas expression of their columns."""
+    if name in frame.columns:
+        values = frame[name]
+    else:
+        try:
+            values = frame.eval(name)
+        except Exception as error:
+            raise BLPInputError(
+                f"micro moment {moment!r}: the {what} have no column {name!r} (and it is not an "
+                f"expression of their columns: {error}); columns: {list(frame.columns)}"
+            ) from None
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size != len(frame):
+        raise BLPInputError(f"micro moment {moment!r}: {name!r} is not one value per row")
+    return values
+
+
+@dataclass(frozen=True, eq=False)
+class MicroMoment:
+    """An observed survey statistic and the model's value of it.
+
+    Parameters
+    ----------
+    name : str
+        Name used in messages and tables.
+    dataset : MicroDataset
+        The survey the statistic comes from.
+    value : float
+        The observed value.
+    parts : callable or sequence of callables
+        Each ``values(market_id, products, agents)`` returns the values v_pij (v_pijk) of a
+        part, an array of one of the dataset's weight shapes. A part's model value is the
+        weighted mean of its values over the survey.
+    function : callable, optional
+        ``function(parts) -> float`` of the parts' values (default: the single part itself).
+        Ratios, covariances and regression coefficients of parts are functions of this kind.
+    gradient : callable, optional
+        ``gradient(parts) -> array`` of ∂function/∂parts; required with ``function``.
+
+    Raises
+    ------
+    BLPInputError
+        Bad name, dataset or value, parts not callable, several parts without a function, a
+        function without its gradient.
+
+    Examples
+    --------
+    The mean of a demographic among the surveyed buyers, written out in the general form:
+
+    >>> survey = MicroDataset("income", 100, ["C01Q1", "C01Q2"])
+    >>> moment = MicroMoment(
+    ...     "E[log income]", survey, 7.9,
+    ...     parts=[lambda t, p, a: np.outer(a["log_income"], np.ones(len(p)))])
+    >>> moment.evaluate([7.8]), moment.derivative([7.8]).tolist()
+    (7.8, [1.0])
+    """
+
+    name: str
+    dataset: MicroDataset
+    value: float
+    parts: Sequence[ArrayFunction] = ()
+    function: Callable[[np.ndarray], Any] | None = None
+    gradient: Callable[[np.ndarray], Any] | None = None
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "micro moment")
+        if not isinstance(self.dataset, MicroDataset):
+            raise BLPInputError(
+                f"micro moment {self.name!r}: dataset must be a MicroDataset, got "
+                f"{type(self.dataset).__name__}"
+            )
+        try:
+            value = float(self.value)
+        except (TypeError, ValueError):
+            raise BLPInputError(
+                f"micro moment {self.name!r}: value must be a number, got {self.value!r}"
+            ) from None
+        if not np.isfinite(value):
+            raise BLPInputError(f"micro moment {self.name!r}: value must be finite, got {value}")
+        object.__setattr__(self, "value", value)
+        parts = (self.parts,) if callable(self.parts) else tuple(self.parts)
+        if not parts:
+            raise BLPInputError(f"micro moment {self.name!r}: give at least one part")
+        for position, part in enumerate(parts):
+            if not callable(part):
+                raise BLPInputError(
+                    f"micro moment {self.name!r}: part {position} must be a callable "
+                    f"values(market_id, products, agents), got {type(part).__name__}"
+                )
+        object.__setattr__(self, "parts", parts)
+        if self.function is None:
+            if self.gradient is not None:
+                raise BLPInputError(
+                    f"micro moment {self.name!r}: a gradient was given without its function"
+                )
+            if len(parts) > 1:
+                raise BLPInputError(
+                    f"micro moment {self.name!r}: {len(parts)} parts need a function (and its "
+                    "gradient) that combines them"
+                )
+        else:
+            if not callable(self.function):
+                raise BLPInputError(f"micro moment {self.name!r}: function must be callable")
+            if self.gradient is None or not callable(self.gradient):
+                raise BLPInputError(
+                    f"micro moment {self.name!r}: function needs its gradient (a callable "
+                    "returning ∂function/∂parts, one entry per part)"
+                )
+
+    def evaluate(self, parts: Sequence[float] | np.ndarray) -> float:
+        """f_m at the parts' values."""
+        values = np.asarray(parts, dtype=np.float64)
+        if self.function is None:
+            return float(values[0])
+        result = np.asarray(self.function(values), dtype=np.float64)
+        if result.size != 1:
+            raise BLPInputError(
+                f"micro moment {self.name!r}: function returned {result.size} values, not one"
+            )
+        return float(result.reshape(-1)[0])
+
+    def derivative(self, parts: Sequence[float] | np.ndarray) -> np.ndarray:
+        """∂f_m/∂parts at the parts' values."""
+        values = np.asarray(parts, dtype=np.float64)
+        if self.gradient is None:
+            return np.ones(1)
+        result = np.asarray(self.gradient(values), dtype=np.float64).reshape(-1)
+        if result.size != len(self.parts):
+            raise BLPInputError(
+                f"micro moment {self.name!r}: gradient returned {result.size} values for "
+                f"{len(self.parts)} parts"
+            )
+        return result
+
+    # ------------------------------------------------------------------ constructors
+
+    @classmethod
+    def mean(
+        cls,
+        demographic: str,
+        dataset: MicroDataset,
+        value: float,
+        among: str | None = None,
+        *,
+        name: str | None = None,
+    ) -> MicroMoment:
+        """E[demographic | bought an inside good] (optionally among buyers of some products).
+
+        Parameters
+        ----------
+        demographic : str
+            Agent-data column (or an expression of agent columns).
+        dataset : MicroDataset
+            The survey.
+        value : float
+            Observed mean.
+        among : str, optional
+            0/1 product column (or expression, e.g. ``"mushy == 1"``) selecting the products
+            whose buyers are averaged over; then the moment is a ratio of two parts.
+        name : str, optional
+            Default ``"E[demographic | among]"``.
+
+        Returns
+        -------
+        MicroMoment
+
+        Examples
+        --------
+        >>> survey = MicroDataset("income", 100, ["C01Q1", "C01Q2"])
+        >>> MicroMoment.mean("log_income", survey, 7.9).name
+        'E[log_income | inside]'
+        >>> moment = MicroMoment.mean("log_income", survey, 8.1, among="mushy")
+        >>> moment.evaluate([4.0, 0.5])
+        8.0
+        """
+        label = name or f"E[{demographic} | {among or 'inside'}]"
+        second = dataset.second_choices
+
+        def first_choice(products: pd.DataFrame, column: str | None) -> np.ndarray:
+            inside = (
+                np.ones(len(products))
+                if column is None
+                else _column(products, column, "products", label)
+            )
+            return np.concatenate([[0.0], inside])
+
+        def spread(array: np.ndarray, size: int) -> np.ndarray:
+            return np.repeat(array[:, :, None], size, axis=2) if second else array
+
+        def demographic_values(t: Any, products: pd.DataFrame, agents: pd.DataFrame) -> Any:
+            d = _column(agents, demographic, "agents", label)
+            chosen = first_choice(products, among)
+            return spread(np.outer(d, chosen), len(products) + 1)
+
+        if among is None:
+            return cls(label, dataset, value, parts=[demographic_values])
+
+        def group_values(t: Any, products: pd.DataFrame, agents: pd.DataFrame) -> Any:
+            chosen = first_choice(products, among)
+            return spread(np.outer(np.ones(len(agents)), chosen), len(products) + 1)
+
+        return cls(
+            label,
+            dataset,
+            value,
+            parts=[demographic_values, group_values],
+            function=lambda v: v[0] / v[1],
+            gradient=lambda v: np.array([1.0 / v[1], -v[0] / v[1] ** 2]),
+        )
+
+    @classmethod
+    def second_choice(
+        cls,
+        dataset: MicroDataset,
+        value: float,
+        first: str | None = None,
+        to: str = "outside",
+        *,
+        name: str | None = None,
+    ) -> MicroMoment:
+        """Share of respondents whose second choice is ``to`` (and first choice in ``first``).
+
+        Parameters
+        ----------
+        dataset : MicroDataset
+            A survey with ``second_choices=True``.
+        value : float
+            Observed share.
+        first : str, optional
+            0/1 product column (or expression) the first choice must belong to (a joint
+            share: P(first in group and second is ``to``), not a conditional one).
+        to : str
+            ``"outside"`` (no purchase), ``"same firm"`` (a product with the first choice's
+            ``firm_ids``) or a 0/1 product column (or expression) the second choice belongs to.
+        name : str, optional
+            Default ``"P(first -> to)"``.
+
+        Returns
+        -------
+        MicroMoment
+
+        Raises
+        ------
+        BLPInputError
+            The dataset does not record second choices.
+
+        Examples
+        --------
+        >>> survey = MicroDataset("diversion", 200, ["C01Q1"], second_choices=True)
+        >>> MicroMoment.second_choice(survey, 0.28).name
+        'P(inside -> outside)'
+        >>> MicroMoment.second_choice(survey, 0.31, first="mushy", to="mushy").name
+        'P(mushy -> mushy)'
+        """
+        label = name or f"P({first or 'inside'} -> {to})"
+        if not dataset.second_choices:
+            raise BLPInputError(
+                f"micro moment {label!r}: dataset {dataset.name!r} does not record second "
+                "choices (MicroDataset(..., second_choices=True))"
+            )
+        if not isinstance(to, str):
+            raise BLPInputError(f"micro moment {label!r}: to must be a string, got {to!r}")
+
+        def values(t: Any, products: pd.DataFrame, agents: pd.DataFrame) -> Any:
+            n = len(products)
+            chosen = np.ones(n) if first is None else _column(products, first, "products", label)
+            chosen = np.concatenate([[0.0], chosen])
+            if to == "outside":
+                pair = np.zeros((n + 1, n + 1))
+                pair[:, 0] = chosen
+            elif to == "same firm":
+                if "firm_ids" not in products.columns:
+                    raise BLPInputError(
+                        f"micro moment {label!r}: 'same firm' needs a firm_ids product column"
+                    )
+                firms = products["firm_ids"].to_numpy()
+                pair = np.zeros((n + 1, n + 1))
+                pair[1:, 1:] = firms[:, None] == firms[None, :]
+                pair *= chosen[:, None]
+            else:
+                group = np.concatenate([[0.0], _column(products, to, "products", label)])
+                pair = np.outer(chosen, group)
+            return np.broadcast_to(pair, (len(agents), n + 1, n + 1))
+
+        return cls(label, dataset, value, parts=[values])
+
+    @classmethod
+    def covariance(
+        cls,
+        demographic: str,
+        characteristic: str,
+        dataset: MicroDataset,
+        value: float,
+        *,
+        name: str | None = None,
+    ) -> MicroMoment:
+        """Cov(demographic, characteristic of the chosen product) among surveyed buyers.
+
+        Parameters
+        ----------
+        demographic : str
+            Agent-data column (or expression).
+        characteristic : str
+            Product-data column (or expression).
+        dataset : MicroDataset
+            The survey.
+        value : float
+            Observed covariance.
+        name : str, optional
+            Default ``"Cov(demographic, characteristic)"``.
+
+        Returns
+        -------
+        MicroMoment
+            Parts E[d], E[x], E[d x]; function E[d x] − E[d] E[x].
+
+        Examples
+        --------
+        >>> survey = MicroDataset("income", 100, ["C01Q1"])
+        >>> moment = MicroMoment.covariance("log_income", "mushy", survey, 0.05)
+        >>> round(moment.evaluate([8.0, 0.5, 4.1]), 12), moment.derivative([8.0, 0.5, 4.1]).tolist()
+        (0.1, [-0.5, -8.0, 1.0])
+        """
+        label = name or f"Cov({demographic}, {characteristic})"
+        second = dataset.second_choices
+
+        def build(use_d: bool, use_x: bool) -> ArrayFunction:
+            def values(t: Any, products: pd.DataFrame, agents: pd.DataFrame) -> Any:
+                d = _column(agents, demographic, "agents", label) if use_d else None
+                x = (
+                    _column(products, characteristic, "products", label)
+                    if use_x
+                    else np.ones(len(products))
+                )
+                array = np.outer(np.ones(len(agents)) if d is None else d, np.r_[0.0, x])
+                if second:
+                    array = np.repeat(array[:, :, None], len(products) + 1, axis=2)
+                return array
+
+            return values
+
+        return cls(
+            label,
+            dataset,
+            value,
+            parts=[build(True, False), build(False, True), build(True, True)],
+            function=lambda v: v[2] - v[0] * v[1],
+            gradient=lambda v: np.array([-v[1], -v[0], 1.0]),
+        )
+
+
+# ---------------------------------------------------------------------- computation
+
+
+def _pad_choices(array: np.ndarray, n_products: int, second: bool) -> np.ndarray:
+    """I × (1+J) (× (1+J)) with zeros for a missing outside-option slot."""
+    if array.shape[1] == n_products:
+        array = np.concatenate([np.zeros((array.shape[0], 1, *array.shape[2:])), array], axis=1)
+    if second and array.shape[2] == n_products:
+        array = np.concatenate([np.zeros((*array.shape[:2], 1)), array], axis=2)
+    return array
+
+
+def _check_array(raw: Any, n_agents: int, n_products: int, second: bool, where: str) -> np.ndarray:
+    """Validate a weights or values array's shape and finiteness; return it padded."""
+    try:
+        array = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise BLPInputError(f"{where} returned something that is not numeric: {error}") from None
+    inside, full = n_products, 1 + n_products
+    if second:
+        shapes = [(n_agents, a, b) for a in (inside, full) for b in (inside, full)]
+    else:
+        shapes = [(n_agents, inside), (n_agents, full)]
+    if array.shape not in shapes:
+        kind = "I × J × (1 + J) (second choices)" if second else "I × J or I × (1 + J)"
+        raise BLPInputError(
+            f"{where} returned an array of shape {array.shape}; with I = {n_agents} agents and "
+            f"J = {n_products} products it must be {kind}: one of {shapes}"
+        )
+    if not np.isfinite(array).all():
+        raise BLPInputError(f"{where} returned non-finite values")
+    return _pad_choices(array, n_products, second)
+
+
+@dataclass(eq=False)
+class _Survey:
+    """One dataset's arrays in one market: stacked weights and values, flattened."""
+
+    dataset: int
+    parts: np.ndarray  # global part indices
+    second: bool
+    weighted: np.ndarray  # [1 + n_parts, size]: w_i w_dij (·v_p)
+    values: np.ndarray  # [n_parts, size]
+
+
+@dataclass(eq=False)
+class _Market:
+    position: int
+    label: Any
+    n_products: int
+    n_agents: int
+    surveys: list[_Survey] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class MicroEvaluation:
+    """Micro moments at one θ.
+
+    Attributes
+    ----------
+    parts : numpy.ndarray
+        Model values of the parts.
+    values : numpy.ndarray
+        Model values f_m of the moments.
+    moments : numpy.ndarray
+        Observed minus model values.
+    jacobian : numpy.ndarray or None
+        ``(M, P)`` ∂moments/∂θ.
+    """
+
+    parts: np.ndarray
+    values: np.ndarray
+    moments: np.ndarray
+    jacobian: np.ndarray | None = None
+
+
+class MicroBlock:
+    """Micro moments of an estimation: validated arrays and their evaluation at θ.
+
+    Parameters
+    ----------
+    moments : sequence of MicroMoment
+        The moments, in the order of the stacked moment vector.
+    products : pandas.DataFrame
+        Product data (positional rows of the layout).
+    product_index, product_mask : numpy.ndarray
+        ``[T, J]`` product layout.
+    market_labels : numpy.ndarray
+        ``(T,)`` market ids.
+    agents : AgentDesign
+        Agents in the same market order.
+
+    Raises
+    ------
+    BLPInputError
+        A dataset names an unknown market; weights or values of the wrong shape, negative or
+        non-finite weights; a dataset whose weights select nobody.
+    """
+
+    def __init__(
+        self,
+        moments: Sequence[MicroMoment],
+        products: pd.DataFrame,
+        product_index: np.ndarray,
+        product_mask: np.ndarray,
+        market_labels: np.ndarray,
+        agents: Any,
+    ) -> None:
+        moments = list(moments)
+        if not moments:
+            raise BLPInputError("micro_moments is empty")
+        for moment in moments:
+            if not isinstance(moment, MicroMoment):
+                raise BLPInputError(
+                    f"micro_moments must hold MicroMoment objects, got {type(moment).__name__}"
+                )
+        names = [moment.name for moment in moments]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise BLPInputError(f"micro moment names must be unique; repeated: {duplicated}")
+        self.moments = moments
+        self.datasets: list[MicroDataset] = []
+        for moment in moments:
+            if all(moment.dataset is not d for d in self.datasets):
+                self.datasets.append(moment.dataset)
+        self.part_dataset: list[int] = []
+        self.moment_parts: list[np.ndarray] = []
+        part_functions: list[tuple[MicroMoment, int, ArrayFunction]] = []
+        for moment in moments:
+            d = next(k for k, d in enumerate(self.datasets) if d is moment.dataset)
+            start = len(self.part_dataset)
+            for position, part in enumerate(moment.parts):
+                self.part_dataset.append(d)
+                part_functions.append((moment, position, part))
+            self.moment_parts.append(np.arange(start, len(self.part_dataset)))
+        self.part_dataset_array = np.asarray(self.part_dataset, dtype=np.intp)
+        self.observed = np.array([moment.value for moment in moments])
+        self.observations = np.array([d.observations for d in self.datasets], dtype=np.float64)
+        lookup = {label: t for t, label in enumerate(market_labels.tolist())}
+        counts = product_mask.sum(axis=1)
+        markets: dict[int, _Market] = {}
+        for d, dataset in enumerate(self.datasets):
+            ids = market_labels.tolist() if dataset.market_ids is None else dataset.market_ids
+            unknown = [label for label in ids if label not in lookup]
+            if unknown:
+                raise BLPInputError(
+                    f"micro dataset {dataset.name!r} names markets that are not in the product "
+                    f"data: {unknown[:5]} (e.g. known: {market_labels[:3].tolist()})"
+                )
+            total = 0.0
+            for label in ids:
+                t = lookup[label]
+                n_products = int(counts[t])
+                n_agents = int(agents.layout.counts[t])
+                if t not in markets:
+                    markets[t] = _Market(t, label, n_products, n_agents)
+                frame = products.iloc[product_index[t, :n_products]].reset_index(drop=True)
+                people = agents.data.iloc[agents.layout.index[t, :n_agents]].reset_index(drop=True)
+                second = bool(dataset.second_choices)
+                where = f"micro dataset {dataset.name!r} in market {label!r}: weights"
+                if dataset.weights is None:
+                    shape = (
+                        (n_agents, n_products, n_products + 1)
+                        if second
+                        else (
+                            n_agents,
+                            n_products,
+                        )
+                    )
+                    raw: Any = np.ones(shape)
+                else:
+                    try:
+                        raw = dataset.weights(label, frame, people)
+                    except BLPInputError as error:
+                        raise BLPInputError(f"{where}: {error}") from None
+                    except Exception as error:
+                        raise BLPInputError(f"{where} failed: {error!r}") from error
+                weights = _check_array(raw, n_agents, n_products, second, where)
+                if (weights < 0).any():
+                    raise BLPInputError(f"{where} returned negative values")
+                if second:
+                    diagonal = np.arange(n_products + 1)
+                    weights[:, diagonal, diagonal] = 0.0  # a product cannot be its own 2nd
+                    weights[:, 0, 0] = 0.0
+                total += float(weights.sum())
+                parts = np.flatnonzero(self.part_dataset_array == d)
+                values = []
+                for p in parts:
+                    moment, position, function = part_functions[p]
+                    where_p = (
+                        f"micro moment {moment.name!r} (dataset {dataset.name!r}) in market "
+                        f"{label!r}: part {position}"
+                    )
+                    try:
+                        raw_values = function(label, frame, people)
+                    except BLPInputError as error:
+                        raise BLPInputError(f"{where_p}: {error}") from None
+                    except Exception as error:
+                        raise BLPInputError(f"{where_p} failed: {error!r}") from error
+                    values.append(_check_array(raw_values, n_agents, n_products, second, where_p))
+                agent_weights = agents.weights[t, :n_agents]
+                base = weights * agent_weights.reshape(-1, *([1] * (weights.ndim - 1)))
+                stacked = np.stack([base, *[base * v for v in values]])
+                markets[t].surveys.append(
+                    _Survey(
+                        d,
+                        parts,
+                        second,
+                        stacked.reshape(len(parts) + 1, -1),
+                        np.stack(values).reshape(len(parts), -1)
+                        if values
+                        else np.zeros((0, base.size)),
+                    )
+                )
+            if total <= 0:
+                raise BLPInputError(
+                    f"micro dataset {dataset.name!r}: the weights select nobody in its markets "
+                    f"{list(ids)[:5]} (all zero), so its moments have zero expected observations"
+                )
+        self.markets = [markets[t] for t in sorted(markets)]
+
+    @property
+    def size(self) -> int:
+        """Number of micro moments."""
+        return len(self.moments)
+
+    @property
+    def names(self) -> list[str]:
+        """Moment names."""
+        return [moment.name for moment in self.moments]
+
+    def _accumulate(
+        self,
+        probabilities: Callable[[_Market], tuple[np.ndarray, np.ndarray | None, Any]],
+        n_theta: int,
+        jacobian: bool,
+        covariance: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        n_parts = len(self.part_dataset)
+        numerator = np.zeros(n_parts)
+        denominator = np.zeros(len(self.datasets))
+        d_numerator = np.zeros((n_parts, n_theta)) if jacobian else None
+        d_denominator = np.zeros((len(self.datasets), n_theta)) if jacobian else None
+        second_moments = np.zeros((n_parts, n_parts)) if covariance else None
+        for market in self.markets:
+            first, d_first, pair_function = probabilities(market)
+            cache: list[tuple[np.ndarray, Any]] = []
+
+            def pair(function: Any = pair_function, cache: list = cache) -> tuple[np.ndarray, Any]:
+                if not cache:
+                    cache.append(function())
+                return cache[0]
+
+            for survey in market.surveys:
+                if survey.second:
+                    prob, d_prob = pair()
+                else:
+                    prob, d_prob = first, d_first
+                flat = prob.reshape(-1)
+                contribution = survey.weighted @ flat
+                denominator[survey.dataset] += contribution[0]
+                numerator[survey.parts] += contribution[1:]
+                if jacobian:
+                    if isinstance(d_prob, _LogitPairTangent):
+                        tangent = d_prob.contract(survey.weighted)
+                    else:
+                        tangent = survey.weighted @ d_prob.reshape(n_theta, -1).T
+                    d_denominator[survey.dataset] += tangent[0]
+                    d_numerator[survey.parts] += tangent[1:]
+                if covariance:
+                    block = (survey.weighted[1:] * flat) @ survey.values.T
+                    second_moments[np.ix_(survey.parts, survey.parts)] += block
+        return numerator, denominator, d_numerator, d_denominator, second_moments
+
+    def _finish(
+        self,
+        numerator: np.ndarray,
+        denominator: np.ndarray,
+        d_numerator: np.ndarray | None,
+        d_denominator: np.ndarray | None,
+    ) -> MicroEvaluation:
+        if not (denominator > 0).all():
+            bad = [self.datasets[d].name for d in np.flatnonzero(~(denominator > 0))]
+            raise BLPInputError(
+                f"micro datasets {bad}: the model predicts no surveyed consumers (zero expected "
+                "observations) at these parameters"
+            )
+        parts = numerator / denominator[self.part_dataset_array]
+        values = np.array(
+            [m.evaluate(parts[idx]) for m, idx in zip(self.moments, self.moment_parts, strict=True)]
+        )
+        jacobian = None
+        if d_numerator is not None and d_denominator is not None:
+            d_parts = (
+                d_numerator - parts[:, None] * d_denominator[self.part_dataset_array]
+            ) / denominator[self.part_dataset_array, None]
+            jacobian = np.zeros((self.size, d_parts.shape[1]))
+            for m, (moment, idx) in enumerate(zip(self.moments, self.moment_parts, strict=True)):
+                jacobian[m] = -moment.derivative(parts[idx]) @ d_parts[idx]
+        return MicroEvaluation(parts, values, self.observed - values, jacobian)
+
+    def evaluate(
+        self, model: Any, theta: np.ndarray, delta: np.ndarray, delta_jacobian: np.ndarray | None
+    ) -> MicroEvaluation:
+        """Micro moments (and their θ-Jacobian when ``delta_jacobian`` is given).
+
+        Parameters
+        ----------
+        model : MicroProbabilities
+            Agent choice probabilities of the surveyed markets.
+        theta : numpy.ndarray
+            Nonlinear parameters (Σ, Π, ρ entries).
+        delta : numpy.ndarray
+            ``[T, J]`` mean utilities.
+        delta_jacobian : numpy.ndarray, optional
+            ``[T, J, P]`` ∂δ/∂θ.
+        """
+        jacobian = delta_jacobian is not None
+        n_theta = delta_jacobian.shape[2] if jacobian else 0
+        pieces = self._accumulate(
+            lambda market: model.market(market, theta, delta, delta_jacobian),
+            n_theta,
+            jacobian,
+        )
+        return self._finish(*pieces[:4])
+
+    def covariance(self, model: Any, theta: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """``(M, M)`` covariance of the micro moments (each dataset a mean over its observations,
+        datasets independent; the delta method through each moment's function)."""
+        numerator, denominator, _, _, second = self._accumulate(
+            lambda market: model.market(market, theta, delta, None), 0, False, covariance=True
+        )
+        evaluation = self._finish(numerator, denominator, None, None)
+        parts = evaluation.parts
+        same = self.part_dataset_array[:, None] == self.part_dataset_array[None, :]
+        scale = denominator[self.part_dataset_array]
+        covariance = (second / scale[:, None] - np.outer(parts, parts)) * same
+        covariance /= self.observations[self.part_dataset_array][:, None]
+        gradient = np.zeros((self.size, len(parts)))
+        for m, (moment, idx) in enumerate(zip(self.moments, self.moment_parts, strict=True)):
+            gradient[m, idx] = moment.derivative(parts[idx])
+        result = gradient @ covariance @ gradient.T
+        return 0.5 * (result + result.T)
+
+
+class MicroProbabilities:
+    """Agent choice probabilities (first and second choices) in surveyed markets at θ.
+
+    Parameters
+    ----------
+    parameters : NonlinearParameters
+        Structure of θ.
+    characteristics : numpy.ndarray
+        ``[T, J, K2]`` X2 (zero in padding).
+    agents : AgentDesign
+        Agents.
+    nest_codes : numpy.ndarray, optional
+        ``[T, J]`` nest of each product (RCNL).
+    n_nests : int
+        Number of nests.
+    """
+
+    def __init__(
+        self,
+        parameters: Any,
+        characteristics: np.ndarray,
+        agents: Any,
+        nest_codes: np.ndarray | None = None,
+        n_nests: int = 1,
+    ) -> None:
+        self.parameters = parameters
+        self.characteristics = characteristics
+        self.agents = agents
+        self.nest_codes = nest_codes
+        self.n_nests = n_nests
+
+    def utilities(self, market: _Market, theta: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        """``[I, J]`` agent utilities δ_j + μ_ij in a market."""
+        t, n, n_agents = market.position, market.n_products, market.n_agents
+        coefficients, _ = self.parameters.coefficients(
+            theta,
+            self.agents.nodes[t : t + 1, :n_agents],
+            self.agents.demographics[t : t + 1, :n_agents],
+        )
+        mu = coefficients[0] @ self.characteristics[t, :n].T  # [I, J]
+        return delta[t, :n][None, :] + mu
+
+    def _rho(self, theta: np.ndarray) -> np.ndarray | None:
+        if not self.parameters.has_rho:
+            return None
+        _, _, rho = self.parameters.unpack(theta)
+        return np.broadcast_to(np.asarray(rho, dtype=np.float64), (self.n_nests,))
+
+    def market(
+        self,
+        market: _Market,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        delta_jacobian: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[], tuple[np.ndarray, Any]]]:
+        """First-choice probabilities ``[I, 1+J]`` (outside first), their θ-tangents
+        ``[P, I, 1+J]``, and a function giving the pair probabilities ``[I, 1+J, 1+J]`` of
+        (first, second) choices and their tangents."""
+        rho = self._rho(theta)
+        if rho is not None and np.any(rho != 0):
+            return self._nested_market(market, theta, delta, delta_jacobian, rho)
+        utilities = self.utilities(market, theta, delta)
+        first = _logit(utilities)
+        d_first = None
+        if delta_jacobian is not None:
+            tangents = self._utility_tangents(market, theta, delta_jacobian)  # [P, I, J]
+            inside = first[None, :, 1:]
+            mean = (inside * tangents).sum(axis=2, keepdims=True)  # [P, I, 1]
+            d_first = np.concatenate([-first[None, :, :1] * mean, inside * (tangents - mean)], 2)
+
+        def pair() -> tuple[np.ndarray, np.ndarray | None]:
+            rest = 1.0 - first  # probability of not choosing a
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(rest > 0, first / rest, 0.0)  # [I, 1+J]: s_a / (1 − s_a)
+            joint = ratio[:, :, None] * first[:, None, :]
+            index = np.arange(first.shape[1])
+            joint[:, index, index] = 0.0
+            if d_first is None:
+                return joint, None
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = np.where(rest > 0, 1.0 / rest, 0.0)
+            return joint, _LogitPairTangent(first, d_first, ratio, scale)
+
+        return first, d_first, pair
+
+    def _utility_tangents(
+        self, market: _Market, theta: np.ndarray, delta_jacobian: np.ndarray
+    ) -> np.ndarray:
+        """``[P, I, J]`` ∂(δ_j + μ_ij)/∂θ."""
+        t, n, n_agents = market.position, market.n_products, market.n_agents
+        n_theta = delta_jacobian.shape[2]
+        tangents = np.repeat(delta_jacobian[t, :n].T[:, None, :], n_agents, axis=1)
+        nodes = self.agents.nodes[t : t + 1, :n_agents]
+        demographics = self.agents.demographics[t : t + 1, :n_agents]
+        coefficients, _ = self.parameters.coefficients(theta, nodes, demographics)
+        factors, positions = self.parameters.agent_factors(coefficients, nodes, demographics)
+        x2 = self.characteristics[t, :n]
+        for column, (factor, places) in enumerate(zip(factors, positions, strict=True)):
+            for offset, position in enumerate(places):
+                if position < n_theta:
+                    tangents[position] += factor[0, offset][:, None] * x2[None, :, column]
+        return tangents
+
+    def _nested_market(
+        self,
+        market: _Market,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        delta_jacobian: np.ndarray | None,
+        rho: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[], tuple[np.ndarray, Any]]]:
+        """RCNL: probabilities from the nested formula, pairs as s_b(−a) − s_b, and tangents by
+        central differences along (e_l, ∂δ/∂θ_l) (δ's own derivative is analytic)."""
+        t, n = market.position, market.n_products
+        codes = self.nest_codes[t, :n]
+
+        def first_at(point: np.ndarray, shifted: np.ndarray) -> np.ndarray:
+            return _nested(self.utilities(market, point, shifted), codes, self._rho(point))
+
+        def pair_at(point: np.ndarray, shifted: np.ndarray) -> np.ndarray:
+            return _nested_pairs(self.utilities(market, point, shifted), codes, self._rho(point))
+
+        def tangent(function: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+            assert delta_jacobian is not None
+            result = []
+            for position in range(delta_jacobian.shape[2]):
+                step = 1e-6 * max(1.0, abs(float(theta[position]))) if position < theta.size else 0
+                if step == 0:
+                    result.append(np.zeros_like(function(theta, delta)))
+                    continue
+                direction = np.zeros_like(delta)
+                direction[t] = delta_jacobian[t, :, position]
+                up, down = theta.copy(), theta.copy()
+                up[position] += step
+                down[position] -= step
+                result.append(
+                    (
+                        function(up, delta + step * direction)
+                        - function(down, delta - step * direction)
+                    )
+                    / (2 * step)
+                )
+            return np.stack(result)
+
+        first = first_at(theta, delta)
+        d_first = tangent(first_at) if delta_jacobian is not None else None
+
+        def pair() -> tuple[np.ndarray, np.ndarray | None]:
+            joint = pair_at(theta, delta)
+            return joint, (tangent(pair_at) if delta_jacobian is not None else None)
+
+        return first, d_first, pair
+
+
+@dataclass(frozen=True, eq=False)
+class _LogitPairTangent:
+    """θ-tangents of the logit pair probabilities s_a s_b / (1 − s_a), never formed.
+
+    d[s_a s_b / (1 − s_a)] = s_b ds_a / (1 − s_a)² + s_a/(1 − s_a) ds_b, so weighted sums
+    over (i, a, b) contract the weights with s_b (or s_a/(1 − s_a)) first: O(I·J²) work per
+    weight row and no ``[P, I, 1+J, 1+J]`` array.
+    """
+
+    first: np.ndarray  # [I, 1+J]
+    d_first: np.ndarray  # [P, I, 1+J]
+    ratio: np.ndarray  # [I, 1+J]
+    scale: np.ndarray  # [I, 1+J]: 1 / (1 − s_a)
+
+    def contract(self, weighted: np.ndarray) -> np.ndarray:
+        """``[n, P]`` Σ_iab weighted_n[i, a, b] d pair[i, a, b] (diagonal weights are zero)."""
+        n_agents, size = self.first.shape
+        grid = weighted.reshape(weighted.shape[0], n_agents, size, size)
+        by_first = (grid @ self.first[:, :, None])[..., 0] * self.scale**2  # [n, I, 1+J]
+        by_second = (self.ratio[:, None, :] @ grid)[:, :, 0, :]  # [n, I, 1+J]
+        return np.einsum("nia,pia->np", by_first, self.d_first) + np.einsum(
+            "nib,pib->np", by_second, self.d_first
+        )
+
+
+def _logit(utilities: np.ndarray) -> np.ndarray:
+    """``[I, 1+J]`` logit probabilities with the outside option (utility 0) first."""
+    full = np.concatenate([np.zeros((utilities.shape[0], 1)), utilities], axis=1)
+    full = np.exp(full - full.max(axis=1, keepdims=True))
+    return full / full.sum(axis=1, keepdims=True)
+
+
+def _nested(
+    utilities: np.ndarray, codes: np.ndarray, rho: np.ndarray, removed: np.ndarray | None = None
+) -> np.ndarray:
+    """``[..., I, 1+J]`` nested-logit probabilities, outside first; ``removed`` ``[..., 1+J]``
+    marks options taken out of the choice set (the outside option is its own nest)."""
+    n = utilities.shape[-1]
+    scale = 1.0 - rho[codes]  # [J]
+    shift = np.maximum(utilities.max(axis=-1, keepdims=True), 0.0)  # [..., I, 1]
+    available = np.ones(1 + n) if removed is None else ~removed
+    available = np.asarray(available, dtype=np.float64)
+    inside = np.exp((utilities - shift) / scale) * available[..., None, 1:]
+    one_hot = np.zeros((n, len(rho)))
+    one_hot[np.arange(n), codes] = 1.0
+    sums = inside @ one_hot  # [..., I, H]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inclusive = np.where(sums > 0, sums ** (1.0 - rho), 0.0)
+        outside = np.exp(-shift) * available[..., None, :1]
+        total = outside + inclusive.sum(axis=-1, keepdims=True)
+        product_sums = sums @ one_hot.T
+        within = np.where(product_sums > 0, inside / product_sums, 0.0)
+        nest = inclusive / total
+    return np.concatenate([outside / total, within * (nest @ one_hot.T)], axis=-1)
+
+
+def _nested_pairs(utilities: np.ndarray, codes: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """``[I, 1+J, 1+J]`` P(first a, second b) = s_b(−a) − s_b (0 for a = b)."""
+    n = utilities.shape[-1]
+    removed = np.eye(1 + n, dtype=bool)  # row a: option a removed
+    base = _nested(utilities, codes, rho)  # [I, 1+J]
+    without = _nested(utilities[None], codes, rho, removed)  # [1+J, I, 1+J]
+    joint = np.moveaxis(without, 0, 1) - base[:, None, :]
+    index = np.arange(1 + n)
+    joint[:, index, index] = 0.0
+    return np.maximum(joint, 0.0)

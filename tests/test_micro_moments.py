@@ -1,0 +1,484 @@
+"""Micro moments (issue 9): exercise 3 of the Mixtape workload, pyblp 1.3.0 parity, the model's
+micro values against simulated surveys, analytic gradients against finite differences, and
+bad input.
+
+The exercise's model: ``random="1 + mushy + prices"`` with log income, market and product fixed
+effects, four excluded instruments; Q1 adds E[log income | inside] = 7.9 from an "income"
+survey (100 observations in C01Q1-C01Q2), Q2 two second-choice statistics from a "diversion"
+survey (200 observations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.linalg
+
+from blpmodels import BLPInputError, BLPRandomCoefficients, MicroDataset, MicroMoment
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
+from blpmodels.micro import _nested, _nested_pairs
+
+pytestmark = pytest.mark.data
+
+FORMULA = "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
+FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
+MARKETS = ["C01Q1", "C01Q2"]
+Q1_START = {"sigma": np.diag([0.0, 0.0, 6.0]), "pi": [[1.0], [0.1], [-6.0]]}
+Q2_START = {"sigma": np.diag([1.0, 1.0, 6.0]), "pi": [[-0.3], [0.1], [-6.0]]}
+# pyblp 1.3.0 from Q2_START (l-bfgs-b, gtol 1e-10, method="1s"): σ_1, σ_mushy, σ_prices, Π.
+Q2_PYBLP = {"sigma": [1.71042, 4.22065, 5.73454], "pi": [-0.970014, 1.13149, -6.50852]}
+
+
+def _require(*relative: str) -> None:
+    home = data_home()
+    for name in relative:
+        if not (home / name).is_file():
+            pytest.skip(f"shared data file {home / name} not found (set {DATA_ENV_VAR})")
+
+
+@pytest.fixture(scope="module")
+def pyblp():
+    module = pytest.importorskip("pyblp")
+    module.options.verbose = False
+    return module
+
+
+@pytest.fixture(scope="module")
+def data():
+    _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
+    return load_mixtape_exercise2()
+
+
+def build_model(data, products=None, **kwargs):
+    frame, agents = data
+    return BLPRandomCoefficients.from_formula(
+        FORMULA,
+        frame if products is None else products,
+        absorb=FIXED_EFFECTS,
+        random="1 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=agents,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return build_model(data)
+
+
+def income_moment() -> MicroMoment:
+    return MicroMoment.mean("log_income", MicroDataset("income", 100, MARKETS), 7.9)
+
+
+def diversion_moments() -> list[MicroMoment]:
+    survey = MicroDataset("diversion", 200, MARKETS, second_choices=True)
+    return [
+        MicroMoment.second_choice(survey, 0.28, to="outside"),
+        MicroMoment.second_choice(survey, 0.31, first="mushy", to="mushy"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def q1_results(model):
+    return model.fit(**Q1_START, micro_moments=[income_moment()])
+
+
+# ---------------------------------------------------------------- exercise 3
+
+
+def test_exercise3_q1(q1_results):
+    """Q1: π[Intercept, log_income] ≈ −0.331 and the model matches E[log income | inside]."""
+    results = q1_results
+    assert results.info.convergence["converged"]
+    assert results.params["pi[Intercept,log_income]"] == pytest.approx(-0.3306, abs=5e-4)
+    # pyblp 1.3.0 from the same starts: π = (−0.33054957, 0.09969984, −5.57023554).
+    for name, value in [
+        ("pi[Intercept,log_income]", -0.33054957),
+        ("pi[mushy,log_income]", 0.09969984),
+        ("pi[prices,log_income]", -5.57023554),
+    ]:
+        assert results.params[name] == pytest.approx(value, rel=1e-5), name
+    micro = results.micro_values()
+    assert micro.loc["E[log_income | inside]", "model"] == pytest.approx(7.9, abs=1e-8)
+    assert micro.loc["E[log_income | inside]", "observed"] == 7.9
+    assert results.info.n_moments == 5  # four instruments and the micro moment
+    assert results.objective < 1e-10  # just identified
+    assert "E[log_income | inside]: observed 7.9, model 7.9" in str(results.summary())
+
+
+def test_exercise3_q2_near_solution(model):
+    """Q2 from a start near pyblp's optimum (just identified, so W does not matter): σ on the
+    constant and mushy as the exercise says (≈1.71, ≈4.22), equal to pyblp's, with the three
+    micro moments matched."""
+    start = {
+        "sigma": np.diag(np.round(Q2_PYBLP["sigma"], 2)),
+        "pi": np.round(np.reshape(Q2_PYBLP["pi"], (3, 1)), 2),
+    }
+    results = model.fit(
+        **start, micro_moments=[income_moment(), *diversion_moments()], compute_hessian=False
+    )
+    assert results.params["sigma[Intercept,Intercept]"] == pytest.approx(1.71, abs=5e-3)
+    assert results.params["sigma[mushy,mushy]"] == pytest.approx(4.22, abs=5e-3)
+    names = ["sigma[Intercept,Intercept]", "sigma[mushy,mushy]", "sigma[prices,prices]"]
+    for name, value in zip(names, Q2_PYBLP["sigma"], strict=True):
+        assert results.params[name] == pytest.approx(value, rel=1e-4), name
+    micro = results.micro_values()
+    np.testing.assert_allclose(micro["model"], [7.9, 0.28, 0.31], atol=1e-7)
+
+
+# ---------------------------------------------------------------- pyblp parity at one θ
+
+
+def _pyblp_problem(pyblp, data):
+    products, agents = data
+    return pyblp.Problem(
+        (
+            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
+            pyblp.Formulation("1 + mushy + prices"),
+        ),
+        products,
+        pyblp.Formulation("0 + log_income"),
+        agents,
+    )
+
+
+def _pyblp_moments(pyblp):
+    income = pyblp.MicroDataset(
+        name="income",
+        observations=100,
+        market_ids=MARKETS,
+        compute_weights=lambda t, p, a: np.ones((a.size, p.size)),
+    )
+    diversion = pyblp.MicroDataset(
+        name="diversion",
+        observations=200,
+        market_ids=MARKETS,
+        compute_weights=lambda t, p, a: np.ones((a.size, p.size, 1 + p.size)),
+    )
+    parts = [
+        pyblp.MicroPart(
+            name="income",
+            dataset=income,
+            compute_values=lambda t, p, a: np.outer(a.demographics[:, 0], np.ones(p.size)),
+        ),
+        pyblp.MicroPart(
+            name="outside",
+            dataset=diversion,
+            compute_values=lambda t, p, a: np.broadcast_to(
+                np.r_[1, np.zeros(p.size)], (a.size, p.size, 1 + p.size)
+            ),
+        ),
+        pyblp.MicroPart(
+            name="mushy",
+            dataset=diversion,
+            compute_values=lambda t, p, a: np.broadcast_to(
+                np.outer(p.X2[:, 1], np.r_[0, p.X2[:, 1]]), (a.size, p.size, 1 + p.size)
+            ),
+        ),
+    ]
+    values = [7.9, 0.28, 0.31]
+    return [
+        pyblp.MicroMoment(name=part.name, value=value, parts=part)
+        for part, value in zip(parts, values, strict=True)
+    ]
+
+
+@pytest.mark.filterwarnings("ignore::blpmodels.ConvergenceWarning")
+def test_against_pyblp_at_q2_start(model, data, pyblp):
+    """At Q2's starting values: the initial-update W (S⁻¹ at the start, zero micro block
+    before it), then at a moved θ with that W the objective, gradient, micro values and
+    standard errors equal pyblp's."""
+    problem = _pyblp_problem(pyblp, data)
+    moments = _pyblp_moments(pyblp)
+    start = problem.solve(
+        **Q2_START, micro_moments=moments, method="1s", optimization=pyblp.Optimization("return")
+    )
+    ours = model.fit(
+        **Q2_START,
+        micro_moments=[income_moment(), *diversion_moments()],
+        optimizer=lambda fun, theta0, bounds: theta0,  # stay at the start
+        compute_hessian=False,
+    )
+    W = ours.info.W
+    np.testing.assert_allclose(W, start.W, rtol=1e-7, atol=1e-10 * np.abs(W).max())
+    assert ours.objective == pytest.approx(float(start.objective), rel=1e-8)
+    np.testing.assert_allclose(ours.micro_values()["model"], start.micro_values.ravel(), rtol=1e-10)
+    np.testing.assert_allclose(
+        ours.info.convergence["gradient"], start.gradient.ravel(), rtol=1e-6, atol=1e-8
+    )
+    names = ["sigma[Intercept,Intercept]", "sigma[mushy,mushy]", "sigma[prices,prices]"]
+    for name, k in zip(names, range(3), strict=True):
+        assert ours.bse[name] == pytest.approx(float(start.sigma_se[k, k]), rel=1e-6), name
+    for name, k in zip(["Intercept", "mushy", "prices"], range(3), strict=True):
+        assert ours.bse[f"pi[{name},log_income]"] == pytest.approx(
+            float(start.pi_se[k, 0]), rel=1e-6
+        )
+    assert ours.bse["prices"] == pytest.approx(float(start.beta_se[0, 0]), rel=1e-6)
+
+
+# ---------------------------------------------------------------- law of large numbers
+
+
+def _simulate_survey(data, results, n_draws, seed):
+    """Simulated consumers of the surveyed markets from the estimated model, drawn by brute
+    force: an agent type by its weight, Gumbel errors, first and second choices by argmax."""
+    products, agents = data
+    rng = np.random.default_rng(seed)
+    sigma = np.diag([results.params[f"sigma[{c},{c}]"] for c in ("Intercept", "mushy", "prices")])
+    pi = np.array([results.params[f"pi[{c},log_income]"] for c in ("Intercept", "mushy", "prices")])
+    delta = results.delta.to_numpy()
+    rows = []
+    for market in MARKETS:
+        in_market = (products["market_ids"] == market).to_numpy()
+        x2 = np.column_stack(
+            [np.ones(in_market.sum()), products.loc[in_market, ["mushy", "prices"]].to_numpy()]
+        )
+        people = agents[agents["market_ids"] == market]
+        nodes = people[["nodes0", "nodes1", "nodes2"]].to_numpy()
+        income = people["log_income"].to_numpy()
+        coefficients = nodes @ sigma.T + np.outer(income, pi)
+        utility = delta[in_market][None, :] + coefficients @ x2.T  # [I, J]
+        weights = people["weights"].to_numpy()
+        who = rng.choice(len(people), size=n_draws, p=weights / weights.sum())
+        full = np.column_stack([np.zeros(n_draws), utility[who]]) + rng.gumbel(
+            size=(n_draws, 1 + x2.shape[0])
+        )
+        first = full.argmax(axis=1)
+        full[np.arange(n_draws), first] = -np.inf
+        second = full.argmax(axis=1)
+        mushy = np.r_[0, x2[:, 1]]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "income": income[who],
+                    "first": first,
+                    "second": second,
+                    "mushy_first": mushy[first],
+                    "mushy_second": mushy[second],
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+@pytest.mark.filterwarnings("ignore::blpmodels.ConvergenceWarning")
+def test_micro_values_equal_simulated_survey_averages(model, data):
+    """Micro values of the model equal averages over a large simulated survey (within four
+    standard errors): mean income of buyers, shares diverting to the outside option and
+    mushy-to-mushy, and E[income | mushy buyers] (a ratio of parts)."""
+    moments = [
+        income_moment(),
+        *diversion_moments(),
+        MicroMoment.mean("log_income", MicroDataset("mushy buyers", 50, MARKETS), 8, "mushy"),
+    ]
+    theta = {"sigma": np.diag([1.5, 3.0, 5.0]), "pi": [[-0.5], [1.0], [-6.0]]}
+    results = model.fit(
+        **theta,
+        micro_moments=moments,
+        optimizer=lambda fun, theta0, bounds: theta0,
+        compute_hessian=False,
+    )
+    survey = _simulate_survey(data, results, 400_000, seed=0)
+    buyers = survey[survey["first"] > 0]
+    simulated = [
+        buyers["income"].mean(),
+        (buyers["second"] == 0).mean(),
+        ((buyers["mushy_first"] == 1) & (buyers["mushy_second"] == 1)).mean(),
+        buyers.loc[buyers["mushy_first"] == 1, "income"].mean(),
+    ]
+    errors = [
+        buyers["income"].std() / np.sqrt(len(buyers)),
+        *[np.sqrt(p * (1 - p) / len(buyers)) for p in simulated[1:3]],
+        buyers.loc[buyers["mushy_first"] == 1, "income"].std()
+        / np.sqrt((buyers["mushy_first"] == 1).sum()),
+    ]
+    model_values = results.micro_values()["model"].to_numpy()
+    assert np.all(np.abs(model_values - simulated) < 4 * np.asarray(errors)), (
+        model_values,
+        simulated,
+        errors,
+    )
+
+
+# ---------------------------------------------------------------- analytic gradients
+
+
+def _finite_difference_check(model, parameters, moments, theta):
+    block = model.micro_block(moments)
+    objective = model.objective_function(parameters, micro=block)
+    weights = scipy.linalg.block_diag(model.initial_weighting_matrix(), np.eye(block.size))
+    objective.set_weighting_matrix(weights)
+    evaluation = objective.evaluate(theta)
+    worst = 0.0
+    for position in range(theta.size):
+        step = 1e-5 * max(1.0, abs(theta[position]))
+        up, down = theta.copy(), theta.copy()
+        up[position] += step
+        down[position] -= step
+        plus = objective.evaluate(up, gradient=False)
+        minus = objective.evaluate(down, gradient=False)
+        difference = (plus.micro.moments - minus.micro.moments) / (2 * step)
+        analytic = evaluation.micro.jacobian[:, position]
+        scale = max(np.abs(analytic).max(), 1e-8)
+        worst = max(worst, np.abs(difference - analytic).max() / scale)
+        gradient = (plus.objective - minus.objective) / (2 * step)
+        assert evaluation.gradient[position] == pytest.approx(gradient, rel=1e-5, abs=1e-6)
+    return worst
+
+
+def test_micro_jacobian_against_central_differences(model):
+    """Every column of the micro moments' θ-Jacobian (means, ratios, covariances, second
+    choices) and the objective's gradient against central differences."""
+    survey = MicroDataset("income", 100, MARKETS)
+    moments = [
+        income_moment(),
+        *diversion_moments(),
+        MicroMoment.mean("log_income", survey, 8.0, among="mushy"),
+        MicroMoment.covariance("log_income", "prices", survey, 0.0),
+        MicroMoment.second_choice(
+            MicroDataset("firms", 50, MARKETS, second_choices=True),
+            0.2,
+            to="mushy",
+        ),
+    ]
+    parameters = model.parameters(**Q2_START)
+    worst = _finite_difference_check(model, parameters, moments, parameters.theta0)
+    assert worst < 1e-6
+
+
+def test_nested_micro_jacobian_against_central_differences(data):
+    """RCNL (nests = mushy): micro values and their Jacobian with ρ, second choices included."""
+    products = data[0].copy()
+    products["nesting_ids"] = products["mushy"]
+    model = build_model(data, products)
+    parameters = model.parameters(
+        sigma=np.diag([0.5, 0.0, 3.0]), pi=[[0.1], [0.0], [-3.0]], rho=0.3
+    )
+    worst = _finite_difference_check(
+        model, parameters, [income_moment(), *diversion_moments()], parameters.theta0
+    )
+    assert worst < 1e-5
+
+
+def test_nested_pairs_are_joint_choice_probabilities():
+    """s_b(−a) − s_b sums over second choices b to the first-choice probability s_a, and with
+    ρ = 0 equals the logit's s_a s_b / (1 − s_a)."""
+    rng = np.random.default_rng(1)
+    utilities = rng.normal(size=(5, 4))
+    codes = np.array([0, 0, 1, 1])
+    for rho in (np.array([0.0, 0.0]), np.array([0.5, 0.2])):
+        first = _nested(utilities, codes, rho)
+        pairs = _nested_pairs(utilities, codes, rho)
+        np.testing.assert_allclose(pairs.sum(axis=2), first, atol=1e-12)
+    first = _nested(utilities, codes, np.zeros(2))
+    logit = first[:, :, None] * first[:, None, :] / (1 - first[:, :, None])
+    index = np.arange(5)
+    logit[:, index, index] = 0
+    np.testing.assert_allclose(_nested_pairs(utilities, codes, np.zeros(2)), logit, atol=1e-12)
+
+
+def test_nested_pairs_against_simulated_choices():
+    """First and second choices of simulated nested-logit consumers (ε_j = λ_h(log S_h + G_j)
+    with S_h positive stable of index λ_h = 1 − ρ_h, which has exactly the nested logit's GEV
+    distribution) agree with the first-choice and pair probabilities within 4.5 standard
+    errors."""
+    rng = np.random.default_rng(0)
+    utilities = np.array([[0.3, -0.2, 0.5, 0.1]])
+    codes = np.array([0, 0, 1, 1])
+    rho = np.array([0.6, 0.3])
+    n = 400_000
+    errors = np.empty((n, 5))
+    errors[:, 0] = rng.gumbel(size=n)
+    for nest, scale in enumerate(1 - rho):
+        angle = rng.uniform(0, np.pi, n)
+        stable = (
+            np.sin(scale * angle)
+            / np.sin(angle) ** (1 / scale)
+            * (np.sin((1 - scale) * angle) / rng.exponential(size=n)) ** ((1 - scale) / scale)
+        )
+        members = 1 + np.flatnonzero(codes == nest)
+        errors[:, members] = scale * (np.log(stable)[:, None] + rng.gumbel(size=(n, members.size)))
+    utility = np.r_[0.0, utilities[0]] + errors
+    first = utility.argmax(axis=1)
+    utility[np.arange(n), first] = -np.inf
+    second = utility.argmax(axis=1)
+    for simulated, model in [
+        (np.bincount(first, minlength=5) / n, _nested(utilities, codes, rho)[0]),
+        (
+            np.bincount(5 * first + second, minlength=25).reshape(5, 5) / n,
+            _nested_pairs(utilities, codes, rho)[0],
+        ),
+    ]:
+        error = np.sqrt(np.maximum(model * (1 - model), 1e-12) / n)
+        assert np.all(np.abs(simulated - model) < 4.5 * error), (simulated, model)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_micro_input(model):
+    """Each mistake is an error before estimation that names the dataset, moment or market."""
+    survey = MicroDataset("income", 100, MARKETS)
+    start = {"sigma": np.diag([0.0, 0.0, 6.0]), "pi": [[1.0], [0.1], [-6.0]]}
+
+    def fails(moments, *fragments):
+        with pytest.raises(BLPInputError) as error:
+            model.fit(**start, micro_moments=moments)
+        for fragment in fragments:
+            assert fragment in str(error.value), (fragment, str(error.value))
+
+    wrong = MicroDataset("income", 100, MARKETS, weights=lambda t, p, a: np.ones((len(a), 3)))
+    fails([MicroMoment.mean("log_income", wrong, 7.9)], "'income'", "'C01Q1'", "shape (1000, 3)")
+    values = MicroMoment("bad values", survey, 7.9, parts=lambda t, p, a: np.ones(len(a)))
+    fails([values], "'bad values'", "'income'", "'C01Q1'", "shape (1000,)")
+    negative = MicroDataset(
+        "signs", 100, MARKETS, weights=lambda t, p, a: -np.ones((len(a), len(p)))
+    )
+    fails([MicroMoment.mean("log_income", negative, 7.9)], "'signs'", "negative")
+    unknown = MicroDataset("elsewhere", 100, ["C01Q1", "NOWHERE"])
+    fails([MicroMoment.mean("log_income", unknown, 7.9)], "'elsewhere'", "NOWHERE")
+    nobody = MicroDataset("empty", 100, MARKETS, weights=lambda t, p, a: np.zeros((len(a), len(p))))
+    fails([MicroMoment.mean("log_income", nobody, 7.9)], "'empty'", "zero expected observations")
+    fails([MicroMoment.mean("no_such_column", survey, 7.9)], "no_such_column", "'C01Q1'")
+    fails([income_moment(), income_moment()], "unique")
+    fails(["E[income]"], "MicroMoment")
+    with pytest.raises(BLPInputError, match="observations must be a positive integer"):
+        MicroDataset("income", 0, MARKETS)
+    with pytest.raises(BLPInputError, match="observations must be a positive integer"):
+        MicroDataset("income", -5, MARKETS)
+    with pytest.raises(BLPInputError, match="'ratio': function needs its gradient"):
+        MicroMoment("ratio", survey, 1.0, parts=[np.ones, np.ones], function=lambda v: v[0] / v[1])
+    with pytest.raises(BLPInputError, match="'two': 2 parts need a function"):
+        MicroMoment("two", survey, 1.0, parts=[np.ones, np.ones])
+    with pytest.raises(BLPInputError, match="does not record second choices"):
+        MicroMoment.second_choice(survey, 0.3)
+    with pytest.raises(BLPInputError, match="value must be finite"):
+        MicroMoment.mean("log_income", survey, np.nan)
+
+
+def test_more_parameters_than_moments(model):
+    """Q2's parameters with only Q1's micro moment: the order condition names both counts."""
+    with pytest.raises(BLPInputError, match=r"6 nonlinear.*only 5 moments.*1 micro"):
+        model.fit(**Q2_START, micro_moments=[income_moment()])
+
+
+def test_w_with_micro_moments_has_their_size(model):
+    """A given W must cover the micro moments too."""
+    with pytest.raises(BLPInputError, match="W must be 5×5"):
+        model.fit(**Q1_START, micro_moments=[income_moment()], W=np.eye(4))
+
+
+# ---------------------------------------------------------------- slow: full exercise 3 Q2
+
+
+@pytest.mark.slow
+def test_exercise3_q2_from_exercise_starts(model):
+    """Q2 from the exercise's starting values, as pyblp 1.3.0 estimates it (objective ≈ 0)."""
+    results = model.fit(**Q2_START, micro_moments=[income_moment(), *diversion_moments()])
+    names = ["sigma[Intercept,Intercept]", "sigma[mushy,mushy]", "sigma[prices,prices]"]
+    for name, value in zip(names, Q2_PYBLP["sigma"], strict=True):
+        assert results.params[name] == pytest.approx(value, rel=1e-4), name
+    for name, value in zip(["Intercept", "mushy", "prices"], Q2_PYBLP["pi"], strict=True):
+        assert results.params[f"pi[{name},log_income]"] == pytest.approx(value, rel=1e-4)
