@@ -1,0 +1,296 @@
+"""Time blpmodels against pyblp 1.3.0 on supply-side work, in one run, and print the ratios.
+
+Problems (both libraries, same settings, one BLAS thread each):
+
+* ``autos``   pyblp's BLP (1995) automobile tutorial with supply: X1 = 1 + hpwt + air + mpd +
+  space, X2 = 1 + prices + hpwt + air + mpd + space (Σ diagonal, Σ_prices = 0), Π on prices ×
+  1/income, X3 = 1 + log(hpwt) + air + log(mpg) + log(space) + trend with log costs clipped at
+  0.001, the data's demand and supply instruments; W updated at the start (pyblp's
+  ``initial_update=True``), two GMM steps, moments and SEs clustered by ``clustering_ids``;
+  l-bfgs-b with gtol 1e-8 (pyblp's default, ``ftol=0``). Prints the times, their ratio, the
+  objective evaluations and share (contraction) evaluations of each, the objectives and the
+  largest relative differences in the estimates and standard errors.
+* ``merger``  Mixtape exercise 2, question 5 (σ on prices, Π on mushy and prices × log income,
+  market and product effects absorbed) at its estimates: firm F6 merges into F1 and prices are
+  solved in all 94 markets. blpmodels: ``results.merger(firm_ids={"F6": "F1"})`` (equilibrium
+  prices, shares, surplus and HHI before and after); pyblp: ``results.compute_prices`` with the
+  new firm ids and ``compute_costs()`` costs (prices only), its default ζ iteration.
+
+Run ``python benchmarks/bench_supply.py`` (needs pyblp and the shared data). ``--repeat N``: best
+of N blpmodels runs of the autos fit (default 3); ``--pyblp-repeat N``: best of N pyblp autos
+fits (default 1: one takes about a minute); ``--merger-repeat N`` (default 5, both libraries);
+``--threads`` for blpmodels; ``--only autos merger``; ``--profile`` profiles one blpmodels autos
+fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+
+# One BLAS thread for both libraries unless the caller sets otherwise (before numpy loads); see
+# bench_pyblp.py for why this is pyblp at its best.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import pstats  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import blpmodels  # noqa: E402
+from blpmodels import BLPRandomCoefficients, datasets  # noqa: E402
+from blpmodels.estimation import gmm_options  # noqa: E402
+
+DEMAND_INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(8))
+SUPPLY_INSTRUMENTS = " + ".join(f"supply_instruments{k}" for k in range(12))
+AUTOS_FORMULA = f"shares ~ 1 + hpwt + air + mpd + space + [0 ~ {DEMAND_INSTRUMENTS}]"
+AUTOS_RANDOM = "1 + prices + hpwt + air + mpd + space"
+AUTOS_SUPPLY = "1 + log(hpwt) + air + log(mpg) + log(space) + trend"
+AUTOS_SIGMA = np.diag([3.612, 0, 4.628, 1.818, 1.050, 2.056])
+AUTOS_PI = np.c_[[0, -43.501, 0, 0, 0, 0]]
+CLUSTERS = {"groups": "clustering_ids"}
+FREE_SIGMA = [0, 2, 3, 4, 5]
+
+Q5_FORMULA = (
+    "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
+)
+Q5_THETA = {"sigma": [[0, 0], [0, 6.015167]], "pi": [[0.108829], [-5.957239]]}
+FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
+MERGER = {"F6": "F1"}
+
+
+def _best(function, repeat: int):
+    """Best wall time of ``repeat`` runs, the CPU time of that run, and the last value.
+
+    CPU time (all threads of the process) is reported too because the wall time of one run
+    depends on what else the machine is running; with one BLAS thread pyblp's CPU time is
+    its wall time on an idle machine.
+    """
+    best, cpu, value = np.inf, np.inf, None
+    for _ in range(repeat):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        value = function()
+        elapsed = time.perf_counter() - start
+        if elapsed < best:
+            best, cpu = elapsed, time.process_time() - start_cpu
+    return Timing(best, cpu), value
+
+
+@dataclass(frozen=True)
+class Timing:
+    wall: float
+    cpu: float
+
+
+def _stay(fun, theta, bounds):
+    return theta
+
+
+def autos_data():
+    products, agents = datasets.load_blp()
+    # pyblp pairs its five node columns with the X2 columns whose Σ diagonal is nonzero;
+    # blpmodels pairs nodes{k} with the k-th X2 column: prices (Σ = 0) gets a zero column.
+    shifted = agents.copy()
+    for k in (5, 4, 3, 2):
+        shifted[f"nodes{k}"] = agents[f"nodes{k - 1}"]
+    shifted["nodes1"] = 0.0
+    return products, agents, shifted
+
+
+def ours_autos(products, shifted, threads: int | None):
+    """The tutorial's fit in blpmodels, from building the model to the results."""
+    model = BLPRandomCoefficients.from_formula(
+        AUTOS_FORMULA,
+        products,
+        random=AUTOS_RANDOM,
+        demographics="0 + I(1 / income)",
+        agent_data=shifted,
+        supply=AUTOS_SUPPLY,
+        supply_instruments=SUPPLY_INSTRUMENTS,
+        costs_type="log",
+        costs_bounds=(0.001, None),
+        threads=threads,
+    )
+    # pyblp's initial_update: W = S⁻¹ at the starting values (S clustered).
+    parameters = model.parameters(AUTOS_SIGMA, AUTOS_PI)
+    options = gmm_options(model.design, "1s", None, "clustered", CLUSTERS, model.n_moments)
+    objective = model.objective_function(parameters, covariance=options.moment_covariance)
+    W = objective.updated_weighting_matrix(objective.evaluate(parameters.theta0, gradient=False))
+    results = model.fit(
+        AUTOS_SIGMA,
+        AUTOS_PI,
+        W=W,
+        method="2s",
+        cov_type="clustered",
+        cov_kwds=CLUSTERS,
+        optimizer="l-bfgs-b",
+        optimizer_options={"gtol": 1e-8},
+    )
+    # The initial update's evaluation counts too (pyblp's cumulative counts include it).
+    return results, objective.count, objective.total_evaluations
+
+
+def pyblp_autos(products, agents):
+    import pyblp
+
+    formulations = (
+        pyblp.Formulation("1 + hpwt + air + mpd + space"),
+        pyblp.Formulation(AUTOS_RANDOM),
+        pyblp.Formulation(AUTOS_SUPPLY),
+    )
+    problem = pyblp.Problem(
+        formulations, products, pyblp.Formulation("0 + I(1 / income)"), agents, costs_type="log"
+    )
+    return problem.solve(
+        AUTOS_SIGMA,
+        AUTOS_PI,
+        costs_bounds=(0.001, None),
+        W_type="clustered",
+        se_type="clustered",
+        initial_update=True,
+        method="2s",
+        optimization=pyblp.Optimization("l-bfgs-b", {"ftol": 0, "gtol": 1e-8}),
+    )
+
+
+def _pyblp_autos_values(results) -> tuple[np.ndarray, np.ndarray]:
+    def stack(beta, gamma, sigma, pi):
+        return np.concatenate(
+            [np.ravel(beta), np.ravel(gamma), np.diag(sigma)[FREE_SIGMA], [pi[1, 0]]]
+        )
+
+    return (
+        stack(results.beta, results.gamma, results.sigma, results.pi),
+        stack(results.beta_se, results.gamma_se, results.sigma_se, results.pi_se),
+    )
+
+
+def _relative(ours, theirs) -> float:
+    ours, theirs = np.asarray(ours, float).ravel(), np.asarray(theirs, float).ravel()
+    return float(np.max(np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1e-300)))
+
+
+def run_autos(arguments) -> None:
+    products, agents, shifted = autos_data()
+    ours_time, (ours, update_evaluations, update_contractions) = _best(
+        lambda: ours_autos(products, shifted, arguments.threads), arguments.repeat
+    )
+    theirs_time, theirs = _best(lambda: pyblp_autos(products, agents), arguments.pyblp_repeat)
+    estimates, ses = _pyblp_autos_values(theirs)
+    convergence = ours.info.convergence
+    their_objective = float(np.squeeze(theirs.objective))
+    print(f"autos (best of {arguments.repeat} blpmodels / {arguments.pyblp_repeat} pyblp runs)")
+    print(f"  wall time       blpmodels {ours_time.wall:8.3f} s   pyblp {theirs_time.wall:8.2f} s")
+    print(f"  CPU time        blpmodels {ours_time.cpu:8.3f} s   pyblp {theirs_time.cpu:8.2f} s")
+    print(
+        f"  speed-up        {theirs_time.wall / ours_time.wall:.1f}x (wall), "
+        f"{theirs_time.cpu / ours_time.cpu:.1f}x (CPU)"
+    )
+    evaluations = convergence["evaluations"] + update_evaluations
+    contractions = convergence["contraction_evaluations"] + update_contractions
+    print(
+        f"  objective evals blpmodels {evaluations:8d}     "
+        f"pyblp {int(theirs.cumulative_objective_evaluations):8d}"
+    )
+    print(
+        f"  share evals     blpmodels {contractions:8d}     "
+        f"pyblp {int(np.sum(theirs.cumulative_contraction_evaluations)):8d}"
+    )
+    print(f"  objective       blpmodels {ours.objective:.10g}   pyblp {their_objective:.10g}")
+    print(f"  objective rel. diff       {abs(ours.objective / their_objective - 1):.2e}")
+    print(f"  max rel. param diff       {_relative(ours.params, estimates):.2e}")
+    print(f"  max rel. SE diff          {_relative(ours.bse, ses):.2e}")
+    print(
+        f"  gradient norm   blpmodels {np.abs(convergence['gradient']).max():.2e}   "
+        f"pyblp {np.abs(theirs.gradient).max():.2e}"
+    )
+    print(f"  blpmodels threads {convergence.get('threads')}")
+
+
+def run_merger(arguments) -> None:
+    import pyblp
+
+    products, agents = datasets.load_mixtape_exercise2()
+    products = products.copy()
+    products["firm_ids"] = products["product_ids"].str[:2]
+    model = BLPRandomCoefficients.from_formula(
+        Q5_FORMULA,
+        products,
+        absorb=FIXED_EFFECTS,
+        random="0 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=agents,
+        threads=arguments.threads,
+    )
+    ours = model.fit(method="1s", optimizer=_stay, compute_hessian=False, **Q5_THETA)
+    problem = pyblp.Problem(
+        (
+            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
+            pyblp.Formulation("0 + mushy + prices"),
+        ),
+        products,
+        pyblp.Formulation("0 + log_income"),
+        agents,
+    )
+    theirs = problem.solve(**Q5_THETA, method="1s", optimization=pyblp.Optimization("return"))
+    ours_time, merger = _best(lambda: ours.merger(firm_ids=MERGER), arguments.merger_repeat)
+    costs = theirs.compute_costs()
+    new_firms = products["firm_ids"].replace(MERGER).to_numpy()
+    theirs_time, prices = _best(
+        lambda: theirs.compute_prices(firm_ids=new_firms, costs=costs), arguments.merger_repeat
+    )
+    ours_prices = merger.products["prices_post"].to_numpy()
+    markets = merger.equilibrium.markets
+    regular = (products["market_ids"] != "C03Q1").to_numpy()
+    difference = np.abs(ours_prices - np.ravel(prices))[regular].max()
+    print(f"merger F6 -> F1, all 94 markets (best of {arguments.merger_repeat})")
+    print(
+        f"  blpmodels results.merger      {ours_time.wall:8.3f} s wall  {ours_time.cpu:8.3f} s CPU"
+    )
+    print(
+        f"  pyblp compute_prices          {theirs_time.wall:8.3f} s wall  "
+        f"{theirs_time.cpu:8.3f} s CPU   ({theirs_time.wall / ours_time.wall:.1f}x wall)"
+    )
+    print(f"  largest |FOC| after           {markets['foc_norm'].max():.1e}")
+    print(f"  max |price difference|        {difference:.1e} (markets other than C03Q1)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="best of N blpmodels autos fits")
+    parser.add_argument("--pyblp-repeat", type=int, default=1, help="best of N pyblp autos fits")
+    parser.add_argument("--merger-repeat", type=int, default=5, help="best of N mergers")
+    parser.add_argument("--threads", type=int, default=None, help="blpmodels threads")
+    parser.add_argument("--only", nargs="*", default=None, help="autos and/or merger")
+    parser.add_argument("--profile", action="store_true", help="profile a blpmodels autos fit")
+    arguments = parser.parse_args()
+    warnings.simplefilter("ignore")
+    import pyblp
+
+    pyblp.options.verbose = False
+    print(f"blpmodels {blpmodels.__version__} vs pyblp {pyblp.__version__}")
+    # Other jobs on the machine slow both libraries (and threads); the load says how busy it was.
+    print(f"load average (1, 5, 15 min) at start: {os.getloadavg()}")
+    if not arguments.only or "autos" in arguments.only:
+        run_autos(arguments)
+    if not arguments.only or "merger" in arguments.only:
+        run_merger(arguments)
+    print(f"load average (1, 5, 15 min) at end: {os.getloadavg()}")
+    if arguments.profile:
+        products, _, shifted = autos_data()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        ours_autos(products, shifted, arguments.threads)
+        profiler.disable()
+        stream = io.StringIO()
+        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(15)
+        print(stream.getvalue())
+
+
+if __name__ == "__main__":
+    main()
