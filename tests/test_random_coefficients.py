@@ -1126,7 +1126,9 @@ def test_extreme_heterogeneity_fails_cleanly(nevo):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         with pytest.raises((FixedPointError, BLPInputError), match="C01Q1"):
-            model.fit(sigma=1e4)
+            # A small δ budget: the start and its eight halvings all fail, and each failure
+            # would otherwise spend 5,000 share evaluations per market (100 s under load).
+            model.fit(sigma=1e4, fp_max_evaluations=200)
 
 
 # ---------------------------------------------------------------- integration
