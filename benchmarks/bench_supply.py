@@ -127,8 +127,8 @@ def ours_autos(products, shifted, threads: int | None, options: dict):
     )
     # pyblp's initial_update: W = S⁻¹ at the starting values (S clustered).
     parameters = model.parameters(AUTOS_SIGMA, AUTOS_PI)
-    options = gmm_options(model.design, "1s", None, "clustered", CLUSTERS, model.n_moments)
-    objective = model.objective_function(parameters, covariance=options.moment_covariance)
+    gmm = gmm_options(model.design, "1s", None, "clustered", CLUSTERS, model.n_moments)
+    objective = model.objective_function(parameters, covariance=gmm.moment_covariance)
     W = objective.updated_weighting_matrix(objective.evaluate(parameters.theta0, gradient=False))
     results = model.fit(
         AUTOS_SIGMA,
