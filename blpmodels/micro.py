@@ -64,7 +64,10 @@ class MicroDataset:
         The survey records second choices (what the consumer would have bought had the first
         choice not been available).
     eliminated : str, optional
-        Not supported yet: products eliminated together for second choices.
+        With ``second_choices``: a product column whose groups (e.g. ``"firm_ids"``) are
+        removed together, so the second choice is the best option outside the first choice's
+        group (asked "had none of this brand's products been available"). By default only the
+        first choice itself is removed.
 
     Raises
     ------
@@ -118,10 +121,16 @@ class MicroDataset:
                 f"micro dataset {self.name!r}: second_choices must be True or False"
             )
         if self.eliminated is not None:
-            raise BLPInputError(
-                f"micro dataset {self.name!r}: eliminated product groups are not supported yet "
-                "(each first choice is eliminated alone)"
-            )
+            if not isinstance(self.eliminated, str):
+                raise BLPInputError(
+                    f"micro dataset {self.name!r}: eliminated must name a product column, got "
+                    f"{self.eliminated!r}"
+                )
+            if not self.second_choices:
+                raise BLPInputError(
+                    f"micro dataset {self.name!r}: eliminated groups only matter with "
+                    "second_choices=True"
+                )
 
 
 def _column(frame: pd.DataFrame, name: str, what: str, moment: str) -> np.ndarray:
@@ -517,6 +526,7 @@ class _Survey:
     dataset: int
     parts: np.ndarray  # global part indices
     second: bool
+    groups: np.ndarray | None  # [1+J] group removed with each first choice (second choices)
     weighted: np.ndarray  # [1 + n_parts, size]: w_i w_dij (·v_p)
     values: np.ndarray  # [n_parts, size]
 
@@ -656,10 +666,20 @@ class MicroBlock:
                 weights = _check_array(raw, n_agents, n_products, second, where)
                 if (weights < 0).any():
                     raise BLPInputError(f"{where} returned negative values")
+                groups = None
                 if second:
-                    diagonal = np.arange(n_products + 1)
-                    weights[:, diagonal, diagonal] = 0.0  # a product cannot be its own 2nd
-                    weights[:, 0, 0] = 0.0
+                    # Options removed with each first choice: itself, or its whole group.
+                    groups = np.arange(n_products + 1)
+                    if dataset.eliminated is not None:
+                        if dataset.eliminated not in frame.columns:
+                            raise BLPInputError(
+                                f"micro dataset {dataset.name!r}: eliminated names "
+                                f"{dataset.eliminated!r}, which is not a product column"
+                            )
+                        codes = pd.factorize(frame[dataset.eliminated])[0]
+                        groups = np.concatenate([[-1], codes])
+                    same = groups[:, None] == groups[None, :]
+                    weights[:, same] = 0.0  # the second choice is outside the removed group
                 total += float(weights.sum())
                 parts = np.flatnonzero(self.part_dataset_array == d)
                 values = []
@@ -684,6 +704,7 @@ class MicroBlock:
                         d,
                         parts,
                         second,
+                        groups,
                         stacked.reshape(len(parts) + 1, -1),
                         np.stack(values).reshape(len(parts), -1)
                         if values
@@ -722,16 +743,13 @@ class MicroBlock:
         second_moments = np.zeros((n_parts, n_parts)) if covariance else None
         for market in self.markets:
             first, d_first, pair_function = probabilities(market)
-            cache: list[tuple[np.ndarray, Any]] = []
-
-            def pair(function: Any = pair_function, cache: list = cache) -> tuple[np.ndarray, Any]:
-                if not cache:
-                    cache.append(function())
-                return cache[0]
-
+            cache: dict[bytes, tuple[np.ndarray, Any]] = {}
             for survey in market.surveys:
                 if survey.second:
-                    prob, d_prob = pair()
+                    key = survey.groups.tobytes()
+                    if key not in cache:
+                        cache[key] = pair_function(survey.groups)
+                    prob, d_prob = cache[key]
                 else:
                     prob, d_prob = first, d_first
                 flat = prob.reshape(-1)
@@ -875,10 +893,10 @@ class MicroProbabilities:
         theta: np.ndarray,
         delta: np.ndarray,
         delta_jacobian: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[], tuple[np.ndarray, Any]]]:
+    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
         """First-choice probabilities ``[I, 1+J]`` (outside first), their θ-tangents
-        ``[P, I, 1+J]``, and a function giving the pair probabilities ``[I, 1+J, 1+J]`` of
-        (first, second) choices and their tangents."""
+        ``[P, I, 1+J]``, and a function of the removed groups ``[1+J]`` giving the pair
+        probabilities ``[I, 1+J, 1+J]`` of (first, second) choices and their tangents."""
         rho = self._rho(theta)
         if rho is not None and np.any(rho != 0):
             return self._nested_market(market, theta, delta, delta_jacobian, rho)
@@ -891,18 +909,18 @@ class MicroProbabilities:
             mean = (inside * tangents).sum(axis=2, keepdims=True)  # [P, I, 1]
             d_first = np.concatenate([-first[None, :, :1] * mean, inside * (tangents - mean)], 2)
 
-        def pair() -> tuple[np.ndarray, np.ndarray | None]:
-            rest = 1.0 - first  # probability of not choosing a
+        def pair(groups: np.ndarray) -> tuple[np.ndarray, Any]:
+            # Logit: P(a first, b second) = s_a s_b / (1 − S_a), S_a the share of a's group.
+            same = (groups[:, None] == groups[None, :]).astype(np.float64)
+            rest = 1.0 - first @ same
             with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(rest > 0, first / rest, 0.0)  # [I, 1+J]: s_a / (1 − s_a)
+                ratio = np.where(rest > 0, first / rest, 0.0)  # [I, 1+J]: s_a / (1 − S_a)
+                scale = np.where(rest > 0, 1.0 / rest, 0.0)
             joint = ratio[:, :, None] * first[:, None, :]
-            index = np.arange(first.shape[1])
-            joint[:, index, index] = 0.0
+            joint[:, same > 0] = 0.0
             if d_first is None:
                 return joint, None
-            with np.errstate(divide="ignore", invalid="ignore"):
-                scale = np.where(rest > 0, 1.0 / rest, 0.0)
-            return joint, _LogitPairTangent(first, d_first, ratio, scale)
+            return joint, _LogitPairTangent(first, d_first, ratio, scale, same)
 
         return first, d_first, pair
 
@@ -931,17 +949,22 @@ class MicroProbabilities:
         delta: np.ndarray,
         delta_jacobian: np.ndarray | None,
         rho: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[], tuple[np.ndarray, Any]]]:
-        """RCNL: probabilities from the nested formula, pairs as s_b(−a) − s_b, and tangents by
-        central differences along (e_l, ∂δ/∂θ_l) (δ's own derivative is analytic)."""
+    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+        """RCNL: probabilities from the nested formula, pairs as s_b(−a) − s_b (see
+        :func:`_nested_pairs`), and tangents by central differences along (e_l, ∂δ/∂θ_l)
+        (∂δ/∂θ itself is analytic)."""
         t, n = market.position, market.n_products
         codes = self.nest_codes[t, :n]
 
         def first_at(point: np.ndarray, shifted: np.ndarray) -> np.ndarray:
             return _nested(self.utilities(market, point, shifted), codes, self._rho(point))
 
-        def pair_at(point: np.ndarray, shifted: np.ndarray) -> np.ndarray:
-            return _nested_pairs(self.utilities(market, point, shifted), codes, self._rho(point))
+        def pairs_of(groups: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+            def pair_at(point: np.ndarray, shifted: np.ndarray) -> np.ndarray:
+                utilities = self.utilities(market, point, shifted)
+                return _nested_pairs(utilities, codes, self._rho(point), groups)
+
+            return pair_at
 
         def tangent(function: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
             assert delta_jacobian is not None
@@ -968,7 +991,8 @@ class MicroProbabilities:
         first = first_at(theta, delta)
         d_first = tangent(first_at) if delta_jacobian is not None else None
 
-        def pair() -> tuple[np.ndarray, np.ndarray | None]:
+        def pair(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            pair_at = pairs_of(groups)
             joint = pair_at(theta, delta)
             return joint, (tangent(pair_at) if delta_jacobian is not None else None)
 
@@ -977,27 +1001,30 @@ class MicroProbabilities:
 
 @dataclass(frozen=True, eq=False)
 class _LogitPairTangent:
-    """θ-tangents of the logit pair probabilities s_a s_b / (1 − s_a), never formed.
+    """θ-tangents of the logit pair probabilities s_a s_b / (1 − S_a), never formed.
 
-    d[s_a s_b / (1 − s_a)] = s_b ds_a / (1 − s_a)² + s_a/(1 − s_a) ds_b, so weighted sums
-    over (i, a, b) contract the weights with s_b (or s_a/(1 − s_a)) first: O(I·J²) work per
-    weight row and no ``[P, I, 1+J, 1+J]`` array.
+    With S_a the share of the group removed with a (a alone by default),
+    d[s_a s_b / (1 − S_a)] = s_b ds_a / (1 − S_a) + s_a s_b dS_a / (1 − S_a)² + s_a ds_b /
+    (1 − S_a), so weighted sums over (i, a, b) contract the weights with s_b (or
+    s_a/(1 − S_a)) first: O(I·J²) work per weight row and no ``[P, I, 1+J, 1+J]`` array.
     """
 
     first: np.ndarray  # [I, 1+J]
     d_first: np.ndarray  # [P, I, 1+J]
-    ratio: np.ndarray  # [I, 1+J]
-    scale: np.ndarray  # [I, 1+J]: 1 / (1 − s_a)
+    ratio: np.ndarray  # [I, 1+J]: s_a / (1 − S_a)
+    scale: np.ndarray  # [I, 1+J]: 1 / (1 − S_a)
+    same: np.ndarray  # [1+J, 1+J]: 1 where two options are removed together
 
     def contract(self, weighted: np.ndarray) -> np.ndarray:
-        """``[n, P]`` Σ_iab weighted_n[i, a, b] d pair[i, a, b] (diagonal weights are zero)."""
+        """``[n, P]`` Σ_iab weighted_n[i, a, b] d pair[i, a, b] (weights are zero within a
+        removed group)."""
         n_agents, size = self.first.shape
         grid = weighted.reshape(weighted.shape[0], n_agents, size, size)
-        by_first = (grid @ self.first[:, :, None])[..., 0] * self.scale**2  # [n, I, 1+J]
+        by_second_choice = (grid @ self.first[:, :, None])[..., 0]  # [n, I, 1+J]: Σ_b w s_b
+        by_first = by_second_choice * self.scale
+        by_group = (self.first * by_second_choice * self.scale**2) @ self.same
         by_second = (self.ratio[:, None, :] @ grid)[:, :, 0, :]  # [n, I, 1+J]
-        return np.einsum("nia,pia->np", by_first, self.d_first) + np.einsum(
-            "nib,pib->np", by_second, self.d_first
-        )
+        return np.einsum("nia,pia->np", by_first + by_group + by_second, self.d_first)
 
 
 def _logit(utilities: np.ndarray) -> np.ndarray:
@@ -1031,13 +1058,26 @@ def _nested(
     return np.concatenate([outside / total, within * (nest @ one_hot.T)], axis=-1)
 
 
-def _nested_pairs(utilities: np.ndarray, codes: np.ndarray, rho: np.ndarray) -> np.ndarray:
-    """``[I, 1+J, 1+J]`` P(first a, second b) = s_b(−a) − s_b (0 for a = b)."""
+def _nested_pairs(
+    utilities: np.ndarray, codes: np.ndarray, rho: np.ndarray, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """``[I, 1+J, 1+J]`` P(first a, second b) = s_b(−a) − s_b (0 for a = b).
+
+    In any random utility model b is best without a exactly when b is best overall or a is
+    best and b second. With ``groups`` ``[1+J]`` (options removed together), the probability
+    that the first choice is in a's group h and b is best outside it, s_b(−h) − s_b, is split
+    across h's members in proportion to their shares (pyblp's convention; exact for the logit).
+    """
     n = utilities.shape[-1]
-    removed = np.eye(1 + n, dtype=bool)  # row a: option a removed
+    groups = np.arange(1 + n) if groups is None else groups
+    labels, index = np.unique(groups, return_inverse=True)
+    removed = index[None, :] == np.arange(labels.size)[:, None]  # row g: group g removed
     base = _nested(utilities, codes, rho)  # [I, 1+J]
-    without = _nested(utilities[None], codes, rho, removed)  # [1+J, I, 1+J]
-    joint = np.moveaxis(without, 0, 1) - base[:, None, :]
-    index = np.arange(1 + n)
-    joint[:, index, index] = 0.0
+    without = _nested(utilities[None], codes, rho, removed)  # [G, I, 1+J]
+    joint = np.moveaxis(without[index], 0, 1) - base[:, None, :]
+    same = groups[:, None] == groups[None, :]
+    group_share = base @ same.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        joint *= np.where(group_share > 0, base / group_share, 0.0)[:, :, None]
+    joint[:, same] = 0.0
     return np.maximum(joint, 0.0)

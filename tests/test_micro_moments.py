@@ -50,7 +50,10 @@ def pyblp():
 @pytest.fixture(scope="module")
 def data():
     _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
-    return load_mixtape_exercise2()
+    products, agents = load_mixtape_exercise2()
+    # Brands "F1B04" belong to firm "F1" (for second choices with whole firms removed).
+    products = products.assign(firm_ids=products["product_ids"].str[:2])
+    return products, agents
 
 
 def build_model(data, products=None, **kwargs):
@@ -311,6 +314,8 @@ def _simulate_survey(data, results, n_draws, seed):
             size=(n_draws, 1 + x2.shape[0])
         )
         first = full.argmax(axis=1)
+        firms = np.concatenate([["outside"], products.loc[in_market, "firm_ids"].to_numpy()])
+        without_firm = np.where(firms[None, :] == firms[first][:, None], -np.inf, full)
         full[np.arange(n_draws), first] = -np.inf
         second = full.argmax(axis=1)
         mushy = np.r_[0, x2[:, 1]]
@@ -320,6 +325,7 @@ def _simulate_survey(data, results, n_draws, seed):
                     "income": income[who],
                     "first": first,
                     "second": second,
+                    "second_other_firm": without_firm.argmax(axis=1),
                     "mushy_first": mushy[first],
                     "mushy_second": mushy[second],
                 }
@@ -332,11 +338,16 @@ def _simulate_survey(data, results, n_draws, seed):
 def test_micro_values_equal_simulated_survey_averages(model, data):
     """Micro values of the model equal averages over a large simulated survey (within four
     standard errors): mean income of buyers, shares diverting to the outside option and
-    mushy-to-mushy, and E[income | mushy buyers] (a ratio of parts)."""
+    mushy-to-mushy, E[income | mushy buyers] (a ratio of parts) and the outside share when
+    the first choice's whole firm is removed (``eliminated="firm_ids"``)."""
+    firm_removed = MicroDataset(
+        "firm removed", 100, MARKETS, second_choices=True, eliminated="firm_ids"
+    )
     moments = [
         income_moment(),
         *diversion_moments(),
         MicroMoment.mean("log_income", MicroDataset("mushy buyers", 50, MARKETS), 8, "mushy"),
+        MicroMoment.second_choice(firm_removed, 0.3, to="outside", name="firm -> outside"),
     ]
     theta = {"sigma": np.diag([1.5, 3.0, 5.0]), "pi": [[-0.5], [1.0], [-6.0]]}
     results = model.fit(
@@ -352,12 +363,14 @@ def test_micro_values_equal_simulated_survey_averages(model, data):
         (buyers["second"] == 0).mean(),
         ((buyers["mushy_first"] == 1) & (buyers["mushy_second"] == 1)).mean(),
         buyers.loc[buyers["mushy_first"] == 1, "income"].mean(),
+        (buyers["second_other_firm"] == 0).mean(),
     ]
     errors = [
         buyers["income"].std() / np.sqrt(len(buyers)),
         *[np.sqrt(p * (1 - p) / len(buyers)) for p in simulated[1:3]],
         buyers.loc[buyers["mushy_first"] == 1, "income"].std()
         / np.sqrt((buyers["mushy_first"] == 1).sum()),
+        np.sqrt(simulated[4] * (1 - simulated[4]) / len(buyers)),
     ]
     model_values = results.micro_values()["model"].to_numpy()
     assert np.all(np.abs(model_values - simulated) < 4 * np.asarray(errors)), (
@@ -407,6 +420,13 @@ def test_micro_jacobian_against_central_differences(model):
             0.2,
             to="mushy",
         ),
+        MicroMoment.second_choice(
+            MicroDataset("firm removed", 50, MARKETS, second_choices=True, eliminated="firm_ids"),
+            0.2,
+            first="mushy",
+            to="mushy",
+            name="mushy firm -> mushy",
+        ),
     ]
     parameters = model.parameters(**Q2_START)
     worst = _finite_difference_check(model, parameters, moments, parameters.theta0)
@@ -421,9 +441,15 @@ def test_nested_micro_jacobian_against_central_differences(data):
     parameters = model.parameters(
         sigma=np.diag([0.5, 0.0, 3.0]), pi=[[0.1], [0.0], [-3.0]], rho=0.3
     )
-    worst = _finite_difference_check(
-        model, parameters, [income_moment(), *diversion_moments()], parameters.theta0
+    firm_removed = MicroDataset(
+        "firm removed", 50, MARKETS, second_choices=True, eliminated="firm_ids"
     )
+    moments = [
+        income_moment(),
+        *diversion_moments(),
+        MicroMoment.second_choice(firm_removed, 0.3, to="outside", name="firm -> outside"),
+    ]
+    worst = _finite_difference_check(model, parameters, moments, parameters.theta0)
     assert worst < 1e-5
 
 
@@ -447,8 +473,8 @@ def test_nested_pairs_are_joint_choice_probabilities():
 def test_nested_pairs_against_simulated_choices():
     """First and second choices of simulated nested-logit consumers (ε_j = λ_h(log S_h + G_j)
     with S_h positive stable of index λ_h = 1 − ρ_h, which has exactly the nested logit's GEV
-    distribution) agree with the first-choice and pair probabilities within 4.5 standard
-    errors."""
+    distribution) agree with the first-choice and pair probabilities, with the first choice
+    alone or its whole nest removed, within 4.5 standard errors."""
     rng = np.random.default_rng(0)
     utilities = np.array([[0.3, -0.2, 0.5, 0.1]])
     codes = np.array([0, 0, 1, 1])
@@ -467,13 +493,21 @@ def test_nested_pairs_against_simulated_choices():
         errors[:, members] = scale * (np.log(stable)[:, None] + rng.gumbel(size=(n, members.size)))
     utility = np.r_[0.0, utilities[0]] + errors
     first = utility.argmax(axis=1)
+    # Whole nests removed (groups = nests, where splitting by shares is exact).
+    groups = np.r_[-1, codes]
+    without_nest = np.where(groups[None, :] == groups[first][:, None], -np.inf, utility)
     utility[np.arange(n), first] = -np.inf
     second = utility.argmax(axis=1)
+    second_outside_nest = without_nest.argmax(axis=1)
     for simulated, model in [
         (np.bincount(first, minlength=5) / n, _nested(utilities, codes, rho)[0]),
         (
             np.bincount(5 * first + second, minlength=25).reshape(5, 5) / n,
             _nested_pairs(utilities, codes, rho)[0],
+        ),
+        (
+            np.bincount(5 * first + second_outside_nest, minlength=25).reshape(5, 5) / n,
+            _nested_pairs(utilities, codes, rho, groups)[0],
         ),
     ]:
         error = np.sqrt(np.maximum(model * (1 - model), 1e-12) / n)
@@ -509,6 +543,10 @@ def test_bad_micro_input(model):
     fails([MicroMoment.mean("no_such_column", survey, 7.9)], "no_such_column", "'C01Q1'")
     fails([income_moment(), income_moment()], "unique")
     fails(["E[income]"], "MicroMoment")
+    groups = MicroDataset("brands", 100, MARKETS, second_choices=True, eliminated="brand")
+    fails([MicroMoment.second_choice(groups, 0.3)], "'brands'", "'brand'", "not a product column")
+    with pytest.raises(BLPInputError, match="'lone': eliminated groups only matter with"):
+        MicroDataset("lone", 100, MARKETS, eliminated="firm_ids")
     with pytest.raises(BLPInputError, match="observations must be a positive integer"):
         MicroDataset("income", 0, MARKETS)
     with pytest.raises(BLPInputError, match="observations must be a positive integer"):
