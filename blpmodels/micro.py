@@ -521,14 +521,72 @@ def _check_array(raw: Any, n_agents: int, n_products: int, second: bool, where: 
 
 @dataclass(eq=False)
 class _Survey:
-    """One dataset's arrays in one market: stacked weights and values, flattened."""
+    """One dataset in one market: its callables, and (unless large) their arrays, flattened
+    as ``[1 + n_parts, I·(1+J)(·(1+J))]`` weights w_i w_dij (times each part's values)."""
 
     dataset: int
     parts: np.ndarray  # global part indices
     second: bool
     groups: np.ndarray | None  # [1+J] group removed with each first choice (second choices)
-    weighted: np.ndarray  # [1 + n_parts, size]: w_i w_dij (·v_p)
-    values: np.ndarray  # [n_parts, size]
+    source: MicroDataset
+    label: Any
+    frame: pd.DataFrame
+    people: pd.DataFrame
+    agent_weights: np.ndarray
+    functions: list[tuple[MicroMoment, int, ArrayFunction]]
+    weighted: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+    def compute(self, agents: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Validated weighted values and raw values of some agents (callables called)."""
+        dataset, label = self.source, self.label
+        people = self.people.iloc[agents].reset_index(drop=True)
+        n_agents, n_products = len(people), len(self.frame)
+        where = f"micro dataset {dataset.name!r} in market {label!r}: weights"
+        if dataset.weights is None:
+            shape = (n_agents, n_products) + ((n_products + 1,) if self.second else ())
+            raw: Any = np.ones(shape)
+        else:
+            try:
+                raw = dataset.weights(label, self.frame, people)
+            except BLPInputError as error:
+                raise BLPInputError(f"{where}: {error}") from None
+            except Exception as error:
+                raise BLPInputError(f"{where} failed: {error!r}") from error
+        weights = _check_array(raw, n_agents, n_products, self.second, where)
+        if (weights < 0).any():
+            raise BLPInputError(f"{where} returned negative values")
+        if self.groups is not None:
+            same = self.groups[:, None] == self.groups[None, :]
+            weights[:, same] = 0.0  # the second choice is outside the removed group
+        values = []
+        for moment, position, function in self.functions:
+            where_p = (
+                f"micro moment {moment.name!r} (dataset {dataset.name!r}) in market "
+                f"{label!r}: part {position}"
+            )
+            try:
+                raw_values = function(label, self.frame, people)
+            except BLPInputError as error:
+                raise BLPInputError(f"{where_p}: {error}") from None
+            except Exception as error:
+                raise BLPInputError(f"{where_p} failed: {error!r}") from error
+            values.append(_check_array(raw_values, n_agents, n_products, self.second, where_p))
+        shape = (-1, *([1] * (weights.ndim - 1)))
+        base = weights * self.agent_weights[agents].reshape(shape)
+        stacked = np.stack([base, *[base * v for v in values]])
+        return stacked.reshape(len(values) + 1, -1), np.stack(values).reshape(len(values), -1)
+
+    def arrays(self, agents: slice, n_agents: int) -> tuple[np.ndarray, np.ndarray]:
+        """Stored arrays of some agents, or computed anew when they were too large to keep."""
+        if self.weighted is None or self.values is None:
+            return self.compute(agents)
+        if agents == slice(0, n_agents):
+            return self.weighted, self.values
+        rows = self.weighted.shape[0]
+        weighted = self.weighted.reshape(rows, n_agents, -1)[:, agents].reshape(rows, -1)
+        values = self.values.reshape(rows - 1, n_agents, -1)[:, agents].reshape(rows - 1, -1)
+        return weighted, values
 
 
 @dataclass(eq=False)
@@ -538,6 +596,7 @@ class _Market:
     n_products: int
     n_agents: int
     surveys: list[_Survey] = field(default_factory=list)
+    chunks: list[slice] = field(default_factory=list)  # agent chunks bounding memory
 
 
 @dataclass(eq=False)
@@ -577,6 +636,12 @@ class MicroBlock:
         ``(T,)`` market ids.
     agents : AgentDesign
         Agents in the same market order.
+    store_limit : float
+        A dataset's arrays in a market are kept when they hold at most this many values;
+        larger ones are recomputed from the callables (per agent chunk) at each evaluation.
+    chunk_values : float
+        Agents are processed in chunks of about this many values per probability array
+        (second choices: I·(1+J)² each), which bounds memory.
 
     Raises
     ------
@@ -593,7 +658,12 @@ class MicroBlock:
         product_mask: np.ndarray,
         market_labels: np.ndarray,
         agents: Any,
+        *,
+        store_limit: float = 4e6,
+        chunk_values: float = 1e7,
     ) -> None:
+        self.store_limit = store_limit
+        self.chunk_values = chunk_values
         moments = list(moments)
         if not moments:
             raise BLPInputError("micro_moments is empty")
@@ -635,39 +705,19 @@ class MicroBlock:
                     f"micro dataset {dataset.name!r} names markets that are not in the product "
                     f"data: {unknown[:5]} (e.g. known: {market_labels[:3].tolist()})"
                 )
+            parts = np.flatnonzero(self.part_dataset_array == d)
+            functions = [part_functions[p] for p in parts]
             total = 0.0
             for label in ids:
                 t = lookup[label]
                 n_products = int(counts[t])
                 n_agents = int(agents.layout.counts[t])
-                if t not in markets:
-                    markets[t] = _Market(t, label, n_products, n_agents)
                 frame = products.iloc[product_index[t, :n_products]].reset_index(drop=True)
                 people = agents.data.iloc[agents.layout.index[t, :n_agents]].reset_index(drop=True)
-                second = bool(dataset.second_choices)
-                where = f"micro dataset {dataset.name!r} in market {label!r}: weights"
-                if dataset.weights is None:
-                    shape = (
-                        (n_agents, n_products, n_products + 1)
-                        if second
-                        else (
-                            n_agents,
-                            n_products,
-                        )
-                    )
-                    raw: Any = np.ones(shape)
-                else:
-                    try:
-                        raw = dataset.weights(label, frame, people)
-                    except BLPInputError as error:
-                        raise BLPInputError(f"{where}: {error}") from None
-                    except Exception as error:
-                        raise BLPInputError(f"{where} failed: {error!r}") from error
-                weights = _check_array(raw, n_agents, n_products, second, where)
-                if (weights < 0).any():
-                    raise BLPInputError(f"{where} returned negative values")
+                if t not in markets:
+                    markets[t] = _Market(t, label, n_products, n_agents)
                 groups = None
-                if second:
+                if dataset.second_choices:
                     # Options removed with each first choice: itself, or its whole group.
                     groups = np.arange(n_products + 1)
                     if dataset.eliminated is not None:
@@ -678,44 +728,37 @@ class MicroBlock:
                             )
                         codes = pd.factorize(frame[dataset.eliminated])[0]
                         groups = np.concatenate([[-1], codes])
-                    same = groups[:, None] == groups[None, :]
-                    weights[:, same] = 0.0  # the second choice is outside the removed group
-                total += float(weights.sum())
-                parts = np.flatnonzero(self.part_dataset_array == d)
-                values = []
-                for p in parts:
-                    moment, position, function = part_functions[p]
-                    where_p = (
-                        f"micro moment {moment.name!r} (dataset {dataset.name!r}) in market "
-                        f"{label!r}: part {position}"
-                    )
-                    try:
-                        raw_values = function(label, frame, people)
-                    except BLPInputError as error:
-                        raise BLPInputError(f"{where_p}: {error}") from None
-                    except Exception as error:
-                        raise BLPInputError(f"{where_p} failed: {error!r}") from error
-                    values.append(_check_array(raw_values, n_agents, n_products, second, where_p))
-                agent_weights = agents.weights[t, :n_agents]
-                base = weights * agent_weights.reshape(-1, *([1] * (weights.ndim - 1)))
-                stacked = np.stack([base, *[base * v for v in values]])
-                markets[t].surveys.append(
-                    _Survey(
-                        d,
-                        parts,
-                        second,
-                        groups,
-                        stacked.reshape(len(parts) + 1, -1),
-                        np.stack(values).reshape(len(parts), -1)
-                        if values
-                        else np.zeros((0, base.size)),
-                    )
+                survey = _Survey(
+                    d,
+                    parts,
+                    bool(dataset.second_choices),
+                    groups,
+                    dataset,
+                    label,
+                    frame,
+                    people,
+                    agents.weights[t, :n_agents],
+                    functions,
                 )
+                # Validate every array now, in the whole market; keep them unless large.
+                weighted, values = survey.compute(slice(0, n_agents))
+                total += float(weighted[0].sum())
+                if weighted.size + values.size <= self.store_limit:
+                    survey.weighted, survey.values = weighted, values
+                markets[t].surveys.append(survey)
             if total <= 0:
                 raise BLPInputError(
                     f"micro dataset {dataset.name!r}: the weights select nobody in its markets "
                     f"{list(ids)[:5]} (all zero), so its moments have zero expected observations"
                 )
+        for market in markets.values():
+            size = 1 + market.n_products
+            per_agent = 8 * (size * size if any(s.second for s in market.surveys) else size)
+            step = max(1, int(self.chunk_values // per_agent))
+            market.chunks = [
+                slice(start, min(start + step, market.n_agents))
+                for start in range(0, market.n_agents, step)
+            ]
         self.markets = [markets[t] for t in sorted(markets)]
 
     @property
@@ -730,7 +773,7 @@ class MicroBlock:
 
     def _accumulate(
         self,
-        probabilities: Callable[[_Market], tuple[np.ndarray, np.ndarray | None, Any]],
+        probabilities: Callable[[_Market, slice], tuple[np.ndarray, np.ndarray | None, Any]],
         n_theta: int,
         jacobian: bool,
         covariance: bool = False,
@@ -741,8 +784,8 @@ class MicroBlock:
         d_numerator = np.zeros((n_parts, n_theta)) if jacobian else None
         d_denominator = np.zeros((len(self.datasets), n_theta)) if jacobian else None
         second_moments = np.zeros((n_parts, n_parts)) if covariance else None
-        for market in self.markets:
-            first, d_first, pair_function = probabilities(market)
+        for market, agents in ((m, chunk) for m in self.markets for chunk in m.chunks):
+            first, d_first, pair_function = probabilities(market, agents)
             cache: dict[bytes, tuple[np.ndarray, Any]] = {}
             for survey in market.surveys:
                 if survey.second:
@@ -752,19 +795,20 @@ class MicroBlock:
                     prob, d_prob = cache[key]
                 else:
                     prob, d_prob = first, d_first
+                weighted, values = survey.arrays(agents, market.n_agents)
                 flat = prob.reshape(-1)
-                contribution = survey.weighted @ flat
+                contribution = weighted @ flat
                 denominator[survey.dataset] += contribution[0]
                 numerator[survey.parts] += contribution[1:]
                 if jacobian:
                     if isinstance(d_prob, _LogitPairTangent):
-                        tangent = d_prob.contract(survey.weighted)
+                        tangent = d_prob.contract(weighted)
                     else:
-                        tangent = survey.weighted @ d_prob.reshape(n_theta, -1).T
+                        tangent = weighted @ d_prob.reshape(n_theta, -1).T
                     d_denominator[survey.dataset] += tangent[0]
                     d_numerator[survey.parts] += tangent[1:]
                 if covariance:
-                    block = (survey.weighted[1:] * flat) @ survey.values.T
+                    block = (weighted[1:] * flat) @ values.T
                     second_moments[np.ix_(survey.parts, survey.parts)] += block
         return numerator, denominator, d_numerator, d_denominator, second_moments
 
@@ -814,7 +858,7 @@ class MicroBlock:
         jacobian = delta_jacobian is not None
         n_theta = delta_jacobian.shape[2] if jacobian else 0
         pieces = self._accumulate(
-            lambda market: model.market(market, theta, delta, delta_jacobian),
+            lambda market, agents: model.market(market, theta, delta, delta_jacobian, agents),
             n_theta,
             jacobian,
         )
@@ -824,7 +868,10 @@ class MicroBlock:
         """``(M, M)`` covariance of the micro moments (each dataset a mean over its observations,
         datasets independent; the delta method through each moment's function)."""
         numerator, denominator, _, _, second = self._accumulate(
-            lambda market: model.market(market, theta, delta, None), 0, False, covariance=True
+            lambda market, agents: model.market(market, theta, delta, None, agents),
+            0,
+            False,
+            covariance=True,
         )
         evaluation = self._finish(numerator, denominator, None, None)
         parts = evaluation.parts
@@ -870,13 +917,15 @@ class MicroProbabilities:
         self.nest_codes = nest_codes
         self.n_nests = n_nests
 
-    def utilities(self, market: _Market, theta: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        """``[I, J]`` agent utilities δ_j + μ_ij in a market."""
-        t, n, n_agents = market.position, market.n_products, market.n_agents
+    def utilities(
+        self, market: _Market, theta: np.ndarray, delta: np.ndarray, agents: slice
+    ) -> np.ndarray:
+        """``[I, J]`` utilities δ_j + μ_ij of some agents in a market."""
+        t, n = market.position, market.n_products
         coefficients, _ = self.parameters.coefficients(
             theta,
-            self.agents.nodes[t : t + 1, :n_agents],
-            self.agents.demographics[t : t + 1, :n_agents],
+            self.agents.nodes[t : t + 1, agents],
+            self.agents.demographics[t : t + 1, agents],
         )
         mu = coefficients[0] @ self.characteristics[t, :n].T  # [I, J]
         return delta[t, :n][None, :] + mu
@@ -893,18 +942,19 @@ class MicroProbabilities:
         theta: np.ndarray,
         delta: np.ndarray,
         delta_jacobian: np.ndarray | None,
+        agents: slice,
     ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
-        """First-choice probabilities ``[I, 1+J]`` (outside first), their θ-tangents
+        """Some agents' first-choice probabilities ``[I, 1+J]`` (outside first), θ-tangents
         ``[P, I, 1+J]``, and a function of the removed groups ``[1+J]`` giving the pair
         probabilities ``[I, 1+J, 1+J]`` of (first, second) choices and their tangents."""
         rho = self._rho(theta)
         if rho is not None and np.any(rho != 0):
-            return self._nested_market(market, theta, delta, delta_jacobian, rho)
-        utilities = self.utilities(market, theta, delta)
+            return self._nested_market(market, theta, delta, delta_jacobian, rho, agents)
+        utilities = self.utilities(market, theta, delta, agents)
         first = _logit(utilities)
         d_first = None
         if delta_jacobian is not None:
-            tangents = self._utility_tangents(market, theta, delta_jacobian)  # [P, I, J]
+            tangents = self._utility_tangents(market, theta, delta_jacobian, agents)
             inside = first[None, :, 1:]
             mean = (inside * tangents).sum(axis=2, keepdims=True)  # [P, I, 1]
             d_first = np.concatenate([-first[None, :, :1] * mean, inside * (tangents - mean)], 2)
@@ -925,14 +975,15 @@ class MicroProbabilities:
         return first, d_first, pair
 
     def _utility_tangents(
-        self, market: _Market, theta: np.ndarray, delta_jacobian: np.ndarray
+        self, market: _Market, theta: np.ndarray, delta_jacobian: np.ndarray, agents: slice
     ) -> np.ndarray:
-        """``[P, I, J]`` ∂(δ_j + μ_ij)/∂θ."""
-        t, n, n_agents = market.position, market.n_products, market.n_agents
+        """``[P, I, J]`` ∂(δ_j + μ_ij)/∂θ of some agents."""
+        t, n = market.position, market.n_products
         n_theta = delta_jacobian.shape[2]
+        nodes = self.agents.nodes[t : t + 1, agents]
+        demographics = self.agents.demographics[t : t + 1, agents]
+        n_agents = nodes.shape[1]
         tangents = np.repeat(delta_jacobian[t, :n].T[:, None, :], n_agents, axis=1)
-        nodes = self.agents.nodes[t : t + 1, :n_agents]
-        demographics = self.agents.demographics[t : t + 1, :n_agents]
         coefficients, _ = self.parameters.coefficients(theta, nodes, demographics)
         factors, positions = self.parameters.agent_factors(coefficients, nodes, demographics)
         x2 = self.characteristics[t, :n]
@@ -949,6 +1000,7 @@ class MicroProbabilities:
         delta: np.ndarray,
         delta_jacobian: np.ndarray | None,
         rho: np.ndarray,
+        agents: slice,
     ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
         """RCNL: probabilities from the nested formula, pairs as s_b(−a) − s_b (see
         :func:`_nested_pairs`), and tangents by central differences along (e_l, ∂δ/∂θ_l)
@@ -957,11 +1009,11 @@ class MicroProbabilities:
         codes = self.nest_codes[t, :n]
 
         def first_at(point: np.ndarray, shifted: np.ndarray) -> np.ndarray:
-            return _nested(self.utilities(market, point, shifted), codes, self._rho(point))
+            return _nested(self.utilities(market, point, shifted, agents), codes, self._rho(point))
 
         def pairs_of(groups: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
             def pair_at(point: np.ndarray, shifted: np.ndarray) -> np.ndarray:
-                utilities = self.utilities(market, point, shifted)
+                utilities = self.utilities(market, point, shifted, agents)
                 return _nested_pairs(utilities, codes, self._rho(point), groups)
 
             return pair_at

@@ -17,7 +17,7 @@ import scipy.linalg
 
 from blpmodels import BLPInputError, BLPRandomCoefficients, MicroDataset, MicroMoment
 from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
-from blpmodels.micro import _nested, _nested_pairs
+from blpmodels.micro import MicroBlock, _nested, _nested_pairs
 
 pytestmark = pytest.mark.data
 
@@ -512,6 +512,51 @@ def test_nested_pairs_against_simulated_choices():
     ]:
         error = np.sqrt(np.maximum(model * (1 - model), 1e-12) / n)
         assert np.all(np.abs(simulated - model) < 4.5 * error), (simulated, model)
+
+
+def test_agent_chunks_and_recomputed_arrays_change_nothing(data):
+    """Agents processed in chunks of 96 with every array recomputed from the callables (the
+    path of large second-choice markets) give the same moments, Jacobian and covariance
+    (unequal agent weights, so that each chunk must use its own)."""
+    products, agents = data
+    agents = agents.copy()
+    agents["weights"] *= 1 + 0.5 * np.sin(np.arange(len(agents)))
+    agents["weights"] /= agents.groupby("market_ids")["weights"].transform("sum")
+    model = build_model((products, agents))
+    layout = model.design.layout
+    firm_removed = MicroDataset(
+        "firm removed", 50, MARKETS, second_choices=True, eliminated="firm_ids"
+    )
+    moments = [
+        income_moment(),
+        *diversion_moments(),
+        MicroMoment.covariance("log_income", "prices", MicroDataset("income", 100, MARKETS), 0),
+        MicroMoment.second_choice(firm_removed, 0.3, to="outside", name="firm -> outside"),
+    ]
+    parameters = model.parameters(**Q2_START)
+    outcomes = []
+    for options in ({}, {"store_limit": 0, "chunk_values": 96 * 8 * 25**2}):
+        block = MicroBlock(
+            moments,
+            model.design.data,
+            layout.index,
+            layout.mask,
+            layout.market_labels,
+            model.agents,
+            **options,
+        )
+        objective = model.objective_function(parameters, micro=block)
+        evaluation = objective.evaluate(parameters.theta0)
+        covariance = block.covariance(
+            objective.micro_model, parameters.theta0, layout.pad(evaluation.delta)
+        )
+        outcomes.append((evaluation.micro, covariance, [len(m.chunks) for m in block.markets]))
+    (plain, plain_covariance, plain_chunks), (chunked, chunked_covariance, chunks) = outcomes
+    assert plain_chunks == [1, 1]
+    assert chunks == [11, 11]  # 1000 agents in chunks of 96
+    np.testing.assert_allclose(chunked.moments, plain.moments, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(chunked.jacobian, plain.jacobian, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(chunked_covariance, plain_covariance, rtol=1e-10, atol=1e-16)
 
 
 # ---------------------------------------------------------------- bad input
