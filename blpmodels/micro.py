@@ -17,7 +17,9 @@ Weights and values are callables ``f(market_id, products, agents)`` with ``produ
 I × J, I × (1 + J) or, for second choices, I × J × (1 + J) arrays (pyblp's shapes: a missing
 leading column for the outside option means zeros there). Everything is validated, and the
 arrays are computed once, before estimation; each evaluation only recomputes the choice
-probabilities of the surveyed markets.
+probabilities of the surveyed markets, in chunks of agents that bound memory. (Arrays too large
+to keep, e.g. second choices among hundreds of products, are recomputed at each evaluation
+from the callables, which are then given one chunk of the market's agents at a time.)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import pandas as pd
 
 from .exceptions import BLPInputError
 
-__all__ = ["MicroDataset", "MicroMoment"]
+__all__ = ["MicroDataset", "MicroMoment", "simulate_micro_data"]
 
 ArrayFunction = Callable[[Any, pd.DataFrame, pd.DataFrame], Any]
 
@@ -1133,3 +1135,109 @@ def _nested_pairs(
         joint *= np.where(group_share > 0, base / group_share, 0.0)[:, :, None]
     joint[:, same] = 0.0
     return np.maximum(joint, 0.0)
+
+
+def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) -> pd.DataFrame:
+    """Draw a survey from estimated demand: one row per surveyed consumer.
+
+    Consumers are drawn with probability proportional to w_i w_dij P_ij (second choices:
+    w_i w_dijk P_ijk) over all of the dataset's markets, agents and choices, as the survey
+    samples them; ``dataset.observations`` of them.
+
+    Parameters
+    ----------
+    demand : DemandSystem
+        Estimated random-coefficients demand (``results.demand``).
+    dataset : MicroDataset
+        The survey to simulate.
+    seed : int or numpy.random.Generator, optional
+        Random numbers.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``market_ids``; ``agent_indices`` (position of the agent among its market's rows of the
+        agent data) and ``agent_rows`` (its agent-data index label); ``choice_indices`` (0: the
+        outside option, j: the market's j-th product in data order) and, with second choices,
+        ``second_choice_indices``.
+
+    Raises
+    ------
+    BLPInputError
+        Demand without agents (logit), or a dataset that fails validation.
+
+    Examples
+    --------
+    >>> micro = simulate_micro_data(results.demand, survey, seed=0)  # doctest: +SKIP
+    >>> list(micro.columns)  # doctest: +SKIP
+    ['market_ids', 'agent_indices', 'agent_rows', 'choice_indices']
+    """
+    if not isinstance(dataset, MicroDataset):
+        raise BLPInputError(f"dataset must be a MicroDataset, got {type(dataset).__name__}")
+    agents, parameters = demand.agents, demand.parameters
+    if agents is None or parameters is None:
+        raise BLPInputError("simulating micro data needs a random-coefficients model's demand")
+    design = demand.design
+    layout = design.layout
+    second = bool(dataset.second_choices)
+
+    def ones(t: Any, products: pd.DataFrame, people: pd.DataFrame) -> np.ndarray:
+        size = len(products) + 1
+        return np.ones((len(people), size, size) if second else (len(people), size))
+
+    block = MicroBlock(
+        [MicroMoment("draws", dataset, 0.0, parts=[ones])],
+        design.data,
+        layout.index,
+        layout.mask,
+        layout.market_labels,
+        agents,
+    )
+    nested = parameters.has_rho and demand.nest_codes is not None
+    n_nests = int(demand.nest_codes.max()) + 1 if nested else 1
+    model = MicroProbabilities(
+        parameters,
+        layout.pad(design.random.values),
+        agents,
+        layout.pad(demand.nest_codes) if nested else None,
+        n_nests,
+    )
+    delta = layout.pad(np.asarray(demand.delta, dtype=np.float64))
+    theta = np.asarray(demand.theta, dtype=np.float64)
+    masses, keys = [], []
+    for market in block.markets:
+        for chunk in market.chunks:
+            first, _, pair = model.market(market, theta, delta, None, chunk)
+            for survey in market.surveys:
+                weighted, _ = survey.arrays(chunk, market.n_agents)
+                probability = pair(survey.groups)[0] if survey.second else first
+                masses.append(np.maximum(weighted[0] * probability.reshape(-1), 0.0))
+                keys.append((market, chunk.start, probability.shape))
+    sizes = np.array([mass.size for mass in masses])
+    mass = np.concatenate(masses)
+    total = mass.sum()
+    if not total > 0:
+        raise BLPInputError(f"micro dataset {dataset.name!r}: the model predicts no consumers")
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(mass.size, size=dataset.observations, p=mass / total)
+    piece = np.searchsorted(np.cumsum(sizes), draws, side="right")
+    offset = draws - np.concatenate([[0], np.cumsum(sizes)[:-1]])[piece]
+    rows: dict[str, list[Any]] = {
+        "market_ids": [],
+        "agent_indices": [],
+        "agent_rows": [],
+        "choice_indices": [],
+    }
+    if second:
+        rows["second_choice_indices"] = []
+    for k, position in zip(piece, offset, strict=True):
+        market, start, shape = keys[k]
+        index = np.unravel_index(position, shape)
+        agent = start + int(index[0])
+        rows["market_ids"].append(market.label)
+        rows["agent_indices"].append(agent)
+        rows["agent_rows"].append(agents.data.index[agents.layout.index[market.position, agent]])
+        rows["choice_indices"].append(int(index[1]))
+        if second:
+            rows["second_choice_indices"].append(int(index[2]))
+    return pd.DataFrame(rows)

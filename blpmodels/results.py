@@ -191,6 +191,31 @@ class BLPResults(LikelihoodModelResults):
             raise BLPInputError("these results were fitted without micro moments")
         return self.info.micro.copy()
 
+    def simulate_micro_data(self, dataset: Any, seed: Any = None) -> pd.DataFrame:
+        """Draw a survey like ``dataset`` from the estimated model (one row per consumer).
+
+        Parameters
+        ----------
+        dataset : MicroDataset
+            The survey to simulate (its markets, weights and observations).
+        seed : int or numpy.random.Generator, optional
+            Random numbers.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``market_ids``, ``agent_indices``, ``agent_rows``, ``choice_indices`` (0: outside
+            option) and, with second choices, ``second_choice_indices``; see
+            :func:`blpmodels.micro.simulate_micro_data`.
+
+        Examples
+        --------
+        >>> micro = results.simulate_micro_data(survey, seed=0)  # doctest: +SKIP
+        """
+        from .micro import simulate_micro_data
+
+        return simulate_micro_data(self.demand, dataset, seed)
+
     @property
     def j_stat(self) -> tuple[float, int, float]:
         """``(J, degrees of freedom, p-value)``; meaningful after two steps."""

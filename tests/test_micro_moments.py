@@ -339,7 +339,8 @@ def test_micro_values_equal_simulated_survey_averages(model, data):
     """Micro values of the model equal averages over a large simulated survey (within four
     standard errors): mean income of buyers, shares diverting to the outside option and
     mushy-to-mushy, E[income | mushy buyers] (a ratio of parts) and the outside share when
-    the first choice's whole firm is removed (``eliminated="firm_ids"``)."""
+    the first choice's whole firm is removed (``eliminated="firm_ids"``); and
+    ``results.simulate_micro_data`` draws surveys with the same averages."""
     firm_removed = MicroDataset(
         "firm removed", 100, MARKETS, second_choices=True, eliminated="firm_ids"
     )
@@ -378,6 +379,33 @@ def test_micro_values_equal_simulated_survey_averages(model, data):
         simulated,
         errors,
     )
+    # results.simulate_micro_data draws the same surveys.
+    products, agents = data
+    n = 200_000
+    micro = results.simulate_micro_data(MicroDataset("income", n, MARKETS), seed=1)
+    assert set(micro["market_ids"]) == set(MARKETS) and (micro["choice_indices"] > 0).all()
+    income = agents.loc[micro["agent_rows"], "log_income"].to_numpy()
+    assert abs(income.mean() - model_values[0]) < 4 * income.std() / np.sqrt(n)
+    mushy = {m: np.r_[0, products.loc[products["market_ids"] == m, "mushy"]] for m in MARKETS}
+    for survey, column, value in [
+        (MicroDataset("d", n, MARKETS, second_choices=True), None, model_values[1]),
+        (MicroDataset("d", n, MARKETS, second_choices=True), "mushy", model_values[2]),
+        (
+            MicroDataset("f", n, MARKETS, second_choices=True, eliminated="firm_ids"),
+            None,
+            model_values[4],
+        ),
+    ]:
+        micro = results.simulate_micro_data(survey, seed=2)
+        if column is None:
+            share = (micro["second_choice_indices"] == 0).mean()
+        else:
+            pairs = zip(micro["market_ids"], micro["choice_indices"], strict=True)
+            seconds = zip(micro["market_ids"], micro["second_choice_indices"], strict=True)
+            share = np.mean(
+                [mushy[m][j] * mushy[m][k] for (m, j), (_, k) in zip(pairs, seconds, strict=True)]
+            )
+        assert abs(share - value) < 4 * np.sqrt(value * (1 - value) / n), (share, value)
 
 
 # ---------------------------------------------------------------- analytic gradients
