@@ -34,7 +34,7 @@ import pandas as pd
 
 from .exceptions import BLPInputError
 
-__all__ = ["MicroDataset", "MicroMoment", "simulate_micro_data"]
+__all__ = ["MicroDataset", "MicroMoment", "agent_scores", "micro_scores", "simulate_micro_data"]
 
 ArrayFunction = Callable[[Any, pd.DataFrame, pd.DataFrame], Any]
 
@@ -1241,3 +1241,224 @@ def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) ->
         if second:
             rows["second_choice_indices"].append(int(index[2]))
     return pd.DataFrame(rows)
+
+
+def _score_setup(demand: Any, dataset: MicroDataset) -> dict[str, Any]:
+    """∂δ/∂θ at the estimates, the probability model, and the survey's denominator D (the
+    expected number of surveyed consumers up to scale) with its θ-gradient."""
+    from .objective import NonlinearObjective  # the objective imports this module
+
+    if not isinstance(dataset, MicroDataset):
+        raise BLPInputError(f"dataset must be a MicroDataset, got {type(dataset).__name__}")
+    agents, parameters = demand.agents, demand.parameters
+    if agents is None or parameters is None:
+        raise BLPInputError("scores need a random-coefficients model's demand")
+    if dataset.second_choices:
+        raise BLPInputError(
+            f"micro dataset {dataset.name!r}: scores of second-choice surveys are not supported yet"
+        )
+    nested = parameters.has_rho and demand.nest_codes is not None
+    if nested:
+        raise BLPInputError("scores are not supported yet for nested models (RCNL)")
+    design = demand.design
+    layout = design.layout
+    theta = np.asarray(demand.theta, dtype=np.float64)
+    objective = NonlinearObjective(
+        design, agents, parameters, np.eye(design.Z_absorbed.shape[1]), threads=1
+    )
+    evaluation = objective.evaluate(theta)
+    if not evaluation.success:
+        raise BLPInputError("δ could not be solved at the estimates for the scores")
+    delta = layout.pad(evaluation.delta)
+    jacobian = layout.pad(evaluation.delta_jacobian[:, : parameters.size])
+
+    def ones(t: Any, products: pd.DataFrame, people: pd.DataFrame) -> np.ndarray:
+        return np.ones((len(people), len(products) + 1))
+
+    block = MicroBlock(
+        [MicroMoment("scores", dataset, 0.0, parts=[ones])],
+        design.data,
+        layout.index,
+        layout.mask,
+        layout.market_labels,
+        agents,
+    )
+    model = MicroProbabilities(parameters, layout.pad(design.random.values), agents)
+    _, denominator, _, d_denominator, _ = block._accumulate(
+        lambda market, chunk: model.market(market, theta, delta, jacobian, chunk),
+        parameters.size,
+        True,
+    )
+    return {
+        "theta": theta,
+        "delta": delta,
+        "jacobian": jacobian,
+        "model": model,
+        "block": block,
+        "log_gradient": d_denominator[0] / denominator[0],
+        "names": list(parameters.names),
+    }
+
+
+def agent_scores(demand: Any, dataset: MicroDataset) -> dict[str, dict[Any, np.ndarray]]:
+    """Scores ∂log P_n/∂θ of every agent type and choice of a survey's markets.
+
+    Each agent (with its own nodes and demographics) and choice is an observation n with
+    P_n = w_dij s_ij / Σ_t Σ_i Σ_j w_it w_dijt s_ijt, so its score is
+    ∂log s_ij/∂θ − ∂log D/∂θ (δ moves with θ: ∂δ/∂θ by the implicit function theorem).
+
+    Parameters
+    ----------
+    demand : DemandSystem
+        Estimated random-coefficients demand (``results.demand``).
+    dataset : MicroDataset
+        The survey (markets and weights); first choices only.
+
+    Returns
+    -------
+    dict
+        ``{parameter name: {market id: I × (1 + J) array}}`` (column 0: the outside option;
+        NaN where the survey cannot sample the choice), ready to be a part's values in an
+        optimal micro moment.
+
+    Examples
+    --------
+    >>> scores = agent_scores(results.demand, survey)  # doctest: +SKIP
+    >>> scores["pi[Intercept,log_income]"]["C01Q1"].shape  # doctest: +SKIP
+    (1000, 25)
+    """
+    setup = _score_setup(demand, dataset)
+    model, block = setup["model"], setup["block"]
+    result: dict[str, dict[Any, np.ndarray]] = {name: {} for name in setup["names"]}
+    for market in block.markets:
+        pieces = []
+        for chunk in market.chunks:
+            first, d_first, _ = model.market(
+                market, setup["theta"], setup["delta"], setup["jacobian"], chunk
+            )
+            weights, _ = market.surveys[0].arrays(chunk, market.n_agents)
+            sampled = weights[0].reshape(first.shape) > 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                score = d_first / first[None] - setup["log_gradient"][:, None, None]
+            pieces.append(np.where(sampled[None], score, np.nan))
+        scores = np.concatenate(pieces, axis=1)
+        for p, name in enumerate(setup["names"]):
+            result[name][market.label] = scores[p]
+    return result
+
+
+def micro_scores(demand: Any, dataset: MicroDataset, micro_data: pd.DataFrame) -> pd.DataFrame:
+    """Scores ∂log P_n/∂θ of observed survey respondents.
+
+    P_n = Σ_{r ∈ n} w_r w_drj s_rj / Σ_t Σ_i Σ_j w_it w_dijt s_ijt, with the rows r of an
+    observation integrating over what the survey does not record (e.g. one row per draw of the
+    unobserved nodes, weights summing to one).
+
+    Parameters
+    ----------
+    demand : DemandSystem
+        Estimated random-coefficients demand (``results.demand``).
+    dataset : MicroDataset
+        The survey the data come from (first choices only).
+    micro_data : pandas.DataFrame
+        ``market_ids``, ``choice_indices`` (0: outside option, j: the market's j-th product),
+        the demographics the model reads, ``nodes0``, ... for the random coefficients with
+        unobserved heterogeneity, and optionally ``micro_ids`` (rows of one observation share
+        it; default: one row each) and ``weights`` (default 1).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per observation (indexed by ``micro_ids``), one column per parameter of θ.
+
+    Raises
+    ------
+    BLPInputError
+        Missing columns, markets not in the survey, choice indices out of range.
+
+    Examples
+    --------
+    >>> scores = micro_scores(results.demand, survey, micro)  # doctest: +SKIP
+    >>> scores.mean()  # doctest: +SKIP
+    """
+    if not isinstance(micro_data, pd.DataFrame):
+        raise BLPInputError(f"micro_data must be a DataFrame, got {type(micro_data).__name__}")
+    for column in ("market_ids", "choice_indices"):
+        if column not in micro_data.columns:
+            raise BLPInputError(f"micro_data has no {column!r} column")
+    setup = _score_setup(demand, dataset)
+    parameters, agents = demand.parameters, demand.agents
+    needed = parameters.node_columns_needed()
+    missing = [f"nodes{k}" for k in range(needed) if f"nodes{k}" not in micro_data.columns]
+    if missing:
+        raise BLPInputError(f"micro_data needs the node columns {missing} (σ reads them)")
+    data = micro_data.reset_index(drop=True)
+    ids = data["micro_ids"].to_numpy() if "micro_ids" in data.columns else np.arange(len(data))
+    row_weights = data["weights"].to_numpy(dtype=np.float64) if "weights" in data.columns else None
+    demographics = (
+        agents.demographic_block.rebuild(data, None, what="micro data")
+        if agents.demographics.shape[2]
+        else np.zeros((len(data), 0))
+    )
+    nodes = data[[f"nodes{k}" for k in range(needed)]].to_numpy(dtype=np.float64)
+    surveyed = {market.label: market for market in setup["block"].markets}
+    contribution = np.zeros(len(data))
+    d_contribution = np.zeros((len(data), parameters.size))
+    for label, rows in data.groupby("market_ids", sort=False).indices.items():
+        if label not in surveyed:
+            raise BLPInputError(
+                f"micro_data has market {label!r}, which micro dataset {dataset.name!r} does "
+                "not survey"
+            )
+        market = surveyed[label]
+        t, n = market.position, market.n_products
+        choices = data["choice_indices"].to_numpy()[rows]
+        if (
+            not np.issubdtype(choices.dtype, np.integer)
+            or (choices < 0).any()
+            or (choices > n).any()
+        ):
+            raise BLPInputError(
+                f"micro_data choice_indices in market {label!r} must be integers from 0 "
+                f"(outside option) to {n}"
+            )
+        coefficients, _ = parameters.coefficients(
+            setup["theta"], nodes[None, rows], demographics[None, rows]
+        )
+        x2 = setup["model"].characteristics[t, :n]
+        utilities = setup["delta"][t, :n][None, :] + coefficients[0] @ x2.T
+        first = _logit(utilities)
+        tangents = np.repeat(setup["jacobian"][t, :n].T[:, None, :], len(rows), axis=1)
+        factors, positions = parameters.agent_factors(
+            coefficients, nodes[None, rows], demographics[None, rows]
+        )
+        for column, (factor, places) in enumerate(zip(factors, positions, strict=True)):
+            for offset, position in enumerate(places):
+                tangents[position] += factor[0, offset][:, None] * x2[None, :, column]
+        inside = first[None, :, 1:]
+        mean = (inside * tangents).sum(axis=2, keepdims=True)
+        d_first = np.concatenate([-first[None, :, :1] * mean, inside * (tangents - mean)], 2)
+        frame = market.surveys[0].frame
+        people = data.iloc[rows].reset_index(drop=True)
+        where = f"micro dataset {dataset.name!r} in market {label!r}: weights"
+        raw = (
+            np.ones((len(rows), n))
+            if dataset.weights is None
+            else dataset.weights(label, frame, people)
+        )
+        weights = _check_array(raw, len(rows), n, False, where)
+        picked = np.arange(len(rows))
+        w = weights[picked, choices] * (1.0 if row_weights is None else row_weights[rows])
+        contribution[rows] = w * first[picked, choices]
+        d_contribution[rows] = (w * d_first[:, picked, choices]).T
+    frame = pd.DataFrame(d_contribution, columns=setup["names"])
+    frame["_value"] = contribution
+    frame["_id"] = ids
+    sums = frame.groupby("_id", sort=False).sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = sums[setup["names"]].to_numpy() / sums["_value"].to_numpy()[:, None]
+    scores = scores - setup["log_gradient"][None, :]
+    scores[~np.isfinite(scores)] = np.nan
+    return pd.DataFrame(
+        scores, index=pd.Index(sums.index, name="micro_ids"), columns=setup["names"]
+    )

@@ -216,6 +216,55 @@ class BLPResults(LikelihoodModelResults):
 
         return simulate_micro_data(self.demand, dataset, seed)
 
+    def agent_scores(self, dataset: Any) -> dict[str, dict[Any, np.ndarray]]:
+        """Scores ∂log P/∂θ of every agent type and choice in a survey's markets.
+
+        Parameters
+        ----------
+        dataset : MicroDataset
+            The survey (first choices).
+
+        Returns
+        -------
+        dict
+            ``{parameter name: {market id: I × (1 + J) array}}``, column 0 the outside option;
+            see :func:`blpmodels.micro.agent_scores`. A part returning
+            ``scores[name][market_id]`` makes the optimal micro moment for that parameter.
+
+        Examples
+        --------
+        >>> scores = results.agent_scores(survey)  # doctest: +SKIP
+        """
+        from .micro import agent_scores
+
+        return agent_scores(self.demand, dataset)
+
+    def micro_scores(self, dataset: Any, micro_data: pd.DataFrame) -> pd.DataFrame:
+        """Scores ∂log P_n/∂θ of observed survey respondents (rows of one ``micro_ids``
+        integrate over what the survey does not record, e.g. draws of the nodes).
+
+        Parameters
+        ----------
+        dataset : MicroDataset
+            The survey (first choices).
+        micro_data : pandas.DataFrame
+            ``market_ids``, ``choice_indices`` (0: outside option), demographics, node
+            columns, optional ``micro_ids`` and ``weights``; see
+            :func:`blpmodels.micro.micro_scores`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per observation, one column per parameter of θ.
+
+        Examples
+        --------
+        >>> scores = results.micro_scores(survey, micro)  # doctest: +SKIP
+        """
+        from .micro import micro_scores
+
+        return micro_scores(self.demand, dataset, micro_data)
+
     @property
     def j_stat(self) -> tuple[float, int, float]:
         """``(J, degrees of freedom, p-value)``; meaningful after two steps."""

@@ -286,6 +286,91 @@ def test_nested_against_pyblp(data_with_firms, pyblp):
     )
 
 
+def _by_income(t, products, agents):
+    """Survey weights proportional to log income (richer buyers oversampled)."""
+    return np.outer(agents["log_income"], np.ones(len(products)))
+
+
+def test_scores_against_pyblp(q1_results, data, pyblp):
+    """At Q1's estimates: micro scores of surveyed respondents (1000 node draws each, the
+    exercise's supplemental 2 data) and agent scores equal pyblp's compute_micro_scores and
+    compute_agent_scores (same agents as micro data, no integration). The survey samples
+    buyers in proportion to log income, so that its expected size moves with θ."""
+    _require("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
+    _, agents = data
+    results = q1_results
+    survey = MicroDataset("income", 100, MARKETS, weights=_by_income)
+    micro = pd.read_csv(data_home() / "mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
+    micro = micro[micro["micro_ids"] < 10]
+    # pyblp's choice indices count inside goods from 0 for I × J weights; ours: 0 = outside.
+    ours = results.micro_scores(survey, micro.assign(choice_indices=micro["choice_indices"] + 1))
+    ours_agents = results.agent_scores(survey)
+    params = results.params
+    characteristics = ["Intercept", "mushy", "prices"]
+    problem = _pyblp_problem(pyblp, data)
+    oracle = problem.solve(
+        sigma=np.diag([0, 0, params["sigma[prices,prices]"]]),
+        pi=[[params[f"pi[{c},log_income]"]] for c in characteristics],
+        micro_moments=_pyblp_moments(pyblp)[:1],
+        method="1s",
+        optimization=pyblp.Optimization("return"),
+    )
+    dataset = pyblp.MicroDataset(
+        name="income",
+        observations=100,
+        market_ids=MARKETS,
+        compute_weights=lambda t, p, a: np.outer(a.demographics[:, 0], np.ones(p.size)),
+    )
+    columns = ["micro_ids", "market_ids", "choice_indices", "log_income", "weights"]
+    fields = {column: micro[column].to_numpy() for column in columns}
+    fields["nodes"] = micro[["nodes0", "nodes1", "nodes2"]].to_numpy()
+    expected = oracle.compute_micro_scores(dataset, fields)
+    # 20 agents of each market (pyblp's denominator covers the markets of its micro data).
+    sample = agents.groupby("market_ids").head(20)
+    sample = sample[sample["market_ids"].isin(MARKETS)]
+    expected_agents = oracle.compute_agent_scores(
+        dataset,
+        micro_data={
+            "micro_ids": np.arange(len(sample)),
+            "market_ids": sample["market_ids"].to_numpy(),
+            "log_income": sample["log_income"].to_numpy(),
+            "weights": np.ones(len(sample)),
+            "nodes": sample[["nodes0", "nodes1", "nodes2"]].to_numpy(),
+        },
+    )
+    names = ["sigma[prices,prices]", *[f"pi[{c},log_income]" for c in characteristics]]
+    assert list(ours.columns) == names
+    for k, name in enumerate(names):
+        np.testing.assert_allclose(ours[name], expected[k], rtol=1e-10, atol=1e-12)
+        for market in MARKETS:
+            np.testing.assert_allclose(
+                ours_agents[name][market][:20, 1:],
+                expected_agents[k][market],
+                rtol=1e-10,
+                atol=1e-12,
+            )
+        # The outside option is not surveyed (weights I × J): no score there.
+        assert np.isnan(ours_agents[name]["C01Q2"][:, 0]).all()
+
+
+def test_optimal_micro_moment_has_mean_zero_at_the_estimates(model, q1_results):
+    """An agent score used as a part's values (the optimal micro moment of supplemental 2)
+    has model value zero at the estimates: the expected score is zero."""
+    survey = MicroDataset("income", 100, MARKETS, weights=_by_income)
+    scores = q1_results.agent_scores(survey)["pi[Intercept,log_income]"]
+    moment = MicroMoment("score", survey, 0.0, parts=lambda t, p, a: np.nan_to_num(scores[t]))
+    params = q1_results.params
+    characteristics = ["Intercept", "mushy", "prices"]
+    parameters = model.parameters(
+        sigma=np.diag([0, 0, params["sigma[prices,prices]"]]),
+        pi=[[params[f"pi[{c},log_income]"]] for c in characteristics],
+    )
+    objective = model.objective_function(parameters, micro=model.micro_block([moment]))
+    objective.set_weighting_matrix(np.eye(5))
+    evaluation = objective.evaluate(parameters.theta0)
+    assert abs(evaluation.micro.values[0]) < 1e-10
+
+
 # ---------------------------------------------------------------- law of large numbers
 
 
@@ -632,6 +717,32 @@ def test_bad_micro_input(model):
         MicroMoment.second_choice(survey, 0.3)
     with pytest.raises(BLPInputError, match="value must be finite"):
         MicroMoment.mean("log_income", survey, np.nan)
+
+
+def test_bad_score_input(q1_results):
+    """Scores: missing columns, unsurveyed markets, choices out of range, second choices."""
+    survey = MicroDataset("income", 100, MARKETS)
+    good = pd.DataFrame(
+        {
+            "market_ids": ["C01Q1"],
+            "choice_indices": [3],
+            "log_income": [8.0],
+            "nodes0": [0.1],
+            "nodes1": [0.2],
+            "nodes2": [0.3],
+        }
+    )
+    assert q1_results.micro_scores(survey, good).shape == (1, 4)
+    with pytest.raises(BLPInputError, match="'choice_indices'"):
+        q1_results.micro_scores(survey, good.drop(columns="choice_indices"))
+    with pytest.raises(BLPInputError, match=r"node columns \['nodes2'\]"):
+        q1_results.micro_scores(survey, good.drop(columns="nodes2"))
+    with pytest.raises(BLPInputError, match="'C02Q1', which micro dataset 'income'"):
+        q1_results.micro_scores(survey, good.assign(market_ids="C02Q1"))
+    with pytest.raises(BLPInputError, match=r"from 0 \(outside option\) to 24"):
+        q1_results.micro_scores(survey, good.assign(choice_indices=25))
+    with pytest.raises(BLPInputError, match="second-choice surveys are not supported"):
+        q1_results.agent_scores(MicroDataset("d", 10, MARKETS, second_choices=True))
 
 
 def test_more_parameters_than_moments(model):
