@@ -34,7 +34,14 @@ import pandas as pd
 
 from .exceptions import BLPInputError
 
-__all__ = ["MicroDataset", "MicroMoment", "agent_scores", "micro_scores", "simulate_micro_data"]
+__all__ = [
+    "MicroDataset",
+    "MicroMoment",
+    "agent_scores",
+    "micro_scores",
+    "optimal_micro_moments",
+    "simulate_micro_data",
+]
 
 ArrayFunction = Callable[[Any, pd.DataFrame, pd.DataFrame], Any]
 
@@ -543,6 +550,8 @@ class _Survey:
         """Validated weighted values and raw values of some agents (callables called)."""
         dataset, label = self.source, self.label
         people = self.people.iloc[agents].reset_index(drop=True)
+        # Positions of these agents among the market's (callables may be given a chunk).
+        people.attrs["agent_indices"] = np.arange(len(self.people))[agents]
         n_agents, n_products = len(people), len(self.frame)
         where = f"micro dataset {dataset.name!r} in market {label!r}: weights"
         if dataset.weights is None:
@@ -1462,3 +1471,62 @@ def micro_scores(demand: Any, dataset: MicroDataset, micro_data: pd.DataFrame) -
     return pd.DataFrame(
         scores, index=pd.Index(sums.index, name="micro_ids"), columns=setup["names"]
     )
+
+
+def optimal_micro_moments(
+    demand: Any,
+    dataset: MicroDataset,
+    micro_data: pd.DataFrame,
+    parameters: Sequence[str] | None = None,
+) -> list[MicroMoment]:
+    """Optimal micro moments from micro data: for each parameter, match the mean score.
+
+    The observed value is the mean of the respondents' scores (:func:`micro_scores`); the
+    model value is the mean of the agent scores (:func:`agent_scores`) over the survey the
+    model predicts, which is zero at the estimates the scores were computed at.
+
+    Parameters
+    ----------
+    demand : DemandSystem
+        Estimated random-coefficients demand (``results.demand``), e.g. from a first fit.
+    dataset : MicroDataset
+        The survey the micro data come from.
+    micro_data : pandas.DataFrame
+        Respondents, as :func:`micro_scores` reads them.
+    parameters : sequence of str, optional
+        Names of the parameters whose scores to match (default: all of θ).
+
+    Returns
+    -------
+    list of MicroMoment
+        Named ``"score[<parameter>]"``, on ``dataset``.
+
+    Raises
+    ------
+    BLPInputError
+        Unknown parameter names, or what :func:`micro_scores` raises.
+
+    Examples
+    --------
+    >>> moments = optimal_micro_moments(
+    ...     results.demand, survey, micro, ["pi[Intercept,log_income]"])  # doctest: +SKIP
+    >>> model.fit(sigma=..., pi=..., micro_moments=moments)  # doctest: +SKIP
+    """
+    observed = micro_scores(demand, dataset, micro_data)
+    names = list(observed.columns) if parameters is None else list(parameters)
+    unknown = [name for name in names if name not in observed.columns]
+    if unknown:
+        raise BLPInputError(
+            f"no parameters {unknown} in θ; the parameters are {list(observed.columns)}"
+        )
+    scores = agent_scores(demand, dataset)
+    moments = []
+    for name in names:
+        values = {market: np.nan_to_num(array) for market, array in scores[name].items()}
+        value = float(np.nanmean(observed[name].to_numpy()))
+
+        def part(t: Any, products: pd.DataFrame, agents: pd.DataFrame, v: dict = values) -> Any:
+            return v[t][agents.attrs.get("agent_indices", slice(None))]
+
+        moments.append(MicroMoment(f"score[{name}]", dataset, value, parts=[part]))
+    return moments

@@ -265,6 +265,34 @@ class BLPResults(LikelihoodModelResults):
 
         return micro_scores(self.demand, dataset, micro_data)
 
+    def optimal_micro_moments(
+        self, dataset: Any, micro_data: pd.DataFrame, parameters: Sequence[str] | None = None
+    ) -> list[Any]:
+        """Optimal micro moments from micro data in one call: each matches the respondents'
+        mean score for a parameter with the model's (zero at these estimates).
+
+        Parameters
+        ----------
+        dataset : MicroDataset
+            The survey the micro data come from.
+        micro_data : pandas.DataFrame
+            Respondents, as :meth:`micro_scores` reads them.
+        parameters : sequence of str, optional
+            Parameters whose scores to match (default: all of θ).
+
+        Returns
+        -------
+        list of MicroMoment
+            For ``fit(micro_moments=...)``; see :func:`blpmodels.micro.optimal_micro_moments`.
+
+        Examples
+        --------
+        >>> moments = results.optimal_micro_moments(survey, micro)  # doctest: +SKIP
+        """
+        from .micro import optimal_micro_moments
+
+        return optimal_micro_moments(self.demand, dataset, micro_data, parameters)
+
     @property
     def j_stat(self) -> tuple[float, int, float]:
         """``(J, degrees of freedom, p-value)``; meaningful after two steps."""

@@ -719,6 +719,47 @@ def test_bad_micro_input(model):
         MicroMoment.mean("log_income", survey, np.nan)
 
 
+def test_supplemental2_optimal_micro_moment(model, q1_results):
+    """Supplemental 2: replace the income moment by the optimal micro moment for
+    π[Intercept, log_income] built from the simulated micro data in one call; its value is
+    the respondents' mean score, and the model, still just identified, matches it
+    (π[Intercept, log_income] moves from −0.331 to −0.587 here)."""
+    _require("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
+    survey = MicroDataset("income", 100, MARKETS)
+    micro = pd.read_csv(data_home() / "mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
+    micro = micro.assign(choice_indices=micro["choice_indices"] + 1)  # 0 = outside here
+    name = "pi[Intercept,log_income]"
+    (moment,) = q1_results.optimal_micro_moments(survey, micro, [name])
+    assert moment.name == f"score[{name}]"
+    assert moment.value == pytest.approx(q1_results.micro_scores(survey, micro)[name].mean())
+    params = q1_results.params
+    characteristics = ["Intercept", "mushy", "prices"]
+    start = {
+        "sigma": np.diag([0, 0, params["sigma[prices,prices]"]]),
+        "pi": [[params[f"pi[{c},log_income]"]] for c in characteristics],
+    }
+    # Its part hands each agent chunk its own rows (large markets are processed in chunks).
+    layout, parameters = model.design.layout, model.parameters(**start)
+    for options in ({}, {"store_limit": 0, "chunk_values": 96 * 8 * 25}):
+        block = MicroBlock(
+            [moment],
+            model.design.data,
+            layout.index,
+            layout.mask,
+            layout.market_labels,
+            model.agents,
+            **options,
+        )
+        objective = model.objective_function(parameters, micro=block)
+        objective.set_weighting_matrix(np.eye(5))
+        assert abs(objective.evaluate(parameters.theta0).micro.values[0]) < 1e-12
+    results = model.fit(**start, micro_moments=[moment])
+    assert results.info.convergence["converged"]
+    assert results.objective < 1e-10
+    assert results.micro_values()["model"].iloc[0] == pytest.approx(moment.value, abs=1e-8)
+    assert np.isfinite(results.params[name])
+
+
 def test_bad_score_input(q1_results):
     """Scores: missing columns, unsurveyed markets, choices out of range, second choices."""
     survey = MicroDataset("income", 100, MARKETS)
