@@ -34,6 +34,7 @@ import numpy as np
 __all__ = [
     "directional_markup_derivative",
     "firm_indicator",
+    "firm_sums_pay",
     "markup_jacobian",
     "markup_system",
     "markups",
@@ -189,7 +190,8 @@ def markup_jacobian(
     column_of : numpy.ndarray
         ``(L,)`` c(l), −1 where the parameter multiplies no characteristic column.
     firms : numpy.ndarray, optional
-        ``[T, J, F]`` firm indicator with HH' = Ω (:func:`firm_indicator`), for speed.
+        ``[T, J, F]`` firm indicator with HH' = Ω (:func:`firm_indicator`), for speed; used
+        when :func:`firm_sums_pay` says it is cheaper than the dense products with Ω.
 
     Returns
     -------
@@ -206,6 +208,10 @@ def markup_jacobian(
     f = agent_factors
     columns = np.unique(column_of[has_column])
     firm_sums = None
+    if firms is not None and not firm_sums_pay(
+        firms.shape[2], P.shape[1], f.shape[2], columns.size
+    ):
+        firms = None
     if firms is None:
         a = owner_apply(ownership, None, eta[:, :, None] * P)
     else:
@@ -242,6 +248,22 @@ def markup_jacobian(
         moved *= Q
         out[:, :, places] -= np.matmul(moved, f[:, :, places])
     return -np.linalg.solve(system, out)
+
+
+def firm_sums_pay(n_firms: int, width: int, n_params: int, n_columns: int) -> bool:
+    """Whether the firm-sum path of :func:`markup_jacobian` costs less than the dense one.
+
+    Per market and agent, the firm path multiplies F·(1 + 2L + C)·J numbers (firm sums of
+    η, η∘dδ_l and η∘u_c, then one product per parameter and firm); the dense path J²·(2 + C)
+    (Ω(η∘P), Ω ⊙ QP' and one Ω product per column). With single-product firms (F = J) the
+    dense path wins.
+
+    Examples
+    --------
+    >>> firm_sums_pay(22, 150, 6, 6), firm_sums_pay(150, 150, 6, 6)
+    (True, False)
+    """
+    return n_firms * (1 + 2 * n_params + n_columns) < width * (2 + n_columns)
 
 
 def _firm_sums(firms: np.ndarray, scales: np.ndarray, P: np.ndarray) -> np.ndarray:

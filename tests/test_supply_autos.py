@@ -39,7 +39,7 @@ import pytest
 from blpmodels import BLPRandomCoefficients
 from blpmodels.datasets import DATA_ENV_VAR, data_home, load_blp
 from blpmodels.estimation import gmm_options
-from blpmodels.supply_moments import firm_indicator, markup_jacobian
+from blpmodels.supply_moments import firm_indicator, firm_sums_pay, markup_jacobian
 
 pytestmark = pytest.mark.data
 
@@ -242,9 +242,9 @@ def test_markup_jacobian_through_firm_sums_equals_the_dense_ownership_path():
     """Estimation applies Ω through the firm indicator H (Ω = HH'); any other Ω (profit
     weights) takes the dense products. Both give the same ∂η/∂θ, padding included."""
     rng = np.random.default_rng(0)
-    T, J, N, L, F = 3, 7, 11, 4, 3  # markets, products, agents, parameters, firms
+    T, J, N, L, F = 3, 12, 11, 4, 2  # markets, products, agents, parameters, firms
     mask = np.ones((T, J), bool)
-    mask[0, 5:] = False
+    mask[0, 9:] = False
     codes = rng.integers(0, F, size=(T, J))
     firms = np.where(mask[:, :, None], codes[:, :, None] == np.arange(F), False).astype(float)
     ownership = firms @ np.swapaxes(firms, 1, 2)
@@ -267,6 +267,7 @@ def test_markup_jacobian_through_firm_sums_equals_the_dense_ownership_path():
         rng.normal(size=(T, J, L)),
         np.array([0, 1, 1, -1]),
     )
+    assert firm_sums_pay(F, J, L, 2)  # two characteristic columns: the firm path is taken
     dense = markup_jacobian(*arguments)
     by_firm = markup_jacobian(*arguments, firms=found)
     assert np.abs(dense).max() > 0.1
