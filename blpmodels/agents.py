@@ -186,7 +186,10 @@ class AgentDesign:
             raise BLPInputError(
                 f"sigma has a nonzero column for {characteristics[needed - 1]!r}, which pairs "
                 f"with agent column 'nodes{needed - 1}', but the agent data have only "
-                f"{self.nodes.shape[2]} node column(s)"
+                f"{self.nodes.shape[2]} node column(s). Node column k pairs with "
+                "random-coefficient column k here; pyblp pairs its node columns with only the "
+                "columns whose sigma is nonzero, so agent data written for pyblp may need its "
+                "node columns shifted (or a zero column inserted) to line up"
             )
 
     @property

@@ -675,3 +675,10 @@ def test_huge_columns_are_rescaled_not_reported_as_zero(simulated_products):
         warnings.simplefilter("ignore", UserWarning)  # the scale warning, checked above
         with pytest.raises(BLPInputError, match=r"'I\(2 \* huge\)' is a linear combination"):
             BLPLogit.from_formula("shares ~ 1 + huge + I(2 * huge) + [prices ~ z1]", data)
+
+
+def test_missing_node_column_explains_the_pairing(rc_products, rc_agents):
+    """Agent data written for pyblp pair nodes with nonzero σ only: the error says how ours pair."""
+    model = _rc_model(rc_products, rc_agents, random="1 + prices + x")
+    with pytest.raises(BLPInputError, match=r"'x', which pairs with agent column 'nodes2'.*pyblp"):
+        model.fit(sigma=np.diag([0.0, 1.0, 1.0]))
