@@ -495,6 +495,7 @@ class BLPRandomCoefficients(BLPModel):
         compute_hessian: bool = True,
         beta: Mapping[str, float] | None = None,
         micro_moments: Any = None,
+        initial_update: bool | None = None,
     ) -> BLPResultsWrapper:
         """Estimate θ = (Σ, Π, ρ) and β by one- or two-step GMM.
 
@@ -568,6 +569,10 @@ class BLPRandomCoefficients(BLPModel):
             product moments' (independent data), each dataset's scaled by its observations.
             Without ``W``, the first weighting matrix is S⁻¹ at the starting values (an
             initial update, as pyblp does), since (Z'Z/N)⁻¹ has no micro block.
+        initial_update : bool, optional
+            Replace the first weighting matrix (``W`` or the default) by S⁻¹ at the starting
+            values before optimizing (pyblp's ``initial_update=True``, used in its BLP
+            automobile example). Default: only with micro moments and no ``W``.
 
         Returns
         -------
@@ -618,7 +623,16 @@ class BLPRandomCoefficients(BLPModel):
         )
         self._check_order_condition(parameters, objective)
         moved_start = self._moved_start(beta, objective, parameters)
-        if micro is not None and options.W is None:
+        if initial_update is None:
+            initial_update = micro is not None and options.W is None
+        elif not isinstance(initial_update, (bool, np.bool_)):
+            raise BLPInputError(f"initial_update must be True or False, got {initial_update!r}")
+        elif not initial_update and micro is not None and options.W is None:
+            raise BLPInputError(
+                "with micro moments and no W, the first weighting matrix comes from an initial "
+                "update ((Z'Z/N)⁻¹ has no micro block): give W or leave initial_update on"
+            )
+        if initial_update:
             self._initial_update(objective, np.concatenate([parameters.theta0, moved_start]))
         names = [*parameters.names, *objective.moved_names]
         lower = np.concatenate([parameters.lower, np.full(moved_start.size, -np.inf)])
@@ -734,11 +748,11 @@ class BLPRandomCoefficients(BLPModel):
             )
 
     def _initial_update(self, objective: NonlinearObjective, theta0: np.ndarray) -> None:
-        """W = S⁻¹ at the starting values (micro moments without a given W)."""
+        """W = S⁻¹ at the starting values (``initial_update``; micro moments without W)."""
         start = objective.evaluate(theta0, gradient=False)
         if not start.success:
             raise FixedPointError(
-                "cannot form the initial weighting matrix with micro moments: "
+                "cannot form the initially updated weighting matrix at the starting values: "
                 + (start.failure or "the δ contraction failed at the starting values"),
                 markets=self.design.layout.market_labels[~start.converged].tolist(),
             )

@@ -164,15 +164,18 @@ def test_autos_with_supply_equal_pyblps_at_a_fixed_theta(autos, pyblp):
             optimization=pyblp.Optimization("return"),
         )
     model = autos_model(products, agents)
-    W = initial_update(model, NEAR_SIGMA, NEAR_PI)
     results = model.fit(
         NEAR_SIGMA,
         NEAR_PI,
-        W=W,
+        initial_update=True,
         cov_type="clustered",
         cov_kwds=CLUSTERS,
         optimizer=lambda fun, theta, bounds: theta,
         compute_hessian=False,
+    )
+    # fit(initial_update=True) is S⁻¹ at the start, built here by hand as well.
+    np.testing.assert_allclose(
+        results.info.W, initial_update(model, NEAR_SIGMA, NEAR_PI), rtol=1e-12, atol=0
     )
     assert list(results.params.index[:5]) == ["Intercept", "hpwt", "air", "mpd", "space"]
     assert results.params.index[-1] == "pi[prices,I(1 / income)]"

@@ -554,3 +554,9 @@ def test_rc_supply_bootstrap_clips_only_theta():
     gamma = draws["gamma[w]"] - results.params["gamma[w]"]
     assert (gamma < 0).any() and (gamma > 0).any()
     assert bootstrapped.predict().shape == (200, len(products))
+
+
+def test_initial_update_must_be_a_bool():
+    products, agents = _rc_data()
+    with pytest.raises(BLPInputError, match="initial_update must be True or False"):
+        _rc_model(products, agents).fit(sigma=np.diag([0.4, 0.3]), initial_update="yes")
