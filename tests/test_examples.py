@@ -413,3 +413,144 @@ def test_supply_guide_snippets_print_what_they_say(supply_example: ModuleType, c
 @pytest.mark.slow
 def test_supply_guide_snippets_with_random_coefficients(supply_example: ModuleType, capsys) -> None:
     assert _run_guide(slow=True, capsys=capsys) > 17
+
+
+# ------------------------------------------------------------------------------ exercise 3
+#
+# Questions 1-3 run in the default suite (a few seconds); the whole script, with the
+# supplementals (about a minute, most of it supplemental 3's RCNL), is marked slow. Expected
+# values are the exercise text's (Q1, Q2) and otherwise the course solution notebook's
+# (Exercises/Exercise-3/Solutions.ipynb, pyblp 1.x), which the script reproduces to the digits
+# the notebook prints.
+
+
+@pytest.fixture(scope="module")
+def exercise3() -> ModuleType:
+    """The exercise 3 example module."""
+    _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
+    return _load("mixtape_exercise3")
+
+
+@pytest.fixture(scope="module")
+def exercise3_data(exercise3: ModuleType) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exercise 2's products (with firm ids) and agents."""
+    return exercise3.load_data()
+
+
+@pytest.fixture(scope="module")
+def exercise3_model(exercise3: ModuleType, exercise3_data: tuple[pd.DataFrame, pd.DataFrame]):
+    """``X2 = 1 + mushy + prices`` with log income and fixed effects."""
+    return exercise3.build_model(*exercise3_data)
+
+
+@pytest.fixture(scope="module")
+def exercise3_q1(exercise3: ModuleType, exercise3_model):
+    """Question 1's fit (the income moment)."""
+    return exercise3.question1(exercise3_model)
+
+
+@pytest.fixture(scope="module")
+def exercise3_q2(exercise3: ModuleType, exercise3_model):
+    """Question 2's fit (income and diversion moments)."""
+    return exercise3.question2(exercise3_model)
+
+
+def test_exercise3_question1(exercise3: ModuleType, exercise3_model, exercise3_q1) -> None:
+    results = exercise3_q1
+    assert results.info.convergence["converged"]
+    assert results.params["pi[Intercept,log_income]"] == pytest.approx(-0.331, abs=5e-4)
+    assert results.micro_values().loc["E[log_income | inside]", "model"] == pytest.approx(
+        7.9, abs=1e-8
+    )
+    assert results.objective < 1e-10  # just identified
+    # The general form (a callable part) gives the same estimates as MicroMoment.mean.
+    assert exercise3.by_hand_check(exercise3_model, results) < 1e-8
+
+
+def test_exercise3_question2(exercise3_q2) -> None:
+    results = exercise3_q2
+    assert results.info.convergence["converged"]
+    assert results.params["sigma[Intercept,Intercept]"] == pytest.approx(1.71, abs=5e-3)
+    assert results.params["sigma[mushy,mushy]"] == pytest.approx(4.22, abs=5e-3)
+    assert (np.asarray(results.info.convergence["hessian_eigenvalues"]) > 0).all()
+    np.testing.assert_allclose(results.micro_values()["model"], [7.9, 0.28, 0.31], atol=1e-8)
+
+
+def test_exercise3_question3(
+    exercise3: ModuleType,
+    exercise3_data: tuple[pd.DataFrame, pd.DataFrame],
+    exercise3_q1,
+    exercise3_q2,
+) -> None:
+    products, agents = exercise3_data
+    fits = exercise3.earlier_fits(products, agents)
+    fits.update({"ex3 Q1": exercise3_q1, "ex3 Q2": exercise3_q2})
+    table = exercise3.question3(products, fits)
+    # The solution notebook's percent changes (iv, mushy, rc and micro columns).
+    expected = {
+        ("F1B04", "ex1 logit"): 223.638,
+        ("F1B04", "ex2 Q2"): 223.522,
+        ("F1B04", "ex2 Q5"): 285.128,
+        ("F1B04", "ex3 Q2"): 314.014,
+        ("F1B06", "ex3 Q2"): -4.934,
+        ("F1B07", "ex3 Q2"): -6.303,
+        ("F1B09", "ex3 Q2"): -0.750,
+        ("F2B15", "ex3 Q2"): -6.309,
+        ("F6B18", "ex3 Q2"): -0.592,
+    }
+    for (product, label), value in expected.items():
+        assert table.loc[product, label] == pytest.approx(value, abs=2e-3), (product, label)
+    rivals = table.drop(index=["F1B04", "outside"])
+    means = rivals.groupby("mushy")["ex3 Q2"].mean()
+    assert means[1] < 5 * means[0] < 0  # mushy rivals lose far more than the others
+    assert table.loc["outside", "ex3 Q2"] == pytest.approx(-0.760, abs=2e-3)
+
+
+@pytest.mark.slow
+def test_exercise3_whole_script(exercise3: ModuleType, capsys) -> None:
+    """Every question and supplemental, against the solution notebook's numbers."""
+    _require("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
+    out = exercise3.main([])
+    assert out["q1"].params["pi[Intercept,log_income]"] == pytest.approx(-0.331, abs=5e-4)
+    assert out["q2"].params["sigma[mushy,mushy]"] == pytest.approx(4.22, abs=5e-3)
+    # Supplemental 1: market size doubled, with and without sigma on the constant.
+    s1 = out["s1"]
+    np.testing.assert_allclose(
+        s1["outside"][["1x, sigma_1 = 0", "2x, sigma_1 = 0", "2x"]],
+        [-0.881, -0.346, -0.282],
+        atol=2e-3,
+    )
+    estimates = s1["estimates"]
+    assert estimates.loc["sigma[mushy,mushy]", "1x, sigma_1 = 0"] == pytest.approx(4.41, abs=0.01)
+    assert estimates.loc["sigma[mushy,mushy]", "2x, sigma_1 = 0"] == pytest.approx(5.83, abs=0.01)
+    assert estimates.loc["sigma[Intercept,Intercept]", "2x"] == pytest.approx(4.00, abs=0.01)
+    assert estimates.loc["pi[Intercept,log_income]", "2x"] == pytest.approx(-0.958, abs=1e-3)
+    assert all(fit.info.convergence["converged"] for fit in s1["fits"].values())
+    # Supplemental 2: the optimal micro moment replaces the income moment, still matched.
+    s2 = out["s2"]
+    assert s2["scores"].shape == (100, 6)
+    assert len(s2["fits"]) == 3  # Q2, our simulated survey, pyblp's simulated survey
+    for label, fit in s2["fits"].items():
+        assert fit.info.convergence["converged"], label
+        assert fit.objective < 1e-10, label
+        np.testing.assert_allclose(fit.micro_values()["difference"], 0, atol=1e-8)
+        assert fit.params["sigma[mushy,mushy]"] == pytest.approx(4.2, abs=0.1), label
+    # Supplemental 3: RCNL with firms as nests and the same-firm diversion moment.
+    rcnl = out["s3"]["results"]
+    assert rcnl.info.convergence["converged"]
+    assert rcnl.params["rho"] == pytest.approx(0.145, abs=1e-3)
+    for name, value in [
+        ("sigma[Intercept,Intercept]", 1.39),
+        ("sigma[mushy,mushy]", 3.68),
+        ("sigma[prices,prices]", 3.95),
+        ("pi[Intercept,log_income]", -0.864),
+    ]:
+        assert rcnl.params[name] == pytest.approx(value, abs=0.01), name
+    changes = out["s3"]["changes"]
+    for product, value in [("F1B04", 322.842), ("F1B06", -5.317), ("F2B15", -5.415)]:
+        assert changes.loc[product, "RCNL"] == pytest.approx(value, abs=2e-3), product
+    firms = out["s3"]["firms"]
+    # More cannibalization within firm one, less business taken from other firms.
+    assert firms.loc["F1, mushy", "RCNL"] < firms.loc["F1, mushy", "ex3 Q2"]
+    assert firms.loc["other firms, mushy", "RCNL"] > firms.loc["other firms, mushy", "ex3 Q2"]
+    assert "Exercise 3 ran in" in capsys.readouterr().out
