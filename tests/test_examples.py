@@ -554,3 +554,45 @@ def test_exercise3_whole_script(exercise3: ModuleType, capsys) -> None:
     assert firms.loc["F1, mushy", "RCNL"] < firms.loc["F1, mushy", "ex3 Q2"]
     assert firms.loc["other firms, mushy", "RCNL"] > firms.loc["other firms, mushy", "ex3 Q2"]
     assert "Exercise 3 ran in" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ docs/micro.md
+
+
+def _micro_guide_blocks() -> list[tuple[bool, str]]:
+    """The ``python`` blocks of docs/micro.md: (marked slow, code)."""
+    import re
+
+    text = (EXAMPLES.parent / "docs" / "micro.md").read_text()
+    found = re.findall(r"(<!-- slow -->\n)?```python\n(.*?)```", text, flags=re.S)
+    return [(bool(slow), code) for slow, code in found]
+
+
+def _run_micro_guide(slow: bool, capsys) -> int:
+    """Run the micro guide's blocks in one namespace; every print shows what its comment says."""
+    _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
+    namespace: dict[str, Any] = {}
+    checked = 0
+    for marked, code in _micro_guide_blocks():
+        if marked and not slow:
+            continue
+        capsys.readouterr()
+        exec(compile(code, "docs/micro.md", "exec"), namespace)
+        printed = capsys.readouterr().out.splitlines()
+        expected = _expected_prints(code)
+        assert len(printed) == len(expected), (printed, expected)
+        for shown, documented in zip(printed, expected, strict=True):
+            assert documented == shown or documented.startswith((shown + " ", shown + ",")), (
+                f"docs/micro.md says {documented!r}, the code prints {shown!r}"
+            )
+            checked += 1
+    return checked
+
+
+def test_micro_guide_snippets_print_what_they_say(capsys) -> None:
+    assert _run_micro_guide(slow=False, capsys=capsys) >= 10
+
+
+@pytest.mark.slow
+def test_micro_guide_snippets_with_optimal_micro_moments(capsys) -> None:
+    assert _run_micro_guide(slow=True, capsys=capsys) >= 13
