@@ -1,0 +1,313 @@
+"""Time blpmodels against pyblp 1.3.0 on micro-moment estimation, in one run, with peak memory.
+
+Problems (Mixtape exercise 3; both libraries with the same data, agent draws, starting values,
+optimizer and options):
+
+* ``ex3-q2``  question 2: ``random="1 + mushy + prices"`` with Π on log income, market and
+  product fixed effects absorbed, four excluded instruments; micro moments E[log income |
+  inside] = 7.9 (100 observations in C01Q1-C01Q2) and two second-choice statistics, P(second
+  choice outside) = 0.28 and P(mushy first and second) = 0.31 (200 observations); start Σ =
+  diag(1, 1, 6), Π = (-0.3, 0.1, -6); W from the initial update at the start; one GMM step;
+  l-bfgs-b with gtol 1e-10 (pyblp's options; blpmodels also with its default trust-constr).
+* ``s3-rcnl`` supplemental 3: the same model with firms as nests (RCNL, ρ starting at 0.5) and a
+  fourth micro moment, P(second choice from the first choice's firm) = 0.35; second choices
+  re-solve the nested logit without each first choice; l-bfgs-b with gtol 1e-8.
+* ``s3-rcnl-eval`` one objective and gradient evaluation of ``s3-rcnl`` at its start (with
+  the initial update and the standard errors, as pyblp's ``Optimization('return')`` does).
+
+Each library's fit runs in a fresh subprocess (``--child``), which reports its wall and CPU time
+(building the problem included), evaluation counts, and the peak resident memory of that
+process (``resource.getrusage``), both before the fit (imports, data, problem) and at the end,
+so the memory numbers of the two libraries are comparable. The parent prints them side by side
+with the speed ratio and the largest relative difference between the estimates.
+
+Run ``python benchmarks/bench_micro.py`` (needs pyblp and the shared data; pyblp takes minutes).
+``--only ex3-q2 s3-rcnl s3-rcnl-eval`` picks problems, ``--repeat N`` runs each fit N times
+(fresh processes; the best wall time is kept), ``--libraries blpmodels`` skips pyblp,
+``--threads`` sets blpmodels' threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+# One BLAS thread for both libraries unless the caller sets otherwise (before numpy loads); see
+# bench_pyblp.py for why this is pyblp at its best.
+for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+import resource  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+PROBLEMS = ("ex3-q2", "s3-rcnl", "s3-rcnl-eval")
+FORMULA = "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
+FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
+MARKETS = ["C01Q1", "C01Q2"]
+CHARACTERISTICS = ["Intercept", "mushy", "prices"]
+START = {"sigma": np.diag([1.0, 1.0, 6.0]), "pi": [[-0.3], [0.1], [-6.0]]}
+RHO = 0.5
+#: l-bfgs-b options of each problem (both libraries).
+OPTIONS = {"ex3-q2": {"gtol": 1e-10}, "s3-rcnl": {"gtol": 1e-8}}
+
+
+def _peak_mib() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _data(problem: str):
+    from blpmodels import datasets
+
+    if problem == "ex3-q2":
+        return datasets.load_mixtape_exercise2()
+    products, agents = datasets.load_mixtape_exercise2(overidentified=True)
+    # Firms as nests; the formula uses four instruments (pyblp reads every column).
+    products = products.drop(columns="demand_instruments4").assign(nesting_ids=products["firm_ids"])
+    return products, agents
+
+
+def _start(problem: str) -> dict:
+    return START if problem == "ex3-q2" else {**START, "rho": RHO}
+
+
+def _names(problem: str) -> list[str]:
+    names = ["prices", *[f"sigma[{c},{c}]" for c in CHARACTERISTICS]]
+    names += [f"pi[{c},log_income]" for c in CHARACTERISTICS]
+    return names if problem == "ex3-q2" else [*names, "rho"]
+
+
+def run_blpmodels(problem: str, products, agents, optimizer: str, threads) -> dict:
+    from blpmodels import BLPRandomCoefficients, MicroDataset, MicroMoment
+
+    model = BLPRandomCoefficients.from_formula(
+        FORMULA,
+        products,
+        absorb=FIXED_EFFECTS,
+        random="1 + mushy + prices",
+        demographics="0 + log_income",
+        agent_data=agents,
+        threads=threads,
+    )
+    survey = MicroDataset("diversion", 200, MARKETS, second_choices=True)
+    moments = [
+        MicroMoment.mean("log_income", MicroDataset("income", 100, MARKETS), 7.9),
+        MicroMoment.second_choice(survey, 0.28, to="outside"),
+        MicroMoment.second_choice(survey, 0.31, first="mushy", to="mushy"),
+    ]
+    if problem != "ex3-q2":
+        moments.append(MicroMoment.second_choice(survey, 0.35, to="same firm"))
+    options: dict = {"micro_moments": moments, "method": "1s"}
+    if problem.endswith("-eval"):
+        options.update(optimizer=lambda fun, theta, bounds: theta, compute_hessian=False)
+    elif optimizer == "l-bfgs-b":
+        options.update(optimizer="l-bfgs-b", optimizer_options=OPTIONS[problem])
+    results = model.fit(**_start(problem), **options)
+    convergence = results.info.convergence
+    return {
+        "params": [float(results.params[name]) for name in _names(problem)],
+        "objective": float(results.objective),
+        "evaluations": int(convergence.get("evaluations", 0)),
+        "contractions": int(convergence.get("contraction_evaluations", 0)),
+        "converged": bool(convergence.get("converged", False)),
+        "micro": [float(v) for v in results.micro_values()["model"]],
+    }
+
+
+def _pyblp_moments(pyblp, nested: bool) -> list:
+    """The same micro moments in pyblp's configuration objects."""
+
+    def first_choice(values):
+        return lambda t, p, a: np.outer(values(a), np.ones(p.size))
+
+    def second_choice(values):
+        return lambda t, p, a: np.broadcast_to(values(p), (a.size, p.size, 1 + p.size))
+
+    income = pyblp.MicroDataset(
+        name="income",
+        observations=100,
+        market_ids=MARKETS,
+        compute_weights=lambda t, p, a: np.ones((a.size, p.size)),
+    )
+    diversion = pyblp.MicroDataset(
+        name="diversion",
+        observations=200,
+        market_ids=MARKETS,
+        compute_weights=lambda t, p, a: np.ones((a.size, p.size, 1 + p.size)),
+    )
+    parts = [
+        ("income", income, first_choice(lambda a: a.demographics[:, 0]), 7.9),
+        ("outside", diversion, second_choice(lambda p: np.r_[1, np.zeros(p.size)]), 0.28),
+        (
+            "mushy",
+            diversion,
+            second_choice(lambda p: np.outer(p.X2[:, 1], np.r_[0, p.X2[:, 1]])),
+            0.31,
+        ),
+    ]
+    if nested:
+        # Firms are the nests here: same firm = same nest.
+        parts.append(
+            (
+                "same firm",
+                diversion,
+                second_choice(lambda p: np.c_[np.zeros(p.size), p.nesting_ids == p.nesting_ids.T]),
+                0.35,
+            )
+        )
+    return [
+        pyblp.MicroMoment(
+            name=name,
+            value=value,
+            parts=pyblp.MicroPart(name=name, dataset=dataset, compute_values=values),
+        )
+        for name, dataset, values, value in parts
+    ]
+
+
+def run_pyblp(problem: str, products, agents) -> dict:
+    import pyblp
+
+    pyblp.options.verbose = False
+    formulations = (
+        pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
+        pyblp.Formulation("1 + mushy + prices"),
+    )
+    built = pyblp.Problem(formulations, products, pyblp.Formulation("0 + log_income"), agents)
+    if problem.endswith("-eval"):
+        optimization = pyblp.Optimization("return")
+    else:
+        optimization = pyblp.Optimization("l-bfgs-b", OPTIONS[problem])
+    results = built.solve(
+        **_start(problem),
+        micro_moments=_pyblp_moments(pyblp, problem != "ex3-q2"),
+        method="1s",
+        optimization=optimization,
+    )
+    params = [float(results.beta[0, 0]), *np.diag(results.sigma), *np.ravel(results.pi)]
+    if problem != "ex3-q2":
+        params.append(float(np.ravel(results.rho)[0]))
+    return {
+        "params": [float(v) for v in params],
+        "objective": float(np.squeeze(results.objective)),
+        # Cumulative counts include the initial update's evaluation, as ours do.
+        "evaluations": int(results.cumulative_objective_evaluations),
+        "contractions": int(np.sum(results.cumulative_contraction_evaluations)),
+        "converged": bool(results.converged),
+        "micro": [float(v) for v in np.ravel(results.micro_values)],
+    }
+
+
+def child(problem: str, library: str, optimizer: str, threads) -> None:
+    """One fit in this (fresh) process; prints a JSON line with times and memory."""
+    warnings.simplefilter("ignore")
+    start, start_cpu = time.perf_counter(), time.process_time()
+    if library == "pyblp":
+        import pyblp  # noqa: F401  (imported before the data, as blpmodels is)
+    else:
+        import blpmodels  # noqa: F401
+    products, agents = _data(problem)
+    before = _peak_mib()
+    fit_start, fit_cpu = time.perf_counter(), time.process_time()
+    if library == "pyblp":
+        outcome = run_pyblp(problem, products, agents)
+    else:
+        outcome = run_blpmodels(problem, products, agents, optimizer, threads)
+    outcome.update(
+        wall=time.perf_counter() - fit_start,
+        cpu=time.process_time() - fit_cpu,
+        total_wall=time.perf_counter() - start,
+        total_cpu=time.process_time() - start_cpu,
+        peak_before_mib=before,
+        peak_mib=_peak_mib(),
+    )
+    print("RESULT " + json.dumps(outcome))
+
+
+def _spawn(problem: str, library: str, optimizer: str, threads) -> dict:
+    command = [sys.executable, __file__, "--child", problem, library, optimizer]
+    if threads is not None:
+        command += ["--threads", str(threads)]
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in finished.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"{library} {problem} failed:\n{finished.stdout}\n{finished.stderr}")
+
+
+def _best(problem: str, library: str, optimizer: str, arguments) -> dict:
+    runs = [_spawn(problem, library, optimizer, arguments.threads) for _ in range(arguments.repeat)]
+    best = min(runs, key=lambda run: run["wall"])
+    best["peak_mib"] = max(run["peak_mib"] for run in runs)
+    return best
+
+
+def _relative(ours, theirs) -> float:
+    ours, theirs = np.asarray(ours, float), np.asarray(theirs, float)
+    return float(np.max(np.abs(ours - theirs) / np.maximum(np.abs(theirs), 1e-12)))
+
+
+def _line(label: str, run: dict) -> str:
+    return (
+        f"  {label:<28} wall {run['wall']:8.2f} s  CPU {run['cpu']:8.2f} s  "
+        f"{run['evaluations']:4d} evaluations  {run['contractions']:7d} share evaluations  "
+        f"peak {run['peak_mib']:6.0f} MiB (before the fit {run['peak_before_mib']:.0f})  "
+        f"objective {run['objective']:.10g}  converged {run['converged']}"
+    )
+
+
+def run_problem(problem: str, arguments) -> None:
+    print(f"{problem} (best of {arguments.repeat}; fit times exclude imports and data loading)")
+    theirs = None
+    if "pyblp" in arguments.libraries:
+        theirs = _best(problem, "pyblp", "l-bfgs-b", arguments)
+        print(_line("pyblp 1.3.0, l-bfgs-b", theirs))
+    if "blpmodels" not in arguments.libraries:
+        return
+    optimizers = ["l-bfgs-b"] if problem.endswith("-eval") else ["l-bfgs-b", "trust-constr"]
+    for optimizer in optimizers:
+        ours = _best(problem, "blpmodels", optimizer, arguments)
+        label = "blpmodels" if problem.endswith("-eval") else f"blpmodels, {optimizer}"
+        print(_line(label, ours))
+        if theirs is None:
+            continue
+        print(
+            f"    speed-up {theirs['wall'] / ours['wall']:.1f}x wall, "
+            f"{theirs['cpu'] / ours['cpu']:.1f}x CPU; peak memory {ours['peak_mib']:.0f} vs "
+            f"{theirs['peak_mib']:.0f} MiB; max rel. diff: estimates "
+            f"{_relative(ours['params'], theirs['params']):.1e}, micro values "
+            f"{_relative(ours['micro'], theirs['micro']):.1e}, objective "
+            f"{abs(ours['objective'] - theirs['objective']):.1e} absolute"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, choices=PROBLEMS)
+    parser.add_argument("--repeat", type=int, default=1, help="fits per library (fresh processes)")
+    parser.add_argument("--libraries", nargs="*", default=["pyblp", "blpmodels"])
+    parser.add_argument("--threads", type=int, default=None, help="blpmodels threads")
+    parser.add_argument("--child", nargs=3, metavar=("PROBLEM", "LIBRARY", "OPTIMIZER"))
+    arguments = parser.parse_args()
+    if arguments.child:
+        child(*arguments.child, arguments.threads)
+        return
+    import pyblp
+
+    import blpmodels
+
+    print(f"blpmodels {blpmodels.__version__} vs pyblp {pyblp.__version__}")
+    print(f"load average (1, 5, 15 min) at start: {os.getloadavg()}")
+    for problem in arguments.only or PROBLEMS:
+        run_problem(problem, arguments)
+    print(f"load average (1, 5, 15 min) at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
