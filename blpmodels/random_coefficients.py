@@ -332,6 +332,13 @@ class BLPRandomCoefficients(BLPModel):
         rho_bounds: Any = None,
     ) -> NonlinearParameters:
         """Validate starting values and bounds into the structure of θ (no estimation work)."""
+        if sigma is None and pi is None and self.design.random.size:
+            # Zeros stay fixed at zero, so no starting values would quietly fit a logit.
+            raise BLPInputError(
+                "give starting values: sigma= (and pi= with demographics); entries left at "
+                "zero stay fixed at zero, so without either the model is a plain logit "
+                "(pass sigma=0 to estimate that on purpose)"
+            )
         _, nests = self._nests()
         parameters = NonlinearParameters.build(
             self.design.random.names,

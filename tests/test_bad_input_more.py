@@ -682,3 +682,12 @@ def test_missing_node_column_explains_the_pairing(rc_products, rc_agents):
     model = _rc_model(rc_products, rc_agents, random="1 + prices + x")
     with pytest.raises(BLPInputError, match=r"'x', which pairs with agent column 'nodes2'.*pyblp"):
         model.fit(sigma=np.diag([0.0, 1.0, 1.0]))
+
+
+def test_fit_without_starting_values_is_an_error(rc_products, rc_agents):
+    """Zeros stay fixed at zero: fit() with neither sigma nor pi would quietly be a logit."""
+    model = _rc_model(rc_products, rc_agents)
+    with pytest.raises(BLPInputError, match=r"give starting values: sigma="):
+        model.fit()
+    logit = model.fit(sigma=0)  # on purpose: allowed, and then it is the IV logit
+    assert list(logit.params.index) == ["Intercept", "x", "prices"]
