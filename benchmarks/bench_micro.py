@@ -298,11 +298,14 @@ def main() -> None:
     if arguments.child:
         child(*arguments.child, arguments.threads)
         return
-    import pyblp
-
     import blpmodels
 
-    print(f"blpmodels {blpmodels.__version__} vs pyblp {pyblp.__version__}")
+    versions = f"blpmodels {blpmodels.__version__}"
+    if "pyblp" in arguments.libraries:
+        import pyblp
+
+        versions += f" vs pyblp {pyblp.__version__}"
+    print(versions)
     print(f"load average (1, 5, 15 min) at start: {os.getloadavg()}")
     for problem in arguments.only or PROBLEMS:
         run_problem(problem, arguments)
