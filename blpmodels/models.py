@@ -28,6 +28,7 @@ from .exceptions import BLPInputError
 from .formula import parse_formula
 from .products import ProductDesign
 from .results import BLPResults, BLPResultsWrapper, EstimationInfo
+from .supply_design import build_supply_design
 
 __all__ = ["BLPLogit", "BLPModel", "BLPNestedLogit"]
 
@@ -161,8 +162,6 @@ class BLPModel(Model):
             context=namespace,
             formula=formula,
         )
-        from .random_coefficients import build_supply_design
-
         supply_design = build_supply_design(
             design,
             supply,

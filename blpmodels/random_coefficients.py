@@ -27,7 +27,6 @@ from .absorb import AbsorbMethod
 from .agents import AgentDesign
 from .covariance import gmm_covariance
 from .demand import DemandSystem
-from .design import required_variables
 from .estimation import GMMOptions, gmm_options, safe_inverse
 from .estimator import Estimate, Estimator, FitSettings, check_fit_settings, natural_scales
 from .exceptions import BLPInputError, FixedPointError
@@ -40,58 +39,9 @@ from .optimize import check_optimizer
 from .parameters import NonlinearParameters
 from .products import ProductDesign
 from .results import BLPResultsWrapper, EstimationInfo
-from .supply_design import SupplyDesign
+from .supply_design import SupplyDesign, build_supply_design
 
 __all__ = ["BLPRandomCoefficients"]
-
-
-def build_supply_design(
-    design: ProductDesign,
-    supply: str | None,
-    *,
-    supply_instruments: str | None = None,
-    costs_type: str = "linear",
-    supply_absorb: str | None = None,
-    costs_bounds: Any = None,
-    absorb_method: AbsorbMethod | None = None,
-    context: Mapping[str, Any] | None = None,
-) -> SupplyDesign | None:
-    """The cost side of a model built by ``from_formula`` (``None`` without ``supply``).
-
-    Shared by every model class, so that the supply arguments mean the same everywhere; the
-    options that only make sense with a cost equation are an error without one.
-
-    Examples
-    --------
-    >>> build_supply_design(design, None) is None  # doctest: +SKIP
-    True
-    """
-    if supply is None:
-        if supply_instruments or supply_absorb or costs_bounds is not None:
-            raise BLPInputError(
-                "supply_instruments, supply_absorb and costs_bounds need a supply formula "
-                "(supply='1 + ...')"
-            )
-        if costs_type != "linear":
-            raise BLPInputError(f"costs_type={costs_type!r} needs a supply formula (supply=...)")
-        return None
-    demand_variables: set[str] = set()
-    for block in (design.exog, design.endog, design.random):
-        if block.formula:
-            demand_variables |= required_variables(block.formula)
-    return SupplyDesign.from_formula(
-        supply,
-        design.data,
-        design.layout,
-        design.firm_ids,
-        supply_instruments=supply_instruments,
-        costs_type=costs_type,
-        supply_absorb=supply_absorb,
-        absorb_method=absorb_method,
-        costs_bounds=costs_bounds,
-        demand_variables=demand_variables,
-        context=dict(context or {}),
-    )
 
 
 def fit_logit_with_supply(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,10 @@ from .design import TermBlock, build_block, check_full_rank, required_variables
 from .exceptions import BLPInputError
 from .markets import MarketLayout
 
-__all__ = ["CostsType", "SupplyDesign", "ownership_codes"]
+if TYPE_CHECKING:
+    from .products import ProductDesign
+
+__all__ = ["CostsType", "SupplyDesign", "build_supply_design", "ownership_codes"]
 
 CostsType = Literal["linear", "log"]
 
@@ -262,3 +265,52 @@ def _costs_bounds(bounds: Any) -> tuple[float, float]:
     if np.isnan(low) or np.isnan(high) or not low < high:
         raise BLPInputError(f"costs_bounds must satisfy lower < upper, got {bounds!r}")
     return low, high
+
+
+def build_supply_design(
+    design: ProductDesign,
+    supply: str | None,
+    *,
+    supply_instruments: str | None = None,
+    costs_type: str = "linear",
+    supply_absorb: str | None = None,
+    costs_bounds: Any = None,
+    absorb_method: AbsorbMethod | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> SupplyDesign | None:
+    """The cost side of a model built by ``from_formula`` (``None`` without ``supply``).
+
+    Shared by every model class, so that the supply arguments mean the same everywhere; the
+    options that only make sense with a cost equation are an error without one.
+
+    Examples
+    --------
+    >>> build_supply_design(design, None) is None  # doctest: +SKIP
+    True
+    """
+    if supply is None:
+        if supply_instruments or supply_absorb or costs_bounds is not None:
+            raise BLPInputError(
+                "supply_instruments, supply_absorb and costs_bounds need a supply formula "
+                "(supply='1 + ...')"
+            )
+        if costs_type != "linear":
+            raise BLPInputError(f"costs_type={costs_type!r} needs a supply formula (supply=...)")
+        return None
+    demand_variables: set[str] = set()
+    for block in (design.exog, design.endog, design.random):
+        if block.formula:
+            demand_variables |= required_variables(block.formula)
+    return SupplyDesign.from_formula(
+        supply,
+        design.data,
+        design.layout,
+        design.firm_ids,
+        supply_instruments=supply_instruments,
+        costs_type=costs_type,
+        supply_absorb=supply_absorb,
+        absorb_method=absorb_method,
+        costs_bounds=costs_bounds,
+        demand_variables=demand_variables,
+        context=dict(context or {}),
+    )
