@@ -932,12 +932,23 @@ class MicroProbabilities:
         self, market: _Market, theta: np.ndarray, delta: np.ndarray, agents: slice
     ) -> np.ndarray:
         """``[I, J]`` utilities δ_j + μ_ij of some agents in a market."""
+        nodes, demographics = self._agent_arrays(market, agents)
+        return self._utilities(market, theta, delta, nodes, demographics)
+
+    def _agent_arrays(self, market: _Market, agents: slice) -> tuple[np.ndarray, np.ndarray]:
+        t = market.position
+        return self.agents.nodes[t : t + 1, agents], self.agents.demographics[t : t + 1, agents]
+
+    def _utilities(
+        self,
+        market: _Market,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        nodes: np.ndarray,
+        demographics: np.ndarray,
+    ) -> np.ndarray:
         t, n = market.position, market.n_products
-        coefficients, _ = self.parameters.coefficients(
-            theta,
-            self.agents.nodes[t : t + 1, agents],
-            self.agents.demographics[t : t + 1, agents],
-        )
+        coefficients, _ = self.parameters.coefficients(theta, nodes, demographics)
         mu = coefficients[0] @ self.characteristics[t, :n].T  # [I, J]
         return delta[t, :n][None, :] + mu
 
@@ -958,14 +969,32 @@ class MicroProbabilities:
         """Some agents' first-choice probabilities ``[I, 1+J]`` (outside first), θ-tangents
         ``[P, I, 1+J]``, and a function of the removed groups ``[1+J]`` giving the pair
         probabilities ``[I, 1+J, 1+J]`` of (first, second) choices and their tangents."""
+        nodes, demographics = self._agent_arrays(market, agents)
+        return self.consumers(market, theta, delta, delta_jacobian, nodes, demographics)
+
+    def consumers(
+        self,
+        market: _Market,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        delta_jacobian: np.ndarray | None,
+        nodes: np.ndarray,
+        demographics: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+        """:meth:`market` for any consumers: ``nodes`` ``[1, I, K]`` and ``demographics``
+        ``[1, I, D]`` (agents of the data, or respondents of a survey)."""
+        utilities = self._utilities(market, theta, delta, nodes, demographics)
+        tangents = None
+        if delta_jacobian is not None:
+            tangents = self._utility_tangents(
+                market, theta, delta_jacobian, nodes, demographics
+            )
         rho = self._rho(theta)
         if rho is not None and np.any(rho != 0):
-            return self._nested_market(market, theta, delta, delta_jacobian, rho, agents)
-        utilities = self.utilities(market, theta, delta, agents)
+            return self._nested_market(market, theta, utilities, tangents, rho)
         first = _logit(utilities)
         d_first = None
-        if delta_jacobian is not None:
-            tangents = self._utility_tangents(market, theta, delta_jacobian, agents)
+        if tangents is not None:
             inside = first[None, :, 1:]
             mean = (inside * tangents).sum(axis=2, keepdims=True)  # [P, I, 1]
             d_first = np.concatenate([-first[None, :, :1] * mean, inside * (tangents - mean)], 2)
@@ -986,13 +1015,16 @@ class MicroProbabilities:
         return first, d_first, pair
 
     def _utility_tangents(
-        self, market: _Market, theta: np.ndarray, delta_jacobian: np.ndarray, agents: slice
+        self,
+        market: _Market,
+        theta: np.ndarray,
+        delta_jacobian: np.ndarray,
+        nodes: np.ndarray,
+        demographics: np.ndarray,
     ) -> np.ndarray:
-        """``[P, I, J]`` ∂(δ_j + μ_ij)/∂θ of some agents."""
+        """``[P, I, J]`` ∂(δ_j + μ_ij)/∂θ of some consumers."""
         t, n = market.position, market.n_products
         n_theta = delta_jacobian.shape[2]
-        nodes = self.agents.nodes[t : t + 1, agents]
-        demographics = self.agents.demographics[t : t + 1, agents]
         n_agents = nodes.shape[1]
         tangents = np.repeat(delta_jacobian[t, :n].T[:, None, :], n_agents, axis=1)
         coefficients, _ = self.parameters.coefficients(theta, nodes, demographics)
@@ -1004,60 +1036,40 @@ class MicroProbabilities:
                     tangents[position] += factor[0, offset][:, None] * x2[None, :, column]
         return tangents
 
+    def _rho_tangents(self, n_theta: int) -> list[tuple[int, np.ndarray]]:
+        """For each free ρ in θ (below ``n_theta``): its position and the nests it scales."""
+        every = np.ones(self.n_nests, dtype=bool)
+        out = []
+        for position, (kind, row, _) in enumerate(self.parameters.kinds):
+            if kind == "rho" and position < n_theta:
+                nests = every if self.parameters.rho.size == 1 else np.arange(self.n_nests) == row
+                out.append((position, nests))
+        return out
+
     def _nested_market(
         self,
         market: _Market,
         theta: np.ndarray,
-        delta: np.ndarray,
-        delta_jacobian: np.ndarray | None,
+        utilities: np.ndarray,
+        tangents: np.ndarray | None,
         rho: np.ndarray,
-        agents: slice,
     ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
         """RCNL: probabilities from the nested formula, pairs as s_b(−a) − s_b (see
-        :func:`_nested_pairs`), and tangents by central differences along (e_l, ∂δ/∂θ_l)
-        (∂δ/∂θ itself is analytic)."""
+        :func:`_nested_pairs`), and analytic tangents (:func:`_nested_tangents`)."""
         t, n = market.position, market.n_products
         codes = self.nest_codes[t, :n]
-
-        def first_at(point: np.ndarray, shifted: np.ndarray) -> np.ndarray:
-            return _nested(self.utilities(market, point, shifted, agents), codes, self._rho(point))
-
-        def pairs_of(groups: np.ndarray) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-            def pair_at(point: np.ndarray, shifted: np.ndarray) -> np.ndarray:
-                utilities = self.utilities(market, point, shifted, agents)
-                return _nested_pairs(utilities, codes, self._rho(point), groups)
-
-            return pair_at
-
-        def tangent(function: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-            assert delta_jacobian is not None
-            result = []
-            for position in range(delta_jacobian.shape[2]):
-                step = 1e-6 * max(1.0, abs(float(theta[position]))) if position < theta.size else 0
-                if step == 0:
-                    result.append(np.zeros_like(function(theta, delta)))
-                    continue
-                direction = np.zeros_like(delta)
-                direction[t] = delta_jacobian[t, :, position]
-                up, down = theta.copy(), theta.copy()
-                up[position] += step
-                down[position] -= step
-                result.append(
-                    (
-                        function(up, delta + step * direction)
-                        - function(down, delta - step * direction)
-                    )
-                    / (2 * step)
-                )
-            return np.stack(result)
-
-        first = first_at(theta, delta)
-        d_first = tangent(first_at) if delta_jacobian is not None else None
+        rho_tangents = [] if tangents is None else self._rho_tangents(tangents.shape[0])
+        first = _nested(utilities, codes, rho)
+        d_first = None
+        if tangents is not None:
+            d_first = _nested_tangents(first, tangents, codes, rho, rho_tangents)
 
         def pair(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-            pair_at = pairs_of(groups)
-            joint = pair_at(theta, delta)
-            return joint, (tangent(pair_at) if delta_jacobian is not None else None)
+            if tangents is None:
+                return _nested_pairs(utilities, codes, rho, groups), None
+            return _nested_pair_tangents(
+                utilities, tangents, codes, rho, rho_tangents, groups, first, d_first
+            )
 
         return first, d_first, pair
 
@@ -1144,6 +1156,87 @@ def _nested_pairs(
         joint *= np.where(group_share > 0, base / group_share, 0.0)[:, :, None]
     joint[:, same] = 0.0
     return np.maximum(joint, 0.0)
+
+def _nested_tangents(
+    probabilities: np.ndarray,
+    tangents: np.ndarray,
+    codes: np.ndarray,
+    rho: np.ndarray,
+    rho_tangents: Sequence[tuple[int, np.ndarray]],
+) -> np.ndarray:
+    """``[P, ..., I, 1+J]`` θ-tangents of nested-logit probabilities ``[..., I, 1+J]``.
+
+    With w_j = s_j / s_h(j) the share within the nest, V̄_h = Σ_k∈h w_k dV_k and
+    c_h = Σ_k∈h w_k log w_k, the differential of log s_j is
+    (dV_j − V̄_h)/(1 − ρ_h) + V̄_h − Σ_k s_k dV_k, and a free ρ scaling the nests in G adds
+    [h ∈ G] (log w_j − c_h)/(1 − ρ_h) + [h ∈ G] c_h − Σ_g∈G s_g c_g (outside option: only the
+    last terms). Every term is a share-weighted log share, so nothing overflows. Options taken
+    out of the choice set have zero probability and drop out.
+    """
+    n = codes.size
+    one_hot = np.zeros((n, rho.size))
+    one_hot[np.arange(n), codes] = 1.0
+    inside = probabilities[..., 1:]
+    nest_shares = inside @ one_hot  # [..., I, H]
+    of_product = nest_shares @ one_hot.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        within = np.where(of_product > 0, inside / of_product, 0.0)
+        log_within = np.where(within > 0, np.log(np.where(within > 0, within, 1.0)), 0.0)
+    scale = 1.0 - rho[codes]
+    nest_means = (within * tangents) @ one_hot  # [P, ..., I, H]
+    by_product = nest_means @ one_hot.T
+    total = (inside * tangents).sum(axis=-1, keepdims=True)  # [P, ..., I, 1]
+    d_log = (tangents - by_product) / scale + by_product - total
+    result = np.concatenate([-total, d_log], axis=-1)
+    if rho_tangents:
+        entropy = (within * log_within) @ one_hot  # [..., I, H]: c_h
+        for position, nests in rho_tangents:
+            scaled = nests.astype(np.float64)
+            outside = -(nest_shares * entropy) @ scaled  # [..., I]
+            member = scaled[codes]
+            d_rho = member * ((log_within - (entropy @ one_hot.T)) / scale) + (
+                member * (entropy @ one_hot.T)
+            )
+            result[position] += np.concatenate(
+                [outside[..., None], d_rho + outside[..., None]], axis=-1
+            )
+    return result * probabilities
+
+
+def _nested_pair_tangents(
+    utilities: np.ndarray,
+    tangents: np.ndarray,
+    codes: np.ndarray,
+    rho: np.ndarray,
+    rho_tangents: Sequence[tuple[int, np.ndarray]],
+    groups: np.ndarray,
+    first: np.ndarray,
+    d_first: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pair probabilities of :func:`_nested_pairs` ``[I, 1+J, 1+J]`` and their θ-tangents
+    ``[P, I, 1+J, 1+J]``: (s_b(−h) − s_b) r_a with r_a = s_a / S_h, S_h = Σ_a∈h s_a."""
+    n = utilities.shape[-1]
+    labels, index = np.unique(groups, return_inverse=True)
+    removed = index[None, :] == np.arange(labels.size)[:, None]
+    without = _nested(utilities[None], codes, rho, removed)  # [G, I, 1+J]
+    d_without = _nested_tangents(without, tangents[:, None], codes, rho, rho_tangents)
+    same = groups[:, None] == groups[None, :]
+    group_share = first @ same.astype(np.float64)  # [I, 1+J]
+    d_group_share = d_first @ same.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse = np.where(group_share > 0, 1.0 / group_share, 0.0)
+    ratio = first * inverse  # [I, 1+J]
+    d_ratio = d_first * inverse - ratio * d_group_share * inverse
+    difference = np.moveaxis(without[index], 0, 1) - first[:, None, :]  # [I, a, b]
+    d_difference = np.moveaxis(d_without[:, index], 1, 2) - d_first[:, :, None, :]
+    joint = difference * ratio[:, :, None]
+    d_joint = d_difference * ratio[None, :, :, None] + difference[None] * d_ratio[..., None]
+    # Negative values are rounding noise of s_b(−h) − s_b ≈ 0; set to zero, with no slope.
+    dropped = (joint < 0) | same[None, :, :]
+    joint[dropped] = 0.0
+    d_joint[:, dropped] = 0.0
+    assert joint.shape[-1] == 1 + n
+    return joint, d_joint
 
 
 def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) -> pd.DataFrame:
