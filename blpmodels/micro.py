@@ -986,9 +986,7 @@ class MicroProbabilities:
         utilities = self._utilities(market, theta, delta, nodes, demographics)
         tangents = None
         if delta_jacobian is not None:
-            tangents = self._utility_tangents(
-                market, theta, delta_jacobian, nodes, demographics
-            )
+            tangents = self._utility_tangents(market, theta, delta_jacobian, nodes, demographics)
         rho = self._rho(theta)
         if rho is not None and np.any(rho != 0):
             return self._nested_market(market, theta, utilities, tangents, rho)
@@ -1156,6 +1154,7 @@ def _nested_pairs(
         joint *= np.where(group_share > 0, base / group_share, 0.0)[:, :, None]
     joint[:, same] = 0.0
     return np.maximum(joint, 0.0)
+
 
 def _nested_tangents(
     probabilities: np.ndarray,
