@@ -1254,15 +1254,16 @@ def rho_jacobian(
         gap = np.where(
             np.isfinite(inclusive), (mean_utility - inclusive) / scale[None, :, None], 0.0
         )
-    nest_term = (probabilities.nest * gap)[:, None, :, :]
     mean_of_product = np.take_along_axis(mean_utility, nesting.codes[:, :, None], axis=1)
     gap_of_product = np.take_along_axis(gap, nesting.codes[:, :, None], axis=1)
     scale_of_product = (1.0 - nesting.rho_products)[:, :, None]
     own = (utilities - mean_of_product) / scale_of_product**2 + gap_of_product
     own_indicator = nesting.codes[:, :, None] == np.arange(nesting.n_nests)[None, None, :]
-    log_derivative = own_indicator[:, :, :, None] * own[:, :, None, :] - nest_term
+    # ∂log s_ij/∂ρ_h = [h = h(j)] own_ij − s_hi gap_hi: the first term lands only in column
+    # h(j) and the second is one batched product, so no [T, J, H, I] array is formed.
     weighted = P * weights[:, None, :]
-    jacobian = np.einsum("tji,tjhi->tjh", weighted, log_derivative)
+    jacobian = own_indicator * (weighted * own).sum(axis=2)[:, :, None]
+    jacobian -= np.matmul(weighted, np.swapaxes(probabilities.nest * gap, 1, 2))
     return np.where(product_mask[:, :, None], jacobian, 0.0)
 
 
