@@ -812,7 +812,7 @@ class MicroBlock:
                 denominator[survey.dataset] += contribution[0]
                 numerator[survey.parts] += contribution[1:]
                 if jacobian:
-                    if isinstance(d_prob, _LogitPairTangent):
+                    if hasattr(d_prob, "contract"):  # pair tangents, never formed whole
                         tangent = d_prob.contract(weighted)
                     else:
                         tangent = weighted @ d_prob.reshape(n_theta, -1).T
@@ -1062,7 +1062,7 @@ class MicroProbabilities:
         if tangents is not None:
             d_first = _nested_tangents(first, tangents, codes, rho, rho_tangents)
 
-        def pair(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        def pair(groups: np.ndarray) -> tuple[np.ndarray, Any]:
             if tangents is None:
                 return _nested_pairs(utilities, codes, rho, groups), None
             return _nested_pair_tangents(
@@ -1211,31 +1211,157 @@ def _nested_pair_tangents(
     groups: np.ndarray,
     first: np.ndarray,
     d_first: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, _NestedPairTangent]:
     """Pair probabilities of :func:`_nested_pairs` ``[I, 1+J, 1+J]`` and their θ-tangents
-    ``[P, I, 1+J, 1+J]``: (s_b(−h) − s_b) r_a with r_a = s_a / S_h, S_h = Σ_a∈h s_a."""
-    n = utilities.shape[-1]
+    (:class:`_NestedPairTangent`): (s_b(−h) − s_b) r_a with r_a = s_a / S_h, S_h = Σ_a∈h s_a."""
     labels, index = np.unique(groups, return_inverse=True)
     removed = index[None, :] == np.arange(labels.size)[:, None]
     without = _nested(utilities[None], codes, rho, removed)  # [G, I, 1+J]
-    d_without = _nested_tangents(without, tangents[:, None], codes, rho, rho_tangents)
     same = groups[:, None] == groups[None, :]
     group_share = first @ same.astype(np.float64)  # [I, 1+J]
-    d_group_share = d_first @ same.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         inverse = np.where(group_share > 0, 1.0 / group_share, 0.0)
-    ratio = first * inverse  # [I, 1+J]
-    d_ratio = d_first * inverse - ratio * d_group_share * inverse
+    ratio = first * inverse
     difference = np.moveaxis(without[index], 0, 1) - first[:, None, :]  # [I, a, b]
-    d_difference = np.moveaxis(d_without[:, index], 1, 2) - d_first[:, :, None, :]
     joint = difference * ratio[:, :, None]
-    d_joint = d_difference * ratio[None, :, :, None] + difference[None] * d_ratio[..., None]
     # Negative values are rounding noise of s_b(−h) − s_b ≈ 0; set to zero, with no slope.
-    dropped = (joint < 0) | same[None, :, :]
-    joint[dropped] = 0.0
-    d_joint[:, dropped] = 0.0
-    assert joint.shape[-1] == 1 + n
-    return joint, d_joint
+    keep = (joint >= 0) & ~same[None, :, :]
+    joint[~keep] = 0.0
+    tangent = _NestedPairTangent(
+        without,
+        index,
+        first,
+        d_first,
+        ratio,
+        inverse,
+        same,
+        keep,
+        difference,
+        difference * keep,
+        ratio[:, :, None] * keep,
+        tangents,
+        codes,
+        rho,
+        tuple(rho_tangents),
+    )
+    return joint, tangent
+
+
+@dataclass(frozen=True, eq=False)
+class _NestedPairTangent:
+    """θ-tangents of the RCNL pair probabilities (s_b(−h) − s_b) r_a, never formed whole.
+
+    A weighted sum over (i, a, b) splits into terms in ds_a (through r_a = s_a / S_h), in
+    ds_b, and in ds_b(−h) for each removed group h; the last is contracted with the nested
+    tangent formula (:func:`_nested_contract`) so the work is O(n·G·I·J) for n weight rows,
+    not O(P·G·I·J), and no ``[P, G, I, 1+J]`` array exists.
+    """
+
+    without: np.ndarray  # [G, I, 1+J]: probabilities with group g removed
+    index: np.ndarray  # [1+J]: group of each first choice
+    first: np.ndarray  # [I, 1+J]
+    d_first: np.ndarray  # [P, I, 1+J]
+    ratio: np.ndarray  # [I, 1+J]: r_a = s_a / S_h(a)
+    inverse: np.ndarray  # [I, 1+J]: 1 / S_h(a)
+    same: np.ndarray  # [1+J, 1+J] bool: removed together
+    keep: np.ndarray  # [I, 1+J, 1+J] bool: pairs with a slope
+    difference: np.ndarray  # [I, a, b]: s_b(−h(a)) − s_b
+    difference_kept: np.ndarray  # the same, zero where there is no slope
+    ratio_kept: np.ndarray  # [I, a, b]: r_a, zero where there is no slope
+    tangents: np.ndarray  # [P, I, J]: utility tangents
+    codes: np.ndarray
+    rho: np.ndarray
+    rho_tangents: tuple[tuple[int, np.ndarray], ...]
+
+    def contract(self, weighted: np.ndarray) -> np.ndarray:
+        """``[n, P]`` Σ_iab weighted_n[i, a, b] d pair[i, a, b]."""
+        n_agents, size = self.first.shape
+        grid = weighted.reshape(weighted.shape[0], n_agents, size, size)
+        by_first = np.einsum("niab,iab->nia", grid, self.difference_kept)
+        scaled = grid * self.ratio_kept  # w r_a where the pair has a slope
+        by_second = scaled.sum(axis=2)  # [n, I, b]
+        same = self.same.astype(np.float64)
+        first_coefficients = (
+            by_first * self.inverse - (by_first * self.ratio * self.inverse) @ same - by_second
+        )
+        result = np.einsum("nia,pia->np", first_coefficients, self.d_first)
+        n_groups = self.without.shape[0]
+        if n_groups == size and np.array_equal(self.index, np.arange(size)):
+            by_group = np.moveaxis(scaled, 2, 1)  # each option its own group: a view
+        else:
+            one_hot = np.zeros((size, n_groups))
+            one_hot[np.arange(size), self.index] = 1.0
+            by_group = np.moveaxis(np.swapaxes(scaled, 2, 3) @ one_hot, 3, 1)  # [n, G, I, b]
+        return result + _nested_contract(
+            by_group, self.without, self.tangents, self.codes, self.rho, self.rho_tangents
+        )
+
+    def dense(self) -> np.ndarray:
+        """``[P, I, 1+J, 1+J]`` tangents (for scores of a few consumers)."""
+        d_without = _nested_tangents(
+            self.without, self.tangents[:, None], self.codes, self.rho, self.rho_tangents
+        )
+        d_ratio = (
+            self.d_first * self.inverse
+            - self.ratio * (self.d_first @ self.same.astype(np.float64)) * self.inverse
+        )
+        d_difference = np.moveaxis(d_without[:, self.index], 1, 2) - self.d_first[:, :, None, :]
+        d_joint = (
+            d_difference * self.ratio[None, :, :, None] + self.difference[None] * d_ratio[..., None]
+        )
+        return d_joint * self.keep
+
+
+def _nested_contract(
+    coefficients: np.ndarray,
+    probabilities: np.ndarray,
+    tangents: np.ndarray,
+    codes: np.ndarray,
+    rho: np.ndarray,
+    rho_tangents: Sequence[tuple[int, np.ndarray]],
+) -> np.ndarray:
+    """``[n, P]`` Σ coefficients[n, g, i, b] · (d probabilities)[p, g, i, b] for nested-logit
+    probabilities ``[G, I, 1+J]`` (e.g. one choice set per removed group), with the tangents of
+    :func:`_nested_tangents` contracted instead of formed: the utility tangents ``[P, I, J]``
+    (shared by every g) meet one ``[n, I, J]`` coefficient array, and the passes over
+    ``[n, G, I, 1+J]`` arrays are few (this runs at every evaluation with second choices)."""
+    n_rows = coefficients.shape[0]
+    n = codes.size
+    one_hot = np.zeros((n, rho.size))
+    one_hot[np.arange(n), codes] = 1.0
+    weighted = coefficients * probabilities  # R̃ = R s
+    everything = weighted.sum(axis=-1)  # [n, G, I]: Σ_b R̃_b, outside included
+    inside = probabilities[..., 1:]  # [G, I, J]
+    of_product = (inside @ one_hot) @ one_hot.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        within = np.where(of_product > 0, inside / of_product, 0.0)
+    scale = 1.0 - rho[codes]
+    # Σ_g of: R̃_k / (1 − ρ_k) − (Σ_b∈h(k) R̃_b) ρ_k/(1 − ρ_k) w_k − (Σ_b R̃_b) s_k.
+    on_utilities = weighted[..., 1:].sum(axis=1) / scale
+    by_nest = weighted[..., 1:] @ one_hot  # [n, G, I, H]
+    nest_within = np.matmul(
+        by_nest.transpose(2, 0, 3, 1), (within * (rho[codes] / scale)).transpose(1, 0, 2)[:, None]
+    )  # [I, n, H, J]
+    on_utilities -= nest_within[:, :, codes, np.arange(n)].transpose(1, 0, 2)
+    on_utilities -= np.matmul(everything.transpose(2, 0, 1), inside.transpose(1, 0, 2)).transpose(
+        1, 0, 2
+    )
+    result = np.einsum("nij,pij->np", on_utilities, tangents)
+    if rho_tangents:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_within = np.where(within > 0, np.log(np.where(within > 0, within, 1.0)), 0.0)
+        nest_entropy = (within * log_within) @ one_hot  # [G, I, H]: c_h
+        entropy = nest_entropy @ one_hot.T
+        nest_shares = inside @ one_hot
+        flat = weighted[..., 1:].reshape(n_rows, -1)
+        for position, nests in rho_tangents:
+            member = nests.astype(np.float64)[codes]
+            outside = -(nest_shares * nest_entropy) @ nests.astype(np.float64)  # [G, I]
+            own = member * ((log_within - entropy) / scale + entropy)
+            result[:, position] += flat @ own.reshape(-1) + everything.reshape(
+                n_rows, -1
+            ) @ outside.reshape(-1)
+    return result
 
 
 def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) -> pd.DataFrame:
