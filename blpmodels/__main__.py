@@ -157,7 +157,7 @@ def demo(seed: int = 0, n_markets: int = 200, n_products: int = 10) -> str:
         f"{seed}): {data.market_ids.nunique()} markets, {len(data)} products",
         "",
         "Coefficients, truth vs estimates (the constant is absorbed with market FE):",
-        table.round(4).to_string(),
+        table.round(4).to_string(na_rep="(absorbed)"),
         "",
         f"OLS misses the price coefficient by {ols.params['prices'] - simulation.alpha:+.3f} "
         "(toward zero): prices rise with the unobserved quality xi.",

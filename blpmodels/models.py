@@ -200,6 +200,31 @@ class BLPModel(Model):
                 "without one the model is linear and fitted in closed form"
             )
 
+    def predict(self, params: Any = None, exog: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """Not on the model: shares are predicted by the fitted results.
+
+        statsmodels models predict from a parameter vector and a design matrix; BLP shares
+        also need the estimated ξ, fixed effects and agents, which live in the results. Use
+        :meth:`BLPResults.predict <blpmodels.results.BLPResults.predict>` (shares at the
+        estimation data or at changed prices and characteristics), or the results'
+        ``elasticities``, ``diversion_ratios`` and ``probabilities``.
+
+        Raises
+        ------
+        NotImplementedError
+            Always, saying to call ``results.predict``.
+
+        Examples
+        --------
+        >>> results = model.fit()  # doctest: +SKIP
+        >>> shares = results.predict(changed_data)  # doctest: +SKIP
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__}.predict is not available: fit first and predict from the "
+            "results, e.g. results = model.fit(...); results.predict(data) gives shares at "
+            "the estimation data or at changed prices and characteristics (ξ held)"
+        )
+
     # statsmodels reads these
     def loglike(self, params: np.ndarray) -> float:  # pragma: no cover - GMM has none
         """GMM models have no likelihood."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "OptimizationOutcome",
     "diagnose",
     "draw_starts",
+    "progress",
     "run_optimizer",
 ]
 
@@ -426,3 +427,39 @@ def draw_starts(
     low = np.maximum(low, lower)
     high = np.minimum(high, upper)
     return rng.uniform(low, high, size=(count, theta0.size))
+
+
+def progress(items: Iterable[Any], total: int, description: str, verbose: bool) -> Iterator[Any]:
+    """``items``, with progress shown when ``verbose``.
+
+    A tqdm bar when tqdm is installed (the ``progress`` extra); otherwise a plain line
+    ``description: k/total (s s)`` on standard output at every tenth of the way. Silent and
+    free when ``verbose`` is False.
+
+    Examples
+    --------
+    >>> list(progress(range(3), 3, "draws", verbose=False))
+    [0, 1, 2]
+    """
+    if not verbose:
+        yield from items
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        yield from tqdm(items, total=total, desc=description)
+        return
+    start = time.perf_counter()
+    shown = 0
+    for done, item in enumerate(items, start=1):
+        yield item
+        # Print when the completed tenth changes (every item when there are ten or fewer).
+        tenth = done * 10 // max(total, 1)
+        if tenth > shown or done == total:
+            shown = tenth
+            print(
+                f"{description}: {done}/{total} ({time.perf_counter() - start:.1f} s)",
+                flush=True,
+            )

@@ -14,7 +14,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ __all__ = [
     "BootstrappedResults",
     "Equilibrium",
     "EstimationInfo",
+    "JStat",
     "MergerResults",
 ]
 
@@ -88,6 +89,14 @@ class EstimationInfo:
 
 
 _IDENTIFIER_CHARS = "A-Za-z0-9_.\\]\\)"
+
+
+class JStat(NamedTuple):
+    """Overidentification test: J = N·ḡ'Wḡ, its degrees of freedom and χ² p-value."""
+
+    stat: float
+    df: int
+    pval: float
 
 
 class BLPResults(LikelihoodModelResults):
@@ -294,11 +303,30 @@ class BLPResults(LikelihoodModelResults):
         return optimal_micro_moments(self.demand, dataset, micro_data, parameters)
 
     @property
-    def j_stat(self) -> tuple[float, int, float]:
-        """``(J, degrees of freedom, p-value)``; meaningful after two steps."""
+    def j_stat(self) -> JStat:
+        """The overidentification test ``(stat, df, pval)``, as the summary prints it.
+
+        One rule, here and in :meth:`summary`: ``stat`` is the GMM objective J = N·ḡ'Wḡ,
+        ``df`` = moments − parameters, and ``pval`` the χ²(df) tail of J when df > 0; with
+        df = 0 (exactly identified) there is nothing to test, ``pval`` is NaN and the summary
+        prints "n/a". J is χ²-distributed when W is efficient (W = S⁻¹, as after
+        ``method="2s"``), which the summary labels "Hansen J p-value"; after one step it
+        labels the same number "J p-value (W≠S⁻¹)": (Z'Z/N)⁻¹ is efficient only under
+        homoskedasticity (then J is Sargan's statistic), so read it with care.
+
+        Returns
+        -------
+        JStat
+            A named tuple ``(stat, df, pval)``.
+
+        Examples
+        --------
+        >>> stat, df, pval = results.j_stat  # doctest: +SKIP
+        >>> results.j_stat.pval  # doctest: +SKIP
+        """
         df = self.info.n_moments - len(self.params)
         pvalue = float(stats.chi2.sf(self.info.objective, df)) if df > 0 else np.nan
-        return self.info.objective, df, pvalue
+        return JStat(float(self.info.objective), int(df), pvalue)
 
     @property
     def W(self) -> np.ndarray:
@@ -466,21 +494,40 @@ class BLPResults(LikelihoodModelResults):
         shares = self.demand.shares(data)
         return pd.Series(shares, index=data.index, name="shares")
 
-    def probabilities(self, market_id: Any) -> pd.DataFrame:
+    def probabilities(self, market_id: Any, data: pd.DataFrame | None = None) -> pd.DataFrame:
         """Agent-level choice probabilities in one market (products × agents).
 
-        For the logit, there is one representative agent and the probabilities equal the
-        shares.
+        Parameters
+        ----------
+        market_id
+            One market.
+        data : pandas.DataFrame, optional
+            Changed product data holding every product of that market (other markets' rows
+            are ignored), as for :meth:`elasticities`: prices or characteristics changed, ξ
+            and the fixed effects held at their estimates. None: the estimation data.
+
+        Returns
+        -------
+        pandas.DataFrame
+            P_ji, rows labelled by product, columns by agent (their order in the agent data
+            of that market). For the logit there is one representative agent and the
+            probabilities equal the shares. ``probabilities @ weights`` gives the shares.
 
         Examples
         --------
-        >>> results.probabilities("C01Q1").shape  # doctest: +SKIP
+        Who buys F1B04 after its price is halved (exercise 2 Q6 asks this of a
+        random-coefficients fit; a logit has one representative agent)?
+
+        >>> market = data[data.market_ids == "C01Q1"].copy()  # doctest: +SKIP
+        >>> market.loc[market.product_ids == "F1B04", "prices"] /= 2  # doctest: +SKIP
+        >>> results.probabilities("C01Q1", data=market).shape  # doctest: +SKIP
         (24, 1)
         """
         positions = self.demand.market_positions(market_id)
         if positions.size != 1:
             raise BLPInputError("probabilities() takes a single market_id")
-        inputs = self.demand.inputs(positions)
+        data, rows = self._market_data(positions, data)
+        inputs = self.demand.inputs(positions, data, rows)
         probabilities = inputs.probabilities().unconditional[0]
         rows = inputs.rows[0][inputs.mask[0]]
         labels = self.demand.product_labels(rows)
@@ -490,6 +537,101 @@ class BLPResults(LikelihoodModelResults):
             index=pd.Index(labels, name="product_ids"),
             columns=pd.RangeIndex(n_agents, name="agent"),
         )
+
+    def _market_data(
+        self, positions: np.ndarray, data: pd.DataFrame | None
+    ) -> tuple[pd.DataFrame | None, np.ndarray | None]:
+        """The rows of ``data`` in these markets and their estimation rows (None, None: none)."""
+        if data is None:
+            return None, None
+        _check_frame(data)
+        design = self.model.design
+        check_columns(data, ["market_ids"])
+        markets = design.layout.market_labels[positions]
+        ids = pd.Series(np.asarray(data["market_ids"], dtype=object), index=data.index)
+        inside = ids.isin(markets).to_numpy()
+        if not inside.any():
+            raise BLPInputError(
+                f"market {markets.tolist()[:5]} is not in the data passed: give the rows of "
+                "every product of the market you ask for"
+            )
+        data = data[inside]
+        return data, design.match_rows(data)
+
+    def agent_coefficients(self, market_id: Any = None) -> pd.DataFrame:
+        """Each agent's coefficients on the random-coefficient characteristics.
+
+        β_ik = β_k + c_ik with c_ik = Σ_l Σ_kl ν_il + Σ_d Π_kd d_id (normal), or
+        ±exp(Σ_l Σ_kl ν_il + Σ_d Π_kd d_id) (lognormal), where β_k is the linear coefficient
+        of characteristic k when it is also among the linear regressors X1 (0 otherwise: a
+        characteristic whose mean is absorbed by fixed effects gets c_ik alone).
+
+        Parameters
+        ----------
+        market_id : optional
+            One market, a list, or None for all.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per agent, indexed by ``(market_ids, agent)`` (agents in their order in
+            the agent data), one column per random-coefficient characteristic, then the
+            agent's integration ``weights``.
+
+        Raises
+        ------
+        BLPInputError
+            The model has no random coefficients (logit, nested logit).
+
+        Examples
+        --------
+        >>> coefficients = results.agent_coefficients()  # doctest: +SKIP
+        >>> coefficients["prices"].groupby("market_ids").mean()  # doctest: +SKIP
+        """
+        demand = self.demand
+        if demand.agents is None or demand.parameters is None:
+            raise BLPInputError(
+                "agent_coefficients needs a random-coefficients model: logit and nested-logit "
+                "coefficients are the same for every consumer (results.params)"
+            )
+        design = self.model.design
+        names = list(design.random.names)
+        beta = self.beta
+        linear = np.array([float(beta[name]) if name in beta.index else 0.0 for name in names])
+        positions = demand.market_positions(market_id)
+        agents = demand.agents
+        coefficients, _ = demand.parameters.coefficients(
+            demand.theta, agents.nodes[positions], agents.demographics[positions]
+        )
+        frames = []
+        for t, position in enumerate(positions):
+            count = int(agents.n_agents[position])
+            values = coefficients[t, :count] + linear[None, :]
+            frame = pd.DataFrame(values, columns=names)
+            frame["weights"] = agents.weights[position, :count]
+            frame.index = pd.MultiIndex.from_arrays(
+                [
+                    np.full(count, design.layout.market_labels[position], dtype=object),
+                    np.arange(count),
+                ],
+                names=["market_ids", "agent"],
+            )
+            frames.append(frame)
+        return pd.concat(frames)
+
+    def mean_agent_coefficients(self) -> pd.Series:
+        """The mean of :meth:`agent_coefficients` over agents: weighted within each market,
+        then averaged over markets (each market counts once).
+
+        Examples
+        --------
+        >>> results.mean_agent_coefficients()["prices"]  # doctest: +SKIP
+        """
+        frame = self.agent_coefficients()
+        weights = frame["weights"]
+        totals = weights.groupby(level="market_ids", sort=False).transform("sum")
+        weighted = frame.drop(columns="weights").mul(weights / totals, axis=0)
+        return weighted.groupby(level="market_ids", sort=False).sum().mean()
 
     def _jacobians(
         self, market_id: Any, wrt: str, data: pd.DataFrame | None, rows: np.ndarray | None
@@ -551,17 +693,41 @@ class BLPResults(LikelihoodModelResults):
         market_id: Any = None,
         wrt: str = "prices",
         data: pd.DataFrame | None = None,
+        *,
+        outside: bool = False,
     ) -> pd.DataFrame:
-        """Diversion ratios from product j (row) to k (column); outside good on the diagonal.
+        """Diversion ratios from product j (row) to k (column) when x_j rises.
 
-        D_jk = −(∂s_k/∂x_j)/(∂s_j/∂x_j); each row sums to one with the outside good.
+        D_jk = −(∂s_k/∂x_j)/(∂s_j/∂x_j), and diversion to the outside good
+        D_j0 = (∂s_0/∂x_j)/(∂s_j/∂x_j) = Σ_k (∂s_k/∂x_j)/(∂s_j/∂x_j); each row sums to one
+        over the other products and the outside good.
+
+        Parameters
+        ----------
+        market_id : optional
+            One market, a list, or None for all (stacked by ``(market_ids, product_ids)``).
+        wrt : str
+            Product-data column x (default prices).
+        data : pandas.DataFrame, optional
+            Changed product data at which to evaluate.
+        outside : bool
+            Where the outside good goes. False (default, pyblp's convention): on the
+            diagonal, D_jj = D_j0, since a product does not divert to itself; the frame is
+            J×J. True: in a last column named ``"outside"``, with zeros on the diagonal.
+
+        Returns
+        -------
+        pandas.DataFrame
 
         Examples
         --------
-        >>> diversion = results.diversion_ratios(market_id="C01Q1")  # doctest: +SKIP
+        >>> diversion = results.diversion_ratios(market_id="C01Q1", outside=True)  # doctest: +SKIP
         >>> bool(np.allclose(diversion.sum(axis=1), 1.0))  # doctest: +SKIP
         True
+        >>> round(float(diversion.loc["F1B04", "outside"]), 4)  # doctest: +SKIP
+        0.5622
         """
+        _check_flag("outside", outside)
         design = self.model.design
         data_rows = None if data is None else design.match_rows(data)
         pieces = []
@@ -576,15 +742,30 @@ class BLPResults(LikelihoodModelResults):
                 pieces.append(
                     (
                         design.layout.market_labels[inputs.positions[t]],
-                        self._market_frame(matrix, rows),
+                        self._diversion_frame(matrix, rows, outside),
                     )
                 )
         return self._stack(pieces)
 
-    def long_run_diversion_ratios(self, market_id: Any = None) -> pd.DataFrame:
+    def _diversion_frame(self, matrix: np.ndarray, rows: np.ndarray, outside: bool) -> pd.DataFrame:
+        """A diversion matrix with the outside good on its diagonal, or moved to a column."""
+        frame = self._market_frame(matrix, rows)
+        if not outside:
+            return frame
+        values = frame.to_numpy()
+        frame["outside"] = np.diag(values).copy()
+        for k in range(values.shape[0]):
+            frame.iloc[k, k] = 0.0
+        return frame
+
+    def long_run_diversion_ratios(
+        self, market_id: Any = None, *, outside: bool = False
+    ) -> pd.DataFrame:
         """Second-choice diversion from j (row) to k (column) when j is removed.
 
-        (s_k without j − s_k) / s_j, with the outside good on the diagonal; rows sum to one.
+        (s_k without j − s_k) / s_j; rows sum to one over the other products and the outside
+        good. ``outside`` places the outside good as in :meth:`diversion_ratios`: on the
+        diagonal (default) or in a last ``"outside"`` column with zeros on the diagonal.
 
         Examples
         --------
@@ -592,22 +773,26 @@ class BLPResults(LikelihoodModelResults):
         >>> bool(np.allclose(diversion.sum(axis=1), 1.0))  # doctest: +SKIP
         True
         """
+        _check_flag("outside", outside)
         design = self.model.design
         positions = self.demand.market_positions(market_id)
         pieces = []
         for chunk in self.demand.chunks(positions):
             removed, inputs = self.demand.removal(chunk)
             shares = np.einsum("tji,ti->tj", inputs.probabilities().unconditional, inputs.weights)
-            outside = 1.0 - shares.sum(axis=1)
+            outside_shares = 1.0 - shares.sum(axis=1)
             for t in range(chunk.size):
                 mask = inputs.mask[t]
                 rows = inputs.rows[t][mask]
                 base = shares[t][mask]
                 after = removed[t][np.ix_(mask, np.append(mask, True))]
                 matrix = (after[:, :-1] - base[None, :]) / base[:, None]
-                np.fill_diagonal(matrix, (after[:, -1] - outside[t]) / base)
+                np.fill_diagonal(matrix, (after[:, -1] - outside_shares[t]) / base)
                 pieces.append(
-                    (design.layout.market_labels[chunk[t]], self._market_frame(matrix, rows))
+                    (
+                        design.layout.market_labels[chunk[t]],
+                        self._diversion_frame(matrix, rows, outside),
+                    )
                 )
         return self._stack(pieces)
 
@@ -765,7 +950,9 @@ class BLPResults(LikelihoodModelResults):
             self, method, draws=draws, seed=seed, expected_prices=expected_prices
         )
 
-    def bootstrap(self, draws: int = 1000, seed: int | None = None) -> BootstrappedResults:
+    def bootstrap(
+        self, draws: int = 1000, seed: int | None = None, *, verbose: bool = False
+    ) -> BootstrappedResults:
         """Parametric bootstrap: draw parameters from their estimated asymptotic distribution.
 
         Parameters
@@ -774,6 +961,9 @@ class BLPResults(LikelihoodModelResults):
             Number of parameter draws.
         seed : int, optional
             Seed of the normal draws.
+        verbose : bool
+            Show progress over the draws when the bootstrapped results predict (a tqdm bar
+            when tqdm is installed, the ``progress`` extra; plain lines otherwise).
 
         Returns
         -------
@@ -789,6 +979,7 @@ class BLPResults(LikelihoodModelResults):
         """
         if not isinstance(draws, (int, np.integer)) or draws < 1:
             raise BLPInputError(f"draws must be a positive integer, got {draws!r}")
+        _check_flag("verbose", verbose)
         rng = np.random.default_rng(seed)
         params = np.asarray(self.params)
         cov = np.asarray(self.cov_params())
@@ -812,7 +1003,12 @@ class BLPResults(LikelihoodModelResults):
                     stacklevel=2,
                 )
             samples[:, k1:] = clipped
-        return BootstrappedResults(self, pd.DataFrame(samples, columns=self.model.data.param_names))
+        frame = pd.DataFrame(
+            samples,
+            index=pd.RangeIndex(len(samples), name="draw"),
+            columns=self.model.data.param_names,
+        )
+        return BootstrappedResults(self, frame, verbose=bool(verbose))
 
     @property
     def _theta_start(self) -> int:
@@ -1759,9 +1955,9 @@ class BLPResults(LikelihoodModelResults):
         Examples
         --------
         >>> print(results.summary())  # doctest: +SKIP
-                                  BLPLogit Results
-        ===================================================================================
-        Dep. Variable:                      shares   Objective:                 ...
+                                    BLPLogit Results
+        ===========================================================================
+        Dep. Variable:                     shares   Objective:          ...
         ...
         """
         design = self.model.design
@@ -1786,11 +1982,11 @@ class BLPResults(LikelihoodModelResults):
             ("Overid. df:", [f"{df}"]),
             (
                 "Hansen J p-value:" if info.method == "2s" else "J p-value (W≠S⁻¹):",
-                [f"{pvalue:.4g}" if df > 0 else "n/a"],
+                [f"{pvalue:.4g}" if np.isfinite(pvalue) else "n/a"],
             ),
         ]
         for name, row in info.first_stage.iterrows():
-            right.append((f"1st-stage F {name}:"[:28], [f"{row['f_stat']:.4g}"]))
+            right.append((f"1st-stage F {name}:"[:24], [f"{row['f_stat']:.4g}"]))
         convergence = info.convergence
         if convergence:
             right.append(("Converged:", [str(convergence.get("converged"))]))
@@ -1815,7 +2011,14 @@ class BLPResults(LikelihoodModelResults):
             alpha=alpha,
             use_t=False,
         )
+        dropped = _fit_width(summary, _SUMMARY_WIDTH)
         notes = []
+        if dropped:
+            notes.append(
+                f"Confidence intervals left out to keep the table within {_SUMMARY_WIDTH} "
+                f"columns: results.conf_int(alpha={alpha})."
+            )
+        notes.extend(self._price_notes())
         if convergence:
             eigen = convergence.get("hessian_eigenvalues")
             notes.append(
@@ -1847,8 +2050,117 @@ class BLPResults(LikelihoodModelResults):
                 for name, row in self.info.micro.iterrows()
             )
         if notes:
-            summary.add_extra_txt(notes)
+            summary.add_extra_txt(_wrap(notes, _SUMMARY_WIDTH))
         return summary
+
+    def _price_notes(self) -> list[str]:
+        """What the linear price coefficient means when prices have a random coefficient."""
+        demand = self.demand
+        design = self.model.design
+        if demand.agents is None or demand.parameters is None:
+            return []
+        names = list(design.random.names)
+        if "prices" not in names:
+            return []
+        row = names.index("prices")
+        _, pi, _ = demand.parameters.unpack(demand.theta)
+        interacting = [
+            name
+            for name, value in zip(demand.agents.demographic_names, pi[row], strict=False)
+            if value != 0
+        ]
+        mean = float(self.mean_agent_coefficients()["prices"])
+        notes = []
+        if "prices" in design.x_names:
+            linear = float(self.beta["prices"])
+            if interacting:
+                notes.append(
+                    f"Prices: the linear coefficient {linear:.4g} is the mean price coefficient "
+                    f"of agents with {', '.join(interacting)} = 0 (demographics interact with "
+                    "prices), not the mean over agents."
+                )
+        notes.append(
+            f"Mean price coefficient over agents: {mean:.4g} (weighted within markets, "
+            "markets equally; results.agent_coefficients() has each agent's)."
+        )
+        return notes
+
+
+_SUMMARY_WIDTH = 80
+
+
+def _strip_cells(table: Any) -> None:
+    """Let a statsmodels SimpleTable size its columns to their contents."""
+    for row in table:
+        for cell in row:
+            cell.data = str(cell.data).strip()
+    text = table.output_formats["txt"]
+    text.update(colwidths=None, data_fmts=["%s"], stub_fmt="%s")
+
+
+def _fit_width(summary: Summary, limit: int) -> bool:
+    """Shrink the summary's tables to at most ``limit`` characters; True when the parameter
+    table had to lose its confidence-interval columns to fit."""
+    header, params = summary.tables[0], summary.tables[1]
+    _strip_cells(params)
+    params.output_formats["txt"]["colsep"] = "  "
+    dropped = False
+    if _width(params) > limit:
+        for row in params:
+            del row[-2:]
+        params._colwidths.clear()  # statsmodels caches the widths of the columns it had
+        dropped = True
+    _strip_cells(header)
+    for row in header:
+        if len(row) > 2:
+            row[2].data = "  " + row[2].data
+    # Widen the header's value columns so that both tables share one width.
+    # Pad the narrower table so that both share one width (at most the wider's).
+    target = max(_width(params), _width(header))
+    _pad(header, target, [1, 3])
+    _pad(params, target, [0])
+    return dropped
+
+
+def _pad(table: Any, target: int, columns: list[int]) -> None:
+    """Widen ``columns`` of a table until it is ``target`` characters wide."""
+    widths = [max(len(str(row[k])) for row in table.data) for k in range(len(table.data[0]))]
+    for _ in range(2):  # the second pass corrects for padding the table itself adds
+        spare = target - _width(table)
+        if spare <= 0:
+            return
+        for position, column in enumerate(columns):
+            widths[column] += spare // len(columns) + (position < spare % len(columns))
+        table.output_formats["txt"]["colwidths"] = list(widths)
+
+
+def _width(table: Any) -> int:
+    return max(len(line) for line in table.as_text().splitlines())
+
+
+def _wrap(notes: list[str], width: int) -> list[str]:
+    """Notes wrapped to ``width`` columns, continuation lines indented."""
+    import textwrap
+
+    lines: list[str] = []
+    for note in notes:
+        indent = " " * (len(note) - len(note.lstrip()))
+        lines.extend(
+            textwrap.wrap(
+                note,
+                width=width,
+                subsequent_indent=indent + "  ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+            or [""]
+        )
+    return lines
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise BLPInputError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_frame(data: Any) -> pd.DataFrame:
@@ -2202,35 +2514,60 @@ class BootstrappedResults:
         The estimates the draws are centered on.
     params : pandas.DataFrame
         ``draws × parameters`` draws.
+    verbose : bool
+        Show progress over the draws in :meth:`predict`.
     """
 
-    def __init__(self, results: BLPResults, params: pd.DataFrame) -> None:
+    def __init__(self, results: BLPResults, params: pd.DataFrame, verbose: bool = False) -> None:
         self.results = results
         self.params = params
+        self.verbose = verbose
 
     @property
     def draws(self) -> int:
         """Number of draws."""
         return len(self.params)
 
-    def _systems(self):
-        for values in self.params.to_numpy():
-            yield self.results.demand.with_parameters(*self.results._demand_parameters(values))
+    def _systems(self, verbose: bool):
+        from .optimize import progress
 
-    def predict(self, data: pd.DataFrame | None = None) -> pd.DataFrame:
-        """Shares for every draw (rows) and product row (columns), ξ held at its estimate.
+        values = self.params.to_numpy()
+        for row in progress(values, len(values), "bootstrap draws", verbose):
+            yield self.results.demand.with_parameters(*self.results._demand_parameters(row))
+
+    def predict(
+        self, data: pd.DataFrame | None = None, *, verbose: bool | None = None
+    ) -> pd.DataFrame:
+        """Shares for every draw (rows) and product (columns), ξ held at its estimate.
 
         Parameters
         ----------
         data : pandas.DataFrame, optional
             Changed product data (complete markets); None for the estimation data.
+        verbose : bool, optional
+            Show progress over the draws (default: as set by ``bootstrap(verbose=...)``).
 
         Returns
         -------
         pandas.DataFrame
-            ``draws × rows`` shares; columns follow ``data.index``.
+            ``draws × products`` shares: rows are the draws (``draw`` 0, 1, …), columns the
+            products labelled by ``(market_ids, product_ids)`` in the row order of ``data``
+            (or of the estimation data); without product ids the second level is the
+            product's position within its market.
+
+        Examples
+        --------
+        >>> bootstrapped = results.bootstrap(draws=200, seed=0)  # doctest: +SKIP
+        >>> shares = bootstrapped.predict(market)  # doctest: +SKIP
+        >>> shares.quantile([0.025, 0.975])  # doctest: +SKIP
         """
+        verbose = self.verbose if verbose is None else verbose
+        _check_flag("verbose", verbose)
         design = self.results.model.design
-        index = design.data.index if data is None else data.index
-        values = np.vstack([system.shares(data) for system in self._systems()])
-        return pd.DataFrame(values, columns=index)
+        rows = np.arange(design.nobs) if data is None else design.match_rows(data)
+        columns = pd.MultiIndex.from_arrays(
+            [design.market_ids[rows], self.results.demand.product_labels(rows)],
+            names=["market_ids", "product_ids"],
+        )
+        values = np.vstack([system.shares(data) for system in self._systems(verbose)])
+        return pd.DataFrame(values, index=self.params.index, columns=columns)
