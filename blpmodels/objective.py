@@ -18,30 +18,17 @@ import numpy as np
 import scipy.linalg
 
 from .agents import AgentDesign
+from .backends import chunk_size_for_memory, make_backend, parse_memory
 from .covariance import moment_covariance
 from .exceptions import BLPInputError
 from .gmm import inverse_weight_matrix
-from .kernel import (
-    FixedPointResult,
-    Nesting,
-    ShareEvaluator,
-    rho_jacobian,
-    share_jacobian,
-    solve_delta,
-    solve_delta_hybrid,
-    theta_jacobian,
-)
+from .market_chunks import ChunkResult, ChunkState, ChunkStep, MarketChunk
 from .micro import MicroBlock, MicroEvaluation, MicroProbabilities
 from .moments import ProductBlock, StackedGMM
 from .parameters import NonlinearParameters
 from .products import ProductDesign
 from .supply_design import SupplyDesign
-from .supply_moments import (
-    directional_markup_derivative,
-    firm_indicator,
-    markup_jacobian,
-    markups,
-)
+from .supply_moments import firm_indicator
 
 __all__ = ["Evaluation", "NonlinearObjective", "check_fixed_point_options", "default_chunk_size"]
 
@@ -180,11 +167,10 @@ class Evaluation:
 
 @dataclass(eq=False)
 class _Outputs:
-    """Arrays the market chunks of one evaluation write into (each its own markets)."""
+    """Full ``[T, J, ...]`` arrays of one evaluation, combined from the chunk results."""
 
     delta: np.ndarray
     jacobian: np.ndarray | None
-    inverse: np.ndarray | None
     converged: np.ndarray
     iterations: np.ndarray
     evaluations: np.ndarray
@@ -195,17 +181,27 @@ class _Outputs:
     def allocate(
         cls, shape: tuple[int, int], n_theta: int, gradient: bool, supply: bool
     ) -> _Outputs:
-        n_markets, width = shape
+        n_markets, _ = shape
         return cls(
             np.zeros(shape),
             np.zeros((*shape, n_theta)) if gradient else None,
-            np.zeros((n_markets, width, width)) if gradient else None,
             np.zeros(n_markets, dtype=bool),
             np.zeros(n_markets, dtype=np.int64),
             np.zeros(n_markets, dtype=np.int64),
             np.zeros(shape) if supply else None,
             np.zeros((*shape, n_theta)) if supply and gradient else None,
         )
+
+    def write(self, markets: slice, result: ChunkResult) -> None:
+        """Put one chunk's result into its markets' rows."""
+        self.delta[markets] = result.delta
+        self.converged[markets] = result.converged
+        self.iterations[markets] = result.iterations
+        self.evaluations[markets] = result.evaluations
+        for name in ("jacobian", "eta", "eta_jacobian"):
+            target, piece = getattr(self, name), getattr(result, name)
+            if target is not None and piece is not None:
+                target[markets] = piece
 
 
 @dataclass(eq=False)
@@ -242,6 +238,16 @@ class NonlinearObjective:
         A supply side: cost moments Z_S'ω are stacked with the demand moments, and the
         coefficients of the X1 columns that read prices join θ (after Σ, Π, ρ), because the
         markups depend on them.
+    micro : MicroBlock, optional
+        Micro moments, evaluated on the driver from the combined δ and ∂δ/∂θ.
+    backend : {"threads", "dask"} or backend object
+        Where the market chunks run (see :mod:`blpmodels.backends`); a string builds a new
+        backend object for this objective.
+    client : distributed.Client, optional
+        With ``backend="dask"``: the cluster (default: the current client).
+    memory_limit : int or str, optional
+        Bytes beyond the data the evaluation may use (``"2GiB"``): chooses ``chunk_size``
+        (see :func:`~blpmodels.backends.memory.chunk_size_for_memory`).
     """
 
     design: ProductDesign
@@ -257,6 +263,9 @@ class NonlinearObjective:
     covariance: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     supply: SupplyDesign | None = None
     micro: MicroBlock | None = None
+    backend: Any = "threads"
+    client: Any = None
+    memory_limit: int | str | None = None
     gmm: StackedGMM = field(init=False)
     evaluations: list[Evaluation] = field(init=False, default_factory=list)
 
@@ -273,16 +282,8 @@ class NonlinearObjective:
         if self.covariance is None:
             self.covariance = lambda Z, xi: moment_covariance(Z, xi, "robust")
         self.reset()
-        if self.threads is None:
-            self.threads = default_threads(layout.n_markets, layout.width, self.agents.layout.width)
-        if self.chunk_size is None:
-            self.chunk_size = default_chunk_size(layout.width, self.agents.layout.width)
-            if self.threads > 1:
-                # At least one chunk per thread.
-                self.chunk_size = min(self.chunk_size, -(-layout.n_markets // self.threads))
-        self.chunks = layout.chunks(self.chunk_size)
-        self._pool = None
         self._setup_price_terms()
+        self._setup_backend()
         self.micro_model = (
             None
             if self.micro is None
@@ -308,6 +309,42 @@ class NonlinearObjective:
         self.failures = 0
         self.total_iterations = 0
         self.total_evaluations = 0
+
+    def _setup_backend(self) -> None:
+        """The backend object and the market chunks it runs (sized by ``memory_limit``)."""
+        layout = self.design.layout
+        name = self.backend if isinstance(self.backend, str) else self.backend.name
+        if self.threads is None:
+            self.threads = (
+                default_threads(layout.n_markets, layout.width, self.agents.layout.width)
+                if name == "threads"
+                else 1
+            )
+        if self.memory_limit is not None and self.chunk_size is None:
+            counts = layout.counts * self.agents.layout.counts
+            self.chunk_size = chunk_size_for_memory(
+                parse_memory(self.memory_limit),
+                n_markets=layout.n_markets,
+                n_products=layout.width,
+                n_agents=self.agents.layout.width,
+                n_theta=self.n_theta,
+                parallel=self.threads if name == "threads" else 1,
+                supply=self.supply is not None,
+                nested=self.parameters.has_rho,
+                market_label=layout.market_labels[int(np.argmax(counts))],
+            )
+        elif self.chunk_size is None:
+            self.chunk_size = default_chunk_size(layout.width, self.agents.layout.width)
+            # At least one chunk per thread; on Dask a fixed 16 chunks (when the markets
+            # allow), so the chunks, and so the numbers, do not depend on the workers.
+            parallel = self.threads if name == "threads" else 16
+            if parallel > 1:
+                self.chunk_size = min(self.chunk_size, -(-layout.n_markets // parallel))
+        self.chunks = layout.chunks(self.chunk_size)
+        if isinstance(self.backend, str):
+            self.backend = make_backend(self.backend, threads=self.threads, client=self.client)
+        self._started = False
+        self._number = 0
 
     def _setup_price_terms(self) -> None:
         """Which X1 coefficients move into θ, and the price derivatives of X1 and X2.
@@ -356,329 +393,119 @@ class NonlinearObjective:
 
     def reset(self) -> None:
         """Forget warm starts: the next evaluation starts δ at the logit δ."""
-        self._buffers: dict[tuple[str, int, tuple[int, ...]], np.ndarray] = {}
         self.logit_delta = self.design.layout.pad(self.design.logit_delta())
-        self.last_delta = self.logit_delta.copy()
-        self.last_theta: np.ndarray | None = None
-        self.last_delta_jacobian: np.ndarray | None = None
-        self.last_inverse: np.ndarray | None = None
+        self._last_delta = self.logit_delta.copy()
+        self._last_theta: np.ndarray | None = None
+        self._last_delta_jacobian: np.ndarray | None = None
+        self._accepted: int | None = None
+        self._epoch = getattr(self, "_epoch", -1) + 1
+        self._sync = False
 
-    def buffer(self, name: str, markets: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """A reusable work array per chunk: large ``[T, J, I]`` arrays are allocated once."""
-        key = (name, int(markets[0]), shape)
-        if key not in self._buffers:
-            self._buffers[key] = np.empty(shape)
-        return self._buffers[key]
+    # The driver keeps the last accepted δ, θ and ∂δ/∂θ: they warm-start chunks scattered
+    # again after a worker is lost, and setting them by hand sends them to every chunk.
+    @property
+    def last_delta(self) -> np.ndarray:
+        """``[T, J]`` δ of the last evaluation that converged everywhere (the warm start)."""
+        return self._last_delta
 
-    def starting_delta(self, theta: np.ndarray) -> np.ndarray:
-        """First-order prediction δ(θ_last) + ∂δ/∂θ (θ − θ_last) when available."""
-        if self.last_theta is None or self.last_delta_jacobian is None:
-            return self.last_delta
-        predicted = self.last_delta + self.last_delta_jacobian @ (theta - self.last_theta)
-        return predicted if np.isfinite(predicted).all() else self.last_delta
+    @last_delta.setter
+    def last_delta(self, value: np.ndarray) -> None:
+        self._last_delta = np.asarray(value, dtype=np.float64)
+        self._sync = True
+
+    @property
+    def last_theta(self) -> np.ndarray | None:
+        """θ of :attr:`last_delta` (None after a reset)."""
+        return self._last_theta
+
+    @last_theta.setter
+    def last_theta(self, value: np.ndarray | None) -> None:
+        self._last_theta = None if value is None else np.asarray(value, dtype=np.float64)
+        self._sync = True
+
+    @property
+    def last_delta_jacobian(self) -> np.ndarray | None:
+        """``[T, J, P]`` ∂δ/∂θ at :attr:`last_theta` (None: warm start from δ alone)."""
+        return self._last_delta_jacobian
+
+    @last_delta_jacobian.setter
+    def last_delta_jacobian(self, value: np.ndarray | None) -> None:
+        self._last_delta_jacobian = value
+        self._sync = True
+
+    def chunk_state(self, number: int) -> ChunkState:
+        """The accepted warm start of chunk ``number``, from the driver's copy."""
+        markets = self.chunk_slice(number)
+        jacobian = self._last_delta_jacobian
+        return ChunkState(
+            self._last_delta[markets].copy(),
+            None if self._last_theta is None else self._last_theta.copy(),
+            None if jacobian is None else jacobian[markets].copy(),
+        )
+
+    def chunk_slice(self, number: int) -> slice:
+        """Market positions of chunk ``number``."""
+        markets = self.chunks[number]
+        return slice(int(markets[0]), int(markets[-1]) + 1)
+
+    def make_chunk(self, number: int) -> MarketChunk:
+        """Chunk ``number`` with its data (views of the objective's arrays) and a logit start."""
+        markets = self.chunk_slice(number)
+        agents = self.agents
+        supply = None
+        if self.supply is not None:
+            supply = {
+                "price_x1": self.price_x1[markets],
+                "price_x2": self.price_x2[markets],
+                "ownership": self.ownership[markets],
+                "firms": None if self.firms is None else self.firms[markets],
+            }
+        return MarketChunk(
+            markets.start,
+            markets.stop,
+            self.design.layout.market_labels[markets],
+            self.parameters,
+            self.n_theta,
+            self.log_shares[markets],
+            self.characteristics[markets],
+            self.design.layout.mask[markets],
+            self.codes[markets],
+            self.n_nests,
+            agents.weights[markets],
+            agents.nodes[markets],
+            agents.demographics[markets],
+            self.logit_delta[markets],
+            self.fp_tol,
+            self.fp_max_evaluations,
+            self.fp_method,
+            supply,
+        )
+
+    def _run_chunks(self, theta: np.ndarray, gradient: bool) -> list[ChunkResult]:
+        """Hand every chunk its step on the backend (started at the first evaluation)."""
+        if not self._started:
+            self.backend.start(self.make_chunk, len(self.chunks))
+            self._started = True
+        self._number += 1
+        steps = [
+            ChunkStep(
+                theta,
+                gradient,
+                self._number,
+                self._accepted,
+                self._epoch,
+                self.chunk_state(number) if self._sync else None,
+            )
+            for number in range(len(self.chunks))
+        ]
+        self._sync = False
+        return self.backend.run(steps, self.chunk_state)
 
     def set_weighting_matrix(self, W: np.ndarray) -> None:
         """Use a new weighting matrix (e.g. for the second GMM step)."""
         self.W = W
         self.gmm = StackedGMM(self.blocks, W, 0 if self.micro is None else self.micro.size)
         self._cache: list[Evaluation] = []
-
-    def nesting(self, markets: np.ndarray, rho: np.ndarray) -> Nesting:
-        """Nesting for some markets at nesting parameters ``rho``."""
-        mask = self.design.layout.mask[markets]
-        if not self.parameters.has_rho:
-            return Nesting.unnested(mask.shape)
-        return Nesting.from_codes(self.codes[markets], self.n_nests, rho)
-
-    def market_pieces(self, theta: np.ndarray, markets: np.ndarray, reuse: bool = True):
-        """Agent coefficients, share evaluator and nesting for some markets at θ (Σ, Π, ρ).
-
-        ``reuse=False`` allocates the agent factor anew instead of reusing the chunk's buffer
-        (for a second evaluator alive at the same time).
-        """
-        _, _, rho = self.parameters.unpack(theta)
-        agents = self.agents
-        coefficients, _ = self.parameters.coefficients(
-            theta, agents.nodes[markets], agents.demographics[markets]
-        )
-        mask = self.design.layout.mask[markets]
-        characteristics = self.characteristics[markets]
-        # X2 is zero in padding, so μ is too; checking the factors is cheaper than μ itself.
-        with np.errstate(over="ignore", invalid="ignore"):
-            peak = np.abs(coefficients).max(axis=(1, 2), initial=0.0)  # 0 without X2 columns
-            scale = peak * np.abs(characteristics).max(axis=(1, 2), initial=0.0)
-        if not np.isfinite(scale).all() or (scale > 1e300).any():
-            bad = self.design.layout.market_labels[markets][~(scale <= 1e300)]
-            raise BLPInputError(
-                f"agent utilities overflow at theta={theta.tolist()} in markets "
-                f"{bad[:5].tolist()}: the random coefficients are too large for the scale of "
-                "the characteristics (rescale the data or tighten the bounds)"
-            )
-        nesting = self.nesting(markets, rho)
-        evaluator = ShareEvaluator.from_coefficients(
-            characteristics,
-            coefficients,
-            agents.weights[markets],
-            mask,
-            nesting,
-            out=self.buffer("factor", markets, (*mask.shape, coefficients.shape[1]))
-            if reuse
-            else None,
-        )
-        return coefficients, evaluator, nesting
-
-    def solve(
-        self, evaluator: ShareEvaluator, markets: np.ndarray, initial: np.ndarray
-    ) -> FixedPointResult:
-        """Solve for δ in some markets with the configured fixed-point method.
-
-        ``"newton"`` reuses the inverse of ∂s/∂δ from the last gradient evaluation (see
-        :func:`~blpmodels.kernel.solve_delta_hybrid`); ``"squarem"`` runs the contraction.
-        """
-        log_shares = self.log_shares[markets]
-        if self.fp_method == "squarem":
-            return solve_delta(
-                evaluator,
-                log_shares,
-                initial,
-                tol=self.fp_tol,
-                max_evaluations=self.fp_max_evaluations,
-            )
-        inverse = None if self.last_inverse is None else self.last_inverse[markets]
-        return solve_delta_hybrid(
-            evaluator,
-            log_shares,
-            initial,
-            inverse,
-            tol=self.fp_tol,
-            max_evaluations=self.fp_max_evaluations,
-        )
-
-    def _retry(
-        self,
-        evaluator: ShareEvaluator,
-        markets: np.ndarray,
-        initial: np.ndarray,
-        result: FixedPointResult,
-    ) -> FixedPointResult:
-        """Solve failed markets again by contraction from safe starts.
-
-        A start extrapolated from the last θ (or a Newton step from it) can land where the
-        shares are not representable; the last δ that converged and the logit δ are safe
-        starts, so one bad trial θ cannot poison the evaluations after it.
-        """
-        log_shares = self.log_shares[markets]
-        for start in (self.last_delta[markets], self.logit_delta[markets]):
-            failed = np.flatnonzero(~result.converged)
-            if failed.size == 0:
-                break
-            if np.array_equal(start[failed], initial[failed]):
-                continue
-            again = solve_delta(
-                evaluator.subset(failed),
-                log_shares[failed],
-                start[failed],
-                tol=self.fp_tol,
-                max_evaluations=self.fp_max_evaluations,
-            )
-            result = result.replace_markets(failed, again)
-        return result
-
-    def _executor(self):
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(max_workers=self.threads)
-        return self._pool
-
-    def _evaluate_chunk(
-        self, theta: np.ndarray, markets: np.ndarray, initial: np.ndarray, out: _Outputs
-    ) -> None:
-        """Solve δ, its Jacobian and (with a supply side) the markups in one chunk of markets."""
-        theta_rc, _ = self.split(theta)
-        coefficients, evaluator, nesting = self.market_pieces(theta_rc, markets)
-        result = self.solve(evaluator, markets, initial)
-        if not result.converged.all():
-            result = self._retry(evaluator, markets, initial, result)
-        out.delta[markets] = result.delta
-        out.converged[markets] = result.converged
-        out.iterations[markets] = result.iterations
-        out.evaluations[markets] = result.evaluations
-        gradient = out.jacobian is not None
-        if not result.converged.all() or not (
-            (gradient and self.n_theta) or self.supply is not None
-        ):
-            return
-        probabilities = evaluator.probabilities(result.delta, factored=True)
-        delta_jacobian = None
-        if gradient and self.n_theta:
-            delta_jacobian = self._delta_jacobian(
-                theta_rc, markets, coefficients, nesting, probabilities, result.delta, out
-            )
-        if self.supply is not None:
-            self._markups(
-                theta,
-                markets,
-                coefficients,
-                evaluator,
-                nesting,
-                probabilities,
-                result.delta,
-                delta_jacobian,
-                out,
-            )
-
-    def _delta_jacobian(
-        self,
-        theta_rc: np.ndarray,
-        markets: np.ndarray,
-        coefficients: np.ndarray,
-        nesting: Nesting,
-        probabilities: Any,
-        delta: np.ndarray,
-        out: _Outputs,
-    ) -> np.ndarray:
-        """∂δ/∂θ = −(∂s/∂δ)⁻¹ ∂s/∂θ in a chunk (zero for moved X1 coefficients)."""
-        mask = self.design.layout.mask[markets]
-        weights = self.agents.weights[markets]
-        by_delta = share_jacobian(
-            probabilities,
-            weights,
-            nesting,
-            mask,
-            workspace=self.buffer("scratch", markets, probabilities.factors[0].shape)
-            if probabilities.factors is not None
-            else None,
-        )
-        by_theta = np.zeros((*mask.shape, self.n_theta))
-        random_positions = self.parameters.random_positions()
-        if random_positions.size:
-            factors, positions = self.parameters.agent_factors(
-                coefficients, self.agents.nodes[markets], self.agents.demographics[markets]
-            )
-            pieces = theta_jacobian(
-                probabilities, weights, nesting, mask, self.characteristics[markets], factors
-            )
-            for piece, columns in zip(pieces, positions, strict=True):
-                by_theta[:, :, columns] = piece
-        rho_positions = self.parameters.rho_positions()
-        if rho_positions.size:
-            mu = np.matmul(self.characteristics[markets], np.swapaxes(coefficients, 1, 2))
-            by_rho = rho_jacobian(probabilities, delta, mu, weights, nesting, mask)
-            if self.parameters.rho.size == 1:
-                by_rho = by_rho.sum(axis=2, keepdims=True)
-            free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
-            by_theta[:, :, rho_positions] = by_rho[:, :, free]
-        index = np.arange(mask.shape[1])
-        by_delta[:, index, index] += ~mask
-        inverse = np.linalg.inv(by_delta)
-        jacobian = -np.matmul(inverse, by_theta)
-        out.jacobian[markets] = jacobian
-        # The Newton solver of the next evaluation wants (∂log s/∂δ)⁻¹ = (∂s/∂δ)⁻¹ diag(s).
-        inverse *= np.where(mask, probabilities.shares, 1.0)[:, None, :]
-        out.inverse[markets] = inverse
-        return jacobian
-
-    def price_derivative(
-        self, theta: np.ndarray, markets: np.ndarray, coefficients: np.ndarray
-    ) -> np.ndarray:
-        """``[T, J, I]`` D_ji = ∂V_ji/∂p_j: ∂X1/∂p·β_p plus ∂X2/∂p times agent coefficients."""
-        _, beta_moved = self.split(theta)
-        mean = self.price_x1[markets] @ beta_moved
-        return mean[:, :, None] + np.matmul(self.price_x2[markets], np.swapaxes(coefficients, 1, 2))
-
-    def _markups(
-        self,
-        theta: np.ndarray,
-        markets: np.ndarray,
-        coefficients: np.ndarray,
-        evaluator: ShareEvaluator,
-        nesting: Nesting,
-        probabilities: Any,
-        delta: np.ndarray,
-        delta_jacobian: np.ndarray | None,
-        out: _Outputs,
-    ) -> None:
-        """Markups η and (with the gradient) ∂η/∂θ in a chunk of markets."""
-        mask = self.design.layout.mask[markets]
-        weights = self.agents.weights[markets]
-        ownership = self.ownership[markets]
-        derivative = self.price_derivative(theta, markets, coefficients)
-        price_jacobian = share_jacobian(probabilities, weights, nesting, mask, derivative)
-        eta, system = markups(price_jacobian, probabilities.shares, ownership, mask)
-        out.eta[markets] = eta
-        if delta_jacobian is None:
-            return
-        if not self.parameters.has_rho:
-            out.eta_jacobian[markets] = markup_jacobian(
-                probabilities.unconditional,
-                weights,
-                derivative,
-                eta,
-                ownership,
-                system,
-                delta_jacobian,
-                self.characteristics[markets],
-                self.price_x2[markets],
-                *self._markup_directions(markets, coefficients),
-                firms=None if self.firms is None else self.firms[markets],
-            )
-            return
-        for position in range(self.n_theta):
-            out.eta_jacobian[markets, :, position] = self._nested_markup_derivative(
-                theta, markets, delta, delta_jacobian[:, :, position], position, eta, system
-            )
-
-    def _markup_directions(
-        self, markets: np.ndarray, coefficients: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For each θ entry, its agent factor f ``[T, I, L]``, the shift e of the price
-        derivatives ``[T, J, L]`` (∂X1/∂p for moved X1 coefficients) and the X2 column it
-        multiplies (−1: none); see :func:`~blpmodels.supply_moments.markup_jacobian`."""
-        mask = self.design.layout.mask[markets]
-        n_agents = coefficients.shape[1]
-        factors_out = np.zeros((mask.shape[0], n_agents, self.n_theta))
-        shift = np.zeros((*mask.shape, self.n_theta))
-        column_of = np.full(self.n_theta, -1, dtype=np.intp)
-        if self.parameters.size:
-            factors, positions = self.parameters.agent_factors(
-                coefficients, self.agents.nodes[markets], self.agents.demographics[markets]
-            )
-            for column, (factor, places) in enumerate(zip(factors, positions, strict=True)):
-                for offset, position in enumerate(places):
-                    factors_out[:, :, position] = factor[:, offset, :]
-                    column_of[position] = column
-        size = self.parameters.size
-        shift[:, :, size:] = self.price_x1[markets]
-        return factors_out, shift, column_of
-
-    def _nested_markup_derivative(
-        self,
-        theta: np.ndarray,
-        markets: np.ndarray,
-        delta: np.ndarray,
-        delta_direction: np.ndarray,
-        position: int,
-        eta: np.ndarray,
-        system: np.ndarray,
-    ) -> np.ndarray:
-        """∂η/∂θ_l for nested models: central differences of B·η along (∂δ/∂θ_l, e_l)."""
-        mask = self.design.layout.mask[markets]
-        weights = self.agents.weights[markets]
-        ownership = self.ownership[markets]
-        step = 1e-5 * max(1.0, abs(float(theta[position])))
-
-        def system_times_eta(t: float) -> np.ndarray:
-            shifted = theta.copy()
-            shifted[position] += t
-            theta_rc, _ = self.split(shifted)
-            coefficients, evaluator, nesting = self.market_pieces(theta_rc, markets, reuse=False)
-            probabilities = evaluator.probabilities(delta + t * delta_direction)
-            derivative = self.price_derivative(shifted, markets, coefficients)
-            jacobian = share_jacobian(probabilities, weights, nesting, mask, derivative)
-            return np.matmul(ownership * np.swapaxes(jacobian, 1, 2), eta[:, :, None])[:, :, 0]
-
-        return directional_markup_derivative(system_times_eta, system, step)
 
     def evaluate(self, theta: np.ndarray, gradient: bool = True) -> Evaluation:
         """Objective (and gradient) at θ; warm-starts the next call from this δ on success.
@@ -707,19 +534,8 @@ class NonlinearObjective:
         out = _Outputs.allocate(
             self.last_delta.shape, self.n_theta, gradient, self.supply is not None
         )
-        initial = self.starting_delta(theta)
-
-        def run(markets: np.ndarray) -> None:
-            self._evaluate_chunk(theta, markets, initial[markets], out)
-
-        if self.threads > 1 and len(self.chunks) > 1:
-            # numpy releases the GIL in the large array operations, so market chunks run in
-            # parallel threads; each writes only its own markets' slices.
-            list(self._executor().map(run, self.chunks))
-        else:
-            for markets in self.chunks:
-                run(markets)
-
+        for number, result in enumerate(self._run_chunks(theta, gradient)):
+            out.write(self.chunk_slice(number), result)
         success = bool(out.converged.all()) and np.isfinite(out.delta[layout.mask]).all()
         delta = layout.flatten(out.delta)
         self.total_iterations += int(out.iterations.sum())
@@ -727,11 +543,11 @@ class NonlinearObjective:
         self.count += 1
         if not success:
             return self._failed(theta, delta, out, start)
-        self.last_delta = out.delta
-        self.last_theta = theta.copy()
-        self.last_delta_jacobian = out.jacobian
-        if gradient:
-            self.last_inverse = out.inverse
+        # Every chunk takes this solution as its warm start with the next step.
+        self._accepted = self._number
+        self._last_delta = out.delta
+        self._last_theta = theta.copy()
+        self._last_delta_jacobian = out.jacobian
         dependents, jacobians, supply = self._dependents(theta, delta, out)
         if supply.get("failure"):
             return self._failed(theta, delta, out, start, supply["failure"])

@@ -25,6 +25,7 @@ from formulaic.utils.context import capture_context
 
 from .absorb import AbsorbMethod
 from .agents import AgentDesign
+from .backends import check_backend, parse_memory
 from .covariance import gmm_covariance
 from .demand import DemandSystem
 from .estimation import GMMOptions, gmm_options, safe_inverse
@@ -122,6 +123,9 @@ class BLPRandomCoefficients(BLPModel):
     agents: AgentDesign
     chunk_size: int | None = None
     threads: int | None = None
+    backend: str = "threads"
+    client: Any = None
+    memory_limit: int | None = None
 
     @classmethod
     def from_formula(  # type: ignore[override]
@@ -139,6 +143,9 @@ class BLPRandomCoefficients(BLPModel):
         context: Mapping[str, Any] | None = None,
         chunk_size: int | None = None,
         threads: int | None = None,
+        backend: str = "threads",
+        client: Any = None,
+        memory_limit: int | str | None = None,
         supply: str | None = None,
         supply_instruments: str | None = None,
         costs_type: str = "linear",
@@ -175,6 +182,18 @@ class BLPRandomCoefficients(BLPModel):
         threads : int, optional
             Market chunks evaluated in parallel threads; by default the available cores (up
             to 4) for large problems, 1 for small ones. Results do not depend on it.
+        backend : {"threads", "dask"}
+            Where the market chunks are solved: threads in this process, or the workers of
+            a Dask cluster (``pip install "blpmodels[dask]"``; see ``docs/dask.md``), where
+            each chunk is scattered once and stays resident with its warm starts, and only θ
+            travels per evaluation. The estimates do not depend on it.
+        client : distributed.Client, optional
+            The Dask cluster's client (``backend="dask"``); by default the current client.
+        memory_limit : int or str, optional
+            Bytes (or ``"2GiB"``, ``"500MB"``) the fit may use beyond the data: chunk sizes are
+            chosen so that the chunks evaluated at once and the state kept per market fit
+            under it. A limit too small for one market is an error naming the market and how
+            much it needs. Post-estimation follows the same chunks. Not with ``chunk_size``.
         supply : str, optional
             Marginal-cost characteristics X3, e.g. ``"1 + mushy"``: adds the supply side
             f(p − η) = X3γ + ω with Bertrand–Nash markups η from ``firm_ids`` and moments
@@ -215,6 +234,14 @@ class BLPRandomCoefficients(BLPModel):
                 isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
             ):
                 raise BLPInputError(f"{name} must be a positive integer, got {value!r}")
+        check_backend(backend, client)
+        if threads is not None and backend != "threads":
+            raise BLPInputError("threads= is for backend='threads'")
+        limit = parse_memory(memory_limit)
+        if limit is not None and chunk_size is not None:
+            raise BLPInputError(
+                "give chunk_size or memory_limit, not both (memory_limit chooses the chunks)"
+            )
         kind = None
         if integration is not None:
             if agent_data is not None:
@@ -258,6 +285,9 @@ class BLPRandomCoefficients(BLPModel):
             agents=agents,
             chunk_size=None if chunk_size is None else int(chunk_size),
             threads=None if threads is None else int(threads),
+            backend=backend,
+            client=client,
+            memory_limit=limit,
             rc_types=types,
             supply=supply_design,
         )
@@ -363,6 +393,9 @@ class BLPRandomCoefficients(BLPModel):
             fp_method=fp_method,
             chunk_size=self.chunk_size,
             threads=self.threads,
+            backend=self.backend,
+            client=self.client,
+            memory_limit=self.memory_limit,
             covariance=covariance,
             supply=self.supply,
             micro=micro,
@@ -787,6 +820,7 @@ class BLPRandomCoefficients(BLPModel):
             "fp_iterations": objective.total_iterations,
             "contraction_evaluations": objective.total_evaluations,
             "threads": objective.threads,
+            "backend": objective.backend.name,
             "fp_failures": objective.failures,
             "warnings": estimate.warnings,
             "starts": estimate.starts,

@@ -1,0 +1,85 @@
+"""The default backend: market chunks kept in this process and run in threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..market_chunks import ChunkResult, ChunkStep, MarketChunk, Workspace
+
+__all__ = ["ThreadsBackend"]
+
+
+class ThreadsBackend:
+    """Market chunks evaluated in this process, in parallel threads when ``threads > 1``.
+
+    numpy releases the GIL in the large array operations, so chunks run in parallel threads;
+    each thread reuses one :class:`~blpmodels.market_chunks.Workspace`, so the large work
+    arrays take the chunk size times the number of threads, whatever the number of markets.
+
+    Parameters
+    ----------
+    threads : int
+        Threads (1: the chunks run one after another in the calling thread).
+
+    Examples
+    --------
+    >>> backend = ThreadsBackend(threads=2)
+    >>> backend.name, backend.threads
+    ('threads', 2)
+    """
+
+    name = "threads"
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = int(threads)
+        self.chunks: list[MarketChunk] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+
+    def start(self, make_chunk: Callable[[int], MarketChunk], n_chunks: int) -> None:
+        """Build the chunks (views of the objective's arrays) once."""
+        self.chunks = [make_chunk(number) for number in range(n_chunks)]
+
+    def _workspace(self) -> Workspace:
+        workspace = getattr(self._local, "workspace", None)
+        if workspace is None:
+            workspace = self._local.workspace = Workspace()
+        return workspace
+
+    def run(
+        self, steps: Sequence[ChunkStep], state: Callable[[int], Any] | None = None
+    ) -> list[ChunkResult]:
+        """Each chunk's result for its step, in chunk order.
+
+        ``state`` is for backends that can lose chunks; chunks here are never lost.
+        """
+
+        def one(number: int) -> ChunkResult:
+            return self.chunks[number].step(steps[number], self._workspace())
+
+        numbers = range(len(self.chunks))
+        if self.threads > 1 and len(self.chunks) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads)
+            return list(self._pool.map(one, numbers))
+        return [one(number) for number in numbers]
+
+    def close(self) -> None:
+        """Stop the threads (a later :meth:`run` starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Thread pools and thread-local workspaces do not pickle; they are rebuilt lazily.
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        state["_local"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
