@@ -592,12 +592,23 @@ class _Survey:
         """Stored arrays of some agents, or computed anew when they were too large to keep."""
         if self.weighted is None or self.values is None:
             return self.compute(agents)
+        return self._rows(self.weighted, agents, n_agents), self._rows(
+            self.values, agents, n_agents
+        )
+
+    def weighted_arrays(self, agents: slice, n_agents: int) -> np.ndarray:
+        """The weighted arrays alone (what every evaluation needs; the values serve only the
+        covariance), kept on their own when both together were too large."""
+        if self.weighted is None:
+            return self.compute(agents)[0]
+        return self._rows(self.weighted, agents, n_agents)
+
+    @staticmethod
+    def _rows(array: np.ndarray, agents: slice, n_agents: int) -> np.ndarray:
         if agents == slice(0, n_agents):
-            return self.weighted, self.values
-        rows = self.weighted.shape[0]
-        weighted = self.weighted.reshape(rows, n_agents, -1)[:, agents].reshape(rows, -1)
-        values = self.values.reshape(rows - 1, n_agents, -1)[:, agents].reshape(rows - 1, -1)
-        return weighted, values
+            return array
+        rows = array.shape[0]
+        return array.reshape(rows, n_agents, -1)[:, agents].reshape(rows, -1)
 
 
 @dataclass(eq=False)
@@ -756,6 +767,8 @@ class MicroBlock:
                 total += float(weighted[0].sum())
                 if weighted.size + values.size <= self.store_limit:
                     survey.weighted, survey.values = weighted, values
+                elif weighted.size <= self.store_limit:
+                    survey.weighted = weighted
                 markets[t].surveys.append(survey)
             if total <= 0:
                 raise BLPInputError(
@@ -806,7 +819,10 @@ class MicroBlock:
                     prob, d_prob = cache[key]
                 else:
                     prob, d_prob = first, d_first
-                weighted, values = survey.arrays(agents, market.n_agents)
+                if covariance:
+                    weighted, values = survey.arrays(agents, market.n_agents)
+                else:
+                    weighted = survey.weighted_arrays(agents, market.n_agents)
                 flat = prob.reshape(-1)
                 contribution = weighted @ flat
                 denominator[survey.dataset] += contribution[0]
@@ -1436,7 +1452,7 @@ def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) ->
         for chunk in market.chunks:
             first, _, pair = model.market(market, theta, delta, None, chunk)
             for survey in market.surveys:
-                weighted, _ = survey.arrays(chunk, market.n_agents)
+                weighted = survey.weighted_arrays(chunk, market.n_agents)
                 probability = pair(survey.groups)[0] if survey.second else first
                 masses.append(np.maximum(weighted[0] * probability.reshape(-1), 0.0))
                 keys.append((market, chunk.start, probability.shape))
@@ -1563,7 +1579,7 @@ def agent_scores(demand: Any, dataset: MicroDataset) -> dict[str, dict[Any, np.n
             first, d_first, _ = model.market(
                 market, setup["theta"], setup["delta"], setup["jacobian"], chunk
             )
-            weights, _ = market.surveys[0].arrays(chunk, market.n_agents)
+            weights = market.surveys[0].weighted_arrays(chunk, market.n_agents)
             sampled = weights[0].reshape(first.shape) > 0
             with np.errstate(divide="ignore", invalid="ignore"):
                 score = d_first / first[None] - setup["log_gradient"][:, None, None]

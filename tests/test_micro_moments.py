@@ -651,7 +651,14 @@ def test_agent_chunks_and_recomputed_arrays_change_nothing(data):
     ]
     parameters = model.parameters(**Q2_START)
     outcomes = []
-    for options in ({}, {"store_limit": 0, "chunk_values": 96 * 8 * 25**2}):
+    settings = (
+        {},
+        {"store_limit": 0, "chunk_values": 96 * 8 * 25**2},
+        # The firm-removed survey keeps its weighted arrays (2 × 625,000 values) but not its
+        # values; the diversion survey (3 × 625,000) keeps neither.
+        {"store_limit": 1.3e6},
+    )
+    for options in settings:
         block = MicroBlock(
             moments,
             model.design.data,
@@ -667,12 +674,21 @@ def test_agent_chunks_and_recomputed_arrays_change_nothing(data):
             objective.micro_model, parameters.theta0, layout.pad(evaluation.delta)
         )
         outcomes.append((evaluation.micro, covariance, [len(m.chunks) for m in block.markets]))
-    (plain, plain_covariance, plain_chunks), (chunked, chunked_covariance, chunks) = outcomes
+        kept = {
+            (survey.source.name, survey.weighted is not None, survey.values is not None)
+            for market in block.markets
+            for survey in market.surveys
+        }
+        if options.get("store_limit") == 1.3e6:
+            assert ("firm removed", True, False) in kept
+            assert ("diversion", False, False) in kept
+    (plain, plain_covariance, plain_chunks), *others = outcomes
     assert plain_chunks == [1, 1]
-    assert chunks == [11, 11]  # 1000 agents in chunks of 96
-    np.testing.assert_allclose(chunked.moments, plain.moments, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(chunked.jacobian, plain.jacobian, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(chunked_covariance, plain_covariance, rtol=1e-10, atol=1e-16)
+    assert others[0][2] == [11, 11]  # 1000 agents in chunks of 96
+    for other, other_covariance, _ in others:
+        np.testing.assert_allclose(other.moments, plain.moments, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(other.jacobian, plain.jacobian, rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(other_covariance, plain_covariance, rtol=1e-10, atol=1e-16)
 
 
 # ---------------------------------------------------------------- bad input
