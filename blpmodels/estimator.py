@@ -38,6 +38,7 @@ from .optimize import (
     diagnostics_projection,
     draw_starts,
     gradient_tolerance,
+    progress,
     run_optimizer,
 )
 
@@ -45,8 +46,10 @@ __all__ = [
     "Estimate",
     "Estimator",
     "FitSettings",
+    "IterationLog",
     "ScaledObjective",
     "check_identification",
+    "iteration_line",
     "natural_scales",
 ]
 
@@ -103,6 +106,9 @@ class FitSettings:
         Optimize over θ divided by its natural scale.
     compute_hessian : bool
         Finite-difference Hessian at the estimates for the second-order check.
+    verbose : bool
+        Print one line per optimizer iteration (see :class:`IterationLog`) and show progress
+        over the random starts.
     """
 
     optimizer: Any
@@ -113,6 +119,7 @@ class FitSettings:
     max_evaluations: int = 1000
     scale_parameters: bool = True
     compute_hessian: bool = True
+    verbose: bool = False
 
 
 @dataclass(eq=False)
@@ -145,7 +152,16 @@ class Estimate:
     trace : pandas.DataFrame
         Every objective evaluation the optimizers asked for, in order: GMM step, start,
         evaluation number, objective (the penalty where δ could not be solved), the ∞-norm of
-        the scaled gradient, and whether δ was solved.
+        the scaled gradient, whether δ was solved, the fit's share evaluations and failed
+        δ solves so far, and the seconds since the optimization began. The evaluation an
+        optimizer iteration ended at also has its ``iteration`` number, the ∞-norm of the
+        projected gradient in θ (``projected_gradient_norm``) and the ∞-norm of the move in θ
+        since the previous iteration (``step_size``); these are NaN on other rows. With
+        ``verbose`` each such row is printed as it happens.
+    iterations : pandas.DataFrame
+        One row per optimizer iteration, as ``verbose`` prints them (an iteration that
+        rejects its step ends at the evaluation of the one before; the trace row is marked
+        with the last iteration that ended there).
     """
 
     theta: np.ndarray
@@ -159,6 +175,7 @@ class Estimate:
     seconds: dict[str, float]
     scale: np.ndarray
     trace: pd.DataFrame = field(default_factory=pd.DataFrame)
+    iterations: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def natural_scales(
@@ -302,6 +319,13 @@ class ScaledObjective:
     worst: float = -np.inf
     trace: list[dict[str, Any]] = field(default_factory=list)
     label: dict[str, Any] = field(default_factory=dict)
+    clock: float = field(default_factory=time.perf_counter)
+    # Trace row and θ-gradient of recent points, by the bytes of u, for the iteration log.
+    recent: dict[bytes, tuple[int, np.ndarray | None]] = field(default_factory=dict)
+
+    def lookup(self, u: np.ndarray) -> tuple[int, np.ndarray | None] | None:
+        """The trace row and θ-gradient of a point evaluated lately (None if not)."""
+        return self.recent.get(np.asarray(u, dtype=np.float64).tobytes())
 
     def __call__(self, u: np.ndarray) -> tuple[float, np.ndarray]:
         if self.calls >= self.max_evaluations:
@@ -315,25 +339,164 @@ class ScaledObjective:
             weight = max(1.0, abs(reference))
             gap = u - self.best.theta / self.scale if self.best is not None else np.zeros(u.size)
             value = reference + weight * (1.0 + float(gap @ gap))
-            self._record(value, np.nan, success=False)
+            self._record(u, value, np.nan, None)
             return value, 2.0 * weight * gap
         if self.best is None or evaluation.objective < self.best.objective:
             self.best = evaluation
         self.worst = max(self.worst, evaluation.objective)
         gradient = evaluation.gradient * self.scale
-        self._record(evaluation.objective, float(np.abs(gradient).max(initial=0.0)), True)
+        self._record(
+            u, evaluation.objective, float(np.abs(gradient).max(initial=0.0)), evaluation.gradient
+        )
         return evaluation.objective, gradient
 
-    def _record(self, value: float, gradient_norm: float, success: bool) -> None:
+    def _record(
+        self, u: np.ndarray, value: float, gradient_norm: float, gradient: np.ndarray | None
+    ) -> None:
         self.trace.append(
             {
                 **self.label,
                 "evaluation": self.calls,
                 "objective": value,
                 "gradient_norm": gradient_norm,
-                "delta_solved": success,
+                "delta_solved": gradient is not None,
+                "share_evaluations": getattr(self.objective, "total_evaluations", np.nan),
+                "fp_failures": getattr(self.objective, "failures", self.failures),
+                "seconds": time.perf_counter() - self.clock,
             }
         )
+        if len(self.recent) >= 64:
+            self.recent.pop(next(iter(self.recent)))
+        self.recent[u.tobytes()] = (len(self.trace) - 1, gradient)
+
+
+_ITERATION_COLUMNS = [
+    "step",
+    "start",
+    "iteration",
+    "evaluation",
+    "objective",
+    "projected_gradient_norm",
+    "step_size",
+    "share_evaluations",
+    "fp_failures",
+    "seconds",
+]
+_ITERATION_HEADER = (
+    f"{'step':>4} {'start':>5} {'iter':>5} {'evals':>6} {'objective':>12} {'proj.grad':>9} "
+    f"{'move':>9} {'shares':>8} {'fails':>5} {'seconds':>7}"
+)
+
+
+def _integer(value: Any, width: int) -> str:
+    return (
+        f"{'-':>{width}}" if value is None or not np.isfinite(value) else f"{int(value):>{width}}"
+    )
+
+
+def iteration_line(row: Mapping[str, Any]) -> str:
+    """One optimizer iteration as the line ``fit(verbose=True)`` prints.
+
+    Columns: GMM step, start (0 without random starts), iteration, the evaluation it ended at
+    (numbered within this optimization, as in the trace), objective, ∞-norm of the projected
+    gradient (in θ), ∞-norm of the move in θ since the previous iteration, share evaluations
+    and failed δ solves in the fit so far, seconds since the optimization began.
+
+    Examples
+    --------
+    >>> print(iteration_line({"step": 1, "start": 0, "iteration": 3, "evaluation": 5,
+    ...     "objective": 12.5, "projected_gradient_norm": 0.002, "step_size": 0.1,
+    ...     "share_evaluations": 950, "fp_failures": 0, "seconds": 1.234}))
+       1     0     3      5   1.2500e+01  2.00e-03  1.00e-01      950     0    1.23
+    """
+    return (
+        f"{row['step']:>4} {row['start']:>5} {int(row['iteration']):>5} "
+        f"{_integer(row['evaluation'], 6)} {row['objective']:>12.4e} "
+        f"{row['projected_gradient_norm']:>9.2e} {row['step_size']:>9.2e} "
+        f"{_integer(row['share_evaluations'], 8)} {_integer(row['fp_failures'], 5)} "
+        f"{row['seconds']:>7.2f}"
+    )
+
+
+class IterationLog:
+    """The per-iteration callback of one optimization: records each iteration, marks the
+    trace row it ended at, and, when verbose, prints :func:`iteration_line`.
+
+    Parameters
+    ----------
+    scaled : ScaledObjective
+        The objective the optimizer calls (its trace rows are marked).
+    lower, upper : numpy.ndarray
+        Bounds of θ, for the projected gradient.
+    start : numpy.ndarray
+        θ the optimization starts from (the first move is measured from it).
+    verbose : bool
+        Print the lines.
+    optimizer : str
+        Named in the heading printed before the first line.
+    records : list, optional
+        Where to append the iterations (one dict per iteration, the keys of
+        :func:`iteration_line`).
+    """
+
+    def __init__(
+        self,
+        scaled: ScaledObjective,
+        lower: np.ndarray,
+        upper: np.ndarray,
+        start: np.ndarray,
+        verbose: bool,
+        optimizer: str,
+        records: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.scaled = scaled
+        self.lower, self.upper = lower, upper
+        self.previous = np.asarray(start, dtype=np.float64).copy()
+        self.verbose = verbose
+        self.optimizer = optimizer
+        self.records = [] if records is None else records
+        self.iteration = 0
+
+    def __call__(self, u: np.ndarray, value: float) -> None:
+        self.iteration += 1
+        theta = self.scaled.scale * np.asarray(u, dtype=np.float64)
+        found = self.scaled.lookup(u)
+        record: dict[str, Any] = {
+            **self.scaled.label,
+            "iteration": self.iteration,
+            "evaluation": np.nan,
+            "objective": value,
+            "projected_gradient_norm": np.nan,
+            "step_size": float(np.abs(theta - self.previous).max(initial=0.0)),
+            "share_evaluations": getattr(self.scaled.objective, "total_evaluations", np.nan),
+            "fp_failures": getattr(self.scaled.objective, "failures", np.nan),
+            "seconds": time.perf_counter() - self.scaled.clock,
+        }
+        if found is not None:
+            # A point the optimizer evaluated (always, for the built-in optimizers; an
+            # iteration that rejects its step ends where the previous one did).
+            position, gradient = found
+            row = self.scaled.trace[position]
+            if gradient is not None:
+                projected = diagnostics_projection(gradient, theta, self.lower, self.upper)
+                record["projected_gradient_norm"] = float(np.abs(projected).max(initial=0.0))
+            for key in ("evaluation", "objective", "share_evaluations", "fp_failures", "seconds"):
+                record[key] = row[key]
+            row.update(
+                iteration=self.iteration,
+                projected_gradient_norm=record["projected_gradient_norm"],
+                step_size=record["step_size"],
+            )
+        self.previous = theta
+        self.records.append(record)
+        if self.verbose:
+            if self.iteration == 1:
+                print(
+                    f"GMM step {record['step']}, start {record['start']}: {self.optimizer}\n"
+                    f"{_ITERATION_HEADER}",
+                    flush=True,
+                )
+            print(iteration_line(record), flush=True)
 
 
 class Estimator:
@@ -384,6 +547,7 @@ class Estimator:
         self.fp_max_evaluations = fp_max_evaluations
         self.notes: list[str] = []
         self.trace: list[dict[str, Any]] = []
+        self.iterations: list[dict[str, Any]] = []
         self._label: dict[str, Any] = {"step": 1, "start": 0}
 
     # ------------------------------------------------------------------ helpers
@@ -462,9 +626,18 @@ class Estimator:
         )
         scaled.label = dict(self._label)
         start = time.perf_counter()
+        log = IterationLog(
+            scaled,
+            self.lower,
+            self.upper,
+            theta0,
+            self.settings.verbose,
+            getattr(self.settings.optimizer, "__name__", str(self.settings.optimizer)),
+            self.iterations,
+        )
         try:
             if self.settings.optimizer == "gauss-newton":
-                outcome = self._gauss_newton(scaled, theta0)
+                outcome = self._gauss_newton(scaled, theta0, log)
             else:
                 outcome = run_optimizer(
                     scaled,
@@ -473,6 +646,7 @@ class Estimator:
                     self.upper / self.scale,
                     self.settings.optimizer,
                     self.settings.optimizer_options,
+                    callback=log,
                 )
             outcome = outcome.rescaled(self.scale)
         except _BudgetSpent:
@@ -515,7 +689,8 @@ class Estimator:
         draws = draw_starts(
             theta0, self.lower, self.upper, self.settings.starts, self.settings.seed
         )
-        for number, draw in enumerate(draws, start=1):
+        numbered = enumerate(draws, start=1)
+        for number, draw in progress(numbered, len(draws), "starts", self.settings.verbose):
             self._label["start"] = number
             self.objective.reset()
             row: dict[str, Any] = {
@@ -652,7 +827,9 @@ class Estimator:
             taken += 1
         return theta, evaluation, taken
 
-    def _gauss_newton(self, scaled: ScaledObjective, theta0: np.ndarray) -> OptimizationOutcome:
+    def _gauss_newton(
+        self, scaled: ScaledObjective, theta0: np.ndarray, log: IterationLog
+    ) -> OptimizationOutcome:
         """Levenberg–Marquardt on the moments; L-BFGS-B from its best point if it stalls."""
         options = dict(self.settings.optimizer_options or {})
         lower, upper = self.lower / self.scale, self.upper / self.scale
@@ -675,12 +852,19 @@ class Estimator:
             gtol=float(options.get("gtol", 1e-8)),
             xtol=float(options.get("xtol", 1e-12)),
             max_iterations=int(options.get("max_iterations", 200)),
+            callback=log,
         )
         if outcome.converged:
             return outcome
         best = scaled.best.theta / self.scale if scaled.best is not None else outcome.theta
         fallback = run_optimizer(
-            scaled, best, lower, upper, "l-bfgs-b", {"gtol": float(options.get("gtol", 1e-8))}
+            scaled,
+            best,
+            lower,
+            upper,
+            "l-bfgs-b",
+            {"gtol": float(options.get("gtol", 1e-8))},
+            callback=log,
         )
         return fallback.replace(
             message=f"gauss-newton {outcome.message} after {outcome.iterations} step(s); "
@@ -829,8 +1013,15 @@ class Estimator:
                     "objective",
                     "gradient_norm",
                     "delta_solved",
+                    "share_evaluations",
+                    "fp_failures",
+                    "seconds",
+                    "iteration",
+                    "projected_gradient_norm",
+                    "step_size",
                 ],
             ),
+            iterations=pd.DataFrame(self.iterations, columns=_ITERATION_COLUMNS),
         )
 
 
@@ -845,6 +1036,7 @@ def check_fit_settings(
     scale_parameters: Any,
     steps: int,
     check_options: Callable[[Any, Mapping[str, Any] | None], str],
+    verbose: Any = False,
 ) -> FitSettings:
     """Validate the optimizer arguments of ``fit`` into :class:`FitSettings` (no work done)."""
     check_options(optimizer, optimizer_options)
@@ -869,6 +1061,7 @@ def check_fit_settings(
     for name, value in (
         ("compute_hessian", compute_hessian),
         ("scale_parameters", scale_parameters),
+        ("verbose", verbose),
     ):
         if not isinstance(value, (bool, np.bool_)):
             raise BLPInputError(f"{name} must be True or False, got {value!r}")
@@ -881,4 +1074,5 @@ def check_fit_settings(
         max_evaluations=int(max_evaluations),
         scale_parameters=bool(scale_parameters),
         compute_hessian=bool(compute_hessian),
+        verbose=bool(verbose),
     )

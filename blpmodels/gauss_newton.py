@@ -163,6 +163,7 @@ def minimize_gauss_newton(
     gtol: float = 1e-8,
     xtol: float = 1e-12,
     max_iterations: int = 200,
+    callback: Callable[[np.ndarray, float], None] | None = None,
 ) -> OptimizationOutcome:
     """Bound-constrained Levenberg–Marquardt with the Gauss–Newton matrix.
 
@@ -183,6 +184,8 @@ def minimize_gauss_newton(
         ``gtol``.
     max_iterations : int
         Accepted or rejected steps before giving up.
+    callback : callable, optional
+        ``callback(u, q)`` after every accepted step (an iteration).
 
     Returns
     -------
@@ -246,6 +249,8 @@ def minimize_gauss_newton(
             small = np.abs(step).max(initial=0.0) <= xtol * (1.0 + np.abs(point.u).max())
             old_gradient = point.gradient
             point = _Point(trial_u, value, gradient)
+            if callback is not None:
+                callback(point.u.copy(), float(point.value))
             gn = hessian(point.u)
             correction = _secant_correction(correction, gn, step, gradient - old_gradient)
             accepted, refusals = accepted + 1, 0

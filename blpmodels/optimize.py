@@ -138,6 +138,9 @@ def check_optimizer(optimizer: Any, options: Mapping[str, Any] | None) -> str:
     return method
 
 
+IterationCallback = Callable[[np.ndarray, float], None]
+
+
 def run_optimizer(
     fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
     theta0: np.ndarray,
@@ -145,6 +148,7 @@ def run_optimizer(
     upper: np.ndarray,
     optimizer: Any,
     options: Mapping[str, Any] | None = None,
+    callback: IterationCallback | None = None,
 ) -> OptimizationOutcome:
     """Minimize ``fun`` from ``theta0`` within bounds.
 
@@ -161,6 +165,10 @@ def run_optimizer(
         One of :data:`OPTIMIZERS` or a callable (see the module docstring).
     options : dict, optional
         Passed to scipy as ``options``.
+    callback : callable, optional
+        ``callback(θ, objective)`` once per optimizer iteration, at the accepted point
+        (scipy's per-iteration callback; for a callable optimizer, which reports no
+        iterations, after every evaluation).
 
     Returns
     -------
@@ -176,6 +184,14 @@ def run_optimizer(
         return fun(theta)
 
     if callable(optimizer):
+        if callback is not None:
+            plain = objective
+
+            def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+                value, gradient = plain(theta)
+                callback(np.asarray(theta, dtype=np.float64), float(value))
+                return value, gradient
+
         solution = optimizer(objective, theta0.copy(), [(float(a), float(b)) for a, b in bounds])
         theta = np.asarray(getattr(solution, "x", solution), dtype=np.float64)
         converged = bool(getattr(solution, "success", True))
@@ -190,6 +206,15 @@ def run_optimizer(
         )
     method = name
     kwargs: dict[str, Any] = {"options": dict(options or {})}
+    if callback is not None:
+        # scipy passes the iteration's OptimizeResult when the parameter has this name.
+        def each_iteration(intermediate_result: scipy.optimize.OptimizeResult) -> None:
+            callback(
+                np.asarray(intermediate_result.x, dtype=np.float64),
+                float(intermediate_result.fun),
+            )
+
+        kwargs["callback"] = each_iteration
     finite = np.isfinite(lower).any() or np.isfinite(upper).any()
     if method in _SUPPORTS_BOUNDS and finite:
         kwargs["bounds"] = scipy.optimize.Bounds(lower, upper)
