@@ -1,9 +1,10 @@
 """A small random-coefficients economy with a demographic interacting with prices.
 
 Shared by the tests of tables, verbose fits and post-estimation rough edges (issue 12): 15
-markets × 4 products from :func:`blpmodels.simulation.simulate_logit`, 30 agents per market with
-two normal nodes and a log-income demographic, random coefficients on prices and x and Π on
-prices × income, so that the price coefficient of an agent is α + σ_p ν + π income.
+markets × 4 products from :func:`blpmodels.simulation.simulate_logit`, 30 agents per market
+(unequal weights) with two normal nodes and an income demographic, random coefficients on
+prices and x and Π on prices × income, so that the price coefficient of an agent is
+α + σ_p ν + π income.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ def economy(seed: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
         products[f"z{k}"] = rng.normal(size=len(products)) + 0.3 * products["cost_shifter"]
     markets = products["market_ids"].unique()
     n_agents = 30
+    # Unequal weights (summing to one in each market), so weighted and plain means differ.
+    weights = rng.uniform(0.5, 1.5, size=(markets.size, n_agents))
+    weights /= weights.sum(axis=1, keepdims=True)
     agents = pd.DataFrame(
         {
             "market_ids": np.repeat(markets, n_agents),
-            "weights": 1 / n_agents,
+            "weights": weights.ravel(),
             "nodes0": rng.normal(size=markets.size * n_agents),
             "nodes1": rng.normal(size=markets.size * n_agents),
             "income": rng.normal(size=markets.size * n_agents),

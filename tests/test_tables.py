@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -184,6 +185,25 @@ def test_html_reads_back_to_the_estimates(fits, statistic):
     (footer,) = sections["tfoot"]
     assert footer[0] == comparison.note()
     assert comparison._repr_html_() == comparison.to_html()
+
+
+def test_stars_follow_the_conventional_thresholds():
+    # Any object with params, bse and pvalues will do; one p-value in each band.
+    names = ["a", "b", "c", "d", "e"]
+    result = SimpleNamespace(
+        params=pd.Series([1.0, 2.0, 3.0, 4.0, 5.0], index=names),
+        bse=pd.Series([0.1, 0.2, 0.3, 0.4, 0.5], index=names),
+        pvalues=pd.Series([0.0099, 0.011, 0.049, 0.051, 0.1001], index=names),
+    )
+    comparison = blpmodels.compare({"m": result}, stars=True)
+    cells = comparison.to_frame()["m"]
+    assert [cells.iloc[2 * k] for k in range(5)] == [
+        "1.0000***",
+        "2.0000**",
+        "3.0000**",
+        "4.0000*",
+        "5.0000",
+    ]
 
 
 def test_t_statistics_are_the_results_own(fits):
