@@ -1,0 +1,339 @@
+"""Backends for the market chunks (issue 11): threads and Dask give the same fits.
+
+The Dask tests run a ``LocalCluster`` in this process (``processes=False``: a worker is a
+thread, so CI on two cores starts one in milliseconds) on problems from
+:func:`blpmodels.simulation_scale.simulate_scale` of a few dozen markets. Oracles: the
+threads backend with one chunk (the combination of chunk results cannot be wrong there), and
+the share equations solved by hand (``tests/probes.independent_log_shares``) at δ from Dask.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+from probes import independent_log_shares
+
+from blpmodels.backends import chunk_memory, chunk_size_for_memory, parse_memory
+from blpmodels.exceptions import BLPInputError
+from blpmodels.simulation_scale import simulate_scale
+
+distributed = pytest.importorskip("distributed")
+
+TOLERANCE = 1e-10
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local, set_as_default=False) as client,
+    ):
+        yield local, client
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    return cluster[1]
+
+
+def _problem(kind: str):
+    """A simulated problem, the keywords of its model and its starting values."""
+    if kind == "rc":
+        return simulate_scale(30, 6, 40, seed=1), {}, {"sigma": 0.5}
+    if kind == "demographics":
+        return simulate_scale(30, 6, 40, seed=2, pi=0.5), {}, {"sigma": 0.5, "pi": 0.3}
+    if kind == "rcnl":
+        return simulate_scale(30, 6, 40, seed=3, nests=2), {}, {"sigma": 0.5, "rho": 0.3}
+    problem = simulate_scale(30, 6, 40, seed=4)
+    problem.products["firm_ids"] = problem.products["product_ids"] % 3
+    start = {"sigma": 0.5, "beta": {"prices": -1.0}}
+    return problem, {"supply": "1 + cost_shifter"}, start
+
+
+def _assert_same_fit(first, second, tolerance=TOLERANCE):
+    np.testing.assert_allclose(first.params, second.params, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(first.bse, second.bse, rtol=0, atol=tolerance)
+    assert first.info.objective == pytest.approx(second.info.objective, rel=0, abs=tolerance)
+
+
+# ------------------------------------------------------------------ same numbers
+
+
+@pytest.mark.parametrize("kind", ["rc", "demographics", "rcnl", "supply"])
+def test_dask_fit_equals_the_threads_fit(client, kind):
+    """Parameters, SEs and objective to 1e-10 on Dask and in threads, 7 markets per chunk."""
+    problem, keywords, start = _problem(kind)
+    threads = problem.model(chunk_size=7, threads=2, **keywords).fit(**start)
+    dask = problem.model(chunk_size=7, backend="dask", client=client, **keywords).fit(**start)
+    assert dask.info.convergence["backend"] == "dask"
+    assert threads.info.convergence["converged"]
+    _assert_same_fit(threads, dask)
+    np.testing.assert_allclose(threads.elasticities(), dask.elasticities(), rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("kind", ["rc", "rcnl"])
+def test_chunked_fit_equals_one_chunk(kind):
+    """Chunks of 4 markets (the last one short) combine into the one-chunk fit.
+
+    Guards the combination on the driver: a chunk's results written into other markets'
+    rows change δ, and the fit.
+    """
+    problem, keywords, start = _problem(kind)
+    whole = problem.model(chunk_size=30, threads=1, **keywords).fit(**start)
+    chunked = problem.model(chunk_size=4, threads=2, **keywords).fit(**start)
+    _assert_same_fit(whole, chunked, 1e-9)
+
+
+def test_dask_delta_solves_the_share_equations(client):
+    """δ from Dask chunks against log shares computed by hand, market by market."""
+    problem, _, _ = _problem("rc")
+    model = problem.model(chunk_size=4, backend="dask", client=client)
+    objective = model.objective_function(model.parameters(sigma=0.7))
+    evaluation = objective.evaluate(np.array([0.7]))
+    assert evaluation.success
+    residual = independent_log_shares(problem.products, problem.agents, evaluation.delta, 0.7)
+    assert np.abs(residual - np.log(problem.products["shares"])).max() < 1e-12
+
+
+def test_results_do_not_depend_on_the_number_of_workers(client):
+    """One worker or two: the same chunks, so bitwise the same estimates."""
+    problem, _, start = _problem("demographics")
+    two = problem.model(backend="dask", client=client).fit(**start)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local, set_as_default=False) as single,
+    ):
+        one = problem.model(backend="dask", client=single).fit(**start)
+    np.testing.assert_array_equal(one.params, two.params)
+    np.testing.assert_array_equal(one.bse, two.bse)
+
+
+def test_micro_moments_run_on_the_driver_with_dask(client):
+    """A micro moment (mean income of buyers) fitted on Dask equals the threads fit."""
+    from blpmodels import MicroDataset, MicroMoment
+
+    problem, _, start = _problem("demographics")
+    markets = problem.products["market_ids"].unique()[:5]
+    survey = MicroDataset("buyers", observations=500, market_ids=list(markets))
+    moment = MicroMoment.mean("income", survey, 0.1)
+    fits = [
+        problem.model(chunk_size=7, **keywords).fit(**start, micro_moments=[moment])
+        for keywords in ({}, {"backend": "dask", "client": client})
+    ]
+    _assert_same_fit(*fits)
+
+
+# ------------------------------------------------------------------ workers lost
+
+
+def _kill(cluster, address: str) -> None:
+    worker = next(w for w in cluster.workers.values() if w.address == address)
+    cluster.sync(worker.close)
+
+
+def test_a_worker_lost_between_evaluations_is_replaced():
+    """Its chunks are scattered again with the driver's warm start; δ and q are unchanged."""
+    problem, _, _ = _problem("rc")
+    reference = problem.model(chunk_size=4).objective_function(
+        problem.model().parameters(sigma=0.5)
+    )
+    with (
+        distributed.LocalCluster(
+            n_workers=3, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local, set_as_default=False) as client,
+    ):
+        model = problem.model(chunk_size=4, backend="dask", client=client)
+        objective = model.objective_function(model.parameters(sigma=0.5))
+        objective.evaluate(np.array([0.5]))
+        victim = objective.backend.owners[0]
+        _kill(local, victim)
+        reference.evaluate(np.array([0.5]))
+        for sigma in (0.6, 0.8):
+            expected = reference.evaluate(np.array([sigma]))
+            evaluation = objective.evaluate(np.array([sigma]))
+            assert evaluation.objective == pytest.approx(expected.objective, rel=1e-12)
+            np.testing.assert_allclose(evaluation.delta, expected.delta, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(evaluation.gradient, expected.gradient, rtol=1e-9)
+        assert objective.backend.recoveries == 1
+        assert victim not in objective.backend.owners
+
+
+def test_a_worker_killed_mid_fit_does_not_stop_the_fit():
+    """A worker dies while an evaluation's steps are queued: the fit recovers and ends where
+    the threads fit does."""
+    problem, _, start = _problem("demographics")
+    expected = problem.model(chunk_size=4).fit(**start)
+    with (
+        distributed.LocalCluster(
+            n_workers=3, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local, set_as_default=False) as client,
+    ):
+        model = problem.model(chunk_size=4, backend="dask", client=client)
+        objective = model.objective_function(model.parameters(**start))
+        backend = objective.backend
+        submit = backend._submit
+        calls = {"n": 0}
+
+        def submit_and_kill(number, step):
+            calls["n"] += 1
+            if calls["n"] == 30:  # the fourth evaluation, after two of its eight steps
+                _kill(local, backend.owners[number])
+            return submit(number, step)
+
+        backend._submit = submit_and_kill
+        model.objective_function = lambda *args, **kwargs: objective
+        results = model.fit(**start)
+        assert backend.recoveries >= 1
+        assert len(set(backend.owners)) == 2
+    _assert_same_fit(expected, results, 1e-8)
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_closed_client_is_a_clear_error():
+    problem, _, start = _problem("rc")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+    ) as local:
+        client = distributed.Client(local, set_as_default=False)
+        model = problem.model(backend="dask", client=client)
+        client.close()
+        with pytest.raises(BLPInputError, match="client is closed"):
+            model.fit(**start)
+
+
+def test_cluster_without_workers_is_a_clear_error():
+    problem, _, start = _problem("rc")
+    with (
+        distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as local,
+        distributed.Client(local, set_as_default=False) as client,
+    ):
+        model = problem.model(backend="dask", client=client)
+        began = time.monotonic()
+        with pytest.raises(BLPInputError, match="has no workers"):
+            model.fit(**start)
+        assert time.monotonic() - began < 10
+
+
+def test_every_worker_lost_mid_fit_is_an_error_not_a_hang():
+    from blpmodels.backends.dask import DaskBackend
+
+    problem, _, _ = _problem("rc")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local, set_as_default=False) as client,
+    ):
+        model = problem.model(chunk_size=10)
+        objective = model.objective_function(model.parameters(sigma=0.5))
+        objective.backend = DaskBackend(client, timeout=1.0)
+        objective.evaluate(np.array([0.5]))
+        _kill(local, objective.backend.owners[0])
+        began = time.monotonic()
+        with pytest.raises(BLPInputError, match="has no workers"):
+            objective.evaluate(np.array([0.6]))
+        assert time.monotonic() - began < 15
+
+
+def test_dask_without_dask_installed_says_what_to_install(monkeypatch):
+    problem, _, _ = _problem("rc")
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match=r'pip install "blpmodels\[dask\]"'):
+        problem.model(backend="dask")
+
+
+@pytest.mark.parametrize(
+    ("keywords", "match"),
+    [
+        ({"backend": "spark"}, "backend must be 'threads' or 'dask'"),
+        ({"client": object()}, "client= is for backend='dask'"),
+        ({"backend": "dask", "threads": 2}, "threads= is for backend='threads'"),
+        ({"memory_limit": "2GiB", "chunk_size": 3}, "not both"),
+        ({"memory_limit": "lots"}, "is not a size"),
+        ({"memory_limit": -5}, "positive size"),
+        ({"backend": "dask", "client": "tcp://x"}, "must be a distributed.Client"),
+    ],
+)
+def test_backend_options_are_checked(keywords, match):
+    problem, _, _ = _problem("rc")
+    with pytest.raises(BLPInputError, match=match):
+        problem.model(**keywords).fit(sigma=0.5)
+
+
+# ------------------------------------------------------------------ memory
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("2GiB", 2 * 2**30), ("500 MB", 500 * 10**6), ("1.5kib", 1536), (4096, 4096)],
+)
+def test_memory_sizes_are_parsed(text, expected):
+    assert parse_memory(text) == expected
+
+
+def test_memory_limit_chooses_the_chunk_size():
+    """The chunk is as large as the limit allows, by the documented per-market sizes."""
+    problem = simulate_scale(40, 6, 50, seed=0)
+    working, resident = chunk_memory(6, 50, 1)
+    limit = int(40 * resident + 2 * 9.5 * working)  # room for two chunks of 9.5 markets
+    model = problem.model(memory_limit=limit, threads=2)
+    objective = model.objective_function(model.parameters(sigma=0.5))
+    assert objective.chunk_size == 9
+    assert (
+        chunk_size_for_memory(limit, n_markets=40, n_products=6, n_agents=50, n_theta=1, parallel=1)
+        == 19
+    )
+    results = model.fit(sigma=0.5)
+    assert results.model.memory_limit == limit
+    assert results._results.demand.chunk_size == 9  # post-estimation follows the chunks
+
+
+@pytest.mark.parametrize("kind", ["rc", "rcnl", "supply"])
+def test_evaluation_stays_under_the_memory_limit(kind):
+    """Peak memory allocated during an evaluation (tracemalloc sees numpy) under the limit."""
+    problem, keywords, start = _problem(kind)
+    problem = simulate_scale(40, 20, 300, seed=5, nests=2 if kind == "rcnl" else 0)
+    if kind == "supply":
+        problem.products["firm_ids"] = problem.products["product_ids"] % 3
+    limit = 2 * 2**20
+    model = problem.model(memory_limit=limit, threads=1, **keywords)
+    start = {k: v for k, v in start.items() if k != "beta"}
+    parameters = model.parameters(**start)
+    objective = model.objective_function(parameters)
+    assert 1 < objective.chunk_size < 40
+    theta = parameters.theta0 if kind != "supply" else np.append(parameters.theta0, -1.0)
+    objective.evaluate(theta)  # the chunks and their work arrays exist from here on
+    tracemalloc.start()
+    before, _ = tracemalloc.get_traced_memory()
+    for scale in (1.1, 1.2):
+        assert objective.evaluate(theta * scale).success
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    workspace = objective.backend._workspace()
+    held = sum(array.nbytes for arrays in workspace._arrays.values() for array in arrays.values())
+    assert peak - before + held < limit
+
+
+def test_a_limit_too_small_for_one_market_names_it():
+    """Market 7 has the most products: the error names it and the bytes it needs."""
+    problem = simulate_scale(12, 5, 30, seed=0)
+    products = problem.products
+    extra = products[products["market_ids"] == 7].assign(product_ids=lambda f: f.product_ids + 5)
+    extra["shares"] /= 2
+    products.loc[products["market_ids"] == 7, "shares"] /= 2
+    problem.products = pd.concat([products, extra], ignore_index=True)
+    with pytest.raises(BLPInputError, match=r"market 7 .*10 products x 30 agents.*give at least"):
+        problem.model(memory_limit="4KiB").fit(sigma=0.5)
