@@ -97,8 +97,9 @@ def _heatmap(
     centered: bool,
     annotate: bool | None,
     colorbar_label: str,
+    log: bool = False,
 ) -> Axes:
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.colors import LogNorm, TwoSlopeNorm
 
     values = matrix.to_numpy(dtype=np.float64)
     size = max(4.0, 0.45 * values.shape[1] + 2.5)
@@ -107,6 +108,8 @@ def _heatmap(
     norm = None
     if centered and finite.size and finite.min() < 0 < finite.max():
         norm = TwoSlopeNorm(vcenter=0.0, vmin=finite.min(), vmax=finite.max())
+    elif log and finite.size and finite.min() > 0:
+        norm = LogNorm(vmin=finite.min(), vmax=finite.max())
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(np.arange(values.shape[1]), [str(c) for c in matrix.columns], rotation=90)
     ax.set_yticks(np.arange(values.shape[0]), [str(r) for r in matrix.index])
@@ -222,6 +225,7 @@ def plot_diversion_ratios(
     ax: Axes | None = None,
     cmap: str = "viridis",
     annotate: bool | None = None,
+    log: bool = True,
 ) -> Axes:
     """Heatmap of one market's diversion ratios from product j (row) to k (column).
 
@@ -248,6 +252,9 @@ def plot_diversion_ratios(
         Colormap.
     annotate : bool, optional
         Write each value in its cell (default: up to 12 products).
+    log : bool
+        Logarithmic color scale when every ratio is positive (default): the outside good
+        often takes ten times more than any product, which would wash out a linear scale.
 
     Returns
     -------
@@ -279,6 +286,7 @@ def plot_diversion_ratios(
         centered=False,
         annotate=annotate,
         colorbar_label="share of the row product's lost sales going to the column",
+        log=log,
     )
     kind = "Long-run diversion" if long_run else "Diversion ratios"
     if market_id is not None:
@@ -770,19 +778,57 @@ def plot_profile(
 
 
 # ----------------------------------------------------------------------------- trace
-def plot_trace(results: Any, *, ax: Axes | None = None, log: bool = True) -> Axes:
-    """Objective and gradient norm of every evaluation the optimizer asked for.
+def _trace_frame(results: Any) -> pd.DataFrame:
+    if isinstance(results, pd.DataFrame):
+        return results
+    trace = _unwrap(results).info.convergence.get("trace")
+    if trace is None or len(trace) == 0:
+        raise BLPInputError(
+            "these results record no optimizer trace (only random-coefficients fits do)"
+        )
+    return trace
 
-    The fit records each objective evaluation (``results.info.convergence["trace"]``),
-    including line-search trial points, rather than one row per optimizer iteration; the
-    plot shows them in order, GMM steps and random starts one after the other (boundaries
-    dotted), evaluations where δ could not be solved as red crosses.
+
+def _trace_points(trace: pd.DataFrame, by: str) -> tuple[np.ndarray, pd.DataFrame, str]:
+    """x positions and rows to draw: iterations numbered on across GMM steps and starts."""
+    groups = [name for name in ("step", "start") if name in trace.columns]
+    if by == "evaluation":
+        return np.arange(1, len(trace) + 1, dtype=np.float64), trace, "gradient_norm"
+    rows = trace[trace["iteration"].notna()]
+    numbers = rows["iteration"].to_numpy(dtype=np.float64, copy=True)
+    if groups:
+        keys = rows[groups].astype(str).agg("/".join, axis=1).to_numpy()
+        offset = 0.0
+        for position in range(1, len(rows)):
+            if keys[position] != keys[position - 1]:
+                offset = numbers[position - 1]
+            numbers[position] += offset
+    column = "projected_gradient_norm" if "projected_gradient_norm" in rows else "gradient_norm"
+    return numbers, rows, column
+
+
+def plot_trace(
+    results: Any, *, by: str | None = None, ax: Axes | None = None, log: bool = True
+) -> Axes:
+    """Objective and gradient norm by optimizer iteration (or by objective evaluation).
+
+    The fit records every objective evaluation the optimizer asked for
+    (``results.info.convergence["trace"]``, line-search trial points included) and marks the
+    row each optimizer iteration ended at (``iteration``, ``projected_gradient_norm``). By
+    default the plot shows one point per iteration, the objective on the left axis and the
+    ∞-norm of the projected gradient in θ on the right; ``by="evaluation"`` shows every
+    evaluation with the ∞-norm of the scaled gradient, evaluations where δ could not be
+    solved as red crosses. GMM steps and random starts follow one another (boundaries
+    dotted).
 
     Parameters
     ----------
     results : BLPResults or pandas.DataFrame
         A random-coefficients fit, or its trace frame (columns ``objective`` and
-        ``gradient_norm``; ``step`` and ``start`` optional).
+        ``gradient_norm``; ``iteration``, ``projected_gradient_norm``, ``step``, ``start``
+        and ``delta_solved`` when recorded).
+    by : {"iteration", "evaluation"}, optional
+        Default: iterations when the trace marks them, else evaluations.
     ax : matplotlib.axes.Axes, optional
         Where to draw the objective (default: a new figure); the gradient norm goes on a
         twin axis (``ax.right_ax``).
@@ -792,33 +838,32 @@ def plot_trace(results: Any, *, ax: Axes | None = None, log: bool = True) -> Axe
     Returns
     -------
     matplotlib.axes.Axes
-        The objective axis; its first line is the objective, the twin's the ∞-norm of the
-        scaled gradient.
+        The objective axis; its first line is the objective, the twin's first line the
+        gradient norm.
 
     Examples
     --------
     >>> ax = plot_trace(results)  # doctest: +SKIP
-    >>> trace = results.info.convergence["trace"]  # doctest: +SKIP
+    >>> trace = results.info.convergence["trace"].dropna(subset=["iteration"])  # doctest: +SKIP
     >>> bool((ax.lines[0].get_ydata() == trace["objective"]).all())  # doctest: +SKIP
     True
     """
-    if isinstance(results, pd.DataFrame):
-        trace = results
-    else:
-        trace = _unwrap(results).info.convergence.get("trace")
-        if trace is None or len(trace) == 0:
-            raise BLPInputError(
-                "these results record no optimizer trace (only random-coefficients fits do)"
-            )
+    trace = _trace_frame(results)
     missing = [name for name in ("objective", "gradient_norm") if name not in trace.columns]
     if missing:
         raise BLPInputError(f"the trace lacks the column(s) {missing}")
-    number = np.arange(1, len(trace) + 1)
-    objective = trace["objective"].to_numpy(dtype=np.float64)
-    gradient = trace["gradient_norm"].to_numpy(dtype=np.float64)
+    marked = "iteration" in trace.columns and trace["iteration"].notna().any()
+    by = by or ("iteration" if marked else "evaluation")
+    if by not in ("iteration", "evaluation"):
+        raise BLPInputError(f"by must be 'iteration' or 'evaluation', got {by!r}")
+    if by == "iteration" and not marked:
+        raise BLPInputError("the trace marks no iterations: use by='evaluation'")
+    number, rows, gradient_column = _trace_points(trace, by)
+    objective = rows["objective"].to_numpy(dtype=np.float64)
+    gradient = rows[gradient_column].to_numpy(dtype=np.float64)
     solved = (
-        trace["delta_solved"].to_numpy(dtype=bool)
-        if "delta_solved" in trace
+        rows["delta_solved"].to_numpy(dtype=bool)
+        if "delta_solved" in rows
         else np.isfinite(gradient)
     )
     ax = _axes(ax, (7.0, 4.0))
@@ -833,14 +878,16 @@ def plot_trace(results: Any, *, ax: Axes | None = None, log: bool = True) -> Axe
             ax.set_yscale("log")
         if np.all(gradient[np.isfinite(gradient)] > 0):
             right.set_yscale("log")
-    groups = [name for name in ("step", "start") if name in trace.columns]
+    groups = [name for name in ("step", "start") if name in rows.columns]
     if groups:
-        keys = trace[groups].astype(str).agg("/".join, axis=1).to_numpy()
-        for boundary in np.flatnonzero(keys[1:] != keys[:-1]) + 1.5:
+        keys = rows[groups].astype(str).agg("/".join, axis=1).to_numpy()
+        for position in np.flatnonzero(keys[1:] != keys[:-1]):
+            boundary = (number[position] + number[position + 1]) / 2
             ax.axvline(boundary, color="grey", linestyle=":")
-    ax.set_xlabel("objective evaluation")
+    ax.set_xlabel("optimizer iteration" if by == "iteration" else "objective evaluation")
     ax.set_ylabel("GMM objective", color="C0")
-    right.set_ylabel("‖scaled gradient‖∞", color="C1")
+    norm = "projected gradient" if gradient_column == "projected_gradient_norm" else "gradient"
+    right.set_ylabel(f"‖{norm}‖∞", color="C1")
     handles = ax.get_legend_handles_labels()
     more = right.get_legend_handles_labels()
     ax.legend(handles[0] + more[0], handles[1] + more[1], loc="upper right", fontsize="small")

@@ -314,11 +314,46 @@ def test_profile_errors(rc_results, logit):
 # ----------------------------------------------------------------------------- trace
 def test_trace_draws_every_evaluation(rc_results):
     trace = rc_results.info.convergence["trace"]
-    ax = plotting.plot_trace(rc_results)
+    ax = plotting.plot_trace(rc_results, by="evaluation")
     np.testing.assert_array_equal(ax.lines[0].get_xdata(), np.arange(1, len(trace) + 1))
     np.testing.assert_array_equal(ax.lines[0].get_ydata(), trace["objective"])
     np.testing.assert_array_equal(ax.right_ax.lines[0].get_ydata(), trace["gradient_norm"])
     assert ax.get_yscale() == "log"
+    assert ax.get_xlabel() == "objective evaluation"
+
+
+def test_trace_by_iteration_draws_the_rows_iterations_ended_at(rc_results):
+    trace = rc_results.info.convergence["trace"]
+    if "iteration" not in trace.columns:
+        pytest.skip("this version's trace marks no iterations")
+    ended = trace[trace["iteration"].notna()]
+    ax = plotting.plot_trace(rc_results)
+    assert ax.get_xlabel() == "optimizer iteration"
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), ended["iteration"])
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), ended["objective"])
+    np.testing.assert_array_equal(
+        ax.right_ax.lines[0].get_ydata(), ended["projected_gradient_norm"]
+    )
+    # The last iteration ends at the estimates.
+    assert ended["objective"].iloc[-1] == pytest.approx(rc_results.info.objective, rel=1e-6)
+
+
+def test_trace_numbers_iterations_on_across_steps_and_marks_boundaries():
+    trace = pd.DataFrame(
+        {
+            "step": [1, 1, 1, 2, 2, 2],
+            "start": [0, 0, 0, 0, 0, 0],
+            "objective": [3.0, 9.0, 1.0, 0.8, 0.75, 0.7],
+            "gradient_norm": [1.0, 2.0, 0.1, 0.2, 0.3, 0.01],
+            "iteration": [1, np.nan, 2, 1, np.nan, 2],
+            "projected_gradient_norm": [1.5, np.nan, 0.15, 0.25, np.nan, 0.015],
+        }
+    )
+    ax = plotting.plot_trace(trace)
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), [3.0, 1.0, 0.8, 0.7])
+    np.testing.assert_array_equal(ax.right_ax.lines[0].get_ydata(), [1.5, 0.15, 0.25, 0.015])
+    assert [line.get_xdata()[0] for line in ax.lines[1:]] == [2.5]
 
 
 def test_trace_marks_failed_evaluations_and_step_boundaries():
@@ -339,6 +374,8 @@ def test_trace_marks_failed_evaluations_and_step_boundaries():
     assert boundaries == [3.5]
     with pytest.raises(BLPInputError, match="gradient_norm"):
         plotting.plot_trace(trace.drop(columns="gradient_norm"))
+    with pytest.raises(BLPInputError, match="marks no iterations"):
+        plotting.plot_trace(trace, by="iteration")
 
 
 def test_trace_of_a_logit_is_an_error(logit):
