@@ -1115,6 +1115,17 @@ class _LogitPairTangent:
         by_second = (self.ratio[:, None, :] @ grid)[:, :, 0, :]  # [n, I, 1+J]
         return np.einsum("nia,pia->np", by_first + by_group + by_second, self.d_first)
 
+    def dense(self) -> np.ndarray:
+        """``[P, I, 1+J, 1+J]`` tangents (for scores of a few consumers)."""
+        d_group = self.d_first @ self.same  # dS_a
+        d_joint = (
+            (self.d_first * self.scale)[..., None] * self.first[None, :, None, :]
+            + (d_group * self.first * self.scale**2)[..., None] * self.first[None, :, None, :]
+            + self.ratio[None, :, :, None] * self.d_first[:, :, None, :]
+        )
+        d_joint[:, :, self.same > 0] = 0.0
+        return d_joint
+
 
 def _logit(utilities: np.ndarray) -> np.ndarray:
     """``[I, 1+J]`` logit probabilities with the outside option (utility 0) first."""
@@ -1486,6 +1497,47 @@ def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) ->
     return pd.DataFrame(rows)
 
 
+def _probability_model(demand: Any) -> MicroProbabilities:
+    """The probability model of estimated random-coefficients demand (nested when ρ ≠ 0)."""
+    design, parameters = demand.design, demand.parameters
+    layout = design.layout
+    nested = parameters.has_rho and demand.nest_codes is not None
+    return MicroProbabilities(
+        parameters,
+        layout.pad(design.random.values),
+        demand.agents,
+        layout.pad(demand.nest_codes) if nested else None,
+        int(demand.nest_codes.max()) + 1 if nested else 1,
+    )
+
+
+def _ones(second: bool) -> ArrayFunction:
+    def ones(t: Any, products: pd.DataFrame, people: pd.DataFrame) -> np.ndarray:
+        size = len(products) + 1
+        return np.ones((len(people), size, size) if second else (len(people), size))
+
+    return ones
+
+
+def _choice_probabilities(
+    model: MicroProbabilities,
+    market: _Market,
+    setup: dict[str, Any],
+    nodes: np.ndarray,
+    demographics: np.ndarray,
+    groups: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Some consumers' probabilities of each choice ``[I, 1+J]`` (second choices:
+    ``[I, 1+J, 1+J]``) and their θ-tangents (leading axis P), formed whole."""
+    first, d_first, pair = model.consumers(
+        market, setup["theta"], setup["delta"], setup["jacobian"], nodes, demographics
+    )
+    if groups is None:
+        return first, d_first
+    joint, tangent = pair(groups)
+    return joint, tangent.dense()
+
+
 def _score_setup(demand: Any, dataset: MicroDataset) -> dict[str, Any]:
     """∂δ/∂θ at the estimates, the probability model, and the survey's denominator D (the
     expected number of surveyed consumers up to scale) with its θ-gradient."""
@@ -1496,37 +1548,32 @@ def _score_setup(demand: Any, dataset: MicroDataset) -> dict[str, Any]:
     agents, parameters = demand.agents, demand.parameters
     if agents is None or parameters is None:
         raise BLPInputError("scores need a random-coefficients model's demand")
-    if dataset.second_choices:
-        raise BLPInputError(
-            f"micro dataset {dataset.name!r}: scores of second-choice surveys are not supported yet"
-        )
-    nested = parameters.has_rho and demand.nest_codes is not None
-    if nested:
-        raise BLPInputError("scores are not supported yet for nested models (RCNL)")
     design = demand.design
     layout = design.layout
     theta = np.asarray(demand.theta, dtype=np.float64)
+    nested = parameters.has_rho and demand.nest_codes is not None
     objective = NonlinearObjective(
-        design, agents, parameters, np.eye(design.Z_absorbed.shape[1]), threads=1
+        design,
+        agents,
+        parameters,
+        np.eye(design.Z_absorbed.shape[1]),
+        nest_codes=demand.nest_codes if nested else None,
+        threads=1,
     )
     evaluation = objective.evaluate(theta)
     if not evaluation.success:
         raise BLPInputError("δ could not be solved at the estimates for the scores")
     delta = layout.pad(evaluation.delta)
     jacobian = layout.pad(evaluation.delta_jacobian[:, : parameters.size])
-
-    def ones(t: Any, products: pd.DataFrame, people: pd.DataFrame) -> np.ndarray:
-        return np.ones((len(people), len(products) + 1))
-
     block = MicroBlock(
-        [MicroMoment("scores", dataset, 0.0, parts=[ones])],
+        [MicroMoment("scores", dataset, 0.0, parts=[_ones(bool(dataset.second_choices))])],
         design.data,
         layout.index,
         layout.mask,
         layout.market_labels,
         agents,
     )
-    model = MicroProbabilities(parameters, layout.pad(design.random.values), agents)
+    model = _probability_model(demand)
     _, denominator, _, d_denominator, _ = block._accumulate(
         lambda market, chunk: model.market(market, theta, delta, jacobian, chunk),
         parameters.size,
@@ -1555,14 +1602,16 @@ def agent_scores(demand: Any, dataset: MicroDataset) -> dict[str, dict[Any, np.n
     demand : DemandSystem
         Estimated random-coefficients demand (``results.demand``).
     dataset : MicroDataset
-        The survey (markets and weights); first choices only.
+        The survey (markets and weights); with second choices each observation is an agent's
+        (first, second) pair, P_n = w_dijk s_ijk / D.
 
     Returns
     -------
     dict
         ``{parameter name: {market id: I × (1 + J) array}}`` (column 0: the outside option;
-        NaN where the survey cannot sample the choice), ready to be a part's values in an
-        optimal micro moment.
+        second choices: I × (1 + J) × (1 + J), first then second choice; NaN where the
+        survey cannot sample the choice), ready to be a part's values in an optimal micro
+        moment.
 
     Examples
     --------
@@ -1574,15 +1623,18 @@ def agent_scores(demand: Any, dataset: MicroDataset) -> dict[str, dict[Any, np.n
     model, block = setup["model"], setup["block"]
     result: dict[str, dict[Any, np.ndarray]] = {name: {} for name in setup["names"]}
     for market in block.markets:
+        survey = market.surveys[0]
         pieces = []
         for chunk in market.chunks:
-            first, d_first, _ = model.market(
-                market, setup["theta"], setup["delta"], setup["jacobian"], chunk
+            nodes, demographics = model._agent_arrays(market, chunk)
+            probability, tangent = _choice_probabilities(
+                model, market, setup, nodes, demographics, survey.groups if survey.second else None
             )
-            weights = market.surveys[0].weighted_arrays(chunk, market.n_agents)
-            sampled = weights[0].reshape(first.shape) > 0
+            weights = survey.weighted_arrays(chunk, market.n_agents)
+            sampled = (weights[0].reshape(probability.shape) > 0) & (probability > 0)
             with np.errstate(divide="ignore", invalid="ignore"):
-                score = d_first / first[None] - setup["log_gradient"][:, None, None]
+                score = tangent / probability[None]
+            score -= setup["log_gradient"].reshape(-1, *([1] * probability.ndim))
             pieces.append(np.where(sampled[None], score, np.nan))
         scores = np.concatenate(pieces, axis=1)
         for p, name in enumerate(setup["names"]):
@@ -1593,18 +1645,19 @@ def agent_scores(demand: Any, dataset: MicroDataset) -> dict[str, dict[Any, np.n
 def micro_scores(demand: Any, dataset: MicroDataset, micro_data: pd.DataFrame) -> pd.DataFrame:
     """Scores ∂log P_n/∂θ of observed survey respondents.
 
-    P_n = Σ_{r ∈ n} w_r w_drj s_rj / Σ_t Σ_i Σ_j w_it w_dijt s_ijt, with the rows r of an
-    observation integrating over what the survey does not record (e.g. one row per draw of the
-    unobserved nodes, weights summing to one).
+    P_n = Σ_{r ∈ n} w_r w_drj s_rj / Σ_t Σ_i Σ_j w_it w_dijt s_ijt (second choices: w_drjk
+    s_rjk), with the rows r of an observation integrating over what the survey does not record
+    (e.g. one row per draw of the unobserved nodes, weights summing to one).
 
     Parameters
     ----------
     demand : DemandSystem
         Estimated random-coefficients demand (``results.demand``).
     dataset : MicroDataset
-        The survey the data come from (first choices only).
+        The survey the data come from.
     micro_data : pandas.DataFrame
         ``market_ids``, ``choice_indices`` (0: outside option, j: the market's j-th product),
+        ``second_choice_indices`` for a second-choice survey (same coding),
         the demographics the model reads, ``nodes0``, ... for the random coefficients with
         unobserved heterogeneity, and optionally ``micro_ids`` (rows of one observation share
         it; default: one row each) and ``weights`` (default 1).
@@ -1626,7 +1679,9 @@ def micro_scores(demand: Any, dataset: MicroDataset, micro_data: pd.DataFrame) -
     """
     if not isinstance(micro_data, pd.DataFrame):
         raise BLPInputError(f"micro_data must be a DataFrame, got {type(micro_data).__name__}")
-    for column in ("market_ids", "choice_indices"):
+    second = isinstance(dataset, MicroDataset) and bool(dataset.second_choices)
+    required = ("market_ids", "choice_indices") + (("second_choice_indices",) if second else ())
+    for column in required:
         if column not in micro_data.columns:
             raise BLPInputError(f"micro_data has no {column!r} column")
     setup = _score_setup(demand, dataset)
@@ -1654,46 +1709,38 @@ def micro_scores(demand: Any, dataset: MicroDataset, micro_data: pd.DataFrame) -
                 "not survey"
             )
         market = surveyed[label]
-        t, n = market.position, market.n_products
-        choices = data["choice_indices"].to_numpy()[rows]
-        if (
-            not np.issubdtype(choices.dtype, np.integer)
-            or (choices < 0).any()
-            or (choices > n).any()
-        ):
-            raise BLPInputError(
-                f"micro_data choice_indices in market {label!r} must be integers from 0 "
-                f"(outside option) to {n}"
-            )
-        coefficients, _ = parameters.coefficients(
-            setup["theta"], nodes[None, rows], demographics[None, rows]
+        n = market.n_products
+        picked = [data[column].to_numpy()[rows] for column in required[1:]]
+        for column, choices in zip(required[1:], picked, strict=True):
+            if (
+                not np.issubdtype(choices.dtype, np.integer)
+                or (choices < 0).any()
+                or (choices > n).any()
+            ):
+                raise BLPInputError(
+                    f"micro_data {column} in market {label!r} must be integers from 0 "
+                    f"(outside option) to {n}"
+                )
+        survey = market.surveys[0]
+        groups = survey.groups if second else None
+        probability, tangent = _choice_probabilities(
+            setup["model"], market, setup, nodes[None, rows], demographics[None, rows], groups
         )
-        x2 = setup["model"].characteristics[t, :n]
-        utilities = setup["delta"][t, :n][None, :] + coefficients[0] @ x2.T
-        first = _logit(utilities)
-        tangents = np.repeat(setup["jacobian"][t, :n].T[:, None, :], len(rows), axis=1)
-        factors, positions = parameters.agent_factors(
-            coefficients, nodes[None, rows], demographics[None, rows]
-        )
-        for column, (factor, places) in enumerate(zip(factors, positions, strict=True)):
-            for offset, position in enumerate(places):
-                tangents[position] += factor[0, offset][:, None] * x2[None, :, column]
-        inside = first[None, :, 1:]
-        mean = (inside * tangents).sum(axis=2, keepdims=True)
-        d_first = np.concatenate([-first[None, :, :1] * mean, inside * (tangents - mean)], 2)
-        frame = market.surveys[0].frame
         people = data.iloc[rows].reset_index(drop=True)
         where = f"micro dataset {dataset.name!r} in market {label!r}: weights"
+        shape = (len(rows), n) + ((n + 1,) if second else ())
         raw = (
-            np.ones((len(rows), n))
+            np.ones(shape)
             if dataset.weights is None
-            else dataset.weights(label, frame, people)
+            else dataset.weights(label, survey.frame, people)
         )
-        weights = _check_array(raw, len(rows), n, False, where)
-        picked = np.arange(len(rows))
-        w = weights[picked, choices] * (1.0 if row_weights is None else row_weights[rows])
-        contribution[rows] = w * first[picked, choices]
-        d_contribution[rows] = (w * d_first[:, picked, choices]).T
+        weights = _check_array(raw, len(rows), n, second, where)
+        if groups is not None:
+            weights[:, groups[:, None] == groups[None, :]] = 0.0
+        index = (np.arange(len(rows)), *picked)
+        w = weights[index] * (1.0 if row_weights is None else row_weights[rows])
+        contribution[rows] = w * probability[index]
+        d_contribution[rows] = (w * tangent[(slice(None), *index)]).T
     frame = pd.DataFrame(d_contribution, columns=setup["names"])
     frame["_value"] = contribution
     frame["_id"] = ids

@@ -353,6 +353,101 @@ def test_scores_against_pyblp(q1_results, data, pyblp):
         assert np.isnan(ours_agents[name]["C01Q2"][:, 0]).all()
 
 
+def _results_at(model, start, **options):
+    """Results at the starting values themselves (no optimization): scores hold at any θ."""
+    return model.fit(
+        **start, optimizer=lambda fun, theta, bounds: theta, compute_hessian=False, **options
+    )
+
+
+# (agent, first choice, second choice) cells of market C01Q1 whose scores are checked.
+SCORE_CELLS = [(0, 3, 0), (7, 0, 5), (123, 12, 3), (999, 24, 1)]
+
+
+@pytest.mark.filterwarnings("ignore::blpmodels.ConvergenceWarning")
+@pytest.mark.parametrize(
+    "nested, second, eliminated",
+    [
+        (False, True, None),
+        (False, True, "firm_ids"),
+        (True, False, None),
+        (True, True, None),
+        (True, True, "firm_ids"),
+    ],
+    ids=["logit pairs", "logit pairs, firms removed", "rcnl", "rcnl pairs", "rcnl pairs, firms"],
+)
+def test_scores_against_finite_differences(data, nested, second, eliminated):
+    """Agent and respondent scores ∂log P_n/∂θ (second choices and RCNL included) against
+    central differences of P_n itself, computed as a micro moment: a part that is 1 on one
+    (agent, first, second) cell has the value w_n P_n / D, so the check runs through the
+    probability code (tested against pyblp) but none of the tangent code. Survey weights
+    proportional to log income make D move with θ."""
+    products = data[0].assign(nesting_ids=data[0]["firm_ids"]) if nested else data[0]
+    model = build_model(data, products)
+    start = {**Q2_START, **({"rho": 0.4} if nested else {})}
+    identifying = [income_moment(), *diversion_moments()]
+    if nested:
+        identifying.append(MicroMoment.second_choice(identifying[1].dataset, 0.35, to="same firm"))
+    results = _results_at(model, start, micro_moments=identifying)
+    size = 25
+
+    def weights(t, products, agents):
+        base = np.asarray(agents["log_income"])[:, None] * np.ones((1, size))
+        return base[:, :, None] * np.ones((1, 1, size)) if second else base
+
+    survey = MicroDataset(
+        "survey", 100, MARKETS, weights=weights, second_choices=second, eliminated=eliminated
+    )
+    cells = [cell if second else cell[:2] for cell in SCORE_CELLS]
+    if eliminated is not None:  # a second choice in the first choice's firm is not surveyed
+        firms = np.r_[-1, pd.factorize(products.loc[products.market_ids == "C01Q1", "firm_ids"])[0]]
+        cells = [cell for cell in cells if firms[cell[1]] != firms[cell[2]]]
+
+    def indicator(cell):
+        def part(t, products, agents):
+            shape = (len(agents), size, size) if second else (len(agents), size)
+            values = np.zeros(shape)
+            if t == "C01Q1":
+                values[cell] = 1.0
+            return values
+
+        return part
+
+    moments = [MicroMoment(f"cell {cell}", survey, 0.0, parts=[indicator(cell)]) for cell in cells]
+    parameters = model.parameters(**start)
+    objective = model.objective_function(parameters, micro=model.micro_block(moments))
+    objective.set_weighting_matrix(np.eye(model.initial_weighting_matrix().shape[0] + len(cells)))
+    theta = parameters.theta0
+    scores = results.agent_scores(survey)
+    names = list(parameters.names)
+    for position, name in enumerate(names):
+        step = 1e-6 * max(1.0, abs(theta[position]))
+        up, down = theta.copy(), theta.copy()
+        up[position] += step
+        down[position] -= step
+        plus = objective.evaluate(up, gradient=False).micro.moments
+        minus = objective.evaluate(down, gradient=False).micro.moments
+        at = objective.evaluate(theta, gradient=False).micro.moments
+        expected = (plus - minus) / (2 * step) / at
+        analytic = [scores[name]["C01Q1"][cell] for cell in cells]
+        np.testing.assert_allclose(analytic, expected, rtol=2e-5, atol=2e-6, err_msg=name)
+    # Respondents with an agent's nodes and demographics have that agent's scores.
+    agents = data[1][data[1]["market_ids"] == "C01Q1"].reset_index(drop=True)
+    respondents = agents.iloc[[cell[0] for cell in cells]].assign(
+        choice_indices=[cell[1] for cell in cells]
+    )
+    if second:
+        respondents["second_choice_indices"] = [cell[2] for cell in cells]
+    observed = results.micro_scores(survey, respondents)
+    for name in names:
+        np.testing.assert_allclose(
+            observed[name].to_numpy(),
+            [scores[name]["C01Q1"][cell] for cell in cells],
+            rtol=1e-10,
+            atol=1e-12,
+        )
+
+
 def test_optimal_micro_moment_has_mean_zero_at_the_estimates(model, q1_results):
     """An agent score used as a part's values (the optimal micro moment of supplemental 2)
     has model value zero at the estimates: the expected score is zero."""
@@ -801,8 +896,11 @@ def test_bad_score_input(q1_results):
         q1_results.micro_scores(survey, good.assign(market_ids="C02Q1"))
     with pytest.raises(BLPInputError, match=r"from 0 \(outside option\) to 24"):
         q1_results.micro_scores(survey, good.assign(choice_indices=25))
-    with pytest.raises(BLPInputError, match="second-choice surveys are not supported"):
-        q1_results.agent_scores(MicroDataset("d", 10, MARKETS, second_choices=True))
+    pairs = MicroDataset("d", 10, MARKETS, second_choices=True)
+    with pytest.raises(BLPInputError, match="'second_choice_indices'"):
+        q1_results.micro_scores(pairs, good)
+    with pytest.raises(BLPInputError, match=r"second_choice_indices in market 'C01Q1'.* to 24"):
+        q1_results.micro_scores(pairs, good.assign(second_choice_indices=-1))
 
 
 def test_more_parameters_than_moments(model):
