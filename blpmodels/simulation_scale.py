@@ -18,9 +18,12 @@ from .exceptions import BLPInputError
 
 __all__ = ["ScaleProblem", "simulate_scale"]
 
-FORMULA = "shares ~ 1 + x + [prices ~ cost_shifter + z0 + z1]"
-DEMOGRAPHICS_INSTRUMENTS = "cost_shifter + z0 + z1 + cost_shifter:income_mean + z0:income_mean"
-DEMOGRAPHICS_FORMULA = f"shares ~ 1 + x + [prices ~ {DEMOGRAPHICS_INSTRUMENTS}]"
+# The rivals' sums (BLP instruments) move the substitution patterns that identify σ.
+INSTRUMENTS = "cost_shifter + z0 + z1 + rivals_x + rivals_cost_shifter"
+FORMULA = f"shares ~ 1 + x + [prices ~ {INSTRUMENTS}]"
+DEMOGRAPHICS_FORMULA = (
+    f"shares ~ 1 + x + [prices ~ {INSTRUMENTS} + cost_shifter:income_mean + z0:income_mean]"
+)
 
 
 @dataclass(eq=False)
@@ -31,7 +34,8 @@ class ScaleProblem:
     ----------
     products, agents : pandas.DataFrame
         Product data (``market_ids``, ``product_ids``, ``shares``, ``prices``, ``x``,
-        ``cost_shifter``, ``z0``, ``z1``, ``xi``; ``income_mean`` with demographics,
+        ``cost_shifter``, ``z0``, ``z1``, ``xi``, the rivals' sums ``rivals_x`` and
+        ``rivals_cost_shifter``; ``income_mean`` with demographics,
         ``nesting_ids`` with nests) and agent data
         (``market_ids``, ``weights``, ``nodes0``; ``income`` with demographics).
     beta : dict
@@ -47,7 +51,7 @@ class ScaleProblem:
     beta: dict[str, float]
     sigma: float
     pi: float
-    formula: str = "shares ~ 1 + x + [prices ~ cost_shifter + z0 + z1]"
+    formula: str = FORMULA
     random: str = "0 + prices"
     demographics: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +93,8 @@ def simulate_scale(
 
     Utility of agent i for product j in market t: δ_jt + p_jt (σ ν_it + π income_it) + ε_ijt
     with δ_jt = β0 + β_x x_jt + β_p p_jt + ξ_jt. Prices are endogenous (they load on ξ) and
-    shifted by ``cost_shifter``; ``z0`` and ``z1`` are further excluded instruments. Shares
+    shifted by ``cost_shifter``; ``z0``, ``z1`` and the sums of the rivals' ``x`` and cost
+    shifters are further excluded instruments. Shares
     are computed exactly (the agents are the integration rule) in chunks of about
     ``chunk_values`` agent-product values.
 
@@ -177,6 +182,8 @@ def simulate_scale(
             "z0": z0.ravel(),
             "z1": z1.ravel(),
             "xi": xi.ravel(),
+            "rivals_x": (x.sum(axis=1, keepdims=True) - x).ravel(),
+            "rivals_cost_shifter": (cost_shifter.sum(axis=1, keepdims=True) - cost_shifter).ravel(),
         }
     )
     if pi is not None:
