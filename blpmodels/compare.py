@@ -16,6 +16,7 @@ estimators that differ from these say how (``robust (HC1)``, ``unadjusted (df-ad
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -188,6 +189,11 @@ def _escape_latex(text: str) -> str:
     return "".join(replacements.get(character, character) for character in text)
 
 
+def _latex_minus(text: str) -> str:
+    """A number's minus sign as a math minus (a text hyphen is too short in print)."""
+    return re.sub(r"(?<![\w.])-(?=\d)", "$-$", text)
+
+
 def _escape_markdown(text: str) -> str:
     return "".join("\\" + c if c in "\\|*_`" else c for c in text)
 
@@ -301,7 +307,8 @@ class Comparison:
         Returns
         -------
         str
-            LaTeX source; needs ``\\usepackage{booktabs}``. Stars are superscripts.
+            LaTeX source; needs ``\\usepackage{booktabs}``. Stars are superscripts, minus
+            signs math minuses.
 
         Examples
         --------
@@ -323,7 +330,8 @@ class Comparison:
         ]
         for name, cells in self._body():
             rendered = [
-                _escape_latex(number) + (f"$^{{{mark}}}$" if mark else "") for number, mark in cells
+                _latex_minus(_escape_latex(number)) + (f"$^{{{mark}}}$" if mark else "")
+                for number, mark in cells
             ]
             lines.append(row([_escape_latex(name), *rendered]))
         info = self._info_rows()

@@ -1951,6 +1951,14 @@ class BLPResults(LikelihoodModelResults):
         Returns
         -------
         statsmodels.iolib.summary.Summary
+            At most 80 characters wide: the tables are sized to their contents and the
+            notes wrapped; when parameter names are too long for that, the confidence
+            intervals are left out (a note says so; ``results.conf_int()`` has them). For
+            random-coefficients models with a random coefficient on ``prices``, the notes
+            give the mean price coefficient over agents (see :meth:`agent_coefficients`) and,
+            when demographics interact with prices, say that the linear price coefficient is
+            that of agents whose interacting demographics are zero. The J p-value follows
+            :attr:`j_stat`.
 
         Examples
         --------

@@ -91,7 +91,9 @@ def _read_latex(text: str) -> tuple[list[str], list[list[str]], list[list[str]],
         assert line.endswith(r" \\"), line
         parts = [part.strip() for part in line[: -len(r" \\")].split(" & ")]
         return [
-            re.sub(r"\$\^\{(\*+)\}\$", r"\1", part).replace(r"\_", "_").replace(r"\&", "&")
+            re.sub(r"\$\^\{(\*+)\}\$", r"\1", part.replace("$-$", "-"))
+            .replace(r"\_", "_")
+            .replace(r"\&", "&")
             for part in parts
         ]
 
@@ -228,6 +230,8 @@ def test_latex_escapes_special_characters_and_wraps_a_float(fits):
     assert r" & A \& B\_1 \\" in lines
     assert lines[-1] == r"\end{table}" and lines[-2] == r"\end{tabular}"
     assert r"\begin{tabular}{lc}" in lines
+    (prices,) = [line for line in lines if line.startswith("prices &")]
+    assert prices == rf"prices & $-${abs(fits['IV'].params['prices']):.4f} \\"
     assert "$^{" not in text  # no stars asked
 
 
