@@ -8,7 +8,8 @@ optimizer and options):
   inside] = 7.9 (100 observations in C01Q1-C01Q2) and two second-choice statistics, P(second
   choice outside) = 0.28 and P(mushy first and second) = 0.31 (200 observations); start Σ =
   diag(1, 1, 6), Π = (-0.3, 0.1, -6); W from the initial update at the start; one GMM step;
-  l-bfgs-b with gtol 1e-10 (pyblp's options; blpmodels also with its default trust-constr).
+  l-bfgs-b with gtol 1e-10 (pyblp's options; blpmodels also with trust-constr and with
+  Gauss–Newton on the moments, ``optimizer="gauss-newton"``).
 * ``s3-rcnl`` supplemental 3: the same model with firms as nests (RCNL, ρ starting at 0.5) and a
   fourth micro moment, P(second choice from the first choice's firm) = 0.35; second choices
   re-solve the nested logit without each first choice; l-bfgs-b with gtol 1e-8.
@@ -108,6 +109,8 @@ def run_blpmodels(problem: str, products, agents, optimizer: str, threads) -> di
         options.update(optimizer=lambda fun, theta, bounds: theta, compute_hessian=False)
     elif optimizer == "l-bfgs-b":
         options.update(optimizer="l-bfgs-b", optimizer_options=OPTIONS[problem])
+    else:
+        options.update(optimizer=optimizer)
     results = model.fit(**_start(problem), **options)
     convergence = results.info.convergence
     return {
@@ -270,7 +273,9 @@ def run_problem(problem: str, arguments) -> None:
         print(_line("pyblp 1.3.0, l-bfgs-b", theirs))
     if "blpmodels" not in arguments.libraries:
         return
-    optimizers = ["l-bfgs-b"] if problem.endswith("-eval") else ["l-bfgs-b", "trust-constr"]
+    optimizers = (
+        ["l-bfgs-b"] if problem.endswith("-eval") else ["l-bfgs-b", "trust-constr", "gauss-newton"]
+    )
     for optimizer in optimizers:
         ours = _best(problem, "blpmodels", optimizer, arguments)
         label = "blpmodels" if problem.endswith("-eval") else f"blpmodels, {optimizer}"
