@@ -10,7 +10,6 @@ when it is not. Everything is silent by default.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import sys
 import warnings
@@ -43,11 +42,11 @@ COLUMNS = [
 @pytest.fixture
 def verbose(monkeypatch):
     """Fits with verbose=True, whether or not ``fit`` takes the keyword yet."""
-    monkeypatch.setattr(
-        random_coefficients,
-        "check_fit_settings",
-        functools.partial(check_fit_settings, verbose=True),
-    )
+
+    def verbose_settings(*args, **kwargs):
+        return check_fit_settings(*args, **{**kwargs, "verbose": True})
+
+    monkeypatch.setattr(random_coefficients, "check_fit_settings", verbose_settings)
 
 
 def _fit(**options):
