@@ -2027,6 +2027,11 @@ class BLPResults(LikelihoodModelResults):
                 f"columns: results.conf_int(alpha={alpha})."
             )
         notes.extend(self._price_notes())
+        if info.method != "2s" and df > 0:
+            notes.append(
+                "J p-value (W≠S⁻¹): J is χ²-distributed only with the efficient weighting "
+                "matrix W = S⁻¹ (method='2s'); see results.j_stat."
+            )
         if convergence:
             eigen = convergence.get("hessian_eigenvalues")
             notes.append(

@@ -141,6 +141,9 @@ def test_summary_prints_what_j_stat_returns(data, formula, method, label):
         assert np.isnan(pvalue) and header[label] == "n/a"
     else:
         assert header[label] == f"{pvalue:.4g}"
+    # After one step with overidentifying restrictions the summary says how to read it.
+    caution = "J is χ²-distributed only with the efficient weighting matrix"
+    assert (caution in str(results.summary())) == (method == "1s" and df > 0)
 
 
 def test_model_predict_points_to_results_predict(data):
