@@ -102,7 +102,7 @@ def _heatmap(
     from matplotlib.colors import LogNorm, TwoSlopeNorm
 
     values = matrix.to_numpy(dtype=np.float64)
-    size = max(4.0, 0.45 * values.shape[1] + 2.5)
+    size = max(4.0, 0.3 * values.shape[1] + 2.5)
     ax = _axes(ax, (size + 1.2, size))
     finite = values[np.isfinite(values)]
     norm = None
@@ -769,7 +769,8 @@ def plot_profile(
     ax = _axes(ax)
     how = "others re-optimized" if attrs.get("reoptimize") else "others held at estimates"
     ax.plot(frame["value"], frame["objective"], marker="o", markersize=3, label=how)
-    if "estimate" in attrs:
+    drawn = any(line.get_label() == "estimate" for line in ax.lines)
+    if "estimate" in attrs and not drawn:  # once, when profiles share the axes
         ax.axvline(attrs["estimate"], color="grey", linestyle="--", label="estimate")
     ax.set_xlabel(str(attrs.get("parameter", "parameter")))
     ax.set_ylabel("GMM objective")

@@ -302,6 +302,9 @@ def test_profile_reoptimized_is_a_minimum_over_the_other_parameter(rc_results, e
     ax = plotting.plot_profile(rc_results, "sigma[x,x]", values, reoptimize=True)
     np.testing.assert_allclose(ax.lines[0].get_ydata(), again["objective"], rtol=1e-8)
     assert ax.get_legend().get_texts()[0].get_text() == "others re-optimized"
+    plotting.plot_profile(held, ax=ax)  # both profiles on one axes, the estimate drawn once
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels.count("estimate") == 1 and "others held at estimates" in labels
 
 
 def test_profile_errors(rc_results, logit):
