@@ -335,11 +335,16 @@ class NonlinearObjective:
             )
         elif self.chunk_size is None:
             self.chunk_size = default_chunk_size(layout.width, self.agents.layout.width)
-            # At least one chunk per thread; on Dask a fixed 16 chunks (when the markets
-            # allow), so the chunks, and so the numbers, do not depend on the workers.
-            parallel = self.threads if name == "threads" else 16
-            if parallel > 1:
-                self.chunk_size = min(self.chunk_size, -(-layout.n_markets // parallel))
+            if name == "threads" and self.threads > 1:
+                # At least one chunk per thread.
+                self.chunk_size = min(self.chunk_size, -(-layout.n_markets // self.threads))
+            elif name != "threads":
+                # Up to 16 chunks of at least 1e6 agent-product values each (below that a
+                # task costs more than its arithmetic), whatever the workers, so the chunks,
+                # and so the numbers, do not depend on the cluster.
+                values = layout.width * self.agents.layout.width
+                size = max(-(-layout.n_markets // 16), -(-1_000_000 // max(1, values)))
+                self.chunk_size = min(self.chunk_size, size)
         self.chunks = layout.chunks(self.chunk_size)
         if isinstance(self.backend, str):
             self.backend = make_backend(self.backend, threads=self.threads, client=self.client)

@@ -218,21 +218,34 @@ class DaskBackend:
         return results  # type: ignore[return-value]
 
     def _collect(self, running: dict[int, Any], results: list[ChunkResult | None]) -> set[int]:
-        """Move finished steps into ``results``; the chunks whose step was lost."""
+        """Move finished steps into ``results``; the chunks whose step was lost.
+
+        Results are gathered in one call once every step has finished (one round trip to
+        the workers, not one per chunk), or when some chunk was lost.
+        """
         lost = set()
-        for number, future in list(running.items()):
+        finished = []
+        for number, future in running.items():
             if future.status == "finished":
-                results[number] = future.result()
-                del running[number]
+                finished.append(number)
             elif future.status in ("cancelled", "lost"):
                 lost.add(number)
             elif future.status == "error":
                 error = future.exception()
-                if _lost_worker(error):
-                    lost.add(number)
-                else:
+                if not _lost_worker(error):
                     self._cancel(running)
                     raise error
+                lost.add(number)
+        if finished and (lost or len(finished) == len(running)):
+            try:
+                values = self.client.gather([running[number] for number in finished])
+            except Exception as error:
+                if not _lost_worker(error):
+                    raise
+                return lost | set(finished)
+            for number, value in zip(finished, values, strict=True):
+                results[number] = value
+                del running[number]
         return lost
 
     @staticmethod
