@@ -341,7 +341,7 @@ def plot_changes(
     >>> import pandas as pd
     >>> from blpmodels.plotting import plot_changes
     >>> ax = plot_changes(pd.Series([1.0, -2.0], index=["A", "B"]), [0.5, -3], [1.5, -1])
-    >>> [bar.get_height() for bar in ax.containers[0]]
+    >>> [float(bar.get_height()) for bar in ax.containers[0]]
     [1.0, -2.0]
     """
     if not isinstance(changes, pd.Series):
