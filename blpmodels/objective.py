@@ -320,36 +320,46 @@ class NonlinearObjective:
                 if name == "threads"
                 else 1
             )
-        if self.memory_limit is not None and self.chunk_size is None:
-            counts = layout.counts * self.agents.layout.counts
-            self.chunk_size = chunk_size_for_memory(
-                parse_memory(self.memory_limit),
-                n_markets=layout.n_markets,
-                n_products=layout.width,
-                n_agents=self.agents.layout.width,
-                n_theta=self.n_theta,
-                parallel=self.threads if name == "threads" else 1,
-                supply=self.supply is not None,
-                nested=self.parameters.has_rho,
-                market_label=layout.market_labels[int(np.argmax(counts))],
-            )
-        elif self.chunk_size is None:
-            self.chunk_size = default_chunk_size(layout.width, self.agents.layout.width)
-            if name == "threads" and self.threads > 1:
-                # At least one chunk per thread.
-                self.chunk_size = min(self.chunk_size, -(-layout.n_markets // self.threads))
-            elif name != "threads":
-                # Up to 16 chunks of at least 1e6 agent-product values each (below that a
-                # task costs more than its arithmetic), whatever the workers, so the chunks,
-                # and so the numbers, do not depend on the cluster.
-                values = layout.width * self.agents.layout.width
-                size = max(-(-layout.n_markets // 16), -(-1_000_000 // max(1, values)))
-                self.chunk_size = min(self.chunk_size, size)
+        if self.chunk_size is None:
+            self.chunk_size = self._default_chunk_size(name)
+            if self.memory_limit is not None:
+                # The limit bounds the chunks; it does not grow them past the default, which
+                # is already large enough to amortize the per-chunk costs.
+                counts = layout.counts * self.agents.layout.counts
+                self.chunk_size = min(
+                    self.chunk_size,
+                    chunk_size_for_memory(
+                        parse_memory(self.memory_limit),
+                        n_markets=layout.n_markets,
+                        n_products=layout.width,
+                        n_agents=self.agents.layout.width,
+                        n_theta=self.n_theta,
+                        parallel=self.threads if name == "threads" else 1,
+                        supply=self.supply is not None,
+                        nested=self.parameters.has_rho,
+                        market_label=layout.market_labels[int(np.argmax(counts))],
+                    ),
+                )
         self.chunks = layout.chunks(self.chunk_size)
         if isinstance(self.backend, str):
             self.backend = make_backend(self.backend, threads=self.threads, client=self.client)
         self._started = False
         self._number = 0
+
+    def _default_chunk_size(self, name: str) -> int:
+        """About 1e7 agent-product values per chunk, split further for threads or Dask."""
+        layout = self.design.layout
+        values = layout.width * self.agents.layout.width
+        size = default_chunk_size(layout.width, self.agents.layout.width)
+        if name == "threads" and self.threads > 1:
+            # At least one chunk per thread.
+            return min(size, -(-layout.n_markets // self.threads))
+        if name != "threads":
+            # Up to 16 chunks of at least 1e6 agent-product values each (below that a task
+            # costs more than its arithmetic), whatever the workers, so the chunks, and so
+            # the numbers, do not depend on the cluster.
+            return min(size, max(-(-layout.n_markets // 16), -(-1_000_000 // max(1, values))))
+        return size
 
     def _setup_price_terms(self) -> None:
         """Which X1 coefficients move into θ, and the price derivatives of X1 and X2.
