@@ -14,6 +14,7 @@ repeated with the same message (a worker lost mid-evaluation) gives the same res
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +154,17 @@ class MarketChunk:
 
     def __post_init__(self) -> None:
         self.accepted = ChunkState(self.logit_delta.copy())
+        self.latest = -1
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]  # locks do not pickle (Dask scatters chunks)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def markets(self) -> slice:
@@ -183,8 +195,19 @@ class MarketChunk:
         return predicted if np.isfinite(predicted).all() else state.delta.copy()
 
     # ------------------------------------------------------------------ work
-    def step(self, step: ChunkStep, workspace: Workspace | None = None) -> ChunkResult:
-        """Solve δ, its Jacobian and (with a supply side) the markups in the chunk."""
+    def step(self, step: ChunkStep, workspace: Workspace | None = None) -> ChunkResult | None:
+        """Solve δ, its Jacobian and (with a supply side) the markups in the chunk.
+
+        Steps of one chunk never overlap, and a step older than one already run (left over
+        from an evaluation that failed elsewhere) does nothing and returns None.
+        """
+        with self._lock:
+            if step.number < self.latest:
+                return None
+            self.latest = step.number
+            return self._step(step, workspace)
+
+    def _step(self, step: ChunkStep, workspace: Workspace | None) -> ChunkResult:
         self._update_state(step)
         workspace = Workspace() if workspace is None else workspace
         theta = np.asarray(step.theta, dtype=np.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 from ..market_chunks import ChunkResult, ChunkStep, MarketChunk, Workspace
@@ -64,7 +64,11 @@ class ThreadsBackend:
         if self.threads > 1 and len(self.chunks) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.threads)
-            return list(self._pool.map(one, numbers))
+            futures = [self._pool.submit(one, number) for number in numbers]
+            # Every step ends before an error is raised: a step left running would change
+            # its chunk's state under the next evaluation.
+            wait(futures)
+            return [future.result() for future in futures]
         return [one(number) for number in numbers]
 
     def close(self) -> None:
