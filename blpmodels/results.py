@@ -2098,6 +2098,86 @@ class BLPResults(LikelihoodModelResults):
         )
         return notes
 
+    # ------------------------------------------------------------------ plots (matplotlib)
+
+    def plot_elasticities(self, market_id: Any = None, **options: Any) -> Any:
+        """Heatmap of one market's elasticities, labelled by product.
+
+        See :func:`blpmodels.plotting.plot_elasticities` for the options (``wrt``, ``data``,
+        ``ax``, ``cmap``, ``annotate``). Needs matplotlib (``pip install "blpmodels[plot]"``).
+
+        Examples
+        --------
+        >>> ax = results.plot_elasticities("C01Q1")  # doctest: +SKIP
+        """
+        from .plotting import plot_elasticities
+
+        return plot_elasticities(self, market_id, **options)
+
+    def plot_diversion_ratios(self, market_id: Any = None, **options: Any) -> Any:
+        """Heatmap of one market's diversion ratios, the outside good as its own column.
+
+        See :func:`blpmodels.plotting.plot_diversion_ratios` for the options.
+
+        Examples
+        --------
+        >>> ax = results.plot_diversion_ratios("C01Q1", long_run=True)  # doctest: +SKIP
+        """
+        from .plotting import plot_diversion_ratios
+
+        return plot_diversion_ratios(self, market_id, **options)
+
+    def plot_counterfactual(self, data: pd.DataFrame | None = None, **options: Any) -> Any:
+        """Counterfactual share changes by product as bars, with bootstrap intervals.
+
+        See :func:`blpmodels.plotting.plot_counterfactual` for the options (``bootstrap``,
+        ``level``, ``relative``, ``ax``).
+
+        Examples
+        --------
+        >>> ax = results.plot_counterfactual(cheaper, bootstrap=draws)  # doctest: +SKIP
+        """
+        from .plotting import plot_counterfactual
+
+        return plot_counterfactual(self, data, **options)
+
+    def profile_objective(self, parameter: str, values: Any = None, **options: Any) -> Any:
+        """The GMM objective along one nonlinear parameter, the others held or re-optimized.
+
+        See :func:`blpmodels.plotting.profile_objective` (``reoptimize``, ``points``,
+        ``width``); returns a DataFrame.
+
+        Examples
+        --------
+        >>> results.profile_objective("sigma[prices,prices]", points=11)  # doctest: +SKIP
+        """
+        from .plotting import profile_objective
+
+        return profile_objective(self, parameter, values, **options)
+
+    def plot_profile(self, parameter: str | None = None, values: Any = None, **options: Any) -> Any:
+        """Plot :meth:`profile_objective` (see :func:`blpmodels.plotting.plot_profile`).
+
+        Examples
+        --------
+        >>> ax = results.plot_profile("sigma[prices,prices]", reoptimize=True)  # doctest: +SKIP
+        """
+        from .plotting import plot_profile
+
+        return plot_profile(self, parameter, values, **options)
+
+    def plot_trace(self, **options: Any) -> Any:
+        """Objective and projected gradient norm by optimizer iteration (``by="evaluation"``
+        for every evaluation); see :func:`blpmodels.plotting.plot_trace`.
+
+        Examples
+        --------
+        >>> ax = results.plot_trace()  # doctest: +SKIP
+        """
+        from .plotting import plot_trace
+
+        return plot_trace(self, **options)
+
 
 _SUMMARY_WIDTH = 80
 
@@ -2243,6 +2323,18 @@ class MergerResults:
     products: pd.DataFrame
     markets: pd.DataFrame
     equilibrium: Equilibrium
+
+    def plot(self, quantity: str = "prices", market_id: Any = None, **options: Any) -> Any:
+        """Bars of the merger's effect on each product's prices (or ``"shares"``,
+        ``"markups"``, ``"profits"``); see :func:`blpmodels.plotting.plot_merger`.
+
+        Examples
+        --------
+        >>> ax = merger.plot("prices", market_id="C01Q1")  # doctest: +SKIP
+        """
+        from .plotting import plot_merger
+
+        return plot_merger(self, quantity, market_id, **options)
 
     def summary(self) -> str:
         """A short text report: price changes, HHI, surplus and profits.

@@ -384,3 +384,39 @@ def test_trace_marks_failed_evaluations_and_step_boundaries():
 def test_trace_of_a_logit_is_an_error(logit):
     with pytest.raises(BLPInputError, match="no optimizer trace"):
         plotting.plot_trace(logit[1])
+
+
+def test_results_methods_draw_what_the_plotting_functions_draw(rc_results, economy):
+    """results.plot_* and merger.plot pass their arguments through: the same matrices, bars,
+    profile and trace as the functions (each of those checked against oracles above)."""
+    data, _ = economy
+    market = data["market_ids"].iloc[0]
+    image = rc_results.plot_elasticities(market).images[0].get_array()
+    expected = plotting.plot_elasticities(rc_results, market).images[0].get_array()
+    np.testing.assert_array_equal(image, expected)
+    matrix = rc_results.elasticities(market_id=market)
+    np.testing.assert_allclose(np.asarray(image), matrix.to_numpy())
+    long_run = rc_results.plot_diversion_ratios(market, long_run=True).images[0].get_array()
+    np.testing.assert_array_equal(
+        long_run,
+        plotting.plot_diversion_ratios(rc_results, market, long_run=True).images[0].get_array(),
+    )
+    cheaper = data.assign(prices=data["prices"] * 0.9)
+    heights = [b.get_height() for b in rc_results.plot_counterfactual(cheaper).containers[0]]
+    expected_heights = [
+        b.get_height() for b in plotting.plot_counterfactual(rc_results, cheaper).containers[0]
+    ]
+    np.testing.assert_allclose(heights, expected_heights)
+    merger = rc_results.merger(firm_ids={1: 0}, market_id=[0, 1])
+    bars = [b.get_height() for b in merger.plot("prices", market_id=1).containers[0]]
+    one = merger.products.xs(1, level="market_ids")
+    np.testing.assert_allclose(bars, 100 * (one["prices_post"] / one["prices_pre"] - 1))
+    profile = rc_results.profile_objective("sigma[x,x]", [0.8, 1.0])
+    pd.testing.assert_frame_equal(
+        profile, plotting.profile_objective(rc_results, "sigma[x,x]", [0.8, 1.0])
+    )
+    line = rc_results.plot_profile("sigma[x,x]", [0.8, 1.0]).lines[0]
+    np.testing.assert_array_equal(line.get_xdata(), profile["value"])
+    np.testing.assert_allclose(line.get_ydata(), profile["objective"])
+    trace = rc_results.plot_trace().lines[0].get_ydata()
+    np.testing.assert_array_equal(trace, plotting.plot_trace(rc_results).lines[0].get_ydata())
