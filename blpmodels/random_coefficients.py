@@ -36,7 +36,7 @@ from .gmm import first_stage, inverse_weight_matrix
 from .micro import MicroBlock, MicroMoment
 from .models import BLPModel
 from .objective import NonlinearObjective, check_fixed_point_options
-from .optimize import check_optimizer
+from .optimize import check_optimizer, default_optimizer
 from .parameters import NonlinearParameters
 from .products import ProductDesign
 from .results import BLPResultsWrapper, EstimationInfo
@@ -168,7 +168,12 @@ class BLPRandomCoefficients(BLPModel):
         demographics : str, optional
             Demographics from the agent data, e.g. ``"0 + log_income"``.
         agent_data : pandas.DataFrame, optional
-            ``market_ids``, ``weights``, ``nodes0`` … and demographic columns.
+            ``market_ids``, ``weights``, ``nodes0`` … and demographic columns. Node column
+            ``nodes{k}`` pairs with the k-th column of ``random`` (its σ row), whether or not
+            that σ is free: with ``random="1 + mushy + prices"``, ``nodes2`` drives the price
+            coefficient. (pyblp pairs its node columns only with the X2 columns whose σ
+            diagonal is nonzero, in order: move pyblp's nodes to the positions of those columns
+            to reuse its agent data.)
         integration : Integration, optional
             Builds nodes and weights instead of ``agent_data`` (no demographics then).
         rc_types : dict, optional
@@ -473,7 +478,7 @@ class BLPRandomCoefficients(BLPModel):
         W: Any = None,
         cov_type: str = "robust",
         cov_kwds: Mapping[str, Any] | None = None,
-        optimizer: Any = "trust-constr",
+        optimizer: Any = "auto",
         optimizer_options: Mapping[str, Any] | None = None,
         starts: int | None = None,
         seed: Any = None,
@@ -486,6 +491,7 @@ class BLPRandomCoefficients(BLPModel):
         beta: Mapping[str, float] | None = None,
         micro_moments: Any = None,
         initial_update: bool | None = None,
+        verbose: bool = False,
     ) -> BLPResultsWrapper:
         """Estimate θ = (Σ, Π, ρ) and β by one- or two-step GMM.
 
@@ -509,8 +515,10 @@ class BLPRandomCoefficients(BLPModel):
         cov_kwds : dict, optional
             ``{"groups": ...}`` for clustering.
         optimizer : str or callable
-            "trust-constr" (default), "l-bfgs-b", "bfgs" (ignores bounds), "slsqp",
-            "nelder-mead", "gauss-newton", or ``callable(fun, theta0, bounds)``.
+            "auto" (default: "gauss-newton" for demand, with or without micro moments;
+            "trust-constr" with a supply side, see :func:`blpmodels.optimize.default_optimizer`),
+            "trust-constr", "l-bfgs-b", "bfgs" (ignores bounds), "slsqp", "nelder-mead",
+            "gauss-newton", or ``callable(fun, theta0, bounds)``.
             "gauss-newton" is Levenberg–Marquardt on the stacked moments with the bounds
             (:mod:`blpmodels.gauss_newton`): it uses the moment Jacobian the gradient already
             computes, and took 7 evaluations on exercise 2 Q5 and 17 on Nevo (trust-constr
@@ -563,6 +571,12 @@ class BLPRandomCoefficients(BLPModel):
             Replace the first weighting matrix (``W`` or the default) by S⁻¹ at the starting
             values before optimizing (pyblp's ``initial_update=True``, used in its BLP
             automobile example). Default: only with micro moments and no ``W``.
+        verbose : bool
+            Print one line per optimizer iteration (GMM step, start, iteration, evaluation,
+            objective, projected gradient norm, move in θ, share evaluations, failed δ solves,
+            seconds), and progress over ``starts`` (a tqdm bar with the ``progress`` extra).
+            The same rows are in ``results.info.convergence["trace"]`` (column
+            ``iteration``). Silent by default.
 
         Returns
         -------
@@ -584,6 +598,8 @@ class BLPRandomCoefficients(BLPModel):
             second-order check failed, or the moments do not identify some parameters.
         """
         design = self.design
+        if isinstance(optimizer, str) and optimizer.lower() == "auto":
+            optimizer = default_optimizer(self.supply is not None)
         parameters = self.parameters(
             sigma, pi, rho, sigma_bounds=sigma_bounds, pi_bounds=pi_bounds, rho_bounds=rho_bounds
         )
@@ -601,6 +617,7 @@ class BLPRandomCoefficients(BLPModel):
             scale_parameters=scale_parameters,
             steps=2 if options.method == "2s" else 1,
             check_options=check_optimizer,
+            verbose=verbose,
         )
         objective = self.objective_function(
             parameters,

@@ -241,10 +241,6 @@ def test_verbose_must_be_a_flag():
 
 
 def test_fit_takes_verbose(capsys):
-    if "verbose" not in inspect.signature(random_coefficients.BLPRandomCoefficients.fit).parameters:
-        pytest.xfail(
-            "BLPRandomCoefficients.fit does not take verbose= yet: random_coefficients.py "
-            "must pass it to check_fit_settings (issue 12)"
-        )
+    assert "verbose" in inspect.signature(random_coefficients.BLPRandomCoefficients.fit).parameters
     _fit(optimizer="l-bfgs-b", verbose=True)
     assert HEADER in capsys.readouterr().out
