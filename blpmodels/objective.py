@@ -538,7 +538,8 @@ class NonlinearObjective:
         Evaluation
         """
         start = time.perf_counter()
-        theta = np.asarray(theta, dtype=np.float64)
+        # A copy: the evaluation (and the cache) keep θ, and callers may reuse their array.
+        theta = np.array(theta, dtype=np.float64)
         for cached in self._cache:
             # Optimizers re-request points (the start, the accepted step); reuse them.
             if np.array_equal(cached.theta, theta) and (

@@ -355,3 +355,19 @@ def test_bound_constrained_newton_point_puts_crossing_parameters_on_their_bounds
         options={"ftol": 1e-14},
     ).x
     np.testing.assert_allclose(point, expected, atol=1e-6)
+
+
+def test_evaluations_do_not_alias_the_callers_theta():
+    """An objective reused with one θ array changed in place (as a profile or a hand-written
+    loop does) evaluates each new value: the cache of recent evaluations keeps copies. Before,
+    three different σ written into one array gave the first σ's objective three times."""
+    model = probe_problem(0)[0]
+    objective = model.objective_function(model.parameters(sigma=1.0))
+    fresh = model.objective_function(model.parameters(sigma=1.0))
+    theta = np.array([0.5])
+    for sigma in (0.5, 1.0, 2.0):
+        theta[0] = sigma
+        reused = objective.evaluate(theta, gradient=False)
+        assert reused.theta[0] == sigma
+        expected = fresh.evaluate(np.array([sigma]), gradient=False).objective
+        assert reused.objective == pytest.approx(expected, rel=1e-10)
