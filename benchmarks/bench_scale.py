@@ -15,10 +15,13 @@ Parts (``--parts``):
 * ``dask`` per-evaluation time of the objective and gradient on threads (2 threads) and on a
   Dask ``LocalCluster`` (2 worker processes, 1 thread each), at the same θ sequence, for
   exercise 2 Q5 (shared data) and T = ``--dask-markets`` (default 2,000: 100,000
-  product-markets); the first evaluation (chunks built or scattered) reported apart.
+  product-markets); the first evaluation (chunks built or scattered) reported apart. Workers
+  start with ``MALLOC_MMAP_THRESHOLD_`` = ``--mmap-threshold`` (default 1 GiB; 0: Dask's
+  default environment), see docs/dask.md.
 * ``pyblp`` pyblp 1.3.0 on T = ``--pyblp-markets`` (default 2,000) with the same data, start,
-  contraction tolerance (1e-14) and blpmodels' fit for the ratio; killed after
-  ``--pyblp-timeout`` seconds (reported as such).
+  contraction tolerance (1e-14) and optimizer (``--pyblp-optimizer``, default trust-constr,
+  blpmodels' default), and blpmodels' fit for the ratio; killed after ``--pyblp-timeout``
+  seconds (reported as such).
 
 Run ``python benchmarks/bench_scale.py`` (minutes to an hour; see docs/performance.md for the
 numbers). ``--markets 1000`` and ``--parts fit`` for a quick look.
@@ -63,7 +66,7 @@ def child_fit(args: argparse.Namespace) -> dict:
     from blpmodels.simulation_scale import simulate_scale
 
     began = time.perf_counter()
-    problem = simulate_scale(args.markets, PRODUCTS, AGENTS, seed=0)
+    problem = simulate_scale(args.markets, PRODUCTS, args.agents, seed=0)
     data_seconds = time.perf_counter() - began
     keywords = {} if args.memory_limit in (None, "none") else {"memory_limit": args.memory_limit}
     model = problem.model(**keywords)
@@ -75,6 +78,7 @@ def child_fit(args: argparse.Namespace) -> dict:
     convergence = results.info.convergence
     return {
         "markets": args.markets,
+        "agents": args.agents,
         "memory_limit": args.memory_limit,
         "baseline": bool(args.baseline),
         "data_seconds": data_seconds,
@@ -109,7 +113,16 @@ def _exercise2_model(**keywords):
 
 
 def child_dask(args: argparse.Namespace) -> dict:
+    import dask
     from distributed import Client, LocalCluster
+
+    if args.mmap_threshold:
+        # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off
+        # glibc's adaptive mmap threshold: every large numpy temporary is then mapped and
+        # unmapped afresh, and a chunk's step took twice as long as in the driver process.
+        dask.config.set(
+            {"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": args.mmap_threshold}
+        )
 
     from blpmodels.simulation_scale import simulate_scale
 
@@ -120,7 +133,11 @@ def child_dask(args: argparse.Namespace) -> dict:
             return _exercise2_model(**keywords)
         return problem.model(**keywords), {"sigma": START_SIGMA}
 
-    out: dict = {"problem": args.problem, "markets": args.markets}
+    out: dict = {
+        "problem": args.problem,
+        "markets": args.markets,
+        "mmap_threshold": args.mmap_threshold,
+    }
     cluster = client = None
     for backend in ("threads", "dask"):
         if backend == "dask":
@@ -177,6 +194,7 @@ def child_pyblp(args: argparse.Namespace) -> dict:
     results = pyblp_problem.solve(
         sigma=np.array([[START_SIGMA]]),
         method="1s",
+        optimization=pyblp.Optimization(args.pyblp_optimizer),
         iteration=pyblp.Iteration("squarem", {"atol": 1e-14}),
     )
     return {
@@ -187,7 +205,9 @@ def child_pyblp(args: argparse.Namespace) -> dict:
         "sigma": float(results.sigma[0, 0]),
         "beta": np.asarray(results.beta).ravel().tolist(),
         "objective": float(results.objective),
-        "evaluations": int(results.fp_iterations.size),
+        "optimizer": args.pyblp_optimizer,
+        "evaluations": int(results.objective_evaluations),
+        "converged": bool(results.converged),
     }
 
 
@@ -211,7 +231,8 @@ def _fits(args: argparse.Namespace) -> list[dict]:
     rows = []
     for markets in args.markets:
         for limit in ("none", args.memory_limit):
-            row = _run_child(["fit", "--markets", str(markets), "--memory-limit", limit])
+            size = ["--markets", str(markets), "--agents", str(args.agents)]
+            row = _run_child(["fit", *size, "--memory-limit", limit])
             row.setdefault("markets", markets)
             row.setdefault("memory_limit", limit)
             rows.append(row)
@@ -239,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", choices=["fit", "dask", "pyblp"])
     parser.add_argument("--markets", type=int, nargs="+", default=[1000, 5000, 20000])
+    parser.add_argument("--agents", type=int, default=AGENTS)
     parser.add_argument("--memory-limit", default="2GiB")
     parser.add_argument("--baseline")
     parser.add_argument("--problem", default="scale")
@@ -247,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dask-markets", type=int, default=2000)
     parser.add_argument("--pyblp-markets", type=int, default=2000)
     parser.add_argument("--pyblp-timeout", type=float, default=1800.0)
+    parser.add_argument("--pyblp-optimizer", default="trust-constr")
+    parser.add_argument("--mmap-threshold", type=int, default=2**30)
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     if args.child:
@@ -269,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
                     str(markets),
                     "--evaluations",
                     str(args.evaluations),
+                    "--mmap-threshold",
+                    str(args.mmap_threshold),
                 ]
             )
             report["dask"].append(row)
@@ -276,7 +302,10 @@ def main(argv: list[str] | None = None) -> None:
     if "pyblp" in args.parts:
         markets = str(args.pyblp_markets)
         ours = _run_child(["fit", "--markets", markets, "--memory-limit", "none"])
-        theirs = _run_child(["pyblp", "--markets", markets], timeout=args.pyblp_timeout)
+        theirs = _run_child(
+            ["pyblp", "--markets", markets, "--pyblp-optimizer", args.pyblp_optimizer],
+            timeout=args.pyblp_timeout,
+        )
         report["pyblp"] = {"blpmodels": ours, "pyblp": theirs}
         print(json.dumps(report["pyblp"]), flush=True)
     report["load_after"] = os.getloadavg()
