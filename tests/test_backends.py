@@ -337,3 +337,13 @@ def test_a_limit_too_small_for_one_market_names_it():
     problem.products = pd.concat([products, extra], ignore_index=True)
     with pytest.raises(BLPInputError, match=r"market 7 .*10 products x 30 agents.*give at least"):
         problem.model(memory_limit="4KiB").fit(sigma=0.5)
+
+
+def test_an_error_in_a_chunk_comes_back_from_the_worker(client):
+    """Agent utilities that overflow at a trial θ: the same BLPInputError as in threads."""
+    problem, _, _ = _problem("rc")
+    problem.products["prices"] *= 1e150
+    model = problem.model(chunk_size=7, backend="dask", client=client)
+    objective = model.objective_function(model.parameters(sigma=0.5))
+    with pytest.raises(BLPInputError, match="agent utilities overflow"):
+        objective.evaluate(np.array([1e160]))
