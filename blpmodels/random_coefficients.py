@@ -25,7 +25,7 @@ from formulaic.utils.context import capture_context
 
 from .absorb import AbsorbMethod
 from .agents import AgentDesign
-from .backends import check_backend, parse_memory
+from .backends import ClientHandle, check_backend, parse_memory
 from .covariance import gmm_covariance
 from .demand import DemandSystem
 from .estimation import GMMOptions, gmm_options, safe_inverse
@@ -124,7 +124,7 @@ class BLPRandomCoefficients(BLPModel):
     chunk_size: int | None = None
     threads: int | None = None
     backend: str = "threads"
-    client: Any = None
+    client: ClientHandle | None = None
     memory_limit: int | None = None
 
     @classmethod
@@ -291,7 +291,7 @@ class BLPRandomCoefficients(BLPModel):
             chunk_size=None if chunk_size is None else int(chunk_size),
             threads=None if threads is None else int(threads),
             backend=backend,
-            client=client,
+            client=ClientHandle(client),
             memory_limit=limit,
             rc_types=types,
             supply=supply_design,
@@ -399,7 +399,7 @@ class BLPRandomCoefficients(BLPModel):
             chunk_size=self.chunk_size,
             threads=self.threads,
             backend=self.backend,
-            client=self.client,
+            client=None if self.client is None else self.client.client,
             memory_limit=self.memory_limit,
             covariance=covariance,
             supply=self.supply,

@@ -347,3 +347,14 @@ def test_an_error_in_a_chunk_comes_back_from_the_worker(client):
     objective = model.objective_function(model.parameters(sigma=0.5))
     with pytest.raises(BLPInputError, match="agent utilities overflow"):
         objective.evaluate(np.array([1e160]))
+
+
+def test_dask_results_pickle_without_the_client(client):
+    """The model keeps its client in a handle that pickles as none (a Client does not)."""
+    import pickle
+
+    problem, _, start = _problem("rc")
+    results = problem.model(backend="dask", client=client).fit(**start)
+    again = pickle.loads(pickle.dumps(results))
+    np.testing.assert_array_equal(again.params, results.params)
+    assert again.model.client.client is None

@@ -20,6 +20,7 @@ from .threads import ThreadsBackend
 
 __all__ = [
     "BACKENDS",
+    "ClientHandle",
     "ThreadsBackend",
     "check_backend",
     "chunk_memory",
@@ -29,6 +30,25 @@ __all__ = [
 ]
 
 BACKENDS = ("threads", "dask")
+
+
+class ClientHandle:
+    """A Dask client kept by a model: pickled as no client, so fitted results pickle.
+
+    After unpickling, a new fit on the Dask backend uses the current default client.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> pickle.loads(pickle.dumps(ClientHandle("a client"))).client is None
+    True
+    """
+
+    def __init__(self, client: Any = None) -> None:
+        self.client = client
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (ClientHandle, (None,))
 
 
 def check_backend(backend: Any, client: Any = None) -> str:
