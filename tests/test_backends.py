@@ -358,3 +358,36 @@ def test_dask_results_pickle_without_the_client(client):
     again = pickle.loads(pickle.dumps(results))
     np.testing.assert_array_equal(again.params, results.params)
     assert again.model.client.client is None
+
+
+@pytest.mark.slow
+def test_a_worker_process_killed_with_sigkill_is_replaced():
+    """Worker processes (not threads): SIGKILL one between evaluations; its chunks move to
+    the others (or the nanny's replacement) and the evaluations equal the threads ones."""
+    import os
+    import signal
+
+    problem, _, _ = _problem("rc")
+    reference = problem.model(chunk_size=4).objective_function(
+        problem.model().parameters(sigma=0.5)
+    )
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local, set_as_default=False) as client,
+    ):
+        model = problem.model(chunk_size=4, backend="dask", client=client)
+        objective = model.objective_function(model.parameters(sigma=0.5))
+        objective.evaluate(np.array([0.5]))
+        reference.evaluate(np.array([0.5]))
+        victim = objective.backend.owners[0]
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGKILL)
+        for sigma in (0.6, 0.8):
+            expected = reference.evaluate(np.array([sigma]))
+            evaluation = objective.evaluate(np.array([sigma]))
+            assert evaluation.objective == pytest.approx(expected.objective, rel=1e-12)
+            np.testing.assert_allclose(evaluation.delta, expected.delta, rtol=0, atol=1e-12)
+        assert objective.backend.recoveries >= 1
+        assert victim not in objective.backend.owners
