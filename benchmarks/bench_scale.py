@@ -3,7 +3,8 @@
 Problems come from :func:`blpmodels.simulation_scale.simulate_scale` (T markets × 50 products ×
 200 agents, σ on prices = 0.5, shares exact at the true θ, seed 0), estimated with
 ``shares ~ 1 + x + [prices ~ cost_shifter + z0 + z1 + rivals_x + rivals_cost_shifter]``,
-``random="0 + prices"``, from σ = 1.
+``random="0 + prices"``, from σ = 1, with ``--optimizer`` (default trust-constr, the
+optimizer of the 2026-12-03 tables; ``default`` takes blpmodels' own default).
 
 Parts (``--parts``):
 
@@ -74,7 +75,8 @@ def child_fit(args: argparse.Namespace) -> dict:
     wall, cpu = time.perf_counter(), _cpu()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        results = model.fit(sigma=START_SIGMA)
+        options = {} if args.optimizer == "default" else {"optimizer": args.optimizer}
+        results = model.fit(sigma=START_SIGMA, **options)
     convergence = results.info.convergence
     return {
         "markets": args.markets,
@@ -85,6 +87,7 @@ def child_fit(args: argparse.Namespace) -> dict:
         "fit_seconds": time.perf_counter() - wall,
         "fit_cpu": _cpu() - cpu,
         "evaluations": convergence["evaluations"],
+        "optimizer": convergence["optimizer"],
         "converged": bool(convergence["converged"]),
         "threads": convergence["threads"],
         "peak_data_mib": peak_data,
@@ -232,6 +235,7 @@ def _fits(args: argparse.Namespace) -> list[dict]:
     for markets in args.markets:
         for limit in ("none", args.memory_limit):
             size = ["--markets", str(markets), "--agents", str(args.agents)]
+            size += ["--optimizer", args.optimizer]
             row = _run_child(["fit", *size, "--memory-limit", limit])
             row.setdefault("markets", markets)
             row.setdefault("memory_limit", limit)
@@ -247,6 +251,8 @@ def _fits(args: argparse.Namespace) -> list[dict]:
                     "none",
                     "--baseline",
                     args.baseline,
+                    "--optimizer",
+                    args.optimizer,
                 ]
             )
             row.setdefault("markets", markets)
@@ -271,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pyblp-timeout", type=float, default=1800.0)
     parser.add_argument("--pyblp-optimizer", default="trust-constr")
     parser.add_argument("--mmap-threshold", type=int, default=2**30)
+    parser.add_argument("--optimizer", default="trust-constr")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     if args.child:
@@ -301,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(row), flush=True)
     if "pyblp" in args.parts:
         markets = str(args.pyblp_markets)
-        ours = _run_child(["fit", "--markets", markets, "--memory-limit", "none"])
+        fit = ["fit", "--markets", markets, "--memory-limit", "none"]
+        ours = _run_child([*fit, "--optimizer", args.pyblp_optimizer])
         theirs = _run_child(
             ["pyblp", "--markets", markets, "--pyblp-optimizer", args.pyblp_optimizer],
             timeout=args.pyblp_timeout,
