@@ -1183,6 +1183,28 @@ def _nested_pairs(
     return np.maximum(joint, 0.0)
 
 
+def _within_nests(
+    probabilities: np.ndarray, codes: np.ndarray, n_nests: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nest one-hot ``[J, H]``, inside probabilities ``[..., I, J]``, nest shares
+    ``[..., I, H]`` and shares within the nest ``[..., I, J]`` (0 for options taken out)."""
+    n = codes.size
+    one_hot = np.zeros((n, n_nests))
+    one_hot[np.arange(n), codes] = 1.0
+    inside = probabilities[..., 1:]
+    nest_shares = inside @ one_hot
+    of_product = nest_shares @ one_hot.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        within = np.where(of_product > 0, inside / of_product, 0.0)
+    return one_hot, inside, nest_shares, within
+
+
+def _log_within(within: np.ndarray) -> np.ndarray:
+    """log w where w > 0, else 0 (w log w → 0 there)."""
+    positive = within > 0
+    return np.where(positive, np.log(np.where(positive, within, 1.0)), 0.0)
+
+
 def _nested_tangents(
     probabilities: np.ndarray,
     tangents: np.ndarray,
@@ -1199,15 +1221,8 @@ def _nested_tangents(
     last terms). Every term is a share-weighted log share, so nothing overflows. Options taken
     out of the choice set have zero probability and drop out.
     """
-    n = codes.size
-    one_hot = np.zeros((n, rho.size))
-    one_hot[np.arange(n), codes] = 1.0
-    inside = probabilities[..., 1:]
-    nest_shares = inside @ one_hot  # [..., I, H]
-    of_product = nest_shares @ one_hot.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        within = np.where(of_product > 0, inside / of_product, 0.0)
-        log_within = np.where(within > 0, np.log(np.where(within > 0, within, 1.0)), 0.0)
+    one_hot, inside, nest_shares, within = _within_nests(probabilities, codes, rho.size)
+    log_within = _log_within(within)
     scale = 1.0 - rho[codes]
     nest_means = (within * tangents) @ one_hot  # [P, ..., I, H]
     by_product = nest_means @ one_hot.T
@@ -1354,14 +1369,9 @@ def _nested_contract(
     ``[n, G, I, 1+J]`` arrays are few (this runs at every evaluation with second choices)."""
     n_rows = coefficients.shape[0]
     n = codes.size
-    one_hot = np.zeros((n, rho.size))
-    one_hot[np.arange(n), codes] = 1.0
+    one_hot, inside, nest_shares, within = _within_nests(probabilities, codes, rho.size)
     weighted = coefficients * probabilities  # R̃ = R s
     everything = weighted.sum(axis=-1)  # [n, G, I]: Σ_b R̃_b, outside included
-    inside = probabilities[..., 1:]  # [G, I, J]
-    of_product = (inside @ one_hot) @ one_hot.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        within = np.where(of_product > 0, inside / of_product, 0.0)
     scale = 1.0 - rho[codes]
     # Σ_g of: R̃_k / (1 − ρ_k) − (Σ_b∈h(k) R̃_b) ρ_k/(1 − ρ_k) w_k − (Σ_b R̃_b) s_k.
     on_utilities = weighted[..., 1:].sum(axis=1) / scale
@@ -1375,11 +1385,9 @@ def _nested_contract(
     )
     result = np.einsum("nij,pij->np", on_utilities, tangents)
     if rho_tangents:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_within = np.where(within > 0, np.log(np.where(within > 0, within, 1.0)), 0.0)
+        log_within = _log_within(within)
         nest_entropy = (within * log_within) @ one_hot  # [G, I, H]: c_h
         entropy = nest_entropy @ one_hot.T
-        nest_shares = inside @ one_hot
         flat = weighted[..., 1:].reshape(n_rows, -1)
         for position, nests in rho_tangents:
             member = nests.astype(np.float64)[codes]
