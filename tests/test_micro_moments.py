@@ -913,3 +913,37 @@ def test_w_with_micro_moments_has_their_size(model):
     """A given W must cover the micro moments too."""
     with pytest.raises(BLPInputError, match="W must be 5×5"):
         model.fit(**Q1_START, micro_moments=[income_moment()], W=np.eye(4))
+
+
+def test_hessian_at_an_exact_root_is_the_objectives(model, q1_results):
+    """Q1 is exactly identified (five moments, five parameters) and its fit finds a root, so the
+    reported Hessian is 2N C'W̃C (no difference Hessian is computed); it equals central
+    differences of the objective's analytic gradient at the estimates with the fit's W."""
+    results = q1_results
+    assert results.objective < 1e-12
+    hessian = np.asarray(results.info.convergence["hessian"])
+    params = results.params
+    characteristics = ["Intercept", "mushy", "prices"]
+    parameters = model.parameters(
+        sigma=np.diag([0, 0, params["sigma[prices,prices]"]]),
+        pi=[[params[f"pi[{c},log_income]"]] for c in characteristics],
+    )
+    objective = model.objective_function(parameters, micro=model.micro_block([income_moment()]))
+    objective.set_weighting_matrix(np.asarray(results.info.W))
+    theta = parameters.theta0
+    differences = np.zeros_like(hessian)
+    for position in range(theta.size):
+        step = 1e-5 * max(1.0, abs(theta[position]))
+        up, down = theta.copy(), theta.copy()
+        up[position] += step
+        down[position] -= step
+        differences[:, position] = (
+            objective.evaluate(up).gradient - objective.evaluate(down).gradient
+        ) / (2 * step)
+    differences = 0.5 * (differences + differences.T)
+    np.testing.assert_allclose(hessian, differences, rtol=1e-5, atol=1e-6 * np.abs(hessian).max())
+    np.testing.assert_allclose(
+        results.info.convergence["hessian_eigenvalues"],
+        np.linalg.eigvalsh(differences),
+        rtol=1e-5,
+    )
