@@ -521,7 +521,7 @@ class BLPRandomCoefficients(BLPModel):
             "gauss-newton", or ``callable(fun, theta0, bounds)``.
             "gauss-newton" is Levenberg–Marquardt on the stacked moments with the bounds
             (:mod:`blpmodels.gauss_newton`): it uses the moment Jacobian the gradient already
-            computes, and took 7 evaluations on exercise 2 Q5 and 17 on Nevo (trust-constr
+            computes, and took 11 evaluations on exercise 2 Q5 and 15 on Nevo (trust-constr
             17, BFGS 51); where it stalls (near σ = 0 its matrix misses the curvature) it
             continues with L-BFGS-B from its best point and the message says so. Its options:
             ``gtol`` (projected gradient, default 1e-8), ``xtol``, ``max_iterations``.
