@@ -30,6 +30,7 @@ __all__ = [
     "data_home",
     "load_blp",
     "load_mixtape_demographics",
+    "load_mixtape_derived",
     "load_mixtape_exercise2",
     "load_mixtape_products",
     "load_nevo",
@@ -266,6 +267,36 @@ def load_mixtape_exercise2(
     products = _read_csv(f"mixtape/derived/{name}", data_home, strings=ids)
     agents = _read_csv("mixtape/derived/ex2_agent_data.csv.gz", data_home, strings=("market_ids",))
     return products, agents
+
+
+def load_mixtape_derived(
+    name: str, data_home: str | os.PathLike[str] | None = None
+) -> pd.DataFrame:
+    """One file of ``mixtape/derived/``: the exercises' agent draws, instruments and surveys.
+
+    Parameters
+    ----------
+    name : str
+        File name inside ``mixtape/derived/``, e.g. ``"ex2_s2_halton_100.csv.gz"`` (the
+        folder's README lists them).
+    data_home : path-like, optional
+        Folder holding ``mixtape/``; default ``$BLPMODELS_DATA`` or ``../shared/data``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The file, ``market_ids`` and ``product_ids`` read as strings.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file is not there; the message says where it was looked for.
+
+    Examples
+    --------
+    >>> draws = load_mixtape_derived("ex2_s3_quad_7x7.csv.gz")  # doctest: +SKIP
+    """
+    return _read_csv(f"mixtape/derived/{name}", data_home, strings=("market_ids", "product_ids"))
 
 
 def load_nevo(

@@ -92,27 +92,6 @@ def timed(timings: dict[str, float], name: str):
     timings[name] = time.perf_counter() - clock
 
 
-def derived_file(name: str) -> pd.DataFrame:
-    """Read a file of ``mixtape/derived`` from the blpmodels data home.
-
-    Parameters
-    ----------
-    name : str
-        File name, e.g. ``"ex2_s1_mc_100.csv.gz"``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        With text ids read as strings.
-    """
-    path = datasets.data_home() / "mixtape" / "derived" / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found; set {datasets.DATA_ENV_VAR} to the folder holding mixtape/"
-        )
-    return pd.read_csv(path, dtype={"market_ids": str, "product_ids": str})
-
-
 def load_data(overidentified: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Products with demand instruments 0-3 (0-4) and the 94,000 agents of exercise 2.
 
@@ -746,7 +725,7 @@ def draws_table(products: pd.DataFrame, kind: str, draws: Sequence[int]) -> pd.D
     prefix = {"mc": "ex2_s1_mc", "halton": "ex2_s2_halton"}[kind]
     rows = {}
     for n in draws:
-        agents = derived_file(f"{prefix}_{n}.csv.gz")
+        agents = datasets.load_mixtape_derived(f"{prefix}_{n}.csv.gz")
         clock = time.perf_counter()
         results = fit_single_node(products, agents)
         rows[n] = estimates_row(results, time.perf_counter() - clock)
@@ -822,7 +801,7 @@ def supplemental2(products: pd.DataFrame, draws: Sequence[int] = DRAWS) -> pd.Da
     derived = draws_table(products, "halton", draws)
     rows = {}
     for n in draws:
-        agents = derived_file(f"ex2_s2_halton_{n}.csv.gz")
+        agents = datasets.load_mixtape_derived(f"ex2_s2_halton_{n}.csv.gz")
         # Same income draws, Halton nodes built by blpmodels (markets in the file's order).
         nodes = build_integration(Integration("halton", n, seed=0), 1, agents["market_ids"])
         agents = agents.assign(nodes0=nodes["nodes0"].to_numpy(), weights=nodes["weights"])
@@ -859,7 +838,7 @@ def supplemental3(products: pd.DataFrame, mc1000_seconds: float | None = None) -
         Estimates with quadrature and, for comparison, question 5's.
     """
     header("Supplemental 3. 7x7 Gauss-Hermite quadrature (49 agents per market)")
-    agents = derived_file("ex2_s3_quad_7x7.csv.gz")
+    agents = datasets.load_mixtape_derived("ex2_s3_quad_7x7.csv.gz")
     # The same from scratch: product rule in two dimensions, the second turned into log
     # income with each market's mean and standard deviation (ddof=1) of log income.
     nodes, weights = Integration("product", 7).build(2)
@@ -971,7 +950,7 @@ def _compare_with_precomputed(products: pd.DataFrame, instruments: pd.DataFrame)
     if not path.is_file():
         print(f"({path.name} not found: no comparison with pyblp's precomputed columns.)")
         return None
-    stored = derived_file(path.name)
+    stored = datasets.load_mixtape_derived(path.name)
     stored = products[["market_ids", "product_ids"]].merge(
         stored, on=["market_ids", "product_ids"], how="left", validate="1:1"
     )

@@ -107,27 +107,6 @@ def timed(timings: dict[str, float], name: str) -> Iterator[None]:
     timings[name] = time.perf_counter() - clock
 
 
-def derived_file(name: str) -> pd.DataFrame:
-    """Read a file of ``mixtape/derived`` from the blpmodels data home.
-
-    Parameters
-    ----------
-    name : str
-        File name, e.g. ``"ex3_s2_micro_data_with_nodes.csv.gz"``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        With text ids read as strings.
-    """
-    path = datasets.data_home() / "mixtape" / "derived" / name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found; set {datasets.DATA_ENV_VAR} to the folder holding mixtape/"
-        )
-    return pd.read_csv(path, dtype={"market_ids": str, "product_ids": str})
-
-
 def load_data() -> tuple[pd.DataFrame, pd.DataFrame]:
     """Exercise 2's products (instruments 0-3, firm ids) and its 94,000 agents.
 
@@ -702,7 +681,7 @@ def supplemental2(
     if use_file:
         path = datasets.data_home() / "mixtape" / "derived" / "ex3_s2_micro_data_with_nodes.csv.gz"
         if path.is_file():
-            pyblp_micro = derived_file(path.name)
+            pyblp_micro = datasets.load_mixtape_derived(path.name)
             # pyblp counts choices among inside goods from 0; here 0 is the outside option.
             sources["pyblp's simulation (file)"] = pyblp_micro.assign(
                 choice_indices=pyblp_micro["choice_indices"] + 1

@@ -202,3 +202,18 @@ def test_env_var_is_honoured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.chdir(tmp_path)  # the working-directory default no longer applies
     assert data_home() == HOME
     assert load_mixtape_demographics().shape == (1880, 4)
+
+
+@pytest.mark.data
+@needs_data
+def test_mixtape_derived_file() -> None:
+    """A derived file as written (compared with a plain read), ids as strings; a missing
+    name says where it was looked for."""
+    draws = datasets.load_mixtape_derived("ex2_s1_mc_10.csv.gz")
+    raw = pd.read_csv(data_home() / "mixtape" / "derived" / "ex2_s1_mc_10.csv.gz")
+    assert list(draws.columns) == list(raw.columns)
+    assert _is_string_column(draws["market_ids"])
+    numeric = raw.select_dtypes("number").columns
+    np.testing.assert_array_equal(draws[numeric].to_numpy(), raw[numeric].to_numpy())
+    with pytest.raises(FileNotFoundError, match=r"mixtape/derived/no_such_file\.csv"):
+        datasets.load_mixtape_derived("no_such_file.csv")
