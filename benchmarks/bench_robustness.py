@@ -129,7 +129,7 @@ def simulate(spec: ProblemSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     >>> products.shape[0], agents.shape[0]
     (100, 400)
     """
-    from blpmodels.simulation import simulate_logit
+    from blpmodels.simulation.logit import simulate_logit
 
     simulation = simulate_logit(
         n_markets=spec.n_markets, n_products=spec.n_products, n_firms=2, seed=spec.seed

@@ -1,6 +1,6 @@
 """Scale: fits of large simulated random-coefficients problems, memory limits, Dask overhead.
 
-Problems come from :func:`blpmodels.simulation_scale.simulate_scale` (T markets × 50 products ×
+Problems come from :func:`blpmodels.simulation.scale.simulate_scale` (T markets × 50 products ×
 200 agents, σ on prices = 0.5, shares exact at the true θ, seed 0), estimated with
 ``shares ~ 1 + x + [prices ~ cost_shifter + z0 + z1 + rivals_x + rivals_cost_shifter]``,
 ``random="0 + prices"``, from σ = 1, with ``--optimizer`` (default trust-constr, the
@@ -64,7 +64,7 @@ def _cpu() -> float:
 def child_fit(args: argparse.Namespace) -> dict:
     if args.baseline:
         sys.path.insert(0, args.baseline)
-    from blpmodels.simulation_scale import simulate_scale
+    from blpmodels.simulation.scale import simulate_scale
 
     began = time.perf_counter()
     problem = simulate_scale(args.markets, PRODUCTS, args.agents, seed=0)
@@ -98,8 +98,9 @@ def child_fit(args: argparse.Namespace) -> dict:
 
 
 def _exercise2_model(**keywords):
-    from blpmodels import BLPRandomCoefficients
     from blpmodels.datasets import load_mixtape_exercise2
+
+    from blpmodels import BLPRandomCoefficients
 
     products, agents = load_mixtape_exercise2()
     instruments = " + ".join(f"demand_instruments{k}" for k in range(4))
@@ -127,7 +128,7 @@ def child_dask(args: argparse.Namespace) -> dict:
             {"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": args.mmap_threshold}
         )
 
-    from blpmodels.simulation_scale import simulate_scale
+    from blpmodels.simulation.scale import simulate_scale
 
     problem = None if args.problem == "ex2q5" else simulate_scale(args.markets, PRODUCTS, AGENTS)
 
@@ -181,7 +182,7 @@ def child_dask(args: argparse.Namespace) -> dict:
 def child_pyblp(args: argparse.Namespace) -> dict:
     import pyblp
 
-    from blpmodels.simulation_scale import simulate_scale
+    from blpmodels.simulation.scale import simulate_scale
 
     pyblp.options.verbose = False
     problem = simulate_scale(args.markets, PRODUCTS, AGENTS, seed=0)

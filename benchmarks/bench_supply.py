@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 import blpmodels  # noqa: E402
 from blpmodels import BLPRandomCoefficients, datasets  # noqa: E402
-from blpmodels.estimation import gmm_options  # noqa: E402
+from blpmodels.estimation.linear import gmm_options  # noqa: E402
 
 DEMAND_INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(8))
 SUPPLY_INSTRUMENTS = " + ".join(f"supply_instruments{k}" for k in range(12))

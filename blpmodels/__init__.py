@@ -21,15 +21,26 @@ datasets, simulation
 
 from __future__ import annotations
 
-from . import datasets, simulation
-from .compare import Comparison, compare
-from .exceptions import BLPInputError, ConvergenceWarning, FixedPointError, IntegrationWarning
-from .instruments import build_blp_instruments, build_differentiation_instruments
-from .integration import Integration, build_integration
-from .micro import MicroDataset, MicroMoment
-from .models import BLPLogit, BLPModel, BLPNestedLogit
-from .random_coefficients import BLPRandomCoefficients
-from .results import BLPResults, BootstrappedResults, Equilibrium, MergerResults
+import sys
+
+from blpmodels import simulation
+from blpmodels.data import datasets
+from blpmodels.data.instruments import build_blp_instruments, build_differentiation_instruments
+from blpmodels.data.integration import Integration, build_integration
+from blpmodels.estimation.micro import MicroDataset, MicroMoment
+from blpmodels.exceptions import (
+    BLPInputError,
+    ConvergenceWarning,
+    FixedPointError,
+    IntegrationWarning,
+)
+from blpmodels.models import BLPLogit, BLPModel, BLPNestedLogit, BLPRandomCoefficients
+from blpmodels.results import BLPResults, BootstrappedResults, Equilibrium, MergerResults
+from blpmodels.results.compare import Comparison, compare
+
+# ``blpmodels.datasets`` is the loaders' public name (``from blpmodels.datasets import
+# load_nevo``); the module itself lives with the other inputs in ``blpmodels.data``.
+sys.modules[f"{__name__}.datasets"] = datasets
 
 __version__ = "0.1.0"
 

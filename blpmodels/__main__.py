@@ -23,9 +23,10 @@ def _economy_report(seed: int, n_markets: int, n_products: int) -> list[str]:
     import numpy as np
     import pandas as pd
 
-    from .integration import Integration
-    from .random_coefficients import BLPRandomCoefficients
-    from .simulation import Simulation, build_id_data
+    from blpmodels.data.integration import Integration
+    from blpmodels.models.random_coefficients import BLPRandomCoefficients
+    from blpmodels.simulation.economies import Simulation
+    from blpmodels.simulation.logit import build_id_data
 
     n_firms = min(4, n_products)
     products = build_id_data(T=n_markets, J=n_products, F=n_firms)
@@ -126,9 +127,9 @@ def demo(seed: int = 0, n_markets: int = 200, n_products: int = 10) -> str:
     import pandas as pd
     import statsmodels.formula.api as smf
 
-    from . import compare
-    from .models import BLPLogit
-    from .simulation import simulate_logit
+    from blpmodels import compare
+    from blpmodels.models.logit import BLPLogit
+    from blpmodels.simulation.logit import simulate_logit
 
     simulation = simulate_logit(n_markets=n_markets, n_products=n_products, seed=seed)
     data = simulation.products

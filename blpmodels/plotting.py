@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .exceptions import BLPInputError
+from blpmodels.exceptions import BLPInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes

@@ -36,7 +36,7 @@ from blpmodels import (
     build_integration,
     datasets,
 )
-from blpmodels.optimal_instruments import optimal_instruments
+from blpmodels.results.optimal_instruments import optimal_instruments
 
 FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 OPTIONS = {"gtol": 1e-8, "xtol": 1e-8}  # trust-constr, as in the exercise

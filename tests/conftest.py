@@ -33,14 +33,14 @@ if os.environ.get("BLPMODELS_DATA", "").strip():
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-
-from blpmodels import BLPLogit  # noqa: E402
 from blpmodels.datasets import (  # noqa: E402
     DATA_ENV_VAR,
     data_home,
     load_mixtape_products,
     load_nevo,
 )
+
+from blpmodels import BLPLogit  # noqa: E402
 
 FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 IV_FE_FORMULA = "shares ~ 0 + [prices ~ price_instrument]"

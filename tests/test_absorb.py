@@ -9,7 +9,7 @@ import statsmodels.formula.api as smf
 from linearmodels.iv import IV2SLS
 
 from blpmodels import BLPLogit
-from blpmodels.absorb import Absorber, parse_absorb
+from blpmodels.data.absorb import Absorber, parse_absorb
 from blpmodels.exceptions import BLPInputError
 
 FIXED_EFFECTS = "C(market_ids) + C(product_ids)"

@@ -2,7 +2,7 @@
 
 The Dask tests run a ``LocalCluster`` in this process (``processes=False``: a worker is a
 thread, so CI on two cores starts one in milliseconds) on problems from
-:func:`blpmodels.simulation_scale.simulate_scale` of a few dozen markets. Oracles: the
+:func:`blpmodels.simulation.scale.simulate_scale` of a few dozen markets. Oracles: the
 threads backend with one chunk (the combination of chunk results cannot be wrong there), and
 the share equations solved by hand (``tests/probes.independent_log_shares``) at δ from Dask.
 """
@@ -20,7 +20,7 @@ from probes import independent_log_shares
 
 from blpmodels.backends import chunk_memory, chunk_size_for_memory, parse_memory
 from blpmodels.exceptions import BLPInputError
-from blpmodels.simulation_scale import simulate_scale
+from blpmodels.simulation.scale import simulate_scale
 
 distributed = pytest.importorskip("distributed")
 

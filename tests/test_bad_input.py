@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import blpmodels.demand
-import blpmodels.models
-import blpmodels.products
+import blpmodels.data.products
+import blpmodels.models.logit
+import blpmodels.models.nested_logit
+import blpmodels.results.demand
 from blpmodels import BLPLogit, BLPNestedLogit
 from blpmodels.exceptions import BLPInputError
 
@@ -27,21 +28,22 @@ def _forbid(*_args, **_kwargs):
 @pytest.fixture
 def no_design_work(monkeypatch):
     """Building formula blocks or fixed effects fails: share and id checks must come first."""
-    monkeypatch.setattr(blpmodels.products, "build_block", _forbid)
-    monkeypatch.setattr(blpmodels.products.Absorber, "from_formula", _forbid)
+    monkeypatch.setattr(blpmodels.data.products, "build_block", _forbid)
+    monkeypatch.setattr(blpmodels.data.products.Absorber, "from_formula", _forbid)
 
 
 @pytest.fixture
 def no_estimation(monkeypatch):
     """The GMM pipeline fails: option checks must come first."""
-    monkeypatch.setattr(blpmodels.models, "fit_linear", _forbid)
+    monkeypatch.setattr(blpmodels.models.logit, "fit_linear", _forbid)
+    monkeypatch.setattr(blpmodels.models.nested_logit, "fit_linear", _forbid)
 
 
 @pytest.fixture
 def no_share_evaluation(monkeypatch):
     """The share kernel fails: predict-data checks must come first."""
-    monkeypatch.setattr(blpmodels.demand, "ShareEvaluator", _forbid)
-    monkeypatch.setattr(blpmodels.demand, "share_jacobian", _forbid)
+    monkeypatch.setattr(blpmodels.results.demand, "ShareEvaluator", _forbid)
+    monkeypatch.setattr(blpmodels.results.demand, "share_jacobian", _forbid)
 
 
 @pytest.fixture
@@ -375,8 +377,9 @@ def test_valid_input_reaches_the_stand_ins(
     monkeypatch.undo()
     model = BLPLogit.from_formula(IV_FORMULA, simulated_products)
     results = model.fit()
-    monkeypatch.setattr(blpmodels.models, "fit_linear", _forbid)
-    monkeypatch.setattr(blpmodels.demand, "ShareEvaluator", _forbid)
+    monkeypatch.setattr(blpmodels.models.logit, "fit_linear", _forbid)
+    monkeypatch.setattr(blpmodels.models.nested_logit, "fit_linear", _forbid)
+    monkeypatch.setattr(blpmodels.results.demand, "ShareEvaluator", _forbid)
     with pytest.raises(_WorkStarted):
         model.fit()
     with pytest.raises(_WorkStarted):

@@ -14,17 +14,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.api as sm
-
-import blpmodels.demand
-import blpmodels.models
-import blpmodels.products
-import blpmodels.random_coefficients
-from blpmodels import BLPLogit, BLPRandomCoefficients
-from blpmodels.agents import AgentDesign
 from blpmodels.datasets import data_home
+
+import blpmodels.data.products
+import blpmodels.models.logit
+import blpmodels.models.nested_logit
+import blpmodels.models.random_coefficients
+import blpmodels.results.demand
+from blpmodels import BLPLogit, BLPRandomCoefficients
+from blpmodels.data.agents import AgentDesign
+from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.exceptions import BLPInputError
-from blpmodels.parameters import NonlinearParameters
-from blpmodels.simulation import simulate_logit
+from blpmodels.simulation.logit import simulate_logit
 
 IV_FORMULA = "shares ~ 1 + x + [prices ~ z1]"
 RC_FORMULA = "shares ~ 1 + x + [prices ~ cost_shifter]"
@@ -41,27 +42,28 @@ def _forbid(*_args, **_kwargs):
 @pytest.fixture
 def no_design_work(monkeypatch):
     """Building formula blocks or fixed effects fails: share and id checks must come first."""
-    monkeypatch.setattr(blpmodels.products, "build_block", _forbid)
-    monkeypatch.setattr(blpmodels.products.Absorber, "from_formula", _forbid)
+    monkeypatch.setattr(blpmodels.data.products, "build_block", _forbid)
+    monkeypatch.setattr(blpmodels.data.products.Absorber, "from_formula", _forbid)
 
 
 @pytest.fixture
 def no_estimation(monkeypatch):
     """The linear GMM pipeline fails: option checks must come first."""
-    monkeypatch.setattr(blpmodels.models, "fit_linear", _forbid)
+    monkeypatch.setattr(blpmodels.models.logit, "fit_linear", _forbid)
+    monkeypatch.setattr(blpmodels.models.nested_logit, "fit_linear", _forbid)
 
 
 @pytest.fixture
 def no_share_evaluation(monkeypatch):
     """The share kernel fails: post-estimation checks must come first."""
-    monkeypatch.setattr(blpmodels.demand, "ShareEvaluator", _forbid)
-    monkeypatch.setattr(blpmodels.demand, "share_jacobian", _forbid)
+    monkeypatch.setattr(blpmodels.results.demand, "ShareEvaluator", _forbid)
+    monkeypatch.setattr(blpmodels.results.demand, "share_jacobian", _forbid)
 
 
 @pytest.fixture
 def no_contraction(monkeypatch):
     """The random-coefficients objective (δ contraction) fails: checks must come first."""
-    monkeypatch.setattr(blpmodels.random_coefficients, "NonlinearObjective", _forbid)
+    monkeypatch.setattr(blpmodels.models.random_coefficients, "NonlinearObjective", _forbid)
 
 
 @pytest.fixture
@@ -188,7 +190,7 @@ def test_statsmodels_agrees_that_such_iv_is_ols(simulated_products):
 def test_collinear_random_coefficient_characteristics_are_named(
     rc_products, rc_agents, monkeypatch, random, column, partner
 ):
-    monkeypatch.setattr(blpmodels.random_coefficients, "AgentDesign", _forbid)
+    monkeypatch.setattr(blpmodels.models.random_coefficients, "AgentDesign", _forbid)
     with pytest.raises(
         BLPInputError,
         match=re.escape(f"random coefficients are collinear: {column!r}") + f".*'{partner}'",
@@ -654,8 +656,8 @@ def test_the_shared_data_sets_do_not_warn_about_scale():
                 "1 + prices + sw + su + pv + pgnp",
             )
         )
-    design = blpmodels.products.ProductDesign
-    from blpmodels.formula import parse_formula
+    design = blpmodels.data.products.ProductDesign
+    from blpmodels.data.formula import parse_formula
 
     context = _no_warnings()
     try:

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from blpmodels.datasets import DATA_ENV_VAR, load_mixtape_exercise2
 from scipy import stats
 
 from blpmodels import BLPNestedLogit, BLPRandomCoefficients, ConvergenceWarning
-from blpmodels.datasets import DATA_ENV_VAR, load_mixtape_exercise2
 
 pytestmark = pytest.mark.data
 

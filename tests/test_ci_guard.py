@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from blpmodels.datasets import data_home
 
 pytest_plugins = ["pytester"]

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from blpmodels.datasets import load_nevo
 
 from blpmodels import (
     BLPInputError,
@@ -21,7 +22,6 @@ from blpmodels import (
     FixedPointError,
     Integration,
 )
-from blpmodels.datasets import load_nevo
 
 pytestmark = pytest.mark.data
 

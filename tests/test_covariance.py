@@ -8,7 +8,7 @@ import pytest
 from linearmodels.iv import IV2SLS, IVGMM
 
 from blpmodels import BLPLogit
-from blpmodels.covariance import (
+from blpmodels.estimation.covariance import (
     cluster_codes,
     gmm_covariance,
     moment_covariance,

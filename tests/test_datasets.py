@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from blpmodels import datasets
 from blpmodels.datasets import (
     DATA_ENV_VAR,
     data_home,
@@ -20,6 +18,8 @@ from blpmodels.datasets import (
     load_petrin,
     load_petrin_micro_moments,
 )
+
+from blpmodels import datasets
 
 HOME = data_home()
 needs_data = pytest.mark.skipif(

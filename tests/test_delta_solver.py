@@ -14,15 +14,13 @@ import numpy as np
 import pytest
 from probes import independent_log_shares, probe_problem
 
-from blpmodels.kernel import (
-    Nesting,
-    ShareEvaluator,
+from blpmodels.kernel.delta import (
     inverse_delta_jacobian,
-    log_space_probabilities,
     solve_delta,
     solve_delta_hybrid,
     solve_delta_newton,
 )
+from blpmodels.kernel.shares import Nesting, ShareEvaluator, log_space_probabilities
 
 # θ sequences from the probe: a large σ, then a small one, with the warm start carried over.
 SEQUENCES = [(0, (5.0, 0.01)), (1, (2.7, 0.0135)), (1, (5.0, 0.01)), (4, (8.0, 0.5))]

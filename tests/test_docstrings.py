@@ -14,6 +14,7 @@ import pkgutil
 
 import numpy as np
 import pytest
+from docexamples import examples
 
 import blpmodels
 
@@ -35,18 +36,18 @@ DATA_EXAMPLES = {
     "blpmodels.datasets.load_blp",
     "blpmodels.datasets.load_petrin",
     "blpmodels.datasets.load_petrin_micro_moments",
-    "blpmodels.models.BLPLogit",
-    "blpmodels.models.BLPNestedLogit",
-    "blpmodels.random_coefficients.BLPRandomCoefficients",
-    "blpmodels.results.BLPResults.t_test",
-    "blpmodels.results.BLPResults.predict",
-    "blpmodels.results.BLPResults.fixed_effects",
-    "blpmodels.results.BLPResults.probabilities",
-    "blpmodels.results.BLPResults.elasticities",
-    "blpmodels.results.BLPResults.diversion_ratios",
-    "blpmodels.results.BLPResults.long_run_diversion_ratios",
-    "blpmodels.results.BLPResults.bootstrap",
-    "blpmodels.results.BLPResults.summary",
+    "blpmodels.BLPLogit",
+    "blpmodels.BLPNestedLogit",
+    "blpmodels.BLPRandomCoefficients",
+    "blpmodels.BLPResults.t_test",
+    "blpmodels.BLPResults.predict",
+    "blpmodels.BLPResults.fixed_effects",
+    "blpmodels.BLPResults.probabilities",
+    "blpmodels.BLPResults.elasticities",
+    "blpmodels.BLPResults.diversion_ratios",
+    "blpmodels.BLPResults.long_run_diversion_ratios",
+    "blpmodels.BLPResults.bootstrap",
+    "blpmodels.BLPResults.summary",
 }
 
 
@@ -69,7 +70,7 @@ def test_offline_examples(module_name: str) -> None:
 
 
 def test_every_public_model_and_results_method_has_an_example() -> None:
-    from blpmodels.results import BLPResults
+    from blpmodels import BLPResults
 
     missing = [
         name
@@ -107,15 +108,8 @@ def test_data_examples(shared_data_home, mixtape_products) -> None:
     namespace = {"data": mixtape_products, "results": model.fit(), "np": np}
     found = set()
     failed = []
-    for module_name in (
-        "blpmodels.datasets",
-        "blpmodels.models",
-        "blpmodels.random_coefficients",
-        "blpmodels.results",
-    ):
-        for test in _tests(module_name):
-            if test.name not in DATA_EXAMPLES:
-                continue
+    for name in sorted(DATA_EXAMPLES):
+        for test in examples(name):
             found.add(test.name)
             for example in test.examples:
                 example.options.pop(doctest.SKIP, None)

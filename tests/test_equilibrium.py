@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
 
 from blpmodels import (
     BLPLogit,
@@ -38,7 +39,6 @@ from blpmodels import (
     ConvergenceWarning,
     FixedPointError,
 )
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
 
 pytestmark = pytest.mark.data
 

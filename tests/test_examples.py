@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-
 from blpmodels.datasets import DATA_ENV_VAR, data_home
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

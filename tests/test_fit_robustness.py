@@ -18,15 +18,15 @@ import scipy.optimize
 from probes import probe_problem
 
 from blpmodels import BLPRandomCoefficients, ConvergenceWarning
-from blpmodels.estimator import (
+from blpmodels.estimation.estimator import (
     Estimator,
     FitSettings,
     ScaledObjective,
     _BudgetSpent,
     check_identification,
 )
+from blpmodels.estimation.optimize import OptimizationOutcome
 from blpmodels.exceptions import BLPInputError, FixedPointError
-from blpmodels.optimize import OptimizationOutcome
 
 SEEDS = (0, 1, 2, 3)
 

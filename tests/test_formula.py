@@ -8,8 +8,8 @@ import pytest
 import statsmodels.api as sm
 
 from blpmodels import BLPLogit
+from blpmodels.data.formula import ParsedFormula, parse_formula, parse_rhs, required_variables
 from blpmodels.exceptions import BLPInputError
-from blpmodels.formula import ParsedFormula, parse_formula, parse_rhs, required_variables
 
 
 @pytest.mark.parametrize(

@@ -10,16 +10,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.optimize
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
 from conftest import simulate_logit_products
 
 from blpmodels import BLPInputError, BLPRandomCoefficients, Integration
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
-from blpmodels.gauss_newton import (
+from blpmodels.estimation.gauss_newton import (
     concentrated_weight,
     gauss_newton_matrix,
     minimize_gauss_newton,
 )
-from blpmodels.moments import ProductBlock, StackedGMM
+from blpmodels.estimation.moments import ProductBlock, StackedGMM
 
 
 def _least_squares(A, y):

@@ -1,4 +1,4 @@
-"""Tests for blpmodels.instruments: pyblp as an oracle, plus a brute-force per-market reference."""
+"""Tests for blpmodels.data.instruments: pyblp as an oracle, plus a brute-force reference."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blpmodels import instruments
+from blpmodels.data import instruments
+from blpmodels.data.instruments import build_blp_instruments, build_differentiation_instruments
 from blpmodels.exceptions import BLPInputError
-from blpmodels.instruments import build_blp_instruments, build_differentiation_instruments
 
 REPO = Path(__file__).resolve().parents[1]
 

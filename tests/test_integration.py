@@ -1,4 +1,4 @@
-"""Tests for blpmodels.integration: quadrature exactness, sampling properties, layout, errors."""
+"""Tests for blpmodels.data.integration: quadrature exactness, sampling, layout, errors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from scipy import stats
 from scipy.special import ndtr, ndtri
 
+from blpmodels.data.integration import KINDS, Integration, build_integration, check_weights
 from blpmodels.exceptions import BLPInputError, IntegrationWarning
-from blpmodels.integration import KINDS, Integration, build_integration, check_weights
 
 SAMPLING = ("monte_carlo", "halton", "lhs", "mlhs")
 

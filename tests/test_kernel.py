@@ -15,20 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from blpmodels.kernel import (
-    Nesting,
-    ShareEvaluator,
+from blpmodels.data.parameters import NonlinearParameters
+from blpmodels.kernel.delta import (
     inverse_delta_jacobian,
-    log_space_probabilities,
-    removal_shares,
-    rho_jacobian,
-    share_jacobian,
     solve_delta,
     solve_delta_hybrid,
     solve_delta_newton,
-    theta_jacobian,
 )
-from blpmodels.parameters import NonlinearParameters
+from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
+from blpmodels.kernel.shares import Nesting, ShareEvaluator, log_space_probabilities, removal_shares
 
 STRUCTURES = ("none", "one", "several")
 

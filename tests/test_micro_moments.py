@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.linalg
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
 
 from blpmodels import BLPInputError, BLPRandomCoefficients, MicroDataset, MicroMoment
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
-from blpmodels.micro import MicroBlock, _nested, _nested_pairs
+from blpmodels.estimation.micro import MicroBlock
+from blpmodels.kernel.micro_probabilities import _nested, _nested_pairs
 
 pytestmark = pytest.mark.data
 

@@ -42,9 +42,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_petrin, load_petrin_micro_moments
 
 from blpmodels import BLPRandomCoefficients, MicroDataset, MicroMoment
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_petrin, load_petrin_micro_moments
 
 pytestmark = pytest.mark.data
 

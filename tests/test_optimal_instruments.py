@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
 
 from blpmodels import BLPInputError, BLPLogit, BLPNestedLogit, BLPRandomCoefficients
-from blpmodels import optimal_instruments as module
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
 from blpmodels.exceptions import ConvergenceWarning
-from blpmodels.optimal_instruments import optimal_instruments, reduced_form_prices
-from blpmodels.simulation import simulate_logit
+from blpmodels.results import optimal_instruments as module
+from blpmodels.results.optimal_instruments import optimal_instruments, reduced_form_prices
+from blpmodels.simulation.logit import simulate_logit
 
 FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 Q5_FORMULA = (

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.exceptions import BLPInputError
-from blpmodels.parameters import NonlinearParameters
 
 CHARACTERISTICS = ("mushy", "prices")
 DEMOGRAPHICS = ("log_income", "age")

@@ -25,7 +25,8 @@ from blpmodels import (  # noqa: E402
     Integration,
     plotting,
 )
-from blpmodels.simulation import Simulation, build_id_data, simulate_logit  # noqa: E402
+from blpmodels.simulation.economies import Simulation  # noqa: E402
+from blpmodels.simulation.logit import build_id_data, simulate_logit  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -24,9 +24,9 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from blpmodels.datasets import DATA_ENV_VAR, load_nevo
 
 from blpmodels import BLPRandomCoefficients, ConvergenceWarning
-from blpmodels.datasets import DATA_ENV_VAR, load_nevo
 
 pytestmark = pytest.mark.data
 

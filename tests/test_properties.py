@@ -6,8 +6,9 @@ What must hold on *any* small problem, not only on the seeded ones of the other 
   model shares at the returned δ reproduce the observed shares: max |log s(δ) − log s_obs|
   ≤ 1e-12. The shares are recomputed here by log-sum-exp from the agent coefficients
   (:func:`log_shares_oracle`), never from a solver's own residual. Every solver is checked —
-  the kernel functions (:func:`~blpmodels.kernel.solve_delta`,
-  :func:`~blpmodels.kernel.solve_delta_newton`, :func:`~blpmodels.kernel.solve_delta_hybrid`)
+  the kernel functions (:func:`~blpmodels.kernel.delta.solve_delta`,
+  :func:`~blpmodels.kernel.delta.solve_delta_newton`,
+  :func:`~blpmodels.kernel.delta.solve_delta_hybrid`)
   and ``NonlinearObjective.evaluate`` with ``fp_method="newton"`` and ``"squarem"`` — along a
   *sequence* of θ values evaluated in order, so warm starts (the last δ, the last Jacobian,
   the first-order δ prediction) are exercised between very different θ (tiny σ near 0 after
@@ -43,15 +44,14 @@ from scipy.special import logsumexp
 
 from blpmodels import BLPRandomCoefficients
 from blpmodels.exceptions import ConvergenceWarning, FixedPointError
-from blpmodels.kernel import (
-    Nesting,
-    ShareEvaluator,
+from blpmodels.kernel.delta import (
     inverse_delta_jacobian,
     solve_delta,
     solve_delta_hybrid,
     solve_delta_newton,
 )
-from blpmodels.simulation import simulate_logit
+from blpmodels.kernel.shares import Nesting, ShareEvaluator
+from blpmodels.simulation.logit import simulate_logit
 
 #: Largest |log s(δ) − log s_obs| accepted at a δ a solver calls converged. The solvers stop
 #: when the ∞-norm of a δ update is below 1e-14, which bounds the log-share residual by about

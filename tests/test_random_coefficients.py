@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
 from scipy import stats
 
 from blpmodels import (
@@ -32,7 +33,6 @@ from blpmodels import (
     IntegrationWarning,
     build_integration,
 )
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
 
 pytestmark = pytest.mark.data
 

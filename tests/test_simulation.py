@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from blpmodels.exceptions import BLPInputError, FixedPointError
-from blpmodels.simulation import LogitSimulation, simulate_logit
+from blpmodels.simulation.logit import LogitSimulation, simulate_logit
 
 
 @pytest.fixture(scope="module")

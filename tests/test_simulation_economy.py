@@ -13,7 +13,8 @@ import pytest
 
 from blpmodels import BLPLogit, BLPRandomCoefficients, Integration
 from blpmodels.exceptions import BLPInputError, FixedPointError
-from blpmodels.simulation import Simulation, SimulationResults, build_id_data
+from blpmodels.simulation.economies import Simulation, SimulationResults
+from blpmodels.simulation.logit import build_id_data
 
 try:
     import pyblp

@@ -24,10 +24,10 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from docexamples import examples
 
 from blpmodels import BLPInputError, BLPLogit, ConvergenceWarning, FixedPointError
-from blpmodels.kernel import Nesting, ShareEvaluator
-from blpmodels.supply import (
+from blpmodels.kernel.equilibrium import (
     PriceState,
     agent_price_coefficients,
     consumer_surplus,
@@ -35,13 +35,13 @@ from blpmodels.supply import (
     foc_jacobian,
     foc_residual,
     hhi,
-    local_firm_codes,
     markups,
-    ownership_matrices,
     passthrough,
     solve_prices,
     zeta_markups,
 )
+from blpmodels.kernel.ownership import local_firm_codes, ownership_matrices
+from blpmodels.kernel.shares import Nesting, ShareEvaluator
 
 FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 IV_FE = "shares ~ 0 + [prices ~ price_instrument]"
@@ -542,7 +542,7 @@ def test_equilibrium_on_changed_data_keeps_its_rows(exercise1):
 
 
 SUPPLY_EXAMPLES = {
-    f"blpmodels.results.{name}"
+    f"blpmodels.{name}"
     for name in (
         "BLPResults.markups",
         "BLPResults.costs",
@@ -563,8 +563,6 @@ SUPPLY_EXAMPLES = {
 @pytest.mark.data
 def test_docstring_examples_run_on_exercise1(mixtape_products):
     """The results methods' examples (skipped offline) run on the exercise-1 logit."""
-    import blpmodels.results
-
     data = mixtape_products.copy()
     results = BLPLogit.from_formula(IV_FE, data, absorb=FIXED_EFFECTS).fit()
     namespace = {
@@ -575,9 +573,7 @@ def test_docstring_examples_run_on_exercise1(mixtape_products):
         "merger": results.merger(firm_ids={"F2": "F1"}),
     }
     found, failed = set(), []
-    for test in doctest.DocTestFinder().find(blpmodels.results):
-        if test.name not in SUPPLY_EXAMPLES:
-            continue
+    for test in (test for name in sorted(SUPPLY_EXAMPLES) for test in examples(name)):
         found.add(test.name)
         for example in test.examples:
             example.options.pop(doctest.SKIP, None)

@@ -35,11 +35,11 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_blp
 
 from blpmodels import BLPRandomCoefficients
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_blp
-from blpmodels.estimation import gmm_options
-from blpmodels.supply_moments import firm_indicator, firm_sums_pay, markup_jacobian
+from blpmodels.estimation.linear import gmm_options
+from blpmodels.kernel.markups import firm_indicator, firm_sums_pay, markup_jacobian
 
 pytestmark = pytest.mark.data
 

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
 from conftest import simulate_logit_products
 
 from blpmodels import (
@@ -26,7 +27,6 @@ from blpmodels import (
     Integration,
     build_integration,
 )
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
 
 
 @pytest.fixture(scope="module")

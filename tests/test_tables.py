@@ -23,8 +23,8 @@ from scipy import stats
 
 import blpmodels
 from blpmodels import BLPLogit
-from blpmodels.compare import covariance_label
 from blpmodels.exceptions import BLPInputError
+from blpmodels.results.compare import covariance_label
 
 
 @pytest.fixture(scope="module")

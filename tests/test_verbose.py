@@ -20,9 +20,9 @@ import pytest
 import scipy.optimize
 import small_economy
 
-import blpmodels.random_coefficients as random_coefficients
+import blpmodels.models.random_coefficients as random_coefficients
 from blpmodels import BLPLogit
-from blpmodels.estimator import check_fit_settings
+from blpmodels.estimation.estimator import check_fit_settings
 
 HEADER = "step start  iter  evals    objective proj.grad      move   shares fails seconds"
 COLUMNS = [
@@ -218,8 +218,8 @@ def test_bootstrap_shows_a_tqdm_bar_when_tqdm_is_installed(capsys):
 
 
 def test_verbose_must_be_a_flag():
+    from blpmodels.estimation.optimize import check_optimizer
     from blpmodels.exceptions import BLPInputError
-    from blpmodels.optimize import check_optimizer
 
     with pytest.raises(BLPInputError, match="verbose must be True or False"):
         check_fit_settings(

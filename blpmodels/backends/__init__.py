@@ -1,7 +1,7 @@
 """Where the market chunks of the nonlinear objective run: threads here or Dask workers.
 
-A backend holds the :class:`~blpmodels.market_chunks.MarketChunk` objects of an objective
-(``start``), runs one :class:`~blpmodels.market_chunks.ChunkStep` per chunk and returns the
+A backend holds the :class:`~blpmodels.kernel.chunks.MarketChunk` objects of an objective
+(``start``), runs one :class:`~blpmodels.kernel.chunks.ChunkStep` per chunk and returns the
 chunk results in chunk order (``run``); the objective combines them on the driver, where the
 fixed effects are absorbed and the GMM moments formed.
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..exceptions import BLPInputError
-from .memory import chunk_memory, chunk_size_for_memory, parse_memory
-from .threads import ThreadsBackend
+from blpmodels.backends.memory import chunk_memory, chunk_size_for_memory, parse_memory
+from blpmodels.backends.threads import ThreadsBackend
+from blpmodels.exceptions import BLPInputError
 
 __all__ = [
     "BACKENDS",
@@ -71,7 +71,7 @@ def check_backend(backend: Any, client: Any = None) -> str:
     if client is not None and backend != "dask":
         raise BLPInputError("client= is for backend='dask'")
     if backend == "dask":
-        from .dask import import_distributed
+        from blpmodels.backends.dask import import_distributed
 
         import_distributed()
     return backend
@@ -87,7 +87,7 @@ def make_backend(backend: str, *, threads: int = 1, client: Any = None) -> Any:
     """
     check_backend(backend, client)
     if backend == "dask":
-        from .dask import DaskBackend
+        from blpmodels.backends.dask import DaskBackend
 
         return DaskBackend(client)
     return ThreadsBackend(threads)

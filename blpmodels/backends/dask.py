@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..exceptions import BLPInputError
-from ..market_chunks import ChunkResult, ChunkState, ChunkStep, MarketChunk, Workspace
+from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.chunks import ChunkResult, ChunkState, ChunkStep, MarketChunk, Workspace
 
 __all__ = ["DaskBackend", "import_distributed"]
 

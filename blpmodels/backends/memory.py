@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..exceptions import BLPInputError
+from blpmodels.exceptions import BLPInputError
 
 __all__ = ["chunk_memory", "chunk_size_for_memory", "parse_memory"]
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
-from ..market_chunks import ChunkResult, ChunkStep, MarketChunk, Workspace
+from blpmodels.kernel.chunks import ChunkResult, ChunkStep, MarketChunk, Workspace
 
 __all__ = ["ThreadsBackend"]
 
@@ -16,7 +16,7 @@ class ThreadsBackend:
     """Market chunks evaluated in this process, in parallel threads when ``threads > 1``.
 
     numpy releases the GIL in the large array operations, so chunks run in parallel threads;
-    each thread reuses one :class:`~blpmodels.market_chunks.Workspace`, so the large work
+    each thread reuses one :class:`~blpmodels.kernel.chunks.Workspace`, so the large work
     arrays take the chunk size times the number of threads, whatever the number of markets.
 
     Parameters

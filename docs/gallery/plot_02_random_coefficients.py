@@ -33,7 +33,7 @@ print(agents.head())
 # One nonlinear parameter, π on mushy × log income; Σ = 0 fixes the unobserved part at
 # zero. The fixed effects are absorbed once, and each evaluation of the GMM objective
 # solves the mean utilities δ in all 94 markets at once.
-options = {"gtol": 1e-8, "xtol": 1e-8}  # the default optimizer: Gauss-Newton on the moments
+options = {"gtol": 1e-8, "xtol": 1e-8}  # default optimizer: Gauss-Newton on the moments
 q2 = BLPRandomCoefficients.from_formula(
     "shares ~ 0 + [prices ~ demand_instruments0 + demand_instruments1]",
     products,

@@ -1,0 +1,314 @@
+"""Gauss–Newton / Levenberg–Marquardt on the stacked GMM moments, with box bounds.
+
+The objective is a weighted sum of squares, q(θ) = N ḡ(θ)'W ḡ(θ), with the linear parameters
+b concentrated out. Its moment Jacobian is already computed for the gradient, so the
+Gauss–Newton matrix costs nothing more than a few small products: with ḡ = c(θ) − H b and b
+chosen to minimize q at every θ,
+
+    ∇q = 2N C'W ḡ,        ∇²q ≈ 2N C'W̃ C,    W̃ = W − W H (H'W H)⁻¹ H'W,
+
+C = ∂c/∂θ and H the (constant) Jacobian of the moments in b. W̃ is the weighting matrix with
+the directions the linear parameters can absorb projected out (the Schur complement of the
+full Gauss–Newton matrix). For just-identified models ḡ(θ̂) = 0 and the steps converge
+quadratically; otherwise the neglected second-order term is small near a good fit.
+
+Steps are Levenberg–Marquardt steps on the free parameters (those not held on a bound by the
+gradient), projected onto the bounds, accepted when the objective falls. When the damping
+grows without progress the caller is told, so that it can continue with a quasi-Newton method.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from blpmodels.estimation.optimize import OptimizationOutcome, diagnostics_projection
+
+__all__ = ["concentrated_weight", "gauss_newton_matrix", "minimize_gauss_newton"]
+
+#: Options ``fit(optimizer="gauss-newton", optimizer_options=...)`` accepts.
+OPTIONS = ("gtol", "xtol", "max_iterations")
+
+#: Largest move of a parameter in one step, in units of u = θ/scale (or times |u| when
+#: larger). 2 rather than 4: exercise 2 Q5 took 11 evaluations instead of 13 and Nevo 15
+#: instead of 18, to the same optima; every robustness start still reached the best objective.
+STEP_LIMIT = 2.0
+
+
+def concentrated_weight(W: np.ndarray, linear_jacobian: np.ndarray) -> np.ndarray:
+    """W̃ = W − W H (H'W H)⁻¹ H'W: the weighting of the moments left once b is concentrated.
+
+    Examples
+    --------
+    A linear parameter that moves the first moment alone leaves only the second:
+
+    >>> concentrated_weight(np.eye(2), np.array([[1.0], [0.0]])).tolist()
+    [[0.0, 0.0], [0.0, 1.0]]
+    """
+    if linear_jacobian.shape[1] == 0:
+        return W
+    WH = W @ linear_jacobian
+    inner = linear_jacobian.T @ WH
+    out = W - WH @ np.linalg.solve(inner, WH.T)
+    return 0.5 * (out + out.T)
+
+
+def gauss_newton_matrix(
+    moment_jacobian: np.ndarray, weight: np.ndarray, nobs: int, scale: np.ndarray
+) -> np.ndarray:
+    """2N C'W̃C for the columns of C = ∂ḡ/∂θ, in units of θ/scale.
+
+    Parameters
+    ----------
+    moment_jacobian : numpy.ndarray
+        ``(M, P)`` ∂ḡ/∂θ (the columns of the nonlinear parameters only).
+    weight : numpy.ndarray
+        ``(M, M)`` W̃ from :func:`concentrated_weight`.
+    nobs : int
+        N.
+    scale : numpy.ndarray
+        ``(P,)`` θ = scale · u.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(P, P)``.
+
+    Examples
+    --------
+    >>> gauss_newton_matrix(np.array([[1.0], [2.0]]), np.eye(2), 1, np.array([1.0])).tolist()
+    [[10.0]]
+    """
+    C = moment_jacobian * scale
+    out = 2.0 * nobs * C.T @ weight @ C
+    return 0.5 * (out + out.T)
+
+
+@dataclass
+class _Point:
+    u: np.ndarray
+    value: float
+    gradient: np.ndarray
+
+
+def _free(point: _Point, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Parameters a step may move: not held on a bound by a gradient pointing outward."""
+    held = ((point.u <= lower) & (point.gradient > 0)) | ((point.u >= upper) & (point.gradient < 0))
+    return ~held
+
+
+def _step(
+    hessian: np.ndarray, gradient: np.ndarray, free: np.ndarray, damping: float
+) -> np.ndarray | None:
+    """The damped Newton step on the free parameters (zero for the others)."""
+    step = np.zeros_like(gradient)
+    if not free.any():
+        return step
+    block = hessian[np.ix_(free, free)]
+    diagonal = np.maximum(np.diag(block), 1e-12 * max(1.0, np.abs(block).max()))
+    try:
+        step[free] = np.linalg.solve(block + damping * np.diag(diagonal), -gradient[free])
+    except np.linalg.LinAlgError:
+        return None
+    return step if np.isfinite(step).all() else None
+
+
+def _better(
+    point: _Point,
+    value: float,
+    gradient: np.ndarray,
+    trial: np.ndarray,
+    projected: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+) -> bool:
+    """A lower objective, or one equal to rounding with the projected gradient halved."""
+    if not np.isfinite(value):
+        return False
+    if value < point.value:
+        return True
+    if value > point.value + 1e-12 * max(1.0, abs(point.value)):
+        return False
+    trial_projected = diagnostics_projection(gradient, trial, lower, upper)
+    return bool(np.abs(trial_projected).max() < 0.5 * np.abs(projected).max())
+
+
+def _secant_correction(
+    correction: np.ndarray, gn: np.ndarray, step: np.ndarray, gradient_change: np.ndarray
+) -> np.ndarray:
+    """Symmetric rank-one update of S so that (GN + S) step = the observed gradient change.
+
+    The structured secant idea of Dennis, Gay and Welsch: the Gauss–Newton matrix is exact
+    for the first-order part of the Hessian, and S learns the rest (2N ∂²ḡ'Wḡ) from the
+    gradients, which matters where ∂ḡ/∂θ vanishes (σ → 0) or the fit leaves large residuals.
+    """
+    sharp = gradient_change - gn @ step  # what the Gauss–Newton part did not predict
+    curvature = float(step @ correction @ step)
+    if curvature != 0.0:
+        # Sizing (Dennis, Gay and Welsch): shrink S when the observed second-order part is
+        # smaller than S predicts, so that it fades as the residuals go to zero.
+        correction = correction * min(1.0, abs(float(step @ sharp)) / abs(curvature))
+    residual = sharp - correction @ step
+    denominator = float(residual @ step)
+    if abs(denominator) <= 1e-8 * np.linalg.norm(residual) * np.linalg.norm(step):
+        return correction
+    return correction + np.outer(residual, residual) / denominator
+
+
+def minimize_gauss_newton(
+    fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    hessian: Callable[[np.ndarray], np.ndarray],
+    u0: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    *,
+    gtol: float = 1e-8,
+    xtol: float = 1e-12,
+    max_iterations: int = 200,
+    callback: Callable[[np.ndarray, float], None] | None = None,
+) -> OptimizationOutcome:
+    """Bound-constrained Levenberg–Marquardt with the Gauss–Newton matrix.
+
+    Parameters
+    ----------
+    fun : callable
+        ``fun(u) -> (q, ∇q)``.
+    hessian : callable
+        ``hessian(u) -> (P, P)`` Gauss–Newton matrix at a point ``fun`` was evaluated at.
+    u0 : numpy.ndarray
+        Start.
+    lower, upper : numpy.ndarray
+        Bounds (±inf where none).
+    gtol : float
+        Converged when the largest projected gradient component is at most this.
+    xtol : float
+        Stalled when an accepted step is below ``xtol · (1 + max|u|)`` without meeting
+        ``gtol``.
+    max_iterations : int
+        Accepted or rejected steps before giving up.
+    callback : callable, optional
+        ``callback(u, q)`` after every accepted step (an iteration).
+
+    Returns
+    -------
+    OptimizationOutcome
+        ``converged`` only when the projected gradient met ``gtol``; otherwise the message
+        says why it stopped (the caller may continue with another method).
+
+    Examples
+    --------
+    A least-squares problem q(u) = |Au − y|² converges in one step:
+
+    >>> A, y = np.array([[2.0, 0.0], [1.0, 1.0], [0.0, 3.0]]), np.array([1.0, 2.0, 3.0])
+    >>> fun = lambda u: (float((A @ u - y) @ (A @ u - y)), 2 * A.T @ (A @ u - y))
+    >>> outcome = minimize_gauss_newton(fun, lambda u: 2 * A.T @ A, np.zeros(2),
+    ...                                 np.full(2, -np.inf), np.full(2, np.inf))
+    >>> outcome.converged, outcome.iterations
+    (True, 1)
+    """
+    start = time.perf_counter()
+    u = np.clip(u0, lower, upper)
+    value, gradient = fun(u)
+    point = _Point(u, value, gradient)
+    gn = hessian(point.u)
+    correction = np.zeros_like(gn)  # secant estimate of the second-order term GN leaves out
+    damping, iterations, accepted, evaluations = 0.0, 0, 0, 1
+    pending: np.ndarray | None = None  # a shortened step to try after a refusal
+    refusals = refused = 0
+    patience = 2 * point.u.size + 6
+    message = f"reached max_iterations={max_iterations}"
+    converged = False
+    while iterations < max_iterations:
+        projected = diagnostics_projection(point.gradient, point.u, lower, upper)
+        if np.abs(projected).max(initial=0.0) <= gtol:
+            converged, message = True, "projected gradient below gtol"
+            break
+        iterations += 1
+        if pending is None:
+            free = _free(point, lower, upper)
+            step = _step(gn + correction, point.gradient, free, damping)
+            if step is not None and point.gradient @ step >= 0:
+                step = _step(gn, point.gradient, free, damping)  # the correction misled
+            if step is None:
+                damping = max(1e-3, 10.0 * damping)
+                continue
+            # No parameter moves more than STEP_LIMIT units of u (utility moves of about 2) or
+            # STEP_LIMIT times its size: where ∂ḡ/∂θ nearly vanishes the Gauss–Newton step is
+            # huge, and δ cannot be solved out there (each such attempt spends the
+            # contraction's whole budget); long first steps also start δ far from its solution.
+            limit = STEP_LIMIT * np.maximum(1.0, np.abs(point.u))
+            excess = float((np.abs(step) / limit).max(initial=0.0))
+            if excess > 1.0:
+                step = step / excess
+        else:
+            step, pending = pending, None
+        trial_u = np.clip(point.u + step, lower, upper)
+        step = trial_u - point.u
+        value, gradient = fun(trial_u)
+        evaluations += 1
+        if _better(point, value, gradient, trial_u, projected, lower, upper):
+            predicted = -(point.gradient @ step + 0.5 * step @ (gn + correction) @ step)
+            ratio = (point.value - value) / predicted if predicted > 0 else 1.0
+            small = np.abs(step).max(initial=0.0) <= xtol * (1.0 + np.abs(point.u).max())
+            old_gradient = point.gradient
+            point = _Point(trial_u, value, gradient)
+            if callback is not None:
+                callback(point.u.copy(), float(point.value))
+            gn = hessian(point.u)
+            correction = _secant_correction(correction, gn, step, gradient - old_gradient)
+            accepted, refusals = accepted + 1, 0
+            if ratio > 0.5:
+                refused = 0  # the model predicts well again: patience starts over
+            if ratio > 0.75:
+                damping = 0.0 if damping < 1e-3 else damping / 4.0
+            elif ratio < 0.25:
+                damping = max(1e-3, 2.0 * damping)
+            if small:
+                projected = diagnostics_projection(point.gradient, point.u, lower, upper)
+                converged = bool(np.abs(projected).max(initial=0.0) <= gtol)
+                message = (
+                    "projected gradient below gtol"
+                    if converged
+                    else f"stalled: the step fell below xtol={xtol:g} with the projected "
+                    f"gradient at {np.abs(projected).max():.3g}"
+                )
+                break
+            continue
+        refusals += 1
+        refused += 1
+        if refused > patience:
+            # The Gauss–Newton matrix leaves out ḡ'W ∂²ḡ, which dominates where ∂ḡ/∂θ
+            # vanishes (σ near 0, where ±σ fit alike): steps there overshoot again and again.
+            message = (
+                f"stalled: {refused} steps refused without a well-predicted one between "
+                "(the Gauss-Newton matrix is a poor model here)"
+            )
+            break
+        slope = float(point.gradient @ step)
+        if refusals <= 2 and np.isfinite(value) and slope < 0:
+            # The parabola through q(0), q'(0) and the refused q(1) puts the minimum along
+            # the step at t*; one evaluation there usually lands where damping would take
+            # several refusals to reach (each costs a δ solve in every market).
+            curvature = value - point.value - slope
+            pending = step * float(np.clip(-slope / (2.0 * curvature), 0.1, 0.5))
+            continue
+        refusals = 0
+        damping = max(1e-3, 4.0 * damping)
+        if damping > 1e12:
+            message = (
+                "stalled: no step lowered the objective however damped (the Gauss-Newton "
+                "matrix is a poor model of the objective here)"
+            )
+            break
+    return OptimizationOutcome(
+        point.u.copy(),
+        converged,
+        message,
+        accepted,
+        evaluations,
+        time.perf_counter() - start,
+        "gauss-newton",
+    )

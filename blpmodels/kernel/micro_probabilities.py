@@ -1,0 +1,514 @@
+"""Agent-level choice and second-choice probabilities of surveyed markets, and their tangents.
+
+What the micro moments of :mod:`blpmodels.estimation.micro` need from the model at θ: for each
+surveyed market, the probability P_ijt that agent i chooses j (with 0 the outside option) and,
+for second-choice surveys, the probability of j first and k second (s_ik(−j) − s_ik, which is
+s_ij s_ik(−j) in the logit), with their derivatives in θ (and ρ for nested models) computed
+analytically, in chunks of agents that bound memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(eq=False)
+class MicroMarket:
+    """One surveyed market: its position and sizes, the surveys that cover it, agent chunks."""
+
+    position: int
+    label: Any
+    n_products: int
+    n_agents: int
+    surveys: list[Any] = field(default_factory=list)  # the micro block's surveys
+    chunks: list[slice] = field(default_factory=list)  # agent chunks bounding memory
+
+
+class MicroProbabilities:
+    """Agent choice probabilities (first and second choices) in surveyed markets at θ.
+
+    Parameters
+    ----------
+    parameters : NonlinearParameters
+        Structure of θ.
+    characteristics : numpy.ndarray
+        ``[T, J, K2]`` X2 (zero in padding).
+    agents : AgentDesign
+        Agents.
+    nest_codes : numpy.ndarray, optional
+        ``[T, J]`` nest of each product (RCNL).
+    n_nests : int
+        Number of nests.
+    """
+
+    def __init__(
+        self,
+        parameters: Any,
+        characteristics: np.ndarray,
+        agents: Any,
+        nest_codes: np.ndarray | None = None,
+        n_nests: int = 1,
+    ) -> None:
+        self.parameters = parameters
+        self.characteristics = characteristics
+        self.agents = agents
+        self.nest_codes = nest_codes
+        self.n_nests = n_nests
+
+    def utilities(
+        self, market: MicroMarket, theta: np.ndarray, delta: np.ndarray, agents: slice
+    ) -> np.ndarray:
+        """``[I, J]`` utilities δ_j + μ_ij of some agents in a market."""
+        nodes, demographics = self._agent_arrays(market, agents)
+        return self._utilities(market, theta, delta, nodes, demographics)
+
+    def _agent_arrays(self, market: MicroMarket, agents: slice) -> tuple[np.ndarray, np.ndarray]:
+        t = market.position
+        return self.agents.nodes[t : t + 1, agents], self.agents.demographics[t : t + 1, agents]
+
+    def _utilities(
+        self,
+        market: MicroMarket,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        nodes: np.ndarray,
+        demographics: np.ndarray,
+    ) -> np.ndarray:
+        t, n = market.position, market.n_products
+        coefficients, _ = self.parameters.coefficients(theta, nodes, demographics)
+        mu = coefficients[0] @ self.characteristics[t, :n].T  # [I, J]
+        return delta[t, :n][None, :] + mu
+
+    def _rho(self, theta: np.ndarray) -> np.ndarray | None:
+        if not self.parameters.has_rho:
+            return None
+        _, _, rho = self.parameters.unpack(theta)
+        return np.broadcast_to(np.asarray(rho, dtype=np.float64), (self.n_nests,))
+
+    def market(
+        self,
+        market: MicroMarket,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        delta_jacobian: np.ndarray | None,
+        agents: slice,
+    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+        """Some agents' first-choice probabilities ``[I, 1+J]`` (outside first), θ-tangents
+        ``[P, I, 1+J]``, and a function of the removed groups ``[1+J]`` giving the pair
+        probabilities ``[I, 1+J, 1+J]`` of (first, second) choices and their tangents."""
+        nodes, demographics = self._agent_arrays(market, agents)
+        return self.consumers(market, theta, delta, delta_jacobian, nodes, demographics)
+
+    def consumers(
+        self,
+        market: MicroMarket,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        delta_jacobian: np.ndarray | None,
+        nodes: np.ndarray,
+        demographics: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+        """:meth:`market` for any consumers: ``nodes`` ``[1, I, K]`` and ``demographics``
+        ``[1, I, D]`` (agents of the data, or respondents of a survey)."""
+        utilities = self._utilities(market, theta, delta, nodes, demographics)
+        tangents = None
+        if delta_jacobian is not None:
+            tangents = self._utility_tangents(market, theta, delta_jacobian, nodes, demographics)
+        rho = self._rho(theta)
+        if rho is not None and np.any(rho != 0):
+            return self._nested_market(market, theta, utilities, tangents, rho)
+        first = _logit(utilities)
+        d_first = None
+        if tangents is not None:
+            inside = first[None, :, 1:]
+            mean = (inside * tangents).sum(axis=2, keepdims=True)  # [P, I, 1]
+            d_first = np.concatenate([-first[None, :, :1] * mean, inside * (tangents - mean)], 2)
+
+        def pair(groups: np.ndarray) -> tuple[np.ndarray, Any]:
+            # Logit: P(a first, b second) = s_a s_b / (1 − S_a), S_a the share of a's group.
+            same = (groups[:, None] == groups[None, :]).astype(np.float64)
+            rest = 1.0 - first @ same
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(rest > 0, first / rest, 0.0)  # [I, 1+J]: s_a / (1 − S_a)
+                scale = np.where(rest > 0, 1.0 / rest, 0.0)
+            joint = ratio[:, :, None] * first[:, None, :]
+            joint[:, same > 0] = 0.0
+            if d_first is None:
+                return joint, None
+            return joint, _LogitPairTangent(first, d_first, ratio, scale, same)
+
+        return first, d_first, pair
+
+    def _utility_tangents(
+        self,
+        market: MicroMarket,
+        theta: np.ndarray,
+        delta_jacobian: np.ndarray,
+        nodes: np.ndarray,
+        demographics: np.ndarray,
+    ) -> np.ndarray:
+        """``[P, I, J]`` ∂(δ_j + μ_ij)/∂θ of some consumers."""
+        t, n = market.position, market.n_products
+        n_theta = delta_jacobian.shape[2]
+        n_agents = nodes.shape[1]
+        tangents = np.repeat(delta_jacobian[t, :n].T[:, None, :], n_agents, axis=1)
+        coefficients, _ = self.parameters.coefficients(theta, nodes, demographics)
+        factors, positions = self.parameters.agent_factors(coefficients, nodes, demographics)
+        x2 = self.characteristics[t, :n]
+        for column, (factor, places) in enumerate(zip(factors, positions, strict=True)):
+            for offset, position in enumerate(places):
+                if position < n_theta:
+                    tangents[position] += factor[0, offset][:, None] * x2[None, :, column]
+        return tangents
+
+    def _rho_tangents(self, n_theta: int) -> list[tuple[int, np.ndarray]]:
+        """For each free ρ in θ (below ``n_theta``): its position and the nests it scales."""
+        every = np.ones(self.n_nests, dtype=bool)
+        out = []
+        for position, (kind, row, _) in enumerate(self.parameters.kinds):
+            if kind == "rho" and position < n_theta:
+                nests = every if self.parameters.rho.size == 1 else np.arange(self.n_nests) == row
+                out.append((position, nests))
+        return out
+
+    def _nested_market(
+        self,
+        market: MicroMarket,
+        theta: np.ndarray,
+        utilities: np.ndarray,
+        tangents: np.ndarray | None,
+        rho: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+        """RCNL: probabilities from the nested formula, pairs as s_b(−a) − s_b (see
+        :func:`_nested_pairs`), and analytic tangents (:func:`_nested_tangents`)."""
+        t, n = market.position, market.n_products
+        codes = self.nest_codes[t, :n]
+        rho_tangents = [] if tangents is None else self._rho_tangents(tangents.shape[0])
+        first = _nested(utilities, codes, rho)
+        d_first = None
+        if tangents is not None:
+            d_first = _nested_tangents(first, tangents, codes, rho, rho_tangents)
+
+        def pair(groups: np.ndarray) -> tuple[np.ndarray, Any]:
+            if tangents is None:
+                return _nested_pairs(utilities, codes, rho, groups), None
+            return _nested_pair_tangents(
+                utilities, tangents, codes, rho, rho_tangents, groups, first, d_first
+            )
+
+        return first, d_first, pair
+
+
+@dataclass(frozen=True, eq=False)
+class _LogitPairTangent:
+    """θ-tangents of the logit pair probabilities s_a s_b / (1 − S_a), never formed.
+
+    With S_a the share of the group removed with a (a alone by default),
+    d[s_a s_b / (1 − S_a)] = s_b ds_a / (1 − S_a) + s_a s_b dS_a / (1 − S_a)² + s_a ds_b /
+    (1 − S_a), so weighted sums over (i, a, b) contract the weights with s_b (or
+    s_a/(1 − S_a)) first: O(I·J²) work per weight row and no ``[P, I, 1+J, 1+J]`` array.
+    """
+
+    first: np.ndarray  # [I, 1+J]
+    d_first: np.ndarray  # [P, I, 1+J]
+    ratio: np.ndarray  # [I, 1+J]: s_a / (1 − S_a)
+    scale: np.ndarray  # [I, 1+J]: 1 / (1 − S_a)
+    same: np.ndarray  # [1+J, 1+J]: 1 where two options are removed together
+
+    def contract(self, weighted: np.ndarray) -> np.ndarray:
+        """``[n, P]`` Σ_iab weighted_n[i, a, b] d pair[i, a, b] (weights are zero within a
+        removed group)."""
+        n_agents, size = self.first.shape
+        grid = weighted.reshape(weighted.shape[0], n_agents, size, size)
+        by_second_choice = (grid @ self.first[:, :, None])[..., 0]  # [n, I, 1+J]: Σ_b w s_b
+        by_first = by_second_choice * self.scale
+        by_group = (self.first * by_second_choice * self.scale**2) @ self.same
+        by_second = (self.ratio[:, None, :] @ grid)[:, :, 0, :]  # [n, I, 1+J]
+        return np.einsum("nia,pia->np", by_first + by_group + by_second, self.d_first)
+
+    def dense(self) -> np.ndarray:
+        """``[P, I, 1+J, 1+J]`` tangents (for scores of a few consumers)."""
+        d_group = self.d_first @ self.same  # dS_a
+        d_joint = (
+            (self.d_first * self.scale)[..., None] * self.first[None, :, None, :]
+            + (d_group * self.first * self.scale**2)[..., None] * self.first[None, :, None, :]
+            + self.ratio[None, :, :, None] * self.d_first[:, :, None, :]
+        )
+        d_joint[:, :, self.same > 0] = 0.0
+        return d_joint
+
+
+def _logit(utilities: np.ndarray) -> np.ndarray:
+    """``[I, 1+J]`` logit probabilities with the outside option (utility 0) first."""
+    full = np.concatenate([np.zeros((utilities.shape[0], 1)), utilities], axis=1)
+    full = np.exp(full - full.max(axis=1, keepdims=True))
+    return full / full.sum(axis=1, keepdims=True)
+
+
+def _nested(
+    utilities: np.ndarray, codes: np.ndarray, rho: np.ndarray, removed: np.ndarray | None = None
+) -> np.ndarray:
+    """``[..., I, 1+J]`` nested-logit probabilities, outside first; ``removed`` ``[..., 1+J]``
+    marks options taken out of the choice set (the outside option is its own nest)."""
+    n = utilities.shape[-1]
+    scale = 1.0 - rho[codes]  # [J]
+    shift = np.maximum(utilities.max(axis=-1, keepdims=True), 0.0)  # [..., I, 1]
+    available = np.ones(1 + n) if removed is None else ~removed
+    available = np.asarray(available, dtype=np.float64)
+    inside = np.exp((utilities - shift) / scale) * available[..., None, 1:]
+    one_hot = np.zeros((n, len(rho)))
+    one_hot[np.arange(n), codes] = 1.0
+    sums = inside @ one_hot  # [..., I, H]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inclusive = np.where(sums > 0, sums ** (1.0 - rho), 0.0)
+        outside = np.exp(-shift) * available[..., None, :1]
+        total = outside + inclusive.sum(axis=-1, keepdims=True)
+        product_sums = sums @ one_hot.T
+        within = np.where(product_sums > 0, inside / product_sums, 0.0)
+        nest = inclusive / total
+    return np.concatenate([outside / total, within * (nest @ one_hot.T)], axis=-1)
+
+
+def _nested_pairs(
+    utilities: np.ndarray, codes: np.ndarray, rho: np.ndarray, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """``[I, 1+J, 1+J]`` P(first a, second b) = s_b(−a) − s_b (0 for a = b).
+
+    In any random utility model b is best without a exactly when b is best overall or a is
+    best and b second. With ``groups`` ``[1+J]`` (options removed together), the probability
+    that the first choice is in a's group h and b is best outside it, s_b(−h) − s_b, is split
+    across h's members in proportion to their shares (pyblp's convention; exact for the logit).
+    """
+    n = utilities.shape[-1]
+    groups = np.arange(1 + n) if groups is None else groups
+    labels, index = np.unique(groups, return_inverse=True)
+    removed = index[None, :] == np.arange(labels.size)[:, None]  # row g: group g removed
+    base = _nested(utilities, codes, rho)  # [I, 1+J]
+    without = _nested(utilities[None], codes, rho, removed)  # [G, I, 1+J]
+    joint = np.moveaxis(without[index], 0, 1) - base[:, None, :]
+    same = groups[:, None] == groups[None, :]
+    group_share = base @ same.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        joint *= np.where(group_share > 0, base / group_share, 0.0)[:, :, None]
+    joint[:, same] = 0.0
+    return np.maximum(joint, 0.0)
+
+
+def _within_nests(
+    probabilities: np.ndarray, codes: np.ndarray, n_nests: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Nest one-hot ``[J, H]``, inside probabilities ``[..., I, J]``, nest shares
+    ``[..., I, H]`` and shares within the nest ``[..., I, J]`` (0 for options taken out)."""
+    n = codes.size
+    one_hot = np.zeros((n, n_nests))
+    one_hot[np.arange(n), codes] = 1.0
+    inside = probabilities[..., 1:]
+    nest_shares = inside @ one_hot
+    of_product = nest_shares @ one_hot.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        within = np.where(of_product > 0, inside / of_product, 0.0)
+    return one_hot, inside, nest_shares, within
+
+
+def _log_within(within: np.ndarray) -> np.ndarray:
+    """log w where w > 0, else 0 (w log w → 0 there)."""
+    positive = within > 0
+    return np.where(positive, np.log(np.where(positive, within, 1.0)), 0.0)
+
+
+def _nested_tangents(
+    probabilities: np.ndarray,
+    tangents: np.ndarray,
+    codes: np.ndarray,
+    rho: np.ndarray,
+    rho_tangents: Sequence[tuple[int, np.ndarray]],
+) -> np.ndarray:
+    """``[P, ..., I, 1+J]`` θ-tangents of nested-logit probabilities ``[..., I, 1+J]``.
+
+    With w_j = s_j / s_h(j) the share within the nest, V̄_h = Σ_k∈h w_k dV_k and
+    c_h = Σ_k∈h w_k log w_k, the differential of log s_j is
+    (dV_j − V̄_h)/(1 − ρ_h) + V̄_h − Σ_k s_k dV_k, and a free ρ scaling the nests in G adds
+    [h ∈ G] (log w_j − c_h)/(1 − ρ_h) + [h ∈ G] c_h − Σ_g∈G s_g c_g (outside option: only the
+    last terms). Every term is a share-weighted log share, so nothing overflows. Options taken
+    out of the choice set have zero probability and drop out.
+    """
+    one_hot, inside, nest_shares, within = _within_nests(probabilities, codes, rho.size)
+    log_within = _log_within(within)
+    scale = 1.0 - rho[codes]
+    nest_means = (within * tangents) @ one_hot  # [P, ..., I, H]
+    by_product = nest_means @ one_hot.T
+    total = (inside * tangents).sum(axis=-1, keepdims=True)  # [P, ..., I, 1]
+    d_log = (tangents - by_product) / scale + by_product - total
+    result = np.concatenate([-total, d_log], axis=-1)
+    if rho_tangents:
+        entropy = (within * log_within) @ one_hot  # [..., I, H]: c_h
+        for position, nests in rho_tangents:
+            scaled = nests.astype(np.float64)
+            outside = -(nest_shares * entropy) @ scaled  # [..., I]
+            member = scaled[codes]
+            d_rho = member * ((log_within - (entropy @ one_hot.T)) / scale) + (
+                member * (entropy @ one_hot.T)
+            )
+            result[position] += np.concatenate(
+                [outside[..., None], d_rho + outside[..., None]], axis=-1
+            )
+    return result * probabilities
+
+
+def _nested_pair_tangents(
+    utilities: np.ndarray,
+    tangents: np.ndarray,
+    codes: np.ndarray,
+    rho: np.ndarray,
+    rho_tangents: Sequence[tuple[int, np.ndarray]],
+    groups: np.ndarray,
+    first: np.ndarray,
+    d_first: np.ndarray,
+) -> tuple[np.ndarray, _NestedPairTangent]:
+    """Pair probabilities of :func:`_nested_pairs` ``[I, 1+J, 1+J]`` and their θ-tangents
+    (:class:`_NestedPairTangent`): (s_b(−h) − s_b) r_a with r_a = s_a / S_h, S_h = Σ_a∈h s_a."""
+    labels, index = np.unique(groups, return_inverse=True)
+    removed = index[None, :] == np.arange(labels.size)[:, None]
+    without = _nested(utilities[None], codes, rho, removed)  # [G, I, 1+J]
+    same = groups[:, None] == groups[None, :]
+    group_share = first @ same.astype(np.float64)  # [I, 1+J]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inverse = np.where(group_share > 0, 1.0 / group_share, 0.0)
+    ratio = first * inverse
+    difference = np.moveaxis(without[index], 0, 1) - first[:, None, :]  # [I, a, b]
+    joint = difference * ratio[:, :, None]
+    # Negative values are rounding noise of s_b(−h) − s_b ≈ 0; set to zero, with no slope.
+    keep = (joint >= 0) & ~same[None, :, :]
+    joint[~keep] = 0.0
+    tangent = _NestedPairTangent(
+        without,
+        index,
+        first,
+        d_first,
+        ratio,
+        inverse,
+        same,
+        keep,
+        difference,
+        difference * keep,
+        ratio[:, :, None] * keep,
+        tangents,
+        codes,
+        rho,
+        tuple(rho_tangents),
+    )
+    return joint, tangent
+
+
+@dataclass(frozen=True, eq=False)
+class _NestedPairTangent:
+    """θ-tangents of the RCNL pair probabilities (s_b(−h) − s_b) r_a, never formed whole.
+
+    A weighted sum over (i, a, b) splits into terms in ds_a (through r_a = s_a / S_h), in
+    ds_b, and in ds_b(−h) for each removed group h; the last is contracted with the nested
+    tangent formula (:func:`_nested_contract`) so the work is O(n·G·I·J) for n weight rows,
+    not O(P·G·I·J), and no ``[P, G, I, 1+J]`` array exists.
+    """
+
+    without: np.ndarray  # [G, I, 1+J]: probabilities with group g removed
+    index: np.ndarray  # [1+J]: group of each first choice
+    first: np.ndarray  # [I, 1+J]
+    d_first: np.ndarray  # [P, I, 1+J]
+    ratio: np.ndarray  # [I, 1+J]: r_a = s_a / S_h(a)
+    inverse: np.ndarray  # [I, 1+J]: 1 / S_h(a)
+    same: np.ndarray  # [1+J, 1+J] bool: removed together
+    keep: np.ndarray  # [I, 1+J, 1+J] bool: pairs with a slope
+    difference: np.ndarray  # [I, a, b]: s_b(−h(a)) − s_b
+    difference_kept: np.ndarray  # the same, zero where there is no slope
+    ratio_kept: np.ndarray  # [I, a, b]: r_a, zero where there is no slope
+    tangents: np.ndarray  # [P, I, J]: utility tangents
+    codes: np.ndarray
+    rho: np.ndarray
+    rho_tangents: tuple[tuple[int, np.ndarray], ...]
+
+    def contract(self, weighted: np.ndarray) -> np.ndarray:
+        """``[n, P]`` Σ_iab weighted_n[i, a, b] d pair[i, a, b]."""
+        n_agents, size = self.first.shape
+        grid = weighted.reshape(weighted.shape[0], n_agents, size, size)
+        by_first = np.einsum("niab,iab->nia", grid, self.difference_kept)
+        scaled = grid * self.ratio_kept  # w r_a where the pair has a slope
+        by_second = scaled.sum(axis=2)  # [n, I, b]
+        same = self.same.astype(np.float64)
+        first_coefficients = (
+            by_first * self.inverse - (by_first * self.ratio * self.inverse) @ same - by_second
+        )
+        result = np.einsum("nia,pia->np", first_coefficients, self.d_first)
+        n_groups = self.without.shape[0]
+        if n_groups == size and np.array_equal(self.index, np.arange(size)):
+            by_group = np.moveaxis(scaled, 2, 1)  # each option its own group: a view
+        else:
+            one_hot = np.zeros((size, n_groups))
+            one_hot[np.arange(size), self.index] = 1.0
+            by_group = np.moveaxis(np.swapaxes(scaled, 2, 3) @ one_hot, 3, 1)  # [n, G, I, b]
+        return result + _nested_contract(
+            by_group, self.without, self.tangents, self.codes, self.rho, self.rho_tangents
+        )
+
+    def dense(self) -> np.ndarray:
+        """``[P, I, 1+J, 1+J]`` tangents (for scores of a few consumers)."""
+        d_without = _nested_tangents(
+            self.without, self.tangents[:, None], self.codes, self.rho, self.rho_tangents
+        )
+        d_ratio = (
+            self.d_first * self.inverse
+            - self.ratio * (self.d_first @ self.same.astype(np.float64)) * self.inverse
+        )
+        d_difference = np.moveaxis(d_without[:, self.index], 1, 2) - self.d_first[:, :, None, :]
+        d_joint = (
+            d_difference * self.ratio[None, :, :, None] + self.difference[None] * d_ratio[..., None]
+        )
+        return d_joint * self.keep
+
+
+def _nested_contract(
+    coefficients: np.ndarray,
+    probabilities: np.ndarray,
+    tangents: np.ndarray,
+    codes: np.ndarray,
+    rho: np.ndarray,
+    rho_tangents: Sequence[tuple[int, np.ndarray]],
+) -> np.ndarray:
+    """``[n, P]`` Σ coefficients[n, g, i, b] · (d probabilities)[p, g, i, b] for nested-logit
+    probabilities ``[G, I, 1+J]`` (e.g. one choice set per removed group), with the tangents of
+    :func:`_nested_tangents` contracted instead of formed: the utility tangents ``[P, I, J]``
+    (shared by every g) meet one ``[n, I, J]`` coefficient array, and the passes over
+    ``[n, G, I, 1+J]`` arrays are few (this runs at every evaluation with second choices)."""
+    n_rows = coefficients.shape[0]
+    n = codes.size
+    one_hot, inside, nest_shares, within = _within_nests(probabilities, codes, rho.size)
+    weighted = coefficients * probabilities  # R̃ = R s
+    everything = weighted.sum(axis=-1)  # [n, G, I]: Σ_b R̃_b, outside included
+    scale = 1.0 - rho[codes]
+    # Σ_g of: R̃_k / (1 − ρ_k) − (Σ_b∈h(k) R̃_b) ρ_k/(1 − ρ_k) w_k − (Σ_b R̃_b) s_k.
+    on_utilities = weighted[..., 1:].sum(axis=1) / scale
+    by_nest = weighted[..., 1:] @ one_hot  # [n, G, I, H]
+    nest_within = np.matmul(
+        by_nest.transpose(2, 0, 3, 1), (within * (rho[codes] / scale)).transpose(1, 0, 2)[:, None]
+    )  # [I, n, H, J]
+    on_utilities -= nest_within[:, :, codes, np.arange(n)].transpose(1, 0, 2)
+    on_utilities -= np.matmul(everything.transpose(2, 0, 1), inside.transpose(1, 0, 2)).transpose(
+        1, 0, 2
+    )
+    result = np.einsum("nij,pij->np", on_utilities, tangents)
+    if rho_tangents:
+        log_within = _log_within(within)
+        nest_entropy = (within * log_within) @ one_hot  # [G, I, H]: c_h
+        entropy = nest_entropy @ one_hot.T
+        flat = weighted[..., 1:].reshape(n_rows, -1)
+        for position, nests in rho_tangents:
+            member = nests.astype(np.float64)[codes]
+            outside = -(nest_shares * nest_entropy) @ nests.astype(np.float64)  # [G, I]
+            own = member * ((log_within - entropy) / scale + entropy)
+            result[:, position] += flat @ own.reshape(-1) + everything.reshape(
+                n_rows, -1
+            ) @ outside.reshape(-1)
+    return result

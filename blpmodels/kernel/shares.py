@@ -1,0 +1,677 @@
+"""Choice probabilities and shares over all markets at once.
+
+Everything in the kernel works on padded arrays: products ``[T, J]`` (markets × largest market
+size), agents ``[T, I]`` and agent-specific utilities ``μ[T, J, I]``, with masks marking real
+slots. Padded products carry zero mean utility and are excluded by ``product_mask``; padded
+agents carry zero weight. Nesting is described by integer nest codes ``[T, J]`` and a ρ per
+product; the plain (random-coefficients) logit is the special case of one nest with ρ = 0.
+
+Utility of agent i for product j in nest h is V_ji = δ_j + μ_ji; choice probabilities are
+
+    P_ji = P_{j|h,i} P_{h,i},   P_{j|h,i} = exp(V_ji/(1−ρ_h)) / Σ_{k∈h} exp(V_ki/(1−ρ_h)),
+    P_{h,i} = exp(IV_hi) / (1 + Σ_g exp(IV_gi)),   IV_hi = (1−ρ_h) log Σ_{k∈h} exp(V_ki/(1−ρ_h)).
+
+The fast path (:class:`ShareEvaluator`) factors exp(V/(1−ρ)) = exp(δ/(1−ρ)) · exp(μ/(1−ρ)): the
+agent part A is computed once per parameter vector, scaled by per-(nest, agent) maxima, and every
+contraction step is then a pair of batched matrix products. Markets where the scaled form
+underflows fall back to log-sum-exp (:func:`log_space_probabilities`), which is also the oracle in
+the tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Nesting",
+    "Probabilities",
+    "ShareEvaluator",
+    "log_space_log_shares",
+    "log_space_probabilities",
+    "removal_shares",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Nesting:
+    """Nest membership of padded products.
+
+    Attributes
+    ----------
+    codes : numpy.ndarray
+        ``[T, J]`` nest index of each product (0 for padding).
+    n_nests : int
+        Number of nests H (1 for an unnested model).
+    rho_products : numpy.ndarray
+        ``[T, J]`` nesting parameter of each product's nest (0 for an unnested model).
+    rho : numpy.ndarray
+        ``[H]`` nesting parameter of each nest.
+    has_nests : bool
+        Whether products carry nests (within-nest probabilities are then computed, also
+        at ρ = 0, for derivatives with respect to ρ).
+    """
+
+    codes: np.ndarray
+    n_nests: int
+    rho_products: np.ndarray
+    rho: np.ndarray
+    has_nests: bool = True
+
+    @classmethod
+    def unnested(cls, shape: tuple[int, int]) -> Nesting:
+        """One nest with ρ = 0: the (random-coefficients) logit."""
+        return cls(np.zeros(shape, dtype=np.intp), 1, np.zeros(shape), np.zeros(1), False)
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, n_nests: int, rho: np.ndarray) -> Nesting:
+        """Nesting with codes ``[T, J]`` and ρ per nest ``[H]`` (or a scalar shared by all)."""
+        rho = np.broadcast_to(np.asarray(rho, dtype=np.float64), (n_nests,)).copy()
+        return cls(codes, n_nests, rho[codes], rho, True)
+
+    @property
+    def nested(self) -> bool:
+        """Whether any nesting parameter is nonzero."""
+        return bool(np.any(self.rho != 0))
+
+    def subset(self, markets: np.ndarray) -> Nesting:
+        """The same nesting restricted to some markets."""
+        return Nesting(
+            self.codes[markets], self.n_nests, self.rho_products[markets], self.rho, self.has_nests
+        )
+
+    def membership(self, product_mask: np.ndarray) -> np.ndarray:
+        """``[T, H, J]`` 0/1 matrix of nest membership (padding excluded)."""
+        nests = np.arange(self.n_nests)[None, :, None]
+        return ((self.codes[:, None, :] == nests) & product_mask[:, None, :]).astype(np.float64)
+
+
+class Probabilities:
+    """Choice probabilities at one δ.
+
+    For the unnested model they may be kept in factored form P_ji = A_ji e_j r_i (the
+    ``factors``), which the Jacobians use directly; ``unconditional`` is then formed only
+    when asked for.
+
+    Attributes
+    ----------
+    unconditional : numpy.ndarray
+        ``[T, J, I]`` P_ji (0 for padded products).
+    conditional : numpy.ndarray or None
+        ``[T, J, I]`` P_{j|h,i}, the probability within the product's nest
+        (``unconditional`` divided by the nest probability); None for unnested models.
+    nest : numpy.ndarray
+        ``[T, H, I]`` P_{h,i}.
+    inclusive : numpy.ndarray
+        ``[T, H, I]`` inclusive values IV_hi (−inf for nests empty in a market).
+    log_denominator : numpy.ndarray
+        ``[T, I]`` log(1 + Σ_h exp(IV_hi)), whose weighted mean gives consumer surplus.
+    shares : numpy.ndarray
+        ``[T, J]`` Σ_i w_i P_ji.
+    factors : tuple of numpy.ndarray or None
+        ``(A [T, J, I], e [T, J], r [T, I])`` with P = A · e ⊗ r, when kept factored.
+    """
+
+    def __init__(
+        self,
+        unconditional: np.ndarray | None,
+        conditional: np.ndarray | None,
+        nest: np.ndarray,
+        inclusive: np.ndarray,
+        log_denominator: np.ndarray,
+        shares: np.ndarray,
+        factors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        self._unconditional = unconditional
+        self.conditional = conditional
+        self.nest = nest
+        self.inclusive = inclusive
+        self.log_denominator = log_denominator
+        self.shares = shares
+        self.factors = factors
+
+    @property
+    def unconditional(self) -> np.ndarray:
+        """``[T, J, I]`` P_ji (formed from the factors on first use)."""
+        if self._unconditional is None:
+            agent_factor, exp_delta, ratio = self.factors
+            self._unconditional = agent_factor * exp_delta[:, :, None]
+            self._unconditional *= ratio[:, None, :]
+        return self._unconditional
+
+
+def _masked_max(values: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
+    out = np.where(mask, values, -np.inf).max(axis=axis)
+    return np.where(np.isfinite(out), out, 0.0)
+
+
+def _of_product(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``[T, J, ...]`` rows of ``[T, H, ...]`` per-nest values picked by each product's nest.
+
+    Plain row indexing copies whole contiguous rows; ``take_along_axis`` with a broadcast
+    index was 8× slower on ``[T, H, I]`` arrays, and it ran at every RCNL evaluation.
+    """
+    return values[np.arange(values.shape[0])[:, None], codes]
+
+
+def log_space_probabilities(
+    delta: np.ndarray,
+    mu: np.ndarray,
+    weights: np.ndarray,
+    product_mask: np.ndarray,
+    nesting: Nesting,
+) -> Probabilities:
+    """Choice probabilities by log-sum-exp, safe for any finite utilities.
+
+    Parameters
+    ----------
+    delta : numpy.ndarray
+        ``[T, J]`` mean utilities.
+    mu : numpy.ndarray
+        ``[T, J, I]`` agent-specific utilities.
+    weights : numpy.ndarray
+        ``[T, I]`` integration weights (0 for padded agents).
+    product_mask : numpy.ndarray
+        ``[T, J]`` real products.
+    nesting : Nesting
+        Nest structure and ρ.
+
+    Returns
+    -------
+    Probabilities
+
+    Examples
+    --------
+    >>> delta = np.array([[0.0, 1.0]]); mu = np.zeros((1, 2, 1)); w = np.ones((1, 1))
+    >>> p = log_space_probabilities(delta, mu, w, np.ones((1, 2), bool), Nesting.unnested((1, 2)))
+    >>> p.shares.round(6)
+    array([[0.211942, 0.576117]])
+    """
+    mask3 = product_mask[:, :, None]
+    log_conditional, inclusive, log_denominator = _log_space_terms(delta, mu, product_mask, nesting)
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
+        conditional = np.exp(log_conditional)
+    nest_of_product = _of_product(nest_probabilities, nesting.codes)
+    unconditional = np.where(mask3, conditional * nest_of_product, 0.0)
+    shares = np.einsum("tji,ti->tj", unconditional, weights)
+    if not nesting.has_nests:
+        conditional = None
+    return Probabilities(
+        unconditional, conditional, nest_probabilities, inclusive, log_denominator, shares
+    )
+
+
+def log_space_log_shares(
+    delta: np.ndarray,
+    mu: np.ndarray,
+    weights: np.ndarray,
+    product_mask: np.ndarray,
+    nesting: Nesting,
+) -> np.ndarray:
+    """``[T, J]`` log shares without forming shares: finite wherever δ and μ are.
+
+    log s_j = log Σ_i w_i exp(log P_ji), summed in log space, so a δ far from the solution
+    (shares far below the smallest double) still gives the contraction a finite step. Markets
+    with negative weights (some quadrature rules) take the log of the summed shares instead.
+    Padding gets 0.
+
+    Examples
+    --------
+    >>> delta = np.array([[-800.0, 0.0]]); mu = np.zeros((1, 2, 1)); w = np.ones((1, 1))
+    >>> mask = np.ones((1, 2), bool)
+    >>> log_space_log_shares(delta, mu, w, mask, Nesting.unnested((1, 2))).round(4).tolist()
+    [[-800.6931, -0.6931]]
+    """
+    log_conditional, inclusive, log_denominator = _log_space_terms(delta, mu, product_mask, nesting)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+        log_nest = _of_product(inclusive - log_denominator[:, None, :], nesting.codes)
+        terms = log_conditional + log_nest + np.log(weights)[:, None, :]
+        peak = _masked_max(terms, np.isfinite(terms), axis=2)
+        log_shares = peak + np.log(np.exp(terms - peak[:, :, None]).sum(axis=2))
+        negative = (weights < 0).any(axis=1)
+        if negative.any():
+            unconditional = np.exp(log_conditional[negative] + log_nest[negative])
+            summed = np.einsum("tji,ti->tj", unconditional, weights[negative])
+            log_shares[negative] = np.log(summed)
+    return np.where(product_mask, log_shares, 0.0)
+
+
+def _log_space_terms(
+    delta: np.ndarray, mu: np.ndarray, product_mask: np.ndarray, nesting: Nesting
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """log P_{j|h,i} ``[T, J, I]``, inclusive values ``[T, H, I]``, log denominators ``[T, I]``."""
+    mask3 = product_mask[:, :, None]
+    scale = 1.0 - nesting.rho_products[:, :, None]
+    with np.errstate(invalid="ignore"):
+        scaled = np.where(mask3, (delta[:, :, None] + mu) / scale, -np.inf)
+    n_markets, _, n_agents = mu.shape
+    inclusive = np.full((n_markets, nesting.n_nests, n_agents), -np.inf)
+    log_conditional = np.full(mu.shape, -np.inf)
+    for nest in range(nesting.n_nests):
+        members = (nesting.codes == nest) & product_mask
+        if not members.any():
+            continue
+        values = np.where(members[:, :, None], scaled, -np.inf)
+        peak = _masked_max(values, members[:, :, None], axis=1)
+        # Non-finite utilities (a diverging δ) give non-finite sums; callers check the shares.
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            log_sum = peak + np.log(np.exp(values - peak[:, None, :]).sum(axis=1))
+        inclusive[:, nest, :] = (1.0 - nesting.rho[nest]) * log_sum
+        with np.errstate(invalid="ignore"):
+            log_conditional = np.where(
+                members[:, :, None], values - log_sum[:, None, :], log_conditional
+            )
+    # Non-finite utilities (a diverging δ) give NaN here; callers check the shares.
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        peak = np.maximum(np.where(np.isfinite(inclusive), inclusive, -np.inf).max(axis=1), 0.0)
+        log_denominator = peak + np.log(
+            np.exp(-peak) + np.exp(inclusive - peak[:, None, :]).sum(axis=1)
+        )
+    return log_conditional, inclusive, log_denominator
+
+
+class ShareEvaluator:
+    """Shares and the δ contraction at one parameter vector, for a group of markets.
+
+    The agent-specific factor A_ji = exp((μ_ji − m_{h(j)i}) / (1 − ρ_j)) is computed once, with
+    m a per-(nest, agent) shift that keeps A ≤ 1; each share evaluation is then ``S = E @ A``
+    (nest sums) and ``A @ R`` (weighted agent sums), two batched matrix–vector products.
+    For the unnested model the shares take the direct form
+
+        s_j = e^{δ_j − c} Σ_i A_ji w_i / (e^{−c − m_i} + S_i),   S_i = Σ_k e^{δ_k − c} A_ki,
+
+    with c = max_k δ_k. Markets where the scaled sums underflow are recomputed by
+    log-sum-exp.
+
+    Parameters
+    ----------
+    mu : numpy.ndarray
+        ``[T, J, I]`` agent-specific utilities (zeros for a logit with one agent per market).
+    weights : numpy.ndarray
+        ``[T, I]`` integration weights.
+    product_mask : numpy.ndarray
+        ``[T, J]`` real products.
+    nesting : Nesting
+        Nest structure and ρ.
+
+    Examples
+    --------
+    >>> mu = np.zeros((1, 2, 1)); w = np.ones((1, 1)); mask = np.ones((1, 2), bool)
+    >>> evaluator = ShareEvaluator(mu, w, mask, Nesting.unnested((1, 2)))
+    >>> evaluator.shares(np.array([[0.0, 1.0]])).round(6)
+    array([[0.211942, 0.576117]])
+    """
+
+    def __init__(
+        self,
+        mu: np.ndarray,
+        weights: np.ndarray,
+        product_mask: np.ndarray,
+        nesting: Nesting,
+    ) -> None:
+        self._setup(weights, product_mask, nesting)
+        mask3 = product_mask[:, :, None]
+        if self.single_nest:
+            if self.padded:
+                peaks = _masked_max(mu, mask3, axis=1)[:, None, :]
+            else:
+                peaks = mu.max(axis=1, keepdims=True)
+            factor = np.subtract(mu, peaks)
+        else:
+            peaks = np.stack(
+                [
+                    _masked_max(mu, ((nesting.codes == nest) & product_mask)[:, :, None], axis=1)
+                    for nest in range(nesting.n_nests)
+                ],
+                axis=1,
+            )
+            factor = mu - _of_product(peaks, nesting.codes)
+        self._mu = mu
+        self._finish(factor, peaks)
+
+    @classmethod
+    def from_coefficients(
+        cls,
+        characteristics: np.ndarray,
+        coefficients: np.ndarray,
+        weights: np.ndarray,
+        product_mask: np.ndarray,
+        nesting: Nesting,
+        out: np.ndarray | None = None,
+    ) -> ShareEvaluator:
+        """Build from X2 ``[T, J, K2]`` and agent coefficients ``[T, I, K2]`` (μ = X2 c').
+
+        The shift m_hi is the bound Σ_k max_{j∈h} X2_jk c_ik ≥ max_{j∈h} μ_ji, so μ − m comes
+        out of one augmented matrix product ``[X2 | nest one-hot] @ [c | −m]'`` and A needs a
+        single exponential pass; μ itself is only formed if a fallback or a ρ derivative
+        asks for it. ``out`` is an optional ``[T, J, I]`` buffer to hold A (reused across
+        evaluations to avoid allocating a large array each time).
+        """
+        self = object.__new__(cls)
+        self._setup(weights, product_mask, nesting)
+        x = characteristics
+        members = (
+            product_mask[:, None, :]
+            if self.single_nest
+            else (nesting.codes[:, None, :] == np.arange(nesting.n_nests)[None, :, None])
+            & product_mask[:, None, :]
+        )
+        masked = members[:, :, :, None]
+        high = np.where(masked, x[:, None, :, :], -np.inf).max(axis=2)
+        low = np.where(masked, x[:, None, :, :], np.inf).min(axis=2)
+        high = np.where(np.isfinite(high), high, 0.0)
+        low = np.where(np.isfinite(low), low, 0.0)
+        # [T, H, I]: Σ_k max(c_ik · high_hk, c_ik · low_hk), agents on the contiguous axis.
+        peaks = np.zeros((x.shape[0], high.shape[1], coefficients.shape[1]))
+        for k in range(x.shape[2]):
+            column = coefficients[:, None, :, k]
+            peaks += np.maximum(column * high[:, :, k, None], column * low[:, :, k, None])
+        if self.single_nest:
+            left = np.concatenate([x, np.ones((*x.shape[:2], 1))], axis=2)
+        else:
+            onehot = np.swapaxes(members, 1, 2).astype(np.float64)
+            left = np.concatenate([x, onehot], axis=2)
+        right = np.concatenate([coefficients, -np.swapaxes(peaks, 1, 2)], axis=2)
+        right = np.ascontiguousarray(np.swapaxes(right, 1, 2))
+        if out is not None and out.shape == (*x.shape[:2], coefficients.shape[1]):
+            factor = np.matmul(left, right, out=out)
+        else:
+            factor = np.matmul(left, right)
+        self._mu = None
+        self._characteristics = characteristics
+        self._coefficients = coefficients
+        self._finish(factor, peaks)
+        return self
+
+    def _setup(self, weights: np.ndarray, product_mask: np.ndarray, nesting: Nesting) -> None:
+        self.weights = weights
+        self.product_mask = product_mask
+        self.nesting = nesting
+        self.padded = not bool(product_mask.all())
+        self.single_nest = nesting.n_nests == 1
+        self.unit_scale = not nesting.nested
+        self.scale = np.where(product_mask, 1.0 - nesting.rho_products, 1.0)
+        self.membership = None if self.single_nest else nesting.membership(product_mask)
+
+    def _finish(self, factor: np.ndarray, peaks: np.ndarray) -> None:
+        if not self.unit_scale:
+            factor /= self.scale[:, :, None]
+        with np.errstate(under="ignore", over="ignore"):
+            np.exp(factor, out=factor)
+        if self.padded:
+            factor[~self.product_mask] = 0.0
+        self.agent_factor = factor
+        self.agent_peak = peaks
+        self.nest_scale = 1.0 - self.nesting.rho
+        self.peak_term = peaks / self.nest_scale[None, :, None]
+        with np.errstate(over="ignore"):
+            self.exp_negative_peak = np.exp(-peaks[:, 0, :]) if self.single_nest else None
+
+    @property
+    def mu(self) -> np.ndarray:
+        """``[T, J, I]`` agent-specific utilities (formed on demand)."""
+        if self._mu is None:
+            self._mu = np.matmul(self._characteristics, np.swapaxes(self._coefficients, 1, 2))
+        return self._mu
+
+    def subset(self, markets: np.ndarray) -> ShareEvaluator:
+        """An evaluator for some of the markets, sharing no state with this one."""
+        new = object.__new__(ShareEvaluator)
+        new.__dict__.update(self.__dict__)
+        for name in (
+            "weights",
+            "product_mask",
+            "scale",
+            "agent_peak",
+            "agent_factor",
+            "peak_term",
+        ):
+            setattr(new, name, getattr(self, name)[markets])
+        if self._mu is not None:
+            new._mu = self._mu[markets]
+        else:
+            new._characteristics = self._characteristics[markets]
+            new._coefficients = self._coefficients[markets]
+        if self.exp_negative_peak is not None:
+            new.exp_negative_peak = self.exp_negative_peak[markets]
+        new.padded = not bool(new.product_mask.all())
+        new.nesting = self.nesting.subset(markets)
+        new.membership = None if self.membership is None else self.membership[markets]
+        return new
+
+    def _exp_delta(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled exp(δ/(1−ρ) − c_h) per product and the per-nest shifts c ``[T, H]``."""
+        scaled = delta if self.unit_scale else delta / self.scale
+        if self.padded:
+            scaled = np.where(self.product_mask, scaled, -np.inf)
+        if self.single_nest:
+            top = scaled.max(axis=1, keepdims=True)
+            top = np.where(np.isfinite(top), top, 0.0)
+            with np.errstate(under="ignore"):
+                return np.exp(scaled - top), top
+        members = self.membership > 0
+        top = _masked_max(np.where(members, scaled[:, None, :], -np.inf), members, axis=2)
+        top_of_product = np.take_along_axis(top, self.nesting.codes, axis=1)
+        with np.errstate(under="ignore"):
+            return np.where(self.product_mask, np.exp(scaled - top_of_product), 0.0), top
+
+    def _logit_ratio(self, exp_delta: np.ndarray, top: np.ndarray) -> np.ndarray:
+        """``[T, I]`` 1 / (e^{−c−m_i} + S_i) for the unnested model."""
+        sums = np.matmul(exp_delta[:, None, :], self.agent_factor)[:, 0, :]
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            return 1.0 / (np.exp(-top) * self.exp_negative_peak + sums)
+
+    def _nest_terms(
+        self, delta: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """exp(δ) factors, nest sums, inclusive values, log denominators, nest probabilities."""
+        exp_delta, top = self._exp_delta(delta)
+        if self.single_nest:
+            sums = np.matmul(exp_delta[:, None, :], self.agent_factor)
+        else:
+            sums = np.matmul(self.membership * exp_delta[:, None, :], self.agent_factor)
+        with np.errstate(divide="ignore"):
+            log_sums = np.log(sums)
+        inclusive = top[:, :, None] + self.peak_term + log_sums
+        if not self.unit_scale:
+            inclusive *= self.nest_scale[None, :, None]
+        with np.errstate(under="ignore"):
+            if self.single_nest:
+                log_denominator = np.logaddexp(0.0, inclusive[:, 0, :])
+            else:
+                peak = np.maximum(inclusive.max(axis=1), 0.0)
+                log_denominator = peak + np.log(
+                    np.exp(-peak) + np.exp(inclusive - peak[:, None, :]).sum(axis=1)
+                )
+            nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
+        return exp_delta, sums, inclusive, log_denominator, nest_probabilities
+
+    def _fallback_markets(self, shares: np.ndarray, sums: np.ndarray | None = None) -> np.ndarray:
+        """Markets the scaled form cannot evaluate: shares not positive and finite, or (with
+        ``sums``, the ``[T, H, I]`` scaled nest sums) a real agent whose sum for a nonempty nest
+        underflowed.
+
+        The scaled form shifts utilities by the largest δ and an upper bound on μ separately;
+        with ρ near 1 both are divided by 1 − ρ, and when the products attaining them differ
+        every term of an agent's nest sum can underflow although the nest matters to that
+        agent (shares were off by 4% at ρ = 0.945). Above 1e-290 the terms lost are below
+        1e-18 of the sum.
+        """
+        bad = ~(shares > 0) | ~np.isfinite(shares)
+        if self.padded:
+            bad &= self.product_mask
+        bad_markets = bad.any(axis=1)
+        if sums is not None:
+            nonempty = (
+                self.product_mask.any(axis=1)[:, None]
+                if self.membership is None
+                else self.membership.any(axis=2)
+            )
+            underflow = ~(sums >= 1e-290) & nonempty[:, :, None] & (self.weights != 0)[:, None, :]
+            bad_markets |= underflow.any(axis=(1, 2))
+        return np.flatnonzero(bad_markets)
+
+    def shares(self, delta: np.ndarray) -> np.ndarray:
+        """Market shares ``[T, J]`` at mean utilities ``delta`` (0 in padding).
+
+        Markets whose scaled sums underflow are recomputed in log space. Non-finite δ (a
+        diverging contraction step) gives non-finite shares, which callers check, without
+        floating-point warnings.
+        """
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            sums = None
+            if self.single_nest and self.unit_scale:
+                exp_delta, top = self._exp_delta(delta)
+                ratio = self._logit_ratio(exp_delta, top) * self.weights
+                weighted = np.matmul(self.agent_factor, ratio[:, :, None])[:, :, 0]
+            else:
+                exp_delta, sums, _, _, nest_probabilities = self._nest_terms(delta)
+                ratio = nest_probabilities * self.weights[:, None, :] / sums
+                ratio[~(sums > 0)] = 0.0
+                if self.single_nest:
+                    weighted = np.matmul(self.agent_factor, ratio[:, 0, :, None])[:, :, 0]
+                else:
+                    per_nest = np.matmul(self.agent_factor, np.swapaxes(ratio, 1, 2))
+                    codes = self.nesting.codes[:, :, None]
+                    weighted = np.take_along_axis(per_nest, codes, axis=2)[..., 0]
+            shares = exp_delta * weighted
+        if self.padded:
+            shares[~self.product_mask] = 0.0
+        markets = self._fallback_markets(shares, sums)
+        if markets.size:
+            shares[markets] = self._log_space(delta, markets).shares
+        return shares
+
+    def log_shares(self, delta: np.ndarray) -> np.ndarray:
+        """log s(δ) ``[T, J]`` (0 in padding), finite wherever δ is.
+
+        The fast path's shares are used where they are normal positive doubles; markets where
+        some share underflows (δ far from the solution) are summed in log space
+        (:func:`log_space_log_shares`), so δ solvers always get a usable residual.
+        """
+        shares = self.shares(delta)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(self.product_mask, np.log(shares), 0.0)
+        tiny = ~(shares > 1e-300) & self.product_mask
+        markets = np.flatnonzero(tiny.any(axis=1) & np.isfinite(delta).all(axis=1))
+        if markets.size:
+            logs[markets] = log_space_log_shares(
+                delta[markets],
+                self.mu[markets],
+                self.weights[markets],
+                self.product_mask[markets],
+                self.nesting.subset(markets),
+            )
+        return logs
+
+    def _log_space(self, delta: np.ndarray, markets: np.ndarray | None = None) -> Probabilities:
+        if markets is None:
+            return log_space_probabilities(
+                delta, self.mu, self.weights, self.product_mask, self.nesting
+            )
+        return log_space_probabilities(
+            delta[markets],
+            self.mu[markets],
+            self.weights[markets],
+            self.product_mask[markets],
+            self.nesting.subset(markets),
+        )
+
+    def probabilities(self, delta: np.ndarray, factored: bool = False) -> Probabilities:
+        """Agent-level choice probabilities ``[T, J, I]`` and their pieces at ``delta``.
+
+        With ``factored=True`` the unnested model keeps P = A · e ⊗ r in factored form (the
+        Jacobians work on the factors without forming P).
+        """
+        if self.single_nest and self.unit_scale and not self.nesting.has_nests:
+            exp_delta, top = self._exp_delta(delta)
+            sums = np.matmul(exp_delta[:, None, :], self.agent_factor)[:, 0, :]
+            with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+                outside = np.exp(-top) * self.exp_negative_peak
+                ratio = 1.0 / (outside + sums)
+            unconditional = None
+            if factored:
+                weighted_ratio = (ratio * self.weights)[:, :, None]
+                shares = exp_delta * np.matmul(self.agent_factor, weighted_ratio)[:, :, 0]
+            else:
+                unconditional = self.agent_factor * exp_delta[:, :, None]
+                unconditional *= ratio[:, None, :]
+                shares = np.matmul(unconditional, self.weights[:, :, None])[:, :, 0]
+            if self._fallback_markets(shares).size:
+                return self._log_space(delta)
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                # log(1 + e^{IV}) = log(e^{−c−m} + S) + c + m; the inside probability is S·ratio.
+                peak = self.agent_peak[:, 0, :]
+                log_denominator = -np.log(ratio) + top + peak
+                inclusive = (np.log(sums) + top + peak)[:, None, :]
+                nest = (sums * ratio)[:, None, :]
+            factors = (self.agent_factor, exp_delta, ratio) if factored else None
+            return Probabilities(
+                unconditional, None, nest, inclusive, log_denominator, shares, factors
+            )
+        exp_delta, sums, inclusive, log_denominator, nest_probabilities = self._nest_terms(delta)
+        with np.errstate(divide="ignore", invalid="ignore", under="ignore", over="ignore"):
+            # Subnormal sums overflow here; the shares check below sends such markets to
+            # log space.
+            inverse_sums = np.where(sums > 0, 1.0 / sums, 0.0)
+            conditional = self.agent_factor * exp_delta[:, :, None]
+            if self.single_nest:
+                conditional *= inverse_sums
+                unconditional = conditional * nest_probabilities
+            else:
+                codes = self.nesting.codes
+                conditional *= _of_product(inverse_sums, codes)
+                unconditional = conditional * _of_product(nest_probabilities, codes)
+        shares = np.matmul(unconditional, self.weights[:, :, None])[:, :, 0]
+        if self._fallback_markets(shares, sums).size:
+            return self._log_space(delta)
+        if not self.nesting.has_nests:
+            conditional = None
+        return Probabilities(
+            unconditional, conditional, nest_probabilities, inclusive, log_denominator, shares
+        )
+
+
+def removal_shares(
+    delta: np.ndarray,
+    mu: np.ndarray,
+    weights: np.ndarray,
+    product_mask: np.ndarray,
+    nesting: Nesting,
+) -> np.ndarray:
+    """Shares after removing each product in turn from its market.
+
+    Parameters
+    ----------
+    delta, mu, weights, product_mask, nesting
+        As for :func:`log_space_probabilities`, for a (small) group of markets.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[T, J, J + 1]``: entry ``[t, k, j]`` is product j's share without product k, and
+        the last column the outside share without product k.
+    """
+    n_markets, n_products, _ = mu.shape
+    masks = np.repeat(product_mask[:, None, :], n_products, axis=1)
+    index = np.arange(n_products)
+    masks[:, index, index] = False
+    flat_masks = masks.reshape(n_markets * n_products, n_products)
+    repeated = Nesting(
+        np.repeat(nesting.codes, n_products, axis=0),
+        nesting.n_nests,
+        np.repeat(nesting.rho_products, n_products, axis=0),
+        nesting.rho,
+    )
+    probabilities = log_space_probabilities(
+        np.repeat(delta, n_products, axis=0),
+        np.repeat(mu, n_products, axis=0),
+        np.repeat(weights, n_products, axis=0),
+        flat_masks,
+        repeated,
+    )
+    shares = probabilities.shares.reshape(n_markets, n_products, n_products)
+    outside = 1.0 - shares.sum(axis=2, keepdims=True)
+    return np.concatenate([shares, outside], axis=2)

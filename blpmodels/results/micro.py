@@ -1,0 +1,449 @@
+"""Micro-moment outputs of fitted results: simulated surveys, scores and optimal micro moments.
+
+These read a fitted model's agent-level probabilities (:mod:`blpmodels.kernel.micro_probabilities`)
+at the estimates: :func:`simulate_micro_data` draws survey respondents, :func:`agent_scores` and
+:func:`micro_scores` give the derivatives of log choice probabilities in θ, and
+:func:`optimal_micro_moments` builds the score-based micro moments of a dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from blpmodels.estimation.micro import (
+    ArrayFunction,
+    MicroBlock,
+    MicroDataset,
+    MicroMoment,
+    _check_array,
+)
+from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.micro_probabilities import MicroMarket, MicroProbabilities
+
+__all__ = ["agent_scores", "micro_scores", "optimal_micro_moments", "simulate_micro_data"]
+
+
+def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) -> pd.DataFrame:
+    """Draw a survey from estimated demand: one row per surveyed consumer.
+
+    Consumers are drawn with probability proportional to w_i w_dij P_ij (second choices:
+    w_i w_dijk P_ijk) over all of the dataset's markets, agents and choices, as the survey
+    samples them; ``dataset.observations`` of them.
+
+    Parameters
+    ----------
+    demand : DemandSystem
+        Estimated random-coefficients demand (``results.demand``).
+    dataset : MicroDataset
+        The survey to simulate.
+    seed : int or numpy.random.Generator, optional
+        Random numbers.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``market_ids``; ``agent_indices`` (position of the agent among its market's rows of the
+        agent data) and ``agent_rows`` (its agent-data index label); ``choice_indices`` (0: the
+        outside option, j: the market's j-th product in data order) and, with second choices,
+        ``second_choice_indices``.
+
+    Raises
+    ------
+    BLPInputError
+        Demand without agents (logit), or a dataset that fails validation.
+
+    Examples
+    --------
+    >>> micro = simulate_micro_data(results.demand, survey, seed=0)  # doctest: +SKIP
+    >>> list(micro.columns)  # doctest: +SKIP
+    ['market_ids', 'agent_indices', 'agent_rows', 'choice_indices']
+    """
+    if not isinstance(dataset, MicroDataset):
+        raise BLPInputError(f"dataset must be a MicroDataset, got {type(dataset).__name__}")
+    agents, parameters = demand.agents, demand.parameters
+    if agents is None or parameters is None:
+        raise BLPInputError("simulating micro data needs a random-coefficients model's demand")
+    design = demand.design
+    layout = design.layout
+    second = bool(dataset.second_choices)
+
+    def ones(t: Any, products: pd.DataFrame, people: pd.DataFrame) -> np.ndarray:
+        size = len(products) + 1
+        return np.ones((len(people), size, size) if second else (len(people), size))
+
+    block = MicroBlock(
+        [MicroMoment("draws", dataset, 0.0, parts=[ones])],
+        design.data,
+        layout.index,
+        layout.mask,
+        layout.market_labels,
+        agents,
+    )
+    nested = parameters.has_rho and demand.nest_codes is not None
+    n_nests = int(demand.nest_codes.max()) + 1 if nested else 1
+    model = MicroProbabilities(
+        parameters,
+        layout.pad(design.random.values),
+        agents,
+        layout.pad(demand.nest_codes) if nested else None,
+        n_nests,
+    )
+    delta = layout.pad(np.asarray(demand.delta, dtype=np.float64))
+    theta = np.asarray(demand.theta, dtype=np.float64)
+    masses, keys = [], []
+    for market in block.markets:
+        for chunk in market.chunks:
+            first, _, pair = model.market(market, theta, delta, None, chunk)
+            for survey in market.surveys:
+                weighted = survey.weighted_arrays(chunk, market.n_agents)
+                probability = pair(survey.groups)[0] if survey.second else first
+                masses.append(np.maximum(weighted[0] * probability.reshape(-1), 0.0))
+                keys.append((market, chunk.start, probability.shape))
+    sizes = np.array([mass.size for mass in masses])
+    mass = np.concatenate(masses)
+    total = mass.sum()
+    if not total > 0:
+        raise BLPInputError(f"micro dataset {dataset.name!r}: the model predicts no consumers")
+    rng = np.random.default_rng(seed)
+    draws = rng.choice(mass.size, size=dataset.observations, p=mass / total)
+    piece = np.searchsorted(np.cumsum(sizes), draws, side="right")
+    offset = draws - np.concatenate([[0], np.cumsum(sizes)[:-1]])[piece]
+    rows: dict[str, list[Any]] = {
+        "market_ids": [],
+        "agent_indices": [],
+        "agent_rows": [],
+        "choice_indices": [],
+    }
+    if second:
+        rows["second_choice_indices"] = []
+    for k, position in zip(piece, offset, strict=True):
+        market, start, shape = keys[k]
+        index = np.unravel_index(position, shape)
+        agent = start + int(index[0])
+        rows["market_ids"].append(market.label)
+        rows["agent_indices"].append(agent)
+        rows["agent_rows"].append(agents.data.index[agents.layout.index[market.position, agent]])
+        rows["choice_indices"].append(int(index[1]))
+        if second:
+            rows["second_choice_indices"].append(int(index[2]))
+    return pd.DataFrame(rows)
+
+
+def _probability_model(demand: Any) -> MicroProbabilities:
+    """The probability model of estimated random-coefficients demand (nested when ρ ≠ 0)."""
+    design, parameters = demand.design, demand.parameters
+    layout = design.layout
+    nested = parameters.has_rho and demand.nest_codes is not None
+    return MicroProbabilities(
+        parameters,
+        layout.pad(design.random.values),
+        demand.agents,
+        layout.pad(demand.nest_codes) if nested else None,
+        int(demand.nest_codes.max()) + 1 if nested else 1,
+    )
+
+
+def _ones(second: bool) -> ArrayFunction:
+    def ones(t: Any, products: pd.DataFrame, people: pd.DataFrame) -> np.ndarray:
+        size = len(products) + 1
+        return np.ones((len(people), size, size) if second else (len(people), size))
+
+    return ones
+
+
+def _choice_probabilities(
+    model: MicroProbabilities,
+    market: MicroMarket,
+    setup: dict[str, Any],
+    nodes: np.ndarray,
+    demographics: np.ndarray,
+    groups: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Some consumers' probabilities of each choice ``[I, 1+J]`` (second choices:
+    ``[I, 1+J, 1+J]``) and their θ-tangents (leading axis P), formed whole."""
+    first, d_first, pair = model.consumers(
+        market, setup["theta"], setup["delta"], setup["jacobian"], nodes, demographics
+    )
+    if groups is None:
+        return first, d_first
+    joint, tangent = pair(groups)
+    return joint, tangent.dense()
+
+
+def _score_setup(demand: Any, dataset: MicroDataset) -> dict[str, Any]:
+    """∂δ/∂θ at the estimates, the probability model, and the survey's denominator D (the
+    expected number of surveyed consumers up to scale) with its θ-gradient."""
+    from blpmodels.estimation.objective import NonlinearObjective
+
+    if not isinstance(dataset, MicroDataset):
+        raise BLPInputError(f"dataset must be a MicroDataset, got {type(dataset).__name__}")
+    agents, parameters = demand.agents, demand.parameters
+    if agents is None or parameters is None:
+        raise BLPInputError("scores need a random-coefficients model's demand")
+    design = demand.design
+    layout = design.layout
+    theta = np.asarray(demand.theta, dtype=np.float64)
+    nested = parameters.has_rho and demand.nest_codes is not None
+    objective = NonlinearObjective(
+        design,
+        agents,
+        parameters,
+        np.eye(design.Z_absorbed.shape[1]),
+        nest_codes=demand.nest_codes if nested else None,
+        threads=1,
+    )
+    evaluation = objective.evaluate(theta)
+    if not evaluation.success:
+        raise BLPInputError("δ could not be solved at the estimates for the scores")
+    delta = layout.pad(evaluation.delta)
+    jacobian = layout.pad(evaluation.delta_jacobian[:, : parameters.size])
+    block = MicroBlock(
+        [MicroMoment("scores", dataset, 0.0, parts=[_ones(bool(dataset.second_choices))])],
+        design.data,
+        layout.index,
+        layout.mask,
+        layout.market_labels,
+        agents,
+    )
+    model = _probability_model(demand)
+    _, denominator, _, d_denominator, _ = block._accumulate(
+        lambda market, chunk: model.market(market, theta, delta, jacobian, chunk),
+        parameters.size,
+        True,
+    )
+    return {
+        "theta": theta,
+        "delta": delta,
+        "jacobian": jacobian,
+        "model": model,
+        "block": block,
+        "log_gradient": d_denominator[0] / denominator[0],
+        "names": list(parameters.names),
+    }
+
+
+def agent_scores(demand: Any, dataset: MicroDataset) -> dict[str, dict[Any, np.ndarray]]:
+    """Scores ∂log P_n/∂θ of every agent type and choice of a survey's markets.
+
+    Each agent (with its own nodes and demographics) and choice is an observation n with
+    P_n = w_dij s_ij / Σ_t Σ_i Σ_j w_it w_dijt s_ijt, so its score is
+    ∂log s_ij/∂θ − ∂log D/∂θ (δ moves with θ: ∂δ/∂θ by the implicit function theorem).
+
+    Parameters
+    ----------
+    demand : DemandSystem
+        Estimated random-coefficients demand (``results.demand``).
+    dataset : MicroDataset
+        The survey (markets and weights); with second choices each observation is an agent's
+        (first, second) pair, P_n = w_dijk s_ijk / D.
+
+    Returns
+    -------
+    dict
+        ``{parameter name: {market id: I × (1 + J) array}}`` (column 0: the outside option;
+        second choices: I × (1 + J) × (1 + J), first then second choice; NaN where the
+        survey cannot sample the choice), ready to be a part's values in an optimal micro
+        moment.
+
+    Examples
+    --------
+    >>> scores = agent_scores(results.demand, survey)  # doctest: +SKIP
+    >>> scores["pi[Intercept,log_income]"]["C01Q1"].shape  # doctest: +SKIP
+    (1000, 25)
+    """
+    setup = _score_setup(demand, dataset)
+    model, block = setup["model"], setup["block"]
+    result: dict[str, dict[Any, np.ndarray]] = {name: {} for name in setup["names"]}
+    for market in block.markets:
+        survey = market.surveys[0]
+        pieces = []
+        for chunk in market.chunks:
+            nodes, demographics = model._agent_arrays(market, chunk)
+            probability, tangent = _choice_probabilities(
+                model, market, setup, nodes, demographics, survey.groups if survey.second else None
+            )
+            weights = survey.weighted_arrays(chunk, market.n_agents)
+            sampled = (weights[0].reshape(probability.shape) > 0) & (probability > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                score = tangent / probability[None]
+            score -= setup["log_gradient"].reshape(-1, *([1] * probability.ndim))
+            pieces.append(np.where(sampled[None], score, np.nan))
+        scores = np.concatenate(pieces, axis=1)
+        for p, name in enumerate(setup["names"]):
+            result[name][market.label] = scores[p]
+    return result
+
+
+def micro_scores(demand: Any, dataset: MicroDataset, micro_data: pd.DataFrame) -> pd.DataFrame:
+    """Scores ∂log P_n/∂θ of observed survey respondents.
+
+    P_n = Σ_{r ∈ n} w_r w_drj s_rj / Σ_t Σ_i Σ_j w_it w_dijt s_ijt (second choices: w_drjk
+    s_rjk), with the rows r of an observation integrating over what the survey does not record
+    (e.g. one row per draw of the unobserved nodes, weights summing to one).
+
+    Parameters
+    ----------
+    demand : DemandSystem
+        Estimated random-coefficients demand (``results.demand``).
+    dataset : MicroDataset
+        The survey the data come from.
+    micro_data : pandas.DataFrame
+        ``market_ids``, ``choice_indices`` (0: outside option, j: the market's j-th product),
+        ``second_choice_indices`` for a second-choice survey (same coding),
+        the demographics the model reads, ``nodes0``, ... for the random coefficients with
+        unobserved heterogeneity, and optionally ``micro_ids`` (rows of one observation share
+        it; default: one row each) and ``weights`` (default 1).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per observation (indexed by ``micro_ids``), one column per parameter of θ.
+
+    Raises
+    ------
+    BLPInputError
+        Missing columns, markets not in the survey, choice indices out of range.
+
+    Examples
+    --------
+    >>> scores = micro_scores(results.demand, survey, micro)  # doctest: +SKIP
+    >>> scores.mean()  # doctest: +SKIP
+    """
+    if not isinstance(micro_data, pd.DataFrame):
+        raise BLPInputError(f"micro_data must be a DataFrame, got {type(micro_data).__name__}")
+    second = isinstance(dataset, MicroDataset) and bool(dataset.second_choices)
+    required = ("market_ids", "choice_indices") + (("second_choice_indices",) if second else ())
+    for column in required:
+        if column not in micro_data.columns:
+            raise BLPInputError(f"micro_data has no {column!r} column")
+    setup = _score_setup(demand, dataset)
+    parameters, agents = demand.parameters, demand.agents
+    needed = parameters.node_columns_needed()
+    missing = [f"nodes{k}" for k in range(needed) if f"nodes{k}" not in micro_data.columns]
+    if missing:
+        raise BLPInputError(f"micro_data needs the node columns {missing} (σ reads them)")
+    data = micro_data.reset_index(drop=True)
+    ids = data["micro_ids"].to_numpy() if "micro_ids" in data.columns else np.arange(len(data))
+    row_weights = data["weights"].to_numpy(dtype=np.float64) if "weights" in data.columns else None
+    demographics = (
+        agents.demographic_block.rebuild(data, None, what="micro data")
+        if agents.demographics.shape[2]
+        else np.zeros((len(data), 0))
+    )
+    nodes = data[[f"nodes{k}" for k in range(needed)]].to_numpy(dtype=np.float64)
+    surveyed = {market.label: market for market in setup["block"].markets}
+    contribution = np.zeros(len(data))
+    d_contribution = np.zeros((len(data), parameters.size))
+    for label, rows in data.groupby("market_ids", sort=False).indices.items():
+        if label not in surveyed:
+            raise BLPInputError(
+                f"micro_data has market {label!r}, which micro dataset {dataset.name!r} does "
+                "not survey"
+            )
+        market = surveyed[label]
+        n = market.n_products
+        picked = [data[column].to_numpy()[rows] for column in required[1:]]
+        for column, choices in zip(required[1:], picked, strict=True):
+            if (
+                not np.issubdtype(choices.dtype, np.integer)
+                or (choices < 0).any()
+                or (choices > n).any()
+            ):
+                raise BLPInputError(
+                    f"micro_data {column} in market {label!r} must be integers from 0 "
+                    f"(outside option) to {n}"
+                )
+        survey = market.surveys[0]
+        groups = survey.groups if second else None
+        probability, tangent = _choice_probabilities(
+            setup["model"], market, setup, nodes[None, rows], demographics[None, rows], groups
+        )
+        people = data.iloc[rows].reset_index(drop=True)
+        where = f"micro dataset {dataset.name!r} in market {label!r}: weights"
+        shape = (len(rows), n) + ((n + 1,) if second else ())
+        raw = (
+            np.ones(shape)
+            if dataset.weights is None
+            else dataset.weights(label, survey.frame, people)
+        )
+        weights = _check_array(raw, len(rows), n, second, where)
+        if groups is not None:
+            weights[:, groups[:, None] == groups[None, :]] = 0.0
+        index = (np.arange(len(rows)), *picked)
+        w = weights[index] * (1.0 if row_weights is None else row_weights[rows])
+        contribution[rows] = w * probability[index]
+        d_contribution[rows] = (w * tangent[(slice(None), *index)]).T
+    frame = pd.DataFrame(d_contribution, columns=setup["names"])
+    frame["_value"] = contribution
+    frame["_id"] = ids
+    sums = frame.groupby("_id", sort=False).sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores = sums[setup["names"]].to_numpy() / sums["_value"].to_numpy()[:, None]
+    scores = scores - setup["log_gradient"][None, :]
+    scores[~np.isfinite(scores)] = np.nan
+    return pd.DataFrame(
+        scores, index=pd.Index(sums.index, name="micro_ids"), columns=setup["names"]
+    )
+
+
+def optimal_micro_moments(
+    demand: Any,
+    dataset: MicroDataset,
+    micro_data: pd.DataFrame,
+    parameters: Sequence[str] | None = None,
+) -> list[MicroMoment]:
+    """Optimal micro moments from micro data: for each parameter, match the mean score.
+
+    The observed value is the mean of the respondents' scores (:func:`micro_scores`); the
+    model value is the mean of the agent scores (:func:`agent_scores`) over the survey the
+    model predicts, which is zero at the estimates the scores were computed at.
+
+    Parameters
+    ----------
+    demand : DemandSystem
+        Estimated random-coefficients demand (``results.demand``), e.g. from a first fit.
+    dataset : MicroDataset
+        The survey the micro data come from.
+    micro_data : pandas.DataFrame
+        Respondents, as :func:`micro_scores` reads them.
+    parameters : sequence of str, optional
+        Names of the parameters whose scores to match (default: all of θ).
+
+    Returns
+    -------
+    list of MicroMoment
+        Named ``"score[<parameter>]"``, on ``dataset``.
+
+    Raises
+    ------
+    BLPInputError
+        Unknown parameter names, or what :func:`micro_scores` raises.
+
+    Examples
+    --------
+    >>> moments = optimal_micro_moments(
+    ...     results.demand, survey, micro, ["pi[Intercept,log_income]"])  # doctest: +SKIP
+    >>> model.fit(sigma=..., pi=..., micro_moments=moments)  # doctest: +SKIP
+    """
+    observed = micro_scores(demand, dataset, micro_data)
+    names = list(observed.columns) if parameters is None else list(parameters)
+    unknown = [name for name in names if name not in observed.columns]
+    if unknown:
+        raise BLPInputError(
+            f"no parameters {unknown} in θ; the parameters are {list(observed.columns)}"
+        )
+    scores = agent_scores(demand, dataset)
+    moments = []
+    for name in names:
+        values = {market: np.nan_to_num(array) for market, array in scores[name].items()}
+        value = float(np.nanmean(observed[name].to_numpy()))
+
+        def part(t: Any, products: pd.DataFrame, agents: pd.DataFrame, v: dict = values) -> Any:
+            return v[t][agents.attrs.get("agent_indices", slice(None))]
+
+        moments.append(MicroMoment(f"score[{name}]", dataset, value, parts=[part]))
+    return moments

@@ -1,0 +1,502 @@
+"""Approximate optimal instruments for the demand moments of a fitted BLP model.
+
+Chamberlain's (1987) optimal instruments for the moment E[ξ_jt | z] = 0 are
+E[∂ξ_jt/∂(β, θ) | z] Ω⁻¹, with Ω = Var(ξ | z). Reynaert and Verboven (2014) and Conlon and
+Gortmaker (2020) make them feasible for BLP demand by evaluating the expectation at the
+estimates:
+
+* β on an exogenous column x: ∂ξ/∂β = −x, which is known given z, so the column is its own
+  instrument (it is already among the model's instruments).
+* β on an instrumented column x(p): ∂ξ/∂β = −x(p); its expectation is approximated by the
+  column evaluated at the expected prices, x(E[p | z]).
+* θ = (Σ, Π, ρ): ∂ξ/∂θ = ∂δ/∂θ = −(∂s/∂δ)⁻¹ ∂s/∂θ (implicit function theorem), evaluated at
+  the shares implied by δ = X1(E[p | z]) β + fixed effects + ξ, with ξ = 0 ("approximate") or
+  averaged over draws of ξ ("normal", "empirical"). The shares are computed from δ here; the
+  observed shares play no role.
+
+Without a supply side there is no model of prices, so E[p | z] is the fitted value of a
+regression of prices on the exogenous characteristics, the excluded instruments and the fixed
+effects (:func:`reduced_form_prices`), or whatever the caller passes as ``expected_prices``.
+Everything runs on padded ``[T, J, I]`` arrays in the estimated demand's market chunks, through
+the same kernel functions as estimation.
+"""
+
+from __future__ import annotations
+
+import numbers
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from blpmodels.data.formula import required_variables
+from blpmodels.data.products import ProductDesign
+from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
+from blpmodels.kernel.shares import ShareEvaluator
+from blpmodels.results.demand import DemandSystem
+
+__all__ = ["optimal_instruments", "reduced_form_prices"]
+
+Method = Literal["approximate", "normal", "empirical"]
+METHODS: tuple[str, ...] = ("approximate", "normal", "empirical")
+#: Draws of ξ for the "normal" and "empirical" methods when ``draws`` is not given.
+DEFAULT_DRAWS = 100
+#: The product-data column that holds prices (the field's convention).
+PRICES = "prices"
+
+
+@dataclass(frozen=True, eq=False)
+class _Fitted:
+    """The pieces of a fitted results object that optimal instruments need."""
+
+    design: ProductDesign
+    demand: DemandSystem
+    xi: np.ndarray
+    theta_names: list[str]
+    kind: Literal["logit", "nested_logit", "random"]
+
+
+def optimal_instruments(
+    results: Any,
+    method: Method = "approximate",
+    *,
+    draws: int | None = None,
+    seed: int | np.random.Generator | None = None,
+    expected_prices: Any = None,
+) -> pd.DataFrame:
+    """Feasible optimal instruments E[∂ξ/∂(β, θ) | z] for the demand moments.
+
+    One column per instrumented linear parameter and one per nonlinear parameter, ready to
+    replace the excluded instruments of the model: the exogenous characteristics stay in the
+    formula and remain their own instruments.
+
+    * ``optimal_<x>`` for each instrumented column x of X1: x evaluated at the expected prices
+      (``optimal_prices`` is E[p | z] itself). This is E[∂ξ/∂β | z] up to its sign, which does
+      not change IV estimates.
+    * ``optimal_<parameter>`` for each free entry of Σ, Π and ρ (``sigma[prices,prices]`` gives
+      ``optimal_sigma_prices_prices``; ``rho`` gives ``optimal_rho``): E[∂ξ/∂θ | z] divided by
+      the sample variance of ξ̂ (Ω⁻¹ under homoskedasticity, as pyblp scales them; the scale
+      does not change estimates either).
+
+    With absorbed fixed effects the columns are ∂ξ/∂θ before absorption (∂δ/∂θ per market, as
+    pyblp reports them); a model built with them absorbs them like any instrument, and since
+    absorption is a projection, Z̃'ξ̃ is the same whether the columns are absorbed before or
+    not. The expected prices include the fixed effects' part of prices.
+
+    The results must come from a demand-only fit (:class:`~blpmodels.BLPLogit`,
+    :class:`~blpmodels.BLPNestedLogit` or :class:`~blpmodels.BLPRandomCoefficients`, RCNL
+    included). With a supply side, expected prices would solve the pricing equilibrium at
+    ω = 0; that is not implemented, so pass ``expected_prices`` computed that way yourself.
+
+    Parameters
+    ----------
+    results : BLPResults
+        A fitted demand model.
+    method : {"approximate", "normal", "empirical"}
+        How the expectation over ξ is taken: evaluate at ξ = 0 ("approximate", the default);
+        average over ``draws`` vectors of ξ drawn i.i.d. from a normal with the variance of ξ̂
+        ("normal") or resampled with replacement from ξ̂ ("empirical").
+    draws : int, optional
+        Draws of ξ for "normal" and "empirical" (default 100); not used by "approximate".
+    seed : int or numpy.random.Generator, optional
+        Seed of :func:`numpy.random.default_rng` for the draws; not used by "approximate".
+    expected_prices : array-like or pandas.Series, optional
+        E[p | z], one value per product row (a Series must carry the product data's index).
+        By default :func:`reduced_form_prices`. Only for models that instrument ``prices``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per product row, indexed like the product data, so ``data.join(instruments)``
+        aligns them. ``attrs`` holds ``"expected_prices"`` (a Series, or None when the model
+        does not instrument prices), ``"method"``, ``"draws"`` and ``"parameters"`` (column →
+        parameter name).
+
+    Raises
+    ------
+    BLPInputError
+        An unknown ``method``; ``draws`` or ``seed`` given for "approximate" or not a positive
+        integer / a valid seed; ``expected_prices`` of the wrong length, misaligned, not numeric
+        or not finite, or given for a model that does not instrument prices; results that are
+        not a fitted blpmodels demand model (or have a supply side); instrumented regressors
+        that do not read ``prices``.
+
+    Examples
+    --------
+    The logit on simulated data: the optimal instrument for prices is E[p | z].
+
+    >>> from blpmodels import BLPLogit
+    >>> from blpmodels.simulation import simulate_logit
+    >>> products = simulate_logit(n_markets=50, n_products=5, seed=0).products
+    >>> results = BLPLogit.from_formula(
+    ...     "shares ~ 1 + x + [prices ~ cost_shifter]", products).fit()
+    >>> instruments = optimal_instruments(results)
+    >>> list(instruments.columns)
+    ['optimal_prices']
+    >>> bool(np.allclose(instruments["optimal_prices"], instruments.attrs["expected_prices"]))
+    True
+    >>> again = BLPLogit.from_formula(
+    ...     "shares ~ 1 + x + [prices ~ optimal_prices]", products.join(instruments)).fit()
+    >>> bool(np.isclose(again.params["prices"], results.params["prices"]))
+    True
+
+    Random coefficients (Mixtape exercise 2, question 5), re-estimated with the instruments:
+
+    >>> instruments = optimal_instruments(q5)  # doctest: +SKIP
+    >>> list(instruments.columns)  # doctest: +SKIP
+    ['optimal_prices', 'optimal_sigma_prices_prices', 'optimal_pi_mushy_log_income',
+     'optimal_pi_prices_log_income']
+    >>> formula = "shares ~ 0 + [prices ~ " + " + ".join(instruments.columns) + "]"
+    >>> model = BLPRandomCoefficients.from_formula(
+    ...     formula, products.join(instruments), absorb="C(market_ids) + C(product_ids)",
+    ...     random="0 + mushy + prices", demographics="0 + log_income",
+    ...     agent_data=agents)  # doctest: +SKIP
+    """
+    fitted = _fitted(results)
+    method = _check_method(method)
+    n_draws, rng = _check_draws_and_seed(method, draws, seed)
+    design = fitted.design
+    instrumented = _prices_instrumented(design)
+    if expected_prices is not None:
+        if not instrumented:
+            raise BLPInputError(
+                "expected_prices was given but the model does not instrument prices: "
+                "exogenous prices are their own expected value"
+            )
+        expected = _check_expected_prices(expected_prices, design)
+    elif instrumented:
+        expected = reduced_form_prices(results).to_numpy()
+    else:
+        expected = None
+
+    frame = design.data
+    if expected is not None:
+        frame = frame.copy()
+        frame[PRICES] = expected
+    endog_columns = design.endog.rebuild(frame, design.context) if design.endog.size else None
+    columns: dict[str, np.ndarray] = {}
+    parameters: dict[str, str] = {}
+    for position, name in enumerate(design.endog.names):
+        assert endog_columns is not None
+        label = _column_name(name, columns)
+        columns[label] = endog_columns[:, position]
+        parameters[label] = name
+    if fitted.theta_names:
+        jacobian = _expected_delta_jacobian(fitted, frame, expected, method, n_draws, rng)
+        variance = float(np.var(fitted.xi))
+        for position, name in enumerate(fitted.theta_names):
+            label = _column_name(name, columns)
+            columns[label] = jacobian[:, position] / variance
+            parameters[label] = name
+    out = pd.DataFrame(columns, index=design.data.index)
+    out.attrs["expected_prices"] = (
+        None if expected is None else pd.Series(expected, index=out.index, name="expected_prices")
+    )
+    out.attrs["method"] = method
+    out.attrs["draws"] = n_draws
+    out.attrs["parameters"] = parameters
+    return out
+
+
+def reduced_form_prices(results: Any) -> pd.Series:
+    """E[p | z] for a demand-only model: prices regressed on all exogenous variables.
+
+    The regressors are the model's instruments Z (exogenous characteristics and excluded
+    instruments) and its absorbed fixed effects; the fitted values include the fixed effects'
+    part. This is the default ``expected_prices`` of :func:`optimal_instruments` (as in pyblp
+    without a supply side). With a supply side, E[p | z] would instead be the equilibrium
+    prices at ω = 0 and ξ = 0; pass those as ``expected_prices``.
+
+    Parameters
+    ----------
+    results : BLPResults
+        A fitted demand model whose instrumented regressors read ``prices``.
+
+    Returns
+    -------
+    pandas.Series
+        Expected prices, indexed like the product data.
+
+    Raises
+    ------
+    BLPInputError
+        Results that are not a fitted blpmodels demand model, or a model that does not
+        instrument prices.
+
+    Examples
+    --------
+    >>> from blpmodels import BLPLogit
+    >>> from blpmodels.simulation import simulate_logit
+    >>> products = simulate_logit(n_markets=20, n_products=4, seed=0).products
+    >>> results = BLPLogit.from_formula(
+    ...     "shares ~ 1 + x + [prices ~ cost_shifter]", products).fit()
+    >>> expected = reduced_form_prices(results)
+    >>> bool(np.isclose(expected.mean(), products["prices"].mean()))
+    True
+    """
+    design = _fitted(results).design
+    if not _prices_instrumented(design):
+        raise BLPInputError(
+            "the model does not instrument prices, so there is no reduced form for them: "
+            "exogenous prices are their own expected value"
+        )
+    prices = design.data[PRICES].to_numpy(dtype=np.float64)
+    absorbed = design.residualize(prices)
+    Z = design.Z_absorbed
+    coefficients, *_ = np.linalg.lstsq(Z, absorbed, rcond=None)
+    # prices − absorbed prices is the fixed effects' part, which the regression keeps.
+    fitted = Z @ coefficients + (prices - absorbed)
+    return pd.Series(fitted, index=design.data.index, name="expected_prices")
+
+
+# ---------------------------------------------------------------------------------- checks
+
+
+def _fitted(results: Any) -> _Fitted:
+    """The design, demand and ξ of a fitted results object (statsmodels wrapper or not)."""
+    inner = getattr(results, "_results", results)
+    demand = getattr(inner, "demand", None)
+    model = getattr(inner, "model", None)
+    design = getattr(model, "design", None)
+    if not isinstance(demand, DemandSystem) or not isinstance(design, ProductDesign):
+        raise BLPInputError(
+            "results must be a fitted blpmodels demand model (BLPLogit, BLPNestedLogit or "
+            f"BLPRandomCoefficients results), got {type(results).__name__}"
+        )
+    if getattr(model, "supply", None) is not None:
+        # The extension point: with a supply side, expected prices solve the equilibrium at
+        # ω = 0 and the supply moments get their own optimal instruments.
+        raise BLPInputError(
+            "optimal instruments for models with a supply side are not implemented: pass "
+            "equilibrium expected_prices of a demand-only fit instead"
+        )
+    xi = np.asarray(inner.resid, dtype=np.float64)
+    n_linear = design.X.shape[1]
+    if demand.parameters is not None:
+        kind: Literal["logit", "nested_logit", "random"] = "random"
+        theta_names = list(demand.parameters.names)
+    elif demand.rho is not None and demand.nest_codes is not None:
+        kind = "nested_logit"
+        theta_names = [str(name) for name in inner.model.data.param_names[n_linear:]]
+    else:
+        kind = "logit"
+        theta_names = []
+    return _Fitted(design, demand, xi, theta_names, kind)
+
+
+def _check_method(method: Any) -> str:
+    if not isinstance(method, str) or method not in METHODS:
+        raise BLPInputError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def _check_draws_and_seed(
+    method: str, draws: Any, seed: Any
+) -> tuple[int, np.random.Generator | None]:
+    if method == "approximate":
+        # Evaluated at ξ = 0: draws and a seed would silently do nothing.
+        for name, value in (("draws", draws), ("seed", seed)):
+            if value is not None:
+                raise BLPInputError(
+                    f"{name} is only used by method='normal' or 'empirical'; method='approximate' "
+                    "evaluates at xi = 0"
+                )
+        return 1, None
+    if draws is None:
+        draws = DEFAULT_DRAWS
+    if isinstance(draws, bool) or not isinstance(draws, numbers.Integral) or draws < 1:
+        raise BLPInputError(f"draws must be a positive integer, got {draws!r}")
+    if isinstance(seed, np.random.Generator):
+        return int(draws), seed
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
+    ):
+        raise BLPInputError(
+            f"seed must be None, a non-negative integer or a numpy Generator, got {seed!r}"
+        )
+    return int(draws), np.random.default_rng(None if seed is None else int(seed))
+
+
+def _reads(block: Any, design: ProductDesign, variable: str) -> bool:
+    """Whether a design block reads the product-data column ``variable``."""
+    if block.columns_only:
+        return variable in block.names
+    if block.formula:
+        return variable in required_variables(block.formula) - set(design.context)
+    return False
+
+
+def _prices_instrumented(design: ProductDesign) -> bool:
+    """Whether the instrumented regressors are functions of prices (raise if not of prices)."""
+    if not design.endog.size:
+        return False
+    if not _reads(design.endog, design, PRICES):
+        raise BLPInputError(
+            f"the instrumented regressors {list(design.endog.names)} do not read a "
+            f"{PRICES!r} column: optimal instruments take prices as the endogenous variable "
+            "(its expected value given the instruments); other endogenous variables are not "
+            "supported"
+        )
+    return True
+
+
+def _check_expected_prices(values: Any, design: ProductDesign) -> np.ndarray:
+    n = design.nobs
+    if isinstance(values, pd.DataFrame):
+        if values.shape[1] != 1:
+            raise BLPInputError(
+                f"expected_prices must be one column, got a DataFrame with {values.shape[1]}"
+            )
+        values = values.iloc[:, 0]
+    if isinstance(values, pd.Series):
+        index = design.data.index
+        if len(values) != n:
+            raise BLPInputError(f"expected_prices has {len(values)} rows but the model has {n}")
+        if not values.index.equals(index):
+            if values.index.has_duplicates or not values.index.sort_values().equals(
+                index.sort_values()
+            ):
+                raise BLPInputError(
+                    "expected_prices is not aligned with the product data: its index must hold "
+                    "the product data's index labels (or pass a numpy array in row order)"
+                )
+            values = values.reindex(index)
+    if isinstance(values, pd.Series) and not (
+        pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+    ):
+        raise BLPInputError(f"expected_prices must be numbers, got dtype {values.dtype}")
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise BLPInputError("expected_prices must be numbers") from error
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.shape != (n,):
+        raise BLPInputError(f"expected_prices must have shape ({n},), got {array.shape}")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row = design.data.index[int(np.flatnonzero(bad)[0])]
+        raise BLPInputError(
+            f"expected_prices has {int(bad.sum())} missing or non-finite values (first at row "
+            f"{row!r})"
+        )
+    return array
+
+
+def _column_name(name: str, taken: dict[str, Any]) -> str:
+    """``optimal_<name>`` with characters formulas cannot read turned into underscores."""
+    stem = "optimal_" + (re.sub(r"[^0-9A-Za-z_]+", "_", str(name)).strip("_") or "column")
+    label, count = stem, 1
+    while label in taken:
+        count += 1
+        label = f"{stem}_{count}"
+    return label
+
+
+# ---------------------------------------------------------------------------------- kernel
+
+
+def _xi_draws(
+    xi: np.ndarray, method: str, draws: int, rng: np.random.Generator | None
+) -> list[np.ndarray | None]:
+    """Realizations of ξ: none (ξ = 0) or ``draws`` vectors over all product rows."""
+    if method == "approximate":
+        return [None]
+    assert rng is not None
+    n = xi.size
+    if method == "normal":
+        scale = float(np.std(xi))
+        return [rng.normal(0.0, scale, n) for _ in range(draws)]
+    return [xi[rng.integers(0, n, n)] for _ in range(draws)]
+
+
+def _expected_delta_jacobian(
+    fitted: _Fitted,
+    frame: pd.DataFrame,
+    expected: np.ndarray | None,
+    method: str,
+    draws: int,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """``(N, P)`` ∂δ/∂θ averaged over ξ realizations, at the expected prices."""
+    design, demand = fitted.design, fitted.demand
+    layout = design.layout
+    n = design.nobs
+    rows = np.arange(n)
+    # δ − ξ̂ = X1β + fixed effects; inputs() moves it to the expected prices (X1 and X2).
+    base = replace(demand, delta=demand.delta - fitted.xi)
+    changed = None if expected is None else frame
+    if design.random.size:
+        x2 = (
+            design.random.values
+            if changed is None
+            else design.random.rebuild(frame, design.context)
+        )
+        characteristics = layout.pad(x2)
+    else:
+        characteristics = None
+    # Padded once: every chunk reads its markets' slice of each realization.
+    realizations = [
+        None if xi is None else layout.pad(xi) for xi in _xi_draws(fitted.xi, method, draws, rng)
+    ]
+    n_theta = len(fitted.theta_names)
+    padded = np.zeros((layout.n_markets, layout.width, n_theta))
+    for chunk in demand.chunks(np.arange(layout.n_markets)):
+        inputs = base.inputs(chunk, changed, None if changed is None else rows)
+        evaluator = ShareEvaluator(inputs.mu, inputs.weights, inputs.mask, inputs.nesting)
+        for xi in realizations:
+            delta = inputs.delta
+            if xi is not None:
+                delta = delta + xi[chunk]
+            padded[chunk] += _chunk_jacobian(
+                fitted, evaluator, inputs, delta, characteristics, chunk
+            ) / len(realizations)
+    return layout.flatten(padded)
+
+
+def _chunk_jacobian(
+    fitted: _Fitted,
+    evaluator: ShareEvaluator,
+    inputs: Any,
+    delta: np.ndarray,
+    characteristics: np.ndarray | None,
+    chunk: np.ndarray,
+) -> np.ndarray:
+    """∂δ/∂θ = −(∂s/∂δ)⁻¹ ∂s/∂θ in one chunk of markets at mean utilities ``delta``."""
+    mask, weights, nesting = inputs.mask, inputs.weights, inputs.nesting
+    n_theta = len(fitted.theta_names)
+    probabilities = evaluator.probabilities(delta, factored=True)
+    by_delta = share_jacobian(probabilities, weights, nesting, mask)
+    by_theta = np.zeros((*mask.shape, n_theta))
+    parameters = fitted.demand.parameters
+    if fitted.kind == "random":
+        assert parameters is not None and characteristics is not None
+        agents = fitted.demand.agents
+        assert agents is not None
+        if parameters.random_positions().size:
+            factors, positions = parameters.agent_factors(
+                inputs.coefficients, agents.nodes[chunk], agents.demographics[chunk]
+            )
+            pieces = theta_jacobian(
+                probabilities, weights, nesting, mask, characteristics[chunk], factors
+            )
+            for piece, columns in zip(pieces, positions, strict=True):
+                by_theta[:, :, columns] = piece
+        rho_positions = parameters.rho_positions()
+        if rho_positions.size:
+            by_rho = rho_jacobian(probabilities, delta, inputs.mu, weights, nesting, mask)
+            if parameters.rho.size == 1:
+                by_rho = by_rho.sum(axis=2, keepdims=True)
+            free = [row for kind, row, _ in parameters.kinds if kind == "rho"]
+            by_theta[:, :, rho_positions] = by_rho[:, :, free]
+    else:  # closed-form nested logit: θ is ρ, one shared by all nests or one per nest
+        by_rho = rho_jacobian(probabilities, delta, inputs.mu, weights, nesting, mask)
+        by_theta = by_rho.sum(axis=2, keepdims=True) if n_theta == 1 else by_rho
+    # Padded products get an identity row so the batched solve stays regular.
+    index = np.arange(mask.shape[1])
+    by_delta[:, index, index] += ~mask
+    jacobian = -np.linalg.solve(by_delta, by_theta)
+    return np.where(mask[:, :, None], jacobian, 0.0)
