@@ -53,7 +53,9 @@ templates_path = ["_templates"]
 # ----------------------------------------------------------------------------- API reference
 autosummary_generate = True
 autosummary_imported_members = False
-autodoc_default_options = {"members": True, "inherited-members": False, "show-inheritance": True}
+# No inherited members unless a page asks (autodoc's default). A value here would override the
+# page's own option: the BLPResults page lists its role mixins' methods, not statsmodels'.
+autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "none"  # the numpydoc Parameters sections say the types
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False

@@ -1,18 +1,16 @@
 """Estimation results and everything computed from them.
 
-:class:`BLPResults` (the statsmodels inference surface and summary), post-estimation (predict,
-elasticities, diversion), supply-side economics and counterfactuals, micro-moment outputs,
-bootstrap, the estimated demand system and comparison tables. Modules here import the layers
-below (estimation, backends, kernel, data) and :mod:`blpmodels.plotting`; never models.
+:class:`BLPResults` (the statsmodels inference surface and summary, in ``results``) composes one
+mixin per role: post-estimation (predict, elasticities, diversion), supply-side economics,
+counterfactuals (equilibrium prices, mergers, simulation), micro-moment outputs, the bootstrap
+and plots. Beside them: the estimated demand system, optimal instruments and comparison tables.
+Modules here import the layers below (estimation, backends, kernel, data) and
+:mod:`blpmodels.plotting`; never models. The role modules never import ``results`` back.
 """
 
-from blpmodels.results.results import (
-    BLPResults,
-    BootstrappedResults,
-    Equilibrium,
-    EstimationInfo,
-    MergerResults,
-)
+from blpmodels.results.bootstrap import BootstrappedResults
+from blpmodels.results.counterfactuals import Equilibrium, MergerResults
+from blpmodels.results.results import BLPResults, EstimationInfo
 
 __all__ = [
     "BLPResults",

@@ -4,6 +4,8 @@ These read a fitted model's agent-level probabilities (:mod:`blpmodels.kernel.mi
 at the estimates: :func:`simulate_micro_data` draws survey respondents, :func:`agent_scores` and
 :func:`micro_scores` give the derivatives of log choice probabilities in θ, and
 :func:`optimal_micro_moments` builds the score-based micro moments of a dataset.
+:class:`MicroMixin` gives :class:`~blpmodels.results.BLPResults` these as methods, beside the
+fitted micro moments (``micro_values``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from blpmodels.data.agents import AgentDesign
+from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.estimation.micro import (
     ArrayFunction,
     MicroBlock,
@@ -24,7 +28,13 @@ from blpmodels.estimation.micro import (
 from blpmodels.exceptions import BLPInputError
 from blpmodels.kernel.micro_probabilities import MicroMarket, MicroProbabilities
 
-__all__ = ["agent_scores", "micro_scores", "optimal_micro_moments", "simulate_micro_data"]
+__all__ = [
+    "MicroMixin",
+    "agent_scores",
+    "micro_scores",
+    "optimal_micro_moments",
+    "simulate_micro_data",
+]
 
 
 def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) -> pd.DataFrame:
@@ -62,11 +72,7 @@ def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) ->
     >>> list(micro.columns)  # doctest: +SKIP
     ['market_ids', 'agent_indices', 'agent_rows', 'choice_indices']
     """
-    if not isinstance(dataset, MicroDataset):
-        raise BLPInputError(f"dataset must be a MicroDataset, got {type(dataset).__name__}")
-    agents, parameters = demand.agents, demand.parameters
-    if agents is None or parameters is None:
-        raise BLPInputError("simulating micro data needs a random-coefficients model's demand")
+    agents, parameters = _survey_demand(demand, dataset, "simulating micro data needs")
     design = demand.design
     layout = design.layout
     second = bool(dataset.second_choices)
@@ -133,6 +139,18 @@ def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) ->
     return pd.DataFrame(rows)
 
 
+def _survey_demand(
+    demand: Any, dataset: Any, needs: str
+) -> tuple[AgentDesign, NonlinearParameters]:
+    """The agents and nonlinear parameters of random-coefficients demand, for a survey."""
+    if not isinstance(dataset, MicroDataset):
+        raise BLPInputError(f"dataset must be a MicroDataset, got {type(dataset).__name__}")
+    agents, parameters = demand.agents, demand.parameters
+    if agents is None or parameters is None:
+        raise BLPInputError(f"{needs} a random-coefficients model's demand")
+    return agents, parameters
+
+
 def _probability_model(demand: Any) -> MicroProbabilities:
     """The probability model of estimated random-coefficients demand (nested when ρ ≠ 0)."""
     design, parameters = demand.design, demand.parameters
@@ -179,11 +197,7 @@ def _score_setup(demand: Any, dataset: MicroDataset) -> dict[str, Any]:
     expected number of surveyed consumers up to scale) with its θ-gradient."""
     from blpmodels.estimation.objective import NonlinearObjective
 
-    if not isinstance(dataset, MicroDataset):
-        raise BLPInputError(f"dataset must be a MicroDataset, got {type(dataset).__name__}")
-    agents, parameters = demand.agents, demand.parameters
-    if agents is None or parameters is None:
-        raise BLPInputError("scores need a random-coefficients model's demand")
+    agents, parameters = _survey_demand(demand, dataset, "scores need")
     design = demand.design
     layout = design.layout
     theta = np.asarray(demand.theta, dtype=np.float64)
@@ -346,17 +360,7 @@ def micro_scores(demand: Any, dataset: MicroDataset, micro_data: pd.DataFrame) -
             )
         market = surveyed[label]
         n = market.n_products
-        picked = [data[column].to_numpy()[rows] for column in required[1:]]
-        for column, choices in zip(required[1:], picked, strict=True):
-            if (
-                not np.issubdtype(choices.dtype, np.integer)
-                or (choices < 0).any()
-                or (choices > n).any()
-            ):
-                raise BLPInputError(
-                    f"micro_data {column} in market {label!r} must be integers from 0 "
-                    f"(outside option) to {n}"
-                )
+        picked = _observed_choices(data, rows, required[1:], n, label)
         survey = market.surveys[0]
         groups = survey.groups if second else None
         probability, tangent = _choice_probabilities(
@@ -388,6 +392,24 @@ def micro_scores(demand: Any, dataset: MicroDataset, micro_data: pd.DataFrame) -
     return pd.DataFrame(
         scores, index=pd.Index(sums.index, name="micro_ids"), columns=setup["names"]
     )
+
+
+def _observed_choices(
+    data: pd.DataFrame, rows: np.ndarray, columns: Sequence[str], n: int, label: Any
+) -> list[np.ndarray]:
+    """One market's respondents' choice columns, checked to index its ``n`` products."""
+    picked = [data[column].to_numpy()[rows] for column in columns]
+    for column, choices in zip(columns, picked, strict=True):
+        if (
+            not np.issubdtype(choices.dtype, np.integer)
+            or (choices < 0).any()
+            or (choices > n).any()
+        ):
+            raise BLPInputError(
+                f"micro_data {column} in market {label!r} must be integers from 0 "
+                f"(outside option) to {n}"
+            )
+    return picked
 
 
 def optimal_micro_moments(
@@ -447,3 +469,131 @@ def optimal_micro_moments(
 
         moments.append(MicroMoment(f"score[{name}]", dataset, value, parts=[part]))
     return moments
+
+
+class MicroMixin:
+    """Micro-moment outputs of :class:`~blpmodels.results.BLPResults`: the fitted micro
+    moments, simulated surveys, scores and optimal micro moments (the functions above at the
+    results' estimated ``demand``)."""
+
+    info: Any
+    demand: Any
+
+    def micro_values(self) -> pd.DataFrame:
+        """Each micro moment's observed value beside the model's value at the estimates.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by moment name: ``dataset``, ``observations``, ``observed``, ``model``
+            and ``difference`` (observed − model, the micro moment ḡ).
+
+        Raises
+        ------
+        BLPInputError
+            The model was fitted without micro moments.
+
+        Examples
+        --------
+        >>> results.micro_values()  # doctest: +SKIP
+                                dataset  observations  observed  model  difference
+        E[log_income | inside]   income           100       7.9    7.9         0.0
+        """
+        if self.info.micro is None:
+            raise BLPInputError("these results were fitted without micro moments")
+        return self.info.micro.copy()
+
+    def simulate_micro_data(self, dataset: Any, seed: Any = None) -> pd.DataFrame:
+        """Draw a survey like ``dataset`` from the estimated model (one row per consumer).
+
+        Parameters
+        ----------
+        dataset : MicroDataset
+            The survey to simulate (its markets, weights and observations).
+        seed : int or numpy.random.Generator, optional
+            Random numbers.
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``market_ids``, ``agent_indices``, ``agent_rows``, ``choice_indices`` (0: outside
+            option) and, with second choices, ``second_choice_indices``; see
+            :func:`blpmodels.results.micro.simulate_micro_data`.
+
+        Examples
+        --------
+        >>> micro = results.simulate_micro_data(survey, seed=0)  # doctest: +SKIP
+        """
+        return simulate_micro_data(self.demand, dataset, seed)
+
+    def agent_scores(self, dataset: Any) -> dict[str, dict[Any, np.ndarray]]:
+        """Scores ∂log P/∂θ of every agent type and choice in a survey's markets.
+
+        Parameters
+        ----------
+        dataset : MicroDataset
+            The survey (first choices).
+
+        Returns
+        -------
+        dict
+            ``{parameter name: {market id: I × (1 + J) array}}``, column 0 the outside option;
+            see :func:`blpmodels.results.micro.agent_scores`. A part returning
+            ``scores[name][market_id]`` makes the optimal micro moment for that parameter.
+
+        Examples
+        --------
+        >>> scores = results.agent_scores(survey)  # doctest: +SKIP
+        """
+        return agent_scores(self.demand, dataset)
+
+    def micro_scores(self, dataset: Any, micro_data: pd.DataFrame) -> pd.DataFrame:
+        """Scores ∂log P_n/∂θ of observed survey respondents (rows of one ``micro_ids``
+        integrate over what the survey does not record, e.g. draws of the nodes).
+
+        Parameters
+        ----------
+        dataset : MicroDataset
+            The survey (first choices).
+        micro_data : pandas.DataFrame
+            ``market_ids``, ``choice_indices`` (0: outside option), demographics, node
+            columns, optional ``micro_ids`` and ``weights``; see
+            :func:`blpmodels.results.micro.micro_scores`.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per observation, one column per parameter of θ.
+
+        Examples
+        --------
+        >>> scores = results.micro_scores(survey, micro)  # doctest: +SKIP
+        """
+        return micro_scores(self.demand, dataset, micro_data)
+
+    def optimal_micro_moments(
+        self, dataset: Any, micro_data: pd.DataFrame, parameters: Sequence[str] | None = None
+    ) -> list[Any]:
+        """Optimal micro moments from micro data in one call: each matches the respondents'
+        mean score for a parameter with the model's (zero at these estimates).
+
+        Parameters
+        ----------
+        dataset : MicroDataset
+            The survey the micro data come from.
+        micro_data : pandas.DataFrame
+            Respondents, as :meth:`micro_scores` reads them.
+        parameters : sequence of str, optional
+            Parameters whose scores to match (default: all of θ).
+
+        Returns
+        -------
+        list of MicroMoment
+            For ``fit(micro_moments=...)``; see
+            :func:`blpmodels.results.micro.optimal_micro_moments`.
+
+        Examples
+        --------
+        >>> moments = results.optimal_micro_moments(survey, micro)  # doctest: +SKIP
+        """
+        return optimal_micro_moments(self.demand, dataset, micro_data, parameters)
