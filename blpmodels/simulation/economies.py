@@ -3,33 +3,37 @@
 :class:`Simulation` builds an economy from id data, formulas and true parameters (β, Σ, Π, ρ,
 γ), draws or takes the demand and cost shocks, and solves for equilibrium prices
 (:meth:`Simulation.replace_endogenous`) or for the characteristics that reproduce given shares
-(:meth:`Simulation.replace_exogenous`), with the same kernel the estimators use.
+(:meth:`Simulation.replace_exogenous`), with the same kernel the estimators use. The inputs are
+checked and laid out by :mod:`blpmodels.simulation.inputs`, and the kernel is run over groups
+of markets by :mod:`blpmodels.simulation.solvers`.
 """
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from blpmodels.data.agents import AgentDesign
-from blpmodels.data.design import TermBlock, build_block, check_columns, numeric_values
 from blpmodels.data.formula import required_variables
 from blpmodels.data.instruments import build_blp_instruments, build_differentiation_instruments
-from blpmodels.data.markets import MarketLayout, check_ids
-from blpmodels.data.parameters import NonlinearParameters
-from blpmodels.data.products import validate_shares
-from blpmodels.exceptions import BLPInputError, FixedPointError
-from blpmodels.kernel.delta import FixedPointResult, raise_unconverged, solve_delta
-from blpmodels.kernel.equilibrium import PriceState, foc_residual, markups, solve_prices
-from blpmodels.kernel.ownership import ownership_matrices
-from blpmodels.kernel.shares import Nesting, ShareEvaluator
+from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.shares import Nesting
 from blpmodels.results.demand import MarketInputs, PricedMarkets
-from blpmodels.simulation.logit import _check_float, _check_int
+from blpmodels.simulation.inputs import (
+    Economy,
+    check_chunk_size,
+    check_float,
+    check_formulas,
+    check_instruments,
+    check_int,
+    draw_shocks,
+    row_values,
+)
+from blpmodels.simulation.solvers import invert_shares, solve_equilibrium
 
 __all__ = ["Simulation", "SimulationResults"]
 
@@ -97,105 +101,50 @@ class SimulationResults:
 InstrumentKind = Literal["blp", "differentiation", "both"]
 
 
-def _check_chunk_size(chunk_size: Any) -> None:
-    if chunk_size is not None:
-        _check_int("chunk_size", chunk_size, 1)
-
-
-def _check_instruments(kind: Any) -> None:
-    if kind is not None and kind not in ("blp", "differentiation", "both"):
-        raise BLPInputError(
-            f"instruments must be 'blp', 'differentiation', 'both' or None, got {kind!r}"
-        )
-
-
-def _formula(value: Any, name: str, *, required: bool = False) -> str | None:
-    if value is None:
-        if required:
-            raise BLPInputError(f"{name} must be a formula such as '1 + prices + x'")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise BLPInputError(f"{name} must be a non-empty formula string, got {value!r}")
-    return value
-
-
-def _named_values(values: Any, names: Sequence[str], label: str) -> np.ndarray:
-    """Values given by name (mapping or Series) in the order of ``names``, checked."""
-    if not isinstance(values, (Mapping, pd.Series)):
-        raise BLPInputError(
-            f"{label} must map the column names {list(names)} to values (a dict or a pandas "
-            f"Series), got {type(values).__name__}"
-        )
-    given = dict(values.items())
-    unknown = [key for key in given if key not in names]
-    if unknown:
-        raise BLPInputError(
-            f"{label} names unknown column(s) {unknown}; the formula's columns are {list(names)}"
-        )
-    missing = [name for name in names if name not in given]
-    if missing:
-        raise BLPInputError(f"{label} has no value for column(s) {missing} (columns {list(names)})")
-    out = np.empty(len(names))
-    for position, name in enumerate(names):
-        value = given[name]
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise BLPInputError(f"{label}[{name!r}] must be a real number, got {value!r}")
-        if not np.isfinite(float(value)):
-            raise BLPInputError(f"{label}[{name!r}] must be finite, got {value!r}")
-        out[position] = float(value)
-    return out
-
-
-def _row_values(values: Any, index: pd.Index, market_ids: np.ndarray, label: str) -> np.ndarray:
-    """One finite number per product row, from an aligned Series or an array in row order."""
-    if isinstance(values, pd.Series):
-        if len(values) != len(index) or not values.index.equals(index):
-            raise BLPInputError(
-                f"{label} Series must carry the product data's index (one value per row); "
-                "reindex it, or pass a numpy array in row order"
-            )
-        array = values.to_numpy()
-    else:
-        array = np.asarray(values)
-    if array.dtype.kind not in "biuf" or array.dtype.kind == "b":
-        raise BLPInputError(f"{label} must hold real numbers, got dtype {array.dtype}")
-    array = array.astype(np.float64).ravel()
-    if array.size != len(index):
-        raise BLPInputError(
-            f"{label} has {array.size} values but the product data have {len(index)} rows"
-        )
-    bad = ~np.isfinite(array)
-    if bad.any():
-        first = market_ids[int(np.flatnonzero(bad)[0])]
-        raise BLPInputError(
-            f"{label} has {int(bad.sum())} missing or non-finite values (first in market {first!r})"
-        )
-    return array
-
-
-def _linear_in(block: TermBlock, frame: pd.DataFrame, variable: str, context: dict) -> np.ndarray:
-    """∂block/∂variable, after checking that the block is linear in the variable."""
-    slope = block.derivative(frame, variable, context)
-    if not block.size or variable not in (
-        set(block.names) if block.columns_only else required_variables(block.formula)
-    ):
-        return slope
-    base = np.asarray(frame[variable], dtype=np.float64)
-    step = np.maximum(np.abs(base), 1.0)
-    moved = frame.copy()
-    moved[variable] = base + step
-    change = block.rebuild(moved, context) - block.rebuild(frame, context)
-    expected = slope * step[:, None]
-    wrong = (np.abs(change - expected) > 1e-6 * (np.abs(expected) + np.abs(change) + 1e-12)).any(
-        axis=0
+def _exogenous_instruments(
+    frame: pd.DataFrame, formulas: Mapping[str, str | None], context: Mapping[str, Any], kind: str
+) -> pd.DataFrame:
+    """Instruments on the exogenous characteristics the formulas read, redundant columns dropped."""
+    variables: set[str] = set()
+    for name in ("linear", "random", "supply"):
+        if formulas[name] is not None:
+            variables |= required_variables(formulas[name])
+    variables -= {"prices", "shares"} | set(context)
+    numeric = sorted(
+        name
+        for name in variables
+        if name in frame.columns
+        and pd.api.types.is_numeric_dtype(frame[name])
+        and not pd.api.types.is_bool_dtype(frame[name])
     )
-    if wrong.any():
-        bad = [name for name, flag in zip(block.names, wrong, strict=True) if flag]
-        raise BLPInputError(
-            f"equilibrium prices need utilities linear in {variable!r}, but the terms {bad} of "
-            f"{block.formula!r} are not (interactions with characteristics are fine)"
-        )
-    return slope
+    blocks = []
+    if kind in ("blp", "both"):
+        blocks.append(build_blp_instruments(frame, " + ".join(["1", *numeric])))
+    if kind in ("differentiation", "both") and numeric:
+        blocks.append(build_differentiation_instruments(frame, numeric))
+    instruments = pd.concat(blocks, axis=1) if blocks else pd.DataFrame(index=frame.index)
+    return instruments[_independent_columns(instruments)]
+
+
+def _independent_columns(instruments: pd.DataFrame) -> list[str]:
+    """Columns that are not a linear combination of a constant and the columns kept before.
+
+    In balanced markets the own- and rival-firm product counts add up to a constant, for
+    instance: dropping such columns lets the instruments be used as they are.
+    """
+    kept: list[str] = []
+    basis = np.ones((len(instruments), 1)) / np.sqrt(len(instruments))
+    for name in instruments.columns:
+        column = instruments[name].to_numpy(np.float64)
+        scale = np.linalg.norm(column)
+        if scale == 0:
+            continue
+        residual = column / scale - basis @ (basis.T @ (column / scale))
+        size = np.linalg.norm(residual)
+        if size > 1e-8:
+            kept.append(name)
+            basis = np.column_stack([basis, residual / size])
+    return kept
 
 
 class Simulation:
@@ -332,187 +281,41 @@ class Simulation:
         seed: int | None = None,
         context: Mapping[str, Any] | None = None,
     ) -> None:
-        from blpmodels.data.integration import Integration, build_integration
-
-        if not isinstance(products, pd.DataFrame):
-            raise BLPInputError(
-                f"products must be a pandas DataFrame, got {type(products).__name__}"
-            )
-        if len(products) == 0:
-            raise BLPInputError("products has no rows")
-        linear = _formula(linear, "linear", required=True)
-        random = _formula(random, "random")
-        supply = _formula(supply, "supply")
-        demographics = _formula(demographics, "demographics")
+        formulas = check_formulas(products, linear, random, supply, demographics)
         if costs_type not in ("linear", "log"):
             raise BLPInputError(f"costs_type must be 'linear' or 'log', got {costs_type!r}")
-        xi_variance = _check_float("xi_variance", xi_variance, low=0.0)
-        omega_variance = _check_float("omega_variance", omega_variance, low=0.0)
-        correlation = _check_float("correlation", correlation, low=-1.0, high=1.0)
+        xi_variance = check_float("xi_variance", xi_variance, low=0.0)
+        omega_variance = check_float("omega_variance", omega_variance, low=0.0)
+        correlation = check_float("correlation", correlation, low=-1.0, high=1.0)
         if seed is not None:
-            seed = _check_int("seed", seed, 0)
-        if random is None:
-            for name, value in (
-                ("sigma", sigma),
-                ("pi", pi),
-                ("demographics", demographics),
-                ("agent_data", agent_data),
-                ("integration", integration),
-                ("rc_types", rc_types),
-            ):
-                if value is not None:
-                    raise BLPInputError(f"{name} needs random coefficients: give random='0 + ...'")
-        if supply is None and gamma is not None:
-            raise BLPInputError("gamma needs a cost formula: give supply='1 + ...'")
-        if supply is not None and gamma is None:
-            raise BLPInputError(f"supply={supply!r} needs gamma, the cost parameters by name")
-        if integration is not None and not isinstance(integration, Integration):
-            raise BLPInputError(
-                f"integration must be an Integration, got {type(integration).__name__}"
-            )
-        if integration is not None and agent_data is not None:
-            raise BLPInputError("give agent_data or integration, not both")
-        if demographics is not None and agent_data is None:
-            raise BLPInputError("demographics need agent_data (integration only builds nodes)")
-
-        namespace = dict(context or {})
-        frame = products.copy()
-        check_columns(frame, ["market_ids", "firm_ids"], what="products")
-        market_ids = check_ids(frame["market_ids"], "market_ids", "products")
-        layout = MarketLayout.from_ids(market_ids)
-        firm_ids = check_ids(frame["firm_ids"], "firm_ids", "products")
-        if "product_ids" in frame.columns:
-            keys = pd.DataFrame(
-                {"m": market_ids, "p": check_ids(frame["product_ids"], "product_ids", "products")}
-            )
-            if keys.duplicated().any():
-                first = keys[keys.duplicated()].iloc[0]
-                raise BLPInputError(
-                    f"duplicated (market, product) rows, e.g. market {first['m']!r}, product "
-                    f"{first['p']!r}"
-                )
-
-        reads = {
-            name: required_variables(rhs) - set(namespace)
-            for name, rhs in (("linear", linear), ("random", random), ("supply", supply))
-            if rhs is not None
+            seed = check_int("seed", seed, 0)
+        options = {
+            "sigma": sigma,
+            "pi": pi,
+            "rho": rho,
+            "agent_data": agent_data,
+            "integration": integration,
+            "rc_types": rc_types,
         }
-        for name, variables in reads.items():
-            if "shares" in variables:
-                raise BLPInputError(f"{name} formula reads 'shares', which are simulated")
-        if "prices" in reads.get("supply", set()):
-            raise BLPInputError("the cost formula (supply) must not read 'prices'")
-        if "prices" not in reads["linear"] | reads.get("random", set()):
-            raise BLPInputError(
-                "demand does not depend on 'prices': put prices in linear (or random) so firms "
-                "have a price to set"
-            )
-        if "prices" not in frame.columns:
-            frame["prices"] = 0.0
-
-        x1 = build_block(
-            linear, frame, context=namespace, market_ids=market_ids, role="X1 (linear)"
+        economy = Economy.build(products, formulas, beta, gamma, options, context)
+        self._economy = economy
+        self.products = economy.products
+        self.formulas = economy.formulas
+        self.beta = pd.Series(economy.beta, index=list(economy.x1.names), name="beta")
+        self.gamma = pd.Series(
+            economy.gamma, index=list(economy.x3.names), name="gamma", dtype=float
         )
-        beta_values = _named_values(beta, x1.names, "beta")
-        x2 = build_block(
-            random, frame, context=namespace, market_ids=market_ids, role="X2 (random)"
-        )
-        x3 = build_block(
-            supply, frame, context=namespace, market_ids=market_ids, role="X3 (supply)"
-        )
-        gamma_values = (
-            _named_values(gamma, x3.names, "gamma") if supply is not None else np.zeros(0)
-        )
-
-        nest_codes = None
-        nests: tuple[Any, ...] = ()
-        if "nesting_ids" in frame.columns:
-            nesting_ids = check_ids(frame["nesting_ids"], "nesting_ids", "products")
-            codes, labels = pd.factorize(pd.Series(nesting_ids), sort=True)
-            nest_codes = codes.astype(np.intp)
-            nests = tuple(labels.tolist())
-        elif rho is not None:
-            raise BLPInputError("rho was given but the products have no nesting_ids column")
-
-        agents = None
-        if random is not None:
-            if integration is not None:
-                agent_data = build_integration(
-                    integration, x2.size, market_ids=layout.market_labels
-                )
-            if agent_data is None:
-                raise BLPInputError("random coefficients need agent_data or integration=")
-            agents = AgentDesign.build(
-                agent_data,
-                layout.market_labels,
-                demographics=demographics,
-                max_nodes=x2.size,
-                context=namespace,
-                kind=None if integration is None else integration.kind,
-            )
-        parameters = NonlinearParameters.build(
-            x2.names,
-            () if agents is None else agents.demographic_names,
-            nests,
-            sigma=sigma,
-            pi=pi,
-            rho=rho,
-            sigma_bounds=(-np.inf, np.inf),
-            rho_bounds=(0.0, np.nextafter(1.0, 0.0)),
-            rc_types=dict(rc_types) if rc_types is not None else None,
-        )
-        if agents is not None:
-            if parameters.pi.size and np.any(parameters.pi != 0) and not agents.demographic_names:
-                raise BLPInputError("pi has nonzero entries but there are no demographics")
-            agents.check_nodes(parameters.node_columns_needed(), parameters.characteristics)
-            if agents.demographic_names and parameters.pi.shape[1] == 0:
-                raise BLPInputError("demographics were given without pi")
-
-        n = len(frame)
-        rng = np.random.default_rng(seed)
-        draws = rng.standard_normal((n, 2))
-        drawn_xi = np.sqrt(xi_variance) * draws[:, 0]
-        drawn_omega = np.sqrt(omega_variance) * (
-            correlation * draws[:, 0] + np.sqrt(1.0 - correlation**2) * draws[:, 1]
-        )
-        index = frame.index
-        self._xi = drawn_xi if xi is None else _row_values(xi, index, market_ids, "xi")
-        self._omega = (
-            drawn_omega if omega is None else _row_values(omega, index, market_ids, "omega")
-        )
-
-        self.products = frame
-        self.formulas = {
-            "linear": linear,
-            "random": random,
-            "supply": supply,
-            "demographics": demographics,
-        }
-        self.beta = pd.Series(beta_values, index=list(x1.names), name="beta")
-        self.gamma = pd.Series(gamma_values, index=list(x3.names), name="gamma", dtype=float)
-        self.parameters = parameters
+        self.parameters = economy.parameters
         self.costs_type = costs_type
-        self.agent_data = None if agents is None else agents.data
+        self.agent_data = None if economy.agents is None else economy.agents.data
         self.seed = seed
-        self._context = namespace
-        self._layout = layout
-        self._market_ids = market_ids
-        self._firm_codes = pd.factorize(pd.Series(firm_ids), sort=False)[0].astype(np.intp)
-        self._x1, self._x2, self._x3 = x1, x2, x3
-        self._agents = agents
-        self._nest_codes = nest_codes
-        theta = parameters.theta0
-        if agents is None:
-            self._coefficients = np.zeros((layout.n_markets, 1, 0))
-            self._weights = np.ones((layout.n_markets, 1))
-        else:
-            self._coefficients, _ = parameters.coefficients(
-                theta, agents.nodes, agents.demographics
-            )
-            self._weights = agents.weights
-        # Price derivatives of X1 and X2 (checked linear) at the products' prices.
-        self._d_x1 = _linear_in(x1, frame, "prices", namespace)
-        self._d_x2 = _linear_in(x2, frame, "prices", namespace)
+        # ξ is drawn from the same stream whether or not ω is given, and the other way round.
+        drawn_xi, drawn_omega = draw_shocks(
+            len(self.products), seed, xi_variance, omega_variance, correlation
+        )
+        given_xi, given_omega = self._row_argument(xi, "xi"), self._row_argument(omega, "omega")
+        self._xi = drawn_xi if given_xi is None else given_xi
+        self._omega = drawn_omega if given_omega is None else given_omega
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -586,39 +389,41 @@ class Simulation:
                 "the simulation has no cost formula: give supply='1 + ...' and gamma, or pass "
                 "costs= to replace_endogenous"
             )
-        shocks = (
-            self._omega
-            if omega is None
-            else _row_values(omega, self.products.index, self._market_ids, "omega")
-        )
-        index = self._x3.values @ self.gamma.to_numpy() + shocks
+        shocks = self._omega if omega is None else self._row_argument(omega, "omega")
+        index = self._economy.x3.values @ self.gamma.to_numpy() + shocks
         values = np.exp(index) if self.costs_type == "log" else index
         return pd.Series(values, index=self.products.index, name="costs")
 
     # ------------------------------------------------------------------ machinery
+    def _row_argument(self, values: Any, label: str) -> np.ndarray | None:
+        if values is None:
+            return None
+        return row_values(values, self.products.index, self._economy.market_ids, label)
+
     def _nesting(self, positions: np.ndarray, mask: np.ndarray) -> Nesting:
-        if self._nest_codes is None:
+        nest_codes = self._economy.nest_codes
+        if nest_codes is None:
             return Nesting.unnested(mask.shape)
         n_nests = len(self.parameters.nests)
         rho = np.broadcast_to(self.parameters.rho, (n_nests,))
-        return Nesting.from_codes(self._layout.pad(self._nest_codes)[positions], n_nests, rho)
+        return Nesting.from_codes(self._economy.layout.pad(nest_codes)[positions], n_nests, rho)
 
     def _priced(self, xi: np.ndarray, positions: np.ndarray) -> PricedMarkets:
         """Demand in some markets, evaluable at any prices (utilities are linear in them)."""
-        layout = self._layout
-        mask = layout.mask[positions]
-        rows = layout.index[positions]
+        economy = self._economy
+        mask = economy.layout.mask[positions]
+        rows = economy.layout.index[positions]
         mask3 = mask[:, :, None]
-        coefficients = self._coefficients[positions]
-        weights = self._weights[positions]
+        coefficients = economy.coefficients[positions]
+        weights = economy.weights[positions]
         beta = self.beta.to_numpy()
-        delta = (self._x1.values @ beta + xi)[rows]
-        slope = (self._d_x1 @ beta)[rows]
+        delta = (economy.x1.values @ beta + xi)[rows]
+        slope = (economy.d_x1 @ beta)[rows]
         derivative = np.repeat(slope[:, :, None], weights.shape[1], axis=2)
-        if self._x2.size:
+        if economy.x2.size:
             swapped = np.swapaxes(coefficients, 1, 2)
-            mu = np.matmul(self._x2.values[rows], swapped)
-            derivative = derivative + np.matmul(self._d_x2[rows], swapped)
+            mu = np.matmul(economy.x2.values[rows], swapped)
+            derivative = derivative + np.matmul(economy.d_x2[rows], swapped)
         else:
             mu = np.zeros((*mask.shape, weights.shape[1]))
         inputs = MarketInputs(
@@ -633,50 +438,6 @@ class Simulation:
         )
         prices = np.where(mask, self.products["prices"].to_numpy(np.float64)[rows], 0.0)
         return PricedMarkets(inputs, prices, np.where(mask3, derivative, 0.0))
-
-    def _row_argument(self, values: Any, label: str) -> np.ndarray | None:
-        if values is None:
-            return None
-        return _row_values(values, self.products.index, self._market_ids, label)
-
-    def _instruments(self, frame: pd.DataFrame, kind: str) -> pd.DataFrame:
-        """Instruments on the exogenous characteristics, redundant columns dropped.
-
-        A column is kept only when it is not a linear combination of a constant and the
-        columns kept before it (in balanced markets the own- and rival-firm product counts add
-        up to a constant, for instance), so the instruments can be used as they are.
-        """
-        variables: set[str] = set()
-        for rhs in (self.formulas["linear"], self.formulas["random"], self.formulas["supply"]):
-            if rhs is not None:
-                variables |= required_variables(rhs)
-        variables -= {"prices", "shares"} | set(self._context)
-        numeric = sorted(
-            name
-            for name in variables
-            if name in frame.columns
-            and pd.api.types.is_numeric_dtype(frame[name])
-            and not pd.api.types.is_bool_dtype(frame[name])
-        )
-        blocks = []
-        if kind in ("blp", "both"):
-            blocks.append(build_blp_instruments(frame, " + ".join(["1", *numeric])))
-        if kind in ("differentiation", "both") and numeric:
-            blocks.append(build_differentiation_instruments(frame, numeric))
-        instruments = pd.concat(blocks, axis=1) if blocks else pd.DataFrame(index=frame.index)
-        kept: list[str] = []
-        basis = np.ones((len(frame), 1)) / np.sqrt(len(frame))
-        for name in instruments.columns:
-            column = instruments[name].to_numpy(np.float64)
-            scale = np.linalg.norm(column)
-            if scale == 0:
-                continue
-            residual = column / scale - basis @ (basis.T @ (column / scale))
-            size = np.linalg.norm(residual)
-            if size > 1e-8:
-                kept.append(name)
-                basis = np.column_stack([basis, residual / size])
-        return instruments[kept]
 
     def _output(
         self,
@@ -693,7 +454,7 @@ class Simulation:
         if costs is not None:
             frame["costs"] = costs
         if instruments is not None:
-            built = self._instruments(frame, instruments)
+            built = _exogenous_instruments(frame, self.formulas, self._economy.context, instruments)
             frame = frame.drop(columns=[c for c in built.columns if c in frame.columns])
             frame = pd.concat([frame, built], axis=1)
         return SimulationResults(products=frame, markets=markets, simulation=self)
@@ -771,10 +532,33 @@ class Simulation:
         >>> bool(np.allclose(out["prices"] - 0.5, 1 / (2 * (1 - out["shares"])), atol=1e-12))
         True
         """
-        tol = _check_float("tol", tol, low=0.0, low_open=True)
-        max_iterations = _check_int("max_iterations", max_iterations, 1)
-        _check_instruments(instruments)
-        _check_chunk_size(chunk_size)
+        tol = check_float("tol", tol, low=0.0, low_open=True)
+        max_iterations = check_int("max_iterations", max_iterations, 1)
+        check_instruments(instruments)
+        check_chunk_size(chunk_size)
+        xi_values, omega_values, cost_values, start = self._endogenous_inputs(
+            costs, xi, omega, prices
+        )
+        economy = self._economy
+        equilibrium_prices, shares, markets = solve_equilibrium(
+            functools.partial(self._priced, xi_values),
+            economy.layout,
+            cost_values,
+            start,
+            economy.firm_codes,
+            tol=tol,
+            max_iterations=max_iterations,
+            chunk_size=chunk_size,
+        )
+        frame = self.products.copy()
+        frame["prices"] = equilibrium_prices
+        frame["shares"] = shares
+        return self._output(frame, xi_values, omega_values, cost_values, markets, instruments)
+
+    def _endogenous_inputs(
+        self, costs: Any, xi: Any, omega: Any, prices: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """ξ, ω, costs and starting prices per row: those given, checked, or the simulation's."""
         xi_values = self._row_argument(xi, "xi")
         xi_values = self._xi if xi_values is None else xi_values
         omega_values = self._row_argument(omega, "omega")
@@ -786,62 +570,7 @@ class Simulation:
                 raise BLPInputError("give costs= or omega=, not both (omega only sets costs)")
             cost_values = self._row_argument(costs, "costs")
         start = self._row_argument(prices, "prices")
-        start = cost_values if start is None else start
-
-        layout = self._layout
-        mask = layout.mask
-        padded_costs = np.where(mask, layout.pad(cost_values), 0.0)
-        padded_start = np.where(mask, layout.pad(start), 0.0)
-        firm_codes = layout.pad(self._firm_codes)
-        prices_out, shares_out = np.zeros(mask.shape), np.zeros(mask.shape)
-        iterations = np.zeros(layout.n_markets, dtype=np.intp)
-        norms = np.zeros(layout.n_markets)
-        converged = np.zeros(layout.n_markets, dtype=bool)
-        upward = np.zeros(layout.n_markets, dtype=np.intp)
-        for chunk in layout.chunks(chunk_size):
-            priced = self._priced(xi_values, chunk)
-            inside = mask[chunk]
-            solution = solve_prices(
-                priced.state,
-                padded_costs[chunk],
-                padded_start[chunk],
-                ownership_matrices(firm_codes[chunk], inside),
-                inside,
-                tol=tol,
-                max_iterations=max_iterations,
-            )
-            prices_out[chunk] = solution.prices
-            shares_out[chunk] = solution.state.shares
-            iterations[chunk] = solution.iterations
-            norms[chunk] = solution.foc_norm
-            converged[chunk] = solution.converged
-            real = (priced.inputs.weights != 0)[:, None, :] & inside[:, :, None]
-            upward[chunk] = (real & (priced.derivative >= 0)).any(axis=1).sum(axis=1)
-        markets = pd.DataFrame(
-            {"iterations": iterations, "foc_norm": norms, "converged": converged},
-            index=pd.Index(layout.market_labels, name="market_ids"),
-        )
-        if not converged.all():
-            bad = ~converged
-            failed = layout.market_labels[bad].tolist()
-            worst = np.nanmax(np.where(bad, norms, np.nan), initial=-1)
-            agents = int(upward[bad].sum())
-            reason = (
-                f"{agents} agent(s) there have utility not falling in price (∂U/∂p >= 0), so "
-                "firms may gain without bound: check beta, sigma and pi on prices"
-                if agents
-                else "check the price coefficients, or raise max_iterations"
-            )
-            raise FixedPointError(
-                f"equilibrium prices did not converge in {len(failed)} market(s): {failed[:10]}"
-                f"{' ...' if len(failed) > 10 else ''} (largest first-order-condition norm "
-                f"{worst:.3g}, tolerance {tol:g}); {reason}",
-                markets=failed,
-            )
-        frame = self.products.copy()
-        frame["prices"] = layout.flatten(prices_out)
-        frame["shares"] = layout.flatten(shares_out)
-        return self._output(frame, xi_values, omega_values, cost_values, markets, instruments)
+        return xi_values, omega_values, cost_values, cost_values if start is None else start
 
     def replace_exogenous(
         self,
@@ -906,153 +635,63 @@ class Simulation:
         >>> bool(np.allclose(backed, products["x"], atol=1e-10))
         True
         """
-        tol = _check_float("tol", tol, low=0.0, low_open=True)
-        max_evaluations = _check_int("max_evaluations", max_evaluations, 1)
-        _check_instruments(instruments)
-        _check_chunk_size(chunk_size)
-        frame = self.products
-        check_columns(frame, ["shares"], market_ids=self._market_ids, what="products")
-        shares = numeric_values(frame["shares"], "products column 'shares'")
-        validate_shares(shares, self._market_ids)
-        position = self._plain_column(column, self._x1, ("random", "supply"), "X1 (linear)")
+        tol = check_float("tol", tol, low=0.0, low_open=True)
+        max_evaluations = check_int("max_evaluations", max_evaluations, 1)
+        check_instruments(instruments)
+        check_chunk_size(chunk_size)
+        economy = self._economy
+        shares = economy.observed_shares()
+        position = economy.plain_position(column, "linear")
         coefficient = float(self.beta.iloc[position])
         if coefficient == 0:
             raise BLPInputError(f"beta[{column!r}] is 0: {column!r} does not move utility")
-        supply_position = None
-        if supply_column is not None:
-            if self.formulas["supply"] is None:
-                raise BLPInputError("supply_column needs a cost formula (supply='1 + ...')")
-            supply_position = self._plain_column(
-                supply_column, self._x3, ("linear", "random"), "X3 (supply)"
-            )
-            if float(self.gamma.iloc[supply_position]) == 0:
-                raise BLPInputError(f"gamma[{supply_column!r}] is 0: it does not move costs")
-
-        layout = self._layout
-        mask = layout.mask
-        log_shares = np.where(mask, np.log(np.where(mask, layout.pad(shares), 1.0)), 0.0)
-        outside = 1.0 - np.bincount(layout.codes, shares, layout.n_markets)
-        start = np.where(mask, log_shares - np.log(outside)[:, None], 0.0)
+        self._check_supply_column(supply_column)
         has_supply = self.formulas["supply"] is not None
-        fitted_costs = (
-            np.where(mask, layout.pad(self.costs().to_numpy()), 0.0)
-            if has_supply and supply_position is None
-            else None
+        costs = self.costs().to_numpy() if has_supply and supply_column is None else None
+        prices = self.products["prices"].to_numpy(np.float64)
+        inversion = invert_shares(
+            functools.partial(self._priced, self._xi),
+            economy.layout,
+            shares,
+            prices,
+            economy.firm_codes,
+            supply=has_supply,
+            costs=costs,
+            tol=tol,
+            max_evaluations=max_evaluations,
+            chunk_size=chunk_size,
         )
-        firm_codes = layout.pad(self._firm_codes)
-        prices = np.where(mask, layout.pad(frame["prices"].to_numpy(np.float64)), 0.0)
-        delta_out = np.zeros(mask.shape)
-        eta_out = np.zeros(mask.shape)
-        iterations = np.zeros(layout.n_markets, dtype=np.intp)
-        evaluations = np.zeros(layout.n_markets, dtype=np.intp)
-        converged = np.zeros(layout.n_markets, dtype=bool)
-        foc = np.full(layout.n_markets, np.nan)
-        for chunk in layout.chunks(chunk_size):
-            priced = self._priced(self._xi, chunk)
-            inputs = priced.inputs
-            inside = inputs.mask
-            evaluator = ShareEvaluator(inputs.mu, inputs.weights, inside, inputs.nesting)
-            result = solve_delta(
-                evaluator, log_shares[chunk], start[chunk], tol=tol, max_evaluations=max_evaluations
-            )
-            delta_out[chunk] = result.delta
-            iterations[chunk] = result.iterations
-            evaluations[chunk] = result.evaluations
-            converged[chunk] = result.converged
-            if not has_supply or not result.converged.all():
-                continue
-            # Demand at the solved δ, which reproduces the given shares whatever the current
-            # value of the replaced characteristic.
-            state = PriceState.at(
-                evaluator.probabilities(result.delta),
-                inputs.weights,
-                inputs.nesting,
-                inside,
-                priced.derivative,
-            )
-            ownership = ownership_matrices(firm_codes[chunk], inside)
-            eta = markups(state.jacobian, state.shares, ownership, inside)
-            eta_out[chunk] = eta
-            costs_here = prices[chunk] - eta if fitted_costs is None else fitted_costs[chunk]
-            residual_foc = foc_residual(
-                state.jacobian,
-                state.shares,
-                ownership,
-                np.where(inside, prices[chunk] - costs_here, 0.0),
-            )
-            foc[chunk] = np.where(inside, np.abs(residual_foc), 0.0).max(axis=1)
-        raise_unconverged(
-            FixedPointResult(delta_out, converged, iterations, evaluations), layout.market_labels
-        )
-        out = frame.copy()
-        residual = layout.flatten(delta_out) - (self._x1.values @ self.beta.to_numpy() + self._xi)
-        out[column] = frame[column].to_numpy(np.float64) + residual / coefficient
+        out = self.products.copy()
+        residual = inversion.delta - (economy.x1.values @ self.beta.to_numpy() + self._xi)
+        out[column] = self.products[column].to_numpy(np.float64) + residual / coefficient
+        if supply_column is not None and inversion.markups is not None:
+            costs = prices - inversion.markups
+            out[supply_column] = self._backed_out_supply(supply_column, costs)
+        return self._output(out, self._xi, self._omega, costs, inversion.markets, instruments)
 
-        costs = None
-        if has_supply:
-            bad = (mask & ~np.isfinite(eta_out)).any(axis=1)
-            if bad.any():
-                raise BLPInputError(
-                    "the first-order conditions are singular in markets "
-                    f"{layout.market_labels[bad][:5].tolist()}: markups are not determined"
-                )
-            implied = layout.flatten(prices - eta_out)
-            if supply_position is not None:
-                if self.costs_type == "log":
-                    low = implied <= 0
-                    if low.any():
-                        first = self._market_ids[int(np.flatnonzero(low)[0])]
-                        raise BLPInputError(
-                            f"{int(low.sum())} implied costs are <= 0 (first in market "
-                            f"{first!r}): log costs are undefined"
-                        )
-                    transformed = np.log(implied)
-                else:
-                    transformed = implied
-                fitted = self._x3.values @ self.gamma.to_numpy() + self._omega
-                gamma_w = float(self.gamma.iloc[supply_position])
-                assert supply_column is not None
-                out[supply_column] = (
-                    frame[supply_column].to_numpy(np.float64) + (transformed - fitted) / gamma_w
-                )
-                costs = implied
-            else:
-                costs = self.costs().to_numpy()
-        markets = pd.DataFrame(
-            {"iterations": iterations, "foc_norm": foc, "converged": converged},
-            index=pd.Index(layout.market_labels, name="market_ids"),
-        )
-        return self._output(out, self._xi, self._omega, costs, markets, instruments)
+    def _check_supply_column(self, supply_column: Any) -> None:
+        """The cost characteristic to back out, if any, is a plain X3 term with γ ≠ 0."""
+        if supply_column is None:
+            return
+        if self.formulas["supply"] is None:
+            raise BLPInputError("supply_column needs a cost formula (supply='1 + ...')")
+        position = self._economy.plain_position(supply_column, "supply")
+        if float(self.gamma.iloc[position]) == 0:
+            raise BLPInputError(f"gamma[{supply_column!r}] is 0: it does not move costs")
 
-    def _plain_column(
-        self, column: Any, block: TermBlock, elsewhere: tuple[str, ...], label: str
-    ) -> int:
-        """Position of ``column`` in ``block``, checked to be a plain term read nowhere else."""
-        if not isinstance(column, str):
-            raise BLPInputError(f"the column to replace must be a name, got {column!r}")
-        if column in ("prices", "shares"):
-            raise BLPInputError(
-                f"{column!r} is endogenous and kept by replace_exogenous; name an exogenous "
-                "characteristic"
-            )
-        check_columns(self.products, [column], market_ids=self._market_ids, what="products")
-        if column not in block.names:
-            raise BLPInputError(
-                f"{column!r} is not a plain term of {label} {block.formula!r} (its columns are "
-                f"{list(block.names)})"
-            )
-        slope = block.derivative(self.products, column, self._context)
-        position = block.names.index(column)
-        expected = np.zeros(block.size)
-        expected[position] = 1.0
-        if not np.allclose(slope, expected[None, :], rtol=0, atol=1e-12):
-            raise BLPInputError(
-                f"{column!r} must enter {label} once and untransformed to be backed out"
-            )
-        for name in elsewhere:
-            rhs = self.formulas[name]
-            if rhs is not None and column in required_variables(rhs):
+    def _backed_out_supply(self, supply_column: str, costs: np.ndarray) -> np.ndarray:
+        """The cost characteristic w that makes X3 γ + ω equal f(costs) (f = identity or log)."""
+        if self.costs_type == "log":
+            low = costs <= 0
+            if low.any():
+                first = self._economy.market_ids[int(np.flatnonzero(low)[0])]
                 raise BLPInputError(
-                    f"{column!r} also enters the {name} formula {rhs!r}: it cannot be backed out"
+                    f"{int(low.sum())} implied costs are <= 0 (first in market {first!r}): log "
+                    "costs are undefined"
                 )
-        return position
+            transformed = np.log(costs)
+        else:
+            transformed = costs
+        fitted = self._economy.x3.values @ self.gamma.to_numpy() + self._omega
+        gamma_w = float(self.gamma[supply_column])
+        return self.products[supply_column].to_numpy(np.float64) + (transformed - fitted) / gamma_w

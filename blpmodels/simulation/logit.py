@@ -14,17 +14,26 @@ The model, for product ``j`` in market ``t`` sold by firm ``f(j)``:
 - marginal costs ``c_jt = γ_0 + γ_w w_jt + ω_jt``;
 - under logit the first-order conditions of firm ``f`` give one markup for all its products,
   ``p_jt − c_jt = −1 / (α (1 − S_ft))`` with ``S_ft`` the firm's total inside share.
+
+The shares come from the kernel (:class:`blpmodels.kernel.shares.ShareEvaluator` with one
+agent per market and μ = 0, as :class:`~blpmodels.simulation.Simulation` evaluates a logit
+economy). The prices come from the kernel's ζ-markup iteration
+(:func:`blpmodels.kernel.equilibrium.solve_prices`) written out for logit, where ζ is one
+number per firm: a step costs O(products) instead of the general solver's O(products²) share
+Jacobian, and the iteration stops on the change in markups, the first-order condition in price
+units, so small shares do not loosen it as they do a tolerance on the share-unit conditions.
 """
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from blpmodels.exceptions import BLPInputError, FixedPointError
+from blpmodels.kernel.shares import Nesting, ShareEvaluator
+from blpmodels.simulation.inputs import check_float, check_int, correlated_shocks
 
 __all__ = ["LogitSimulation", "build_id_data", "simulate_logit"]
 
@@ -68,46 +77,6 @@ class LogitSimulation:
     seed: int = 0
     iterations: int = 0
     foc_residual: float = 0.0
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise BLPInputError(f"argument {name!r} must be an integer, got {value!r}")
-    if value < minimum:
-        raise BLPInputError(f"argument {name!r} must be >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_float(
-    name: str,
-    value: object,
-    *,
-    low: float = -np.inf,
-    high: float = np.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise BLPInputError(f"argument {name!r} must be a real number, got {value!r}")
-    number = float(value)
-    if not np.isfinite(number):
-        raise BLPInputError(f"argument {name!r} must be finite, got {value!r}")
-    below = number <= low if low_open else number < low
-    above = number >= high if high_open else number > high
-    if below or above:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise BLPInputError(f"argument {name!r} must lie in {interval}, got {value!r}")
-    return number
-
-
-def _logit_shares(
-    utilities: np.ndarray, market_codes: np.ndarray, starts: np.ndarray, n_markets: int
-) -> np.ndarray:
-    """Logit shares with an outside good of utility 0, stabilised by the market maximum."""
-    shift = np.maximum(np.maximum.reduceat(utilities, starts), 0.0)[market_codes]
-    numerators = np.exp(utilities - shift)
-    denominators = np.exp(-shift) + np.bincount(market_codes, numerators, n_markets)[market_codes]
-    return numerators / denominators
 
 
 def simulate_logit(
@@ -197,114 +166,43 @@ def simulate_logit(
     >>> list(simulation.products.columns[:5])
     ['market_ids', 'product_ids', 'firm_ids', 'shares', 'outside_share']
     """
-    n_markets = _check_int("n_markets", n_markets, 1)
-    n_products = _check_int("n_products", n_products, 1)
-    n_firms = _check_int("n_firms", n_firms, 1)
+    n_markets = check_int("n_markets", n_markets, 1)
+    n_products = check_int("n_products", n_products, 1)
+    n_firms = check_int("n_firms", n_firms, 1)
     if n_firms > n_products:
         raise BLPInputError(
             f"argument 'n_firms' ({n_firms}) must not exceed 'n_products' ({n_products})"
         )
-    alpha = _check_float("alpha", alpha, high=0.0, high_open=True)
-    beta_constant = _check_float("beta_constant", beta_constant)
-    beta_x = _check_float("beta_x", beta_x)
-    gamma_constant = _check_float("gamma_constant", gamma_constant)
-    gamma_w = _check_float("gamma_w", gamma_w)
-    xi_scale = _check_float("xi_scale", xi_scale, low=0.0)
-    omega_scale = _check_float("omega_scale", omega_scale, low=0.0)
-    correlation = _check_float("correlation", correlation, low=-1.0, high=1.0)
-    drop_probability = _check_float(
+    alpha = check_float("alpha", alpha, high=0.0, high_open=True)
+    beta_constant = check_float("beta_constant", beta_constant)
+    beta_x = check_float("beta_x", beta_x)
+    gamma_constant = check_float("gamma_constant", gamma_constant)
+    gamma_w = check_float("gamma_w", gamma_w)
+    xi_scale = check_float("xi_scale", xi_scale, low=0.0)
+    omega_scale = check_float("omega_scale", omega_scale, low=0.0)
+    correlation = check_float("correlation", correlation, low=-1.0, high=1.0)
+    drop_probability = check_float(
         "drop_probability", drop_probability, low=0.0, high=1.0, high_open=True
     )
-    seed = _check_int("seed", seed, 0)
-    tol = _check_float("tol", tol, low=0.0, low_open=True)
-    max_iterations = _check_int("max_iterations", max_iterations, 1)
+    seed = check_int("seed", seed, 0)
+    tol = check_float("tol", tol, low=0.0, low_open=True)
+    max_iterations = check_int("max_iterations", max_iterations, 1)
 
-    rng = np.random.default_rng(seed)
-    shape = (n_markets, n_products)
-    x = rng.standard_normal(shape)
-    w = rng.random(shape)
-    z_demand = rng.standard_normal(shape)
-    z_cost = rng.standard_normal(shape)
-    xi = xi_scale * z_demand
-    omega = omega_scale * (correlation * z_demand + np.sqrt(1.0 - correlation**2) * z_cost)
-    market_size = rng.integers(10_000, 1_000_001, size=n_markets)
-    keep = np.ones(shape, dtype=bool)
-    if drop_probability > 0:
-        keep = rng.random(shape) >= drop_probability
-        empty = ~keep.any(axis=1)
-        keep[empty, rng.integers(0, n_products, size=int(empty.sum()))] = True
-
-    market_index, product_index = np.nonzero(keep)  # row-major: sorted by market, then product
-    x, w, xi, omega = x[keep], w[keep], xi[keep], omega[keep]
-    firm_index = product_index % n_firms
-    costs = gamma_constant + gamma_w * w + omega
-    quality = beta_constant + beta_x * x + xi  # mean utility net of the price term
-
-    markets_present = np.bincount(market_index, minlength=n_markets)
-    starts = np.concatenate([[0], np.cumsum(markets_present)[:-1]])
-    groups = market_index * n_firms + firm_index
-    n_groups = n_markets * n_firms
-
-    # Iterate on firm markups m_f <- 1/|alpha| + S_f(c + m) m_f (same fixed point as the FOC).
-    inverse_alpha = -1.0 / alpha
-    markups = np.full(n_groups, inverse_alpha)
-    change = np.full(n_groups, np.inf)
-    iterations = 0
-    converged = False
-    while iterations < max_iterations:
-        iterations += 1
-        prices = costs + markups[groups]
-        shares = _logit_shares(quality + alpha * prices, market_index, starts, n_markets)
-        firm_shares = np.bincount(groups, shares, n_groups)
-        updated = inverse_alpha + firm_shares * markups
-        change = np.abs(updated - markups)
-        markups = updated
-        if not np.all(np.isfinite(markups)):
-            break
-        if change.max() < tol:
-            converged = True
-            break
-    if not converged:
-        bad_groups = ~(np.isfinite(markups) & (change < tol))
-        bad_markets = np.unique(np.nonzero(bad_groups)[0] // n_firms)
-        labels = [f"M{t + 1:0{len(str(n_markets))}d}" for t in bad_markets]
-        raise FixedPointError(
-            f"Bertrand–Nash price equilibrium did not converge after {iterations} iterations "
-            f"(largest markup change {np.nanmax(change):.3g}, tolerance {tol:g}) in "
-            f"{len(labels)} market(s), e.g. {labels[:3]}; try a smaller 'xi_scale' or a larger "
-            "'max_iterations'",
-            markets=labels,
-        )
-
-    prices = costs + markups[groups]
-    shares = _logit_shares(quality + alpha * prices, market_index, starts, n_markets)
-    firm_shares = np.bincount(groups, shares, n_groups)
-    foc_residual = float(np.max(np.abs(markups + 1.0 / (alpha * (1.0 - firm_shares)))))
-    outside = 1.0 - np.bincount(market_index, shares, n_markets)
-
-    market_width = len(str(n_markets))
-    product_width = len(str(n_products))
-    market_labels = np.array([f"M{t + 1:0{market_width}d}" for t in range(n_markets)], dtype=object)
-    product_labels = np.array(
-        [f"P{j + 1:0{product_width}d}" for j in range(n_products)], dtype=object
+    draws = _Draws.draw(
+        np.random.default_rng(seed),
+        (n_markets, n_products),
+        xi_scale,
+        omega_scale,
+        correlation,
+        drop_probability,
     )
-    firm_labels = np.array([f"F{f + 1}" for f in range(n_firms)], dtype=object)
-    products = pd.DataFrame(
-        {
-            "market_ids": pd.Series(market_labels[market_index], dtype="str"),
-            "product_ids": pd.Series(product_labels[product_index], dtype="str"),
-            "firm_ids": pd.Series(firm_labels[firm_index], dtype="str"),
-            "shares": shares,
-            "outside_share": outside[market_index],
-            "prices": prices,
-            "x": x,
-            "cost_shifter": w,
-            "market_size": market_size[market_index],
-            "xi": xi,
-            "omega": omega,
-            "costs": costs,
-        }
+    firms = np.arange(n_products) % n_firms
+    costs = gamma_constant + gamma_w * draws.w + draws.omega
+    quality = beta_constant + beta_x * draws.x + draws.xi  # mean utility net of the price term
+    equilibrium = _LogitEquilibrium.solve(
+        quality, costs, alpha, firms, draws.keep, tol=tol, max_iterations=max_iterations
     )
+    products = _products_frame(draws, firms, costs, equilibrium)
     return LogitSimulation(
         products=products,
         alpha=alpha,
@@ -314,8 +212,182 @@ def simulate_logit(
         omega_scale=omega_scale,
         correlation=correlation,
         seed=seed,
-        iterations=iterations,
-        foc_residual=foc_residual,
+        iterations=equilibrium.iterations,
+        foc_residual=equilibrium.foc_residual(),
+    )
+
+
+def _labels(prefix: str, count: int) -> np.ndarray:
+    """``M001``-style ids, zero-padded to the width of ``count``."""
+    width = len(str(count))
+    return np.array([f"{prefix}{k + 1:0{width}d}" for k in range(count)], dtype=object)
+
+
+@dataclass(frozen=True, eq=False)
+class _Draws:
+    """The random part of a logit simulation, on the full ``[markets, products]`` grid."""
+
+    x: np.ndarray
+    w: np.ndarray
+    xi: np.ndarray
+    omega: np.ndarray
+    market_size: np.ndarray
+    keep: np.ndarray
+
+    @classmethod
+    def draw(
+        cls,
+        rng: np.random.Generator,
+        shape: tuple[int, int],
+        xi_scale: float,
+        omega_scale: float,
+        correlation: float,
+        drop_probability: float,
+    ) -> _Draws:
+        """Characteristics, shocks, market sizes and which products are sold, in that order.
+
+        The order of the draws is part of the output: the same seed gives the same data.
+        """
+        x = rng.standard_normal(shape)
+        w = rng.random(shape)
+        z_demand = rng.standard_normal(shape)
+        z_cost = rng.standard_normal(shape)
+        xi, omega = correlated_shocks(z_demand, z_cost, xi_scale, omega_scale, correlation)
+        market_size = rng.integers(10_000, 1_000_001, size=shape[0])
+        keep = np.ones(shape, dtype=bool)
+        if drop_probability > 0:
+            keep = rng.random(shape) >= drop_probability
+            empty = ~keep.any(axis=1)
+            keep[empty, rng.integers(0, shape[1], size=int(empty.sum()))] = True
+        return cls(x, w, xi, omega, market_size, keep)
+
+
+@dataclass(frozen=True, eq=False)
+class _LogitEquilibrium:
+    """Bertrand–Nash markups of every firm in every market under plain logit demand.
+
+    Attributes
+    ----------
+    markups : numpy.ndarray
+        ``[markets, firms]`` markups m_f = p − c of each firm's products.
+    prices, shares : numpy.ndarray
+        ``[markets, products]`` prices and shares (shares 0 for products not sold).
+    firm_shares : numpy.ndarray
+        ``[markets, firms]`` inside shares S_f.
+    alpha : float
+        Price coefficient.
+    iterations : int
+        Markup updates taken.
+    """
+
+    markups: np.ndarray
+    prices: np.ndarray
+    shares: np.ndarray
+    firm_shares: np.ndarray
+    alpha: float
+    iterations: int
+
+    @classmethod
+    def solve(
+        cls,
+        quality: np.ndarray,
+        costs: np.ndarray,
+        alpha: float,
+        firms: np.ndarray,
+        mask: np.ndarray,
+        *,
+        tol: float,
+        max_iterations: int,
+    ) -> _LogitEquilibrium:
+        """Iterate m_f ← 1/|α| + S_f(c + m) m_f, the ζ-markup step, in all markets at once.
+
+        Parameters
+        ----------
+        quality, costs : numpy.ndarray
+            ``[markets, products]`` mean utility net of the price term, and marginal costs.
+        alpha : float
+            Price coefficient (negative).
+        firms : numpy.ndarray
+            ``[products]`` firm of each product.
+        mask : numpy.ndarray
+            ``[markets, products]`` products sold.
+        tol : float
+            Convergence tolerance on the largest absolute change in markups.
+        max_iterations : int
+            Iteration limit.
+
+        Raises
+        ------
+        FixedPointError
+            Markets whose markups did not converge or stopped being finite.
+        """
+        n_markets = mask.shape[0]
+        evaluator = ShareEvaluator(
+            np.zeros((*mask.shape, 1)), np.ones((n_markets, 1)), mask, Nesting.unnested(mask.shape)
+        )
+        membership = np.eye(int(firms.max()) + 1)[firms]  # [products, firms]
+        inverse_alpha = -1.0 / alpha
+        markups = np.full((n_markets, membership.shape[1]), inverse_alpha)
+        change = np.full(markups.shape, np.inf)
+        iterations = 0
+        while iterations < max_iterations:
+            iterations += 1
+            shares = evaluator.shares(quality + alpha * (costs + markups[:, firms]))
+            updated = inverse_alpha + (shares @ membership) * markups
+            change = np.abs(updated - markups)
+            markups = updated
+            if not np.all(np.isfinite(markups)) or change.max() < tol:
+                break
+        if not (np.all(np.isfinite(markups)) and change.max() < tol):
+            _raise_unconverged(markups, change, iterations, tol)
+        prices = costs + markups[:, firms]
+        shares = evaluator.shares(quality + alpha * prices)
+        return cls(markups, prices, shares, shares @ membership, alpha, iterations)
+
+    def foc_residual(self) -> float:
+        """Largest |m_f + 1 / (α (1 − S_f))| over markets and firms."""
+        return float(np.max(np.abs(self.markups + 1.0 / (self.alpha * (1.0 - self.firm_shares)))))
+
+
+def _raise_unconverged(
+    markups: np.ndarray, change: np.ndarray, iterations: int, tol: float
+) -> None:
+    """Name the markets where some firm's markup did not settle or stopped being finite."""
+    bad_markets = np.flatnonzero(~(np.isfinite(markups) & (change < tol)).all(axis=1))
+    labels = _labels("M", markups.shape[0])[bad_markets].tolist()
+    raise FixedPointError(
+        f"Bertrand–Nash price equilibrium did not converge after {iterations} iterations "
+        f"(largest markup change {np.nanmax(change):.3g}, tolerance {tol:g}) in "
+        f"{len(labels)} market(s), e.g. {labels[:3]}; try a smaller 'xi_scale' or a larger "
+        "'max_iterations'",
+        markets=labels,
+    )
+
+
+def _products_frame(
+    draws: _Draws, firms: np.ndarray, costs: np.ndarray, equilibrium: _LogitEquilibrium
+) -> pd.DataFrame:
+    """One row per product sold, sorted by market then product (row-major order of the grid)."""
+    keep = draws.keep
+    n_markets, n_products = keep.shape
+    market_index, product_index = np.nonzero(keep)
+    firm_labels = np.array([f"F{f + 1}" for f in range(int(firms.max()) + 1)], dtype=object)
+    outside = 1.0 - equilibrium.shares.sum(axis=1)
+    return pd.DataFrame(
+        {
+            "market_ids": pd.Series(_labels("M", n_markets)[market_index], dtype="str"),
+            "product_ids": pd.Series(_labels("P", n_products)[product_index], dtype="str"),
+            "firm_ids": pd.Series(firm_labels[firms[product_index]], dtype="str"),
+            "shares": equilibrium.shares[keep],
+            "outside_share": outside[market_index],
+            "prices": equilibrium.prices[keep],
+            "x": draws.x[keep],
+            "cost_shifter": draws.w[keep],
+            "market_size": draws.market_size[market_index],
+            "xi": draws.xi[keep],
+            "omega": draws.omega[keep],
+            "costs": costs[keep],
+        }
     )
 
 
@@ -355,9 +427,9 @@ def build_id_data(T: int, J: int, F: int) -> pd.DataFrame:
     >>> list(ids.columns), len(ids)
     (['market_ids', 'product_ids', 'firm_ids'], 10)
     """
-    T = _check_int("T", T, 1)
-    J = _check_int("J", J, 1)
-    F = _check_int("F", F, 1)
+    T = check_int("T", T, 1)
+    J = check_int("J", J, 1)
+    F = check_int("F", F, 1)
     if F > J:
         raise BLPInputError(f"argument 'F' ({F}) must not exceed 'J' ({J}): every firm sells")
     sizes = np.full(F, J // F)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.shares import Nesting, ShareEvaluator
 
 __all__ = ["ScaleProblem", "simulate_scale"]
 
@@ -134,71 +135,25 @@ def simulate_scale(
     >>> bool(problem.products.groupby("market_ids")["shares"].sum().lt(1).all())
     True
     """
-    for name, value in (
-        ("n_markets", n_markets),
-        ("n_products", n_products),
-        ("n_agents", n_agents),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise BLPInputError(f"{name} must be a positive integer, got {value!r}")
-    n_t, n_j, n_i = int(n_markets), int(n_products), int(n_agents)
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n_t, n_j))
-    cost_shifter = rng.normal(size=(n_t, n_j))
-    z0, z1 = rng.normal(size=(2, n_t, n_j))
-    xi = 0.3 * rng.normal(size=(n_t, n_j))
-    prices = (
-        2.0
-        + 0.5 * cost_shifter
-        + 0.2 * z0
-        + 0.1 * z1
-        + 0.5 * xi
-        + 0.1 * rng.normal(size=(n_t, n_j))
+    n_t, n_j, n_i = _check_sizes(n_markets, n_products, n_agents)
+    draws = _ScaleDraws.draw(
+        np.random.default_rng(seed), n_t, n_j, n_i, demographics=pi is not None
     )
-    nodes = rng.normal(size=(n_t, n_i))
-    # Markets differ in mean income, which (interacted with the cost shifter) identifies Π.
-    income_mean = rng.normal(size=n_t) if pi is not None else np.zeros(n_t)
-    income = income_mean[:, None] + rng.normal(size=(n_t, n_i))
-    delta = beta[0] + beta[1] * x + beta[2] * prices + xi
-    shares = np.empty((n_t, n_j))
-    step = max(1, int(chunk_values // (n_j * n_i)))
-    for start in range(0, n_t, step):
-        rows = slice(start, min(n_t, start + step))
-        taste = sigma * nodes[rows] + (0.0 if pi is None else pi) * income[rows]
-        utility = delta[rows, :, None] + prices[rows, :, None] * taste[:, None, :]
-        peak = np.maximum(utility.max(axis=1, keepdims=True), 0.0)
-        np.exp(utility - peak, out=utility)
-        utility /= np.exp(-peak) + utility.sum(axis=1, keepdims=True)
-        shares[rows] = utility.mean(axis=2)
-    market_ids = np.repeat(np.arange(n_t), n_j)
-    products = pd.DataFrame(
-        {
-            "market_ids": market_ids,
-            "product_ids": np.tile(np.arange(n_j), n_t),
-            "shares": shares.ravel(),
-            "prices": prices.ravel(),
-            "x": x.ravel(),
-            "cost_shifter": cost_shifter.ravel(),
-            "z0": z0.ravel(),
-            "z1": z1.ravel(),
-            "xi": xi.ravel(),
-            "rivals_x": (x.sum(axis=1, keepdims=True) - x).ravel(),
-            "rivals_cost_shifter": (cost_shifter.sum(axis=1, keepdims=True) - cost_shifter).ravel(),
-        }
-    )
-    if pi is not None:
-        products["income_mean"] = np.repeat(income_mean, n_j)
+    delta = beta[0] + beta[1] * draws.x + beta[2] * draws.prices + draws.xi
+    taste = sigma * draws.nodes + (0.0 if pi is None else pi) * draws.income
+    shares = _shares(delta, draws.prices, taste, chunk_values)
+    products = draws.products(shares)
     if nests:
         products["nesting_ids"] = np.tile(np.arange(n_j) % int(nests), n_t)
     agents = pd.DataFrame(
         {
             "market_ids": np.repeat(np.arange(n_t), n_i),
             "weights": np.full(n_t * n_i, 1.0 / n_i),
-            "nodes0": nodes.ravel(),
+            "nodes0": draws.nodes.ravel(),
         }
     )
     if pi is not None:
-        agents["income"] = income.ravel()
+        agents["income"] = draws.income.ravel()
     return ScaleProblem(
         products,
         agents,
@@ -208,3 +163,104 @@ def simulate_scale(
         formula=FORMULA if pi is None else DEMOGRAPHICS_FORMULA,
         demographics=None if pi is None else "0 + income",
     )
+
+
+def _check_sizes(n_markets: Any, n_products: Any, n_agents: Any) -> tuple[int, int, int]:
+    for name, value in (
+        ("n_markets", n_markets),
+        ("n_products", n_products),
+        ("n_agents", n_agents),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise BLPInputError(f"{name} must be a positive integer, got {value!r}")
+    return int(n_markets), int(n_products), int(n_agents)
+
+
+@dataclass(frozen=True, eq=False)
+class _ScaleDraws:
+    """The random part of a scale problem: ``[T, J]`` product and ``[T, I]`` agent arrays."""
+
+    x: np.ndarray
+    cost_shifter: np.ndarray
+    z0: np.ndarray
+    z1: np.ndarray
+    xi: np.ndarray
+    prices: np.ndarray
+    nodes: np.ndarray
+    income_mean: np.ndarray | None
+    income: np.ndarray
+
+    @classmethod
+    def draw(
+        cls, rng: np.random.Generator, n_t: int, n_j: int, n_i: int, *, demographics: bool
+    ) -> _ScaleDraws:
+        """Draw in a fixed order (the same seed gives the same data); prices load on ξ."""
+        x = rng.normal(size=(n_t, n_j))
+        cost_shifter = rng.normal(size=(n_t, n_j))
+        z0, z1 = rng.normal(size=(2, n_t, n_j))
+        xi = 0.3 * rng.normal(size=(n_t, n_j))
+        prices = (
+            2.0
+            + 0.5 * cost_shifter
+            + 0.2 * z0
+            + 0.1 * z1
+            + 0.5 * xi
+            + 0.1 * rng.normal(size=(n_t, n_j))
+        )
+        nodes = rng.normal(size=(n_t, n_i))
+        # Markets differ in mean income, which (interacted with the cost shifter) identifies Π.
+        income_mean = rng.normal(size=n_t) if demographics else None
+        spread = rng.normal(size=(n_t, n_i))
+        income = spread if income_mean is None else income_mean[:, None] + spread
+        return cls(x, cost_shifter, z0, z1, xi, prices, nodes, income_mean, income)
+
+    def products(self, shares: np.ndarray) -> pd.DataFrame:
+        """The product data at ``shares`` ``[T, J]``, with the rivals' sums as instruments."""
+        n_t, n_j = shares.shape
+        x, cost_shifter = self.x, self.cost_shifter
+        products = pd.DataFrame(
+            {
+                "market_ids": np.repeat(np.arange(n_t), n_j),
+                "product_ids": np.tile(np.arange(n_j), n_t),
+                "shares": shares.ravel(),
+                "prices": self.prices.ravel(),
+                "x": x.ravel(),
+                "cost_shifter": cost_shifter.ravel(),
+                "z0": self.z0.ravel(),
+                "z1": self.z1.ravel(),
+                "xi": self.xi.ravel(),
+                "rivals_x": (x.sum(axis=1, keepdims=True) - x).ravel(),
+                "rivals_cost_shifter": (
+                    cost_shifter.sum(axis=1, keepdims=True) - cost_shifter
+                ).ravel(),
+            }
+        )
+        if self.income_mean is not None:
+            products["income_mean"] = np.repeat(self.income_mean, n_j)
+        return products
+
+
+def _shares(
+    delta: np.ndarray, prices: np.ndarray, taste: np.ndarray, chunk_values: float
+) -> np.ndarray:
+    """Shares ``[T, J]`` with utilities δ_jt + p_jt taste_it, equal agent weights.
+
+    The kernel's evaluator (μ = p taste, never formed) runs on groups of markets of about
+    ``chunk_values`` agent-product values, which bounds the memory.
+    """
+    n_t, n_j = delta.shape
+    n_i = taste.shape[1]
+    shares = np.empty((n_t, n_j))
+    step = max(1, int(chunk_values // (n_j * n_i)))
+    for start in range(0, n_t, step):
+        rows = slice(start, min(n_t, start + step))
+        mask = np.ones((rows.stop - start, n_j), dtype=bool)
+        evaluator = ShareEvaluator.from_coefficients(
+            prices[rows, :, None],
+            taste[rows, :, None],
+            np.full((rows.stop - start, n_i), 1.0 / n_i),
+            mask,
+            Nesting.unnested(mask.shape),
+        )
+        shares[rows] = evaluator.shares(delta[rows])
+    return shares
