@@ -14,20 +14,30 @@ quadratically; otherwise the neglected second-order term is small near a good fi
 
 Steps are Levenberg–Marquardt steps on the free parameters (those not held on a bound by the
 gradient), projected onto the bounds, accepted when the objective falls. When the damping
-grows without progress the caller is told, so that it can continue with a quasi-Newton method.
+grows without progress the outcome says so; :func:`run_gauss_newton`, the ``"gauss-newton"``
+optimizer of ``fit``, then continues with L-BFGS-B from the best point found.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from blpmodels.estimation.optimize import OptimizationOutcome, diagnostics_projection
+from blpmodels.estimation.bounds import held_on_bounds, projected_gradient
+from blpmodels.estimation.optimize import IterationCallback, OptimizationOutcome, run_optimizer
+from blpmodels.estimation.scaling import ScaledObjective
 
-__all__ = ["concentrated_weight", "gauss_newton_matrix", "minimize_gauss_newton"]
+__all__ = [
+    "concentrated_weight",
+    "gauss_newton_matrix",
+    "minimize_gauss_newton",
+    "moment_hessian",
+    "run_gauss_newton",
+]
 
 #: Options ``fit(optimizer="gauss-newton", optimizer_options=...)`` accepts.
 OPTIONS = ("gtol", "xtol", "max_iterations")
@@ -94,12 +104,6 @@ class _Point:
     gradient: np.ndarray
 
 
-def _free(point: _Point, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """Parameters a step may move: not held on a bound by a gradient pointing outward."""
-    held = ((point.u <= lower) & (point.gradient > 0)) | ((point.u >= upper) & (point.gradient < 0))
-    return ~held
-
-
 def _step(
     hessian: np.ndarray, gradient: np.ndarray, free: np.ndarray, damping: float
 ) -> np.ndarray | None:
@@ -132,7 +136,7 @@ def _better(
         return True
     if value > point.value + 1e-12 * max(1.0, abs(point.value)):
         return False
-    trial_projected = diagnostics_projection(gradient, trial, lower, upper)
+    trial_projected = projected_gradient(gradient, trial, lower, upper)
     return bool(np.abs(trial_projected).max() < 0.5 * np.abs(projected).max())
 
 
@@ -156,6 +160,101 @@ def _secant_correction(
     if abs(denominator) <= 1e-8 * np.linalg.norm(residual) * np.linalg.norm(step):
         return correction
     return correction + np.outer(residual, residual) / denominator
+
+
+@dataclass(eq=False)
+class _LevenbergMarquardt:
+    """The state of one Levenberg–Marquardt search: the point, its model and the damping."""
+
+    hessian: Callable[[np.ndarray], np.ndarray]
+    lower: np.ndarray
+    upper: np.ndarray
+    callback: Callable[[np.ndarray, float], None] | None
+    point: _Point
+    gn: np.ndarray
+    # Secant estimate of the second-order term the Gauss–Newton matrix leaves out.
+    correction: np.ndarray = field(init=False)
+    damping: float = 0.0
+    accepted: int = 0
+    evaluations: int = 1
+    pending: np.ndarray | None = None  # a shortened step to try after a refusal
+    refusals: int = 0
+    refused: int = 0
+
+    def __post_init__(self) -> None:
+        self.correction = np.zeros_like(self.gn)
+        self.patience = 2 * self.point.u.size + 6
+
+    def propose(self) -> np.ndarray | None:
+        """The next step, or None when the damped system cannot be solved (damping raised)."""
+        if self.pending is not None:
+            step, self.pending = self.pending, None
+            return step
+        point = self.point
+        free = ~held_on_bounds(point.u, point.gradient, self.lower, self.upper)
+        step = _step(self.gn + self.correction, point.gradient, free, self.damping)
+        if step is not None and point.gradient @ step >= 0:
+            step = _step(self.gn, point.gradient, free, self.damping)  # the correction misled
+        if step is None:
+            self.damping = max(1e-3, 10.0 * self.damping)
+            return None
+        # No parameter moves more than STEP_LIMIT units of u (utility moves of about 2) or
+        # STEP_LIMIT times its size: where ∂ḡ/∂θ nearly vanishes the Gauss–Newton step is
+        # huge, and δ cannot be solved out there (each such attempt spends the
+        # contraction's whole budget); long first steps also start δ far from its solution.
+        limit = STEP_LIMIT * np.maximum(1.0, np.abs(point.u))
+        excess = float((np.abs(step) / limit).max(initial=0.0))
+        return step / excess if excess > 1.0 else step
+
+    def accept(
+        self, trial: np.ndarray, value: float, gradient: np.ndarray, step: np.ndarray
+    ) -> None:
+        """Move to an accepted trial point; the damping follows how well the model predicted."""
+        point = self.point
+        predicted = -(point.gradient @ step + 0.5 * step @ (self.gn + self.correction) @ step)
+        ratio = (point.value - value) / predicted if predicted > 0 else 1.0
+        self.point = _Point(trial, value, gradient)
+        if self.callback is not None:
+            self.callback(self.point.u.copy(), float(self.point.value))
+        self.gn = self.hessian(self.point.u)
+        self.correction = _secant_correction(
+            self.correction, self.gn, step, gradient - point.gradient
+        )
+        self.accepted, self.refusals = self.accepted + 1, 0
+        if ratio > 0.5:
+            self.refused = 0  # the model predicts well again: patience starts over
+        if ratio > 0.75:
+            self.damping = 0.0 if self.damping < 1e-3 else self.damping / 4.0
+        elif ratio < 0.25:
+            self.damping = max(1e-3, 2.0 * self.damping)
+
+    def refuse(self, value: float, step: np.ndarray) -> str | None:
+        """Shorten or damp after a refused step; a message when the search has stalled."""
+        self.refusals += 1
+        self.refused += 1
+        if self.refused > self.patience:
+            # The Gauss–Newton matrix leaves out ḡ'W ∂²ḡ, which dominates where ∂ḡ/∂θ
+            # vanishes (σ near 0, where ±σ fit alike): steps there overshoot again and again.
+            return (
+                f"stalled: {self.refused} steps refused without a well-predicted one between "
+                "(the Gauss-Newton matrix is a poor model here)"
+            )
+        slope = float(self.point.gradient @ step)
+        if self.refusals <= 2 and np.isfinite(value) and slope < 0:
+            # The parabola through q(0), q'(0) and the refused q(1) puts the minimum along
+            # the step at t*; one evaluation there usually lands where damping would take
+            # several refusals to reach (each costs a δ solve in every market).
+            curvature = value - self.point.value - slope
+            self.pending = step * float(np.clip(-slope / (2.0 * curvature), 0.1, 0.5))
+            return None
+        self.refusals = 0
+        self.damping = max(1e-3, 4.0 * self.damping)
+        if self.damping > 1e12:
+            return (
+                "stalled: no step lowered the objective however damped (the Gauss-Newton "
+                "matrix is a poor model of the objective here)"
+            )
+        return None
 
 
 def minimize_gauss_newton(
@@ -213,102 +312,119 @@ def minimize_gauss_newton(
     u = np.clip(u0, lower, upper)
     value, gradient = fun(u)
     point = _Point(u, value, gradient)
-    gn = hessian(point.u)
-    correction = np.zeros_like(gn)  # secant estimate of the second-order term GN leaves out
-    damping, iterations, accepted, evaluations = 0.0, 0, 0, 1
-    pending: np.ndarray | None = None  # a shortened step to try after a refusal
-    refusals = refused = 0
-    patience = 2 * point.u.size + 6
-    message = f"reached max_iterations={max_iterations}"
-    converged = False
-    while iterations < max_iterations:
-        projected = diagnostics_projection(point.gradient, point.u, lower, upper)
+    search = _LevenbergMarquardt(hessian, lower, upper, callback, point, hessian(point.u))
+    converged, message = False, f"reached max_iterations={max_iterations}"
+    for _ in range(max_iterations):
+        point = search.point
+        projected = projected_gradient(point.gradient, point.u, lower, upper)
         if np.abs(projected).max(initial=0.0) <= gtol:
             converged, message = True, "projected gradient below gtol"
             break
-        iterations += 1
-        if pending is None:
-            free = _free(point, lower, upper)
-            step = _step(gn + correction, point.gradient, free, damping)
-            if step is not None and point.gradient @ step >= 0:
-                step = _step(gn, point.gradient, free, damping)  # the correction misled
-            if step is None:
-                damping = max(1e-3, 10.0 * damping)
-                continue
-            # No parameter moves more than STEP_LIMIT units of u (utility moves of about 2) or
-            # STEP_LIMIT times its size: where ∂ḡ/∂θ nearly vanishes the Gauss–Newton step is
-            # huge, and δ cannot be solved out there (each such attempt spends the
-            # contraction's whole budget); long first steps also start δ far from its solution.
-            limit = STEP_LIMIT * np.maximum(1.0, np.abs(point.u))
-            excess = float((np.abs(step) / limit).max(initial=0.0))
-            if excess > 1.0:
-                step = step / excess
-        else:
-            step, pending = pending, None
-        trial_u = np.clip(point.u + step, lower, upper)
-        step = trial_u - point.u
-        value, gradient = fun(trial_u)
-        evaluations += 1
-        if _better(point, value, gradient, trial_u, projected, lower, upper):
-            predicted = -(point.gradient @ step + 0.5 * step @ (gn + correction) @ step)
-            ratio = (point.value - value) / predicted if predicted > 0 else 1.0
-            small = np.abs(step).max(initial=0.0) <= xtol * (1.0 + np.abs(point.u).max())
-            old_gradient = point.gradient
-            point = _Point(trial_u, value, gradient)
-            if callback is not None:
-                callback(point.u.copy(), float(point.value))
-            gn = hessian(point.u)
-            correction = _secant_correction(correction, gn, step, gradient - old_gradient)
-            accepted, refusals = accepted + 1, 0
-            if ratio > 0.5:
-                refused = 0  # the model predicts well again: patience starts over
-            if ratio > 0.75:
-                damping = 0.0 if damping < 1e-3 else damping / 4.0
-            elif ratio < 0.25:
-                damping = max(1e-3, 2.0 * damping)
-            if small:
-                projected = diagnostics_projection(point.gradient, point.u, lower, upper)
-                converged = bool(np.abs(projected).max(initial=0.0) <= gtol)
-                message = (
-                    "projected gradient below gtol"
-                    if converged
-                    else f"stalled: the step fell below xtol={xtol:g} with the projected "
-                    f"gradient at {np.abs(projected).max():.3g}"
-                )
+        step = search.propose()
+        if step is None:
+            continue
+        trial = np.clip(point.u + step, lower, upper)
+        step = trial - point.u
+        value, gradient = fun(trial)
+        search.evaluations += 1
+        if not _better(point, value, gradient, trial, projected, lower, upper):
+            stalled = search.refuse(value, step)
+            if stalled is not None:
+                message = stalled
                 break
             continue
-        refusals += 1
-        refused += 1
-        if refused > patience:
-            # The Gauss–Newton matrix leaves out ḡ'W ∂²ḡ, which dominates where ∂ḡ/∂θ
-            # vanishes (σ near 0, where ±σ fit alike): steps there overshoot again and again.
+        search.accept(trial, value, gradient, step)
+        if np.abs(step).max(initial=0.0) <= xtol * (1.0 + np.abs(point.u).max()):
+            projected = projected_gradient(gradient, trial, lower, upper)
+            converged = bool(np.abs(projected).max(initial=0.0) <= gtol)
             message = (
-                f"stalled: {refused} steps refused without a well-predicted one between "
-                "(the Gauss-Newton matrix is a poor model here)"
-            )
-            break
-        slope = float(point.gradient @ step)
-        if refusals <= 2 and np.isfinite(value) and slope < 0:
-            # The parabola through q(0), q'(0) and the refused q(1) puts the minimum along
-            # the step at t*; one evaluation there usually lands where damping would take
-            # several refusals to reach (each costs a δ solve in every market).
-            curvature = value - point.value - slope
-            pending = step * float(np.clip(-slope / (2.0 * curvature), 0.1, 0.5))
-            continue
-        refusals = 0
-        damping = max(1e-3, 4.0 * damping)
-        if damping > 1e12:
-            message = (
-                "stalled: no step lowered the objective however damped (the Gauss-Newton "
-                "matrix is a poor model of the objective here)"
+                "projected gradient below gtol"
+                if converged
+                else f"stalled: the step fell below xtol={xtol:g} with the projected "
+                f"gradient at {np.abs(projected).max():.3g}"
             )
             break
     return OptimizationOutcome(
-        point.u.copy(),
+        search.point.u.copy(),
         converged,
         message,
-        accepted,
-        evaluations,
+        search.accepted,
+        search.evaluations,
         time.perf_counter() - start,
         "gauss-newton",
+    )
+
+
+def moment_hessian(scaled: ScaledObjective) -> Callable[[np.ndarray], np.ndarray]:
+    """The Gauss–Newton matrix of the GMM objective in u = θ/s, at points just evaluated.
+
+    The optimizer only asks at points ``scaled`` has just evaluated, so the objective answers
+    from its cache: no new δ, only ∂ḡ/∂θ and a few small products.
+    """
+    objective, scale = scaled.objective, scaled.scale
+    n_theta = scale.size
+
+    def matrix(u: np.ndarray) -> np.ndarray:
+        evaluation = objective.evaluate(scale * u)
+        jacobian = objective.moment_jacobian(evaluation)[:, -n_theta:] if n_theta else None
+        weight = concentrated_weight(objective.W, objective.gmm.linear_jacobian)
+        return gauss_newton_matrix(jacobian, weight, objective.design.nobs, scale)
+
+    return matrix
+
+
+def run_gauss_newton(
+    scaled: ScaledObjective,
+    u0: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    options: Mapping[str, Any] | None = None,
+    callback: IterationCallback | None = None,
+) -> OptimizationOutcome:
+    """``fit(optimizer="gauss-newton")``: Levenberg–Marquardt on the moments, then L-BFGS-B
+    from its best point if it stalls (the message then says so).
+
+    Parameters
+    ----------
+    scaled : ScaledObjective
+        The objective in u = θ/s (its GMM objective gives the moment Jacobian).
+    u0 : numpy.ndarray
+        Start, in u.
+    lower, upper : numpy.ndarray
+        Bounds, in u.
+    options : dict, optional
+        ``gtol``, ``xtol``, ``max_iterations``.
+    callback : callable, optional
+        ``callback(u, q)`` once per iteration.
+
+    Returns
+    -------
+    OptimizationOutcome
+        In u.
+    """
+    options = dict(options or {})
+    gtol = float(options.get("gtol", 1e-8))
+    outcome = minimize_gauss_newton(
+        scaled,
+        moment_hessian(scaled),
+        u0,
+        lower,
+        upper,
+        gtol=gtol,
+        xtol=float(options.get("xtol", 1e-12)),
+        max_iterations=int(options.get("max_iterations", 200)),
+        callback=callback,
+    )
+    if outcome.converged:
+        return outcome
+    best = scaled.best.theta / scaled.scale if scaled.best is not None else outcome.theta
+    fallback = run_optimizer(
+        scaled, best, lower, upper, "l-bfgs-b", {"gtol": gtol}, callback=callback
+    )
+    return fallback.replace(
+        message=f"gauss-newton {outcome.message} after {outcome.iterations} step(s); "
+        f"continued with l-bfgs-b: {fallback.message}",
+        iterations=outcome.iterations + fallback.iterations,
+        evaluations=outcome.evaluations + fallback.evaluations,
+        optimizer="gauss-newton",
     )

@@ -12,7 +12,7 @@ two steps is Hansen's J statistic.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +21,7 @@ import scipy.linalg
 
 from blpmodels.exceptions import BLPInputError
 
-__all__ = ["LinearGMM", "first_stage", "inverse_weight_matrix"]
+__all__ = ["LinearGMM", "first_stage", "initial_weighting_matrix", "inverse_weight_matrix"]
 
 
 def inverse_weight_matrix(
@@ -64,6 +64,38 @@ def inverse_weight_matrix(
     if not np.isfinite(inverse).all() or np.linalg.cond(matrix) > 1e15:
         raise BLPInputError(f"the {what} is numerically singular (condition number > 1e15)")
     return 0.5 * (inverse + inverse.T)
+
+
+def initial_weighting_matrix(
+    instruments: Sequence[tuple[str, np.ndarray]], nobs: int
+) -> np.ndarray:
+    """(Z'Z/N)⁻¹ of each block of instruments, block diagonal: the first-step W.
+
+    Parameters
+    ----------
+    instruments : sequence of (str, numpy.ndarray)
+        The name ("demand", "supply") and ``(N, M_b)`` instruments of each block.
+    nobs : int
+        N.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(M, M)``.
+
+    Examples
+    --------
+    >>> initial_weighting_matrix([("demand", np.eye(2)), ("supply", np.ones((2, 1)))], 2)
+    array([[2., 0., 0.],
+           [0., 2., 0.],
+           [0., 0., 1.]])
+    """
+    return scipy.linalg.block_diag(
+        *[
+            inverse_weight_matrix(Z.T @ Z / nobs, f"{name} instruments' Z'Z/N")
+            for name, Z in instruments
+        ]
+    )
 
 
 @dataclass(eq=False)

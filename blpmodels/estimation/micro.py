@@ -606,6 +606,53 @@ class _Survey:
         return array.reshape(rows, n_agents, -1)[:, agents].reshape(rows, -1)
 
 
+def _checked_moments(moments: Sequence[MicroMoment]) -> list[MicroMoment]:
+    """The moments as a list: not empty, MicroMoment objects, unique names."""
+    moments = list(moments)
+    if not moments:
+        raise BLPInputError("micro_moments is empty")
+    for moment in moments:
+        if not isinstance(moment, MicroMoment):
+            raise BLPInputError(
+                f"micro_moments must hold MicroMoment objects, got {type(moment).__name__}"
+            )
+    names = [moment.name for moment in moments]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise BLPInputError(f"micro moment names must be unique; repeated: {duplicated}")
+    return moments
+
+
+def _removed_groups(
+    dataset: MicroDataset, frame: pd.DataFrame, n_products: int
+) -> np.ndarray | None:
+    """For second choices, the group of options removed with each first choice (outside first):
+    the product itself, or its whole ``eliminated`` group; None for first choices."""
+    if not dataset.second_choices:
+        return None
+    if dataset.eliminated is None:
+        return np.arange(n_products + 1)
+    if dataset.eliminated not in frame.columns:
+        raise BLPInputError(
+            f"micro dataset {dataset.name!r}: eliminated names "
+            f"{dataset.eliminated!r}, which is not a product column"
+        )
+    codes = pd.factorize(frame[dataset.eliminated])[0]
+    return np.concatenate([[-1], codes])
+
+
+@dataclass(frozen=True, eq=False)
+class _SurveyData:
+    """What the surveys read in each market: product rows, market positions and agents."""
+
+    products: pd.DataFrame
+    product_index: np.ndarray
+    counts: np.ndarray
+    market_labels: np.ndarray
+    lookup: dict[Any, int]
+    agents: Any
+
+
 @dataclass(eq=False)
 class MicroEvaluation:
     """Micro moments at one θ.
@@ -671,27 +718,37 @@ class MicroBlock:
     ) -> None:
         self.store_limit = store_limit
         self.chunk_values = chunk_values
-        moments = list(moments)
-        if not moments:
-            raise BLPInputError("micro_moments is empty")
-        for moment in moments:
-            if not isinstance(moment, MicroMoment):
-                raise BLPInputError(
-                    f"micro_moments must hold MicroMoment objects, got {type(moment).__name__}"
-                )
-        names = [moment.name for moment in moments]
-        duplicated = sorted({name for name in names if names.count(name) > 1})
-        if duplicated:
-            raise BLPInputError(f"micro moment names must be unique; repeated: {duplicated}")
-        self.moments = moments
+        self.moments = _checked_moments(moments)
         self.datasets: list[MicroDataset] = []
-        for moment in moments:
+        for moment in self.moments:
             if all(moment.dataset is not d for d in self.datasets):
                 self.datasets.append(moment.dataset)
+        part_functions = self._index_parts()
+        self.observed = np.array([moment.value for moment in self.moments])
+        self.observations = np.array([d.observations for d in self.datasets], dtype=np.float64)
+        data = _SurveyData(
+            products,
+            product_index,
+            product_mask.sum(axis=1),
+            market_labels,
+            {label: t for t, label in enumerate(market_labels.tolist())},
+            agents,
+        )
+        markets: dict[int, MicroMarket] = {}
+        for d, dataset in enumerate(self.datasets):
+            parts = np.flatnonzero(self.part_dataset_array == d)
+            functions = [part_functions[p] for p in parts]
+            self._add_surveys(markets, d, dataset, parts, functions, data)
+        for market in markets.values():
+            market.chunks = self._agent_chunks(market)
+        self.markets = [markets[t] for t in sorted(markets)]
+
+    def _index_parts(self) -> list[tuple[MicroMoment, int, ArrayFunction]]:
+        """Number the parts of all moments: each part's dataset, each moment's parts."""
         self.part_dataset: list[int] = []
         self.moment_parts: list[np.ndarray] = []
         part_functions: list[tuple[MicroMoment, int, ArrayFunction]] = []
-        for moment in moments:
+        for moment in self.moments:
             d = next(k for k, d in enumerate(self.datasets) if d is moment.dataset)
             start = len(self.part_dataset)
             for position, part in enumerate(moment.parts):
@@ -699,76 +756,75 @@ class MicroBlock:
                 part_functions.append((moment, position, part))
             self.moment_parts.append(np.arange(start, len(self.part_dataset)))
         self.part_dataset_array = np.asarray(self.part_dataset, dtype=np.intp)
-        self.observed = np.array([moment.value for moment in moments])
-        self.observations = np.array([d.observations for d in self.datasets], dtype=np.float64)
-        lookup = {label: t for t, label in enumerate(market_labels.tolist())}
-        counts = product_mask.sum(axis=1)
-        markets: dict[int, MicroMarket] = {}
-        for d, dataset in enumerate(self.datasets):
-            ids = market_labels.tolist() if dataset.market_ids is None else dataset.market_ids
-            unknown = [label for label in ids if label not in lookup]
-            if unknown:
-                raise BLPInputError(
-                    f"micro dataset {dataset.name!r} names markets that are not in the product "
-                    f"data: {unknown[:5]} (e.g. known: {market_labels[:3].tolist()})"
-                )
-            parts = np.flatnonzero(self.part_dataset_array == d)
-            functions = [part_functions[p] for p in parts]
-            total = 0.0
-            for label in ids:
-                t = lookup[label]
-                n_products = int(counts[t])
-                n_agents = int(agents.layout.counts[t])
-                frame = products.iloc[product_index[t, :n_products]].reset_index(drop=True)
-                people = agents.data.iloc[agents.layout.index[t, :n_agents]].reset_index(drop=True)
-                if t not in markets:
-                    markets[t] = MicroMarket(t, label, n_products, n_agents)
-                groups = None
-                if dataset.second_choices:
-                    # Options removed with each first choice: itself, or its whole group.
-                    groups = np.arange(n_products + 1)
-                    if dataset.eliminated is not None:
-                        if dataset.eliminated not in frame.columns:
-                            raise BLPInputError(
-                                f"micro dataset {dataset.name!r}: eliminated names "
-                                f"{dataset.eliminated!r}, which is not a product column"
-                            )
-                        codes = pd.factorize(frame[dataset.eliminated])[0]
-                        groups = np.concatenate([[-1], codes])
-                survey = _Survey(
-                    d,
-                    parts,
-                    bool(dataset.second_choices),
-                    groups,
-                    dataset,
-                    label,
-                    frame,
-                    people,
-                    agents.weights[t, :n_agents],
-                    functions,
-                )
-                # Validate every array now, in the whole market; keep them unless large.
-                weighted, values = survey.compute(slice(0, n_agents))
-                total += float(weighted[0].sum())
-                if weighted.size + values.size <= self.store_limit:
-                    survey.weighted, survey.values = weighted, values
-                elif weighted.size <= self.store_limit:
-                    survey.weighted = weighted
-                markets[t].surveys.append(survey)
-            if total <= 0:
-                raise BLPInputError(
-                    f"micro dataset {dataset.name!r}: the weights select nobody in its markets "
-                    f"{list(ids)[:5]} (all zero), so its moments have zero expected observations"
-                )
-        for market in markets.values():
-            size = 1 + market.n_products
-            per_agent = 8 * (size * size if any(s.second for s in market.surveys) else size)
-            step = max(1, int(self.chunk_values // per_agent))
-            market.chunks = [
-                slice(start, min(start + step, market.n_agents))
-                for start in range(0, market.n_agents, step)
-            ]
-        self.markets = [markets[t] for t in sorted(markets)]
+        return part_functions
+
+    def _add_surveys(
+        self,
+        markets: dict[int, MicroMarket],
+        d: int,
+        dataset: MicroDataset,
+        parts: np.ndarray,
+        functions: list[tuple[MicroMoment, int, ArrayFunction]],
+        data: _SurveyData,
+    ) -> None:
+        """One survey per market of a dataset, its arrays validated (and kept unless large)."""
+        market_labels = data.market_labels
+        ids = market_labels.tolist() if dataset.market_ids is None else dataset.market_ids
+        unknown = [label for label in ids if label not in data.lookup]
+        if unknown:
+            raise BLPInputError(
+                f"micro dataset {dataset.name!r} names markets that are not in the product "
+                f"data: {unknown[:5]} (e.g. known: {market_labels[:3].tolist()})"
+            )
+        agents = data.agents
+        total = 0.0
+        for label in ids:
+            t = data.lookup[label]
+            n_products = int(data.counts[t])
+            n_agents = int(agents.layout.counts[t])
+            frame = data.products.iloc[data.product_index[t, :n_products]].reset_index(drop=True)
+            people = agents.data.iloc[agents.layout.index[t, :n_agents]].reset_index(drop=True)
+            if t not in markets:
+                markets[t] = MicroMarket(t, label, n_products, n_agents)
+            survey = _Survey(
+                d,
+                parts,
+                bool(dataset.second_choices),
+                _removed_groups(dataset, frame, n_products),
+                dataset,
+                label,
+                frame,
+                people,
+                agents.weights[t, :n_agents],
+                functions,
+            )
+            total += self._validate(survey, n_agents)
+            markets[t].surveys.append(survey)
+        if total <= 0:
+            raise BLPInputError(
+                f"micro dataset {dataset.name!r}: the weights select nobody in its markets "
+                f"{list(ids)[:5]} (all zero), so its moments have zero expected observations"
+            )
+
+    def _validate(self, survey: _Survey, n_agents: int) -> float:
+        """Compute every array of a survey now, in the whole market, and keep them unless large;
+        returns the survey's total weight."""
+        weighted, values = survey.compute(slice(0, n_agents))
+        if weighted.size + values.size <= self.store_limit:
+            survey.weighted, survey.values = weighted, values
+        elif weighted.size <= self.store_limit:
+            survey.weighted = weighted
+        return float(weighted[0].sum())
+
+    def _agent_chunks(self, market: MicroMarket) -> list[slice]:
+        """Agents in chunks of about ``chunk_values`` values per probability array."""
+        size = 1 + market.n_products
+        per_agent = 8 * (size * size if any(s.second for s in market.surveys) else size)
+        step = max(1, int(self.chunk_values // per_agent))
+        return [
+            slice(start, min(start + step, market.n_agents))
+            for start in range(0, market.n_agents, step)
+        ]
 
     @property
     def size(self) -> int:

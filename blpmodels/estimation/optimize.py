@@ -1,11 +1,12 @@
-"""Optimizers for the nonlinear GMM objective and the convergence checks after them.
+"""The optimizers of the nonlinear GMM objective: scipy's, a callable, and their settings.
 
 Named optimizers map to :func:`scipy.optimize.minimize` (with the analytic gradient where the
 method uses one); a callable is called as ``optimizer(fun, theta0, bounds)`` where ``fun(θ)``
 returns ``(objective, gradient)`` and ``bounds`` is a list of ``(lower, upper)`` pairs, and must
-return the solution (or an object with ``.x``). After optimizing, :func:`diagnose` computes the
-projected gradient norm and the eigenvalues of the Hessian (central differences of the analytic
-gradient), as the field expects to see them reported.
+return the solution (or an object with ``.x``). ``"gauss-newton"`` is ours
+(:mod:`blpmodels.estimation.gauss_newton`). An optimizer receives the function, a start, the
+bounds, its options and a per-iteration callback, and returns an :class:`OptimizationOutcome`;
+it knows nothing of the estimator that called it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import inspect
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,10 @@ from blpmodels.exceptions import BLPInputError
 
 __all__ = [
     "OPTIMIZERS",
-    "Diagnostics",
     "OptimizationOutcome",
-    "diagnose",
-    "draw_starts",
+    "check_optimizer",
+    "default_optimizer",
+    "gradient_tolerance",
     "progress",
     "run_optimizer",
 ]
@@ -258,63 +259,6 @@ def run_optimizer(
     )
 
 
-@dataclass(frozen=True, eq=False)
-class Diagnostics:
-    """Convergence checks at the optimum.
-
-    Attributes
-    ----------
-    gradient, projected_gradient : numpy.ndarray
-        ∂q/∂θ and its projection on the feasible directions (zero where a bound is active
-        and the gradient points outward).
-    projected_gradient_norm : float
-        ∞-norm of the projected gradient, in the units of θ.
-    scaled_gradient_norm : float
-        The same for the gradient with respect to θ/s (s the natural scales), which the
-        first-order check uses: it does not depend on the units of the data.
-    hessian : numpy.ndarray or None
-        Finite-difference Hessian of q in θ.
-    reduced_hessian_eigenvalues : numpy.ndarray or None
-        Eigenvalues of the Hessian over the parameters not at a bound.
-    at_bounds : numpy.ndarray
-        Parameters at a bound.
-    first_order_failed : bool
-        The scaled projected gradient is not near zero.
-    warnings : list of str
-        What the checks found.
-    """
-
-    gradient: np.ndarray
-    projected_gradient: np.ndarray
-    projected_gradient_norm: float
-    hessian: np.ndarray | None
-    reduced_hessian_eigenvalues: np.ndarray | None
-    at_bounds: np.ndarray
-    warnings: list[str] = field(default_factory=list)
-    scaled_gradient_norm: float = 0.0
-    first_order_failed: bool = False
-
-
-def diagnostics_projection(
-    gradient: np.ndarray, theta: np.ndarray, lower: np.ndarray, upper: np.ndarray
-) -> np.ndarray:
-    """The gradient projected on the feasible directions: 0 where a bound is active and the
-    gradient points out of the feasible set (a minimum may lie on the bound there).
-
-    Examples
-    --------
-    >>> diagnostics_projection(np.array([2.0, 2.0]), np.array([0.0, 1.0]), np.zeros(2),
-    ...                        np.full(2, np.inf)).tolist()
-    [0.0, 2.0]
-    """
-    projected = gradient.copy()
-    at_lower = theta <= lower
-    at_upper = theta >= upper
-    projected[at_lower] = np.minimum(0.0, gradient[at_lower])
-    projected[at_upper] = np.maximum(0.0, gradient[at_upper])
-    return projected
-
-
 _DEFAULT_GRADIENT_TOLERANCE = {
     "trust-constr": 1e-8,
     "l-bfgs-b": 1e-5,
@@ -340,135 +284,6 @@ def gradient_tolerance(optimizer: Any, options: Mapping[str, Any] | None) -> flo
         return None
     value = (options or {}).get("gtol", _DEFAULT_GRADIENT_TOLERANCE[method])
     return float(value)
-
-
-def diagnose(
-    theta: np.ndarray,
-    gradient: np.ndarray,
-    objective: float,
-    lower: np.ndarray,
-    upper: np.ndarray,
-    gradient_function: Callable[[np.ndarray], np.ndarray | None] | None,
-    *,
-    step: float = 1.5e-8,
-    scale: np.ndarray | None = None,
-    hessian: np.ndarray | None = None,
-) -> Diagnostics:
-    """Projected gradient, Hessian eigenvalues and warnings at a candidate optimum.
-
-    Parameters
-    ----------
-    theta : numpy.ndarray
-        Estimates.
-    gradient : numpy.ndarray
-        Analytic gradient at ``theta``.
-    objective : float
-        Objective at ``theta``.
-    lower, upper : numpy.ndarray
-        Bounds.
-    gradient_function : callable, optional
-        ``θ -> gradient`` (None where it cannot be computed); when given, the Hessian is
-        computed by forward differences of the analytic gradient with relative step ``step``
-        (accurate to about √ε relative, ample for the second-order check) and symmetrized.
-    step : float
-        Relative finite-difference step.
-    scale : numpy.ndarray, optional
-        Natural scale of each parameter (default 1): the first-order check is made on the
-        gradient with respect to θ/scale, and difference steps are at least ``step·scale``.
-    hessian : numpy.ndarray, optional
-        A Hessian computed nearby (e.g. before a final Newton step), used instead of
-        differencing ``gradient_function`` again.
-
-    Returns
-    -------
-    Diagnostics
-        Warnings are issued when the scaled projected gradient norm exceeds
-        1e-3·max(1, objective), the reduced Hessian is not positive definite, or the gradient
-        could not be computed at a difference point.
-
-    Examples
-    --------
-    >>> d = diagnose(np.array([1.0]), np.array([0.0]), 0.0, np.array([0.0]), np.array([np.inf]),
-    ...              lambda t: 2 * (t - 1))
-    >>> d.reduced_hessian_eigenvalues.round(6).tolist(), d.warnings
-    ([2.0], [])
-    """
-    scale = np.ones_like(theta) if scale is None else np.asarray(scale, dtype=np.float64)
-    at_lower = theta <= lower
-    at_upper = theta >= upper
-    projected = diagnostics_projection(gradient, theta, lower, upper)
-    norm = float(np.abs(projected).max()) if projected.size else 0.0
-    scaled_norm = float(np.abs(projected * scale).max()) if projected.size else 0.0
-    eigenvalues = None
-    notes = []
-    if hessian is None and gradient_function is not None and theta.size:
-        hessian = np.zeros((theta.size, theta.size))
-        for p in range(theta.size):
-            h = step * max(scale[p], abs(theta[p]))
-            # Step into the feasible side of a bound.
-            if theta[p] + h > upper[p]:
-                h = -h
-            shifted = theta.copy()
-            shifted[p] += h
-            shifted_gradient = gradient_function(shifted)
-            if shifted_gradient is None:
-                hessian[:, p] = np.nan
-            else:
-                hessian[:, p] = (shifted_gradient - gradient) / h
-        hessian = 0.5 * (hessian + hessian.T)
-    if hessian is not None:
-        free = ~(at_lower | at_upper)
-        if not np.isfinite(hessian).all():
-            notes.append(
-                "the Hessian could not be computed: δ could not be solved at a point next to "
-                "the estimates"
-            )
-            eigenvalues = np.full(int(free.sum()), np.nan)
-        else:
-            eigenvalues = (
-                np.linalg.eigvalsh(hessian[np.ix_(free, free)]) if free.any() else np.zeros(0)
-            )
-            if eigenvalues.size and eigenvalues.min() <= 0:
-                notes.append(
-                    f"the Hessian is not positive definite at the estimates (smallest "
-                    f"eigenvalue {eigenvalues.min():.3g}): this may not be a minimum"
-                )
-    first_order_failed = scaled_norm > 1e-3 * max(1.0, abs(objective))
-    if first_order_failed:
-        notes.append(
-            f"the projected gradient norm {norm:.3g} is not near zero: the optimizer may have "
-            "stopped early (tighten its tolerance or try other starting values)"
-        )
-    return Diagnostics(
-        gradient,
-        projected,
-        norm,
-        hessian,
-        eigenvalues,
-        at_lower | at_upper,
-        notes,
-        scaled_norm,
-        first_order_failed,
-    )
-
-
-def draw_starts(
-    theta0: np.ndarray, lower: np.ndarray, upper: np.ndarray, count: int, seed: int | None
-) -> np.ndarray:
-    """Starting values drawn uniformly within bounds (± 2·max(1, |θ₀|) around θ₀ where unbounded).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(count, P)`` draws.
-    """
-    rng = np.random.default_rng(seed)
-    width = 2.0 * np.maximum(1.0, np.abs(theta0))
-    low = np.where(np.isfinite(lower), lower, theta0 - width)
-    high = np.where(np.isfinite(upper), upper, theta0 + width)
-    low = np.maximum(low, lower)
-    high = np.minimum(high, upper)
-    return rng.uniform(low, high, size=(count, theta0.size))
 
 
 def progress(items: Iterable[Any], total: int, description: str, verbose: bool) -> Iterator[Any]:

@@ -26,7 +26,25 @@ from blpmodels.exceptions import BLPInputError
 from blpmodels.results.demand import DemandSystem
 from blpmodels.results.results import BLPResults, BLPResultsWrapper, EstimationInfo
 
-__all__ = ["BLPModel"]
+__all__ = ["BLPModel", "formula_namespace"]
+
+
+def formula_namespace(context: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The names formula transforms may use: those where ``from_formula`` was called, then
+    ``context``. Call it from ``from_formula`` itself (it reads the frame two levels up).
+
+    Examples
+    --------
+    >>> def from_formula(context=None):
+    ...     return formula_namespace(context)
+    >>> scale = 3.0
+    >>> from_formula()["scale"], from_formula({"scale": 2.0})["scale"]
+    (3.0, 2.0)
+    """
+    # Frames up from capture_context: this function, from_formula, then its caller.
+    namespace = dict(capture_context(2) or {})
+    namespace.update(context or {})
+    return namespace
 
 
 class BLPModel(Model):
@@ -148,16 +166,8 @@ class BLPModel(Model):
         """
         if kwargs:
             raise BLPInputError(f"unexpected keyword arguments {sorted(kwargs)}")
-        namespace = dict(capture_context(1) or {})
-        namespace.update(context or {})
-        design = ProductDesign.from_formula(
-            parse_formula(formula),
-            data,
-            absorb=absorb,
-            absorb_method=absorb_method,
-            context=namespace,
-            formula=formula,
-        )
+        namespace = formula_namespace(context)
+        design = cls._product_design(formula, data, namespace, absorb, absorb_method)
         supply_design = build_supply_design(
             design,
             supply,
@@ -169,6 +179,26 @@ class BLPModel(Model):
             context=namespace,
         )
         return cls._from_design(design, supply=supply_design)
+
+    @staticmethod
+    def _product_design(
+        formula: str,
+        data: pd.DataFrame,
+        namespace: Mapping[str, Any],
+        absorb: str | None,
+        absorb_method: AbsorbMethod | None,
+        random: str | None = None,
+    ) -> ProductDesign:
+        """The product design of ``from_formula`` (X1, instruments, absorbed fixed effects, X2)."""
+        return ProductDesign.from_formula(
+            parse_formula(formula),
+            data,
+            absorb=absorb,
+            absorb_method=absorb_method,
+            random=random,
+            context=namespace,
+            formula=formula,
+        )
 
     #: The cost side when built with ``supply=`` (see :meth:`from_formula`).
     supply: Any = None

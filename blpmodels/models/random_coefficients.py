@@ -20,33 +20,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import scipy.linalg
-from formulaic.utils.context import capture_context
 
 from blpmodels.backends import ClientHandle, check_backend, parse_memory
 from blpmodels.data.absorb import AbsorbMethod
 from blpmodels.data.agents import AgentDesign
-from blpmodels.data.design import warn_user
-from blpmodels.data.formula import parse_formula
+from blpmodels.data.integration import build_integration
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.data.products import ProductDesign
 from blpmodels.data.supply_design import SupplyDesign, build_supply_design
-from blpmodels.estimation.covariance import gmm_covariance
-from blpmodels.estimation.estimator import (
-    Estimate,
-    Estimator,
-    FitSettings,
-    check_fit_settings,
-    natural_scales,
-)
-from blpmodels.estimation.gmm import first_stage, inverse_weight_matrix
-from blpmodels.estimation.linear import GMMOptions, gmm_options, safe_inverse
+from blpmodels.estimation.estimator import Estimator
+from blpmodels.estimation.gmm import initial_weighting_matrix
+from blpmodels.estimation.linear import gmm_options
 from blpmodels.estimation.micro import MicroBlock, MicroMoment
 from blpmodels.estimation.objective import NonlinearObjective, check_fixed_point_options
-from blpmodels.estimation.optimize import check_optimizer, default_optimizer
-from blpmodels.exceptions import BLPInputError, FixedPointError
-from blpmodels.models.base import BLPModel
-from blpmodels.results.demand import DemandSystem
-from blpmodels.results.results import BLPResultsWrapper, EstimationInfo
+from blpmodels.estimation.settings import check_fit_settings, check_initial_update
+from blpmodels.exceptions import BLPInputError
+from blpmodels.models.base import BLPModel, formula_namespace
+from blpmodels.models.nonlinear_results import nonlinear_results
+from blpmodels.results.results import BLPResultsWrapper
 
 __all__ = ["BLPRandomCoefficients"]
 
@@ -225,62 +216,14 @@ class BLPRandomCoefficients(BLPModel):
         -------
         BLPRandomCoefficients
         """
-        namespace = dict(capture_context(1) or {})
-        namespace.update(context or {})
+        namespace = formula_namespace(context)
         if not isinstance(random, str) or not random.strip():
             raise BLPInputError("random must be a formula such as '0 + prices + mushy'")
-        design = ProductDesign.from_formula(
-            parse_formula(formula),
-            data,
-            absorb=absorb,
-            absorb_method=absorb_method,
-            random=random,
-            context=namespace,
-            formula=formula,
-        )
+        design = cls._product_design(formula, data, namespace, absorb, absorb_method, random)
         if design.random.size == 0:
             raise BLPInputError(f"random={random!r} gives no random-coefficient columns")
-        for name, value in (("chunk_size", chunk_size), ("threads", threads)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
-            ):
-                raise BLPInputError(f"{name} must be a positive integer, got {value!r}")
-        check_backend(backend, client)
-        if threads is not None and backend != "threads":
-            raise BLPInputError("threads= is for backend='threads'")
-        limit = parse_memory(memory_limit)
-        if limit is not None and chunk_size is not None:
-            raise BLPInputError(
-                "give chunk_size or memory_limit, not both (memory_limit chooses the chunks)"
-            )
-        kind = None
-        if integration is not None:
-            if agent_data is not None:
-                raise BLPInputError(
-                    "give agent_data or integration, not both (put demographics and nodes "
-                    "together in agent_data; build_integration() makes the nodes)"
-                )
-            if demographics:
-                raise BLPInputError("demographics need agent_data; integration only builds nodes")
-            from blpmodels.data.integration import build_integration
-
-            agent_data = build_integration(
-                integration, design.random.size, market_ids=design.layout.market_labels
-            )
-            kind = integration.kind
-        if agent_data is None:
-            raise BLPInputError(
-                "random coefficients need agent_data or integration=Integration(...)"
-            )
-        agents = AgentDesign.build(
-            agent_data,
-            design.layout.market_labels,
-            demographics=demographics,
-            max_nodes=design.random.size,
-            context=namespace,
-            kind=kind,
-        )
-        types = dict(rc_types or {})
+        limit = _check_execution(chunk_size, threads, backend, client, memory_limit)
+        agents = _agent_design(design, agent_data, integration, demographics, namespace)
         supply_design = build_supply_design(
             design,
             supply,
@@ -299,7 +242,7 @@ class BLPRandomCoefficients(BLPModel):
             backend=backend,
             client=ClientHandle(client),
             memory_limit=limit,
-            rc_types=types,
+            rc_types=dict(rc_types or {}),
             supply=supply_design,
         )
 
@@ -454,16 +397,10 @@ class BLPRandomCoefficients(BLPModel):
 
     def initial_weighting_matrix(self) -> np.ndarray:
         """(Z'Z/N)⁻¹, block diagonal over the demand and supply instruments."""
-        design = self.design
-        blocks = [design.Z_absorbed]
+        instruments = [("demand", self.design.Z_absorbed)]
         if self.supply is not None:
-            blocks.append(self.supply.Z_absorbed)
-        return scipy.linalg.block_diag(
-            *[
-                inverse_weight_matrix(Z.T @ Z / design.nobs, f"{name} instruments' Z'Z/N")
-                for name, Z in zip(("demand", "supply"), blocks, strict=False)
-            ]
-        )
+            instruments.append(("supply", self.supply.Z_absorbed))
+        return initial_weighting_matrix(instruments, self.design.nobs)
 
     @property
     def n_moments(self) -> int:
@@ -606,15 +543,12 @@ class BLPRandomCoefficients(BLPModel):
             The optimizer did not converge or ran out of evaluations, the first- or
             second-order check failed, or the moments do not identify some parameters.
         """
-        design = self.design
-        if isinstance(optimizer, str) and optimizer.lower() == "auto":
-            optimizer = default_optimizer(self.supply is not None)
         parameters = self.parameters(
             sigma, pi, rho, sigma_bounds=sigma_bounds, pi_bounds=pi_bounds, rho_bounds=rho_bounds
         )
         micro = self.micro_block(micro_moments)
         n_micro = 0 if micro is None else micro.size
-        options = gmm_options(design, method, W, cov_type, cov_kwds, self.n_moments + n_micro)
+        options = gmm_options(self.design, method, W, cov_type, cov_kwds, self.n_moments + n_micro)
         check_fixed_point_options(fp_tol, fp_max_evaluations, fp_method)
         settings = check_fit_settings(
             optimizer,
@@ -625,8 +559,11 @@ class BLPRandomCoefficients(BLPModel):
             compute_hessian=compute_hessian,
             scale_parameters=scale_parameters,
             steps=2 if options.method == "2s" else 1,
-            check_options=check_optimizer,
             verbose=verbose,
+            initial_update=check_initial_update(
+                initial_update, micro_moments=micro is not None, W_given=options.W is not None
+            ),
+            supply=self.supply is not None,
         )
         objective = self.objective_function(
             parameters,
@@ -637,269 +574,63 @@ class BLPRandomCoefficients(BLPModel):
             covariance=options.moment_covariance,
             micro=micro,
         )
-        self._check_order_condition(parameters, objective)
-        moved_start = self._moved_start(beta, objective, parameters)
-        if initial_update is None:
-            initial_update = micro is not None and options.W is None
-        elif not isinstance(initial_update, (bool, np.bool_)):
-            raise BLPInputError(f"initial_update must be True or False, got {initial_update!r}")
-        elif not initial_update and micro is not None and options.W is None:
-            raise BLPInputError(
-                "with micro moments and no W, the first weighting matrix comes from an initial "
-                "update ((Z'Z/N)⁻¹ has no micro block): give W or leave initial_update on"
-            )
-        if initial_update:
-            self._initial_update(objective, np.concatenate([parameters.theta0, moved_start]))
-        names = [*parameters.names, *objective.moved_names]
-        lower = np.concatenate([parameters.lower, np.full(moved_start.size, -np.inf)])
-        upper = np.concatenate([parameters.upper, np.full(moved_start.size, np.inf)])
-        if check_optimizer(optimizer, optimizer_options) == "bfgs":
-            if sigma_bounds is not None or pi_bounds is not None:
-                warn_user(
-                    "bfgs cannot impose bounds: sigma_bounds / pi_bounds are ignored", UserWarning
-                )
-            lower, upper = np.full_like(lower, -np.inf), np.full_like(upper, np.inf)
-        agents = self.agents
-        scale = natural_scales(
-            parameters, design.random.values, agents.nodes, agents.demographics, agents.weights
-        )
-        if moved_start.size:
-            # One unit of θ/s moves utilities by about one: s = 1 / rms of the price column.
-            size = np.sqrt((objective.moved_x1**2).mean(axis=0))
-            scale = np.concatenate([scale, 1.0 / np.where(size > 0, size, 1.0)])
-        estimator = Estimator(
+        estimator = Estimator.for_objective(
             objective,
-            names,
-            [*[design.x_names[k] for k in objective.kept_columns], *self._gamma_names()],
-            lower,
-            upper,
-            scale,
             settings,
-            design.layout.market_labels,
-            int(fp_max_evaluations),
+            beta=beta,
+            user_bounds=sigma_bounds is not None or pi_bounds is not None,
         )
-        estimate = estimator.run(np.concatenate([parameters.theta0, moved_start]))
-        return self._estimate_results(estimate, objective, parameters, options, settings)
+        return nonlinear_results(self, estimator.run(), objective, options, settings)
 
-    def _gamma_names(self) -> list[str]:
-        return [] if self.supply is None else self.supply.x_names
 
-    def _moved_start(
-        self, beta: Any, objective: NonlinearObjective, parameters: NonlinearParameters
-    ) -> np.ndarray:
-        """Starting values of the X1 coefficients that join θ with a supply side.
+def _check_execution(
+    chunk_size: Any, threads: Any, backend: str, client: Any, memory_limit: int | str | None
+) -> int | None:
+    """Validate where and in what chunks the markets are solved; the memory limit in bytes."""
+    for name, value in (("chunk_size", chunk_size), ("threads", threads)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+        ):
+            raise BLPInputError(f"{name} must be a positive integer, got {value!r}")
+    check_backend(backend, client)
+    if threads is not None and backend != "threads":
+        raise BLPInputError("threads= is for backend='threads'")
+    limit = parse_memory(memory_limit)
+    if limit is not None and chunk_size is not None:
+        raise BLPInputError(
+            "give chunk_size or memory_limit, not both (memory_limit chooses the chunks)"
+        )
+    return limit
 
-        ``beta`` names them (e.g. ``{"prices": -30}``); a coefficient not named starts at the
-        demand-only IV estimate at the starting Σ, Π, ρ (one evaluation of the demand
-        objective).
-        """
-        if beta is not None and not isinstance(beta, Mapping):
-            raise BLPInputError("beta must be a dict such as {'prices': -30.0}")
-        names = objective.moved_names
-        given = dict(beta or {})
-        if given and self.supply is None:
+
+def _agent_design(
+    design: ProductDesign,
+    agent_data: pd.DataFrame | None,
+    integration: Any,
+    demographics: str | None,
+    namespace: Mapping[str, Any],
+) -> AgentDesign:
+    """The agents: from ``agent_data``, or the nodes and weights of an integration rule."""
+    kind = None
+    if integration is not None:
+        if agent_data is not None:
             raise BLPInputError(
-                "beta starting values are only needed with a supply side: without one every "
-                "linear coefficient is concentrated out"
+                "give agent_data or integration, not both (put demographics and nodes "
+                "together in agent_data; build_integration() makes the nodes)"
             )
-        unknown = sorted(set(given) - set(names))
-        if unknown:
-            raise BLPInputError(
-                f"beta names {unknown}, but the coefficients in θ are {names} (the X1 columns "
-                "that read prices)"
-            )
-        values = {}
-        for name, value in given.items():
-            try:
-                values[name] = float(value)
-            except (TypeError, ValueError):
-                raise BLPInputError(f"beta[{name!r}] must be a number, got {value!r}") from None
-            if not np.isfinite(values[name]):
-                raise BLPInputError(f"beta[{name!r}] must be finite, got {value!r}")
-        missing = [name for name in names if name not in values]
-        if missing:
-            demand_moments = len(self.design.z_names)
-            demand_only = NonlinearObjective(
-                self.design,
-                self.agents,
-                parameters,
-                self.initial_weighting_matrix()[:demand_moments, :demand_moments],
-                nest_codes=objective.nest_codes,
-                fp_tol=objective.fp_tol,
-                fp_max_evaluations=objective.fp_max_evaluations,
-                threads=objective.threads,
-                chunk_size=objective.chunk_size,
-            )
-            start = demand_only.evaluate(parameters.theta0, gradient=False)
-            if not start.success:
-                raise FixedPointError(
-                    "the δ contraction failed at the starting values, so the starting "
-                    f"{missing} cannot be taken from the demand-only estimate: give "
-                    "beta={...} and smaller sigma/pi",
-                    markets=self.design.layout.market_labels[~start.converged].tolist(),
-                )
-            for name in missing:
-                values[name] = float(start.beta[self.design.x_names.index(name)])
-        return np.asarray([values[name] for name in names], dtype=np.float64)
-
-    def _check_order_condition(
-        self, parameters: NonlinearParameters, objective: NonlinearObjective
-    ) -> None:
-        """More parameters than moments cannot be estimated: an error naming both counts.
-
-        The X1 coefficients that join θ with a supply side are counted as linear ones.
-        """
-        n_linear = len(self.design.x_names) + len(self._gamma_names())
-        n_moments = objective.gmm.n_moments
-        if n_linear + parameters.size > n_moments:
-            names = [*parameters.names, *objective.moved_names]
-            raise BLPInputError(
-                f"the model has {n_linear + parameters.size} parameters ({n_linear} linear, "
-                f"{parameters.size} nonlinear: {names}) but only {n_moments} moments "
-                f"({n_moments - objective.gmm.n_extra} from instruments, "
-                f"{objective.gmm.n_extra} micro): add excluded instruments or micro moments, "
-                "or fix some of sigma/pi/rho at zero"
-            )
-
-    def _initial_update(self, objective: NonlinearObjective, theta0: np.ndarray) -> None:
-        """W = S⁻¹ at the starting values (``initial_update``; micro moments without W)."""
-        start = objective.evaluate(theta0, gradient=False)
-        if not start.success:
-            raise FixedPointError(
-                "cannot form the initially updated weighting matrix at the starting values: "
-                + (start.failure or "the δ contraction failed at the starting values"),
-                markets=self.design.layout.market_labels[~start.converged].tolist(),
-            )
-        objective.set_weighting_matrix(objective.updated_weighting_matrix(start))
-
-    def _estimate_results(
-        self,
-        estimate: Estimate,
-        objective: NonlinearObjective,
-        parameters: NonlinearParameters,
-        options: GMMOptions,
-        settings: FitSettings,
-    ) -> BLPResultsWrapper:
-        """Covariance, first-stage diagnostics and the demand system from an :class:`Estimate`."""
-        design = self.design
-        final = estimate.evaluation
-        theta, beta_moved = objective.split(estimate.theta)
-        nobs = design.nobs
-        Z = design.Z_absorbed
-        S = objective.moment_covariance(final)
-        cov = gmm_covariance(objective.moment_jacobian(final), objective.W, S, nobs)
-        # The estimator's order is (concentrated β, γ, Σ Π ρ, β of price columns); results
-        # list β in formula order, then γ, then Σ, Π, ρ.
-        beta = np.zeros(len(design.x_names))
-        beta[objective.kept_columns] = final.beta
-        beta[objective.moved_columns] = beta_moved
-        gamma = np.zeros(0) if final.gamma is None else final.gamma
-        internal = np.concatenate([final.beta, gamma, estimate.theta])
-        order = self._display_order(objective, gamma.size, parameters.size)
-        cov = cov[np.ix_(order, order)]
-        first = (
-            first_stage(
-                design.X_absorbed[:, design.exog.size :],
-                design.X_absorbed[:, : design.exog.size],
-                Z[:, design.exog.size :],
-                list(design.endog.names),
-                options.moment_covariance,
-            )
-            if design.endog.size
-            else pd.DataFrame(columns=["f_stat", "f_pvalue", "partial_r2", "n_instruments"])
+        if demographics:
+            raise BLPInputError("demographics need agent_data; integration only builds nodes")
+        agent_data = build_integration(
+            integration, design.random.size, market_ids=design.layout.market_labels
         )
-        codes, _ = self._nests()
-        _, _, rho_values = parameters.unpack(theta)
-        n_nests = 0 if codes is None else int(codes.max()) + 1
-        demand = DemandSystem(
-            design,
-            beta,
-            final.delta,
-            agents=self.agents,
-            parameters=parameters,
-            theta=theta,
-            nest_codes=codes,
-            rho=None if codes is None else np.broadcast_to(rho_values, (n_nests,)).copy(),
-            chunk_size=objective.chunk_size,
-        )
-        outcome = estimate.outcome
-        diagnostics = estimate.diagnostics
-        convergence = {
-            "optimizer": check_optimizer(settings.optimizer, settings.optimizer_options),
-            "converged": estimate.converged,
-            "optimizer_converged": True if outcome is None else bool(outcome.converged),
-            "message": outcome.message if outcome is not None else "no free parameters",
-            "iterations": outcome.iterations if outcome is not None else 0,
-            "evaluations": objective.count,
-            "max_evaluations": settings.max_evaluations,
-            "gradient": diagnostics.gradient,
-            "projected_gradient": diagnostics.projected_gradient,
-            "gradient_norm": diagnostics.projected_gradient_norm,
-            "scaled_gradient_norm": diagnostics.scaled_gradient_norm,
-            "scale": estimate.scale,
-            "hessian": diagnostics.hessian,
-            "hessian_eigenvalues": diagnostics.reduced_hessian_eigenvalues,
-            "fp_converged": bool(final.converged.all()),
-            "fp_method": objective.fp_method,
-            "fp_iterations": objective.total_iterations,
-            "contraction_evaluations": objective.total_evaluations,
-            "threads": objective.threads,
-            "backend": objective.backend.name,
-            "fp_failures": objective.failures,
-            "warnings": estimate.warnings,
-            "starts": estimate.starts,
-            "trace": estimate.trace,
-        }
-        info = EstimationInfo(
-            method=options.method,
-            cov_type=options.cov_type,
-            objective=final.objective,
-            W=objective.W,
-            updated_W=safe_inverse(S),
-            moment_covariance=S,
-            n_moments=objective.gmm.n_moments,
-            first_stage=first,
-            convergence=convergence,
-            timings=estimate.seconds,
-            steps=estimate.steps,
-            micro=self._micro_table(objective, final),
-        )
-        if self.supply is not None and estimate.steps:
-            index = design.data.index
-            estimate.steps[-1].update(
-                gamma=pd.Series(gamma, index=self._gamma_names()),
-                omega=pd.Series(final.omega, index=index, name="omega"),
-                markups=pd.Series(final.markups, index=index, name="markups"),
-                costs=pd.Series(self.supply.prices - final.markups, index=index, name="costs"),
-            )
-        params = internal[order]
-        names = [*design.x_names, *self._gamma_names(), *parameters.names]
-        return self._results(params, names, cov, info, demand, final.xi, final.delta)
-
-    @staticmethod
-    def _micro_table(objective: NonlinearObjective, final: Any) -> pd.DataFrame | None:
-        """Observed and model values of the micro moments at the estimates."""
-        micro = objective.micro
-        if micro is None or final.micro is None:
-            return None
-        return pd.DataFrame(
-            {
-                "dataset": [moment.dataset.name for moment in micro.moments],
-                "observations": [moment.dataset.observations for moment in micro.moments],
-                "observed": micro.observed,
-                "model": final.micro.values,
-                "difference": final.micro.moments,
-            },
-            index=pd.Index(micro.names, name="moment"),
-        )
-
-    @staticmethod
-    def _display_order(objective: NonlinearObjective, n_gamma: int, n_theta: int) -> np.ndarray:
-        """Positions in the estimator's order of (β in formula order, γ, Σ Π ρ)."""
-        kept, moved = objective.kept_columns, objective.moved_columns
-        position = np.empty(kept.size + moved.size, dtype=np.intp)
-        position[kept] = np.arange(kept.size)
-        position[moved] = kept.size + n_gamma + n_theta + np.arange(moved.size)
-        return np.concatenate(
-            [position, kept.size + np.arange(n_gamma), kept.size + n_gamma + np.arange(n_theta)]
-        )
+        kind = integration.kind
+    if agent_data is None:
+        raise BLPInputError("random coefficients need agent_data or integration=Integration(...)")
+    return AgentDesign.build(
+        agent_data,
+        design.layout.market_labels,
+        demographics=demographics,
+        max_nodes=design.random.size,
+        context=namespace,
+        kind=kind,
+    )
