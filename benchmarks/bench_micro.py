@@ -35,32 +35,19 @@ import json
 import os
 import subprocess
 import sys
+import time
+import warnings
 
-# One BLAS thread for both libraries unless the caller sets otherwise (before numpy loads); see
-# bench_pyblp.py for why this is pyblp at its best.
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-
-import resource  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-
-import numpy as np  # noqa: E402
+import common  # first: it sets one BLAS thread before numpy loads
+import numpy as np
 
 PROBLEMS = ("ex3-q2", "s3-rcnl", "s3-rcnl-eval")
-FORMULA = "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 MARKETS = ["C01Q1", "C01Q2"]
 CHARACTERISTICS = ["Intercept", "mushy", "prices"]
 START = {"sigma": np.diag([1.0, 1.0, 6.0]), "pi": [[-0.3], [0.1], [-6.0]]}
 RHO = 0.5
 #: l-bfgs-b options of each problem (both libraries).
 OPTIONS = {"ex3-q2": {"gtol": 1e-10}, "s3-rcnl": {"gtol": 1e-8}}
-
-
-def _peak_mib() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _data(problem: str):
@@ -88,9 +75,9 @@ def run_blpmodels(problem: str, products, agents, optimizer: str, threads) -> di
     from blpmodels import BLPRandomCoefficients, MicroDataset, MicroMoment
 
     model = BLPRandomCoefficients.from_formula(
-        FORMULA,
+        common.Q5_FORMULA,
         products,
-        absorb=FIXED_EFFECTS,
+        absorb=common.FIXED_EFFECTS,
         random="1 + mushy + prices",
         demographics="0 + log_income",
         agent_data=agents,
@@ -179,7 +166,7 @@ def run_pyblp(problem: str, products, agents) -> dict:
 
     pyblp.options.verbose = False
     formulations = (
-        pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
+        pyblp.Formulation("0 + prices", absorb=common.FIXED_EFFECTS),
         pyblp.Formulation("1 + mushy + prices"),
     )
     built = pyblp.Problem(formulations, products, pyblp.Formulation("0 + log_income"), agents)
@@ -216,7 +203,7 @@ def child(problem: str, library: str, optimizer: str, threads) -> None:
     else:
         import blpmodels  # noqa: F401
     products, agents = _data(problem)
-    before = _peak_mib()
+    before = common.peak_mib()
     fit_start, fit_cpu = time.perf_counter(), time.process_time()
     if library == "pyblp":
         outcome = run_pyblp(problem, products, agents)
@@ -228,7 +215,7 @@ def child(problem: str, library: str, optimizer: str, threads) -> None:
         total_wall=time.perf_counter() - start,
         total_cpu=time.process_time() - start_cpu,
         peak_before_mib=before,
-        peak_mib=_peak_mib(),
+        peak_mib=common.peak_mib(),
     )
     print("RESULT " + json.dumps(outcome))
 

@@ -21,27 +21,13 @@ where blpmodels spends its time on ex2-q5).
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
-import os
 
-# One BLAS thread for both libraries unless the caller sets otherwise (before numpy loads).
-# pyblp works market by market on small matrices, where OpenBLAS's own threads cost more than
-# they give: one exercise-2 evaluation took 7.0 s with two BLAS threads and 1.3 s with one on
-# this 2-core machine (2026-11-30). blpmodels runs its market chunks in its own threads and
-# took 0.15 s either way. Timing pyblp at its best is the fair comparison.
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
+import common  # first: it sets one BLAS thread before numpy loads
+import numpy as np
+import pandas as pd
 
-import pstats  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import blpmodels  # noqa: E402
-from blpmodels import BLPRandomCoefficients, datasets  # noqa: E402
+import blpmodels
+from blpmodels import BLPRandomCoefficients, datasets
 
 NEVO_SIGMA = np.diag([0.3302, 2.4526, 0.0163, 0.2441])
 NEVO_PI = np.array(
@@ -52,44 +38,16 @@ NEVO_PI = np.array(
         [1.2650, 0, -0.8091, 0],
     ]
 )
-EX2_SIGMA = [[0, 0], [0, 1]]
-EX2_PI = [[0.2], [1]]
-
-
-def _best(function, repeat: int):
-    best, value = np.inf, None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        value = function()
-        best = min(best, time.perf_counter() - start)
-    return best, value
-
-
-def _return_start(fun, theta, bounds):
-    return theta
 
 
 def ours_ex2(threads: int | None, evaluate_only: bool = False, optimizer: str = "auto"):
-    products, agents = datasets.load_mixtape_exercise2()
-    instruments = " + ".join(f"demand_instruments{k}" for k in range(4))
-    model = BLPRandomCoefficients.from_formula(
-        f"shares ~ 0 + [prices ~ {instruments}]",
-        products,
-        absorb="C(market_ids) + C(product_ids)",
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-        threads=threads,
-    )
+    model = common.q5_model(threads=threads)
     if evaluate_only:
-        return model.fit(sigma=EX2_SIGMA, pi=EX2_PI, optimizer=_return_start, compute_hessian=False)
+        return model.fit(**common.Q5_START, optimizer=common.return_start, compute_hessian=False)
     if optimizer == "auto":  # the default: Gauss-Newton for demand
-        return model.fit(sigma=EX2_SIGMA, pi=EX2_PI)
+        return model.fit(**common.Q5_START)
     return model.fit(
-        sigma=EX2_SIGMA,
-        pi=EX2_PI,
-        optimizer="trust-constr",
-        optimizer_options={"gtol": 1e-8, "xtol": 1e-8},
+        **common.Q5_START, optimizer="trust-constr", optimizer_options={"gtol": 1e-8, "xtol": 1e-8}
     )
 
 
@@ -107,7 +65,7 @@ def ours_nevo(threads: int | None, evaluate_only: bool = False, optimizer: str =
     )
     if evaluate_only:
         return model.fit(
-            sigma=NEVO_SIGMA, pi=NEVO_PI, optimizer=_return_start, compute_hessian=False
+            sigma=NEVO_SIGMA, pi=NEVO_PI, optimizer=common.return_start, compute_hessian=False
         )
     if optimizer == "auto":  # the default (Gauss-Newton for demand)
         # pyblp's BFGS is unbounded (σ may turn negative); so is this run.
@@ -121,18 +79,13 @@ def ours_nevo(threads: int | None, evaluate_only: bool = False, optimizer: str =
 def pyblp_ex2(evaluate_only: bool = False):
     import pyblp
 
-    products, agents = datasets.load_mixtape_exercise2()
-    formulations = (
-        pyblp.Formulation("0 + prices", absorb="C(market_ids) + C(product_ids)"),
-        pyblp.Formulation("0 + mushy + prices"),
-    )
-    problem = pyblp.Problem(formulations, products, pyblp.Formulation("0 + log_income"), agents)
+    problem = common.pyblp_q5_problem(pyblp, *datasets.load_mixtape_exercise2())
     optimization = (
         pyblp.Optimization("return")
         if evaluate_only
         else pyblp.Optimization("trust-constr", {"gtol": 1e-8, "xtol": 1e-8})
     )
-    return problem.solve(sigma=EX2_SIGMA, pi=EX2_PI, optimization=optimization, method="1s")
+    return problem.solve(**common.Q5_START, optimization=optimization, method="1s")
 
 
 def pyblp_nevo(evaluate_only: bool = False):
@@ -174,10 +127,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="problems to run")
     parser.add_argument("--profile", action="store_true", help="profile blpmodels on ex2-q5")
     arguments = parser.parse_args()
-    warnings.simplefilter("ignore")
-    import pyblp
-
-    pyblp.options.verbose = False
+    pyblp = common.quiet_pyblp()
     threads = arguments.threads
     # Each problem: our default (optimizer="auto": Gauss-Newton for demand), then pyblp's own
     # optimizer and options, both compared with one pyblp run.
@@ -203,10 +153,12 @@ def main() -> None:
     for name, (variants, theirs) in problems.items():
         if arguments.only and name not in arguments.only:
             continue
-        theirs_time, theirs_result = _best(theirs, arguments.repeat)
+        theirs_timing, theirs_result = common.best_of(theirs, arguments.repeat)
+        theirs_time = theirs_timing.wall
         other = _pyblp_params(theirs_result)
         for suffix, ours in variants.items():
-            ours_time, ours_result = _best(ours, arguments.repeat)
+            ours_timing, ours_result = common.best_of(ours, arguments.repeat)
+            ours_time = ours_timing.wall
             mine = np.asarray(ours_result.params, dtype=float)
             rows.append(
                 {
@@ -234,13 +186,7 @@ def main() -> None:
     ):
         print(table)
     if arguments.profile:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        ours_ex2(arguments.threads)
-        profiler.disable()
-        stream = io.StringIO()
-        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(15)
-        print(stream.getvalue())
+        common.print_profile(lambda: ours_ex2(arguments.threads))
 
 
 if __name__ == "__main__":

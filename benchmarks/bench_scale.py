@@ -33,24 +33,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
+import warnings
 
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-
-import resource  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-
-import numpy as np  # noqa: E402
+import common  # first: it sets one BLAS thread before numpy loads
+import numpy as np
 
 PRODUCTS, AGENTS = 50, 200
 START_SIGMA = 1.0
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cpu() -> float:
@@ -71,7 +64,7 @@ def child_fit(args: argparse.Namespace) -> dict:
     data_seconds = time.perf_counter() - began
     keywords = {} if args.memory_limit in (None, "none") else {"memory_limit": args.memory_limit}
     model = problem.model(**keywords)
-    peak_data = _peak_mib()
+    peak_data = common.peak_mib()
     wall, cpu = time.perf_counter(), _cpu()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -91,29 +84,10 @@ def child_fit(args: argparse.Namespace) -> dict:
         "converged": bool(convergence["converged"]),
         "threads": convergence["threads"],
         "peak_data_mib": peak_data,
-        "peak_mib": _peak_mib(),
+        "peak_mib": common.peak_mib(),
         "params": results.params.to_dict(),
         "objective": float(results.info.objective),
     }
-
-
-def _exercise2_model(**keywords):
-    from blpmodels.datasets import load_mixtape_exercise2
-
-    from blpmodels import BLPRandomCoefficients
-
-    products, agents = load_mixtape_exercise2()
-    instruments = " + ".join(f"demand_instruments{k}" for k in range(4))
-    model = BLPRandomCoefficients.from_formula(
-        f"shares ~ 0 + [prices ~ {instruments}]",
-        products,
-        absorb="C(market_ids) + C(product_ids)",
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-        **keywords,
-    )
-    return model, {"sigma": [[0, 0], [0, 1]], "pi": [[0.2], [1]]}
 
 
 def child_dask(args: argparse.Namespace) -> dict:
@@ -134,7 +108,7 @@ def child_dask(args: argparse.Namespace) -> dict:
 
     def build(**keywords):
         if problem is None:
-            return _exercise2_model(**keywords)
+            return common.q5_model(**keywords), common.Q5_START
         return problem.model(**keywords), {"sigma": START_SIGMA}
 
     out: dict = {
@@ -205,7 +179,7 @@ def child_pyblp(args: argparse.Namespace) -> dict:
         "markets": args.markets,
         "fit_seconds": time.perf_counter() - began,
         "fit_cpu": _cpu() - cpu,
-        "peak_mib": _peak_mib(),
+        "peak_mib": common.peak_mib(),
         "sigma": float(results.sigma[0, 0]),
         "beta": np.asarray(results.beta).ravel().tolist(),
         "objective": float(results.objective),

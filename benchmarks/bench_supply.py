@@ -28,25 +28,14 @@ fit.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import io
 import os
 
-# One BLAS thread for both libraries unless the caller sets otherwise (before numpy loads); see
-# bench_pyblp.py for why this is pyblp at its best.
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
+import common  # first: it sets one BLAS thread before numpy loads
+import numpy as np
 
-import pstats  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import blpmodels  # noqa: E402
-from blpmodels import BLPRandomCoefficients, datasets  # noqa: E402
-from blpmodels.estimation.linear import gmm_options  # noqa: E402
+import blpmodels
+from blpmodels import BLPRandomCoefficients, datasets
+from blpmodels.estimation.linear import gmm_options
 
 DEMAND_INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(8))
 SUPPLY_INSTRUMENTS = " + ".join(f"supply_instruments{k}" for k in range(12))
@@ -58,39 +47,8 @@ AUTOS_PI = np.c_[[0, -43.501, 0, 0, 0, 0]]
 CLUSTERS = {"groups": "clustering_ids"}
 FREE_SIGMA = [0, 2, 3, 4, 5]
 
-Q5_FORMULA = (
-    "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
-)
 Q5_THETA = {"sigma": [[0, 0], [0, 6.015167]], "pi": [[0.108829], [-5.957239]]}
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 MERGER = {"F6": "F1"}
-
-
-def _best(function, repeat: int):
-    """Best wall time of ``repeat`` runs, the CPU time of that run, and the last value.
-
-    CPU time (all threads of the process) is reported too because the wall time of one run
-    depends on what else the machine is running; with one BLAS thread pyblp's CPU time is
-    its wall time on an idle machine.
-    """
-    best, cpu, value = np.inf, np.inf, None
-    for _ in range(repeat):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        value = function()
-        elapsed = time.perf_counter() - start
-        if elapsed < best:
-            best, cpu = elapsed, time.process_time() - start_cpu
-    return Timing(best, cpu), value
-
-
-@dataclass(frozen=True)
-class Timing:
-    wall: float
-    cpu: float
-
-
-def _stay(fun, theta, bounds):
-    return theta
 
 
 def autos_data():
@@ -186,7 +144,9 @@ def _relative(ours, theirs) -> float:
 
 def run_autos(arguments) -> None:
     products, agents, shifted = autos_data()
-    theirs_time, theirs = _best(lambda: pyblp_autos(products, agents), arguments.pyblp_repeat)
+    theirs_time, theirs = common.best_of(
+        lambda: pyblp_autos(products, agents), arguments.pyblp_repeat
+    )
     estimates, ses = _pyblp_autos_values(theirs)
     their_objective = float(np.squeeze(theirs.objective))
     print(f"autos: pyblp (best of {arguments.pyblp_repeat}), l-bfgs-b ftol 0, gtol 1e-8")
@@ -197,7 +157,7 @@ def run_autos(arguments) -> None:
     )
     print(f"  objective {their_objective:.10g}, gradient norm {np.abs(theirs.gradient).max():.1e}")
     for label, options in OUR_OPTIONS.items():
-        ours_time, (ours, update_evaluations, update_contractions) = _best(
+        ours_time, (ours, update_evaluations, update_contractions) = common.best_of(
             lambda options=options: ours_autos(products, shifted, arguments.threads, options),
             arguments.repeat,
         )
@@ -228,30 +188,16 @@ def run_merger(arguments) -> None:
     products, agents = datasets.load_mixtape_exercise2()
     products = products.copy()
     products["firm_ids"] = products["product_ids"].str[:2]
-    model = BLPRandomCoefficients.from_formula(
-        Q5_FORMULA,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-        threads=arguments.threads,
-    )
-    ours = model.fit(method="1s", optimizer=_stay, compute_hessian=False, **Q5_THETA)
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
-            pyblp.Formulation("0 + mushy + prices"),
-        ),
-        products,
-        pyblp.Formulation("0 + log_income"),
-        agents,
-    )
+    model = common.q5_model(products, agents, threads=arguments.threads)
+    ours = model.fit(method="1s", optimizer=common.return_start, compute_hessian=False, **Q5_THETA)
+    problem = common.pyblp_q5_problem(pyblp, products, agents)
     theirs = problem.solve(**Q5_THETA, method="1s", optimization=pyblp.Optimization("return"))
-    ours_time, merger = _best(lambda: ours.merger(firm_ids=MERGER), arguments.merger_repeat)
+    ours_time, merger = common.best_of(
+        lambda: ours.merger(firm_ids=MERGER), arguments.merger_repeat
+    )
     costs = theirs.compute_costs()
     new_firms = products["firm_ids"].replace(MERGER).to_numpy()
-    theirs_time, prices = _best(
+    theirs_time, prices = common.best_of(
         lambda: theirs.compute_prices(firm_ids=new_firms, costs=costs), arguments.merger_repeat
     )
     ours_prices = merger.products["prices_post"].to_numpy()
@@ -279,10 +225,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="autos and/or merger")
     parser.add_argument("--profile", action="store_true", help="profile a blpmodels autos fit")
     arguments = parser.parse_args()
-    warnings.simplefilter("ignore")
-    import pyblp
-
-    pyblp.options.verbose = False
+    pyblp = common.quiet_pyblp()
     print(f"blpmodels {blpmodels.__version__} vs pyblp {pyblp.__version__}")
     # Other jobs on the machine slow both libraries (and threads); the load says how busy it was.
     print(f"load average (1, 5, 15 min) at start: {os.getloadavg()}")
@@ -293,13 +236,9 @@ def main() -> None:
     print(f"load average (1, 5, 15 min) at end: {os.getloadavg()}")
     if arguments.profile:
         products, _, shifted = autos_data()
-        profiler = cProfile.Profile()
-        profiler.enable()
-        ours_autos(products, shifted, arguments.threads, OUR_OPTIONS["pyblp's"])
-        profiler.disable()
-        stream = io.StringIO()
-        pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(15)
-        print(stream.getvalue())
+        common.print_profile(
+            lambda: ours_autos(products, shifted, arguments.threads, OUR_OPTIONS["pyblp's"])
+        )
 
 
 if __name__ == "__main__":

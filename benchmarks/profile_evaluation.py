@@ -22,19 +22,13 @@ Run ``python benchmarks/profile_evaluation.py`` (needs the shared data).
 
 from __future__ import annotations
 
-import os
+import argparse
+import cProfile
+import pstats
+import time
 
-for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
-
-import argparse  # noqa: E402
-import cProfile  # noqa: E402
-import pstats  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from blpmodels import BLPRandomCoefficients, datasets  # noqa: E402
+import common  # first: it sets one BLAS thread before numpy loads
+import numpy as np
 
 STAGES = {
     "exp(μ) and its factors": ("from_coefficients", "_finish", "coefficients"),
@@ -69,18 +63,8 @@ def machine_rates() -> dict[str, float]:
 
 
 def q5_objective():
-    products, agents = datasets.load_mixtape_exercise2()
-    instruments = " + ".join(f"demand_instruments{k}" for k in range(4))
-    model = BLPRandomCoefficients.from_formula(
-        f"shares ~ 0 + [prices ~ {instruments}]",
-        products,
-        absorb="C(market_ids) + C(product_ids)",
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-        threads=1,
-    )
-    results = model.fit(sigma=[[0, 0], [0, 1]], pi=[[0.2], [1]])
+    model = common.q5_model(threads=1)
+    results = model.fit(**common.Q5_START)
     sigma = np.zeros((2, 2))
     sigma[1, 1] = results.params["sigma[prices,prices]"]
     pi = [[results.params["pi[mushy,log_income]"]], [results.params["pi[prices,log_income]"]]]

@@ -14,7 +14,9 @@ the numbers, so that ``tests/test_examples.py`` can check them.
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,32 +27,8 @@ from statsmodels.iolib.summary2 import summary_col
 import blpmodels
 from blpmodels import BLPLogit, datasets
 
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
-IV_FORMULA = "shares ~ 0 + [prices ~ price_instrument]"
-MARKET = "C01Q2"
-PRODUCT = "F1B04"
-
-# pandas display options, set only while main() runs.
-DISPLAY = (
-    "display.precision",
-    3,
-    "display.width",
-    110,
-    "display.max_columns",
-    30,
-)
-
-
-def header(title: str) -> None:
-    """Print a section title.
-
-    Parameters
-    ----------
-    title : str
-        The title.
-    """
-    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}")
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when imported by path
+from _common import FIXED_EFFECTS, IV_FORMULA, MARKET, PRODUCT, header, pandas_display
 
 # -------------------------------------------------------------------------------------------
 # questions 1-2: the data and market shares
@@ -512,7 +490,7 @@ def main() -> dict[str, Any]:
     dict
         What :func:`run_all` returns.
     """
-    with pd.option_context(*DISPLAY):
+    with pandas_display(precision=3, width=110):
         return run_all()
 
 

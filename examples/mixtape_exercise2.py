@@ -17,9 +17,10 @@ question is a small function that prints its answer and returns the numbers, so 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,6 @@ import statsmodels.formula.api as smf
 
 import blpmodels
 from blpmodels import (
-    BLPLogit,
     BLPRandomCoefficients,
     Integration,
     build_differentiation_instruments,
@@ -38,58 +38,23 @@ from blpmodels import (
 )
 from blpmodels.results.optimal_instruments import optimal_instruments
 
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
-OPTIONS = {"gtol": 1e-8, "xtol": 1e-8}  # trust-constr, as in the exercise
-MARKET = "C01Q2"
-PRODUCT = "F1B04"
-FORMULA_Q2 = "shares ~ 0 + [prices ~ demand_instruments0 + demand_instruments1]"
-FORMULA_Q5 = (
-    "shares ~ 0 + [prices ~ demand_instruments0 + demand_instruments1 + demand_instruments2"
-    " + demand_instruments3]"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when imported by path
+from _common import (
+    FORMULA_OVERID,
+    FORMULA_Q2,
+    MARKET,
+    OPTIONS,
+    PRODUCT,
+    Q5_START,
+    exercise2_logit,
+    exercise2_model,
+    header,
+    print_fit,
+    run_script,
+    timed,
 )
-FORMULA_OVERID = FORMULA_Q5.replace("]", " + demand_instruments4]")
+
 DRAWS = (10, 100, 500, 1000, 2000)
-
-# pandas display options, set only while main() runs.
-DISPLAY = (
-    "display.precision",
-    4,
-    "display.width",
-    120,
-    "display.max_columns",
-    30,
-)
-
-
-def header(title: str) -> None:
-    """Print a section title.
-
-    Parameters
-    ----------
-    title : str
-        The title.
-    """
-    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}")
-
-
-@contextmanager
-def timed(timings: dict[str, float], name: str):
-    """Record the seconds a block takes under ``timings[name]``.
-
-    Parameters
-    ----------
-    timings : dict
-        Where to store the time.
-    name : str
-        Key.
-
-    Yields
-    ------
-    None
-    """
-    clock = time.perf_counter()
-    yield
-    timings[name] = time.perf_counter() - clock
 
 
 def load_data(overidentified: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -105,27 +70,6 @@ def load_data(overidentified: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]
     products, agents : pandas.DataFrame
     """
     return datasets.load_mixtape_exercise2(overidentified=overidentified)
-
-
-def print_fit(results: Any, label: str) -> None:
-    """Print a fit's summary and the exercise's convergence checks.
-
-    Parameters
-    ----------
-    results : blpmodels.BLPResults
-        A random-coefficients fit.
-    label : str
-        What was estimated.
-    """
-    convergence = results.info.convergence
-    print(results.summary())
-    print(
-        f"{label}: objective {results.objective:.3g}, projected gradient norm "
-        f"{convergence['gradient_norm']:.2g}, Hessian eigenvalues "
-        f"{np.array2string(np.asarray(convergence['hessian_eigenvalues']), precision=4)}, "
-        f"converged={convergence['converged']}, "
-        f"{results.info.timings['optimization']:.2f} s optimizing."
-    )
 
 
 # -------------------------------------------------------------------------------------------
@@ -264,14 +208,7 @@ def question2(products: pd.DataFrame, agents: pd.DataFrame) -> Any:
     """
     header("Q2. Estimate pi on mushy x log income")
     print(agents.head().to_string())
-    model = BLPRandomCoefficients.from_formula(
-        FORMULA_Q2,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
+    model = exercise2_model(products, agents, FORMULA_Q2, random="0 + mushy")
     results = model.fit(sigma=0, pi=1, optimizer_options=OPTIONS)
     print_fit(results, "Q2")
     march(model)
@@ -338,14 +275,7 @@ def question3(products: pd.DataFrame, agents: pd.DataFrame, starts: int = 5) -> 
         One row per start: starting value, estimate, objective, gradient norm, convergence.
     """
     header(f"Q3. {starts} random starting values within pi_bounds = (-10, 10)")
-    model = BLPRandomCoefficients.from_formula(
-        FORMULA_Q2,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
+    model = exercise2_model(products, agents, FORMULA_Q2, random="0 + mushy")
     # Starts near -10 can make δ diverge on the way; those steps come back as failed
     # evaluations (infinite objective) and the optimizer backs off, without warnings.
     results = model.fit(
@@ -416,9 +346,7 @@ def logit_results(products: pd.DataFrame) -> Any:
     -------
     blpmodels.BLPResults
     """
-    return BLPLogit.from_formula(
-        "shares ~ 0 + [prices ~ demand_instruments0]", products, absorb=FIXED_EFFECTS
-    ).fit()
+    return exercise2_logit(products)
 
 
 def compare_counterfactuals(products: pd.DataFrame, fits: dict[str, Any]) -> pd.DataFrame:
@@ -496,16 +424,7 @@ def question5(products: pd.DataFrame, agents: pd.DataFrame, logit: Any) -> Any:
         sigma[prices,prices] about 6.02, pi[prices,log_income] about -5.96.
     """
     header("Q5. sigma on prices and pi on prices x log income")
-    model = BLPRandomCoefficients.from_formula(
-        FORMULA_Q5,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
-    # Node column k pairs with random column k: nodes1 with prices, the second column.
-    results = model.fit(sigma=[[0, 0], [0, 1]], pi=[[0.2], [1]], optimizer_options=OPTIONS)
+    results = exercise2_model(products, agents).fit(**Q5_START)
     print_fit(results, "Q5")
     params = results.params
     demographics = datasets.load_mixtape_demographics()
@@ -668,15 +587,25 @@ def fit_single_node(products: pd.DataFrame, agents: pd.DataFrame) -> Any:
     -------
     blpmodels.BLPResults
     """
-    model = BLPRandomCoefficients.from_formula(
-        FORMULA_Q5,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + prices + mushy",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
+    model = exercise2_model(products, agents, random="0 + prices + mushy")
     return model.fit(sigma=[[1, 0], [0, 0]], pi=[[1], [0.2]], optimizer_options=OPTIONS)
+
+
+def single_node_row(products: pd.DataFrame, agents: pd.DataFrame) -> dict[str, float]:
+    """:func:`fit_single_node`'s estimates as one table row, with the seconds the fit took.
+
+    Parameters
+    ----------
+    products, agents : pandas.DataFrame
+        As for :func:`fit_single_node`.
+
+    Returns
+    -------
+    dict
+    """
+    clock = time.perf_counter()
+    results = fit_single_node(products, agents)
+    return estimates_row(results, time.perf_counter() - clock)
 
 
 def estimates_row(results: Any, seconds: float | None = None) -> dict[str, float]:
@@ -726,9 +655,7 @@ def draws_table(products: pd.DataFrame, kind: str, draws: Sequence[int]) -> pd.D
     rows = {}
     for n in draws:
         agents = datasets.load_mixtape_derived(f"{prefix}_{n}.csv.gz")
-        clock = time.perf_counter()
-        results = fit_single_node(products, agents)
-        rows[n] = estimates_row(results, time.perf_counter() - clock)
+        rows[n] = single_node_row(products, agents)
     table = pd.DataFrame(rows).T
     table.index.name = "draws"
     return table
@@ -805,9 +732,7 @@ def supplemental2(products: pd.DataFrame, draws: Sequence[int] = DRAWS) -> pd.Da
         # Same income draws, Halton nodes built by blpmodels (markets in the file's order).
         nodes = build_integration(Integration("halton", n, seed=0), 1, agents["market_ids"])
         agents = agents.assign(nodes0=nodes["nodes0"].to_numpy(), weights=nodes["weights"])
-        clock = time.perf_counter()
-        results = fit_single_node(products, agents)
-        rows[n] = estimates_row(results, time.perf_counter() - clock)
+        rows[n] = single_node_row(products, agents)
     built = pd.DataFrame(rows).T
     table = pd.concat({"derived file": derived, 'Integration("halton", N, seed=0)': built})
     table.index.names = ["nodes", "draws"]
@@ -904,16 +829,9 @@ def supplemental4(products: pd.DataFrame, agents: pd.DataFrame, q5: Any) -> pd.D
     print(instruments.describe().T[["mean", "std", "min", "max"]].to_string())
     file_difference = _compare_with_precomputed(products, instruments)
     formula = "shares ~ 0 + [prices ~ " + " + ".join(instruments.columns) + "]"
-    model = BLPRandomCoefficients.from_formula(
-        formula,
-        products.join(instruments),
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
+    model = exercise2_model(products.join(instruments), agents, formula)
     clock = time.perf_counter()
-    results = model.fit(sigma=[[0, 0], [0, 1]], pi=[[0.2], [1]], optimizer_options=OPTIONS)
+    results = model.fit(**Q5_START)
     seconds = time.perf_counter() - clock
     table = pd.DataFrame(
         {
@@ -985,20 +903,12 @@ def supplemental5(agents: pd.DataFrame) -> pd.DataFrame:
     """
     header("Supplemental 5. Over-identified: demand_instruments4 = sd(log income) x instrument 3")
     products, _ = load_data(overidentified=True)
-    model = BLPRandomCoefficients.from_formula(
-        FORMULA_OVERID,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
-    start = {"sigma": [[0, 0], [0, 1]], "pi": [[0.2], [1]], "optimizer_options": OPTIONS}
+    model = exercise2_model(products, agents, FORMULA_OVERID)
     fits = {}
     clock = time.perf_counter()
-    fits["1-step"] = model.fit(**start)
-    fits["1-step, W=updated_W"] = model.fit(**start, W=fits["1-step"].updated_W)
-    fits['method="2s"'] = model.fit(**start, method="2s")
+    fits["1-step"] = model.fit(**Q5_START)
+    fits["1-step, W=updated_W"] = model.fit(**Q5_START, W=fits["1-step"].updated_W)
+    fits['method="2s"'] = model.fit(**Q5_START, method="2s")
     seconds = time.perf_counter() - clock
     rows = {}
     for label, results in fits.items():
@@ -1051,23 +961,25 @@ def main() -> dict[str, Any]:
     Returns
     -------
     dict
-        What :func:`run_all` returns.
+        What :func:`run_all` returns, and ``timings``.
     """
-    with pd.option_context(*DISPLAY):
-        return run_all()
+    return run_script(run_all, "Exercise 2")
 
 
-def run_all() -> dict[str, Any]:
+def run_all(timings: dict[str, float]) -> dict[str, Any]:
     """Run every question of exercise 2 and return the results.
+
+    Parameters
+    ----------
+    timings : dict
+        Filled with the seconds of each question (``q1`` ... ``s5``).
 
     Returns
     -------
     dict
-        The results of each question and ``timings`` (seconds per question).
+        ``scratch`` (the rebuilt data's differences), ``q1`` ... ``q6`` and ``s1`` ... ``s5``.
     """
-    clock = time.perf_counter()
-    timings: dict[str, float] = {}
-    out: dict[str, Any] = {"timings": timings}
+    out: dict[str, Any] = {}
     products, agents = load_data()
     overid_products, _ = load_data(overidentified=True)
     with timed(timings, "from scratch"):
@@ -1096,9 +1008,6 @@ def run_all() -> dict[str, Any]:
     with timed(timings, "s5"):
         out["s5"] = supplemental5(agents)
     supplemental6()
-    header("Timings (seconds)")
-    print(pd.Series(timings).round(2).to_string())
-    print(f"\nExercise 2 ran in {time.perf_counter() - clock:.1f} s.")
     return out
 
 

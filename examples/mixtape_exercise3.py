@@ -29,32 +29,39 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 import argparse  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator, Sequence  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from blpmodels import (  # noqa: E402
-    BLPLogit,
     BLPRandomCoefficients,
     MicroDataset,
     MicroMoment,
     datasets,
 )
 
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
-INSTRUMENTS = [f"demand_instruments{k}" for k in range(4)]
-FORMULA = "shares ~ 0 + [prices ~ " + " + ".join(INSTRUMENTS) + "]"
-FORMULA_EX2_Q2 = "shares ~ 0 + [prices ~ demand_instruments0 + demand_instruments1]"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when imported by path
+from _common import (  # noqa: E402
+    FORMULA_Q2,
+    MARKET,
+    OPTIONS,
+    PRODUCT,
+    Q5_START,
+    exercise2_logit,
+    exercise2_model,
+    header,
+    print_fit,
+    run_script,
+    timed,
+)
+
 RANDOM = "1 + mushy + prices"  # nodes0 pairs with the constant, nodes1 mushy, nodes2 prices
-DEMOGRAPHICS = "0 + log_income"
-OPTIONS = {"gtol": 1e-8, "xtol": 1e-8}  # trust-constr, as in the exercises
 SURVEY_MARKETS = ["C01Q1", "C01Q2"]
-MARKET = "C01Q2"
-PRODUCT = "F1B04"
 PI_START = [[-0.3], [0.1], [-6.0]]
 # Starting values of the exercise's solutions (Σ diagonal: constant, mushy, prices).
 Q1_START = {"sigma": np.diag([0.0, 0.0, 6.0]), "pi": [[1.0], [0.1], [-6.0]]}
@@ -64,47 +71,6 @@ FULL_START = {"sigma": np.diag([2.0, 4.0, 6.0]), "pi": PI_START}
 RHO_START = 0.1
 SIGMA_NAMES = [f"sigma[{c},{c}]" for c in ("Intercept", "mushy", "prices")]
 PI_NAMES = [f"pi[{c},log_income]" for c in ("Intercept", "mushy", "prices")]
-
-# pandas display options, set only while main() runs.
-DISPLAY = (
-    "display.precision",
-    4,
-    "display.width",
-    120,
-    "display.max_columns",
-    30,
-)
-
-
-def header(title: str) -> None:
-    """Print a section title.
-
-    Parameters
-    ----------
-    title : str
-        The title.
-    """
-    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}")
-
-
-@contextmanager
-def timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Record the seconds a block takes under ``timings[name]``.
-
-    Parameters
-    ----------
-    timings : dict
-        Where to store the time.
-    name : str
-        Key.
-
-    Yields
-    ------
-    None
-    """
-    clock = time.perf_counter()
-    yield
-    timings[name] = time.perf_counter() - clock
 
 
 def load_data() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -132,14 +98,7 @@ def build_model(products: pd.DataFrame, agents: pd.DataFrame) -> BLPRandomCoeffi
     -------
     BLPRandomCoefficients
     """
-    return BLPRandomCoefficients.from_formula(
-        FORMULA,
-        products,
-        absorb=FIXED_EFFECTS,
-        random=RANDOM,
-        demographics=DEMOGRAPHICS,
-        agent_data=agents,
-    )
+    return exercise2_model(products, agents, random=RANDOM)
 
 
 # -------------------------------------------------------------------------------------------
@@ -212,27 +171,6 @@ def diversion_moments(survey: MicroDataset | None = None) -> list[MicroMoment]:
     ]
 
 
-def print_fit(results: Any, label: str) -> None:
-    """Print a fit's summary (with its micro moments) and the convergence checks.
-
-    Parameters
-    ----------
-    results : blpmodels.BLPResults
-        A random-coefficients fit.
-    label : str
-        What was estimated.
-    """
-    convergence = results.info.convergence
-    print(results.summary())
-    print(
-        f"{label}: objective {results.objective:.3g}, projected gradient norm "
-        f"{convergence['gradient_norm']:.2g}, smallest Hessian eigenvalue "
-        f"{np.min(convergence['hessian_eigenvalues']):.3g}, "
-        f"converged={convergence['converged']}, "
-        f"{results.info.timings['optimization']:.2f} s optimizing."
-    )
-
-
 def estimates(results: Any) -> pd.Series:
     """σ, Π (and ρ) of a fit as one Series, with the price coefficient.
 
@@ -271,7 +209,7 @@ def question1(model: BLPRandomCoefficients) -> Any:
     """
     header("Q1. E[log income | j > 0] = 7.9 identifies pi on constant x log income")
     results = model.fit(**Q1_START, micro_moments=[income_moment()], optimizer_options=OPTIONS)
-    print_fit(results, "Q1")
+    print_fit(results, "Q1", all_eigenvalues=False)
     pi = results.params["pi[Intercept,log_income]"]
     se = results.bse["pi[Intercept,log_income]"]
     model_income = results.micro_values().loc["E[log_income | inside]", "model"]
@@ -328,7 +266,7 @@ def question2(model: BLPRandomCoefficients) -> Any:
     header("Q2. Diversion statistics identify sigma on the constant and on mushy")
     moments = [income_moment(), *diversion_moments()]
     results = model.fit(**Q2_START, micro_moments=moments, optimizer_options=OPTIONS)
-    print_fit(results, "Q2")
+    print_fit(results, "Q2", all_eigenvalues=False)
     print(results.micro_values().to_string())
     params = results.params
     sigma_1, sigma_mushy = params["sigma[Intercept,Intercept]"], params["sigma[mushy,mushy]"]
@@ -364,25 +302,11 @@ def earlier_fits(products: pd.DataFrame, agents: pd.DataFrame) -> dict[str, Any]
         ``"ex1 logit"`` (IV logit with fixed effects), ``"ex2 Q2"`` (π on mushy × log income)
         and ``"ex2 Q5"`` (σ and π on prices as well).
     """
-    logit = BLPLogit.from_formula(
-        "shares ~ 0 + [prices ~ demand_instruments0]", products, absorb=FIXED_EFFECTS
-    ).fit()
-    mushy = BLPRandomCoefficients.from_formula(
-        FORMULA_EX2_Q2,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy",
-        demographics=DEMOGRAPHICS,
-        agent_data=agents,
-    ).fit(sigma=0, pi=1, optimizer_options=OPTIONS)
-    prices = BLPRandomCoefficients.from_formula(
-        FORMULA,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics=DEMOGRAPHICS,
-        agent_data=agents,
-    ).fit(sigma=[[0, 0], [0, 1]], pi=[[0.2], [1]], optimizer_options=OPTIONS)
+    logit = exercise2_logit(products)
+    mushy = exercise2_model(products, agents, FORMULA_Q2, random="0 + mushy").fit(
+        sigma=0, pi=1, optimizer_options=OPTIONS
+    )
+    prices = exercise2_model(products, agents).fit(**Q5_START)
     return {"ex1 logit": logit, "ex2 Q2": mushy, "ex2 Q5": prices}
 
 
@@ -455,9 +379,9 @@ def price_cut_table(products: pd.DataFrame, fits: dict[str, Any]) -> pd.DataFram
     Parameters
     ----------
     products : pandas.DataFrame
-        Product data.
-    fits : dict
-        Label -> results.
+        The products the fits were estimated on.
+    fits : dict of str to blpmodels.BLPResults
+        The fits to compare, one column each.
 
     Returns
     -------
@@ -744,7 +668,7 @@ def supplemental3(
     results = build_model(nested, agents).fit(
         **FULL_START, rho=RHO_START, micro_moments=moments, optimizer_options=OPTIONS
     )
-    print_fit(results, "RCNL")
+    print_fit(results, "RCNL", all_eigenvalues=False)
     table = price_cut_table(nested, {"ex3 Q2": fits["ex3 Q2"], "RCNL": results})
     rivals = table.drop(index=[PRODUCT, "outside"])
     firms = rivals.groupby([rivals["firm_ids"] == "F1", "mushy"])[["ex3 Q2", "RCNL"]].mean()
@@ -787,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Returns
     -------
     dict
-        What :func:`run_all` returns.
+        What :func:`run_all` returns, and ``timings``.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -796,26 +720,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="skip supplemental 3 (the RCNL with second choices, about 45 s)",
     )
     arguments = parser.parse_args([] if argv is None else list(argv))
-    with pd.option_context(*DISPLAY):
-        return run_all(rcnl=not arguments.no_rcnl)
+    return run_script(partial(run_all, rcnl=not arguments.no_rcnl), "Exercise 3")
 
 
-def run_all(rcnl: bool = True) -> dict[str, Any]:
+def run_all(timings: dict[str, float], rcnl: bool = True) -> dict[str, Any]:
     """Run every question of exercise 3 and return the results.
 
     Parameters
     ----------
+    timings : dict
+        Filled with the seconds of the questions and supplementals.
     rcnl : bool
         Run supplemental 3.
 
     Returns
     -------
     dict
-        The results of each question and ``timings`` (seconds per question).
+        ``q1`` (and ``q1_by_hand_gap``), ``q2``, ``q3``, ``s1``, ``s2`` and, with ``rcnl``, ``s3``.
     """
-    clock = time.perf_counter()
-    timings: dict[str, float] = {}
-    out: dict[str, Any] = {"timings": timings}
+    out: dict[str, Any] = {}
     products, agents = load_data()
     model = build_model(products, agents)
     with timed(timings, "q1"):
@@ -836,13 +759,8 @@ def run_all(rcnl: bool = True) -> dict[str, Any]:
             out["s3"] = supplemental3(products, agents, fits)
     else:
         print("\nSupplemental 3 skipped (--no-rcnl).")
-    header("Timings (seconds)")
-    print(pd.Series(timings).round(2).to_string())
-    print(f"\nExercise 3 ran in {time.perf_counter() - clock:.1f} s.")
     return out
 
 
 if __name__ == "__main__":
-    import sys
-
     main(sys.argv[1:])

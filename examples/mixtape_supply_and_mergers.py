@@ -24,10 +24,10 @@ import os
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
+import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -36,63 +36,26 @@ import pandas as pd  # noqa: E402
 import blpmodels  # noqa: E402
 from blpmodels import (  # noqa: E402
     BLPLogit,
-    BLPRandomCoefficients,
     ConvergenceWarning,
     FixedPointError,
     datasets,
 )
 
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
-IV_FORMULA = "shares ~ 0 + [prices ~ price_instrument]"
-INSTRUMENTS = [f"demand_instruments{k}" for k in range(5)]
-FORMULA_Q5 = "shares ~ 0 + [prices ~ " + " + ".join(INSTRUMENTS[:4]) + "]"
-FORMULA_OVERID = "shares ~ 0 + [prices ~ " + " + ".join(INSTRUMENTS) + "]"
-RANDOM = "0 + mushy + prices"  # nodes0 pairs with mushy, nodes1 with prices
-DEMOGRAPHICS = "0 + log_income"
-OPTIONS = {"gtol": 1e-8, "xtol": 1e-8}  # trust-constr, as in the exercises
-MARKET = "C01Q2"
-MERGER = {"F2": "F1"}  # firm one buys firm two
-
-# pandas display options, set only while main() runs.
-DISPLAY = (
-    "display.precision",
-    4,
-    "display.width",
-    120,
-    "display.max_columns",
-    30,
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when imported by path
+from _common import (  # noqa: E402
+    FIXED_EFFECTS,
+    FORMULA_OVERID,
+    IV_FORMULA,
+    MARKET,
+    OPTIONS,
+    Q5_START,
+    exercise2_model,
+    header,
+    run_script,
+    timed,
 )
 
-
-def header(title: str) -> None:
-    """Print a section title.
-
-    Parameters
-    ----------
-    title : str
-        The title.
-    """
-    print(f"\n{'=' * 88}\n{title}\n{'=' * 88}")
-
-
-@contextmanager
-def timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Record the seconds a block takes under ``timings[name]``.
-
-    Parameters
-    ----------
-    timings : dict
-        Where to store the time.
-    name : str
-        Key.
-
-    Yields
-    ------
-    None
-    """
-    clock = time.perf_counter()
-    yield
-    timings[name] = time.perf_counter() - clock
+MERGER = {"F2": "F1"}  # firm one buys firm two
 
 
 # -------------------------------------------------------------------------------------------
@@ -282,35 +245,6 @@ def load_exercise2() -> tuple[pd.DataFrame, pd.DataFrame]:
     return datasets.load_mixtape_exercise2(overidentified=True)
 
 
-def random_coefficients(
-    products: pd.DataFrame, agents: pd.DataFrame, formula: str = FORMULA_Q5, **supply: Any
-) -> BLPRandomCoefficients:
-    """Exercise 2's model: sigma on prices, pi on mushy and prices x log income, FE absorbed.
-
-    Parameters
-    ----------
-    products, agents : pandas.DataFrame
-        :func:`load_exercise2`.
-    formula : str
-        Question 5's four instruments, or :data:`FORMULA_OVERID` with five.
-    **supply
-        ``supply=``, ``costs_type=`` ... passed to ``from_formula``.
-
-    Returns
-    -------
-    blpmodels.BLPRandomCoefficients
-    """
-    return BLPRandomCoefficients.from_formula(
-        formula,
-        products,
-        absorb=FIXED_EFFECTS,
-        random=RANDOM,
-        demographics=DEMOGRAPHICS,
-        agent_data=agents,
-        **supply,
-    )
-
-
 def exercise2_supplemental6(products: pd.DataFrame, agents: pd.DataFrame) -> dict[str, Any]:
     """Exercise 2, supplemental 6: supply-side moments with linear costs 1 + mushy.
 
@@ -333,9 +267,9 @@ def exercise2_supplemental6(products: pd.DataFrame, agents: pd.DataFrame) -> dic
     header("Exercise 2, supplemental 6. Supply-side restrictions in estimation")
     start = {"sigma": [[0, 0], [0, 6]], "pi": [[0.2], [-6]], "optimizer_options": OPTIONS}
     clock = time.perf_counter()
-    demand = random_coefficients(products, agents, FORMULA_OVERID).fit(**start)
+    demand = exercise2_model(products, agents, FORMULA_OVERID).fit(**start)
     seconds_demand = time.perf_counter() - clock
-    model = random_coefficients(
+    model = exercise2_model(
         products, agents, FORMULA_OVERID, supply="1 + mushy", costs_type="linear"
     )
     clock = time.perf_counter()
@@ -391,9 +325,7 @@ def question5_results(products: pd.DataFrame, agents: pd.DataFrame) -> Any:
         sigma[prices,prices] about 6.02, pi[prices,log_income] about -5.96.
     """
     header("The merger's demand: exercise 2, question 5")
-    results = random_coefficients(products, agents).fit(
-        sigma=[[0, 0], [0, 1]], pi=[[0.2], [1]], optimizer_options=OPTIONS
-    )
+    results = exercise2_model(products, agents).fit(**Q5_START)
     print(results.summary().tables[1])
     return results
 
@@ -585,23 +517,25 @@ def main() -> dict[str, Any]:
     Returns
     -------
     dict
-        What :func:`run_all` returns.
+        What :func:`run_all` returns, and ``timings``.
     """
-    with pd.option_context(*DISPLAY):
-        return run_all()
+    return run_script(run_all, "Supply side and mergers")
 
 
-def run_all() -> dict[str, Any]:
+def run_all(timings: dict[str, float]) -> dict[str, Any]:
     """Run every question and return the results.
+
+    Parameters
+    ----------
+    timings : dict
+        Filled with the seconds of each step, from the exercise-1 logit to the merger.
 
     Returns
     -------
     dict
-        The results of each question and ``timings`` (seconds per question).
+        ``ex1_s3``, ``ex1_s4``, ``ex2_s6``, ``q5``, ``soc`` (the second-order check), ``merger``.
     """
-    clock = time.perf_counter()
-    timings: dict[str, float] = {}
-    out: dict[str, Any] = {"timings": timings}
+    out: dict[str, Any] = {}
     products = datasets.load_mixtape_products()  # firm_ids: the first two characters of product
     with timed(timings, "ex1 logit"):
         logit = exercise1_results(products)
@@ -618,9 +552,6 @@ def run_all() -> dict[str, Any]:
         out["soc"] = second_order_conditions(out["q5"], agents)
     with timed(timings, "merger"):
         out["merger"] = merger(out["q5"], exclude=out["soc"]["failed"])
-    header("Timings (seconds)")
-    print(pd.Series(timings).round(2).to_string())
-    print(f"\nSupply side and mergers ran in {time.perf_counter() - clock:.1f} s.")
     return out
 
 

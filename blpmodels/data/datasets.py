@@ -19,8 +19,9 @@ get a fresh ``RangeIndex``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -144,6 +145,41 @@ def _read_csv(
     return pd.read_csv(path, dtype=dtype).reset_index(drop=True)
 
 
+_PARAMETERS_DOC = """Parameters
+    ----------
+    data_home : str or os.PathLike, optional
+        Data folder (the one holding ``mixtape/`` and ``pyblp/``); see :func:`data_home`."""
+
+_RAISES_DOC = """Raises
+    ------
+    FileNotFoundError
+        If a data file is missing; the message gives its path and the sources tried."""
+
+_Loader = TypeVar("_Loader", bound=Callable[..., Any])
+
+
+def _loader(function: _Loader) -> _Loader:
+    """Fill the loaders' shared docstring sections: ``{parameters}`` and ``{raises}``."""
+    if function.__doc__:  # None under ``python -OO``
+        function.__doc__ = function.__doc__.replace("{parameters}", _PARAMETERS_DOC).replace(
+            "{raises}", _RAISES_DOC
+        )
+    return function
+
+
+def _read_pair(
+    name: str,
+    home: str | os.PathLike[str] | None,
+    product_strings: tuple[str, ...],
+    agent_strings: tuple[str, ...] = (),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Products and agents of one pyblp data set: ``pyblp/<name>_{products,agents}.csv``."""
+    products = _read_csv(f"pyblp/{name}_products.csv", home, strings=product_strings)
+    agents = _read_csv(f"pyblp/{name}_agents.csv", home, strings=agent_strings)
+    return products, agents
+
+
+@_loader
 def load_mixtape_products(data_home: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """Load the Mixtape Sessions cereal data (24 products in 94 markets), ready for estimation.
 
@@ -158,20 +194,14 @@ def load_mixtape_products(data_home: str | os.PathLike[str] | None = None) -> pd
     - ``prices`` = ``price_per_serving``;
     - ``outside_share`` = 1 − the sum of ``shares`` within the market.
 
-    Parameters
-    ----------
-    data_home : str or os.PathLike, optional
-        Data folder; see :func:`data_home`.
+    {parameters}
 
     Returns
     -------
     pandas.DataFrame
         2,256 rows in the order of the file.
 
-    Raises
-    ------
-    FileNotFoundError
-        If the file is missing; the message gives the path and the sources tried.
+    {raises}
 
     Examples
     --------
@@ -193,26 +223,21 @@ def load_mixtape_products(data_home: str | os.PathLike[str] | None = None) -> pd
     return data
 
 
+@_loader
 def load_mixtape_demographics(data_home: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """Load the Mixtape Sessions demographics (20 individuals per market).
 
     Reads ``mixtape/demographics.csv`` (``market``, ``quarterly_income``) and adds
     ``market_ids`` (= ``market``, string) and ``log_income`` = log(``quarterly_income``).
 
-    Parameters
-    ----------
-    data_home : str or os.PathLike, optional
-        Data folder; see :func:`data_home`.
+    {parameters}
 
     Returns
     -------
     pandas.DataFrame
         1,880 rows in the order of the file.
 
-    Raises
-    ------
-    FileNotFoundError
-        If the file is missing; the message gives the path and the sources tried.
+    {raises}
 
     Examples
     --------
@@ -226,6 +251,7 @@ def load_mixtape_demographics(data_home: str | os.PathLike[str] | None = None) -
     return data
 
 
+@_loader
 def load_mixtape_exercise2(
     data_home: str | os.PathLike[str] | None = None, *, overidentified: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -249,10 +275,7 @@ def load_mixtape_exercise2(
         94,000 rows from ``mixtape/derived/ex2_agent_data.csv.gz``: ``demographics_row``,
         ``market_ids``, ``log_income``, ``nodes0..2`` and ``weights`` (1/1000).
 
-    Raises
-    ------
-    FileNotFoundError
-        If a file is missing; the message gives the path and the sources tried.
+    {raises}
 
     Examples
     --------
@@ -269,6 +292,7 @@ def load_mixtape_exercise2(
     return products, agents
 
 
+@_loader
 def load_mixtape_derived(
     name: str, data_home: str | os.PathLike[str] | None = None
 ) -> pd.DataFrame:
@@ -279,18 +303,15 @@ def load_mixtape_derived(
     name : str
         File name inside ``mixtape/derived/``, e.g. ``"ex2_s2_halton_100.csv.gz"`` (the
         folder's README lists them).
-    data_home : path-like, optional
-        Folder holding ``mixtape/``; default ``$BLPMODELS_DATA`` or ``../shared/data``.
+    data_home : str or os.PathLike, optional
+        Data folder; see :func:`data_home`.
 
     Returns
     -------
     pandas.DataFrame
         The file, ``market_ids`` and ``product_ids`` read as strings.
 
-    Raises
-    ------
-    FileNotFoundError
-        The file is not there; the message says where it was looked for.
+    {raises}
 
     Examples
     --------
@@ -299,15 +320,13 @@ def load_mixtape_derived(
     return _read_csv(f"mixtape/derived/{name}", data_home, strings=("market_ids", "product_ids"))
 
 
+@_loader
 def load_nevo(
     data_home: str | os.PathLike[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load Nevo's (2000) fake cereal data as distributed with pyblp.
 
-    Parameters
-    ----------
-    data_home : str or os.PathLike, optional
-        Data folder; see :func:`data_home`.
+    {parameters}
 
     Returns
     -------
@@ -320,10 +339,7 @@ def load_nevo(
         ``quarter``, ``weights``, ``nodes0..3``, ``income``, ``income_squared``, ``age``,
         ``child``.
 
-    Raises
-    ------
-    FileNotFoundError
-        If a file is missing; the message gives the path and the sources tried.
+    {raises}
 
     Examples
     --------
@@ -331,22 +347,16 @@ def load_nevo(
     >>> products.shape, agents.shape  # doctest: +SKIP
     ((2256, 30), (1880, 12))
     """
-    products = _read_csv(
-        "pyblp/nevo_products.csv", data_home, strings=("market_ids", "product_ids")
-    )
-    agents = _read_csv("pyblp/nevo_agents.csv", data_home, strings=("market_ids",))
-    return products, agents
+    return _read_pair("nevo", data_home, ("market_ids", "product_ids"), ("market_ids",))
 
 
+@_loader
 def load_blp(
     data_home: str | os.PathLike[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load the Berry, Levinsohn and Pakes (1995) automobile data as distributed with pyblp.
 
-    Parameters
-    ----------
-    data_home : str or os.PathLike, optional
-        Data folder; see :func:`data_home`.
+    {parameters}
 
     Returns
     -------
@@ -358,10 +368,7 @@ def load_blp(
         4,000 rows (200 per year) from ``pyblp/blp_agents.csv``: ``market_ids``, ``weights``,
         ``nodes0..4``, ``income``.
 
-    Raises
-    ------
-    FileNotFoundError
-        If a file is missing; the message gives the path and the sources tried.
+    {raises}
 
     Examples
     --------
@@ -369,11 +376,10 @@ def load_blp(
     >>> products["market_ids"].nunique(), agents.shape  # doctest: +SKIP
     (20, (4000, 8))
     """
-    products = _read_csv("pyblp/blp_products.csv", data_home, strings=("clustering_ids", "region"))
-    agents = _read_csv("pyblp/blp_agents.csv", data_home)
-    return products, agents
+    return _read_pair("blp", data_home, ("clustering_ids", "region"))
 
 
+@_loader
 def load_petrin(
     data_home: str | os.PathLike[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -381,10 +387,7 @@ def load_petrin(
 
     The micro moments that go with these data are loaded by :func:`load_petrin_micro_moments`.
 
-    Parameters
-    ----------
-    data_home : str or os.PathLike, optional
-        Data folder; see :func:`data_home`.
+    {parameters}
 
     Returns
     -------
@@ -395,10 +398,7 @@ def load_petrin(
         13,000 rows from ``pyblp/petrin_agents.csv``: ``market_ids``, ``weights``,
         ``nodes0..5``, ``fv``, ``income``, ``low``, ``mid``, ``high``, ``fs``, ``age``.
 
-    Raises
-    ------
-    FileNotFoundError
-        If a file is missing; the message gives the path and the sources tried.
+    {raises}
 
     Examples
     --------
@@ -406,20 +406,16 @@ def load_petrin(
     >>> products.shape[0], agents.shape[0]  # doctest: +SKIP
     (2407, 13000)
     """
-    products = _read_csv("pyblp/petrin_products.csv", data_home, strings=("region",))
-    agents = _read_csv("pyblp/petrin_agents.csv", data_home)
-    return products, agents
+    return _read_pair("petrin", data_home, ("region",))
 
 
+@_loader
 def load_petrin_micro_moments(
     data_home: str | os.PathLike[str] | None = None,
 ) -> dict[str, pd.Series | pd.DataFrame]:
     """Load the values and covariances of Petrin's (2002) micro moments.
 
-    Parameters
-    ----------
-    data_home : str or os.PathLike, optional
-        Data folder; see :func:`data_home`.
+    {parameters}
 
     Returns
     -------
@@ -429,10 +425,7 @@ def load_petrin_micro_moments(
         ``"covariances"``: the 10 × 10 float :class:`pandas.DataFrame` from
         ``pyblp/petrin_covariances.csv`` with the same names on both axes, in the same order.
 
-    Raises
-    ------
-    FileNotFoundError
-        If a file is missing; the message gives the path and the sources tried.
+    {raises}
 
     Examples
     --------

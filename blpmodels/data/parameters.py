@@ -107,6 +107,99 @@ def _bounds(
     return low, high
 
 
+def _sigma_start(sigma: Any, characteristics: Sequence[str]) -> np.ndarray:
+    """Starting Σ, checked to be a lower-triangular K2×K2 matrix."""
+    k2 = len(characteristics)
+    sigma_start = _as_matrix(sigma, (k2, k2), "sigma", characteristics, characteristics)
+    if np.any(np.triu(sigma_start, 1) != 0):
+        rows, columns = np.nonzero(np.triu(sigma_start, 1))
+        raise BLPInputError(
+            "sigma is the lower-triangular Cholesky root: entry "
+            f"sigma[{characteristics[rows[0]]},{characteristics[columns[0]]}] above the "
+            "diagonal must be zero"
+        )
+    return sigma_start
+
+
+def _rho_start(rho: Any, nests: Sequence[Any]) -> np.ndarray:
+    """Starting ρ: empty for unnested models, else one value or one per nest, in [0, 1)."""
+    if rho is None:
+        if nests:
+            raise BLPInputError(
+                "the model has nesting_ids: give a starting rho (one value, or one per nest)"
+            )
+        rho_start = np.zeros(0)
+    else:
+        if not nests:
+            raise BLPInputError("rho was given but the product data have no nesting_ids")
+        rho_start = np.atleast_1d(_real_array(rho, "rho")).ravel()
+        if rho_start.size not in (1, len(nests)):
+            raise BLPInputError(
+                f"rho must have 1 value or one per nest ({len(nests)}), got {rho_start.size}"
+            )
+    # Written so that NaN fails too (every comparison with NaN is False).
+    if not ((rho_start >= 0) & (rho_start < 1)).all():
+        raise BLPInputError(f"rho must lie in [0, 1), got {rho_start.tolist()}")
+    return rho_start
+
+
+def _rho_bounds(rho_bounds: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds of ρ as ``(size, 1)`` arrays, default [0, 0.99], checked to lie within [0, 1)."""
+    shape = (size, 1)
+    lower, upper = _bounds(rho_bounds, shape, "rho", np.zeros(shape), np.full(shape, 0.99))
+    if ((lower < 0) | (upper >= 1)).any():
+        raise BLPInputError("rho_bounds must lie within [0, 1)")
+    return lower, upper
+
+
+def _rc_types(
+    rc_types: Sequence[str] | dict[str, str] | None, characteristics: Sequence[str]
+) -> tuple[str, ...]:
+    """One random-coefficient distribution per column, "normal" where none is named."""
+    types: list[str]
+    if rc_types is None:
+        types = ["normal"] * len(characteristics)
+    elif isinstance(rc_types, dict):
+        unknown = set(rc_types) - set(characteristics)
+        if unknown:
+            raise BLPInputError(f"rc_types names unknown random coefficients {sorted(unknown)}")
+        types = [rc_types.get(name, "normal") for name in characteristics]
+    else:
+        types = list(rc_types)
+        if len(types) != len(characteristics):
+            raise BLPInputError(f"rc_types needs {len(characteristics)} entries, got {len(types)}")
+    for name, kind in zip(characteristics, types, strict=True):
+        if kind not in _RC_TYPES:
+            raise BLPInputError(f"rc_types[{name!r}] = {kind!r}; choose one of {_RC_TYPES}")
+    return tuple(types)
+
+
+def _free_entries(
+    *blocks: tuple[str, np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[tuple[tuple[str, int, int], ...], np.ndarray, np.ndarray]:
+    """The free parameters of ``(kind, start, lower, upper)`` blocks: the nonzero starts.
+
+    Within a block the entries come row by row (``numpy.nonzero`` order); ρ, given as a column,
+    gets -1 for its column. Returns the kinds ``(kind, row, column)`` and the bounds.
+    """
+    kinds: list[tuple[str, int, int]] = []
+    lower: list[np.ndarray] = []
+    upper: list[np.ndarray] = []
+    for kind, start, low, high in blocks:
+        rows, columns = np.nonzero(start)
+        kinds.extend(
+            (kind, int(row), -1 if kind == "rho" else int(column))
+            for row, column in zip(rows, columns, strict=True)
+        )
+        lower.append(low[rows, columns])
+        upper.append(high[rows, columns])
+    return (
+        tuple(kinds),
+        np.concatenate(lower).astype(np.float64),
+        np.concatenate(upper).astype(np.float64),
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class NonlinearParameters:
     """Structure of θ: free entries of Σ, Π and ρ with names and bounds.
@@ -162,9 +255,9 @@ class NonlinearParameters:
         Parameters
         ----------
         characteristics : sequence of str
-            Random-coefficient column names (K2).
+            Names of the K2 random-coefficient columns: the rows of Σ and Π.
         demographics : sequence of str
-            Demographic names (D).
+            Names of the D demographics: the columns of Π.
         nests : sequence
             Nest labels (H) when the model is nested.
         sigma : array-like, optional
@@ -197,14 +290,7 @@ class NonlinearParameters:
         ['sigma[prices,prices]', 'pi[prices,log_income]']
         """
         k2, d = len(characteristics), len(demographics)
-        sigma_start = _as_matrix(sigma, (k2, k2), "sigma", characteristics, characteristics)
-        if np.any(np.triu(sigma_start, 1) != 0):
-            rows, columns = np.nonzero(np.triu(sigma_start, 1))
-            raise BLPInputError(
-                "sigma is the lower-triangular Cholesky root: entry "
-                f"sigma[{characteristics[rows[0]]},{characteristics[columns[0]]}] above the "
-                "diagonal must be zero"
-            )
+        sigma_start = _sigma_start(sigma, characteristics)
         pi_start = _as_matrix(pi, (k2, d), "pi", characteristics, demographics)
         default_sigma_lower = np.where(np.eye(k2, dtype=bool), 0.0, -np.inf)
         sigma_lower, sigma_upper = _bounds(
@@ -213,89 +299,39 @@ class NonlinearParameters:
         pi_lower, pi_upper = _bounds(
             pi_bounds, (k2, d), "pi", np.full((k2, d), -np.inf), np.full((k2, d), np.inf)
         )
-        if rho is None:
-            rho_start = np.zeros(len(nests)) if nests else np.zeros(0)
-            if nests:
-                raise BLPInputError(
-                    "the model has nesting_ids: give a starting rho (one value, or one per nest)"
-                )
-        else:
-            if not nests:
-                raise BLPInputError("rho was given but the product data have no nesting_ids")
-            rho_start = np.atleast_1d(_real_array(rho, "rho")).ravel()
-            if rho_start.size not in (1, len(nests)):
-                raise BLPInputError(
-                    f"rho must have 1 value or one per nest ({len(nests)}), got {rho_start.size}"
-                )
-        # Written so that NaN fails too (every comparison with NaN is False).
-        if not ((rho_start >= 0) & (rho_start < 1)).all():
-            raise BLPInputError(f"rho must lie in [0, 1), got {rho_start.tolist()}")
-        rho_shape = (rho_start.size, 1)
-        rho_lower, rho_upper = _bounds(
-            rho_bounds, rho_shape, "rho", np.zeros(rho_shape), np.full(rho_shape, 0.99)
+        rho_start = _rho_start(rho, nests)
+        rho_lower, rho_upper = _rho_bounds(rho_bounds, rho_start.size)
+        types = _rc_types(rc_types, characteristics)
+        kinds, lower, upper = _free_entries(
+            ("sigma", sigma_start, sigma_lower, sigma_upper),
+            ("pi", pi_start, pi_lower, pi_upper),
+            ("rho", rho_start[:, None], rho_lower, rho_upper),
         )
-        if ((rho_lower < 0) | (rho_upper >= 1)).any():
-            raise BLPInputError("rho_bounds must lie within [0, 1)")
-
-        types: list[str]
-        if rc_types is None:
-            types = ["normal"] * k2
-        elif isinstance(rc_types, dict):
-            unknown = set(rc_types) - set(characteristics)
-            if unknown:
-                raise BLPInputError(f"rc_types names unknown random coefficients {sorted(unknown)}")
-            types = [rc_types.get(name, "normal") for name in characteristics]
-        else:
-            types = list(rc_types)
-            if len(types) != k2:
-                raise BLPInputError(f"rc_types needs {k2} entries, got {len(types)}")
-        for name, kind in zip(characteristics, types, strict=True):
-            if kind not in _RC_TYPES:
-                raise BLPInputError(f"rc_types[{name!r}] = {kind!r}; choose one of {_RC_TYPES}")
-
-        kinds: list[tuple[str, int, int]] = []
-        lower: list[float] = []
-        upper: list[float] = []
-        names = [*characteristics]
-        for k in range(k2):
-            for column in range(k + 1):
-                if sigma_start[k, column] != 0:
-                    kinds.append(("sigma", k, column))
-                    lower.append(sigma_lower[k, column])
-                    upper.append(sigma_upper[k, column])
-        for k in range(k2):
-            for column in range(d):
-                if pi_start[k, column] != 0:
-                    kinds.append(("pi", k, column))
-                    lower.append(pi_lower[k, column])
-                    upper.append(pi_upper[k, column])
-        for h in range(rho_start.size):
-            if rho_start[h] != 0:
-                kinds.append(("rho", h, -1))
-                lower.append(rho_lower[h, 0])
-                upper.append(rho_upper[h, 0])
         parameters = cls(
-            tuple(names),
+            tuple(characteristics),
             tuple(demographics),
             tuple(nests),
             sigma_start,
             pi_start,
             rho_start,
-            tuple(kinds),
-            np.asarray(lower, dtype=np.float64),
-            np.asarray(upper, dtype=np.float64),
-            tuple(types),
+            kinds,
+            lower,
+            upper,
+            types,
         )
-        start = parameters.theta0
-        outside = (start < parameters.lower) | (start > parameters.upper)
+        parameters._check_start_within_bounds()
+        return parameters
+
+    def _check_start_within_bounds(self) -> None:
+        """Raise if a free parameter's starting value lies outside its bounds."""
+        start = self.theta0
+        outside = (start < self.lower) | (start > self.upper)
         if outside.any():
             position = int(np.flatnonzero(outside)[0])
             raise BLPInputError(
-                f"the starting value {start[position]:g} of {parameters.names[position]} lies "
-                f"outside its bounds [{parameters.lower[position]:g}, "
-                f"{parameters.upper[position]:g}]"
+                f"the starting value {start[position]:g} of {self.names[position]} lies "
+                f"outside its bounds [{self.lower[position]:g}, {self.upper[position]:g}]"
             )
-        return parameters
 
     @property
     def size(self) -> int:

@@ -13,6 +13,7 @@ import importlib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -256,42 +257,24 @@ class ProductDesign:
         shares = numeric_values(data[parsed.dependent], f"product data column {parsed.dependent!r}")
         validate_shares(shares, markets, parsed.dependent)
         context = dict(context or {})
-        intercept = "drop" if absorb else "keep"
-        exog = build_block(
-            parsed.exog,
-            data,
-            intercept=intercept,
-            context=context,
-            market_ids=markets,
-            role="exogenous regressors",
+        block = partial(build_block, data=data, context=context, market_ids=markets)
+        exog = block(
+            parsed.exog, intercept="drop" if absorb else "keep", role="exogenous regressors"
         )
         if exog.size == 0 and not parsed.has_endog:
             # Before the other blocks and the fixed effects: nothing could be estimated.
             raise BLPInputError(_no_regressors_message(formula, bool(absorb)))
-        endog = build_block(
+        endog = block(
             f"0 + {parsed.endog}" if parsed.endog else None,
-            data,
             intercept="drop",
-            context=context,
-            market_ids=markets,
             role="instrumented regressors",
         )
-        instruments = build_block(
+        instruments = block(
             f"0 + {parsed.instruments}" if parsed.instruments else None,
-            data,
             intercept="drop",
-            context=context,
-            market_ids=markets,
             role="instruments",
         )
-        random_block = build_block(
-            random,
-            data,
-            intercept="keep",
-            context=context,
-            market_ids=markets,
-            role="random coefficients",
-        )
+        random_block = block(random, intercept="keep", role="random coefficients")
         absorber = Absorber.from_formula(absorb, data, method=absorb_method) if absorb else None
         # Keep only the names the formulas use, not the caller's whole namespace.
         used: set[str] = set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -180,14 +181,9 @@ class SupplyDesign:
             raise BLPInputError(f"product data have no column {price_column!r}")
         ownership = ownership_codes(firm_ids, layout)
         markets = data["market_ids"].to_numpy()
-        intercept = "drop" if supply_absorb else "keep"
-        exog = build_block(
-            supply,
-            data,
-            intercept=intercept,
-            context=context,
-            market_ids=markets,
-            role="supply regressors",
+        block = partial(build_block, data=data, context=context, market_ids=markets)
+        exog = block(
+            supply, intercept="drop" if supply_absorb else "keep", role="supply regressors"
         )
         for block_name, formula in (("supply", supply), ("supply_instruments", supply_instruments)):
             if formula and price_column in required_variables(formula):
@@ -195,12 +191,9 @@ class SupplyDesign:
                     f"{block_name} {formula!r} reads {price_column!r}: prices are endogenous "
                     "in the cost equation"
                 )
-        instruments = build_block(
+        instruments = block(
             f"0 + {supply_instruments}" if supply_instruments else None,
-            data,
             intercept="drop",
-            context=context,
-            market_ids=markets,
             role="supply instruments",
         )
         if exog.size == 0:

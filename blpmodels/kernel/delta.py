@@ -268,10 +268,8 @@ def solve_delta_newton(
 
     Parameters
     ----------
-    evaluator : ShareEvaluator
-        Share function at the current parameters.
-    log_shares : numpy.ndarray
-        ``[T, J]`` log observed shares (0 in padding).
+    evaluator, log_shares
+        As for :func:`solve_delta`.
     initial_delta : numpy.ndarray
         ``[T, J]`` starting values.
     inverse_log_jacobian : numpy.ndarray

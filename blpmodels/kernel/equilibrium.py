@@ -400,10 +400,8 @@ def firm_hessian_max_eigenvalues(
     ----------
     foc_jac : numpy.ndarray
         ``[T, J, J]`` ∂F/∂p (:func:`foc_jacobian`).
-    firm_codes : numpy.ndarray
-        ``[T, J]`` firm codes.
-    product_mask : numpy.ndarray
-        ``[T, J]`` real products.
+    firm_codes, product_mask : numpy.ndarray
+        ``[T, J]`` firm codes and real products.
 
     Returns
     -------

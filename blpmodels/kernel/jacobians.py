@@ -111,12 +111,8 @@ def theta_jacobian(
     ----------
     probabilities : Probabilities
         Probabilities at the solution δ.
-    weights : numpy.ndarray
-        ``[T, I]`` integration weights.
-    nesting : Nesting
-        Nest structure and ρ.
-    product_mask : numpy.ndarray
-        ``[T, J]`` real products.
+    weights, nesting, product_mask
+        As for :func:`share_jacobian`.
     characteristics : numpy.ndarray
         ``[T, J, K2]`` random-coefficient characteristics X2 (0 in padding).
     agent_factors : list of numpy.ndarray
