@@ -1,4 +1,5 @@
-"""Shared fixtures: where the data live, the Mixtape and Nevo cereal data, fitted logit models.
+"""Shared fixtures: where the data live, the Mixtape, exercise-2 and Nevo cereal data, fitted
+logit models, and pyblp (the oracle).
 
 Tests that read the shared data carry ``@pytest.mark.data``; their fixtures skip cleanly (with
 the path that was looked at) when the data folder is missing, so the rest of the suite still
@@ -7,7 +8,9 @@ data is an error instead: the run stops at session start, naming the folder and 
 looked for, and any test skipped for want of data or an oracle package fails.
 
 Session-scoped fixtures hand out frames and results that tests must not modify; the
-``products`` fixture gives a fresh copy for tests that edit the data.
+``products`` fixture gives a fresh copy for tests that edit the data. The ``no_*`` fixtures put
+failing stand-ins (``guards.py``) in place of estimation work, for tests that bad input is
+rejected before any work starts.
 """
 
 from __future__ import annotations
@@ -36,10 +39,17 @@ import pytest  # noqa: E402
 from blpmodels.datasets import (  # noqa: E402
     DATA_ENV_VAR,
     data_home,
+    load_mixtape_exercise2,
     load_mixtape_products,
     load_nevo,
 )
+from guards import forbid  # noqa: E402
 
+import blpmodels.data.products  # noqa: E402
+import blpmodels.models.logit  # noqa: E402
+import blpmodels.models.nested_logit  # noqa: E402
+import blpmodels.models.random_coefficients  # noqa: E402
+import blpmodels.results.demand  # noqa: E402
 from blpmodels import BLPLogit  # noqa: E402
 
 FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
@@ -130,20 +140,62 @@ def products(mixtape_products: pd.DataFrame) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def nevo_products(shared_data_home: Path) -> pd.DataFrame:
-    """Nevo's products with pyblp's nested-logit tutorial columns (do not modify).
+def pyblp():
+    """pyblp, the oracle, with its progress output off (the test skips without it)."""
+    module = pytest.importorskip("pyblp")
+    module.options.verbose = False
+    return module
 
-    ``nesting_ids`` = mushy, and ``nest_count`` (= ``demand_instruments20``, as in pyblp's
-    tutorial) = the number of products in the (market, nest) group.
-    """
+
+@pytest.fixture(scope="session")
+def exercise2(shared_data_home: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mixtape exercise 2's products and agents (do not modify)."""
+    _require(shared_data_home / "mixtape" / "derived" / "ex2_product_data.csv")
+    _require(shared_data_home / "mixtape" / "derived" / "ex2_agent_data.csv.gz")
+    return load_mixtape_exercise2(shared_data_home)
+
+
+@pytest.fixture(scope="session")
+def exercise2_overidentified(shared_data_home: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exercise 2 with a fifth demand instrument and firm ids (do not modify)."""
+    derived = shared_data_home / "mixtape" / "derived"
+    _require(derived / "ex2_product_data_with_overid_and_firms.csv")
+    _require(derived / "ex2_agent_data.csv.gz")
+    return load_mixtape_exercise2(shared_data_home, overidentified=True)
+
+
+@pytest.fixture(scope="session")
+def nevo(shared_data_home: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Nevo's cereal products and agents as pyblp ships them (do not modify)."""
     _require(shared_data_home / "pyblp" / "nevo_products.csv")
-    data, _ = load_nevo(shared_data_home)
-    data = data.copy()
-    data["nesting_ids"] = data["mushy"]
-    counts = data.groupby(["market_ids", "nesting_ids"])["shares"].transform("size")
-    data["nest_count"] = counts.astype(np.float64)
-    data["demand_instruments20"] = data["nest_count"]
-    return data
+    _require(shared_data_home / "pyblp" / "nevo_agents.csv")
+    return load_nevo(shared_data_home)
+
+
+@pytest.fixture(scope="session")
+def nevo_nested(nevo: tuple[pd.DataFrame, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Nevo's data with pyblp's nested-logit tutorial columns (do not modify).
+
+    ``nesting_ids`` = mushy and ``nest_count`` = the number of products in the (market, nest)
+    group.
+    """
+    products, agents = nevo
+    products = products.copy()
+    products["nesting_ids"] = products["mushy"]
+    counts = products.groupby(["market_ids", "nesting_ids"])["shares"].transform("size")
+    products["nest_count"] = counts.astype(np.float64)
+    return products, agents
+
+
+@pytest.fixture(scope="session")
+def nevo_products(nevo_nested: tuple[pd.DataFrame, pd.DataFrame]) -> pd.DataFrame:
+    """The products of ``nevo_nested`` with ``demand_instruments20`` = ``nest_count``.
+
+    As in pyblp's tutorial, where the nest count is the 21st excluded instrument (do not
+    modify).
+    """
+    products, _ = nevo_nested
+    return products.assign(demand_instruments20=products["nest_count"])
 
 
 @pytest.fixture(scope="session")
@@ -172,6 +224,33 @@ def iv_results(mixtape_products: pd.DataFrame):
     """``shares ~ 1 + mushy + [prices ~ price_instrument]`` without fixed effects."""
     data = mixtape_products.copy()
     return BLPLogit.from_formula("shares ~ 1 + mushy + [prices ~ price_instrument]", data).fit()
+
+
+@pytest.fixture
+def no_design_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building formula blocks or fixed effects fails: share and id checks must come first."""
+    monkeypatch.setattr(blpmodels.data.products, "build_block", forbid)
+    monkeypatch.setattr(blpmodels.data.products.Absorber, "from_formula", forbid)
+
+
+@pytest.fixture
+def no_estimation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The linear GMM pipeline fails: option checks must come first."""
+    monkeypatch.setattr(blpmodels.models.logit, "fit_linear", forbid)
+    monkeypatch.setattr(blpmodels.models.nested_logit, "fit_linear", forbid)
+
+
+@pytest.fixture
+def no_share_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The share kernel fails: predict-data and post-estimation checks must come first."""
+    monkeypatch.setattr(blpmodels.results.demand, "ShareEvaluator", forbid)
+    monkeypatch.setattr(blpmodels.results.demand, "share_jacobian", forbid)
+
+
+@pytest.fixture
+def no_contraction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The random-coefficients objective (δ contraction) fails: checks must come first."""
+    monkeypatch.setattr(blpmodels.models.random_coefficients, "NonlinearObjective", forbid)
 
 
 def simulate_logit_products(

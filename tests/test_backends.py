@@ -140,32 +140,46 @@ def _kill(cluster, address: str) -> None:
     cluster.sync(worker.close)
 
 
-def test_a_worker_lost_between_evaluations_is_replaced():
-    """Its chunks are scattered again with the driver's warm start; δ and q are unchanged."""
+def _evaluate_across_a_lost_worker(n_workers: int, processes: bool, kill):
+    """The "rc" problem evaluated on a dask cluster at σ = 0.5, then ``kill(cluster, client,
+    address)`` takes the first chunk's worker away, then at σ = 0.6 and 0.8: q and δ equal the
+    threads evaluations'. Returns the backend's recoveries and chunk owners at the end (read
+    while the cluster runs), the lost worker and the (dask, threads) evaluation pairs."""
     problem, _, _ = _problem("rc")
     reference = problem.model(chunk_size=4).objective_function(
         problem.model().parameters(sigma=0.5)
     )
     with (
         distributed.LocalCluster(
-            n_workers=3, threads_per_worker=1, processes=False, dashboard_address=":0"
+            n_workers=n_workers, threads_per_worker=1, processes=processes, dashboard_address=":0"
         ) as local,
         distributed.Client(local, set_as_default=False) as client,
     ):
         model = problem.model(chunk_size=4, backend="dask", client=client)
         objective = model.objective_function(model.parameters(sigma=0.5))
         objective.evaluate(np.array([0.5]))
-        victim = objective.backend.owners[0]
-        _kill(local, victim)
         reference.evaluate(np.array([0.5]))
+        victim = objective.backend.owners[0]
+        kill(local, client, victim)
+        pairs = []
         for sigma in (0.6, 0.8):
             expected = reference.evaluate(np.array([sigma]))
             evaluation = objective.evaluate(np.array([sigma]))
             assert evaluation.objective == pytest.approx(expected.objective, rel=1e-12)
             np.testing.assert_allclose(evaluation.delta, expected.delta, rtol=0, atol=1e-12)
-            np.testing.assert_allclose(evaluation.gradient, expected.gradient, rtol=1e-9)
-        assert objective.backend.recoveries == 1
-        assert victim not in objective.backend.owners
+            pairs.append((evaluation, expected))
+        return objective.backend.recoveries, list(objective.backend.owners), victim, pairs
+
+
+def test_a_worker_lost_between_evaluations_is_replaced():
+    """Its chunks are scattered again with the driver's warm start; δ and q are unchanged."""
+    recoveries, owners, victim, pairs = _evaluate_across_a_lost_worker(
+        3, False, lambda cluster, client, address: _kill(cluster, address)
+    )
+    for evaluation, expected in pairs:
+        np.testing.assert_allclose(evaluation.gradient, expected.gradient, rtol=1e-9)
+    assert recoveries == 1
+    assert victim not in owners
 
 
 def test_a_worker_killed_mid_fit_does_not_stop_the_fit():
@@ -367,27 +381,9 @@ def test_a_worker_process_killed_with_sigkill_is_replaced():
     import os
     import signal
 
-    problem, _, _ = _problem("rc")
-    reference = problem.model(chunk_size=4).objective_function(
-        problem.model().parameters(sigma=0.5)
-    )
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-        ) as local,
-        distributed.Client(local, set_as_default=False) as client,
-    ):
-        model = problem.model(chunk_size=4, backend="dask", client=client)
-        objective = model.objective_function(model.parameters(sigma=0.5))
-        objective.evaluate(np.array([0.5]))
-        reference.evaluate(np.array([0.5]))
-        victim = objective.backend.owners[0]
-        pid = client.run(os.getpid, workers=[victim])[victim]
-        os.kill(pid, signal.SIGKILL)
-        for sigma in (0.6, 0.8):
-            expected = reference.evaluate(np.array([sigma]))
-            evaluation = objective.evaluate(np.array([sigma]))
-            assert evaluation.objective == pytest.approx(expected.objective, rel=1e-12)
-            np.testing.assert_allclose(evaluation.delta, expected.delta, rtol=0, atol=1e-12)
-        assert objective.backend.recoveries >= 1
-        assert victim not in objective.backend.owners
+    def sigkill(cluster, client, address):
+        os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
+
+    recoveries, owners, victim, _ = _evaluate_across_a_lost_worker(2, True, sigkill)
+    assert recoveries >= 1
+    assert victim not in owners

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from guards import WorkStarted, forbid
 
-import blpmodels.data.products
 import blpmodels.models.logit
 import blpmodels.models.nested_logit
 import blpmodels.results.demand
@@ -17,33 +17,8 @@ IV_FORMULA = "shares ~ 1 + x + [prices ~ z1]"
 FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 
 
-class _WorkStarted(AssertionError):
-    """Raised by stand-ins for the estimation and share code: validation came too late."""
-
-
-def _forbid(*_args, **_kwargs):
-    raise _WorkStarted("estimation work started before the input was validated")
-
-
-@pytest.fixture
-def no_design_work(monkeypatch):
-    """Building formula blocks or fixed effects fails: share and id checks must come first."""
-    monkeypatch.setattr(blpmodels.data.products, "build_block", _forbid)
-    monkeypatch.setattr(blpmodels.data.products.Absorber, "from_formula", _forbid)
-
-
-@pytest.fixture
-def no_estimation(monkeypatch):
-    """The GMM pipeline fails: option checks must come first."""
-    monkeypatch.setattr(blpmodels.models.logit, "fit_linear", _forbid)
-    monkeypatch.setattr(blpmodels.models.nested_logit, "fit_linear", _forbid)
-
-
-@pytest.fixture
-def no_share_evaluation(monkeypatch):
-    """The share kernel fails: predict-data checks must come first."""
-    monkeypatch.setattr(blpmodels.results.demand, "ShareEvaluator", _forbid)
-    monkeypatch.setattr(blpmodels.results.demand, "share_jacobian", _forbid)
+# The stand-ins for estimation work (no_design_work, no_estimation, no_share_evaluation) are
+# fixtures of conftest.py.
 
 
 @pytest.fixture
@@ -134,24 +109,22 @@ def test_term_both_exogenous_and_instrumented(simulated_products):
 
 
 @pytest.mark.parametrize(
-    ("value", "fragment"),
-    [(0.0, "are <= 0"), (-0.1, "are <= 0"), (1.0, "are >= 1"), (1.5, "are >= 1")],
+    ("value", "message"),
+    [
+        (0.0, "column 'shares': 1 rows are <= 0"),
+        (-0.1, "column 'shares': 1 rows are <= 0"),
+        (1.0, "column 'shares': 1 rows are >= 1"),
+        (1.5, "column 'shares': 1 rows are >= 1"),
+        (np.nan, "'shares' has 1 missing values"),
+    ],
+    ids=["zero", "negative", "one", "above_one", "missing"],
 )
-def test_shares_outside_the_unit_interval_name_column_and_market(
-    simulated_products, no_design_work, value, fragment
-):
+def test_bad_shares_name_column_and_market(simulated_products, no_design_work, value, message):
+    """Shares outside the unit interval or missing."""
     data = simulated_products
     data.loc[data.index[20], "shares"] = value
     market = data.loc[data.index[20], "market_ids"]
-    with pytest.raises(BLPInputError, match=f"column 'shares': 1 rows {fragment}.*'{market}'"):
-        BLPLogit.from_formula(IV_FORMULA, data)
-
-
-def test_missing_shares_name_column_and_market(simulated_products, no_design_work):
-    data = simulated_products
-    data.loc[data.index[20], "shares"] = np.nan
-    market = data.loc[data.index[20], "market_ids"]
-    with pytest.raises(BLPInputError, match=f"'shares' has 1 missing values.*'{market}'"):
+    with pytest.raises(BLPInputError, match=f"{message}.*'{market}'"):
         BLPLogit.from_formula(IV_FORMULA, data)
 
 
@@ -372,15 +345,15 @@ def test_post_estimation_rejects_unknown_markets_and_columns(fitted, no_share_ev
 def test_valid_input_reaches_the_stand_ins(
     simulated_products, no_design_work, no_estimation, no_share_evaluation, monkeypatch
 ):
-    with pytest.raises(_WorkStarted):
+    with pytest.raises(WorkStarted):
         BLPLogit.from_formula(IV_FORMULA, simulated_products)
     monkeypatch.undo()
     model = BLPLogit.from_formula(IV_FORMULA, simulated_products)
     results = model.fit()
-    monkeypatch.setattr(blpmodels.models.logit, "fit_linear", _forbid)
-    monkeypatch.setattr(blpmodels.models.nested_logit, "fit_linear", _forbid)
-    monkeypatch.setattr(blpmodels.results.demand, "ShareEvaluator", _forbid)
-    with pytest.raises(_WorkStarted):
+    monkeypatch.setattr(blpmodels.models.logit, "fit_linear", forbid)
+    monkeypatch.setattr(blpmodels.models.nested_logit, "fit_linear", forbid)
+    monkeypatch.setattr(blpmodels.results.demand, "ShareEvaluator", forbid)
+    with pytest.raises(WorkStarted):
         model.fit()
-    with pytest.raises(_WorkStarted):
+    with pytest.raises(WorkStarted):
         results.predict(_market(simulated_products))

@@ -2,7 +2,8 @@
 
 Every error is raised before estimation work: the stand-ins below replace the code that would
 do the work (building design blocks, the GMM pipeline, the share kernel, the δ contraction), so
-a check that comes too late fails with ``_WorkStarted`` instead of the expected error.
+a check that comes too late fails with ``WorkStarted`` instead of the expected error (the
+stand-ins are the ``no_*`` fixtures of conftest.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 from blpmodels.datasets import data_home
+from guards import forbid
 
 import blpmodels.data.products
-import blpmodels.models.logit
-import blpmodels.models.nested_logit
 import blpmodels.models.random_coefficients
-import blpmodels.results.demand
 from blpmodels import BLPLogit, BLPRandomCoefficients
 from blpmodels.data.agents import AgentDesign
 from blpmodels.data.parameters import NonlinearParameters
@@ -29,41 +28,6 @@ from blpmodels.simulation.logit import simulate_logit
 
 IV_FORMULA = "shares ~ 1 + x + [prices ~ z1]"
 RC_FORMULA = "shares ~ 1 + x + [prices ~ cost_shifter]"
-
-
-class _WorkStarted(AssertionError):
-    """Raised by stand-ins for the estimation code: validation came too late."""
-
-
-def _forbid(*_args, **_kwargs):
-    raise _WorkStarted("estimation work started before the input was validated")
-
-
-@pytest.fixture
-def no_design_work(monkeypatch):
-    """Building formula blocks or fixed effects fails: share and id checks must come first."""
-    monkeypatch.setattr(blpmodels.data.products, "build_block", _forbid)
-    monkeypatch.setattr(blpmodels.data.products.Absorber, "from_formula", _forbid)
-
-
-@pytest.fixture
-def no_estimation(monkeypatch):
-    """The linear GMM pipeline fails: option checks must come first."""
-    monkeypatch.setattr(blpmodels.models.logit, "fit_linear", _forbid)
-    monkeypatch.setattr(blpmodels.models.nested_logit, "fit_linear", _forbid)
-
-
-@pytest.fixture
-def no_share_evaluation(monkeypatch):
-    """The share kernel fails: post-estimation checks must come first."""
-    monkeypatch.setattr(blpmodels.results.demand, "ShareEvaluator", _forbid)
-    monkeypatch.setattr(blpmodels.results.demand, "share_jacobian", _forbid)
-
-
-@pytest.fixture
-def no_contraction(monkeypatch):
-    """The random-coefficients objective (δ contraction) fails: checks must come first."""
-    monkeypatch.setattr(blpmodels.models.random_coefficients, "NonlinearObjective", _forbid)
 
 
 @pytest.fixture
@@ -190,7 +154,7 @@ def test_statsmodels_agrees_that_such_iv_is_ols(simulated_products):
 def test_collinear_random_coefficient_characteristics_are_named(
     rc_products, rc_agents, monkeypatch, random, column, partner
 ):
-    monkeypatch.setattr(blpmodels.models.random_coefficients, "AgentDesign", _forbid)
+    monkeypatch.setattr(blpmodels.models.random_coefficients, "AgentDesign", forbid)
     with pytest.raises(
         BLPInputError,
         match=re.escape(f"random coefficients are collinear: {column!r}") + f".*'{partner}'",

@@ -12,22 +12,18 @@ implementation would fail about once in two million seeds).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from blpmodels.datasets import DATA_ENV_VAR, load_mixtape_exercise2
+from builders import at_parameters, load_example, q5_model
 from scipy import stats
 
-from blpmodels import BLPNestedLogit, BLPRandomCoefficients, ConvergenceWarning
+from blpmodels import BLPNestedLogit
 
 pytestmark = pytest.mark.data
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 Z = 5.0  # standard errors allowed in every distributional check
 
 
@@ -80,15 +76,6 @@ def _logit_shares(delta: np.ndarray) -> np.ndarray:
     return exp_delta / (1.0 + exp_delta.sum(axis=-1, keepdims=True))
 
 
-def _load_example(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bootstrapped_counterfactual_and_its_intervals_by_hand(
     mixtape_products, iv_fe_results, capsys
 ):
@@ -97,7 +84,7 @@ def test_bootstrapped_counterfactual_and_its_intervals_by_hand(
     With market and product effects absorbed and ξ held, a draw α* moves the logit mean
     utility to δ̂ + (α* − α̂)p, with δ̂ = log(s_j/s_0) from the data.
     """
-    example = _load_example("mixtape_exercise1")
+    example = load_example("mixtape_exercise1")
     draws, seed = 300, 0
     table = example.supplemental2(mixtape_products, iv_fe_results, draws=draws, seed=seed)
     capsys.readouterr()
@@ -122,6 +109,34 @@ def test_bootstrapped_counterfactual_and_its_intervals_by_hand(
     np.testing.assert_allclose(bootstrapped.predict(baseline), expected, rtol=1e-10)
 
 
+def assert_draws_clipped_at_zero(results, bounded: str, free: list[str], n: int = 20_000):
+    """``n`` draws of a parameter bounded below by zero, estimated within a few standard errors
+    of the bound: N(estimate, se²) draws moved onto the bound, with a warning counting them; the
+    ``free`` (unbounded) parameters' draws follow the normal distribution. Returns the draws.
+
+    The share at the bound is Φ(−μ/s) and the mean E[max(X, 0)] = μΦ(μ/s) + sφ(μ/s) for
+    X ~ N(μ, s²), each within Z of its sampling error.
+    """
+    estimate, se = results.params[bounded], results.bse[bounded]
+    below = stats.norm.cdf(-estimate / se)
+    assert 0.05 < below < 0.5  # the case exercises the bound at zero
+    with pytest.warns(UserWarning, match=f"of {n} bootstrap draws fell outside") as caught:
+        bootstrapped = results.bootstrap(draws=n, seed=0)
+    draws = bootstrapped.params[bounded].to_numpy()
+    at_bound = int((draws == 0).sum())
+    assert draws.min() == 0.0
+    assert str(caught[0].message).startswith(f"{at_bound} of {n}")
+    assert abs(at_bound / n - below) < Z * np.sqrt(below * (1 - below) / n)
+    expected = estimate * stats.norm.cdf(estimate / se) + se * stats.norm.pdf(estimate / se)
+    assert abs(draws.mean() - expected) < Z * se / np.sqrt(n)
+    assert_normal_draws(
+        bootstrapped.params[free].to_numpy(),
+        results.params[free].to_numpy(),
+        results.cov_params().loc[free, free].to_numpy(),
+    )
+    return bootstrapped
+
+
 # ---------------------------------------------------------------- nested logit (ρ drawn)
 
 NESTED_FORMULA = (
@@ -142,27 +157,9 @@ def test_nested_logit_rho_draws_are_clipped_to_bounds_with_a_warning(simulate):
     results = BLPNestedLogit.from_formula(
         "shares ~ 1 + x + [prices ~ z1 + z2 + nest_count + nest_z1]", data
     ).fit()
-    draws = 20_000
-    rho, se = results.params["rho"], results.bse["rho"]
-    below = stats.norm.cdf(-rho / se)
-    assert 0.05 < below < 0.5  # the case exercises the bound at zero
-    with pytest.warns(UserWarning, match=r"of 20000 bootstrap draws fell outside") as caught:
-        bootstrapped = results.bootstrap(draws=draws, seed=0)
-    rho_draws = bootstrapped.params["rho"].to_numpy()
-    assert rho_draws.min() == 0.0 and rho_draws.max() <= 0.99
-    at_bound = int((rho_draws == 0).sum())
-    assert str(caught[0].message).startswith(f"{at_bound} of {draws}")
-    assert abs(at_bound / draws - below) < Z * np.sqrt(below * (1 - below) / draws)
-    # E[max(X, 0)] = μΦ(μ/s) + sφ(μ/s) for X ~ N(μ, s²).
-    expected = rho * stats.norm.cdf(rho / se) + se * stats.norm.pdf(rho / se)
-    assert abs(rho_draws.mean() - expected) < Z * se / np.sqrt(draws)
     # β is unbounded: its draws follow the normal distribution.
-    beta = ["Intercept", "x", "prices"]
-    assert_normal_draws(
-        bootstrapped.params[beta].to_numpy(),
-        results.params[beta].to_numpy(),
-        results.cov_params().loc[beta, beta].to_numpy(),
-    )
+    bootstrapped = assert_draws_clipped_at_zero(results, "rho", ["Intercept", "x", "prices"])
+    assert bootstrapped.params["rho"].max() <= 0.99
 
 
 def _nested_shares(delta, nests, rho):
@@ -197,67 +194,22 @@ def test_nested_logit_bootstrap_predictions_by_hand(nested_results, nevo_product
 
 # ---------------------------------------------------------------- random coefficients (θ drawn)
 
-Q5_FORMULA = (
-    "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
-)
 # Exercise 2, question 5 estimates (pyblp 1.3.0 and blpmodels agree to 1e-6).
 Q5_SIGMA = 6.01516714
 Q5_PI = [[0.10882918], [-5.95723916]]
 
 
 @pytest.fixture(scope="module")
-def exercise2(shared_data_home):
-    for name in ("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz"):
-        if not (shared_data_home / name).is_file():
-            pytest.skip(
-                f"shared data file {shared_data_home / name} not found (set {DATA_ENV_VAR})"
-            )
-    return load_mixtape_exercise2(shared_data_home)
-
-
-@pytest.fixture(scope="module")
 def q5_results(exercise2):
     """Results at the question-5 estimates (the optimizer stays at the start)."""
     products, agents = exercise2
-    model = BLPRandomCoefficients.from_formula(
-        Q5_FORMULA,
-        products,
-        absorb="C(market_ids) + C(product_ids)",
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return model.fit(
-            sigma=[[0, 0], [0, Q5_SIGMA]],
-            pi=Q5_PI,
-            optimizer=lambda fun, theta0, bounds: theta0,
-            compute_hessian=False,
-        )
+    return at_parameters(q5_model(products, agents), sigma=[[0, 0], [0, Q5_SIGMA]], pi=Q5_PI)
 
 
 def test_random_coefficient_draws_respect_the_sigma_bound(q5_results):
-    draws = 20_000
-    sigma, se = q5_results.params["sigma[prices,prices]"], q5_results.bse["sigma[prices,prices]"]
-    below = stats.norm.cdf(-sigma / se)
-    assert 0.05 < below < 0.5  # σ is within a few standard errors of its bound at zero
-    with pytest.warns(UserWarning, match="bootstrap draws fell outside") as caught:
-        bootstrapped = q5_results.bootstrap(draws=draws, seed=0)
-    sigma_draws = bootstrapped.params["sigma[prices,prices]"].to_numpy()
-    at_bound = int((sigma_draws == 0).sum())
-    assert sigma_draws.min() == 0.0
-    assert str(caught[0].message).startswith(f"{at_bound} of {draws}")
-    assert abs(at_bound / draws - below) < Z * np.sqrt(below * (1 - below) / draws)
-    # E[max(X, 0)] = μΦ(μ/s) + sφ(μ/s) for X ~ N(μ, s²).
-    expected = sigma * stats.norm.cdf(sigma / se) + se * stats.norm.pdf(sigma / se)
-    assert abs(sigma_draws.mean() - expected) < Z * se / np.sqrt(draws)
+    """σ is within a few standard errors of its bound at zero."""
     free = ["prices", "pi[mushy,log_income]", "pi[prices,log_income]"]
-    assert_normal_draws(
-        bootstrapped.params[free].to_numpy(),
-        q5_results.params[free].to_numpy(),
-        q5_results.cov_params().loc[free, free].to_numpy(),
-    )
+    assert_draws_clipped_at_zero(q5_results, "sigma[prices,prices]", free)
 
 
 def _rc_shares(delta, market, people, sigma, pi_mushy, pi_prices):

@@ -7,47 +7,14 @@ estimation agents give back the estimated δ.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
-from blpmodels.datasets import load_nevo
+from builders import NEVO_FORMULA, at_parameters, nevo_model, nevo_problem
 
-from blpmodels import (
-    BLPInputError,
-    BLPLogit,
-    BLPRandomCoefficients,
-    ConvergenceWarning,
-    FixedPointError,
-    Integration,
-)
+from blpmodels import BLPInputError, BLPLogit, BLPRandomCoefficients, FixedPointError, Integration
 
 pytestmark = pytest.mark.data
-
-INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(20))
-FORMULA = f"shares ~ 0 + [prices ~ {INSTRUMENTS}]"
-
-
-@pytest.fixture(scope="module")
-def nevo(shared_data_home):
-    if not (shared_data_home / "pyblp" / "nevo_agents.csv").is_file():
-        pytest.skip(f"Nevo data not found under {shared_data_home}")
-    products, agents = load_nevo(shared_data_home)
-    products = products.copy()
-    products["nesting_ids"] = products["mushy"]
-    return products, agents
-
-
-def _stay(fun, theta0, bounds):
-    return theta0
-
-
-def _at_start(model, **start):
-    """Results at the starting θ: compute_delta holds θ at whatever the results carry."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return model.fit(method="1s", optimizer=_stay, compute_hessian=False, **start)
 
 
 @pytest.fixture(scope="module")
@@ -59,29 +26,18 @@ def half_agents(nevo):
 
 @pytest.fixture(scope="module")
 def demographic_results(nevo):
+    """Results at the starting θ: compute_delta holds θ at whatever the results carry."""
     products, agents = nevo
-    model = BLPRandomCoefficients.from_formula(
-        FORMULA,
-        products.drop(columns="nesting_ids"),
-        absorb="C(product_ids)",
-        random="0 + prices",
-        demographics="0 + income",
-        agent_data=agents,
-    )
-    return _at_start(model, sigma=[[2.0]], pi=[[1.0]])
+    model = nevo_model(products, agents, demographics="0 + income")
+    return at_parameters(model, sigma=[[2.0]], pi=[[1.0]])
 
 
 @pytest.fixture(scope="module")
-def nested_results(nevo):
-    products, agents = nevo
-    model = BLPRandomCoefficients.from_formula(
-        FORMULA,
-        products,
-        absorb="C(product_ids)",
-        random="0 + prices",
-        agent_data=agents[["market_ids", "weights", "nodes0"]],
-    )
-    return _at_start(model, sigma=[[2.0]], rho=0.5)
+def nested_results(nevo_nested):
+    """RCNL results at the starting θ."""
+    products, agents = nevo_nested
+    model = nevo_model(products, agents[["market_ids", "weights", "nodes0"]])
+    return at_parameters(model, sigma=[[2.0]], rho=0.5)
 
 
 def _pyblp_at(pyblp, products, agents, results, demographics: bool):
@@ -91,14 +47,8 @@ def _pyblp_at(pyblp, products, agents, results, demographics: bool):
         kwargs["pi"] = np.array([[float(results.params["pi[prices,income]"])]])
     if "rho" in results.params.index:
         kwargs["rho"] = float(results.params["rho"])
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
-            pyblp.Formulation("0 + prices"),
-        ),
-        products,
-        agent_formulation=pyblp.Formulation("0 + income") if demographics else None,
-        agent_data=agents,
+    problem = nevo_problem(
+        pyblp, products, agents, demographics="0 + income" if demographics else None
     )
     return problem.solve(
         sigma=sigma,
@@ -107,13 +57,6 @@ def _pyblp_at(pyblp, products, agents, results, demographics: bool):
         iteration=pyblp.Iteration("squarem", {"atol": 1e-14, "max_evaluations": 10000}),
         **kwargs,
     )
-
-
-@pytest.fixture(scope="module")
-def pyblp_module():
-    pyblp = pytest.importorskip("pyblp")
-    pyblp.options.verbose = False
-    return pyblp
 
 
 def test_estimation_agents_give_back_the_estimated_delta(demographic_results, nevo):
@@ -125,16 +68,14 @@ def test_estimation_agents_give_back_the_estimated_delta(demographic_results, ne
 
 
 def test_matches_pyblp_with_other_agents_and_demographics(
-    demographic_results, nevo, half_agents, pyblp_module
+    demographic_results, nevo, half_agents, pyblp
 ):
     products, agents = nevo
-    oracle = _pyblp_at(
-        pyblp_module, products.drop(columns="nesting_ids"), agents, demographic_results, True
-    )
+    oracle = _pyblp_at(pyblp, products, agents, demographic_results, True)
     np.testing.assert_allclose(np.ravel(oracle.delta), demographic_results.delta, rtol=0, atol=1e-9)
     expected = np.ravel(
         oracle.compute_delta(
-            agent_data=half_agents, iteration=pyblp_module.Iteration("squarem", {"atol": 1e-14})
+            agent_data=half_agents, iteration=pyblp.Iteration("squarem", {"atol": 1e-14})
         )
     )
     ours = demographic_results.compute_delta(agent_data=half_agents)
@@ -142,15 +83,15 @@ def test_matches_pyblp_with_other_agents_and_demographics(
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-9)
 
 
-def test_nested_matches_pyblp(nested_results, nevo, half_agents, pyblp_module):
-    products, agents = nevo
+def test_nested_matches_pyblp(nested_results, nevo_nested, half_agents, pyblp):
+    products, agents = nevo_nested
     nodes = ["market_ids", "weights", "nodes0"]
-    oracle = _pyblp_at(pyblp_module, products, agents[nodes], nested_results, False)
+    oracle = _pyblp_at(pyblp, products, agents[nodes], nested_results, False)
     np.testing.assert_allclose(np.ravel(oracle.delta), nested_results.delta, rtol=0, atol=1e-9)
     expected = np.ravel(
         oracle.compute_delta(
             agent_data=half_agents[nodes],
-            iteration=pyblp_module.Iteration("squarem", {"atol": 1e-14}),
+            iteration=pyblp.Iteration("squarem", {"atol": 1e-14}),
         )
     )
     ours = nested_results.compute_delta(agent_data=half_agents[nodes])
@@ -160,11 +101,10 @@ def test_nested_matches_pyblp(nested_results, nevo, half_agents, pyblp_module):
 def test_integration_rule_reproduces_observed_shares(nevo):
     """δ from a Halton rule, checked by computing the shares market by market by hand."""
     products, _ = nevo
-    products = products.drop(columns="nesting_ids")
     model = BLPRandomCoefficients.from_formula(
-        FORMULA, products, random="0 + prices", integration=Integration("product", 7)
+        NEVO_FORMULA, products, random="0 + prices", integration=Integration("product", 7)
     )
-    results = _at_start(model, sigma=[[1.0]])
+    results = at_parameters(model, sigma=[[1.0]])
     sigma = float(results.params["sigma[prices,prices]"])
     rule = Integration("halton", 300, seed=3)
     delta = results.compute_delta(integration=rule)

@@ -30,25 +30,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
-
-from blpmodels import (
-    BLPLogit,
-    BLPNestedLogit,
-    BLPRandomCoefficients,
-    ConvergenceWarning,
-    FixedPointError,
+from builders import (
+    FIXED_EFFECTS,
+    LOGNORMAL_THETA,
+    NEVO_INSTRUMENTS,
+    at_parameters,
+    nevo_model,
+    nevo_problem,
+    q5_model,
+    q5_problem,
+    solve_at,
 )
+
+from blpmodels import BLPLogit, BLPNestedLogit, ConvergenceWarning, FixedPointError
 
 pytestmark = pytest.mark.data
 
 RTOL = 1e-9
-NEVO_INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(20))
-Q5_FORMULA = (
-    "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
-)
 Q5_THETA = {"sigma": [[0, 0], [0, 6.015167]], "pi": [[0.108829], [-5.957239]]}
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 
 
 def kappa(first: Any, second: Any) -> float:
@@ -67,40 +66,6 @@ class Case:
     merger: dict
 
 
-def _stay(fun, theta0, bounds):
-    return theta0
-
-
-def _at(model, **start):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return model.fit(method="1s", optimizer=_stay, compute_hessian=False, **start)
-
-
-def _require(*names: str) -> None:
-    for name in names:
-        if not (data_home() / name).is_file():
-            pytest.skip(f"shared data file {data_home() / name} not found (set {DATA_ENV_VAR})")
-
-
-@pytest.fixture(scope="module")
-def pyblp():
-    module = pytest.importorskip("pyblp")
-    module.options.verbose = False
-    return module
-
-
-@pytest.fixture(scope="module")
-def nevo():
-    _require("pyblp/nevo_products.csv", "pyblp/nevo_agents.csv")
-    products, agents = load_nevo()
-    products = products.copy()
-    products["nesting_ids"] = products["mushy"]
-    groups = products.groupby(["market_ids", "nesting_ids"])["shares"]
-    products["nest_count"] = groups.transform("size").astype(np.float64)
-    return products, agents
-
-
 def _logit(pyblp, request) -> Case:
     products = request.getfixturevalue("mixtape_products").copy()
     products["firm_ids"] = products["product_ids"].str[:2]
@@ -113,7 +78,7 @@ def _logit(pyblp, request) -> Case:
 
 
 def _nested_common(pyblp, request) -> Case:
-    products, _ = request.getfixturevalue("nevo")
+    products, _ = request.getfixturevalue("nevo_nested")
     ours = BLPNestedLogit.from_formula(
         f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS} + nest_count]",
         products,
@@ -121,9 +86,7 @@ def _nested_common(pyblp, request) -> Case:
     ).fit()
     frame = products.assign(demand_instruments20=products["nest_count"])
     problem = pyblp.Problem(pyblp.Formulation("0 + prices", absorb="C(market_ids)"), frame)
-    oracle = problem.solve(
-        rho=ours.params["rho"], method="1s", optimization=pyblp.Optimization("return")
-    )
+    oracle = solve_at(pyblp, problem, rho=ours.params["rho"])
     return Case(ours, oracle, products, "C01Q1", {2: 1})
 
 
@@ -139,88 +102,43 @@ def _nested_per_nest(pyblp, request) -> Case:
     )
     problem = pyblp.Problem(pyblp.Formulation("1 + x + prices"), frame)
     rho = ours.params[["rho[0]", "rho[1]"]].to_numpy()
-    oracle = problem.solve(rho=rho, method="1s", optimization=pyblp.Optimization("return"))
+    oracle = solve_at(pyblp, problem, rho=rho)
     return Case(ours, oracle, products, "m07", {"f1": "f0"})
 
 
 def _q5(pyblp, request) -> Case:
-    _require(
-        "mixtape/derived/ex2_product_data_with_overid_and_firms.csv",
-        "mixtape/derived/ex2_agent_data.csv.gz",
-    )
-    products, agents = load_mixtape_exercise2()
-    with_firms, _ = load_mixtape_exercise2(overidentified=True)
+    products, agents = request.getfixturevalue("exercise2")
+    with_firms, _ = request.getfixturevalue("exercise2_overidentified")
     products = products.copy()
     products["firm_ids"] = products["product_ids"].str[:2]
     assert (with_firms["firm_ids"].to_numpy() == products["firm_ids"].to_numpy()).all()
-    model = BLPRandomCoefficients.from_formula(
-        Q5_FORMULA,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
-    ours = _at(model, **Q5_THETA)
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
-            pyblp.Formulation("0 + mushy + prices"),
-        ),
-        products,
-        pyblp.Formulation("0 + log_income"),
-        agents,
-    )
-    oracle = problem.solve(**Q5_THETA, method="1s", optimization=pyblp.Optimization("return"))
+    ours = at_parameters(q5_model(products, agents), **Q5_THETA)
+    oracle = solve_at(pyblp, q5_problem(pyblp, products, agents), **Q5_THETA)
     return Case(ours, oracle, products, "C01Q1", {"F6": "F1"})
 
 
 def _rcnl(pyblp, request) -> Case:
-    products, agents = request.getfixturevalue("nevo")
-    model = BLPRandomCoefficients.from_formula(
-        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS}]",
-        products,
-        absorb="C(product_ids)",
-        random="0 + prices",
-        agent_data=agents,
-    )
-    ours = _at(model, sigma=[[2.0]], rho=0.7)
-    problem = pyblp.Problem(
-        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("0 + prices")),
-        products,
-        agent_data=agents[["market_ids", "weights", "nodes0"]],
-    )
-    oracle = problem.solve(
-        sigma=[[2.0]], rho=0.7, method="1s", optimization=pyblp.Optimization("return")
-    )
+    products, agents = request.getfixturevalue("nevo_nested")
+    ours = at_parameters(nevo_model(products, agents), sigma=[[2.0]], rho=0.7)
+    problem = nevo_problem(pyblp, products, agents[["market_ids", "weights", "nodes0"]])
+    oracle = solve_at(pyblp, problem, sigma=[[2.0]], rho=0.7)
     return Case(ours, oracle, products, "C01Q1", {2: 1})
 
 
 def _negative_lognormal(pyblp, request) -> Case:
-    products, agents = request.getfixturevalue("nevo")
-    products = products.drop(columns=["nesting_ids"])
-    theta = {"sigma": np.diag([0.3, 0.2]), "pi": [[0.5], [0.1]]}
-    model = BLPRandomCoefficients.from_formula(
-        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS}]",
+    products, agents = request.getfixturevalue("nevo")  # no nests
+    model = nevo_model(
         products,
-        absorb="C(product_ids)",
-        random="0 + prices + sugar",
+        agents,
+        "0 + prices + sugar",
         demographics="0 + income",
-        agent_data=agents,
         rc_types={"prices": "negative_lognormal"},
     )
-    ours = _at(model, **theta)
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
-            pyblp.Formulation("0 + I(-prices) + sugar"),
-        ),
-        products,
-        pyblp.Formulation("0 + income"),
-        agents,
-        rc_types=["log", "linear"],
+    ours = at_parameters(model, **LOGNORMAL_THETA)
+    problem = nevo_problem(
+        pyblp, products, agents, "0 + I(-prices) + sugar", "0 + income", rc_types=["log", "linear"]
     )
-    oracle = problem.solve(**theta, method="1s", optimization=pyblp.Optimization("return"))
+    oracle = solve_at(pyblp, problem, **LOGNORMAL_THETA)
     return Case(ours, oracle, products, "C01Q1", {2: 1})
 
 

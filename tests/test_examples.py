@@ -9,46 +9,23 @@ tests are skipped when they are missing.
 
 from __future__ import annotations
 
-import importlib.util
 import runpy
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from blpmodels.datasets import DATA_ENV_VAR, data_home
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from builders import EXAMPLES, load_example, require_data
 
 pytestmark = pytest.mark.data
-
-
-def _require(*relative: str) -> None:
-    """Skip unless every named file exists under the data home."""
-    for name in relative:
-        path = data_home() / name
-        if not path.is_file():
-            pytest.skip(f"shared data file {path} not found (set {DATA_ENV_VAR})")
-
-
-def _load(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def exercise1() -> ModuleType:
     """The exercise 1 example module."""
-    _require("mixtape/products.csv")
-    return _load("mixtape_exercise1")
+    require_data("mixtape/products.csv")
+    return load_example("mixtape_exercise1")
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +37,14 @@ def exercise1_results(exercise1: ModuleType) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def exercise2() -> ModuleType:
     """The exercise 2 example module."""
-    _require(
+    require_data(
         "mixtape/products.csv",
         "mixtape/demographics.csv",
         "mixtape/derived/ex2_product_data.csv",
         "mixtape/derived/ex2_product_data_with_overid_and_firms.csv",
         "mixtape/derived/ex2_agent_data.csv.gz",
     )
-    return _load("mixtape_exercise2")
+    return load_example("mixtape_exercise2")
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +194,7 @@ def test_exercise2_supplemental4_optimal_instruments(
 
 @pytest.mark.slow
 def test_exercise2_whole_script(exercise2: ModuleType) -> None:
-    _require(
+    require_data(
         "mixtape/derived/ex2_s3_quad_7x7.csv.gz",
         *(f"mixtape/derived/ex2_s1_mc_{n}.csv.gz" for n in exercise2.DRAWS),
         *(f"mixtape/derived/ex2_s2_halton_{n}.csv.gz" for n in exercise2.DRAWS),
@@ -248,12 +225,12 @@ def test_exercise2_whole_script(exercise2: ModuleType) -> None:
 @pytest.fixture(scope="module")
 def supply_example() -> ModuleType:
     """The supply-side and merger example module."""
-    _require(
+    require_data(
         "mixtape/products.csv",
         "mixtape/derived/ex2_product_data_with_overid_and_firms.csv",
         "mixtape/derived/ex2_agent_data.csv.gz",
     )
-    return _load("mixtape_supply_and_mergers")
+    return load_example("mixtape_supply_and_mergers")
 
 
 @pytest.fixture(scope="module")
@@ -359,11 +336,11 @@ def test_supply_whole_script(supply_example: ModuleType, capsys) -> None:
 # ------------------------------------------------------------------ docs/supply.md
 
 
-def _guide_blocks() -> list[tuple[bool, str]]:
-    """The ``python`` blocks of docs/supply.md: (marked slow, code)."""
+def _guide_blocks(guide: str) -> list[tuple[bool, str]]:
+    """The ``python`` blocks of ``docs/<guide>.md``: (marked slow, code)."""
     import re
 
-    text = (EXAMPLES.parent / "docs" / "supply.md").read_text()
+    text = (EXAMPLES.parent / "docs" / f"{guide}.md").read_text()
     found = re.findall(r"(<!-- slow -->\n)?```python\n(.*?)```", text, flags=re.S)
     return [(bool(slow), code) for slow, code in found]
 
@@ -385,33 +362,34 @@ def _expected_prints(code: str) -> list[str]:
     return expected
 
 
-def _run_guide(slow: bool, capsys) -> int:
-    """Run the guide's blocks in one namespace; every print shows what its comment says."""
+def _run_guide(guide: str, slow: bool, capsys) -> int:
+    """Run ``docs/<guide>.md``'s blocks in one namespace; every print shows what its comment
+    says."""
     namespace: dict[str, Any] = {}
     checked = 0
-    for marked, code in _guide_blocks():
+    for marked, code in _guide_blocks(guide):
         if marked and not slow:
             continue
         capsys.readouterr()
-        exec(compile(code, "docs/supply.md", "exec"), namespace)
+        exec(compile(code, f"docs/{guide}.md", "exec"), namespace)
         printed = capsys.readouterr().out.splitlines()
         expected = _expected_prints(code)
         assert len(printed) == len(expected), (printed, expected)
         for shown, documented in zip(printed, expected, strict=True):
             assert documented == shown or documented.startswith((shown + " ", shown + ",")), (
-                f"docs/supply.md says {documented!r}, the code prints {shown!r}"
+                f"docs/{guide}.md says {documented!r}, the code prints {shown!r}"
             )
             checked += 1
     return checked
 
 
 def test_supply_guide_snippets_print_what_they_say(supply_example: ModuleType, capsys) -> None:
-    assert _run_guide(slow=False, capsys=capsys) > 15
+    assert _run_guide("supply", slow=False, capsys=capsys) > 15
 
 
 @pytest.mark.slow
 def test_supply_guide_snippets_with_random_coefficients(supply_example: ModuleType, capsys) -> None:
-    assert _run_guide(slow=True, capsys=capsys) > 17
+    assert _run_guide("supply", slow=True, capsys=capsys) > 17
 
 
 # ------------------------------------------------------------------------------ exercise 3
@@ -426,8 +404,8 @@ def test_supply_guide_snippets_with_random_coefficients(supply_example: ModuleTy
 @pytest.fixture(scope="module")
 def exercise3() -> ModuleType:
     """The exercise 3 example module."""
-    _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
-    return _load("mixtape_exercise3")
+    require_data("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
+    return load_example("mixtape_exercise3")
 
 
 @pytest.fixture(scope="module")
@@ -508,7 +486,7 @@ def test_exercise3_question3(
 @pytest.mark.slow
 def test_exercise3_whole_script(exercise3: ModuleType, capsys) -> None:
     """Every question and supplemental, against the solution notebook's numbers."""
-    _require("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
+    require_data("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
     out = exercise3.main([])
     assert out["q1"].params["pi[Intercept,log_income]"] == pytest.approx(-0.331, abs=5e-4)
     assert out["q2"].params["sigma[mushy,mushy]"] == pytest.approx(4.22, abs=5e-3)
@@ -558,34 +536,10 @@ def test_exercise3_whole_script(exercise3: ModuleType, capsys) -> None:
 # ------------------------------------------------------------------ docs/micro.md
 
 
-def _micro_guide_blocks() -> list[tuple[bool, str]]:
-    """The ``python`` blocks of docs/micro.md: (marked slow, code)."""
-    import re
-
-    text = (EXAMPLES.parent / "docs" / "micro.md").read_text()
-    found = re.findall(r"(<!-- slow -->\n)?```python\n(.*?)```", text, flags=re.S)
-    return [(bool(slow), code) for slow, code in found]
-
-
 def _run_micro_guide(slow: bool, capsys) -> int:
-    """Run the micro guide's blocks in one namespace; every print shows what its comment says."""
-    _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
-    namespace: dict[str, Any] = {}
-    checked = 0
-    for marked, code in _micro_guide_blocks():
-        if marked and not slow:
-            continue
-        capsys.readouterr()
-        exec(compile(code, "docs/micro.md", "exec"), namespace)
-        printed = capsys.readouterr().out.splitlines()
-        expected = _expected_prints(code)
-        assert len(printed) == len(expected), (printed, expected)
-        for shown, documented in zip(printed, expected, strict=True):
-            assert documented == shown or documented.startswith((shown + " ", shown + ",")), (
-                f"docs/micro.md says {documented!r}, the code prints {shown!r}"
-            )
-            checked += 1
-    return checked
+    """Run the micro guide (it reads exercise 2's data) as :func:`_run_guide` does."""
+    require_data("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
+    return _run_guide("micro", slow, capsys)
 
 
 def test_micro_guide_snippets_print_what_they_say(capsys) -> None:

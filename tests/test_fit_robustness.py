@@ -18,14 +18,13 @@ import scipy.optimize
 from probes import probe_problem
 
 from blpmodels import BLPRandomCoefficients, ConvergenceWarning
-from blpmodels.estimation.estimator import (
-    Estimator,
-    FitSettings,
-    ScaledObjective,
-    _BudgetSpent,
-    check_identification,
-)
+from blpmodels.estimation.diagnostics import check_identification
+from blpmodels.estimation.estimator import Estimator
 from blpmodels.estimation.optimize import OptimizationOutcome
+from blpmodels.estimation.polish import NewtonPolish
+from blpmodels.estimation.problem import Problem
+from blpmodels.estimation.scaling import BudgetSpent, ScaledObjective
+from blpmodels.estimation.settings import FitSettings
 from blpmodels.exceptions import BLPInputError, FixedPointError
 
 SEEDS = (0, 1, 2, 3)
@@ -276,27 +275,27 @@ class QuadraticObjective:
         pass
 
 
-def _estimator(objective, size, **settings):
+def _estimator(objective, size, theta0=None, **settings):
     defaults = {"optimizer": "trust-constr", "optimizer_options": {}}
     defaults.update(settings)
-    return Estimator(
-        objective,
-        [f"t{k}" for k in range(size)],
-        [],
-        np.full(size, -np.inf),
-        np.full(size, np.inf),
-        np.ones(size),
-        FitSettings(**defaults),
-        np.array(["m"]),
-        5000,
+    problem = Problem(
+        names=[f"t{k}" for k in range(size)],
+        linear_names=[],
+        theta0=np.zeros(size) if theta0 is None else np.asarray(theta0, dtype=float),
+        lower=np.full(size, -np.inf),
+        upper=np.full(size, np.inf),
+        scale=np.ones(size),
+        market_labels=np.array(["m"]),
+        fp_max_evaluations=5000,
     )
+    return Estimator(objective, problem, FitSettings(**defaults))
 
 
 @pytest.mark.parametrize("optimizer", ["trust-constr", "l-bfgs-b", "bfgs"])
 def test_optimizers_back_off_from_failed_points(optimizer):
     """The optimum sits just below a region where δ cannot be solved; steps into it fail."""
     objective = QuadraticObjective([0.45, -1.0], [[2.0, 0.3], [0.3, 1.0]], fail_above=0.5)
-    estimate = _estimator(objective, 2, optimizer=optimizer).run(np.array([-3.0, 3.0]))
+    estimate = _estimator(objective, 2, [-3.0, 3.0], optimizer=optimizer).run()
     assert estimate.converged
     assert np.allclose(estimate.theta, [0.45, -1.0], atol=1e-5)
     assert max(point[0] for point in objective.points) > 0.5  # it did step into the region
@@ -312,7 +311,7 @@ def test_scaled_objective_failure_value_and_budget():
     assert failed_value == pytest.approx(3.203125) and failed_gradient == pytest.approx([1.875])
     assert [row["delta_solved"] for row in scaled.trace] == [True, False]
     scaled(np.array([0.0]))
-    with pytest.raises(_BudgetSpent):
+    with pytest.raises(BudgetSpent):
         scaled(np.array([0.1]))
     assert scaled.best.objective == pytest.approx(1.0)
 
@@ -343,10 +342,11 @@ def test_bound_constrained_newton_point_puts_crossing_parameters_on_their_bounds
     with a coupled A the free coordinate must be solved again given the bounds (SLSQP checks).
     """
     optimum = np.array([-1.0, -2.0, 3.0])
-    estimator = _estimator(QuadraticObjective(optimum, hessian), 3)
-    estimator.lower = np.zeros(3)
+    polish = NewtonPolish(
+        QuadraticObjective(optimum, hessian), np.zeros(3), np.full(3, np.inf), np.ones(3)
+    )
     theta = np.array([0.5, 0.5, 0.5])
-    point = estimator._newton_point(theta, 2 * hessian @ (theta - optimum), 2 * hessian)
+    point = polish.newton_point(theta, 2 * hessian @ (theta - optimum), 2 * hessian)
     expected = scipy.optimize.minimize(
         lambda t: (t - optimum) @ hessian @ (t - optimum),
         theta,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.optimize
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
+from builders import q5_model
 from conftest import simulate_logit_products
 
 from blpmodels import BLPInputError, BLPRandomCoefficients, Integration
@@ -163,21 +163,9 @@ def test_options_are_checked(rc_model):
 
 
 @pytest.mark.data
-def test_exercise2_question5():
+def test_exercise2_question5(exercise2):
     """Just identified: the same σ and π as trust-constr (the exercise's digits)."""
-    name = "mixtape/derived/ex2_agent_data.csv.gz"
-    if not (data_home() / name).is_file():
-        pytest.skip(f"shared data file {data_home() / name} not found (set {DATA_ENV_VAR})")
-    products, agents = load_mixtape_exercise2()
-    instruments = " + ".join(f"demand_instruments{k}" for k in range(4))
-    model = BLPRandomCoefficients.from_formula(
-        f"shares ~ 0 + [prices ~ {instruments}]",
-        products,
-        absorb="C(market_ids) + C(product_ids)",
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
+    model = q5_model(*exercise2)
     results = model.fit(sigma=[[0, 0], [0, 1]], pi=[[0.2], [1]], optimizer="gauss-newton")
     assert results.info.convergence["converged"]
     assert results.params["sigma[prices,prices]"] == pytest.approx(6.015167, abs=2e-6)

@@ -14,16 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.linalg
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
+from blpmodels.datasets import data_home
+from builders import q5_model, q5_problem, require_data
 
-from blpmodels import BLPInputError, BLPRandomCoefficients, MicroDataset, MicroMoment
+from blpmodels import BLPInputError, MicroDataset, MicroMoment
 from blpmodels.estimation.micro import MicroBlock
 from blpmodels.kernel.micro_probabilities import _nested, _nested_pairs
 
 pytestmark = pytest.mark.data
 
-FORMULA = "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
+RANDOM = "1 + mushy + prices"
 MARKETS = ["C01Q1", "C01Q2"]
 Q1_START = {"sigma": np.diag([0.0, 0.0, 6.0]), "pi": [[1.0], [0.1], [-6.0]]}
 Q2_START = {"sigma": np.diag([1.0, 1.0, 6.0]), "pi": [[-0.3], [0.1], [-6.0]]}
@@ -34,40 +34,18 @@ Q2_PYBLP = {
 }
 
 
-def _require(*relative: str) -> None:
-    home = data_home()
-    for name in relative:
-        if not (home / name).is_file():
-            pytest.skip(f"shared data file {home / name} not found (set {DATA_ENV_VAR})")
-
-
 @pytest.fixture(scope="module")
-def pyblp():
-    module = pytest.importorskip("pyblp")
-    module.options.verbose = False
-    return module
-
-
-@pytest.fixture(scope="module")
-def data():
-    _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
-    products, agents = load_mixtape_exercise2()
+def data(exercise2):
+    products, agents = exercise2
     # Brands "F1B04" belong to firm "F1" (for second choices with whole firms removed).
     products = products.assign(firm_ids=products["product_ids"].str[:2])
     return products, agents
 
 
 def build_model(data, products=None, **kwargs):
+    """Question 5's model with a random constant (exercise 3), on ``products`` if given."""
     frame, agents = data
-    return BLPRandomCoefficients.from_formula(
-        FORMULA,
-        frame if products is None else products,
-        absorb=FIXED_EFFECTS,
-        random="1 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-        **kwargs,
-    )
+    return q5_model(frame if products is None else products, agents, random=RANDOM, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -137,16 +115,7 @@ def test_exercise3_q2(model):
 
 
 def _pyblp_problem(pyblp, data):
-    products, agents = data
-    return pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
-            pyblp.Formulation("1 + mushy + prices"),
-        ),
-        products,
-        pyblp.Formulation("0 + log_income"),
-        agents,
-    )
+    return q5_problem(pyblp, *data, RANDOM)
 
 
 def _pyblp_moments(pyblp):
@@ -224,12 +193,8 @@ def test_against_pyblp_at_q2_start(model, data, pyblp):
 
 
 @pytest.fixture(scope="module")
-def data_with_firms():
-    _require(
-        "mixtape/derived/ex2_product_data_with_overid_and_firms.csv",
-        "mixtape/derived/ex2_agent_data.csv.gz",
-    )
-    products, agents = load_mixtape_exercise2(overidentified=True)
+def data_with_firms(exercise2_overidentified):
+    products, agents = exercise2_overidentified
     products = products.copy()
     products["nesting_ids"] = products["firm_ids"]
     return products, agents
@@ -259,7 +224,7 @@ def test_nested_against_pyblp(data_with_firms, pyblp):
         optimizer=lambda fun, theta0, bounds: theta0,
         compute_hessian=False,
     )
-    # pyblp reads every demand_instruments column; ours uses the four of FORMULA.
+    # pyblp reads every demand_instruments column; ours uses the four of Q5_FORMULA.
     problem = _pyblp_problem(pyblp, (products.drop(columns="demand_instruments4"), agents))
     oracle_moments = _pyblp_moments(pyblp)
     diversion = oracle_moments[1].parts[0].dataset
@@ -297,7 +262,7 @@ def test_scores_against_pyblp(q1_results, data, pyblp):
     exercise's supplemental 2 data) and agent scores equal pyblp's compute_micro_scores and
     compute_agent_scores (same agents as micro data, no integration). The survey samples
     buyers in proportion to log income, so that its expected size moves with θ."""
-    _require("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
+    require_data("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
     _, agents = data
     results = q1_results
     survey = MicroDataset("income", 100, MARKETS, weights=_by_income)
@@ -726,6 +691,20 @@ def test_nested_pairs_against_simulated_choices():
         assert np.all(np.abs(simulated - model) < 4.5 * error), (simulated, model)
 
 
+def _micro_block(model, moments, **options) -> MicroBlock:
+    """The model's micro block built directly, with chunking and storage ``options``."""
+    layout = model.design.layout
+    return MicroBlock(
+        moments,
+        model.design.data,
+        layout.index,
+        layout.mask,
+        layout.market_labels,
+        model.agents,
+        **options,
+    )
+
+
 def test_agent_chunks_and_recomputed_arrays_change_nothing(data):
     """Agents processed in chunks of 96 with every array recomputed from the callables (the
     path of large second-choice markets) give the same moments, Jacobian and covariance
@@ -755,15 +734,7 @@ def test_agent_chunks_and_recomputed_arrays_change_nothing(data):
         {"store_limit": 1.3e6},
     )
     for options in settings:
-        block = MicroBlock(
-            moments,
-            model.design.data,
-            layout.index,
-            layout.mask,
-            layout.market_labels,
-            model.agents,
-            **options,
-        )
+        block = _micro_block(model, moments, **options)
         objective = model.objective_function(parameters, micro=block)
         evaluation = objective.evaluate(parameters.theta0)
         covariance = block.covariance(
@@ -839,7 +810,7 @@ def test_supplemental2_optimal_micro_moment(model, q1_results):
     π[Intercept, log_income] built from the simulated micro data in one call; its value is
     the respondents' mean score, and the model, still just identified, matches it
     (π[Intercept, log_income] moves from −0.331 to −0.587 here)."""
-    _require("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
+    require_data("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
     survey = MicroDataset("income", 100, MARKETS)
     micro = pd.read_csv(data_home() / "mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
     micro = micro.assign(choice_indices=micro["choice_indices"] + 1)  # 0 = outside here
@@ -854,17 +825,9 @@ def test_supplemental2_optimal_micro_moment(model, q1_results):
         "pi": [[params[f"pi[{c},log_income]"]] for c in characteristics],
     }
     # Its part hands each agent chunk its own rows (large markets are processed in chunks).
-    layout, parameters = model.design.layout, model.parameters(**start)
+    parameters = model.parameters(**start)
     for options in ({}, {"store_limit": 0, "chunk_values": 96 * 8 * 25}):
-        block = MicroBlock(
-            [moment],
-            model.design.data,
-            layout.index,
-            layout.mask,
-            layout.market_labels,
-            model.agents,
-            **options,
-        )
+        block = _micro_block(model, [moment], **options)
         objective = model.objective_function(parameters, micro=block)
         objective.set_weighting_matrix(np.eye(5))
         assert abs(objective.evaluate(parameters.theta0).micro.values[0]) < 1e-12

@@ -42,7 +42,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_petrin, load_petrin_micro_moments
+from blpmodels.datasets import load_petrin, load_petrin_micro_moments
+from builders import require_data
 
 from blpmodels import BLPRandomCoefficients, MicroDataset, MicroMoment
 
@@ -67,18 +68,8 @@ TYPES = ["mi", "sw", "su", "pv"]
 
 
 @pytest.fixture(scope="module")
-def pyblp():
-    module = pytest.importorskip("pyblp")
-    module.options.verbose = False
-    return module
-
-
-@pytest.fixture(scope="module")
 def petrin() -> tuple[pd.DataFrame, pd.DataFrame]:
-    for name in ("products", "agents", "values"):
-        path = data_home() / f"pyblp/petrin_{name}.csv"
-        if not path.is_file():
-            pytest.skip(f"shared data file {path} not found (set {DATA_ENV_VAR})")
+    require_data(*(f"pyblp/petrin_{name}.csv" for name in ("products", "agents", "values")))
     return load_petrin()
 
 
@@ -138,33 +129,22 @@ def petrin_moments() -> list[MicroMoment]:
     """The tutorial's ten ratio moments on the CEX survey, in its order."""
     values = load_petrin_micro_moments()["values"]
     cex = MicroDataset("CEX", 29125, None, weights=lambda t, p, a: np.ones((len(a), 1 + len(p))))
-    moments = []
-    for demographic in ("age", "fs"):
-        for kind in TYPES:
-            name = f"E[{demographic} | {kind}]"
-            moments.append(
-                MicroMoment(
-                    name,
-                    cex,
-                    values[name],
-                    parts=[_buyers_of(demographic, kind), _buyers_of(None, kind)],
-                    function=_ratio,
-                    gradient=_ratio_gradient,
-                )
-            )
-    for group in ("mid", "high"):
-        name = f"E[new | {group}]"
-        moments.append(
-            MicroMoment(
-                name,
-                cex,
-                values[name],
-                parts=[_group(group, True), _group(group, False)],
-                function=_ratio,
-                gradient=_ratio_gradient,
-            )
+
+    def ratio(name: str, parts: list) -> MicroMoment:
+        return MicroMoment(
+            name, cex, values[name], parts=parts, function=_ratio, gradient=_ratio_gradient
         )
-    return moments
+
+    means = [
+        ratio(f"E[{demographic} | {kind}]", [_buyers_of(demographic, kind), _buyers_of(None, kind)])
+        for demographic in ("age", "fs")
+        for kind in TYPES
+    ]
+    shares = [
+        ratio(f"E[new | {group}]", [_group(group, True), _group(group, False)])
+        for group in ("mid", "high")
+    ]
+    return means + shares
 
 
 # ---------------------------------------------------------------- pyblp 1.3.0 at the start
@@ -372,13 +352,16 @@ def pyblp_values(results) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def pyblp_solve(pyblp, petrin, **options):
+def pyblp_solve(pyblp, petrin, sigma=SIGMA, pi=None, **options):
+    """pyblp's tutorial problem with the micro moments, solved from (σ, π) (by default the
+    tutorial's start; pyblp's Π has nine demographic columns), clustered W and SEs."""
     products, agents = petrin
-    pi = np.c_[np.zeros(11), PI, np.zeros((11, 4))]
+    if pi is None:
+        pi = np.c_[np.zeros(11), PI, np.zeros((11, 4))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return pyblp_problem(pyblp, products, agents).solve(
-            sigma=SIGMA,
+            sigma=sigma,
             pi=pi,
             iteration=pyblp.Iteration("squarem", {"atol": FP_TOL}),
             se_type="clustered",
@@ -445,19 +428,9 @@ def test_petrin_two_step_fit_is_pyblps_optimum(petrin, pyblp):
     pi[1, 1:4] = in_pyblp_order(params)[31:34]
     pi[7:, 4] = in_pyblp_order(params)[34:38]
     W = np.asarray(ours.info.W)[np.ix_(PYBLP_MOMENTS, PYBLP_MOMENTS)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        oracle = pyblp_problem(pyblp, products, agents).solve(
-            sigma=sigma,
-            pi=pi,
-            W=W,
-            iteration=pyblp.Iteration("squarem", {"atol": FP_TOL}),
-            se_type="clustered",
-            W_type="clustered",
-            micro_moments=pyblp_moments(pyblp),
-            method="1s",
-            optimization=pyblp.Optimization("return"),
-        )
+    oracle = pyblp_solve(
+        pyblp, petrin, sigma, pi, W=W, method="1s", optimization=pyblp.Optimization("return")
+    )
     assert float(np.squeeze(oracle.objective)) == pytest.approx(ours.objective, rel=1e-8)
     np.testing.assert_allclose(
         np.ravel(oracle.gradient), ours.info.convergence["gradient"], rtol=0, atol=1e-5

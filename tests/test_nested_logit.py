@@ -18,15 +18,8 @@ FORMULA = f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS} + nest_count]"
 
 
 @pytest.fixture(scope="module")
-def pyblp_module():
-    pyblp = pytest.importorskip("pyblp")
-    pyblp.options.verbose = False
-    return pyblp
-
-
-@pytest.fixture(scope="module")
-def pyblp_problem(pyblp_module, nevo_products):
-    return pyblp_module.Problem(pyblp_module.Formulation("0 + prices"), nevo_products)
+def pyblp_problem(pyblp, nevo_products):
+    return pyblp.Problem(pyblp.Formulation("0 + prices"), nevo_products)
 
 
 @pytest.fixture(scope="module")
@@ -218,14 +211,12 @@ def test_one_rho_per_nest_equals_iv_with_nest_specific_within_shares(nevo_produc
 
 
 @pytest.mark.data
-def test_nested_logit_with_absorbed_market_effects_equals_pyblp(pyblp_module, nevo_products):
+def test_nested_logit_with_absorbed_market_effects_equals_pyblp(pyblp, nevo_products):
     # (Product effects would absorb nest_count: every market has the same products.)
     results = BLPNestedLogit.from_formula(
         FORMULA, nevo_products.copy(), absorb="C(market_ids)"
     ).fit(method="2s")
-    problem = pyblp_module.Problem(
-        pyblp_module.Formulation("0 + prices", absorb="C(market_ids)"), nevo_products
-    )
+    problem = pyblp.Problem(pyblp.Formulation("0 + prices", absorb="C(market_ids)"), nevo_products)
     oracle = problem.solve(rho=0.7)
     np.testing.assert_allclose(results.params["prices"], oracle.beta[0, 0], rtol=1e-6)
     np.testing.assert_allclose(results.params["rho"], oracle.rho[0, 0], rtol=1e-6)

@@ -21,24 +21,29 @@ Oracles:
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
+from blpmodels.datasets import data_home
+from builders import (
+    LOGNORMAL_THETA,
+    NEVO_INSTRUMENTS,
+    at_parameters,
+    lognormal_cases,
+    nevo_model,
+    nevo_problem,
+    q5_model,
+    q5_problem,
+    require_data,
+    solve_at,
+)
 
-from blpmodels import BLPInputError, BLPLogit, BLPNestedLogit, BLPRandomCoefficients
-from blpmodels.exceptions import ConvergenceWarning
+from blpmodels import BLPInputError, BLPLogit, BLPNestedLogit
 from blpmodels.results import optimal_instruments as module
 from blpmodels.results.optimal_instruments import optimal_instruments, reduced_form_prices
 from blpmodels.simulation.logit import simulate_logit
 
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
-Q5_FORMULA = (
-    "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
-)
 #: The question-5 estimates to eight digits (tests/test_random_coefficients.py checks the fit).
 Q5_THETA = {"sigma": [[0, 0], [0, 6.01516714]], "pi": [[0.10882918], [-5.95723916]]}
 Q5_COLUMNS = [
@@ -48,25 +53,7 @@ Q5_COLUMNS = [
     "optimal_pi_prices_log_income",
 ]
 SUBSET = 8  # markets in the default-suite pyblp comparison
-NEVO_INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(20))
 RTOL = 1e-11  # same arithmetic in both libraries: rounding only
-
-
-def _stay(fun, theta0, bounds):
-    return theta0
-
-
-def at_parameters(model, **start):
-    """Results at the starting θ (β concentrated out there), without optimizing."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return model.fit(optimizer=_stay, compute_hessian=False, **start)
-
-
-def _require(*relative: str) -> None:
-    for name in relative:
-        if not (data_home() / name).is_file():
-            pytest.skip(f"shared data file {data_home() / name} not found (set {DATA_ENV_VAR})")
 
 
 def assert_columns_close(ours: np.ndarray, theirs: np.ndarray, rtol: float = RTOL) -> None:
@@ -80,42 +67,12 @@ def assert_columns_close(ours: np.ndarray, theirs: np.ndarray, rtol: float = RTO
 # ---------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def pyblp():
-    module = pytest.importorskip("pyblp")
-    module.options.verbose = False
-    return module
-
-
-@pytest.fixture(scope="module")
-def exercise2():
-    _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
-    return load_mixtape_exercise2()
-
-
 def q5_results(products, agents):
-    model = BLPRandomCoefficients.from_formula(
-        Q5_FORMULA,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
-    return at_parameters(model, **Q5_THETA)
+    return at_parameters(q5_model(products, agents), **Q5_THETA)
 
 
 def q5_pyblp(pyblp, products, agents):
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
-            pyblp.Formulation("0 + mushy + prices"),
-        ),
-        products,
-        pyblp.Formulation("0 + log_income"),
-        agents,
-    )
-    return problem.solve(**Q5_THETA, method="1s", optimization=pyblp.Optimization("return"))
+    return solve_at(pyblp, q5_problem(pyblp, products, agents), **Q5_THETA)
 
 
 @pytest.fixture(scope="module")
@@ -132,17 +89,6 @@ def q5_subset(exercise2):
 def q5_subset_pyblp(q5_subset, pyblp):
     products, agents, _ = q5_subset
     return q5_pyblp(pyblp, products, agents)
-
-
-@pytest.fixture(scope="module")
-def nevo():
-    _require("pyblp/nevo_products.csv", "pyblp/nevo_agents.csv")
-    products, agents = load_nevo()
-    products = products.copy()
-    products["nesting_ids"] = products["mushy"]
-    counts = products.groupby(["market_ids", "nesting_ids"])["shares"].transform("size")
-    products["nest_count"] = counts.astype(np.float64)
-    return products, agents
 
 
 @pytest.fixture
@@ -174,13 +120,10 @@ def test_q5_matches_pyblp(q5_subset, q5_subset_pyblp):
     assert_columns_close(instruments["optimal_prices"].to_numpy(), oracle.expected_prices)
     # pyblp's to_problem() instruments: these columns (absorbed like any instrument).
     problem = oracle.to_problem()
-    model = BLPRandomCoefficients.from_formula(
-        "shares ~ 0 + [prices ~ " + " + ".join(instruments.columns) + "]",
+    model = q5_model(
         products.join(instruments),
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=q5_subset[1],
+        q5_subset[1],
+        "shares ~ 0 + [prices ~ " + " + ".join(instruments.columns) + "]",
     )
     ours = model.design.Z_absorbed
     order = [1, 2, 3, 0]  # pyblp puts the θ instruments first and expected prices last
@@ -227,16 +170,7 @@ def test_draws_match_pyblp_realizations(q5_subset, q5_subset_pyblp, method):
 def test_market_chunks_do_not_change_the_instruments(q5_subset):
     """Small chunks (3 markets) read the same draws and write the same rows as one chunk."""
     products, agents, results = q5_subset
-    model = BLPRandomCoefficients.from_formula(
-        Q5_FORMULA,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-        chunk_size=3,
-    )
-    chunked = at_parameters(model, **Q5_THETA)
+    chunked = at_parameters(q5_model(products, agents, chunk_size=3), **Q5_THETA)
     assert chunked.demand.chunk_size == 3
     for method, options in (("approximate", {}), ("empirical", {"draws": 2, "seed": 1})):
         whole = optimal_instruments(results, method, **options)
@@ -244,66 +178,30 @@ def test_market_chunks_do_not_change_the_instruments(q5_subset):
         np.testing.assert_allclose(pieces.to_numpy(), whole.to_numpy(), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize(
-    ("ours", "pyblp_random", "pyblp_types"),
-    [
-        ({"sugar": "lognormal"}, "0 + prices + sugar", ["linear", "log"]),
-        # pyblp has no negative lognormal; its documented recipe is 'log' on I(-prices).
-        ({"prices": "negative_lognormal"}, "0 + I(-prices) + sugar", ["log", "linear"]),
-    ],
-    ids=["lognormal", "negative_lognormal"],
-)
+@lognormal_cases
 def test_lognormal_matches_pyblp(nevo, pyblp, ours, pyblp_random, pyblp_types):
     """Lognormal coefficients with demographics: ∂c/∂θ carries the coefficient itself."""
-    products, agents = nevo
-    products = products.drop(columns="nesting_ids")  # no nests here
-    model = BLPRandomCoefficients.from_formula(
-        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS}]",
-        products,
-        absorb="C(product_ids)",
-        random="0 + prices + sugar",
-        demographics="0 + income",
-        agent_data=agents,
-        rc_types=ours,
+    products, agents = nevo  # no nests here
+    model = nevo_model(
+        products, agents, "0 + prices + sugar", demographics="0 + income", rc_types=ours
     )
-    sigma, pi = np.diag([0.3, 0.2]), [[0.5], [0.1]]
-    results = at_parameters(model, sigma=sigma, pi=pi)
-    problem = pyblp.Problem(
-        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation(pyblp_random)),
-        products,
-        agent_formulation=pyblp.Formulation("0 + income"),
-        agent_data=agents,
-        rc_types=pyblp_types,
+    results = at_parameters(model, **LOGNORMAL_THETA)
+    problem = nevo_problem(
+        pyblp, products, agents, pyblp_random, "0 + income", rc_types=pyblp_types
     )
-    oracle = problem.solve(
-        sigma=sigma, pi=pi, method="1s", optimization=pyblp.Optimization("return")
-    ).compute_optimal_instruments()
+    oracle = solve_at(pyblp, problem, **LOGNORMAL_THETA).compute_optimal_instruments()
     instruments = optimal_instruments(results)
     assert_columns_close(instruments.to_numpy()[:, 1:], oracle.demand_instruments)
     assert_columns_close(instruments["optimal_prices"].to_numpy(), oracle.expected_prices)
 
 
 @pytest.mark.parametrize("rho", [0.7, [0.7, 0.4]], ids=["common", "per_nest"])
-def test_rcnl_matches_pyblp(nevo, pyblp, rho):
+def test_rcnl_matches_pyblp(nevo_nested, pyblp, rho):
     """Random coefficients with nests (σ on prices, ρ) on Nevo's data, product effects."""
-    products, agents = nevo
-    model = BLPRandomCoefficients.from_formula(
-        f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS}]",
-        products,
-        absorb="C(product_ids)",
-        random="0 + prices",
-        agent_data=agents,
-    )
-    results = at_parameters(model, sigma=[[2.0]], rho=rho)
-    problem = pyblp.Problem(
-        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("0 + prices")),
-        products,
-        agent_data=agents[["market_ids", "weights", "nodes0"]],
-    )
-    oracle = problem.solve(
-        sigma=[[2.0]], rho=rho, method="1s", optimization=pyblp.Optimization("return")
-    )
-    expected = oracle.compute_optimal_instruments()
+    products, agents = nevo_nested
+    results = at_parameters(nevo_model(products, agents), sigma=[[2.0]], rho=rho)
+    problem = nevo_problem(pyblp, products, agents[["market_ids", "weights", "nodes0"]])
+    expected = solve_at(pyblp, problem, sigma=[[2.0]], rho=rho).compute_optimal_instruments()
     instruments = optimal_instruments(results)
     names = ["optimal_rho"] if np.ndim(rho) == 0 else ["optimal_rho_0", "optimal_rho_1"]
     assert list(instruments.columns) == ["optimal_prices", "optimal_sigma_prices_prices", *names]
@@ -311,9 +209,9 @@ def test_rcnl_matches_pyblp(nevo, pyblp, rho):
     assert_columns_close(instruments["optimal_prices"].to_numpy(), expected.expected_prices)
 
 
-def test_nested_logit_matches_pyblp(nevo, pyblp):
+def test_nested_logit_matches_pyblp(nevo_nested, pyblp):
     """The closed-form nested logit (pyblp's tutorial model): θ is ρ, as in pyblp's problem."""
-    products, _ = nevo
+    products, _ = nevo_nested
     results = BLPNestedLogit.from_formula(
         f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS} + nest_count]", products
     ).fit()
@@ -321,9 +219,7 @@ def test_nested_logit_matches_pyblp(nevo, pyblp):
         pyblp.Formulation("0 + prices"),
         products.assign(demand_instruments20=products["nest_count"]),
     )
-    oracle = problem.solve(
-        rho=float(results.params["rho"]), method="1s", optimization=pyblp.Optimization("return")
-    )
+    oracle = solve_at(pyblp, problem, rho=float(results.params["rho"]))
     expected = oracle.compute_optimal_instruments()
     instruments = optimal_instruments(results)
     assert list(instruments.columns) == ["optimal_prices", "optimal_rho"]
@@ -347,7 +243,7 @@ def test_q5_whole_data_matches_pyblp(exercise2, pyblp):
 
 def test_q5_reproduces_the_exercise_file(exercise2):
     """``ex2_s4_optimal_instruments.csv``: pyblp at its question-5 estimates."""
-    _require("mixtape/derived/ex2_s4_optimal_instruments.csv")
+    require_data("mixtape/derived/ex2_s4_optimal_instruments.csv")
     products, agents = exercise2
     path = data_home() / "mixtape" / "derived" / "ex2_s4_optimal_instruments.csv"
     stored = pd.read_csv(path, dtype={"market_ids": str, "product_ids": str})

@@ -17,16 +17,10 @@ matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+from builders import simulated_economy  # noqa: E402
 
-from blpmodels import (  # noqa: E402
-    BLPInputError,
-    BLPLogit,
-    BLPRandomCoefficients,
-    Integration,
-    plotting,
-)
-from blpmodels.simulation.economies import Simulation  # noqa: E402
-from blpmodels.simulation.logit import build_id_data, simulate_logit  # noqa: E402
+from blpmodels import BLPInputError, BLPLogit, BLPRandomCoefficients, plotting  # noqa: E402
+from blpmodels.simulation.logit import simulate_logit  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -37,25 +31,15 @@ def _close_figures():
 
 @pytest.fixture(scope="module")
 def economy():
-    products = build_id_data(T=20, J=4, F=2)
-    rng = np.random.default_rng(0)
-    products["x"] = rng.standard_normal(len(products))
-    products["w"] = rng.uniform(size=len(products))
-    simulation = Simulation(
-        products,
-        "1 + prices + x",
-        {"Intercept": 1.0, "prices": -3.0, "x": 1.0},
-        random="0 + prices + x",
+    solved = simulated_economy(
+        20,
+        4,
+        2,
+        beta={"Intercept": 1.0, "prices": -3.0, "x": 1.0},
         sigma=np.diag([0.5, 1.0]),
-        integration=Integration("halton", 50, seed=0),
-        supply="1 + w",
-        gamma={"Intercept": 1.0, "w": 1.0},
-        xi_variance=0.2,
-        omega_variance=0.1,
-        correlation=0.7,
+        draws=50,
         seed=0,
     )
-    solved = simulation.replace_endogenous(instruments="differentiation")
     data = solved.products.copy()
     data["product_ids"] = "P" + data["product_ids"].astype(str)
     return data, solved.agent_data

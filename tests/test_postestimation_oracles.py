@@ -19,49 +19,24 @@ shares and derivatives agree to ~1e-12 relative (measured); 1e-8 leaves room for
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pandas as pd
 import pytest
-from blpmodels.datasets import DATA_ENV_VAR, load_nevo
+from builders import (
+    LOGNORMAL_THETA,
+    NEVO_INSTRUMENTS,
+    at_parameters,
+    nevo_model,
+    nevo_problem,
+    solve_at,
+)
 
-from blpmodels import BLPRandomCoefficients, ConvergenceWarning
+from blpmodels import BLPRandomCoefficients
 
 pytestmark = pytest.mark.data
 
-INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(20))
-FORMULA = f"shares ~ 0 + [prices ~ {INSTRUMENTS}]"
 MARKET = "C01Q1"
 RTOL = 1e-8
-
-
-@pytest.fixture(scope="module")
-def pyblp():
-    module = pytest.importorskip("pyblp")
-    module.options.verbose = False
-    return module
-
-
-@pytest.fixture(scope="module")
-def nevo(shared_data_home):
-    for name in ("pyblp/nevo_products.csv", "pyblp/nevo_agents.csv"):
-        if not (shared_data_home / name).is_file():
-            pytest.skip(
-                f"shared data file {shared_data_home / name} not found (set {DATA_ENV_VAR})"
-            )
-    return load_nevo(shared_data_home)
-
-
-def _stay(fun, theta0, bounds):
-    return theta0
-
-
-def at_parameters(model, **start):
-    """Results at the starting θ (β concentrated out there), without optimizing."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return model.fit(method="1s", optimizer=_stay, compute_hessian=False, **start)
 
 
 def shares_by_hand(delta, x2, nodes, demographics, weights, sigma, pi, rc_types, nests=None):
@@ -105,10 +80,25 @@ def assert_matrices_match(ours: pd.DataFrame, theirs: np.ndarray, order, what: s
     )
 
 
+def assert_substitution_matches(results, oracle, order, wrt: str = "prices"):
+    """Elasticities and diversion ratios with respect to ``wrt`` in MARKET equal pyblp's."""
+    assert_matrices_match(
+        results.elasticities(MARKET, wrt=wrt),
+        oracle.compute_elasticities(name=wrt, market_id=MARKET),
+        order,
+        f"elasticities by {wrt}",
+    )
+    assert_matrices_match(
+        results.diversion_ratios(MARKET, wrt=wrt),
+        oracle.compute_diversion_ratios(name=wrt, market_id=MARKET),
+        order,
+        f"diversion by {wrt}",
+    )
+
+
 # ---------------------------------------------------------------- lognormal coefficients
 
-SIGMA = np.diag([0.3, 0.2])
-PI = np.array([[0.5], [0.1]])
+SIGMA, PI = LOGNORMAL_THETA["sigma"], np.asarray(LOGNORMAL_THETA["pi"])
 LOG_CASES = {
     # ours: rc_types; pyblp: X2 formulation and rc_types; by hand: types for prices, sugar.
     "negative_lognormal": (
@@ -130,29 +120,14 @@ LOG_CASES = {
 def log_case(request, nevo, pyblp):
     ours_types, pyblp_random, pyblp_types, hand_types = LOG_CASES[request.param]
     products, agents = nevo
-    model = BLPRandomCoefficients.from_formula(
-        FORMULA,
-        products,
-        absorb="C(product_ids)",
-        random="0 + prices + sugar",
-        demographics="0 + income",
-        agent_data=agents,
-        rc_types=ours_types,
+    model = nevo_model(
+        products, agents, "0 + prices + sugar", demographics="0 + income", rc_types=ours_types
     )
     results = at_parameters(model, sigma=SIGMA, pi=PI)
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
-            pyblp.Formulation(pyblp_random),
-        ),
-        products,
-        pyblp.Formulation("0 + income"),
-        agents,
-        rc_types=pyblp_types,
+    problem = nevo_problem(
+        pyblp, products, agents, pyblp_random, "0 + income", rc_types=pyblp_types
     )
-    oracle = problem.solve(
-        sigma=SIGMA, pi=PI, method="1s", optimization=pyblp.Optimization("return")
-    )
+    oracle = solve_at(pyblp, problem, sigma=SIGMA, pi=PI)
     return results, oracle, hand_types
 
 
@@ -207,19 +182,7 @@ def test_lognormal_predictions_after_a_price_cut_and_a_sugar_change(log_case, ne
 @pytest.mark.parametrize("wrt", ["prices", "sugar"])
 def test_lognormal_elasticities_and_diversion_match_pyblp(log_case, nevo, wrt):
     results, oracle, _ = log_case
-    order = _order(nevo[0])
-    assert_matrices_match(
-        results.elasticities(MARKET, wrt=wrt),
-        oracle.compute_elasticities(name=wrt, market_id=MARKET),
-        order,
-        f"elasticities by {wrt}",
-    )
-    assert_matrices_match(
-        results.diversion_ratios(MARKET, wrt=wrt),
-        oracle.compute_diversion_ratios(name=wrt, market_id=MARKET),
-        order,
-        f"diversion by {wrt}",
-    )
+    assert_substitution_matches(results, oracle, _order(nevo[0]), wrt)
 
 
 def test_lognormal_long_run_diversion_matches_pyblp(log_case, nevo):
@@ -250,29 +213,18 @@ def test_lognormal_compute_delta_matches_pyblp(log_case, nevo):
 
 
 @pytest.fixture(scope="module", params=[0.7, (0.7, 0.4)], ids=["common_rho", "rho_per_nest"])
-def rcnl_case(request, nevo, pyblp):
-    products, agents = nevo
-    products = products.assign(nesting_ids=products["mushy"])
+def rcnl_case(request, nevo_nested, pyblp):
+    products, agents = nevo_nested
     rho = request.param if isinstance(request.param, float) else list(request.param)
-    model = BLPRandomCoefficients.from_formula(
-        FORMULA, products, absorb="C(product_ids)", random="0 + prices", agent_data=agents
-    )
-    results = at_parameters(model, sigma=[[2.0]], rho=rho)
-    problem = pyblp.Problem(
-        (pyblp.Formulation("0 + prices", absorb="C(product_ids)"), pyblp.Formulation("0 + prices")),
-        products,
-        agent_data=agents[["market_ids", "weights", "nodes0"]],
-    )
-    oracle = problem.solve(
-        sigma=[[2.0]], rho=rho, method="1s", optimization=pyblp.Optimization("return")
-    )
+    results = at_parameters(nevo_model(products, agents), sigma=[[2.0]], rho=rho)
+    problem = nevo_problem(pyblp, products, agents[["market_ids", "weights", "nodes0"]])
+    oracle = solve_at(pyblp, problem, sigma=[[2.0]], rho=rho)
     return results, oracle, np.broadcast_to(np.asarray(rho, dtype=float), (2,)).copy()
 
 
-def test_rcnl_predictions_match_pyblp_and_hand(rcnl_case, nevo):
+def test_rcnl_predictions_match_pyblp_and_hand(rcnl_case, nevo_nested):
     results, oracle, rho = rcnl_case
-    products, agents = nevo
-    products = products.assign(nesting_ids=products["mushy"])
+    products, agents = nevo_nested
     np.testing.assert_allclose(results.predict(), products["shares"], rtol=1e-10)
     market = products[products["market_ids"] == MARKET].copy()
     market.loc[market.index[[0, 3]], "prices"] *= 0.7
@@ -300,18 +252,7 @@ def test_rcnl_predictions_match_pyblp_and_hand(rcnl_case, nevo):
 def test_rcnl_elasticities_and_diversion_match_pyblp(rcnl_case, nevo):
     results, oracle, _ = rcnl_case
     order = _order(nevo[0])
-    assert_matrices_match(
-        results.elasticities(MARKET),
-        oracle.compute_elasticities(market_id=MARKET),
-        order,
-        "elasticities",
-    )
-    assert_matrices_match(
-        results.diversion_ratios(MARKET),
-        oracle.compute_diversion_ratios(market_id=MARKET),
-        order,
-        "diversion",
-    )
+    assert_substitution_matches(results, oracle, order)
     assert_matrices_match(
         results.long_run_diversion_ratios(MARKET),
         oracle.compute_long_run_diversion_ratios(market_id=MARKET),
@@ -322,7 +263,7 @@ def test_rcnl_elasticities_and_diversion_match_pyblp(rcnl_case, nevo):
 
 # ---------------------------------------------------------------- a characteristic in X1 and X2
 
-X1_FORMULA = f"shares ~ 1 + sugar + mushy + [prices ~ {INSTRUMENTS}]"
+X1_FORMULA = f"shares ~ 1 + sugar + mushy + [prices ~ {NEVO_INSTRUMENTS}]"
 CHARACTERISTIC_SIGMA = np.diag([2.0, 0.05])
 CHARACTERISTIC_PI = np.array([[3.0], [0.02]])
 
@@ -347,12 +288,7 @@ def characteristic_case(nevo, pyblp):
         pyblp.Formulation("0 + income"),
         agents,
     )
-    oracle = problem.solve(
-        sigma=CHARACTERISTIC_SIGMA,
-        pi=CHARACTERISTIC_PI,
-        method="1s",
-        optimization=pyblp.Optimization("return"),
-    )
+    oracle = solve_at(pyblp, problem, sigma=CHARACTERISTIC_SIGMA, pi=CHARACTERISTIC_PI)
     return results, oracle
 
 
@@ -364,18 +300,7 @@ def test_elasticities_and_diversion_by_a_characteristic_match_pyblp(characterist
     )
     order = _order(nevo[0])
     for wrt in ("sugar", "prices"):
-        assert_matrices_match(
-            results.elasticities(MARKET, wrt=wrt),
-            oracle.compute_elasticities(name=wrt, market_id=MARKET),
-            order,
-            f"elasticities by {wrt}",
-        )
-        assert_matrices_match(
-            results.diversion_ratios(MARKET, wrt=wrt),
-            oracle.compute_diversion_ratios(name=wrt, market_id=MARKET),
-            order,
-            f"diversion by {wrt}",
-        )
+        assert_substitution_matches(results, oracle, order, wrt)
 
 
 def test_predict_after_changing_a_characteristic_in_x1_and_x2(characteristic_case, nevo):

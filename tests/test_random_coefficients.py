@@ -21,7 +21,18 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2, load_nevo
+from builders import (
+    FIXED_EFFECTS,
+    LOGNORMAL_THETA,
+    NEVO_FORMULA,
+    NEVO_INSTRUMENTS,
+    finite_difference_gradient,
+    lognormal_cases,
+    nevo_problem,
+    q5_model,
+    q5_problem,
+    solve_at,
+)
 from scipy import stats
 
 from blpmodels import (
@@ -36,16 +47,10 @@ from blpmodels import (
 
 pytestmark = pytest.mark.data
 
-FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 Q2_FORMULA = "shares ~ 0 + [prices ~ demand_instruments0 + demand_instruments1]"
-Q5_FORMULA = (
-    "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(4)) + "]"
-)
 OVERID_FORMULA = (
     "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(5)) + "]"
 )
-NEVO_INSTRUMENTS = " + ".join(f"demand_instruments{k}" for k in range(20))
-NEVO_FORMULA = f"shares ~ 0 + [prices ~ {NEVO_INSTRUMENTS}]"
 NEVO_RANDOM = "1 + prices + sugar + mushy"
 NEVO_DEMOGRAPHICS = "0 + income + income_squared + age + child"
 NEVO_SIGMA = np.diag([0.3302, 2.4526, 0.0163, 0.2441])
@@ -61,59 +66,15 @@ Q5_START = {"sigma": [[0, 0], [0, 1]], "pi": [[0.2], [1]]}
 TIGHT = {"gtol": 1e-8, "xtol": 1e-8}
 
 
-def _require(*relative: str) -> None:
-    home = data_home()
-    for name in relative:
-        if not (home / name).is_file():
-            pytest.skip(f"shared data file {home / name} not found (set {DATA_ENV_VAR})")
-
-
 # ---------------------------------------------------------------- fixtures (fit once)
+# The data (exercise2, exercise2_overidentified, nevo, nevo_nested) and pyblp come from
+# conftest.py.
 
 
-@pytest.fixture(scope="module")
-def pyblp():
-    module = pytest.importorskip("pyblp")
-    module.options.verbose = False
-    return module
-
-
-@pytest.fixture(scope="module")
-def exercise2():
-    _require("mixtape/derived/ex2_product_data.csv", "mixtape/derived/ex2_agent_data.csv.gz")
-    return load_mixtape_exercise2()
-
-
-@pytest.fixture(scope="module")
-def exercise2_overidentified():
-    _require(
-        "mixtape/derived/ex2_product_data_with_overid_and_firms.csv",
-        "mixtape/derived/ex2_agent_data.csv.gz",
-    )
-    return load_mixtape_exercise2(overidentified=True)
-
-
-@pytest.fixture(scope="module")
-def nevo():
-    _require("pyblp/nevo_products.csv", "pyblp/nevo_agents.csv")
-    return load_nevo()
-
-
-@pytest.fixture(scope="module")
-def nevo_nested(nevo):
-    """Nevo's data with pyblp's nested-logit tutorial columns: nests = mushy, nest counts."""
-    products, agents = nevo
-    products = products.copy()
-    products["nesting_ids"] = products["mushy"]
-    counts = products.groupby(["market_ids", "nesting_ids"])["shares"].transform("size")
-    products["nest_count"] = counts.astype(np.float64)
-    return products, agents
-
-
-@pytest.fixture(scope="module")
-def q2_results(exercise2):
+def q2_model(exercise2) -> BLPRandomCoefficients:
+    """Exercise 2, question 2: Π on mushy × log income, two excluded instruments."""
     products, agents = exercise2
-    model = BLPRandomCoefficients.from_formula(
+    return BLPRandomCoefficients.from_formula(
         Q2_FORMULA,
         products,
         absorb=FIXED_EFFECTS,
@@ -121,25 +82,16 @@ def q2_results(exercise2):
         demographics="0 + log_income",
         agent_data=agents,
     )
-    return model.fit(sigma=0, pi=1, optimizer_options=TIGHT)
 
 
-def q5_model(exercise2, **kwargs):
-    products, agents = exercise2
-    return BLPRandomCoefficients.from_formula(
-        Q5_FORMULA,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-        **kwargs,
-    )
+@pytest.fixture(scope="module")
+def q2_results(exercise2):
+    return q2_model(exercise2).fit(sigma=0, pi=1, optimizer_options=TIGHT)
 
 
 @pytest.fixture(scope="module")
 def q5_results(exercise2):
-    return q5_model(exercise2).fit(**Q5_START, optimizer_options=TIGHT)
+    return q5_model(*exercise2).fit(**Q5_START, optimizer_options=TIGHT)
 
 
 def nevo_model(nevo, **kwargs):
@@ -202,7 +154,7 @@ def test_exercise2_q5(q5_results):
 
 def test_exercise2_q5_hessian_against_central_differences(exercise2, q5_results):
     """The reported Hessian against central differences of the analytic gradient."""
-    model = q5_model(exercise2)
+    model = q5_model(*exercise2)
     objective = model.objective_function(model.parameters(**Q5_START))
     theta = q5_results.params.to_numpy()[1:]
     hessian = np.zeros((theta.size, theta.size))
@@ -259,19 +211,9 @@ def test_nevo_matches_pyblp_at_our_estimates(nevo, nevo_results, pyblp):
     gtol 1e-5 on the largest component); the full pyblp fit is the slow test below.
     """
     products, agents = nevo
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
-            pyblp.Formulation(NEVO_RANDOM),
-        ),
-        products,
-        pyblp.Formulation(NEVO_DEMOGRAPHICS),
-        agents,
-    )
+    problem = nevo_problem(pyblp, products, agents, NEVO_RANDOM, NEVO_DEMOGRAPHICS)
     sigma, pi = theta_matrices(nevo_results.params, NEVO_CHARACTERISTICS, NEVO_DEMOGRAPHIC_NAMES)
-    oracle = problem.solve(
-        sigma=sigma, pi=pi, method="1s", optimization=pyblp.Optimization("return")
-    )
+    oracle = solve_at(pyblp, problem, sigma=sigma, pi=pi)
     assert nevo_results.objective == pytest.approx(float(oracle.objective), rel=1e-8)
     # The same gradient (its largest entry: σ_sugar, where BFGS stops on the Nevo problem), and
     # as small as our stopping rule allows: gtol 1e-5 on the gradient in θ / natural scale
@@ -307,15 +249,7 @@ def _pyblp_nevo_values(results, sigma_names, demographic_names):
 @pytest.mark.slow
 def test_nevo_against_pyblp(nevo, pyblp):
     products, agents = nevo
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
-            pyblp.Formulation(NEVO_RANDOM),
-        ),
-        products,
-        pyblp.Formulation(NEVO_DEMOGRAPHICS),
-        agents,
-    )
+    problem = nevo_problem(pyblp, products, agents, NEVO_RANDOM, NEVO_DEMOGRAPHICS)
     oracle = problem.solve(
         NEVO_SIGMA, NEVO_PI, method="1s", optimization=pyblp.Optimization("bfgs", {"gtol": 1e-8})
     )
@@ -335,23 +269,9 @@ def test_nevo_against_pyblp(nevo, pyblp):
 # ---------------------------------------------------------------- analytic gradient
 
 
-def finite_difference_gradient(objective, theta, relative_step=1e-5):
-    numeric = np.zeros(theta.size)
-    for p in range(theta.size):
-        step = relative_step * max(1.0, abs(theta[p]))
-        up, down = theta.copy(), theta.copy()
-        up[p] += step
-        down[p] -= step
-        numeric[p] = (
-            objective.evaluate(up, gradient=False).objective
-            - objective.evaluate(down, gradient=False).objective
-        ) / (2 * step)
-    return numeric
-
-
 def gradient_cases():
     return {
-        "exercise2_q5": lambda data: (q5_model(data["exercise2"]), Q5_START),
+        "exercise2_q5": lambda data: (q5_model(*data["exercise2"]), Q5_START),
         "nevo": lambda data: (
             nevo_model(data["nevo"], demographics=NEVO_DEMOGRAPHICS),
             {"sigma": NEVO_SIGMA, "pi": NEVO_PI},
@@ -365,24 +285,19 @@ def gradient_cases():
             {"sigma": [[2.0, 0.0], [0.5, 0.1]], "rho": [0.5, 0.3]},
         ),
         "negative_lognormal": lambda data: (
-            nevo_model(
-                data["nevo"],
-                random="1 + prices",
-                demographics="0 + income",
-                rc_types={"prices": "negative_lognormal"},
-            ),
+            income_model(data["nevo"], "1 + prices", {"prices": "negative_lognormal"}),
             {"sigma": np.diag([0.5, 0.3]), "pi": [[1.0], [0.2]]},
         ),
         "lognormal": lambda data: (
-            nevo_model(
-                data["nevo"],
-                random="1 + sugar",
-                demographics="0 + income",
-                rc_types={"sugar": "lognormal"},
-            ),
+            income_model(data["nevo"], "1 + sugar", {"sugar": "lognormal"}),
             {"sigma": [[0.5, 0.0], [0.1, 0.3]], "pi": [[1.0], [0.2]]},
         ),
     }
+
+
+def income_model(nevo, random: str, rc_types: dict) -> BLPRandomCoefficients:
+    """Nevo's data with Π on income and the given random coefficients and their types."""
+    return nevo_model(nevo, random=random, demographics="0 + income", rc_types=rc_types)
 
 
 @pytest.mark.parametrize("case", list(gradient_cases()))
@@ -437,52 +352,24 @@ def test_rcnl_objective_and_gradient_match_pyblp(nevo_nested, pyblp, rho):
     model = nevo_model(nevo_nested, random="0 + prices")
     parameters = model.parameters(sigma=[[2.0]], rho=rho)
     evaluation = model.objective_function(parameters).evaluate(parameters.theta0)
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
-            pyblp.Formulation("0 + prices"),
-        ),
-        products,
-        agent_data=agents[["market_ids", "weights", "nodes0"]],
-    )
-    oracle = problem.solve(
-        sigma=[[2.0]], rho=rho, method="1s", optimization=pyblp.Optimization("return")
-    )
+    problem = nevo_problem(pyblp, products, agents[["market_ids", "weights", "nodes0"]])
+    oracle = solve_at(pyblp, problem, sigma=[[2.0]], rho=rho)
     assert evaluation.objective == pytest.approx(float(oracle.objective), rel=1e-8)
     np.testing.assert_allclose(evaluation.gradient, np.ravel(oracle.gradient), rtol=1e-7)
     np.testing.assert_allclose(evaluation.beta, np.ravel(oracle.beta), rtol=1e-8)
     np.testing.assert_allclose(evaluation.delta, np.ravel(oracle.delta), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize(
-    ("ours", "pyblp_random", "pyblp_types"),
-    [
-        ({"sugar": "lognormal"}, "0 + prices + sugar", ["linear", "log"]),
-        # pyblp has no negative lognormal; its documented recipe is 'log' on I(-prices).
-        ({"prices": "negative_lognormal"}, "0 + I(-prices) + sugar", ["log", "linear"]),
-    ],
-    ids=["lognormal", "negative_lognormal"],
-)
+@lognormal_cases
 def test_lognormal_objective_and_gradient_match_pyblp(nevo, pyblp, ours, pyblp_random, pyblp_types):
     products, agents = nevo
-    model = nevo_model(nevo, random="0 + prices + sugar", demographics="0 + income", rc_types=ours)
-    sigma = np.diag([0.3, 0.2])
-    pi = [[0.5], [0.1]]
-    parameters = model.parameters(sigma=sigma, pi=pi)
+    model = income_model(nevo, "0 + prices + sugar", ours)
+    parameters = model.parameters(**LOGNORMAL_THETA)
     evaluation = model.objective_function(parameters).evaluate(parameters.theta0)
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb="C(product_ids)"),
-            pyblp.Formulation(pyblp_random),
-        ),
-        products,
-        agent_formulation=pyblp.Formulation("0 + income"),
-        agent_data=agents,
-        rc_types=pyblp_types,
+    problem = nevo_problem(
+        pyblp, products, agents, pyblp_random, "0 + income", rc_types=pyblp_types
     )
-    oracle = problem.solve(
-        sigma=sigma, pi=pi, method="1s", optimization=pyblp.Optimization("return")
-    )
+    oracle = solve_at(pyblp, problem, **LOGNORMAL_THETA)
     assert evaluation.objective == pytest.approx(float(oracle.objective), rel=1e-8)
     np.testing.assert_allclose(evaluation.gradient, np.ravel(oracle.gradient), rtol=1e-7)
     np.testing.assert_allclose(evaluation.delta, np.ravel(oracle.delta), rtol=1e-9, atol=1e-9)
@@ -538,13 +425,7 @@ def test_rcnl_fit_matches_pyblp_at_our_estimates(nevo, nevo_products, pyblp):
         agents,
     )
     sigma, pi = theta_matrices(results.params, ["Intercept", "prices"], ["income"])
-    oracle = problem.solve(
-        sigma=sigma,
-        pi=pi,
-        rho=results.params["rho"],
-        method="1s",
-        optimization=pyblp.Optimization("return"),
-    )
+    oracle = solve_at(pyblp, problem, sigma=sigma, pi=pi, rho=results.params["rho"])
     assert results.objective == pytest.approx(float(oracle.objective), rel=1e-8)
     assert np.abs(oracle.gradient).max() < 1e-5
     assert results.params["prices"] == pytest.approx(float(oracle.beta[0, 0]), rel=1e-8)
@@ -565,15 +446,7 @@ def test_rcnl_fit_matches_pyblp_at_our_estimates(nevo, nevo_products, pyblp):
 
 
 def test_multistart(exercise2):
-    products, agents = exercise2
-    model = BLPRandomCoefficients.from_formula(
-        Q2_FORMULA,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
+    model = q2_model(exercise2)
     results = model.fit(sigma=0, pi=1, starts=3, seed=0, optimizer_options=TIGHT)
     table = results.info.convergence["starts"]
     assert isinstance(table, pd.DataFrame) and len(table) == 3
@@ -608,15 +481,8 @@ PYBLP_2S = {
 
 
 def overidentified_model(data):
-    products, agents = data
-    return BLPRandomCoefficients.from_formula(
-        OVERID_FORMULA,
-        products,
-        absorb=FIXED_EFFECTS,
-        random="0 + mushy + prices",
-        demographics="0 + log_income",
-        agent_data=agents,
-    )
+    """Question 5's model with a fifth excluded instrument (exercise 2, question 6)."""
+    return q5_model(*data, OVERID_FORMULA)
 
 
 @pytest.fixture(scope="module")
@@ -641,25 +507,13 @@ OVERID_INSTRUMENTS = [f"demand_instruments{k}" for k in range(5)]
 def pyblp_overidentified(exercise2_overidentified, pyblp):
     """pyblp's problem on the overidentified data, clustering by product."""
     products, agents = exercise2_overidentified
-    return pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
-            pyblp.Formulation("0 + mushy + prices"),
-        ),
-        products.assign(clustering_ids=products["product_ids"]),
-        pyblp.Formulation("0 + log_income"),
-        agents,
-    )
+    return q5_problem(pyblp, products.assign(clustering_ids=products["product_ids"]), agents)
 
 
 def pyblp_at(problem, pyblp, theta, **options):
     """pyblp evaluated (not optimized) at θ = (σ_prices, π_mushy, π_prices) of questions 5/6."""
-    return problem.solve(
-        sigma=[[0, 0], [0, theta[0]]],
-        pi=[[theta[1]], [theta[2]]],
-        method="1s",
-        optimization=pyblp.Optimization("return"),
-        **options,
+    return solve_at(
+        pyblp, problem, sigma=[[0, 0], [0, theta[0]]], pi=[[theta[1]], [theta[2]]], **options
     )
 
 
@@ -813,16 +667,7 @@ def test_two_step_clustered_against_pyblp_run(
 @pytest.mark.slow
 def test_two_step_against_pyblp_run(exercise2_overidentified, two_step, pyblp):
     products, agents = exercise2_overidentified
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
-            pyblp.Formulation("0 + mushy + prices"),
-        ),
-        products,
-        pyblp.Formulation("0 + log_income"),
-        agents,
-    )
-    oracle = problem.solve(
+    oracle = q5_problem(pyblp, products, agents).solve(
         **Q5_START, method="2s", optimization=pyblp.Optimization("trust-constr", TIGHT)
     )
     _, results = two_step
@@ -842,7 +687,7 @@ def test_fp_methods_agree(exercise2, q5_results):
     Estimates are compared with tight optimizer tolerances: at gtol 1e-8 the two runs stop at
     points that differ by ~3e-10 relative (the optimizer's stopping rule, not the δ solver).
     """
-    model = q5_model(exercise2)
+    model = q5_model(*exercise2)
     parameters = model.parameters(**Q5_START)
     theta = q5_results.params.to_numpy()[1:] * 1.01
     newton = model.objective_function(parameters, fp_method="newton")
@@ -871,9 +716,9 @@ def test_fp_methods_agree(exercise2, q5_results):
 
 
 def test_threads_and_chunks_do_not_change_results(exercise2):
-    one = q5_model(exercise2, threads=1).fit(**Q5_START, optimizer_options=TIGHT)
-    two = q5_model(exercise2, threads=2).fit(**Q5_START, optimizer_options=TIGHT)
-    chunked = q5_model(exercise2, chunk_size=10).fit(**Q5_START, optimizer_options=TIGHT)
+    one = q5_model(*exercise2, threads=1).fit(**Q5_START, optimizer_options=TIGHT)
+    two = q5_model(*exercise2, threads=2).fit(**Q5_START, optimizer_options=TIGHT)
+    chunked = q5_model(*exercise2, chunk_size=10).fit(**Q5_START, optimizer_options=TIGHT)
     assert one.info.convergence["threads"] == 1
     assert two.info.convergence["threads"] == 2
     for other in (two, chunked):
@@ -899,21 +744,12 @@ def test_predict_reproduces_shares(exercise2, q5_results):
 def pyblp_q5_at_estimates(exercise2, q5_results, pyblp):
     """pyblp's results evaluated (not optimized) at blpmodels' Q5 estimates."""
     products, agents = exercise2
-    problem = pyblp.Problem(
-        (
-            pyblp.Formulation("0 + prices", absorb=FIXED_EFFECTS),
-            pyblp.Formulation("0 + mushy + prices"),
-        ),
-        products,
-        pyblp.Formulation("0 + log_income"),
-        agents,
-    )
     params = q5_results.params
-    return problem.solve(
+    return solve_at(
+        pyblp,
+        q5_problem(pyblp, products, agents),
         sigma=[[0, 0], [0, params["sigma[prices,prices]"]]],
         pi=[[params["pi[mushy,log_income]"]], [params["pi[prices,log_income]"]]],
-        method="1s",
-        optimization=pyblp.Optimization("return"),
     )
 
 
@@ -1106,11 +942,15 @@ def test_contraction_failure_names_markets(nevo):
     assert set(error.value.markets) <= set(products["market_ids"])
 
 
-def test_utility_overflow_is_a_clear_error(nevo):
+def _scaled_price_model(nevo, name: str, factor: float) -> BLPRandomCoefficients:
+    """A random coefficient on ``name`` = prices × ``factor`` (utilities of extreme size)."""
     products, agents = nevo
-    products = products.copy()
-    products["huge"] = products["prices"] * 1e200
-    model = nevo_model((products, agents), random="0 + huge")
+    products = products.assign(**{name: products["prices"] * factor})
+    return nevo_model((products, agents), random=f"0 + {name}")
+
+
+def test_utility_overflow_is_a_clear_error(nevo):
+    model = _scaled_price_model(nevo, "huge", 1e200)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         with pytest.raises(BLPInputError, match="overflow"):
@@ -1119,10 +959,7 @@ def test_utility_overflow_is_a_clear_error(nevo):
 
 def test_extreme_heterogeneity_fails_cleanly(nevo):
     """Utilities of order 1e8: no floating-point warnings, a FixedPointError naming markets."""
-    products, agents = nevo
-    products = products.copy()
-    products["large"] = products["prices"] * 1e4
-    model = nevo_model((products, agents), random="0 + large")
+    model = _scaled_price_model(nevo, "large", 1e4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         with pytest.raises((FixedPointError, BLPInputError), match="C01Q1"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from builders import SIMULATED_SUPPLY, simulated_economy
 
 from blpmodels import BLPLogit, BLPRandomCoefficients, Integration
 from blpmodels.exceptions import BLPInputError, FixedPointError
@@ -367,11 +368,7 @@ def test_logit_simulation_feeds_blplogit_and_recovers_truth() -> None:
         _ids(300, 6, 3, seed=5),
         "1 + prices + x",
         {"Intercept": 2.0, "prices": -3.0, "x": 1.0},
-        supply="1 + w",
-        gamma={"Intercept": 1.0, "w": 1.0},
-        xi_variance=0.2,
-        omega_variance=0.1,
-        correlation=0.7,
+        **SIMULATED_SUPPLY,
         seed=5,
     )
     data = simulation.replace_endogenous().products
@@ -385,25 +382,15 @@ def test_logit_simulation_feeds_blplogit_and_recovers_truth() -> None:
 
 
 def test_random_coefficients_truth_recovery_with_supply() -> None:
-    products = build_id_data(T=200, J=10, F=4)
-    rng = np.random.default_rng(1)
-    products["x"] = rng.standard_normal(len(products))
-    products["w"] = rng.uniform(size=len(products))
-    simulation = Simulation(
-        products,
-        "1 + prices + x",
-        {"Intercept": 5.0, "prices": -5.0, "x": 1.0},
-        random="0 + prices + x",
+    solved = simulated_economy(
+        200,
+        10,
+        4,
+        beta={"Intercept": 5.0, "prices": -5.0, "x": 1.0},
         sigma=np.diag([0.8, 1.5]),
-        integration=Integration("halton", 100, seed=1),
-        supply="1 + w",
-        gamma={"Intercept": 1.0, "w": 1.0},
-        xi_variance=0.2,
-        omega_variance=0.1,
-        correlation=0.7,
+        draws=100,
         seed=1,
     )
-    solved = simulation.replace_endogenous(instruments="differentiation")
     data = solved.products
     instruments = " + ".join(column for column in data if column.startswith("diff_"))
     model = BLPRandomCoefficients.from_formula(

@@ -35,7 +35,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_blp
+from blpmodels.datasets import load_blp
+from builders import require_data
 
 from blpmodels import BLPRandomCoefficients
 from blpmodels.estimation.linear import gmm_options
@@ -61,17 +62,8 @@ FREE_SIGMA = [0, 2, 3, 4, 5]
 
 
 @pytest.fixture(scope="module")
-def pyblp():
-    module = pytest.importorskip("pyblp")
-    module.options.verbose = False
-    return module
-
-
-@pytest.fixture(scope="module")
 def autos() -> tuple[pd.DataFrame, pd.DataFrame]:
-    for name in ("pyblp/blp_products.csv", "pyblp/blp_agents.csv"):
-        if not (data_home() / name).is_file():
-            pytest.skip(f"shared data file {data_home() / name} not found (set {DATA_ENV_VAR})")
+    require_data("pyblp/blp_products.csv", "pyblp/blp_agents.csv")
     return load_blp()
 
 
@@ -112,20 +104,31 @@ def initial_update(model: BLPRandomCoefficients, sigma, pi) -> np.ndarray:
     return objective.updated_weighting_matrix(evaluation)
 
 
-def pyblp_problem(pyblp, products, agents):
+def pyblp_solve(pyblp, products, agents, sigma, pi, **options):
+    """pyblp's tutorial problem solved from (σ, π): W updated at the start, clustered W and SEs."""
     formulations = (
         pyblp.Formulation("1 + hpwt + air + mpd + space"),
         pyblp.Formulation(RANDOM),
         pyblp.Formulation(SUPPLY),
     )
     with warnings.catch_warnings():
+        # The importance-sampling weights do not sum to one.
         warnings.simplefilter("ignore")
-        return pyblp.Problem(
+        problem = pyblp.Problem(
             formulations,
             products,
             pyblp.Formulation("0 + I(1 / income)"),
             agents,
             costs_type="log",
+        )
+        return problem.solve(
+            sigma,
+            pi,
+            costs_bounds=(0.001, None),
+            W_type="clustered",
+            se_type="clustered",
+            initial_update=True,
+            **options,
         )
 
 
@@ -151,18 +154,15 @@ def relative_error(ours, theirs) -> float:
 def test_autos_with_supply_equal_pyblps_at_a_fixed_theta(autos, pyblp):
     """W updated at θ, then objective, gradient, β, γ and clustered SEs at θ: both libraries."""
     products, agents = autos
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        oracle = pyblp_problem(pyblp, products, agents).solve(
-            NEAR_SIGMA,
-            NEAR_PI,
-            costs_bounds=(0.001, None),
-            W_type="clustered",
-            se_type="clustered",
-            initial_update=True,
-            method="1s",
-            optimization=pyblp.Optimization("return"),
-        )
+    oracle = pyblp_solve(
+        pyblp,
+        products,
+        agents,
+        NEAR_SIGMA,
+        NEAR_PI,
+        method="1s",
+        optimization=pyblp.Optimization("return"),
+    )
     model = autos_model(products, agents)
     results = model.fit(
         NEAR_SIGMA,
@@ -203,18 +203,15 @@ def test_autos_with_supply_full_fit_equals_pyblps(autos, pyblp):
     gradient of 4e-4 and the estimates then differ from pyblp's by 5e-6.
     """
     products, agents = autos
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        oracle = pyblp_problem(pyblp, products, agents).solve(
-            START_SIGMA,
-            START_PI,
-            costs_bounds=(0.001, None),
-            W_type="clustered",
-            se_type="clustered",
-            initial_update=True,
-            method="2s",
-            optimization=pyblp.Optimization("l-bfgs-b", {"ftol": 0, "gtol": 1e-8}),
-        )
+    oracle = pyblp_solve(
+        pyblp,
+        products,
+        agents,
+        START_SIGMA,
+        START_PI,
+        method="2s",
+        optimization=pyblp.Optimization("l-bfgs-b", {"ftol": 0, "gtol": 1e-8}),
+    )
     model = autos_model(products, agents)
     W = initial_update(model, START_SIGMA, START_PI)
     results = model.fit(

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from blpmodels.datasets import DATA_ENV_VAR, data_home, load_mixtape_exercise2
+from builders import finite_difference_gradient, q5_model
 from conftest import simulate_logit_products
 
 from blpmodels import (
@@ -27,13 +27,6 @@ from blpmodels import (
     Integration,
     build_integration,
 )
-
-
-@pytest.fixture(scope="module")
-def pyblp():
-    module = pytest.importorskip("pyblp")
-    module.options.verbose = False
-    return module
 
 
 def _with_cost_shifter(products: pd.DataFrame, seed: int = 5) -> pd.DataFrame:
@@ -303,16 +296,7 @@ def test_rc_supply_gradient_matches_finite_differences(case):
     theta = np.array([*sigma, *alpha])
     evaluation = objective.evaluate(theta)
     assert evaluation.success and evaluation.gamma is not None
-    numeric = np.empty_like(theta)
-    for k in range(theta.size):
-        step = 1e-5 * max(1.0, abs(theta[k]))
-        up, down = theta.copy(), theta.copy()
-        up[k] += step
-        down[k] -= step
-        numeric[k] = (
-            objective.evaluate(up, gradient=False).objective
-            - objective.evaluate(down, gradient=False).objective
-        ) / (2 * step)
+    numeric = finite_difference_gradient(objective, theta)
     error = np.abs(evaluation.gradient - numeric)
     floor = 1e-7 * np.abs(numeric).max()
     assert (error <= 1e-5 * np.abs(numeric) + floor).all(), (evaluation.gradient, numeric)
@@ -333,16 +317,7 @@ def test_nested_rc_supply_gradient_matches_finite_differences():
     theta = np.array([0.5, 0.3, -2.0])
     evaluation = objective.evaluate(theta)
     assert evaluation.success
-    numeric = np.empty_like(theta)
-    for k in range(theta.size):
-        step = 1e-5
-        up, down = theta.copy(), theta.copy()
-        up[k] += step
-        down[k] -= step
-        numeric[k] = (
-            objective.evaluate(up, gradient=False).objective
-            - objective.evaluate(down, gradient=False).objective
-        ) / (2 * step)
+    numeric = finite_difference_gradient(objective, theta, steps=np.full(theta.size, 1e-5))
     error = np.abs(evaluation.gradient - numeric)
     assert (error <= 1e-5 * np.abs(numeric) + 1e-7 * np.abs(numeric).max()).all(), (
         evaluation.gradient,
@@ -408,27 +383,18 @@ def test_rc_supply_objective_matches_pyblp_at_the_same_theta(pyblp, costs_type):
 
 
 @pytest.mark.data
-def test_exercise2_supplemental6():
+def test_exercise2_supplemental6(exercise2_overidentified):
     """Supply 1 + mushy, linear costs: γ as printed, demand estimates as the demand-only fit."""
-    name = "mixtape/derived/ex2_product_data_with_overid_and_firms.csv"
-    if not (data_home() / name).is_file():
-        pytest.skip(f"shared data file {data_home() / name} not found (set {DATA_ENV_VAR})")
-    products, agents = load_mixtape_exercise2(overidentified=True)
-    formula = "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(5))
-    keywords = {
-        "absorb": "C(market_ids) + C(product_ids)",
-        "random": "0 + mushy + prices",
-        "demographics": "0 + log_income",
-        "agent_data": agents,
-    }
+    products, agents = exercise2_overidentified
+    formula = (
+        "shares ~ 0 + [prices ~ " + " + ".join(f"demand_instruments{k}" for k in range(5)) + "]"
+    )
     start = {"sigma": [[0, 0], [0, 6]], "pi": [[0.2], [-6]]}
     options = {"gtol": 1e-8, "xtol": 1e-8}
-    demand = BLPRandomCoefficients.from_formula(formula + "]", products, **keywords).fit(
-        **start, optimizer_options=options
+    demand = q5_model(products, agents, formula).fit(**start, optimizer_options=options)
+    supply = q5_model(products, agents, formula, supply="1 + mushy").fit(
+        **start, beta={"prices": 10}, optimizer_options=options
     )
-    supply = BLPRandomCoefficients.from_formula(
-        formula + "]", products, supply="1 + mushy", **keywords
-    ).fit(**start, beta={"prices": 10}, optimizer_options=options)
     assert supply.info.convergence["converged"]
     assert supply.params["gamma[Intercept]"] == pytest.approx(0.0881, abs=5e-5)
     assert supply.params["gamma[mushy]"] == pytest.approx(-0.00568, abs=5e-6)
