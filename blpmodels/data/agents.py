@@ -17,6 +17,7 @@ import pandas as pd
 from formulaic import Formula
 
 from blpmodels.data.design import TermBlock, build_block, check_columns, numeric_values, warn_user
+from blpmodels.data.integration import Integration, build_integration
 from blpmodels.data.markets import MarketLayout, check_ids
 from blpmodels.exceptions import BLPInputError, IntegrationWarning
 
@@ -176,6 +177,58 @@ class AgentDesign:
             demographics=layout.pad(block.values),
             demographic_block=block,
             kind=kind,
+        )
+
+    @classmethod
+    def from_data_or_integration(
+        cls,
+        agent_data: pd.DataFrame | None,
+        integration: Integration | None,
+        market_labels: np.ndarray,
+        max_nodes: int,
+        *,
+        demographics: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        template: TermBlock | None = None,
+    ) -> AgentDesign:
+        """Agents from ``agent_data``, or from the nodes and weights of an integration rule.
+
+        The callers check beforehand that exactly one of the two is given and that demographics
+        come with ``agent_data`` (their messages name their own arguments).
+
+        Parameters
+        ----------
+        agent_data : pandas.DataFrame or None
+            Agent data, when no ``integration`` is given.
+        integration : Integration or None
+            Builds ``max_nodes`` node columns in every market of ``market_labels``.
+        market_labels, max_nodes, demographics, context, template
+            As in :meth:`build`.
+
+        Returns
+        -------
+        AgentDesign
+
+        Examples
+        --------
+        >>> from blpmodels.data.integration import Integration
+        >>> agents = AgentDesign.from_data_or_integration(
+        ...     None, Integration("product", 3), np.array(["a", "b"]), 1)
+        >>> agents.n_agents.tolist(), agents.kind
+        ([3, 3], 'product')
+        """
+        kind = None
+        if integration is not None:
+            agent_data = build_integration(integration, max_nodes, market_ids=market_labels)
+            kind = integration.kind
+        return cls.build(
+            agent_data,
+            market_labels,
+            demographics=demographics,
+            max_nodes=max_nodes,
+            context=context,
+            kind=kind,
+            template=template,
         )
 
     def check_nodes(self, needed: int, characteristics: tuple[str, ...]) -> None:

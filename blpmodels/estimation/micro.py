@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from blpmodels.data.products import ProductDesign
 from blpmodels.exceptions import BLPInputError
 from blpmodels.kernel.micro_probabilities import MicroMarket
 
@@ -742,6 +743,14 @@ class MicroBlock:
         for market in markets.values():
             market.chunks = self._agent_chunks(market)
         self.markets = [markets[t] for t in sorted(markets)]
+
+    @classmethod
+    def for_design(
+        cls, moments: Sequence[MicroMoment], design: ProductDesign, agents: Any
+    ) -> MicroBlock:
+        """The block over a model's product data and agents, laid out as the design is."""
+        layout = design.layout
+        return cls(moments, design.data, layout.index, layout.mask, layout.market_labels, agents)
 
     def _index_parts(self) -> list[tuple[MicroMoment, int, ArrayFunction]]:
         """Number the parts of all moments: each part's dataset, each moment's parts."""

@@ -9,8 +9,9 @@ analytically, in chunks of agents that bound memory.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ class MicroMarket:
     chunks: list[slice] = field(default_factory=list)  # agent chunks bounding memory
 
 
+@dataclass(eq=False)
 class MicroProbabilities:
     """Agent choice probabilities (first and second choices) in surveyed markets at θ.
 
@@ -45,19 +47,11 @@ class MicroProbabilities:
         Number of nests.
     """
 
-    def __init__(
-        self,
-        parameters: Any,
-        characteristics: np.ndarray,
-        agents: Any,
-        nest_codes: np.ndarray | None = None,
-        n_nests: int = 1,
-    ) -> None:
-        self.parameters = parameters
-        self.characteristics = characteristics
-        self.agents = agents
-        self.nest_codes = nest_codes
-        self.n_nests = n_nests
+    parameters: Any
+    characteristics: np.ndarray
+    agents: Any
+    nest_codes: np.ndarray | None = None
+    n_nests: int = 1
 
     def utilities(
         self, market: MicroMarket, theta: np.ndarray, delta: np.ndarray, agents: slice
@@ -187,18 +181,14 @@ class MicroProbabilities:
         :func:`_nested_pairs`), and analytic tangents (:func:`_nested_tangents`)."""
         t, n = market.position, market.n_products
         codes = self.nest_codes[t, :n]
-        rho_tangents = [] if tangents is None else self._rho_tangents(tangents.shape[0])
         first = _nested(utilities, codes, rho)
-        d_first = None
-        if tangents is not None:
-            d_first = _nested_tangents(first, tangents, codes, rho, rho_tangents)
+        if tangents is None:
+            return first, None, lambda groups: (_nested_pairs(utilities, codes, rho, groups), None)
+        nests = _Nests(codes, rho, tuple(self._rho_tangents(tangents.shape[0])))
+        d_first = _nested_tangents(first, tangents, nests)
 
         def pair(groups: np.ndarray) -> tuple[np.ndarray, Any]:
-            if tangents is None:
-                return _nested_pairs(utilities, codes, rho, groups), None
-            return _nested_pair_tangents(
-                utilities, tangents, codes, rho, rho_tangents, groups, first, d_first
-            )
+            return _nested_pair_tangents(utilities, tangents, nests, groups, first, d_first)
 
         return first, d_first, pair
 
@@ -242,6 +232,36 @@ class _LogitPairTangent:
         return d_joint
 
 
+def _one_hot(codes: np.ndarray, n_columns: int) -> np.ndarray:
+    """``[len(codes), n_columns]`` 0/1 matrix with a one in column ``codes[k]`` of row k."""
+    one_hot = np.zeros((codes.size, n_columns))
+    one_hot[np.arange(codes.size), codes] = 1.0
+    return one_hot
+
+
+@dataclass(frozen=True, eq=False)
+class _Nests:
+    """One surveyed market's nests as the RCNL tangent formulas read them.
+
+    ``codes`` ``[J]`` is each product's nest, ``rho`` ``[H]`` the nesting parameters, and
+    ``rho_tangents`` gives, for each free ρ in θ, its position and the nests it scales.
+    """
+
+    codes: np.ndarray
+    rho: np.ndarray
+    rho_tangents: tuple[tuple[int, np.ndarray], ...]
+
+    @cached_property
+    def one_hot(self) -> np.ndarray:
+        """``[J, H]`` nest membership."""
+        return _one_hot(self.codes, self.rho.size)
+
+    @cached_property
+    def scale(self) -> np.ndarray:
+        """``[J]`` 1 − ρ of each product's nest."""
+        return 1.0 - self.rho[self.codes]
+
+
 def _logit(utilities: np.ndarray) -> np.ndarray:
     """``[I, 1+J]`` logit probabilities with the outside option (utility 0) first."""
     full = np.concatenate([np.zeros((utilities.shape[0], 1)), utilities], axis=1)
@@ -260,8 +280,7 @@ def _nested(
     available = np.ones(1 + n) if removed is None else ~removed
     available = np.asarray(available, dtype=np.float64)
     inside = np.exp((utilities - shift) / scale) * available[..., None, 1:]
-    one_hot = np.zeros((n, len(rho)))
-    one_hot[np.arange(n), codes] = 1.0
+    one_hot = _one_hot(codes, len(rho))
     sums = inside @ one_hot  # [..., I, H]
     with np.errstate(divide="ignore", invalid="ignore"):
         inclusive = np.where(sums > 0, sums ** (1.0 - rho), 0.0)
@@ -285,8 +304,7 @@ def _nested_pairs(
     """
     n = utilities.shape[-1]
     groups = np.arange(1 + n) if groups is None else groups
-    labels, index = np.unique(groups, return_inverse=True)
-    removed = index[None, :] == np.arange(labels.size)[:, None]  # row g: group g removed
+    index, removed = _removals(groups)
     base = _nested(utilities, codes, rho)  # [I, 1+J]
     without = _nested(utilities[None], codes, rho, removed)  # [G, I, 1+J]
     joint = np.moveaxis(without[index], 0, 1) - base[:, None, :]
@@ -298,20 +316,24 @@ def _nested_pairs(
     return np.maximum(joint, 0.0)
 
 
+def _removals(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group of each option ``[1+J]`` (numbered from 0) and the choice sets with one group
+    removed: row g of ``[G, 1+J]`` marks the options of group g."""
+    labels, index = np.unique(groups, return_inverse=True)
+    return index, index[None, :] == np.arange(labels.size)[:, None]
+
+
 def _within_nests(
-    probabilities: np.ndarray, codes: np.ndarray, n_nests: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Nest one-hot ``[J, H]``, inside probabilities ``[..., I, J]``, nest shares
-    ``[..., I, H]`` and shares within the nest ``[..., I, J]`` (0 for options taken out)."""
-    n = codes.size
-    one_hot = np.zeros((n, n_nests))
-    one_hot[np.arange(n), codes] = 1.0
+    probabilities: np.ndarray, one_hot: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inside probabilities ``[..., I, J]``, nest shares ``[..., I, H]`` and shares within
+    the nest ``[..., I, J]`` (0 for options taken out), given the nest one-hot ``[J, H]``."""
     inside = probabilities[..., 1:]
     nest_shares = inside @ one_hot
     of_product = nest_shares @ one_hot.T
     with np.errstate(divide="ignore", invalid="ignore"):
         within = np.where(of_product > 0, inside / of_product, 0.0)
-    return one_hot, inside, nest_shares, within
+    return inside, nest_shares, within
 
 
 def _log_within(within: np.ndarray) -> np.ndarray:
@@ -320,13 +342,7 @@ def _log_within(within: np.ndarray) -> np.ndarray:
     return np.where(positive, np.log(np.where(positive, within, 1.0)), 0.0)
 
 
-def _nested_tangents(
-    probabilities: np.ndarray,
-    tangents: np.ndarray,
-    codes: np.ndarray,
-    rho: np.ndarray,
-    rho_tangents: Sequence[tuple[int, np.ndarray]],
-) -> np.ndarray:
+def _nested_tangents(probabilities: np.ndarray, tangents: np.ndarray, nests: _Nests) -> np.ndarray:
     """``[P, ..., I, 1+J]`` θ-tangents of nested-logit probabilities ``[..., I, 1+J]``.
 
     With w_j = s_j / s_h(j) the share within the nest, V̄_h = Σ_k∈h w_k dV_k and
@@ -336,18 +352,18 @@ def _nested_tangents(
     last terms). Every term is a share-weighted log share, so nothing overflows. Options taken
     out of the choice set have zero probability and drop out.
     """
-    one_hot, inside, nest_shares, within = _within_nests(probabilities, codes, rho.size)
+    codes, one_hot, scale = nests.codes, nests.one_hot, nests.scale
+    inside, nest_shares, within = _within_nests(probabilities, one_hot)
     log_within = _log_within(within)
-    scale = 1.0 - rho[codes]
     nest_means = (within * tangents) @ one_hot  # [P, ..., I, H]
     by_product = nest_means @ one_hot.T
     total = (inside * tangents).sum(axis=-1, keepdims=True)  # [P, ..., I, 1]
     d_log = (tangents - by_product) / scale + by_product - total
     result = np.concatenate([-total, d_log], axis=-1)
-    if rho_tangents:
+    if nests.rho_tangents:
         entropy = (within * log_within) @ one_hot  # [..., I, H]: c_h
-        for position, nests in rho_tangents:
-            scaled = nests.astype(np.float64)
+        for position, scaled_nests in nests.rho_tangents:
+            scaled = scaled_nests.astype(np.float64)
             outside = -(nest_shares * entropy) @ scaled  # [..., I]
             member = scaled[codes]
             d_rho = member * ((log_within - (entropy @ one_hot.T)) / scale) + (
@@ -362,18 +378,15 @@ def _nested_tangents(
 def _nested_pair_tangents(
     utilities: np.ndarray,
     tangents: np.ndarray,
-    codes: np.ndarray,
-    rho: np.ndarray,
-    rho_tangents: Sequence[tuple[int, np.ndarray]],
+    nests: _Nests,
     groups: np.ndarray,
     first: np.ndarray,
     d_first: np.ndarray,
 ) -> tuple[np.ndarray, _NestedPairTangent]:
     """Pair probabilities of :func:`_nested_pairs` ``[I, 1+J, 1+J]`` and their θ-tangents
     (:class:`_NestedPairTangent`): (s_b(−h) − s_b) r_a with r_a = s_a / S_h, S_h = Σ_a∈h s_a."""
-    labels, index = np.unique(groups, return_inverse=True)
-    removed = index[None, :] == np.arange(labels.size)[:, None]
-    without = _nested(utilities[None], codes, rho, removed)  # [G, I, 1+J]
+    index, removed = _removals(groups)
+    without = _nested(utilities[None], nests.codes, nests.rho, removed)  # [G, I, 1+J]
     same = groups[:, None] == groups[None, :]
     group_share = first @ same.astype(np.float64)  # [I, 1+J]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -397,9 +410,7 @@ def _nested_pair_tangents(
         difference * keep,
         ratio[:, :, None] * keep,
         tangents,
-        codes,
-        rho,
-        tuple(rho_tangents),
+        nests,
     )
     return joint, tangent
 
@@ -426,9 +437,7 @@ class _NestedPairTangent:
     difference_kept: np.ndarray  # the same, zero where there is no slope
     ratio_kept: np.ndarray  # [I, a, b]: r_a, zero where there is no slope
     tangents: np.ndarray  # [P, I, J]: utility tangents
-    codes: np.ndarray
-    rho: np.ndarray
-    rho_tangents: tuple[tuple[int, np.ndarray], ...]
+    nests: _Nests
 
     def contract(self, weighted: np.ndarray) -> np.ndarray:
         """``[n, P]`` Σ_iab weighted_n[i, a, b] d pair[i, a, b]."""
@@ -446,18 +455,13 @@ class _NestedPairTangent:
         if n_groups == size and np.array_equal(self.index, np.arange(size)):
             by_group = np.moveaxis(scaled, 2, 1)  # each option its own group: a view
         else:
-            one_hot = np.zeros((size, n_groups))
-            one_hot[np.arange(size), self.index] = 1.0
+            one_hot = _one_hot(self.index, n_groups)
             by_group = np.moveaxis(np.swapaxes(scaled, 2, 3) @ one_hot, 3, 1)  # [n, G, I, b]
-        return result + _nested_contract(
-            by_group, self.without, self.tangents, self.codes, self.rho, self.rho_tangents
-        )
+        return result + _nested_contract(by_group, self.without, self.tangents, self.nests)
 
     def dense(self) -> np.ndarray:
         """``[P, I, 1+J, 1+J]`` tangents (for scores of a few consumers)."""
-        d_without = _nested_tangents(
-            self.without, self.tangents[:, None], self.codes, self.rho, self.rho_tangents
-        )
+        d_without = _nested_tangents(self.without, self.tangents[:, None], self.nests)
         d_ratio = (
             self.d_first * self.inverse
             - self.ratio * (self.d_first @ self.same.astype(np.float64)) * self.inverse
@@ -470,12 +474,7 @@ class _NestedPairTangent:
 
 
 def _nested_contract(
-    coefficients: np.ndarray,
-    probabilities: np.ndarray,
-    tangents: np.ndarray,
-    codes: np.ndarray,
-    rho: np.ndarray,
-    rho_tangents: Sequence[tuple[int, np.ndarray]],
+    coefficients: np.ndarray, probabilities: np.ndarray, tangents: np.ndarray, nests: _Nests
 ) -> np.ndarray:
     """``[n, P]`` Σ coefficients[n, g, i, b] · (d probabilities)[p, g, i, b] for nested-logit
     probabilities ``[G, I, 1+J]`` (e.g. one choice set per removed group), with the tangents of
@@ -483,30 +482,31 @@ def _nested_contract(
     (shared by every g) meet one ``[n, I, J]`` coefficient array, and the passes over
     ``[n, G, I, 1+J]`` arrays are few (this runs at every evaluation with second choices)."""
     n_rows = coefficients.shape[0]
+    codes, one_hot, scale = nests.codes, nests.one_hot, nests.scale
     n = codes.size
-    one_hot, inside, nest_shares, within = _within_nests(probabilities, codes, rho.size)
+    inside, nest_shares, within = _within_nests(probabilities, one_hot)
     weighted = coefficients * probabilities  # R̃ = R s
     everything = weighted.sum(axis=-1)  # [n, G, I]: Σ_b R̃_b, outside included
-    scale = 1.0 - rho[codes]
     # Σ_g of: R̃_k / (1 − ρ_k) − (Σ_b∈h(k) R̃_b) ρ_k/(1 − ρ_k) w_k − (Σ_b R̃_b) s_k.
     on_utilities = weighted[..., 1:].sum(axis=1) / scale
     by_nest = weighted[..., 1:] @ one_hot  # [n, G, I, H]
     nest_within = np.matmul(
-        by_nest.transpose(2, 0, 3, 1), (within * (rho[codes] / scale)).transpose(1, 0, 2)[:, None]
+        by_nest.transpose(2, 0, 3, 1),
+        (within * (nests.rho[codes] / scale)).transpose(1, 0, 2)[:, None],
     )  # [I, n, H, J]
     on_utilities -= nest_within[:, :, codes, np.arange(n)].transpose(1, 0, 2)
     on_utilities -= np.matmul(everything.transpose(2, 0, 1), inside.transpose(1, 0, 2)).transpose(
         1, 0, 2
     )
     result = np.einsum("nij,pij->np", on_utilities, tangents)
-    if rho_tangents:
+    if nests.rho_tangents:
         log_within = _log_within(within)
         nest_entropy = (within * log_within) @ one_hot  # [G, I, H]: c_h
         entropy = nest_entropy @ one_hot.T
         flat = weighted[..., 1:].reshape(n_rows, -1)
-        for position, nests in rho_tangents:
-            member = nests.astype(np.float64)[codes]
-            outside = -(nest_shares * nest_entropy) @ nests.astype(np.float64)  # [G, I]
+        for position, scaled_nests in nests.rho_tangents:
+            member = scaled_nests.astype(np.float64)[codes]
+            outside = -(nest_shares * nest_entropy) @ scaled_nests.astype(np.float64)  # [G, I]
             own = member * ((log_within - entropy) / scale + entropy)
             result[:, position] += flat @ own.reshape(-1) + everything.reshape(
                 n_rows, -1

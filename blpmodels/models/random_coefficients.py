@@ -24,7 +24,6 @@ import scipy.linalg
 from blpmodels.backends import ClientHandle, check_backend, parse_memory
 from blpmodels.data.absorb import AbsorbMethod
 from blpmodels.data.agents import AgentDesign
-from blpmodels.data.integration import build_integration
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.data.products import ProductDesign
 from blpmodels.data.supply_design import SupplyDesign, build_supply_design
@@ -385,15 +384,7 @@ class BLPRandomCoefficients(BLPModel):
         micro_moments = list(micro_moments)
         if not micro_moments:
             return None
-        layout = self.design.layout
-        return MicroBlock(
-            micro_moments,
-            self.design.data,
-            layout.index,
-            layout.mask,
-            layout.market_labels,
-            self.agents,
-        )
+        return MicroBlock.for_design(micro_moments, self.design, self.agents)
 
     def initial_weighting_matrix(self) -> np.ndarray:
         """(Z'Z/N)⁻¹, block diagonal over the demand and supply instruments."""
@@ -611,7 +602,6 @@ def _agent_design(
     namespace: Mapping[str, Any],
 ) -> AgentDesign:
     """The agents: from ``agent_data``, or the nodes and weights of an integration rule."""
-    kind = None
     if integration is not None:
         if agent_data is not None:
             raise BLPInputError(
@@ -620,17 +610,13 @@ def _agent_design(
             )
         if demographics:
             raise BLPInputError("demographics need agent_data; integration only builds nodes")
-        agent_data = build_integration(
-            integration, design.random.size, market_ids=design.layout.market_labels
-        )
-        kind = integration.kind
-    if agent_data is None:
+    elif agent_data is None:
         raise BLPInputError("random coefficients need agent_data or integration=Integration(...)")
-    return AgentDesign.build(
+    return AgentDesign.from_data_or_integration(
         agent_data,
+        integration,
         design.layout.market_labels,
+        design.random.size,
         demographics=demographics,
-        max_nodes=design.random.size,
         context=namespace,
-        kind=kind,
     )

@@ -19,7 +19,6 @@ import pandas as pd
 from blpmodels.data.agents import AgentDesign
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.estimation.micro import (
-    ArrayFunction,
     MicroBlock,
     MicroDataset,
     MicroMoment,
@@ -72,32 +71,11 @@ def simulate_micro_data(demand: Any, dataset: MicroDataset, seed: Any = None) ->
     >>> list(micro.columns)  # doctest: +SKIP
     ['market_ids', 'agent_indices', 'agent_rows', 'choice_indices']
     """
-    agents, parameters = _survey_demand(demand, dataset, "simulating micro data needs")
-    design = demand.design
-    layout = design.layout
+    agents, _ = _survey_demand(demand, dataset, "simulating micro data needs")
+    layout = demand.design.layout
     second = bool(dataset.second_choices)
-
-    def ones(t: Any, products: pd.DataFrame, people: pd.DataFrame) -> np.ndarray:
-        size = len(products) + 1
-        return np.ones((len(people), size, size) if second else (len(people), size))
-
-    block = MicroBlock(
-        [MicroMoment("draws", dataset, 0.0, parts=[ones])],
-        design.data,
-        layout.index,
-        layout.mask,
-        layout.market_labels,
-        agents,
-    )
-    nested = parameters.has_rho and demand.nest_codes is not None
-    n_nests = int(demand.nest_codes.max()) + 1 if nested else 1
-    model = MicroProbabilities(
-        parameters,
-        layout.pad(design.random.values),
-        agents,
-        layout.pad(demand.nest_codes) if nested else None,
-        n_nests,
-    )
+    block = _survey_block("draws", demand, dataset, agents)
+    model = _probability_model(demand)
     delta = layout.pad(np.asarray(demand.delta, dtype=np.float64))
     theta = np.asarray(demand.theta, dtype=np.float64)
     masses, keys = [], []
@@ -165,12 +143,17 @@ def _probability_model(demand: Any) -> MicroProbabilities:
     )
 
 
-def _ones(second: bool) -> ArrayFunction:
+def _survey_block(name: str, demand: Any, dataset: MicroDataset, agents: Any) -> MicroBlock:
+    """A block whose one moment averages ones over the survey: its markets, agent chunks and
+    sampling weights, for drawing or scoring its consumers."""
+    second = bool(dataset.second_choices)
+
     def ones(t: Any, products: pd.DataFrame, people: pd.DataFrame) -> np.ndarray:
         size = len(products) + 1
         return np.ones((len(people), size, size) if second else (len(people), size))
 
-    return ones
+    moment = MicroMoment(name, dataset, 0.0, parts=[ones])
+    return MicroBlock.for_design([moment], demand.design, agents)
 
 
 def _choice_probabilities(
@@ -215,14 +198,7 @@ def _score_setup(demand: Any, dataset: MicroDataset) -> dict[str, Any]:
         raise BLPInputError("δ could not be solved at the estimates for the scores")
     delta = layout.pad(evaluation.delta)
     jacobian = layout.pad(evaluation.delta_jacobian[:, : parameters.size])
-    block = MicroBlock(
-        [MicroMoment("scores", dataset, 0.0, parts=[_ones(bool(dataset.second_choices))])],
-        design.data,
-        layout.index,
-        layout.mask,
-        layout.market_labels,
-        agents,
-    )
+    block = _survey_block("scores", demand, dataset, agents)
     model = _probability_model(demand)
     _, denominator, _, d_denominator, _ = block._accumulate(
         lambda market, chunk: model.market(market, theta, delta, jacobian, chunk),

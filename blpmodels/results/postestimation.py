@@ -18,7 +18,7 @@ import pandas as pd
 
 from blpmodels.data.agents import AgentDesign
 from blpmodels.data.design import check_columns
-from blpmodels.data.integration import Integration, build_integration
+from blpmodels.data.integration import Integration
 from blpmodels.exceptions import BLPInputError, FixedPointError
 from blpmodels.kernel.delta import solve_delta
 from blpmodels.kernel.shares import ShareEvaluator
@@ -470,7 +470,6 @@ class PostEstimationMixin(ResultsRole):
         old = self.demand.agents
         parameters = self.demand.parameters
         assert old is not None and parameters is not None
-        kind = None
         if integration is not None:
             if not isinstance(integration, Integration):
                 raise BLPInputError(
@@ -481,16 +480,12 @@ class PostEstimationMixin(ResultsRole):
                     f"the model has demographics {list(old.demographic_names)}; integration "
                     "only builds nodes, so pass agent_data with nodes and demographics"
                 )
-            agent_data = build_integration(
-                integration, design.random.size, market_ids=design.layout.market_labels
-            )
-            kind = integration.kind
-        agents = AgentDesign.build(
+        agents = AgentDesign.from_data_or_integration(
             agent_data,
+            integration,
             design.layout.market_labels,
-            max_nodes=design.random.size,
+            design.random.size,
             context=design.context,
-            kind=kind,
             template=old.demographic_block,
         )
         agents.check_nodes(parameters.node_columns_needed(), design.random.names)

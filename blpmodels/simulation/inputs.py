@@ -20,7 +20,7 @@ import pandas as pd
 from blpmodels.data.agents import AgentDesign
 from blpmodels.data.design import TermBlock, build_block, check_columns, numeric_values
 from blpmodels.data.formula import required_variables
-from blpmodels.data.integration import Integration, build_integration
+from blpmodels.data.integration import Integration
 from blpmodels.data.markets import MarketLayout, check_ids
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.data.products import validate_shares
@@ -499,19 +499,16 @@ def _agents(
     """The agents from ``agent_data`` or built by ``integration``; None without X2."""
     if formulas["random"] is None:
         return None
-    integration = options["integration"]
-    agent_data = options["agent_data"]
-    if integration is not None:
-        agent_data = build_integration(integration, x2.size, market_ids=layout.market_labels)
-    if agent_data is None:
+    integration, agent_data = options["integration"], options["agent_data"]
+    if integration is None and agent_data is None:
         raise BLPInputError("random coefficients need agent_data or integration=")
-    return AgentDesign.build(
+    return AgentDesign.from_data_or_integration(
         agent_data,
+        integration,
         layout.market_labels,
+        x2.size,
         demographics=formulas["demographics"],
-        max_nodes=x2.size,
         context=context,
-        kind=None if integration is None else integration.kind,
     )
 
 
