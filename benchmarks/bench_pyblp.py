@@ -20,8 +20,6 @@ where blpmodels spends its time on ex2-q5).
 
 from __future__ import annotations
 
-import argparse
-
 import common  # first: it sets one BLAS thread before numpy loads
 import numpy as np
 import pandas as pd
@@ -121,12 +119,8 @@ def _pyblp_params(results) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=1, help="best of this many runs")
-    parser.add_argument("--threads", type=int, default=None, help="blpmodels threads")
-    parser.add_argument("--only", nargs="*", default=None, help="problems to run")
-    parser.add_argument("--profile", action="store_true", help="profile blpmodels on ex2-q5")
-    arguments = parser.parse_args()
+    names = ["ex2-q5", "nevo", "ex2-q5-eval", "nevo-eval"]
+    arguments = common.comparison_parser(__doc__, names, "ex2-q5").parse_args()
     pyblp = common.quiet_pyblp()
     threads = arguments.threads
     # Each problem: our default (optimizer="auto": Gauss-Newton for demand), then pyblp's own

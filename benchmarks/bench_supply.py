@@ -27,7 +27,6 @@ fit.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import common  # first: it sets one BLAS thread before numpy loads
@@ -217,13 +216,11 @@ def run_merger(arguments) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="best of N blpmodels autos fits")
+    parser = common.comparison_parser(
+        __doc__, ["autos", "merger"], "an autos fit", repeat=3, repeated="blpmodels autos fits"
+    )
     parser.add_argument("--pyblp-repeat", type=int, default=1, help="best of N pyblp autos fits")
     parser.add_argument("--merger-repeat", type=int, default=5, help="best of N mergers")
-    parser.add_argument("--threads", type=int, default=None, help="blpmodels threads")
-    parser.add_argument("--only", nargs="*", default=None, help="autos and/or merger")
-    parser.add_argument("--profile", action="store_true", help="profile a blpmodels autos fit")
     arguments = parser.parse_args()
     pyblp = common.quiet_pyblp()
     print(f"blpmodels {blpmodels.__version__} vs pyblp {pyblp.__version__}")

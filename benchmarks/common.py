@@ -18,6 +18,7 @@ benchmarks/<script>.py`` (and the scripts' child processes) find this module.
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import io
 import os
@@ -25,7 +26,7 @@ import pstats
 import resource
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,45 @@ def pyblp_q5_problem(pyblp: ModuleType, products: pd.DataFrame, agents: pd.DataF
         pyblp.Formulation(Q5_RANDOM),
     )
     return pyblp.Problem(formulations, products, pyblp.Formulation(Q5_DEMOGRAPHICS), agents)
+
+
+def comparison_parser(
+    description: str,
+    problems: Sequence[str],
+    profiled: str,
+    repeat: int = 1,
+    repeated: str = "runs",
+) -> argparse.ArgumentParser:
+    """The options of the scripts that time blpmodels against pyblp.
+
+    ``--repeat`` (best of N runs), ``--threads`` (blpmodels threads), ``--only`` (a subset of
+    ``problems``) and ``--profile`` (profile blpmodels on ``profiled``); a script adds its own.
+
+    Parameters
+    ----------
+    description : str
+        The script's docstring; its first line describes the script.
+    problems : sequence of str
+        What ``--only`` may choose, for its help.
+    profiled : str
+        What ``--profile`` profiles, for its help.
+    repeat : int
+        Default of ``--repeat``.
+    repeated : str
+        What ``--repeat`` repeats, for its help.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=repeat, help=f"best of this many {repeated}")
+    parser.add_argument("--threads", type=int, default=None, help="blpmodels threads")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help=f"problems to run: {', '.join(problems)}"
+    )
+    parser.add_argument("--profile", action="store_true", help=f"profile blpmodels on {profiled}")
+    return parser
 
 
 def peak_mib() -> float:

@@ -28,7 +28,15 @@ import blpmodels
 from blpmodels import BLPLogit, datasets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when imported by path
-from _common import FIXED_EFFECTS, IV_FORMULA, MARKET, PRODUCT, header, pandas_display
+from _common import (
+    FIXED_EFFECTS,
+    IV_FORMULA,
+    MARKET,
+    PRODUCT,
+    counterfactual_data,
+    header,
+    pandas_display,
+)
 
 # -------------------------------------------------------------------------------------------
 # questions 1-2: the data and market shares
@@ -247,38 +255,6 @@ def question6(products: pd.DataFrame) -> tuple[Any, Any]:
 # -------------------------------------------------------------------------------------------
 # questions 7-8: counterfactual, elasticities
 # -------------------------------------------------------------------------------------------
-
-
-def counterfactual_data(
-    products: pd.DataFrame,
-    market: str = MARKET,
-    product: str = PRODUCT,
-    factor: float = 0.5,
-    cut: float = 0.0,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Baseline and counterfactual rows of one market with one price changed.
-
-    Parameters
-    ----------
-    products : pandas.DataFrame
-        Product data.
-    market, product : str
-        Market and product whose price changes.
-    factor : float
-        The new price is ``factor * price - cut``.
-    cut : float
-        Dollar cut per serving.
-
-    Returns
-    -------
-    baseline, counterfactual : pandas.DataFrame
-        The market's rows at observed and at changed prices.
-    """
-    baseline = products[products["market_ids"] == market].copy()
-    counterfactual = baseline.copy()
-    row = counterfactual["product_ids"] == product
-    counterfactual.loc[row, "prices"] = factor * counterfactual.loc[row, "prices"] - cut
-    return baseline, counterfactual
 
 
 def percent_changes(results: Any, baseline: pd.DataFrame, changed: pd.DataFrame) -> pd.DataFrame:

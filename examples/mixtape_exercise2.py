@@ -44,12 +44,17 @@ from _common import (
     FORMULA_Q2,
     MARKET,
     OPTIONS,
+    PI_MUSHY_START,
     PRODUCT,
     Q5_START,
+    counterfactual_data,
     exercise2_logit,
     exercise2_model,
     header,
+    price_coefficients,
+    price_cut_table,
     print_fit,
+    question5_fit,
     run_script,
     timed,
 )
@@ -209,7 +214,7 @@ def question2(products: pd.DataFrame, agents: pd.DataFrame) -> Any:
     header("Q2. Estimate pi on mushy x log income")
     print(agents.head().to_string())
     model = exercise2_model(products, agents, FORMULA_Q2, random="0 + mushy")
-    results = model.fit(sigma=0, pi=1, optimizer_options=OPTIONS)
+    results = model.fit(**PI_MUSHY_START)
     print_fit(results, "Q2")
     march(model)
     pi = results.params["pi[mushy,log_income]"]
@@ -278,9 +283,7 @@ def question3(products: pd.DataFrame, agents: pd.DataFrame, starts: int = 5) -> 
     model = exercise2_model(products, agents, FORMULA_Q2, random="0 + mushy")
     # Starts near -10 can make δ diverge on the way; those steps come back as failed
     # evaluations (infinite objective) and the optimizer backs off, without warnings.
-    results = model.fit(
-        sigma=0, pi=1, pi_bounds=(-10, 10), starts=starts, seed=0, optimizer_options=OPTIONS
-    )
+    results = model.fit(**PI_MUSHY_START, pi_bounds=(-10, 10), starts=starts, seed=0)
     table = results.info.convergence["starts"]
     print(table.to_string())
     spread = table["pi[mushy,log_income]"].max() - table["pi[mushy,log_income]"].min()
@@ -294,80 +297,6 @@ def question3(products: pd.DataFrame, agents: pd.DataFrame, starts: int = 5) -> 
 # -------------------------------------------------------------------------------------------
 # counterfactuals
 # -------------------------------------------------------------------------------------------
-
-
-def counterfactual_rows(products: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """C01Q2 at observed prices and with F1B04's price halved.
-
-    Parameters
-    ----------
-    products : pandas.DataFrame
-        Product data.
-
-    Returns
-    -------
-    baseline, counterfactual : pandas.DataFrame
-    """
-    baseline = products[products["market_ids"] == MARKET].copy()
-    counterfactual = baseline.copy()
-    counterfactual.loc[counterfactual["product_ids"] == PRODUCT, "prices"] /= 2
-    return baseline, counterfactual
-
-
-def percent_changes(results: Any, products: pd.DataFrame) -> pd.Series:
-    """Percent changes in C01Q2's shares when F1B04's price is halved.
-
-    Parameters
-    ----------
-    results : blpmodels.BLPResults
-        Estimated demand.
-    products : pandas.DataFrame
-        Product data.
-
-    Returns
-    -------
-    pandas.Series
-        Indexed by product.
-    """
-    baseline, counterfactual = counterfactual_rows(products)
-    changes = 100 * (results.predict(counterfactual) / results.predict(baseline) - 1)
-    return pd.Series(changes.to_numpy(), index=baseline["product_ids"].to_numpy(), name="change_%")
-
-
-def logit_results(products: pd.DataFrame) -> Any:
-    """Exercise 1's IV logit with fixed effects, for comparison.
-
-    Parameters
-    ----------
-    products : pandas.DataFrame
-        Product data.
-
-    Returns
-    -------
-    blpmodels.BLPResults
-    """
-    return exercise2_logit(products)
-
-
-def compare_counterfactuals(products: pd.DataFrame, fits: dict[str, Any]) -> pd.DataFrame:
-    """Percent changes of every fit side by side, with prices and mushy.
-
-    Parameters
-    ----------
-    products : pandas.DataFrame
-        Product data.
-    fits : dict
-        Label -> results.
-
-    Returns
-    -------
-    pandas.DataFrame
-    """
-    baseline, _ = counterfactual_rows(products)
-    table = baseline.set_index("product_ids")[["mushy", "prices"]]
-    for label, results in fits.items():
-        table[label] = percent_changes(results, products)
-    return table
 
 
 def question4(products: pd.DataFrame, logit: Any, q2: Any) -> pd.DataFrame:
@@ -388,7 +317,7 @@ def question4(products: pd.DataFrame, logit: Any, q2: Any) -> pd.DataFrame:
         Percent changes by product under both models.
     """
     header("Q4. The price cut with pi on mushy x log income")
-    table = compare_counterfactuals(products, {"logit_%": logit, "q2_%": q2})
+    table = price_cut_table(products, {"logit_%": logit, "q2_%": q2})
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     others = table.drop(index=PRODUCT)
     by_mushy = others.groupby("mushy")["q2_%"].mean()
@@ -424,7 +353,7 @@ def question5(products: pd.DataFrame, agents: pd.DataFrame, logit: Any) -> Any:
         sigma[prices,prices] about 6.02, pi[prices,log_income] about -5.96.
     """
     header("Q5. sigma on prices and pi on prices x log income")
-    results = exercise2_model(products, agents).fit(**Q5_START)
+    results = question5_fit(products, agents)
     print_fit(results, "Q5")
     params = results.params
     demographics = datasets.load_mixtape_demographics()
@@ -470,15 +399,10 @@ def agent_counterfactual(results: Any, agents: pd.DataFrame, products: pd.DataFr
         ``before`` and ``after`` (products × agents), ``alpha_i``, ``agents`` (the market's
         agent rows) and ``check`` (largest gap between aggregated and predicted shares).
     """
-    params = results.params
     market_agents = agents[agents["market_ids"] == MARKET].reset_index(drop=True)
     before = results.probabilities(MARKET)
-    alpha_i = (
-        params["prices"]
-        + params["sigma[prices,prices]"] * market_agents["nodes1"].to_numpy()
-        + params["pi[prices,log_income]"] * market_agents["log_income"].to_numpy()
-    )
-    baseline, counterfactual = counterfactual_rows(products)
+    alpha_i = price_coefficients(results, market_agents).to_numpy()
+    baseline, counterfactual = counterfactual_data(products)
     change = (
         counterfactual.set_index("product_ids")["prices"]
         - baseline.set_index("product_ids")["prices"]
@@ -520,7 +444,7 @@ def question6(
         log-income quartile).
     """
     header("Q6. The price cut with random coefficients on prices")
-    table = compare_counterfactuals(products, {"logit_%": logit, "q2_%": q2, "q5_%": q5})
+    table = price_cut_table(products, {"logit_%": logit, "q2_%": q2, "q5_%": q5})
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     others = table.drop(index=PRODUCT)
     correlation = np.corrcoef(others["prices"], others["q5_%"])[0, 1]
@@ -984,7 +908,7 @@ def run_all(timings: dict[str, float]) -> dict[str, Any]:
     overid_products, _ = load_data(overidentified=True)
     with timed(timings, "from scratch"):
         out["scratch"] = build_from_scratch(products, agents, overid_products)
-    logit = logit_results(products)
+    logit = exercise2_logit(products)
     with timed(timings, "q1"):
         out["q1"] = question1(products)
     with timed(timings, "q2"):

@@ -48,14 +48,16 @@ from blpmodels import (  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, also when imported by path
 from _common import (  # noqa: E402
     FORMULA_Q2,
-    MARKET,
     OPTIONS,
+    PI_MUSHY_START,
     PRODUCT,
-    Q5_START,
     exercise2_logit,
     exercise2_model,
     header,
+    price_cut,
+    price_cut_table,
     print_fit,
+    question5_fit,
     run_script,
     timed,
 )
@@ -71,6 +73,7 @@ FULL_START = {"sigma": np.diag([2.0, 4.0, 6.0]), "pi": PI_START}
 RHO_START = 0.1
 SIGMA_NAMES = [f"sigma[{c},{c}]" for c in ("Intercept", "mushy", "prices")]
 PI_NAMES = [f"pi[{c},log_income]" for c in ("Intercept", "mushy", "prices")]
+FIRM_COLUMNS = ["firm_ids", "mushy", "prices"]  # shown beside the price cut's changes
 
 
 def load_data() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -116,39 +119,19 @@ def diversion_survey() -> MicroDataset:
     return MicroDataset("diversion", 200, SURVEY_MARKETS, second_choices=True)
 
 
-def income_moment(survey: MicroDataset | None = None) -> MicroMoment:
-    """E[log income | j > 0] = 7.9 on the income survey.
-
-    Parameters
-    ----------
-    survey : MicroDataset, optional
-        Default :func:`income_survey`.
-
-    Returns
-    -------
-    MicroMoment
-    """
-    return MicroMoment.mean("log_income", survey or income_survey(), 7.9)
+def income_moment() -> MicroMoment:
+    """E[log income | j > 0] = 7.9 on :func:`income_survey`."""
+    return MicroMoment.mean("log_income", income_survey(), 7.9)
 
 
-def income_moment_by_hand(survey: MicroDataset | None = None) -> MicroMoment:
+def income_moment_by_hand() -> MicroMoment:
     """The same moment in the general form: one part whose values v_ij repeat log income
-    over the J products (I × J, as the exercise writes ``compute_values``).
-
-    Parameters
-    ----------
-    survey : MicroDataset, optional
-        Default :func:`income_survey`.
-
-    Returns
-    -------
-    MicroMoment
-    """
+    over the J products (I × J, as the exercise writes ``compute_values``)."""
 
     def values(t: Any, products: pd.DataFrame, agents: pd.DataFrame) -> np.ndarray:
         return np.outer(agents["log_income"], np.ones(len(products)))
 
-    return MicroMoment("E[log_income | inside] by hand", survey or income_survey(), 7.9, values)
+    return MicroMoment("E[log_income | inside] by hand", income_survey(), 7.9, values)
 
 
 def diversion_moments(survey: MicroDataset | None = None) -> list[MicroMoment]:
@@ -302,97 +285,28 @@ def earlier_fits(products: pd.DataFrame, agents: pd.DataFrame) -> dict[str, Any]
         ``"ex1 logit"`` (IV logit with fixed effects), ``"ex2 Q2"`` (π on mushy × log income)
         and ``"ex2 Q5"`` (σ and π on prices as well).
     """
-    logit = exercise2_logit(products)
-    mushy = exercise2_model(products, agents, FORMULA_Q2, random="0 + mushy").fit(
-        sigma=0, pi=1, optimizer_options=OPTIONS
-    )
-    prices = exercise2_model(products, agents).fit(**Q5_START)
-    return {"ex1 logit": logit, "ex2 Q2": mushy, "ex2 Q5": prices}
+    pi_mushy = exercise2_model(products, agents, FORMULA_Q2, random="0 + mushy")
+    return {
+        "ex1 logit": exercise2_logit(products),
+        "ex2 Q2": pi_mushy.fit(**PI_MUSHY_START),
+        "ex2 Q5": question5_fit(products, agents),
+    }
 
 
-def price_cut_shares(results: Any, products: pd.DataFrame) -> pd.DataFrame:
-    """C01Q2's shares (and the outside share) before and after F1B04's price is halved.
-
-    Parameters
-    ----------
-    results : blpmodels.BLPResults
-        Estimated demand.
-    products : pandas.DataFrame
-        The product data it was estimated on.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``before`` and ``after``, indexed by product id with ``"outside"`` last.
-    """
-    baseline = products[products["market_ids"] == MARKET].copy()
-    changed = baseline.copy()
-    changed.loc[changed["product_ids"] == PRODUCT, "prices"] /= 2
-    before = results.predict(baseline).to_numpy()
-    after = results.predict(changed).to_numpy()
-    return pd.DataFrame(
-        {"before": np.r_[before, 1 - before.sum()], "after": np.r_[after, 1 - after.sum()]},
-        index=[*baseline["product_ids"], "outside"],
-    )
-
-
-def price_cut(results: Any, products: pd.DataFrame) -> pd.Series:
-    """Percent changes in C01Q2's shares (and the outside share) when F1B04's price is halved.
-
-    Parameters
-    ----------
-    results : blpmodels.BLPResults
-        Estimated demand.
-    products : pandas.DataFrame
-        The product data it was estimated on.
-
-    Returns
-    -------
-    pandas.Series
-        Indexed by product id, with ``"outside"`` last.
-    """
-    shares = price_cut_shares(results, products)
-    return (100 * (shares["after"] / shares["before"] - 1)).rename("change_%")
-
-
-def outside_diversion(results: Any, products: pd.DataFrame) -> float:
+def outside_diversion(cut: pd.DataFrame) -> float:
     """Share of F1B04's new buyers who come from the outside option: −Δs_0 / Δs_F1B04.
 
     Parameters
     ----------
-    results : blpmodels.BLPResults
-        Estimated demand.
-    products : pandas.DataFrame
-        The product data it was estimated on.
+    cut : pandas.DataFrame
+        :func:`price_cut`'s shares before and after the price cut.
 
     Returns
     -------
     float
     """
-    change = price_cut_shares(results, products).diff(axis=1)["after"]
+    change = cut["after"] - cut["before"]
     return float(-change["outside"] / change[PRODUCT])
-
-
-def price_cut_table(products: pd.DataFrame, fits: dict[str, Any]) -> pd.DataFrame:
-    """Percent changes of every fit side by side, with mushy, prices and firm.
-
-    Parameters
-    ----------
-    products : pandas.DataFrame
-        The products the fits were estimated on.
-    fits : dict of str to blpmodels.BLPResults
-        The fits to compare, one column each.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per product and ``"outside"``.
-    """
-    baseline = products[products["market_ids"] == MARKET].set_index("product_ids")
-    table = baseline[["firm_ids", "mushy", "prices"]].reindex([*baseline.index, "outside"])
-    for label, results in fits.items():
-        table[label] = price_cut(results, products)
-    return table
 
 
 def question3(products: pd.DataFrame, fits: dict[str, Any]) -> pd.DataFrame:
@@ -411,7 +325,7 @@ def question3(products: pd.DataFrame, fits: dict[str, Any]) -> pd.DataFrame:
         Percent changes by product (rows) and model (columns).
     """
     header("Q3. Halving F1B04's price in C01Q2 at each stage (percent changes in shares)")
-    table = price_cut_table(products, fits)
+    table = price_cut_table(products, fits, FIRM_COLUMNS, outside=True)
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     rivals = table.drop(index=[PRODUCT, "outside"])
     by_mushy = rivals.groupby("mushy")[list(fits)].mean().T
@@ -481,18 +395,14 @@ def supplemental1(products: pd.DataFrame, agents: pd.DataFrame, q2: Any) -> dict
     table = pd.DataFrame({label: estimates(results) for label, results in fits.items()})
     table.loc["objective"] = [results.objective for results in fits.values()]
     table.loc["converged"] = [results.info.convergence["converged"] for results in fits.values()]
-    changes = pd.DataFrame(
-        {
-            label: price_cut(results, products if label.startswith("1x") else doubled)
-            for label, results in fits.items()
-        }
-    )
+    cuts = {
+        label: price_cut(results, products if label.startswith("1x") else doubled)
+        for label, results in fits.items()
+    }
+    changes = pd.DataFrame({label: cut["change_%"] for label, cut in cuts.items()})
     table.loc["F1B04 change_%"] = changes.loc[PRODUCT]
     table.loc["outside change_%"] = changes.loc["outside"]
-    table.loc["F1B04 buyers from outside"] = [
-        outside_diversion(results, products if label.startswith("1x") else doubled)
-        for label, results in fits.items()
-    ]
+    table.loc["F1B04 buyers from outside"] = [outside_diversion(cut) for cut in cuts.values()]
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     outside_change = changes.loc["outside"]
     diverted = table.loc["F1B04 buyers from outside"]
@@ -669,7 +579,8 @@ def supplemental3(
         **FULL_START, rho=RHO_START, micro_moments=moments, optimizer_options=OPTIONS
     )
     print_fit(results, "RCNL", all_eigenvalues=False)
-    table = price_cut_table(nested, {"ex3 Q2": fits["ex3 Q2"], "RCNL": results})
+    compared = {"ex3 Q2": fits["ex3 Q2"], "RCNL": results}
+    table = price_cut_table(nested, compared, FIRM_COLUMNS, outside=True)
     rivals = table.drop(index=[PRODUCT, "outside"])
     firms = rivals.groupby([rivals["firm_ids"] == "F1", "mushy"])[["ex3 Q2", "RCNL"]].mean()
     firms.index = [

@@ -48,9 +48,10 @@ from _common import (  # noqa: E402
     IV_FORMULA,
     MARKET,
     OPTIONS,
-    Q5_START,
     exercise2_model,
     header,
+    price_coefficients,
+    question5_fit,
     run_script,
     timed,
 )
@@ -325,39 +326,9 @@ def question5_results(products: pd.DataFrame, agents: pd.DataFrame) -> Any:
         sigma[prices,prices] about 6.02, pi[prices,log_income] about -5.96.
     """
     header("The merger's demand: exercise 2, question 5")
-    results = exercise2_model(products, agents).fit(**Q5_START)
+    results = question5_fit(products, agents)
     print(results.summary().tables[1])
     return results
-
-
-def positive_price_coefficients(results: Any, agents: pd.DataFrame) -> pd.Series:
-    """Share of each market's agents whose price coefficient is positive.
-
-    alpha_i = alpha + sigma * nodes1_i + pi * log_income_i (nodes1 pairs with prices).
-
-    Parameters
-    ----------
-    results : blpmodels.BLPResults
-        :func:`question5_results`.
-    agents : pandas.DataFrame
-        The agents.
-
-    Returns
-    -------
-    pandas.Series
-        By market, largest first.
-    """
-    params = results.params
-    alpha = (
-        params["prices"]
-        + params["sigma[prices,prices]"] * agents["nodes1"]
-        + params["pi[prices,log_income]"] * agents["log_income"]
-    )
-    weights = agents["weights"] * (alpha > 0)
-    share = (
-        weights.groupby(agents["market_ids"]).sum() / agents.groupby("market_ids")["weights"].sum()
-    )
-    return share.sort_values(ascending=False).rename("positive_alpha_share")
 
 
 def second_order_conditions(results: Any, agents: pd.DataFrame) -> dict[str, Any]:
@@ -386,7 +357,12 @@ def second_order_conditions(results: Any, agents: pd.DataFrame) -> dict[str, Any
         observed = results.equilibrium_prices()
     markets = observed.markets
     failed = markets.index[markets["max_hessian_eigenvalue"] > 0].tolist()
-    positive = positive_price_coefficients(results, agents)
+    # Each market's share of agents (by weight) whose price coefficient is positive.
+    weights = agents["weights"] * (price_coefficients(results, agents) > 0)
+    positive = (
+        weights.groupby(agents["market_ids"]).sum() / agents.groupby("market_ids")["weights"].sum()
+    )
+    positive = positive.sort_values(ascending=False).rename("positive_alpha_share")
     print(
         f"All {len(markets)} markets solve the first-order conditions at the observed prices "
         f"(largest profit gradient {markets['foc_norm'].max():.1e}, {markets['iterations'].max()}"

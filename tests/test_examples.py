@@ -57,7 +57,7 @@ def exercise2_data(exercise2: ModuleType) -> tuple[pd.DataFrame, pd.DataFrame]:
 def exercise2_q5(exercise2: ModuleType, exercise2_data: tuple[pd.DataFrame, pd.DataFrame]):
     """Question 5's fit (sigma and pi on prices)."""
     products, agents = exercise2_data
-    return exercise2.question5(products, agents, exercise2.logit_results(products))
+    return exercise2.question5(products, agents, exercise2.exercise2_logit(products))
 
 
 # ------------------------------------------------------------------------------ exercise 1
@@ -154,7 +154,8 @@ def test_exercise2_question6_agent_probabilities(
     products, agents = exercise2_data
     agent = exercise2.agent_counterfactual(exercise2_q5, agents, products)
     assert agent["check"] < 1e-10  # agent probabilities aggregate to predict()'s shares
-    changes = exercise2.percent_changes(exercise2_q5, products).drop(index="F1B04")
+    table = exercise2.price_cut_table(products, {"q5": exercise2_q5})
+    changes = table["q5"].drop(index="F1B04")
     assert changes.max() - changes.min() > 0.1  # no longer IIA
 
 

@@ -70,6 +70,20 @@ def shares_by_hand(delta, x2, nodes, demographics, weights, sigma, pi, rc_types,
     return probabilities @ weights
 
 
+def nevo_shares_by_hand(delta, market, people, sigma, pi, rc_types):
+    """:func:`shares_by_hand` in one Nevo market: X2 = (prices, sugar), Π on income."""
+    return shares_by_hand(
+        delta,
+        market[["prices", "sugar"]].to_numpy(),
+        people[["nodes0", "nodes1"]].to_numpy(),
+        people[["income"]].to_numpy(),
+        people["weights"].to_numpy(),
+        sigma,
+        pi,
+        rc_types,
+    )
+
+
 def _order(products, market=MARKET):
     return products.loc[products["market_ids"] == market, "product_ids"].tolist()
 
@@ -146,16 +160,7 @@ def _hand_market(products, agents, market, delta, beta_price, hand_types, change
     new_delta = delta[rows.to_numpy()] + beta_price * (
         frame["prices"].to_numpy() - original["prices"].to_numpy()
     )
-    return shares_by_hand(
-        new_delta,
-        frame[["prices", "sugar"]].to_numpy(),
-        people[["nodes0", "nodes1"]].to_numpy(),
-        people[["income"]].to_numpy(),
-        people["weights"].to_numpy(),
-        SIGMA,
-        PI,
-        hand_types,
-    )
+    return nevo_shares_by_hand(new_delta, frame, people, SIGMA, PI, hand_types)
 
 
 def test_lognormal_predictions_after_a_price_cut_and_a_sugar_change(log_case, nevo):
@@ -315,15 +320,8 @@ def test_predict_after_changing_a_characteristic_in_x1_and_x2(characteristic_cas
         market["sugar"].to_numpy() - products.loc[rows, "sugar"].to_numpy()
     )
     people = agents[agents["market_ids"] == MARKET]
-    by_hand = shares_by_hand(
-        delta,
-        market[["prices", "sugar"]].to_numpy(),
-        people[["nodes0", "nodes1"]].to_numpy(),
-        people[["income"]].to_numpy(),
-        people["weights"].to_numpy(),
-        CHARACTERISTIC_SIGMA,
-        CHARACTERISTIC_PI,
-        ["linear", "linear"],
+    by_hand = nevo_shares_by_hand(
+        delta, market, people, CHARACTERISTIC_SIGMA, CHARACTERISTIC_PI, ["linear", "linear"]
     )
     ours = results.predict(market).to_numpy()
     np.testing.assert_allclose(ours, by_hand, rtol=RTOL)
