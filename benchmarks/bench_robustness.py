@@ -34,6 +34,15 @@ than the same tolerance, or cannot be recomputed (SQUAREM fails at the returned 
 claims an objective that the share equations do not support. Median time is over fits that
 returned; total time counts errors at the time they took and hangs at the limit.
 
+``--sweep`` runs issue 18's σ₀ sweep instead: the problems s0, s1, s5-2rc and three simulated
+economies with a true σ on x (Bertrand prices; 7 Gauss–Hermite nodes, on which σ = 0 is a
+saddle of the objective, or 50 Halton draws), each from σ₀ = 0.1, 0.5, 1, 2, 5, 10 and 20,
+with trust-constr, l-bfgs-b, slsqp, bfgs and nelder-mead in both libraries (the last three at
+each library's defaults) and Gauss–Newton in blpmodels. Each fit is also counted as
+**flagged** (it did not claim convergence, or blpmodels warned) and **silent wrong** (it
+claimed convergence without a warning at an objective above the best); the best is taken over
+fits inside the bounds (σ ≥ 0, ρ in [0, 0.99]), which bfgs in either library does not impose.
+
 Run ``python benchmarks/bench_robustness.py`` (216 fits, about 10 minutes with the defaults;
 ``--quick`` runs 24 fits — s0, s2-p1e3 and s4-rcnl from one drawn start and from 50, 10 s
 limit — in under two minutes). ``--markdown`` prints the tables for docs/performance.md.
@@ -43,6 +52,7 @@ Examples
 --------
 ``python benchmarks/bench_robustness.py --quick``
 ``python benchmarks/bench_robustness.py --problems s0 s4-rcnl --starts 4 --timeout 20``
+``python benchmarks/bench_robustness.py --sweep --timeout 120``
 """
 
 from __future__ import annotations
@@ -65,6 +75,8 @@ import pandas as pd
 FORMULA = "shares ~ 1 + x + [prices ~ cost_shifter + z0 + z1 + z2]"
 LIBRARIES = ("blpmodels", "pyblp")
 OPTIMIZERS = ("trust-constr", "l-bfgs-b")
+#: More optimizers both libraries offer, for the σ₀ sweep (``--sweep``).
+MORE_OPTIMIZERS = ("slsqp", "bfgs", "nelder-mead")
 #: blpmodels' own optimizers (no pyblp counterpart; pyblp fits are skipped for them).
 OWN_OPTIMIZERS = ("gauss-newton",)
 #: The same options for both libraries: the tolerances the project's benchmarks use.
@@ -72,7 +84,13 @@ OPTIMIZER_OPTIONS: dict[str, dict[str, float]] = {
     "trust-constr": {"gtol": 1e-8, "xtol": 1e-8},
     "l-bfgs-b": {"gtol": 1e-8},
     "gauss-newton": {"gtol": 1e-8},
+    # The sweep's other optimizers run at each library's defaults.
+    "slsqp": {},
+    "bfgs": {},
+    "nelder-mead": {},
 }
+#: The σ₀ sweep's starts (issue 18): every problem from each, up to σ₀ = 20.
+SWEEP_STARTS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 START_RANGE = (0.05, 12.0)
 LARGE_START = 50.0
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -90,6 +108,12 @@ class ProblemSpec:
     n_markets: int = 20
     n_products: int = 5
     n_agents: int = 20
+    #: "logit": simulate_logit's data with a random coefficient on prices; "economy": a
+    #: Simulation with a true σ on x and Bertrand prices, 7 Gauss–Hermite nodes
+    #: (``rule="product"``) or 50 Halton draws (``rule="halton"``).
+    kind: str = "logit"
+    true_sigma: float = 0.0
+    rule: str = "product"
 
 
 PROBLEMS: dict[str, ProblemSpec] = {
@@ -101,8 +125,14 @@ PROBLEMS: dict[str, ProblemSpec] = {
         ProblemSpec("s3-p1e-3", 3, price_scale=1e-3),
         ProblemSpec("s4-rcnl", 4, nested=True),
         ProblemSpec("s5-2rc", 5, n_random=2),
+        # Economies where, before the bound check, optimizers stopped at σ = 0 (a saddle on
+        # symmetric nodes, a local minimum on the bound on Halton draws) claiming convergence.
+        ProblemSpec("e1-gh", 1, kind="economy", true_sigma=0.5),
+        ProblemSpec("e2-gh", 2, kind="economy", true_sigma=1.0),
+        ProblemSpec("e1-halton", 1, kind="economy", true_sigma=0.5, rule="halton"),
     )
 }
+SWEEP_PROBLEMS = ("s0", "s1", "s5-2rc", "e1-gh", "e2-gh", "e1-halton")
 QUICK_PROBLEMS = ("s0", "s2-p1e3", "s4-rcnl")
 
 
@@ -129,6 +159,8 @@ def simulate(spec: ProblemSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     >>> products.shape[0], agents.shape[0]
     (100, 400)
     """
+    if spec.kind == "economy":
+        return simulate_economy(spec)
     from blpmodels.simulation.logit import simulate_logit
 
     simulation = simulate_logit(
@@ -153,6 +185,59 @@ def simulate(spec: ProblemSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     return products, agents
 
 
+def simulate_economy(spec: ProblemSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An economy with a true random coefficient on x (tests/test_saddles.py builds the same):
+    products with the differentiation instruments renamed ``z0, z1, ...`` and the cost shifter,
+    agents with one node column."""
+    from blpmodels import Integration
+    from blpmodels.simulation import Simulation, build_id_data
+
+    data = build_id_data(T=spec.n_markets, J=spec.n_products, F=2)
+    rng = np.random.default_rng(spec.seed)
+    data["x"] = rng.standard_normal(len(data))
+    data["w"] = rng.uniform(size=len(data))
+    rule = (
+        Integration("halton", 50, seed=spec.seed)
+        if spec.rule == "halton"
+        else Integration("product", 7)
+    )
+    solved = Simulation(
+        data,
+        "1 + prices + x",
+        {"Intercept": 2.0, "prices": -3.0, "x": 1.0},
+        random="0 + x",
+        sigma=spec.true_sigma,
+        integration=rule,
+        supply="1 + w",
+        gamma={"Intercept": 1.0, "w": 1.0},
+        xi_variance=0.2,
+        omega_variance=0.1,
+        correlation=0.7,
+        seed=spec.seed,
+    ).replace_endogenous(instruments="differentiation")
+    products = solved.products.rename(columns={"w": "cost_shifter"})
+    differentiation = [column for column in products if column.startswith("diff_")]
+    for k, column in enumerate(["cost_shifter", *differentiation]):
+        products[f"demand_instruments{k}"] = products[column]
+    return products, solved.agent_data
+
+
+def formula(spec: ProblemSpec, products: pd.DataFrame) -> str:
+    """The demand formula: the logit problems' FORMULA, or the economies' with all their
+    instruments."""
+    if spec.kind != "economy":
+        return FORMULA
+    instruments = [column for column in products if column.startswith("demand_instruments")]
+    return f"shares ~ 1 + x + [prices ~ {' + '.join(instruments)}]"
+
+
+def random_formula(spec: ProblemSpec) -> str:
+    """The random-coefficient formula (pyblp's X2)."""
+    if spec.kind == "economy":
+        return "0 + x"
+    return "0 + prices" if spec.n_random == 1 else "0 + prices + x"
+
+
 def start_sigma(spec: ProblemSpec, start: float) -> np.ndarray:
     """Diagonal of the starting Σ: the price σ divided by the price scale, the others as is."""
     diagonal = np.full(spec.n_random, start)
@@ -163,8 +248,9 @@ def start_sigma(spec: ProblemSpec, start: float) -> np.ndarray:
 def blpmodels_model(spec: ProblemSpec, products: pd.DataFrame, agents: pd.DataFrame):
     from blpmodels import BLPRandomCoefficients
 
-    random = "0 + prices" if spec.n_random == 1 else "0 + prices + x"
-    return BLPRandomCoefficients.from_formula(FORMULA, products, random=random, agent_data=agents)
+    return BLPRandomCoefficients.from_formula(
+        formula(spec, products), products, random=random_formula(spec), agent_data=agents
+    )
 
 
 def fit_blpmodels(spec: ProblemSpec, data, task: Task, started) -> dict[str, Any]:
@@ -196,9 +282,8 @@ def fit_pyblp(spec: ProblemSpec, data, task: Task, started) -> dict[str, Any]:
 
     pyblp.options.verbose = False
     products, agents = data
-    x2 = "0 + prices" if spec.n_random == 1 else "0 + prices + x"
     problem = pyblp.Problem(
-        (pyblp.Formulation("1 + x + prices"), pyblp.Formulation(x2)),
+        (pyblp.Formulation("1 + x + prices"), pyblp.Formulation(random_formula(spec))),
         products,
         agent_data=agents,
     )
@@ -211,7 +296,11 @@ def fit_pyblp(spec: ProblemSpec, data, task: Task, started) -> dict[str, Any]:
         sigma=sigma,
         sigma_bounds=(lower, upper),
         rho=0.5 if spec.nested else None,
-        optimization=pyblp.Optimization(task.optimizer, dict(OPTIMIZER_OPTIONS[task.optimizer])),
+        optimization=pyblp.Optimization(
+            task.optimizer,
+            dict(OPTIMIZER_OPTIONS[task.optimizer]),
+            compute_gradient=task.optimizer != "nelder-mead",  # pyblp refuses both
+        ),
         iteration=pyblp.Iteration("squarem", {"atol": 1e-14}),
         method="1s",
     )
@@ -271,8 +360,10 @@ def run_task(task: Task, cache: dict[str, Any], started) -> dict[str, Any]:
         clock.append(time.perf_counter())
         started()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    from blpmodels import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         try:
             outcome = fitter(spec, data, task, fitting)
         except Exception as error:  # every failure is a result here
@@ -280,7 +371,15 @@ def run_task(task: Task, cache: dict[str, Any], started) -> dict[str, Any]:
             row.update(status="error", error=error_group(error), seconds=seconds)
             return row
         theta = outcome.pop("theta")
-        row.update(outcome, status="ok", error="")
+        # What a fit says is wrong: blpmodels warns (ConvergenceWarning, or a UserWarning such
+        # as bfgs leaving the bounds); pyblp reports through `converged` only.
+        warned = [
+            warning
+            for warning in caught
+            if issubclass(warning.category, ConvergenceWarning)
+            or (issubclass(warning.category, UserWarning) and "bounds" in str(warning.message))
+        ]
+        row.update(outcome, status="ok", error="", warned=bool(warned))
         row["theta"] = " ".join(f"{value:.10g}" for value in theta)
         row["recomputed"] = recompute_objective(spec, data, theta)
     return row
@@ -412,13 +511,39 @@ def run_all(tasks: Sequence[Task], jobs: int, timeout: float, progress: bool) ->
     return pd.DataFrame(rows)
 
 
+def within_bounds(problem: str, theta: Any) -> bool:
+    """θ (a space-separated string) inside the model's bounds: σ ≥ 0, ρ in [0, 0.99]; bfgs
+    in either library ignores them, and a point outside is not an estimate of the model.
+
+    Examples
+    --------
+    >>> within_bounds("s4-rcnl", "0.5 0.999"), within_bounds("s0", "-0.2"), within_bounds("s0", "")
+    (False, False, False)
+    """
+    if not isinstance(theta, str) or not theta.strip():
+        return False
+    values = np.array([float(value) for value in theta.split()])
+    spec = PROBLEMS[problem]
+    sigma, rho = (values[:-1], values[-1:]) if spec.nested else (values, values[:0])
+    return bool((sigma >= 0).all() and ((rho >= 0) & (rho <= 0.99)).all())
+
+
 def classify(fits: pd.DataFrame, rtol: float, atol: float) -> pd.DataFrame:
-    """Add the best objective per problem and each fit's outcome (best / other / error / hang)."""
+    """Add the best objective per problem (over fits inside the bounds) and each fit's outcome
+    (best / other / error / hang), whether it was flagged (not converged, or a warning) and
+    whether it is silently wrong (converged, not flagged, above the best)."""
     fits = fits.copy()
-    for column in ("objective", "recomputed", "seconds"):
+    for column in ("objective", "recomputed", "seconds", "theta"):
         if column not in fits:
             fits[column] = np.nan
-    best = fits[fits["status"] == "ok"].groupby("problem")["recomputed"].min()
+    if "warned" not in fits:
+        fits["warned"] = False
+    inside = [
+        within_bounds(problem, theta)
+        for problem, theta in zip(fits["problem"], fits["theta"], strict=True)
+    ]
+    fits["inside"] = inside
+    best = fits[(fits["status"] == "ok") & fits["inside"]].groupby("problem")["recomputed"].min()
     fits["best"] = fits["problem"].map(best)
     tolerance = rtol * np.maximum(1.0, fits["best"].abs()) + atol
     fits["reached"] = (fits["status"] == "ok") & (fits["recomputed"] - fits["best"] <= tolerance)
@@ -429,6 +554,10 @@ def classify(fits: pd.DataFrame, rtol: float, atol: float) -> pd.DataFrame:
     fits["outcome"] = np.where(
         fits["reached"], "best", np.where(fits["status"] == "ok", "other", fits["status"])
     )
+    ok = fits["status"] == "ok"
+    converged = fits["optimizer_converged"].fillna(False).astype(bool) if len(fits) else ok
+    fits["flagged"] = ok & (~converged | fits["warned"].fillna(False).astype(bool))
+    fits["silent_wrong"] = ok & converged & ~fits["flagged"] & ~fits["reached"]
     return fits
 
 
@@ -448,6 +577,9 @@ def summarize(fits: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFr
                 "other %": 100.0 * (group["outcome"] == "other").mean(),
                 "error %": 100.0 * (group["outcome"] == "error").mean(),
                 "hang %": 100.0 * (group["outcome"] == "hang").mean(),
+                "reached": int(group["reached"].sum()),
+                "flagged": int(group["flagged"].sum()),
+                "silent wrong": int(group["silent_wrong"].sum()),
                 "wrong q": int(group["wrong_objective"].sum()),
                 "median s": float(returned["seconds"].median()) if len(returned) else np.nan,
                 "total s": float(group["seconds"].fillna(0.0).sum()),
@@ -515,13 +647,21 @@ def draw_starts(count: int, seed: int) -> list[float]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a handful of fits (< 2 minutes)")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="issue 18's σ₀ sweep: starts 0.1-20, every optimizer, the sweep problems",
+    )
     parser.add_argument("--problems", nargs="+", choices=sorted(PROBLEMS), help="problems to run")
     parser.add_argument("--starts", type=int, help="log-uniform starts per problem (plus 50)")
     parser.add_argument("--timeout", type=float, help="seconds before a fit counts as a hang")
     parser.add_argument("--jobs", type=int, default=1, help="fits in parallel (default 1)")
     parser.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
     parser.add_argument(
-        "--optimizers", nargs="+", choices=OPTIMIZERS + OWN_OPTIMIZERS, default=list(OPTIMIZERS)
+        "--optimizers",
+        nargs="+",
+        choices=OPTIMIZERS + MORE_OPTIMIZERS + OWN_OPTIMIZERS,
+        default=None,
     )
     parser.add_argument("--seed", type=int, default=2024, help="seed of the start draws")
     parser.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance for best")
@@ -529,10 +669,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--markdown", action="store_true", help="print markdown tables")
     parser.add_argument("--quiet", action="store_true", help="no per-fit progress lines")
     arguments = parser.parse_args(argv)
-    problems = arguments.problems or list(QUICK_PROBLEMS if arguments.quick else PROBLEMS)
+    default_problems = (
+        SWEEP_PROBLEMS
+        if arguments.sweep
+        else (QUICK_PROBLEMS if arguments.quick else [name for name in PROBLEMS if name[0] == "s"])
+    )
+    problems = arguments.problems or list(default_problems)
     n_starts = arguments.starts if arguments.starts is not None else (1 if arguments.quick else 8)
     timeout = arguments.timeout or (10.0 if arguments.quick else 30.0)
-    starts = draw_starts(n_starts, arguments.seed)
+    starts = list(SWEEP_STARTS) if arguments.sweep else draw_starts(n_starts, arguments.seed)
+    if arguments.optimizers is None:
+        sweep_optimizers = OPTIMIZERS + MORE_OPTIMIZERS + OWN_OPTIMIZERS
+        arguments.optimizers = list(sweep_optimizers if arguments.sweep else OPTIMIZERS)
     tasks = [
         Task(problem, library, optimizer, index, start)
         for problem in problems

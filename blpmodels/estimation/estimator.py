@@ -53,11 +53,16 @@ from blpmodels.estimation.optimize import (
 )
 from blpmodels.estimation.polish import NewtonPolish
 from blpmodels.estimation.problem import Problem, draw_starts, nonlinear_problem, solvable_start
+from blpmodels.estimation.saddles import bound_check_table, check_bound_saddles
 from blpmodels.estimation.scaling import BudgetSpent, GMMObjective, ScaledObjective
 from blpmodels.estimation.settings import FitSettings
+from blpmodels.estimation.starts import summarize_starts
 from blpmodels.exceptions import ConvergenceWarning, FixedPointError
 
-__all__ = ["Estimate", "Estimator"]
+__all__ = ["MAX_SADDLE_ESCAPES", "Estimate", "Estimator"]
+
+#: Restarts of one optimization from points off a bound saddle (each a full optimization).
+MAX_SADDLE_ESCAPES = 3
 
 
 @dataclass(eq=False)
@@ -81,6 +86,9 @@ class Estimate:
         Objective, θ and β of each GMM step.
     starts : pandas.DataFrame or None
         One row per random start (start, end point, objective, status).
+    starts_summary : str or None
+        With several starts, one line saying where they ended (e.g. "5 starts: 4 reached
+        1.1836, 1 stopped at 7.86 (sigma[x,x] on its bound)").
     warnings : list of str
         Everything the fit warned about.
     seconds : dict
@@ -100,6 +108,11 @@ class Estimate:
         One row per optimizer iteration, as ``verbose`` prints them (an iteration that
         rejects its step ends at the evaluation of the one before; the trace row is marked
         with the last iteration that ended there).
+    bound_checks : pandas.DataFrame
+        One row per parameter found on a bound with a vanishing gradient at the end of an
+        optimization, with the objective one step into the feasible side and whether the
+        bound was a saddle (the optimizer then started again from the lower point); see
+        :mod:`~blpmodels.estimation.saddles`. Empty when no parameter stopped so.
     """
 
     theta: np.ndarray
@@ -114,6 +127,8 @@ class Estimate:
     scale: np.ndarray
     trace: pd.DataFrame = field(default_factory=pd.DataFrame)
     iterations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    bound_checks: pd.DataFrame = field(default_factory=pd.DataFrame)
+    starts_summary: str | None = None
 
 
 class Estimator:
@@ -150,6 +165,8 @@ class Estimator:
         self.notes: list[str] = []
         self.trace: list[dict[str, Any]] = []
         self.iterations: list[dict[str, Any]] = []
+        self.bound_checks: list[dict[str, Any]] = []
+        self.starts_summary: str | None = None
         self._label: dict[str, Any] = {"step": 1, "start": 0}
 
     @classmethod
@@ -210,7 +227,7 @@ class Estimator:
             elif step == 1 and self.settings.starts:
                 outcome, evaluation, start_table = self._multistart(theta)
             else:
-                outcome, evaluation, _ = self._optimize(theta)
+                outcome, evaluation, _ = self._optimize_checked(theta)
             theta = evaluation.theta
             steps.append(_step_record(step, evaluation, outcome))
             if step < self.settings.steps:
@@ -249,6 +266,38 @@ class Estimator:
             self._warn(note)
 
     # ------------------------------------------------------------------ one optimization
+    def _optimize_checked(
+        self, theta0: np.ndarray
+    ) -> tuple[OptimizationOutcome, Any, tuple[int, int]]:
+        """One optimization from ``theta0``, started again wherever it stops on a bound saddle.
+
+        Returns the outcome, the evaluation it ends at, and the objective evaluations and
+        failed δ solves of all its runs. Only an optimization that claims convergence is
+        checked, and at most :data:`MAX_SADDLE_ESCAPES` times, so the fit ends (see
+        :mod:`~blpmodels.estimation.saddles`).
+        """
+        outcome, evaluation, scaled = self._optimize(theta0)
+        calls, failures = scaled.calls, scaled.failures
+        for _ in range(MAX_SADDLE_ESCAPES):
+            if not outcome.converged:
+                # A spent budget or a failed optimizer ends the optimization as it is: the fit
+                # does not claim convergence, and a budget is a promise that the fit ends.
+                break
+            check = check_bound_saddles(
+                self.objective, evaluation, self.names, self.lower, self.upper, self.scale
+            )
+            self.bound_checks.extend({**self._label, **record} for record in check.records)
+            if check.start is None:
+                break
+            before = evaluation.objective
+            outcome, evaluation, scaled = self._optimize(check.start)
+            calls, failures = calls + scaled.calls, failures + scaled.failures
+            outcome = outcome.replace(
+                message=f"{outcome.message} (started again after stopping on the bound of "
+                f"{check.moved_off} at objective {before:.6g}, which is lower a step inside)"
+            )
+        return outcome, evaluation, (calls, failures)
+
     def _optimize(self, theta0: np.ndarray) -> tuple[OptimizationOutcome, Any, ScaledObjective]:
         """One optimization from ``theta0``; returns the outcome and the evaluation it ends at."""
         scaled = ScaledObjective(
@@ -348,8 +397,8 @@ class Estimator:
             except FixedPointError as error:
                 rows.append({**row, "objective": np.nan, "status": str(error)})
                 continue
-            outcome, evaluation, scaled = self._optimize(draw)
-            rows.append({**row, **self._start_row(outcome, evaluation, scaled)})
+            outcome, evaluation, counts = self._optimize_checked(draw)
+            rows.append({**row, **self._start_row(outcome, evaluation, counts)})
             if best is None or evaluation.objective < best[1].objective:
                 best = (outcome, evaluation)
         table = pd.DataFrame(rows)
@@ -359,18 +408,23 @@ class Estimator:
                 "see the start table in the error's .starts attribute",
                 markets=[],
             )
+        self.starts_summary, disagreement = summarize_starts(
+            table, self.names, self.lower, self.upper
+        )
+        if disagreement is not None:
+            self._warn(disagreement)
         return best[0], best[1], table
 
     def _start_row(
-        self, outcome: OptimizationOutcome, evaluation: Any, scaled: ScaledObjective
+        self, outcome: OptimizationOutcome, evaluation: Any, counts: tuple[int, int]
     ) -> dict[str, Any]:
         return {
             **dict(zip(self.names, outcome.theta, strict=True)),
             "objective": evaluation.objective,
             "gradient_norm": float(np.abs(evaluation.gradient).max(initial=0.0)),
             "converged": outcome.converged,
-            "evaluations": scaled.calls,
-            "fp_failures": scaled.failures,
+            "evaluations": counts[0],
+            "fp_failures": counts[1],
             "status": outcome.message,
         }
 
@@ -402,6 +456,9 @@ class Estimator:
         hessian_seconds = time.perf_counter() - clock
         for note in diagnostics.warnings:
             self._warn(note)
+        outside = self.problem.outside_declared_bounds(theta)
+        if outside is not None:
+            self._warn(outside)
         if theta.size:
             self._identification(evaluation, "at the estimates")
         converged, outcome = self._converged(outcome, diagnostics, tolerance)
@@ -418,6 +475,8 @@ class Estimator:
             scale=self.scale,
             trace=pd.DataFrame(self.trace, columns=TRACE_COLUMNS),
             iterations=pd.DataFrame(self.iterations, columns=ITERATION_COLUMNS),
+            bound_checks=bound_check_table(self.bound_checks),
+            starts_summary=self.starts_summary,
         )
 
     def _diagnose(

@@ -59,6 +59,9 @@ class Problem:
         Market ids, to name markets where δ cannot be solved.
     fp_max_evaluations : int
         The δ solver's budget, named in error messages.
+    declared_lower, declared_upper : numpy.ndarray or None
+        The model's bounds where the optimizer cannot impose them (``bfgs``: ``lower`` and
+        ``upper`` are then ±inf), so that an estimate outside them is reported; None otherwise.
     """
 
     names: list[str]
@@ -69,6 +72,35 @@ class Problem:
     scale: np.ndarray
     market_labels: np.ndarray
     fp_max_evaluations: int
+    declared_lower: np.ndarray | None = None
+    declared_upper: np.ndarray | None = None
+
+    def outside_declared_bounds(self, theta: np.ndarray) -> str | None:
+        """A warning text naming the parameters outside the declared bounds, or None.
+
+        Examples
+        --------
+        >>> problem = Problem(["sigma[x,x]"], [], np.ones(1), np.full(1, -np.inf),
+        ...                   np.full(1, np.inf), np.ones(1), np.array(["m"]), 10,
+        ...                   declared_lower=np.zeros(1), declared_upper=np.full(1, np.inf))
+        >>> problem.outside_declared_bounds(np.array([-0.5]))[:60]
+        'bfgs cannot impose bounds: sigma[x,x] = -0.5 lies outside [0'
+        """
+        if self.declared_lower is None or self.declared_upper is None:
+            return None
+        outside = (theta < self.declared_lower) | (theta > self.declared_upper)
+        if not outside.any():
+            return None
+        described = ", ".join(
+            f"{self.names[k]} = {theta[k]:.6g} lies outside "
+            f"[{self.declared_lower[k]:.6g}, {self.declared_upper[k]:.6g}]"
+            for k in np.flatnonzero(outside)
+        )
+        return (
+            f"bfgs cannot impose bounds: {described}, the model's bounds; the estimate is "
+            "outside the parameter space (fit with l-bfgs-b, trust-constr or gauss-newton to "
+            "keep it there, or pass sigma_bounds / pi_bounds to widen it)"
+        )
 
 
 def nonlinear_problem(
@@ -109,11 +141,13 @@ def nonlinear_problem(
     moved_start = price_coefficient_start(beta, objective)
     lower = np.concatenate([parameters.lower, np.full(moved_start.size, -np.inf)])
     upper = np.concatenate([parameters.upper, np.full(moved_start.size, np.inf)])
+    declared_lower = declared_upper = None
     if check_optimizer(settings.optimizer, settings.optimizer_options) == "bfgs":
         if user_bounds:
             warn_user(
                 "bfgs cannot impose bounds: sigma_bounds / pi_bounds are ignored", UserWarning
             )
+        declared_lower, declared_upper = lower, upper
         lower, upper = np.full_like(lower, -np.inf), np.full_like(upper, np.inf)
     scale = natural_scales(
         parameters, design.random.values, agents.nodes, agents.demographics, agents.weights
@@ -132,6 +166,8 @@ def nonlinear_problem(
         scale=scale,
         market_labels=design.layout.market_labels,
         fp_max_evaluations=int(objective.fp_max_evaluations),
+        declared_lower=declared_lower,
+        declared_upper=declared_upper,
     )
 
 

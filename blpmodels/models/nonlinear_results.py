@@ -171,6 +171,8 @@ def _convergence(
         "fp_failures": objective.failures,
         "warnings": estimate.warnings,
         "starts": estimate.starts,
+        "starts_summary": estimate.starts_summary,
+        "bound_checks": estimate.bound_checks,
         "trace": estimate.trace,
     }
 

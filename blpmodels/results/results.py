@@ -89,6 +89,13 @@ class EstimationInfo:
     steps: list[dict[str, Any]] = field(default_factory=list)
     micro: pd.DataFrame | None = None
 
+    @property
+    def starts(self) -> pd.DataFrame | None:
+        """Where each start of ``fit(starts=...)`` ended: its starting and final parameters,
+        objective, gradient norm, convergence, evaluations and the optimizer's message (None
+        for a fit from one start). ``convergence["starts_summary"]`` says it in one line."""
+        return self.convergence.get("starts")
+
 
 class JStat(NamedTuple):
     """Overidentification test: J = N·ḡ'Wḡ, its degrees of freedom and χ² p-value."""
@@ -304,6 +311,30 @@ class BLPResults(
         """F test of joint linear hypotheses; names may contain brackets."""
         return super().f_test(self._translate(r_matrix), cov_p=cov_p, invcov=invcov)
 
+    def conf_int(self, alpha: float = 0.05) -> Any:
+        """Normal confidence intervals of the parameters at level 1 − ``alpha``.
+
+        Parameters
+        ----------
+        alpha : float
+            Significance level, strictly between 0 and 1 (0.05 gives 95% intervals).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Lower and upper bounds, one row per parameter.
+
+        Raises
+        ------
+        BLPInputError
+            If ``alpha`` is not a number in (0, 1).
+
+        Examples
+        --------
+        >>> results.conf_int(alpha=0.1)  # doctest: +SKIP
+        """
+        return super().conf_int(alpha=_check_alpha(alpha))
+
     # ------------------------------------------------------------------ summary
     def summary(
         self,
@@ -323,7 +354,7 @@ class BLPResults(
         title : str, optional
             Table title.
         alpha : float
-            Confidence-interval level.
+            Significance level of the confidence intervals, strictly between 0 and 1.
 
         Returns
         -------
@@ -345,6 +376,7 @@ class BLPResults(
         Dep. Variable:                     shares   Objective:          ...
         ...
         """
+        alpha = _check_alpha(alpha)
         design = self.model.design
         yname = yname or design.shares_column
         xname = xname or list(self.model.data.param_names)
@@ -471,6 +503,24 @@ class BLPResults(
         return notes
 
 
+def _check_alpha(alpha: Any) -> float:
+    """``alpha`` as a float in (0, 1); statsmodels turns any other value into ±inf or NaN
+    bounds without a word."""
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(
+        alpha, (int, float, np.integer, np.floating)
+    ):
+        raise BLPInputError(
+            f"alpha must be a number strictly between 0 and 1 (0.05 gives 95% intervals); "
+            f"got {alpha!r}"
+        )
+    value = float(alpha)
+    if not 0.0 < value < 1.0:
+        raise BLPInputError(
+            f"alpha must be strictly between 0 and 1 (0.05 gives 95% intervals); got {alpha!r}"
+        )
+    return value
+
+
 def _convergence_notes(convergence: dict[str, Any]) -> list[str]:
     """The optimizer's and the fixed point's diagnostics, and the warnings of the fit."""
     eigen = convergence.get("hessian_eigenvalues")
@@ -486,6 +536,16 @@ def _convergence_notes(convergence: dict[str, Any]) -> list[str]:
         f"{convergence.get('contraction_evaluations')} contraction evaluations, "
         f"all markets converged={convergence.get('fp_converged')}.",
     ]
+    if convergence.get("starts_summary"):
+        notes.append(f"Starting values: {convergence['starts_summary']}.")
+    checks = convergence.get("bound_checks")
+    if checks is not None and len(checks) and checks["lower_inside"].any():
+        moved = sorted(set(checks.loc[checks["lower_inside"], "parameter"]))
+        notes.append(
+            f"Bounds: the optimizer stopped on the bound of {moved} where the objective is "
+            "lower a step inside, and was started again from there (results.info.convergence"
+            "['bound_checks'])."
+        )
     notes.extend(f"Warning: {warning}" for warning in convergence.get("warnings", []))
     return notes
 
