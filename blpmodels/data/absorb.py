@@ -73,6 +73,28 @@ def parse_absorb(absorb: str) -> list[tuple[str, ...]]:
     return dimensions
 
 
+def _check_id_values(values: pd.Series, column: str, absorb: str) -> None:
+    """Refuse a continuous column as fixed-effect ids.
+
+    Each distinct value becomes one fixed effect, so a continuous column gives (nearly) one
+    effect per row, which absorbs every regressor; the error then named a regressor instead.
+    Integer-valued floats (years, codes read as floats) are ids and stay allowed.
+    """
+    if not pd.api.types.is_float_dtype(values.dtype):
+        return
+    numbers = values.to_numpy(dtype=np.float64)
+    fractional = np.isfinite(numbers) & (numbers != np.round(numbers))
+    if fractional.any():
+        example = numbers[np.flatnonzero(fractional)[0]]
+        distinct = pd.unique(numbers).size
+        raise BLPInputError(
+            f"absorb={absorb!r}: column {column!r} holds continuous values ({distinct} "
+            f"distinct, e.g. {example:.6g}), but absorb takes id columns: every distinct value "
+            "becomes one fixed effect. Put a continuous variable in the formula instead "
+            f"('shares ~ ... + {column}'), or absorb an id column such as C(market_ids)"
+        )
+
+
 @dataclass(eq=False)
 class Absorber:
     """Residualizes matrices against several dimensions of fixed effects.
@@ -165,7 +187,10 @@ class Absorber:
         Absorber
         """
         dimensions = parse_absorb(absorb)
-        check_columns(data, sorted({column for term in dimensions for column in term}))
+        columns = sorted({column for term in dimensions for column in term})
+        check_columns(data, columns)
+        for column in columns:
+            _check_id_values(data[column], column, absorb)
         frame = {}
         for term in dimensions:
             name = ":".join(term)

@@ -16,8 +16,15 @@ import numpy as np
 import pandas as pd
 from formulaic import Formula
 
-from blpmodels.data.design import TermBlock, build_block, check_columns, numeric_values, warn_user
-from blpmodels.data.integration import Integration, build_integration
+from blpmodels.data.design import (
+    TermBlock,
+    build_block,
+    check_columns,
+    check_unique_columns,
+    numeric_values,
+    warn_user,
+)
+from blpmodels.data.integration import Integration, build_integration, on_gauss_hermite_nodes
 from blpmodels.data.markets import MarketLayout, check_ids
 from blpmodels.exceptions import BLPInputError, IntegrationWarning
 
@@ -99,13 +106,15 @@ class AgentDesign:
         BLPInputError
             No rows, missing columns, NaN or infinite values, text in numeric columns,
             non-numeric demographics, ambiguous market ids, agents in markets without products
-            or markets without agents, negative weights outside sparse grids, markets whose
+            or markets without agents, negative weights in a market whose nodes are not those of
+            a sparse grid (every coordinate a Gauss–Hermite node), markets whose
             weights do not sum to a positive number.
         """
         if not isinstance(agent_data, pd.DataFrame):
             raise BLPInputError(f"agent_data must be a DataFrame, got {type(agent_data).__name__}")
         if len(agent_data) == 0:
             raise BLPInputError("agent data has no rows")
+        check_unique_columns(agent_data, "agent data")
         check_columns(agent_data, ["market_ids"], what="agent data")
         market_ids = check_ids(agent_data["market_ids"], "market_ids", "agent data")
         check_columns(agent_data, ["weights"], market_ids=market_ids, what="agent data")
@@ -129,12 +138,8 @@ class AgentDesign:
         for position, column in enumerate(node_columns):
             nodes[:, position] = _finite_column(agent_data, column, market_ids)
         layout = MarketLayout.from_ids(market_ids, market_labels, what="agent data")
-        if kind != "grid" and (weights < 0).any():
-            bad = pd.unique(market_ids[weights < 0])
-            raise BLPInputError(
-                f"agent data: negative weights in {bad.size} market(s): {bad[:5].tolist()}; "
-                "only sparse-grid integration has negative weights"
-            )
+        if kind != "grid":
+            _check_negative_weights(weights, nodes, layout, node_columns)
         totals = np.bincount(layout.codes, weights=weights, minlength=layout.n_markets)
         empty = ~(totals > 0)
         if empty.any():
@@ -252,6 +257,42 @@ class AgentDesign:
     def n_agents(self) -> np.ndarray:
         """Agents per market."""
         return self.layout.counts
+
+
+def _check_negative_weights(
+    weights: np.ndarray, nodes: np.ndarray, layout: MarketLayout, node_columns: list[str]
+) -> None:
+    """Refuse negative weights, except in markets whose agents sit on a sparse grid.
+
+    A sparse grid (``build_integration(Integration("grid", level), ...)``, the documented way
+    to combine generated nodes with demographics) has negative weights by construction; in
+    any other rule (Monte Carlo or quasi-random draws, a product rule, survey weights) they are
+    a mistake. Sparse-grid nodes are recognized by every node coordinate lying on a
+    Gauss–Hermite node (:func:`~blpmodels.data.integration.on_gauss_hermite_nodes`), which
+    random draws never do; a market with a negative weight is accepted only when all its
+    agents' nodes pass.
+    """
+    negative = weights < 0
+    if not negative.any():
+        return
+    markets = np.unique(layout.codes[negative])
+    on_grid = on_gauss_hermite_nodes(nodes)
+    off_grid = np.bincount(layout.codes, weights=~on_grid, minlength=layout.n_markets) > 0
+    bad = markets[off_grid[markets]]
+    if bad.size == 0:
+        return
+    labels = layout.market_labels[bad][:5].tolist()
+    where = (
+        f"their node columns {node_columns} are not the Gauss–Hermite nodes of a sparse grid"
+        if node_columns
+        else "they have no node columns"
+    )
+    raise BLPInputError(
+        f"agent data: negative weights in {bad.size} market(s): {labels}, and {where}. "
+        "Only sparse-grid integration has negative weights (pass the nodes of "
+        "build_integration(Integration('grid', level), ...) unchanged, to at least 9 "
+        "significant digits); Monte Carlo, quasi-random and product-rule weights are positive"
+    )
 
 
 def _finite_column(data: pd.DataFrame, column: str, market_ids: np.ndarray) -> np.ndarray:

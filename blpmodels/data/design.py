@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from formulaic import model_matrix
+from formulaic import Formula, model_matrix
 
 from blpmodels.data.formula import required_variables
 from blpmodels.exceptions import BLPInputError
@@ -25,9 +25,11 @@ from blpmodels.exceptions import BLPInputError
 __all__ = [
     "TermBlock",
     "build_block",
+    "check_column_types",
     "check_columns",
     "check_full_rank",
     "check_scales",
+    "check_unique_columns",
     "column_norms",
     "first_label",
     "numeric_values",
@@ -269,8 +271,8 @@ class TermBlock:
                     f"formula part {self.formula!r}: the new data have categories the model "
                     f"never saw ({message.split(':', 1)[-1].split('.')[0].strip()})"
                 )
-        values = np.asarray(matrix, dtype=np.float64)
         columns = [str(name) for name in matrix.columns]
+        values = _real_values(matrix, columns, f"formula part {self.formula!r}:")
         if columns != list(self.names) and set(self.names) <= set(columns):
             # Columns build_block dropped (the constant, with absorbed fixed effects).
             values = values[:, [columns.index(name) for name in self.names]]
@@ -395,9 +397,78 @@ def check_columns(
             continue
         if column in context:
             continue
+        if column in _ID_COLUMNS:
+            raise BLPInputError(_missing_id_message(data, column, label))
         close = difflib.get_close_matches(column, [str(c) for c in data.columns], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise BLPInputError(f"{label} has no column {column!r}{hint}")
+
+
+# The id columns the field's conventions name, and what each holds (for messages).
+_ID_COLUMNS = {
+    "market_ids": "the market of each row",
+    "product_ids": "the product of each row",
+    "firm_ids": "the firm that sets each product's price",
+    "nesting_ids": "the nest of each product",
+    "clustering_ids": "the cluster of each row",
+}
+
+
+def _missing_id_message(data: pd.DataFrame, column: str, label: str) -> str:
+    """A missing id column, with a rename hint when the data hold it under a usual other name.
+
+    Plain spelling similarity misleads here: for ``market_ids`` it picks ``market_size``
+    before ``market``.
+    """
+    stem = column.removesuffix("_ids")
+    variants = {stem, stem + "s", stem + "_id", stem + "id", stem + "ids", stem + "_ids"}
+    found = [
+        str(name)
+        for name in data.columns
+        if str(name).strip().lower().replace(" ", "_") in variants and str(name) != column
+    ]
+    message = f"{label} has no column {column!r} ({_ID_COLUMNS[column]})"
+    if found:
+        return (
+            f"{message}: rename your column {found[0]!r} to {column!r}, e.g. "
+            f"data.rename(columns={{{found[0]!r}: {column!r}}})"
+        )
+    return f"{message}: add it, named {column!r}"
+
+
+def check_unique_columns(data: pd.DataFrame, what: str = "product data") -> None:
+    """Raise if two columns share a name.
+
+    pandas then returns a frame where one column is expected, so the failure surfaces far away
+    (in formulaic, or as "object too deep" in numpy) instead of naming the column.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+        Data to check.
+    what : str
+        Name of the data set in messages.
+
+    Raises
+    ------
+    BLPInputError
+        Naming the first repeated column and how often it appears.
+
+    Examples
+    --------
+    >>> check_unique_columns(pd.DataFrame([[1, 2]], columns=["x", "x"]))
+    Traceback (most recent call last):
+    ...
+    blpmodels.exceptions.BLPInputError: product data has 2 columns named 'x'; column names ...
+    """
+    repeated = data.columns[data.columns.duplicated()]
+    if len(repeated):
+        name = repeated[0]
+        count = int((data.columns == name).sum())
+        raise BLPInputError(
+            f"{what} has {count} columns named {name!r}; column names must be unique: drop or "
+            "rename the copies (e.g. data.loc[:, ~data.columns.duplicated()] keeps the first)"
+        )
 
 
 def build_block(
@@ -450,12 +521,13 @@ def build_block(
         return TermBlock("", (), np.zeros((len(data), 0)), None)
     columns = sorted(required_variables(rhs))
     check_columns(data, columns, context=context, market_ids=market_ids, what=what)
+    check_column_types(rhs, data, role=role, what=what)
     try:
         matrix = model_matrix(rhs, data, context=dict(context or {}), na_action="raise")
     except Exception as error:
         raise BLPInputError(f"could not build {role} from {rhs!r}: {error}") from error
     names = [str(name) for name in matrix.columns]
-    values = np.asarray(matrix, dtype=np.float64)
+    values = _real_values(matrix, names, role)
     if intercept == "drop" and "Intercept" in names:
         keep = [position for position, name in enumerate(names) if name != "Intercept"]
         values = values[:, keep]
@@ -469,6 +541,116 @@ def build_block(
             where = f" (first in market {first_label(pd.Series(np.asarray(market_ids)), rows)!r})"
         raise BLPInputError(f"{role} term {column!r} has non-finite values{where}")
     return TermBlock(rhs, tuple(names), np.ascontiguousarray(values), matrix.model_spec)
+
+
+def _real_values(matrix: Any, names: Sequence[str], role: str) -> np.ndarray:
+    """A model matrix as float64, refusing complex columns instead of dropping their imaginary
+    part (numpy does that with only a ComplexWarning)."""
+    dtypes = getattr(matrix, "dtypes", None)
+    if dtypes is not None:
+        complex_columns = [
+            name
+            for name, dtype in zip(names, dtypes, strict=True)
+            if pd.api.types.is_complex_dtype(dtype)
+        ]
+    else:
+        complex_columns = list(names) if np.iscomplexobj(matrix) else []
+    if complex_columns:
+        column = complex_columns[0]
+        raise BLPInputError(
+            f"{role} term {column!r} is complex; the model needs real numbers: write the part "
+            f"you mean explicitly, e.g. np.real({column}) or np.abs({column})"
+        )
+    return np.asarray(matrix, dtype=np.float64)
+
+
+def check_column_types(
+    rhs: str, data: pd.DataFrame, *, role: str = "regressors", what: str = "product data"
+) -> None:
+    """Refuse columns a formula reads as plain values that would be misread.
+
+    formulaic turns an ``object`` or text column into one dummy per distinct value, so numbers
+    stored as text become a categorical with a level per row (reported later as collinear
+    instruments or a singular weighting matrix); dates and durations fail inside formulaic with
+    a numpy message. Genuine text categories stay allowed, and ``C(column)`` asks for dummies
+    explicitly whatever the column holds. Complex columns are refused once the matrix is built
+    (a transform such as ``np.abs`` may make them real).
+
+    Parameters
+    ----------
+    rhs : str
+        formulaic right-hand side.
+    data : pandas.DataFrame
+        Data holding the variables.
+    role : str
+        What the formula part is for, for messages.
+    what : str
+        Name of the data set in messages.
+
+    Raises
+    ------
+    BLPInputError
+        Naming the column, its type and what to write instead.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"x": ["1.5", "2.5"]})
+    >>> check_column_types("1 + x", frame)
+    Traceback (most recent call last):
+    ...
+    blpmodels.exceptions.BLPInputError: product data column 'x' holds numbers stored as text, ...
+    """
+    try:
+        terms = list(Formula(rhs))
+    except Exception:  # syntax errors are reported when the block is built
+        return
+    label = "product data" if what == "data" else what
+    for term in terms:
+        for factor in term.factors:
+            name = str(factor.expr)
+            if factor.eval_method.value != "lookup" or name not in data.columns:
+                continue
+            column = data[name]
+            if not isinstance(column, pd.Series):
+                continue  # repeated column names are reported by check_unique_columns
+            dtype = column.dtype
+            if (
+                pd.api.types.is_datetime64_any_dtype(dtype)
+                or pd.api.types.is_timedelta64_dtype(dtype)
+                or isinstance(dtype, pd.PeriodDtype)
+            ):
+                raise BLPInputError(
+                    f"{label} column {name!r} holds dates or durations ({dtype}), used as "
+                    f"{role}; the model needs numbers: convert it (e.g. data[{name!r}].dt.year, "
+                    f"or days since a date), or write C({name}) for one dummy per period"
+                )
+            if _numbers_as_text(column):
+                kind = (
+                    "text"
+                    if pd.api.types.infer_dtype(column, skipna=True) == "string"
+                    else (f"{dtype} objects")
+                )
+                raise BLPInputError(
+                    f"{label} column {name!r} holds numbers stored as {kind}, used as {role}: "
+                    f"formulaic would read it as a categorical with "
+                    f"{column.nunique()} levels; convert it (data[{name!r}] = "
+                    f"pandas.to_numeric(data[{name!r}])), or write C({name}) for one dummy per "
+                    "value"
+                )
+
+
+def _numbers_as_text(column: pd.Series) -> bool:
+    """Whether an object or string column holds only numbers or text that parses as numbers."""
+    dtype = column.dtype
+    if isinstance(dtype, pd.CategoricalDtype) or not (
+        pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)
+    ):
+        return False
+    present = column.dropna()
+    if present.empty or present.map(lambda value: isinstance(value, bool)).any():
+        return False
+    parsed = pd.to_numeric(present, errors="coerce")
+    return bool(parsed.notna().all())
 
 
 def column_norms(matrix: np.ndarray) -> np.ndarray:

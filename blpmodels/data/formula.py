@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from formulaic import Formula
 
 from blpmodels.exceptions import BLPInputError
 
-__all__ = ["ParsedFormula", "parse_formula", "parse_rhs", "required_variables"]
+__all__ = [
+    "ParsedFormula",
+    "check_shares_not_read",
+    "parse_formula",
+    "parse_rhs",
+    "required_variables",
+]
 
 
 @dataclass(frozen=True)
@@ -48,16 +55,21 @@ class ParsedFormula:
 _BRACKET = re.compile(r"\[([^\[\]]*)\]")
 
 
-def _top_level_tilde(text: str) -> int:
+def _top_level(text: str, symbol: str) -> int:
+    """Position of the first ``symbol`` outside any parentheses or brackets (-1: none)."""
     depth = 0
     for position, char in enumerate(text):
         if char in "([{":
             depth += 1
         elif char in ")]}":
             depth -= 1
-        elif char == "~" and depth == 0:
+        elif char == symbol and depth == 0:
             return position
     return -1
+
+
+def _top_level_tilde(text: str) -> int:
+    return _top_level(text, "~")
 
 
 def _clean_sum(text: str) -> str:
@@ -95,6 +107,14 @@ def parse_formula(formula: str) -> ParsedFormula:
     >>> parse_formula("shares ~ 0 + prices").endog is None
     True
     """
+    if isinstance(formula, (tuple, list)):
+        # pyblp's Problem takes product_formulations=(X1, X2, X3).
+        raise BLPInputError(
+            f"formula must be a string, got a {type(formula).__name__} of formulations (pyblp's "
+            "(X1, X2, X3)): write X1 as the formula 'shares ~ 1 + x + [prices ~ z]' and pass "
+            "random='0 + prices + x' (X2) and supply='1 + w' (X3), as in "
+            "BLPRandomCoefficients.from_formula(formula, data, random=..., agent_data=...)"
+        )
     if not isinstance(formula, str):
         raise BLPInputError(f"formula must be a string, got {type(formula).__name__}")
     if formula.count("[") != formula.count("]"):
@@ -117,7 +137,143 @@ def parse_formula(formula: str) -> ParsedFormula:
             f"formula {formula!r} has no regressors: there is nothing to estimate; add "
             "characteristics or instrumented regressors, e.g. 'shares ~ 1 + x + [prices ~ z]'"
         )
-    return ParsedFormula(dependent, exog, endog, instruments)
+    parsed = ParsedFormula(dependent, exog, endog, instruments)
+    _check_shares_not_read(parsed, formula)
+    _check_instrumented_variables(parsed, formula)
+    return parsed
+
+
+def _terms(rhs: str | None) -> list[Any] | None:
+    """formulaic's terms of a right-hand side; None when it does not parse.
+
+    Syntax errors are reported, with the data at hand, when the block is built.
+    """
+    if not rhs:
+        return []
+    try:
+        return list(Formula(rhs))
+    except Exception:  # formulaic raises several parser exception types
+        return None
+
+
+def _variables(term: Any) -> set[str]:
+    """Data columns one formulaic term reads (none for the intercept)."""
+    text = str(term)
+    if text in ("1", "0"):
+        return set()
+    try:
+        return {str(variable) for variable in Formula(text).required_variables}
+    except Exception:
+        return set()
+
+
+def check_shares_not_read(rhs: str | None, shares: str, where: str) -> None:
+    """Raise if a formula part reads the shares column.
+
+    Shares are the dependent variable (and endogenous): as a regressor, instrument,
+    random-coefficient or cost characteristic they would be treated as exogenous.
+
+    Parameters
+    ----------
+    rhs : str or None
+        A formulaic right-hand side.
+    shares : str
+        The shares column.
+    where : str
+        The formula or option, for the message (e.g. ``"supply='1 + shares'"``).
+
+    Raises
+    ------
+    BLPInputError
+        Naming the term that reads the shares.
+
+    Examples
+    --------
+    >>> check_shares_not_read("1 + np.log(shares)", "shares", "supply='1 + np.log(shares)'")
+    Traceback (most recent call last):
+    ...
+    blpmodels.exceptions.BLPInputError: supply='1 + np.log(shares)': the term 'np.log(shares)' ...
+    """
+    for term in _terms(rhs) or []:
+        if shares in _variables(term):
+            raise BLPInputError(
+                f"{where}: the term {str(term)!r} reads the shares column {shares!r}; market "
+                "shares are what the model explains (endogenous), so they cannot be a "
+                "regressor, instrument or cost characteristic: remove the term (for within-nest "
+                "shares use BLPNestedLogit, or nesting_ids with BLPRandomCoefficients)"
+            )
+
+
+def _check_shares_not_read(parsed: ParsedFormula, formula: str) -> None:
+    where = f"formula {formula!r}"
+    check_shares_not_read(parsed.exog, parsed.dependent, where)
+    check_shares_not_read(parsed.endog, parsed.dependent, where + " (inside the brackets)")
+    check_shares_not_read(parsed.instruments, parsed.dependent, where + " (instruments)")
+
+
+def _check_instrumented_variables(parsed: ParsedFormula, formula: str) -> None:
+    """Raise if a term outside the brackets reads a variable that is instrumented.
+
+    ``x:prices`` next to ``[prices ~ z]`` would be an exogenous regressor (its own
+    instrument) although it moves with the endogenous price, so the IV estimate would be
+    inconsistent without a word. A term identical to an instrumented one is left to the
+    "both exogenous and instrumented" check.
+    """
+    endog_terms = _terms(parsed.endog)
+    exog_terms = _terms(parsed.exog)
+    if not endog_terms or exog_terms is None:
+        return
+    instrumented = _instrumented_variables(endog_terms, exog_terms)
+    same = {str(term) for term in endog_terms}
+    offending = [
+        (term, sorted(_variables(term) & instrumented)[0])
+        for term in exog_terms
+        if str(term) not in same and _variables(term) & instrumented
+    ]
+    if not offending:
+        return
+    term, variable = offending[0]
+    raise BLPInputError(
+        f"formula {formula!r}: the term {str(term)!r} reads {variable!r}, which is instrumented, "
+        "but sits outside the brackets, where every term is exogenous (its own instrument). "
+        "Move it inside the brackets with an excluded instrument of its own, e.g. "
+        f"{_moved_into_brackets(parsed, exog_terms, [t for t, _ in offending], instrumented)!r}"
+    )
+
+
+def _instrumented_variables(endog_terms: list[Any], exog_terms: list[Any]) -> set[str]:
+    """The data columns that the bracketed terms make endogenous.
+
+    A variable alone in an instrumented term (``prices``, ``np.log(prices)``) is endogenous.
+    In an instrumented interaction (``x:prices``) the variables that are not also plain
+    exogenous terms are: with ``1 + x + [prices + x:prices ~ ...]``, ``prices`` but not ``x``.
+    """
+    plain = {str(term) for term in exog_terms}
+    endogenous: set[str] = set()
+    for term in endog_terms:
+        variables = _variables(term)
+        endogenous |= variables if len(variables) == 1 else variables - plain
+    return endogenous
+
+
+def _moved_into_brackets(
+    parsed: ParsedFormula, exog_terms: list[Any], moved: list[Any], instrumented: set[str]
+) -> str:
+    """The formula with ``moved`` instrumented, each with an instrument of the same form."""
+    moved_names = {str(term) for term in moved}
+    kept = [str(term) for term in exog_terms if str(term) not in moved_names]
+    if "1" not in kept:
+        kept.insert(0, "0")
+    instrument_terms = [t for t in _terms(parsed.instruments) or [] if str(t) not in ("0", "1")]
+    first = str(instrument_terms[0]) if instrument_terms else "z"
+    pattern = re.compile(
+        r"\b(" + "|".join(re.escape(name) for name in sorted(instrumented)) + r")\b"
+    )
+    extra = [pattern.sub(first, str(term)) for term in moved]
+    exog = " + ".join(kept)
+    endog = " + ".join([str(parsed.endog), *(str(term) for term in moved)])
+    instruments = " + ".join([str(parsed.instruments), *extra])
+    return f"{parsed.dependent} ~ {exog} + [{endog} ~ {instruments}]"
 
 
 def _has_terms(rhs: str) -> bool:
@@ -177,6 +333,14 @@ def parse_rhs(rhs: str, *, context: str | None = None) -> tuple[str, str | None,
     if "[" in _BRACKET.sub("", rhs) or "]" in _BRACKET.sub("", rhs):
         raise BLPInputError(f"formula {where!r}: nested or malformed square brackets")
     exog = _clean_sum(_BRACKET.sub("", rhs))
+    if _top_level(exog, "|") >= 0:
+        # formulaic would read '|' as a multi-part formula and fail far from here.
+        raise BLPInputError(
+            f"formula {where!r} uses '|', the instrumental-variables syntax of Stata, fixest "
+            "and R's ivreg; here instrumented regressors and their excluded instruments go in "
+            "square brackets, 'shares ~ 1 + x + [prices ~ z1 + z2]', and fixed effects go in "
+            "absorb='C(market_ids) + C(product_ids)'"
+        )
     if _top_level_tilde(exog) >= 0:
         raise BLPInputError(
             f"formula {where!r} has more than one '~' outside square brackets; instrumented "

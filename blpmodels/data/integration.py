@@ -14,6 +14,7 @@ import functools
 import inspect
 import itertools
 import math
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,7 +30,7 @@ from scipy.stats import qmc
 from blpmodels.data.design import warn_user
 from blpmodels.exceptions import BLPInputError, IntegrationWarning
 
-__all__ = ["KINDS", "Integration", "build_integration", "check_weights"]
+__all__ = ["KINDS", "Integration", "build_integration", "check_weights", "on_gauss_hermite_nodes"]
 
 IntegrationKind = Literal["monte_carlo", "halton", "lhs", "mlhs", "product", "grid"]
 
@@ -166,6 +167,7 @@ class Integration:
         """``(n_markets, n, dimensions)`` nodes and ``(n,)`` weights shared by all markets."""
         size = self.size
         options = self._resolved  # type: ignore[attr-defined]
+        _check_rule_size(self.kind, size, dimensions, n_markets)
         if self.kind == "product":
             nodes, weights = _product_rule(size, dimensions)
             return np.broadcast_to(nodes, (n_markets, *nodes.shape)), weights
@@ -195,6 +197,68 @@ class Integration:
         return ndtri(np.clip(uniforms, _LOW, _HIGH)), weights
 
 
+def _rule_bytes(kind: str, size: int, dimensions: int, n_markets: int) -> tuple[int, int]:
+    """Agents per market and the bytes a rule needs, estimated before anything is allocated.
+
+    Gauss–Hermite rules solve a ``size × size`` eigenproblem (numpy keeps about three such
+    matrices); a product rule's nodes and weights take a few ``(agents, dimensions + 1)``
+    arrays, and the agent data built from them ``dimensions + 2`` columns per agent and market.
+    Sparse grids are counted by their Gauss–Hermite rules only (their node count needs the
+    grid itself).
+    """
+    if kind == "grid":
+        return 0, 8 * 3 * size**2
+    if kind == "product":
+        agents = size**dimensions
+        rule = 3 * size**2 + 3 * (dimensions + 1) * agents
+        return agents, 8 * (rule + n_markets * agents * (dimensions + 2))
+    return size, 8 * n_markets * size * (2 * dimensions + 2)
+
+
+def _physical_memory() -> int:
+    """Bytes of memory of this machine (1 TiB where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return 2**40
+
+
+def _size(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:.3g} {unit}"
+        value /= 1024
+    return f"{value:.3g} PiB"  # pragma: no cover - the loop returns
+
+
+def _check_rule_size(kind: str, size: int, dimensions: int, n_markets: int) -> None:
+    """Refuse a rule that cannot fit in memory, before numpy tries (a MemoryError of TiB)."""
+    agents, needed = _rule_bytes(kind, size, dimensions, n_markets)
+    available = _physical_memory()
+    if needed <= available:
+        return
+    if kind == "product":
+        what = (
+            f"the product rule with {size} nodes per dimension in {dimensions} dimension(s) "
+            f"({agents:.3g} agents per market, {n_markets} market(s))"
+        )
+        advice = (
+            "use fewer nodes per dimension (n nodes are exact for polynomials of degree 2n - 1 "
+            "in each dimension; 5 to 10 is usual), Integration('grid', level) in several "
+            "dimensions, or a sampling rule such as Integration('halton', 1000)"
+        )
+    elif kind == "grid":
+        what = f"the sparse grid of level {size} (Gauss–Hermite rules of up to {size} nodes)"
+        advice = "use fewer nodes: a lower level (2 to 7 is usual)"
+    else:
+        what = f"{size} {kind} draws in {dimensions} dimension(s) for {n_markets} market(s)"
+        advice = "use fewer draws per market (quasi-random 'halton' draws need fewer)"
+    raise BLPInputError(
+        f"{what} needs about {_size(needed)}, more than this machine's "
+        f"{_size(available)} of memory: {advice}"
+    )
+
+
 def _qmc_engine(
     engine: type[qmc.QMCEngine], dimensions: int, rng: np.random.Generator, **kwargs: Any
 ) -> qmc.QMCEngine:
@@ -214,6 +278,64 @@ def _hermite_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     nodes.flags.writeable = False
     weights.flags.writeable = False
     return nodes, weights
+
+
+#: Gauss–Hermite rules of up to this many points are recognized in agent data: a sparse grid of
+#: level L combines rules of at most L points (levels 2 to 7 are usual).
+_RECOGNIZED_RULES = 64
+
+#: Relative distance within which a node counts as a Gauss–Hermite node (a CSV written with
+#: 9 or more significant digits keeps it).
+_NODE_TOLERANCE = 1e-8
+
+
+@functools.lru_cache(maxsize=1)
+def _hermite_abscissae() -> np.ndarray:
+    """Sorted nodes of the Gauss–Hermite rules with 1 to :data:`_RECOGNIZED_RULES` points."""
+    return np.unique(np.concatenate([_hermite_rule(n)[0] for n in range(1, _RECOGNIZED_RULES + 1)]))
+
+
+def on_gauss_hermite_nodes(nodes: ArrayLike) -> np.ndarray:
+    """Which rows of ``nodes`` lie on Gauss–Hermite nodes in every coordinate.
+
+    Sparse grids (``Integration("grid", level)``) and product rules place every coordinate of
+    every node on the nodes of a one-dimensional Gauss–Hermite rule; Monte Carlo and
+    quasi-random draws essentially never do. Agent data use this to tell a sparse grid's
+    negative weights, which are part of the rule, from negative weights that are an error.
+
+    Parameters
+    ----------
+    nodes : array-like
+        ``(n, dimensions)`` nodes (rows of agent data's node columns).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` booleans: each coordinate is within 1e-8 (relative, 1e-8 absolute near zero)
+        of a node of a Gauss–Hermite rule with at most 64 points. Rows of zero columns are
+        False (no node says where they come from).
+
+    Examples
+    --------
+    >>> from blpmodels.data.integration import Integration, on_gauss_hermite_nodes
+    >>> grid, weights = Integration("grid", 3).build(2)
+    >>> bool((weights < 0).any()), bool(on_gauss_hermite_nodes(grid).all())
+    (True, True)
+    >>> draws, _ = Integration("monte_carlo", 5, seed=0).build(2)
+    >>> on_gauss_hermite_nodes(draws).tolist()
+    [False, False, False, False, False]
+    """
+    values = np.asarray(nodes, dtype=np.float64)
+    if values.ndim != 2:
+        raise BLPInputError(f"nodes must be a two-dimensional array, got shape {values.shape}")
+    if values.shape[1] == 0:
+        return np.zeros(values.shape[0], dtype=bool)
+    abscissae = _hermite_abscissae()
+    right = np.clip(np.searchsorted(abscissae, values), 1, abscissae.size - 1)
+    nearest = np.minimum(np.abs(values - abscissae[right - 1]), np.abs(values - abscissae[right]))
+    with np.errstate(invalid="ignore"):
+        close = nearest <= _NODE_TOLERANCE * np.maximum(1.0, np.abs(values))
+    return close.all(axis=1)
 
 
 def _tensor(rules: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -87,7 +87,13 @@ def _as_matrix(
 
 
 def _bounds(
-    bounds: Any, shape: tuple[int, int], name: str, lower: np.ndarray, upper: np.ndarray
+    bounds: Any,
+    shape: tuple[int, int],
+    name: str,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    rows: Sequence[Any] = (),
+    columns: Sequence[Any] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     if bounds is None:
         return lower, upper
@@ -104,6 +110,14 @@ def _bounds(
         ) from error
     if np.isnan(low).any() or np.isnan(high).any():
         raise BLPInputError(f"{name}_bounds has NaN; use ±numpy.inf for no bound")
+    inverted = low > high
+    if inverted.any():
+        row, column = (int(k) for k in np.argwhere(inverted)[0])
+        entry = f"{name}[{rows[row]},{columns[column]}]" if rows and columns else name
+        raise BLPInputError(
+            f"{name}_bounds are inverted for {entry}: lower {low[row, column]:g} > upper "
+            f"{high[row, column]:g}; {name}_bounds is a pair (lower, upper): swap them"
+        )
     return low, high
 
 
@@ -291,13 +305,32 @@ class NonlinearParameters:
         """
         k2, d = len(characteristics), len(demographics)
         sigma_start = _sigma_start(sigma, characteristics)
-        pi_start = _as_matrix(pi, (k2, d), "pi", characteristics, demographics)
+        if d == 0 and pi is not None and np.any(_real_array(pi, "pi") != 0):
+            # Otherwise the shape check asks for a K2×0 matrix, which says nothing useful.
+            raise BLPInputError(
+                "pi was given but the model has no demographics: Π loads demographics onto the "
+                "random coefficients, so pass demographics='0 + income' and agent_data holding "
+                "those columns to from_formula, or leave pi out"
+            )
+        pi_start = _as_matrix(pi if d else None, (k2, d), "pi", characteristics, demographics)
         default_sigma_lower = np.where(np.eye(k2, dtype=bool), 0.0, -np.inf)
         sigma_lower, sigma_upper = _bounds(
-            sigma_bounds, (k2, k2), "sigma", default_sigma_lower, np.full((k2, k2), np.inf)
+            sigma_bounds,
+            (k2, k2),
+            "sigma",
+            default_sigma_lower,
+            np.full((k2, k2), np.inf),
+            characteristics,
+            characteristics,
         )
         pi_lower, pi_upper = _bounds(
-            pi_bounds, (k2, d), "pi", np.full((k2, d), -np.inf), np.full((k2, d), np.inf)
+            pi_bounds,
+            (k2, d),
+            "pi",
+            np.full((k2, d), -np.inf),
+            np.full((k2, d), np.inf),
+            characteristics,
+            demographics,
         )
         rho_start = _rho_start(rho, nests)
         rho_lower, rho_upper = _rho_bounds(rho_bounds, rho_start.size)

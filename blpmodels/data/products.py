@@ -26,19 +26,39 @@ from blpmodels.data.design import (
     check_columns,
     check_full_rank,
     check_scales,
+    check_unique_columns,
     column_norms,
     first_label,
     numeric_values,
 )
-from blpmodels.data.formula import ParsedFormula, required_variables
+from blpmodels.data.formula import ParsedFormula, check_shares_not_read, required_variables
 from blpmodels.data.markets import MarketLayout, check_ids
 from blpmodels.exceptions import BLPInputError
 
-__all__ = ["ProductDesign", "validate_shares"]
+__all__ = ["MIN_OUTSIDE_SHARE", "ProductDesign", "validate_shares"]
+
+#: Smallest outside-good share accepted in a market (one minus the sum of its inside shares).
+#:
+#: Every model uses log s_0 (δ = log s_j − log s_0 for the logit, and the outside good's
+#: probability in all of them), and s_0 is computed as 1 − Σ_j s_j: its rounding error is about
+#: J·1e-16 whatever s_0 is, so at s_0 = 1e-12 log s_0 is already uncertain in the fourth digit,
+#: and a market whose shares were normalized to sum to one (s_0 a rounding error, often 0 or
+#: 1e-16) sets δ there from noise and can flip the sign of the price coefficient. Markets below
+#: this share are an error naming them. It is a module setting rather than a keyword so that
+#: every way in (``from_formula``, the array interface, simulation inputs) reads the same
+#: value; data with genuinely tiny outside shares computed to more digits can lower it:
+#: ``blpmodels.data.products.MIN_OUTSIDE_SHARE = 1e-15``.
+MIN_OUTSIDE_SHARE = 1e-12
 
 
-def validate_shares(shares: np.ndarray, market_ids: np.ndarray, column: str = "shares") -> None:
-    """Check that shares are finite, in (0, 1), and sum to less than one in every market.
+def validate_shares(
+    shares: np.ndarray,
+    market_ids: np.ndarray,
+    column: str = "shares",
+    *,
+    min_outside_share: float | None = None,
+) -> None:
+    """Check that shares are finite, in (0, 1), and leave an outside share in every market.
 
     Parameters
     ----------
@@ -48,11 +68,15 @@ def validate_shares(shares: np.ndarray, market_ids: np.ndarray, column: str = "s
         ``(N,)`` market of each row.
     column : str
         Column name for messages.
+    min_outside_share : float, optional
+        Smallest outside share (1 − the sum of a market's inside shares) accepted; default
+        :data:`MIN_OUTSIDE_SHARE` (1e-12), read when called.
 
     Raises
     ------
     BLPInputError
-        Naming the column, how many rows fail and the first market where they do.
+        Naming the column, how many rows fail and the first market where they do; or the
+        markets whose outside share is below ``min_outside_share``.
 
     Examples
     --------
@@ -79,6 +103,18 @@ def validate_shares(shares: np.ndarray, market_ids: np.ndarray, column: str = "s
         raise BLPInputError(
             f"column {column!r}: inside shares sum to >= 1 in {len(over)} market(s), e.g. "
             f"{over.index[0]!r} (sum {over.iloc[0]:.6g}); the outside good needs a positive share"
+        )
+    threshold = MIN_OUTSIDE_SHARE if min_outside_share is None else float(min_outside_share)
+    outside = 1.0 - totals
+    tiny = outside[outside < threshold]
+    if len(tiny):
+        raise BLPInputError(
+            f"column {column!r}: the outside share (1 - the sum of inside shares) is below "
+            f"{threshold:.3g} in {len(tiny)} market(s), e.g. market {tiny.index[0]!r} (outside "
+            f"share {tiny.iloc[0]:.3g}): log s_0 there is rounding noise. Shares must be "
+            "fractions of a market size that includes consumers who buy none of the products "
+            "(normalized shares summing to one have no outside good); if such small outside "
+            "shares are right, lower blpmodels.data.products.MIN_OUTSIDE_SHARE"
         )
 
 
@@ -167,6 +203,14 @@ class ProductDesign:
         overlap = set(self.endog.names) & set(self.exog.names)
         if overlap:
             raise BLPInputError(f"terms {sorted(overlap)} are both exogenous and instrumented")
+        repeated = [name for name in self.instruments.names if name in self.exog.names]
+        if repeated:
+            raise BLPInputError(
+                f"{repeated[0]!r} is both an exogenous regressor and an excluded instrument: "
+                "exogenous regressors are already their own instruments, so list inside the "
+                f"brackets only instruments excluded from demand (drop {repeated[0]!r} there, "
+                "e.g. [prices ~ z])"
+            )
         if self.absorber is not None:
             self.X_absorbed = self.absorber.residualize(self.X)
             self.Z_absorbed = self.absorber.residualize(self.Z)
@@ -248,6 +292,7 @@ class ProductDesign:
             raise BLPInputError(f"data must be a pandas DataFrame, got {type(data).__name__}")
         if len(data) == 0:
             raise BLPInputError("product data has no rows")
+        check_unique_columns(data)
         # Own copy: results must not change when the caller edits the frame afterwards.
         data = data.copy()
         check_columns(data, ["market_ids"])
@@ -257,6 +302,7 @@ class ProductDesign:
         shares = numeric_values(data[parsed.dependent], f"product data column {parsed.dependent!r}")
         validate_shares(shares, markets, parsed.dependent)
         context = dict(context or {})
+        check_shares_not_read(random, parsed.dependent, f"random={random!r}")
         block = partial(build_block, data=data, context=context, market_ids=markets)
         exog = block(
             parsed.exog, intercept="drop" if absorb else "keep", role="exogenous regressors"

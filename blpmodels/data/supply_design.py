@@ -20,6 +20,7 @@ import pandas as pd
 
 from blpmodels.data.absorb import Absorber, AbsorbMethod
 from blpmodels.data.design import TermBlock, build_block, check_full_rank, required_variables
+from blpmodels.data.formula import check_shares_not_read
 from blpmodels.data.markets import MarketLayout
 from blpmodels.exceptions import BLPInputError
 
@@ -126,6 +127,7 @@ class SupplyDesign:
         demand_variables: set[str],
         context: Mapping[str, Any] | None = None,
         price_column: str = "prices",
+        shares_column: str = "shares",
     ) -> SupplyDesign:
         """Validate the supply options and build X3, Z_S, the absorber and the ownership.
 
@@ -156,6 +158,8 @@ class SupplyDesign:
             Names visible to formula transforms.
         price_column : str
             The prices column.
+        shares_column : str
+            The shares column (refused in the cost formulas, like prices).
 
         Returns
         -------
@@ -164,13 +168,17 @@ class SupplyDesign:
         Raises
         ------
         BLPInputError
-            Bad options, prices absent from demand, prices in the cost formula, missing
-            firm ids.
+            Bad options, prices absent from demand, prices or shares in the cost formulas,
+            missing firm ids, an excluded supply instrument that is also a cost characteristic.
         """
         if not isinstance(supply, str) or not supply.strip():
             raise BLPInputError("supply must be a formula such as '1 + mushy'")
         if costs_type not in ("linear", "log"):
             raise BLPInputError(f"costs_type must be 'linear' or 'log', got {costs_type!r}")
+        check_shares_not_read(supply, shares_column, f"supply={supply!r}")
+        check_shares_not_read(
+            supply_instruments, shares_column, f"supply_instruments={supply_instruments!r}"
+        )
         if price_column not in demand_variables:
             raise BLPInputError(
                 f"a supply side needs {price_column!r} in the demand formulas (markups come "
@@ -200,6 +208,13 @@ class SupplyDesign:
             raise BLPInputError(
                 f"supply={supply!r} has no cost characteristics (with supply_absorb the "
                 "constant is absorbed): add one"
+            )
+        repeated = [name for name in instruments.names if name in exog.names]
+        if repeated:
+            raise BLPInputError(
+                f"{repeated[0]!r} is both a cost characteristic (supply={supply!r}) and an "
+                "excluded supply instrument: cost characteristics are already their own "
+                f"instruments, so drop it from supply_instruments={supply_instruments!r}"
             )
         absorber = (
             Absorber.from_formula(supply_absorb, data, method=absorb_method)
@@ -306,4 +321,5 @@ def build_supply_design(
         costs_bounds=costs_bounds,
         demand_variables=demand_variables,
         context=dict(context or {}),
+        shares_column=design.shares_column,
     )

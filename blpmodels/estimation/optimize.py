@@ -211,7 +211,7 @@ def run_optimizer(
                 return value, gradient
 
         solution = optimizer(objective, theta0.copy(), [(float(a), float(b)) for a, b in bounds])
-        theta = np.asarray(getattr(solution, "x", solution), dtype=np.float64)
+        theta = _callable_solution(solution, name, theta0.size)
         converged = bool(getattr(solution, "success", True))
         return OptimizationOutcome(
             theta,
@@ -257,6 +257,32 @@ def run_optimizer(
         time.perf_counter() - start,
         name,
     )
+
+
+def _callable_solution(solution: Any, name: str, size: int) -> np.ndarray:
+    """θ from what a callable optimizer returned, refusing anything but ``size`` finite numbers.
+
+    Without the check, None became θ = [nan] and the failure surfaced as an overflow in the
+    agent utilities, and a vector of the wrong length as a matmul shape error.
+    """
+    expected = (
+        f"it must return the solution θ ({size} value(s), as the theta0 it was given) or an "
+        "object with .x (such as scipy's OptimizeResult)"
+    )
+    if solution is None:
+        raise BLPInputError(f"optimizer {name!r} returned None; {expected}")
+    value = getattr(solution, "x", solution)
+    try:
+        theta = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise BLPInputError(
+            f"optimizer {name!r} returned {type(value).__name__}, not numbers; {expected}"
+        ) from error
+    if theta.size != size:
+        raise BLPInputError(f"optimizer {name!r} returned {theta.size} values; {expected}")
+    if not np.isfinite(theta).all():
+        raise BLPInputError(f"optimizer {name!r} returned non-finite values {theta.tolist()}")
+    return theta.reshape(size)
 
 
 _DEFAULT_GRADIENT_TOLERANCE = {

@@ -9,8 +9,11 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from typing import Any
+import difflib
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -26,7 +29,137 @@ from blpmodels.exceptions import BLPInputError
 from blpmodels.results.demand import DemandSystem
 from blpmodels.results.results import BLPResults, BLPResultsWrapper, EstimationInfo
 
-__all__ = ["BLPModel", "formula_namespace"]
+__all__ = [
+    "PYBLP_KEYWORDS",
+    "BLPModel",
+    "KeywordError",
+    "check_keywords",
+    "checked_keywords",
+    "formula_namespace",
+]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class KeywordError(BLPInputError, TypeError):
+    """An unknown or missing keyword argument.
+
+    A :class:`~blpmodels.exceptions.BLPInputError` that names the keyword and the valid ones,
+    and also the ``TypeError`` Python raises for bad keywords, so code catching either works.
+    """
+
+
+#: pyblp's names for options spelled differently here, and what to write instead.
+PYBLP_KEYWORDS: dict[str, str] = {
+    "optimization": (
+        "optimizer= (a name such as 'l-bfgs-b' or a callable) with optimizer_options={...}"
+    ),
+    "se_type": "cov_type= ('robust', 'unadjusted' or 'clustered', with cov_kwds={'groups': ...})",
+    "W_type": "cov_type= (the moment covariance also updates W in two-step GMM)",
+    "iteration": "fp_method=, fp_tol= and fp_max_evaluations= (the δ solver)",
+    "fp_type": "fp_method= ('newton' or 'squarem')",
+    "center_moments": "cov_kwds={'center': False}",
+    "check_optimality": "compute_hessian=",
+    "costs_bounds": "from_formula(..., costs_bounds=(lower, upper))",
+    "product_formulations": (
+        "a formula string for X1 ('shares ~ 1 + x + [prices ~ z]'), random= for X2 and "
+        "supply= for X3"
+    ),
+    "agent_formulation": "demographics= (with agent_data=)",
+    "product_data": "data=",
+}
+
+
+def _advice(name: str, valid: Sequence[str]) -> str:
+    """What to write instead of an unknown keyword: ours for pyblp's, or a close name."""
+    if name in PYBLP_KEYWORDS:
+        return f"{name}= is pyblp's; here use {PYBLP_KEYWORDS[name]}"
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f"did you mean {close[0]}=?" if close else "check the spelling"
+
+
+def check_keywords(where: str, given: Iterable[str], valid: Sequence[str]) -> None:
+    """Raise :class:`KeywordError` naming the first keyword not among ``valid``.
+
+    Parameters
+    ----------
+    where : str
+        The function called, e.g. ``"BLPLogit.fit"``.
+    given : iterable of str
+        Keyword names passed.
+    valid : sequence of str
+        Keyword names accepted.
+
+    Raises
+    ------
+    KeywordError
+        Naming the unknown keyword, what to write instead (pyblp's names are translated) and
+        the valid keywords.
+
+    Examples
+    --------
+    >>> check_keywords("BLPLogit.fit", ["se_type"], ["method", "cov_type"])
+    Traceback (most recent call last):
+    ...
+    blpmodels.models.base.KeywordError: BLPLogit.fit: unknown keyword argument 'se_type'; ...
+    """
+    unknown = [name for name in given if name not in valid]
+    if not unknown:
+        return
+    others = f" (and {unknown[1:]})" if len(unknown) > 1 else ""
+    raise KeywordError(
+        f"{where}: unknown keyword argument {unknown[0]!r}{others}; "
+        f"{_advice(unknown[0], valid)}. Valid keywords: {', '.join(valid)}"
+    )
+
+
+def checked_keywords(missing: Mapping[str, str] | None = None) -> Callable[[_F], _F]:
+    """Decorate a method so that bad keywords raise :class:`KeywordError` before any work.
+
+    Unknown keywords are named with the valid ones (and pyblp's names translated); a missing
+    required argument gets the hint in ``missing``. The signature seen by ``inspect`` and the
+    documentation is the method's own.
+
+    Parameters
+    ----------
+    missing : mapping, optional
+        ``{argument: hint}`` appended when a required argument is missing.
+
+    Returns
+    -------
+    callable
+        The decorator.
+    """
+    hints = dict(missing or {})
+
+    def decorate(function: _F) -> _F:
+        signature = inspect.signature(function)
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        valid = [
+            name
+            for name, parameter in list(signature.parameters.items())[1:]  # self or cls
+            if parameter.kind in kinds
+        ]
+        open_ended = any(
+            parameter.kind is inspect.Parameter.VAR_KEYWORD
+            for parameter in signature.parameters.values()
+        )
+        where = function.__qualname__
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if not open_ended:
+                check_keywords(where, kwargs, valid)
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as error:
+                hint = "".join(text for name, text in hints.items() if f"'{name}'" in str(error))
+                raise KeywordError(f"{where}: {error}{hint}") from None
+            return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def formula_namespace(context: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -165,7 +298,16 @@ class BLPModel(Model):
         BLPModel
         """
         if kwargs:
-            raise BLPInputError(f"unexpected keyword arguments {sorted(kwargs)}")
+            valid = [
+                name
+                for name in inspect.signature(BLPModel.from_formula).parameters
+                if name not in ("cls", "kwargs")
+            ]
+            first = sorted(kwargs)[0]
+            raise KeywordError(
+                f"{cls.__name__}.from_formula: unexpected keyword arguments {sorted(kwargs)}; "
+                f"{_advice(first, valid)}. Valid keywords: {', '.join(valid)}"
+            )
         namespace = formula_namespace(context)
         design = cls._product_design(formula, data, namespace, absorb, absorb_method)
         supply_design = build_supply_design(

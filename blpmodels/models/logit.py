@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from blpmodels.estimation.linear import fit_linear, gmm_options
-from blpmodels.models.base import BLPModel
-from blpmodels.models.random_coefficients import fit_logit_with_supply
+from blpmodels.models.base import BLPModel, check_keywords
+from blpmodels.models.random_coefficients import fit_logit_with_supply, supply_fit_options
 from blpmodels.results.demand import DemandSystem
 from blpmodels.results.results import BLPResultsWrapper
 
@@ -66,6 +66,11 @@ class BLPLogit(BLPModel):
         BLPResults
             β, then ``gamma[...]`` with a supply side.
         """
+        check_keywords(
+            "BLPLogit.fit",
+            fit_options,
+            ["method", "W", "cov_type", "cov_kwds", "beta", *supply_fit_options()],
+        )
         if self.supply is not None:
             return fit_logit_with_supply(
                 self,

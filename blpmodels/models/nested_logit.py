@@ -15,8 +15,8 @@ import pandas as pd
 from blpmodels.data.design import warn_user
 from blpmodels.estimation.linear import fit_linear, gmm_options
 from blpmodels.exceptions import BLPInputError
-from blpmodels.models.base import BLPModel
-from blpmodels.models.random_coefficients import fit_logit_with_supply
+from blpmodels.models.base import BLPModel, check_keywords
+from blpmodels.models.random_coefficients import fit_logit_with_supply, supply_fit_options
 from blpmodels.results.demand import DemandSystem
 from blpmodels.results.results import BLPResultsWrapper
 
@@ -61,6 +61,7 @@ class BLPNestedLogit(BLPModel):
         group, _ = keys.factorize()
         nest_totals = np.bincount(group, weights=design.shares)[group]
         log_within = np.log(design.shares) - np.log(nest_totals)
+        _check_nests_have_company(np.bincount(group)[group] == 1, nest_codes, nest_labels, per_nest)
         if not per_nest:
             return log_within[:, None], ["rho"], nest_codes, np.asarray(nest_labels, dtype=object)
         columns = np.zeros((design.nobs, len(nest_labels)))
@@ -100,6 +101,20 @@ class BLPNestedLogit(BLPModel):
             Parameters are β followed by ``rho`` (or ``rho[<nest>]``); with a supply side β,
             ``gamma[...]``, then ρ.
         """
+        check_keywords(
+            "BLPNestedLogit.fit",
+            fit_options,
+            [
+                "method",
+                "W",
+                "cov_type",
+                "cov_kwds",
+                "rho",
+                "rho_start",
+                "beta",
+                *supply_fit_options(),
+            ],
+        )
         if rho not in ("common", "nest"):
             raise BLPInputError(f"rho must be 'common' or 'nest', got {rho!r}")
         if self.supply is not None:
@@ -197,3 +212,30 @@ class BLPNestedLogit(BLPModel):
         return fit_logit_with_supply(
             self, self.supply, rho=rho_start, beta=beta, **gmm, **dict(fit_options)
         )
+
+
+def _check_nests_have_company(
+    alone: np.ndarray, nest_codes: np.ndarray, nest_labels: Any, per_nest: bool
+) -> None:
+    """Raise when ρ is not identified: its nests hold a single product in every market.
+
+    A product alone in its nest has within-nest share one, so its log within-nest share is 0;
+    when that holds for every product (of a nest, with ``rho="nest"``) the column of ρ is zero
+    and the IV normal equations are singular.
+    """
+    if alone.all():
+        raise BLPInputError(
+            "every nest holds a single product in each market (nesting_ids): within-nest "
+            "shares are all one, so rho is not identified; put several products in a nest, "
+            "or estimate a plain logit (BLPLogit)"
+        )
+    if not per_nest:
+        return
+    for code, label in enumerate(nest_labels):
+        rows = nest_codes == code
+        if alone[rows].all():
+            raise BLPInputError(
+                f"nest {label!r} holds a single product in every market, so its "
+                f"rho[{label}] is not identified with rho='nest'; merge it with another nest "
+                "or use rho='common'"
+            )

@@ -13,6 +13,7 @@ found by minimizing the GMM objective with the analytic gradient.
 from __future__ import annotations
 
 import copy
+import inspect
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -34,11 +35,11 @@ from blpmodels.estimation.micro import MicroBlock, MicroMoment
 from blpmodels.estimation.objective import NonlinearObjective, check_fixed_point_options
 from blpmodels.estimation.settings import check_fit_settings, check_initial_update
 from blpmodels.exceptions import BLPInputError
-from blpmodels.models.base import BLPModel, formula_namespace
+from blpmodels.models.base import BLPModel, checked_keywords, formula_namespace
 from blpmodels.models.nonlinear_results import nonlinear_results
 from blpmodels.results.results import BLPResultsWrapper
 
-__all__ = ["BLPRandomCoefficients"]
+__all__ = ["BLPRandomCoefficients", "supply_fit_options"]
 
 
 def fit_logit_with_supply(
@@ -97,6 +98,13 @@ def fit_logit_with_supply(
     return results
 
 
+# A missing random= is most often pyblp's (X1, X2) formulations passed as the formula.
+_RANDOM_HINT = (
+    "; random='0 + prices + x' names the characteristics with random coefficients (pyblp's "
+    "X2 formulation: X1 is the formula string 'shares ~ 1 + x + [prices ~ z]', X3 is supply=)"
+)
+
+
 class BLPRandomCoefficients(BLPModel):
     """Random-coefficients (BLP) demand with demographics; nested when products have nests.
 
@@ -124,6 +132,7 @@ class BLPRandomCoefficients(BLPModel):
     memory_limit: int | None = None
 
     @classmethod
+    @checked_keywords(missing={"random": _RANDOM_HINT})
     def from_formula(  # type: ignore[override]
         cls,
         formula: str,
@@ -399,6 +408,7 @@ class BLPRandomCoefficients(BLPModel):
         supply = 0 if self.supply is None else len(self.supply.z_names)
         return len(self.design.z_names) + supply
 
+    @checked_keywords()
     def fit(  # type: ignore[override]
         self,
         sigma: Any = None,
@@ -572,6 +582,21 @@ class BLPRandomCoefficients(BLPModel):
             user_bounds=sigma_bounds is not None or pi_bounds is not None,
         )
         return nonlinear_results(self, estimator.run(), objective, options, settings)
+
+
+def supply_fit_options() -> list[str]:
+    """Keywords of :meth:`BLPRandomCoefficients.fit` that the logit and nested-logit ``fit``
+    pass on with a supply side (all but those they set themselves or that need Σ or Π).
+
+    Examples
+    --------
+    >>> "optimizer" in supply_fit_options(), "sigma" in supply_fit_options()
+    (True, False)
+    """
+    own = {"sigma", "pi", "rho", "sigma_bounds", "pi_bounds", "beta"}
+    own |= {"method", "W", "cov_type", "cov_kwds"}
+    names = list(inspect.signature(BLPRandomCoefficients.fit).parameters)[1:]
+    return [name for name in names if name not in own]
 
 
 def _check_execution(

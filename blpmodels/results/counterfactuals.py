@@ -552,7 +552,18 @@ class CounterfactualsMixin(EconomicsMixin):
         for name, value in dict(params).items():
             if name not in names:
                 raise BLPInputError(f"unknown parameter {name!r}; the parameters are {names}")
-            number = float(value)
+            if isinstance(value, (str, bytes, bool, np.bool_)) or np.ndim(value) != 0:
+                # float() would parse text ("-20") or fail with a bare ValueError/TypeError.
+                raise BLPInputError(
+                    f"parameter {name!r} must be a number, got {value!r} "
+                    f"({type(value).__name__}), e.g. {{{name!r}: -2.0}}"
+                )
+            try:
+                number = float(value)
+            except (TypeError, ValueError) as error:
+                raise BLPInputError(
+                    f"parameter {name!r} must be a number, got {value!r} ({type(value).__name__})"
+                ) from error
             if not np.isfinite(number):
                 raise BLPInputError(f"parameter {name!r} must be finite, got {value!r}")
             values[names.index(name)] = number
