@@ -10,7 +10,6 @@ the share equations solved by hand (``tests/probes.independent_log_shares``) at 
 from __future__ import annotations
 
 import sys
-import time
 import tracemalloc
 
 import numpy as np
@@ -235,10 +234,10 @@ def test_cluster_without_workers_is_a_clear_error():
         distributed.Client(local, set_as_default=False) as client,
     ):
         model = problem.model(backend="dask", client=client)
-        began = time.monotonic()
-        with pytest.raises(BLPInputError, match="has no workers"):
+        with pytest.raises(BLPInputError, match="has no workers") as error:
             model.fit(**start)
-        assert time.monotonic() - began < 10
+        # Refused at once, not after waiting for a worker to join (checked without a clock).
+        assert "waited" not in str(error.value)
 
 
 def test_every_worker_lost_mid_fit_is_an_error_not_a_hang():
@@ -256,10 +255,9 @@ def test_every_worker_lost_mid_fit_is_an_error_not_a_hang():
         objective.backend = DaskBackend(client, timeout=1.0)
         objective.evaluate(np.array([0.5]))
         _kill(local, objective.backend.owners[0])
-        began = time.monotonic()
-        with pytest.raises(BLPInputError, match="has no workers"):
+        # It gives up after the backend's own wait (timeout=1.0), not the 30 s default.
+        with pytest.raises(BLPInputError, match=r"has no workers \(waited 1 s for one\)"):
             objective.evaluate(np.array([0.6]))
-        assert time.monotonic() - began < 15
 
 
 def test_dask_without_dask_installed_says_what_to_install(monkeypatch):
@@ -387,3 +385,123 @@ def test_a_worker_process_killed_with_sigkill_is_replaced():
     recoveries, owners, victim, _ = _evaluate_across_a_lost_worker(2, True, sigkill)
     assert recoveries >= 1
     assert victim not in owners
+
+
+# ------------------------------------------------------------------ the first scatter (issue 18)
+
+
+def _scatter_with_a_loss(n_workers: int, processes: bool, kill, at_chunk: int = 3):
+    """The "rc" problem's first evaluation on Dask (8 chunks) while ``kill(cluster, client,
+    address)`` takes away, just before chunk ``at_chunk`` is scattered, the worker that chunk
+    is meant for (which already holds earlier chunks). Returns the evaluation, the threads
+    evaluation, the backend's recoveries and owners, and the lost worker."""
+    problem, _, _ = _problem("rc")
+    reference = problem.model(chunk_size=4).objective_function(
+        problem.model().parameters(sigma=0.5)
+    )
+    expected = reference.evaluate(np.array([0.5]))
+    with (
+        distributed.LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=processes, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local, set_as_default=False) as client,
+    ):
+        model = problem.model(chunk_size=4, backend="dask", client=client)
+        objective = model.objective_function(model.parameters(sigma=0.5))
+        backend = objective.backend
+        make_chunk = objective.make_chunk
+        lost = []
+
+        def make_and_kill(number):
+            if number == at_chunk:
+                workers = backend.workers()
+                lost.append(workers[number % len(workers)])
+                kill(local, client, lost[0])
+            return make_chunk(number)
+
+        objective.make_chunk = make_and_kill
+        evaluation = objective.evaluate(np.array([0.5]))
+        return evaluation, expected, backend.recoveries, list(backend.owners), lost[0]
+
+
+def test_a_worker_lost_during_the_first_scatter_is_replaced():
+    """The scheduler answers a scatter to the departed worker with a bare KeyError of its
+    address; the chunk goes to a live worker instead, the chunks the lost worker held are
+    scattered again, and q and δ equal the threads evaluation's."""
+    evaluation, expected, recoveries, owners, victim = _scatter_with_a_loss(
+        3, False, lambda cluster, client, address: _kill(cluster, address)
+    )
+    assert evaluation.objective == pytest.approx(expected.objective, rel=1e-12)
+    np.testing.assert_allclose(evaluation.delta, expected.delta, rtol=0, atol=1e-12)
+    assert recoveries >= 2  # the chunk on its way, and chunk 0 that the worker held
+    assert victim not in owners
+
+
+def test_a_client_closed_mid_fit_is_a_clear_error():
+    """The client closed between the steps of an evaluation of a fit, or between two
+    evaluations: BLPInputError saying so (it was ClosedClientError, CommClosedError or an
+    AttributeError on the client's dropped scheduler connection)."""
+    problem, _, start = _problem("rc")
+    for close_at in (3, 9):  # mid-evaluation (first one), and at the start of the second
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+            ) as local,
+            distributed.Client(local, set_as_default=False) as client,
+        ):
+            model = problem.model(chunk_size=4, backend="dask", client=client)
+            objective = model.objective_function(model.parameters(**start))
+            backend = objective.backend
+            submit = backend._submit
+            calls = {"n": 0}
+
+            def submit_and_close(
+                number, step, submit=submit, calls=calls, client=client, close_at=close_at
+            ):
+                calls["n"] += 1
+                if calls["n"] == close_at:
+                    client.close()
+                return submit(number, step)
+
+            backend._submit = submit_and_close
+            model.objective_function = lambda *args, objective=objective, **kwargs: objective
+            with pytest.raises(BLPInputError, match="the Dask client is closed"):
+                model.fit(**start)
+
+
+def test_a_client_closed_during_the_first_scatter_is_a_clear_error():
+    problem, _, start = _problem("rc")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as local,
+        distributed.Client(local, set_as_default=False) as client,
+    ):
+        model = problem.model(chunk_size=4, backend="dask", client=client)
+        objective = model.objective_function(model.parameters(**start))
+        make_chunk = objective.make_chunk
+
+        def make_and_close(number):
+            if number == 2:
+                client.close()
+            return make_chunk(number)
+
+        objective.make_chunk = make_and_close
+        with pytest.raises(BLPInputError, match="the Dask client is closed"):
+            objective.evaluate(np.array([0.5]))
+
+
+@pytest.mark.slow
+def test_a_worker_process_killed_during_the_first_scatter_is_replaced():
+    """Worker processes: SIGKILL the worker the fourth chunk is meant for while the chunks are
+    first scattered; the evaluation equals the threads one."""
+    import os
+    import signal
+
+    def sigkill(cluster, client, address):
+        os.kill(client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
+
+    evaluation, expected, recoveries, _, _ = _scatter_with_a_loss(2, True, sigkill)
+    assert evaluation.objective == pytest.approx(expected.objective, rel=1e-12)
+    np.testing.assert_allclose(evaluation.delta, expected.delta, rtol=0, atol=1e-12)
+    assert recoveries >= 1

@@ -4,16 +4,19 @@ Each chunk (its product and agent arrays and its warm-start state) is scattered 
 worker and stays there; an evaluation ships θ and a few flags per chunk and gets back the
 chunk's δ, ∂δ/∂θ (and markups), which the driver combines. A chunk lost with its worker is
 scattered again from the driver's data, with the driver's last accepted δ as its warm start,
-and its step is recomputed, so the fit goes on. A closed client or a cluster without workers
-is an error, never a wait without end.
+and its step is recomputed, so the fit goes on; a worker lost while the chunks are first
+scattered is replaced the same way. A closed client (before or during the fit) or a cluster
+without workers is a :class:`~blpmodels.exceptions.BLPInputError`, never a wait without end
+nor one of distributed's internal errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from blpmodels.exceptions import BLPInputError
@@ -64,7 +67,8 @@ class DaskBackend:
         Seconds to wait for a worker when every worker is lost mid-fit before giving up
         (a cluster without workers at the start is an error at once).
     max_recoveries : int
-        Chunk losses (workers dying) survived in one evaluation before it fails.
+        Chunk losses (workers dying) survived in one evaluation before it fails, and workers
+        lost while one chunk is being scattered.
 
     Examples
     --------
@@ -99,6 +103,34 @@ class DaskBackend:
         self._count = 0
 
     # ------------------------------------------------------------------ cluster
+    def _closed(self) -> BLPInputError | None:
+        """The error to raise when the client is no longer usable, else None."""
+        status = self.client.status
+        if status in ("running", "connecting"):
+            return None
+        return BLPInputError(
+            f"the Dask client is {status}: create a new Client and the model again (chunks "
+            "cannot be scattered through a closed client, and a fit cannot go on without one)"
+        )
+
+    @contextlib.contextmanager
+    def _calling(self) -> Iterator[None]:
+        """Around every call through the client: when the client was closed (before or during
+        the call) its errors — ``ClosedClientError``, ``CommClosedError``, or an
+        ``AttributeError`` on the scheduler connection it dropped — become one BLPInputError."""
+        closed = self._closed()
+        if closed is not None:
+            raise closed
+        try:
+            yield
+        except BLPInputError:
+            raise
+        except Exception as error:
+            closed = self._closed()
+            if closed is not None:
+                raise closed from error
+            raise
+
     def workers(self) -> list[str]:
         """Addresses of the live workers (sorted, so chunk placement is reproducible).
 
@@ -107,12 +139,8 @@ class DaskBackend:
         BLPInputError
             The client is closed.
         """
-        if self.client.status not in ("running", "connecting"):
-            raise BLPInputError(
-                f"the Dask client is {self.client.status}: create a new Client and the model "
-                "again (chunks cannot be scattered through a closed client)"
-            )
-        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        with self._calling():
+            return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
 
     def _live_workers(self, timeout: float | None = None) -> list[str]:
         """Live workers, waiting up to ``timeout`` seconds (default: none) for one to join.
@@ -137,33 +165,72 @@ class DaskBackend:
 
     # ------------------------------------------------------------------ chunks
     def start(self, make_chunk: Callable[[int], MarketChunk], n_chunks: int) -> None:
-        """Scatter every chunk once, round robin over the workers."""
+        """Scatter every chunk once, round robin over the workers.
+
+        A worker that leaves while the chunks are scattered is handled as it is mid-fit: its
+        chunks (those scattered to it already, and the one on its way) go to the live workers
+        (see :meth:`_place`; chunks it already held are found lost by the first :meth:`run`).
+
+        Raises
+        ------
+        BLPInputError
+            The client is closed, the cluster has no workers, or workers were lost more than
+            ``max_recoveries`` times while one chunk was scattered.
+        """
         self._make_chunk = make_chunk
         workers = self._live_workers()
         self.futures = [None] * n_chunks
         self.owners = [""] * n_chunks
         for number in range(n_chunks):
-            self._scatter(number, workers[number % len(workers)])
+            workers = self._place(number, workers, number)
 
-    def _scatter(self, number: int, worker: str) -> None:
+    def _place(self, number: int, workers: list[str], position: int) -> list[str]:
+        """Scatter chunk ``number`` to ``workers[position % len(workers)]``, or, should that
+        worker leave meanwhile, to another live one; returns the live workers after it.
+
+        The scheduler answers a scatter to a worker that has just left with a bare
+        ``KeyError`` of its address (or the comm with a ``CommClosedError``); the chunk then
+        goes to the workers alive now (waiting ``timeout`` seconds for one, as mid-fit).
+        """
         assert self._make_chunk is not None
-        [future] = self.client.scatter(
-            [self._make_chunk(number)], workers=[worker], hash=False, broadcast=False
+        chunk = self._make_chunk(number)
+        last: BaseException | None = None
+        for attempt in range(self.max_recoveries + 1):
+            worker = workers[(position + attempt) % len(workers)]
+            try:
+                with self._calling():
+                    [future] = self.client.scatter(
+                        [chunk], workers=[worker], hash=False, broadcast=False
+                    )
+            except BLPInputError:
+                raise
+            except Exception as error:
+                workers = self._live_workers(self.timeout)
+                if worker in workers and not _lost_worker(error):
+                    raise
+                self.recoveries += 1
+                last = error
+                continue
+            self.futures[number] = future
+            self.owners[number] = worker
+            return workers
+        raise BLPInputError(
+            f"Dask workers were lost {self.max_recoveries + 1} times while chunk {number} was "
+            f"scattered (last: {last!r}): the cluster is not stable enough to fit on"
         )
-        self.futures[number] = future
-        self.owners[number] = worker
 
     def _submit(self, number: int, step: ChunkStep) -> Any:
         self._count += 1
-        future = self.client.submit(
-            _step_resident,
-            self.futures[number],
-            step,
-            key=f"blpmodels-step-{self._token}-{self._count}-{number}",
-            workers=[self.owners[number]],
-            allow_other_workers=False,
-            pure=False,
-        )
+        with self._calling():
+            future = self.client.submit(
+                _step_resident,
+                self.futures[number],
+                step,
+                key=f"blpmodels-step-{self._token}-{self._count}-{number}",
+                workers=[self.owners[number]],
+                allow_other_workers=False,
+                pure=False,
+            )
         future.add_done_callback(lambda _: self._finished.set())
         return future
 
@@ -203,7 +270,7 @@ class DaskBackend:
                 old = running.pop(number, None)
                 if old is not None:
                     old.cancel()
-                self._scatter(number, workers[offset % len(workers)])
+                workers = self._place(number, workers, offset)
                 step = steps[number]
                 if state is not None:
                     step = ChunkStep(
@@ -231,14 +298,18 @@ class DaskBackend:
             elif future.status in ("cancelled", "lost"):
                 lost.add(number)
             elif future.status == "error":
-                error = future.exception()
+                with self._calling():
+                    error = future.exception()
                 if not _lost_worker(error):
                     self._cancel(running)
                     raise error
                 lost.add(number)
         if finished and (lost or len(finished) == len(running)):
             try:
-                values = self.client.gather([running[number] for number in finished])
+                with self._calling():
+                    values = self.client.gather([running[number] for number in finished])
+            except BLPInputError:
+                raise
             except Exception as error:
                 if not _lost_worker(error):
                     raise
@@ -254,10 +325,11 @@ class DaskBackend:
             future.cancel()
 
     def close(self) -> None:
-        """Release the scattered chunks (the client stays open)."""
-        for future in self.futures:
-            if future is not None:
-                future.release()
+        """Release the scattered chunks (the client stays open; a closed one has let them go)."""
+        if self._closed() is None:
+            for future in self.futures:
+                if future is not None:
+                    future.release()
         self.futures = []
 
 

@@ -156,6 +156,27 @@ def _column(frame: pd.DataFrame, name: str, what: str, moment: str) -> np.ndarra
     return values
 
 
+def _indicator(frame: pd.DataFrame, name: str, moment: str, role: str) -> np.ndarray:
+    """A 0/1 product column (or expression) selecting products; other values would make a share
+    of buyers, or a mean among them, a weighted sum that is neither, so they are an error."""
+    values = _column(frame, name, "products", moment)
+    bad = ~((values == 0.0) | (values == 1.0))
+    if bad.any():
+        examples = np.unique(values[bad])[:3].tolist()
+        raise BLPInputError(
+            f"micro moment {moment!r}: {role} {name!r} must be a 0/1 product column selecting "
+            f"products, but it has the values {examples} (write a condition such as "
+            f"'{name} > 0', or give weighted values as parts of a MicroMoment yourself)"
+        )
+    return values
+
+
+def _check_probability(value: float, moment: str, what: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        message = f"micro moment {moment!r}: {what}, so its value must be in [0, 1], got {value!r}"
+        raise BLPInputError(message)
+
+
 @dataclass(frozen=True, eq=False)
 class MicroMoment:
     """An observed survey statistic and the model's value of it.
@@ -182,7 +203,8 @@ class MicroMoment:
     ------
     BLPInputError
         Bad name, dataset or value, parts not callable, several parts without a function, a
-        function without its gradient.
+        function without its gradient; at ``fit``, a single part that is 0/1 in every surveyed
+        market (a probability) whose observed value is outside [0, 1].
 
     Examples
     --------
@@ -296,8 +318,9 @@ class MicroMoment:
         value : float
             Observed mean.
         among : str, optional
-            0/1 product column (or expression, e.g. ``"mushy == 1"``) selecting the products
-            whose buyers are averaged over; then the moment is a ratio of two parts.
+            0/1 product column (or expression, e.g. ``"mushy == 1"``; other values are an
+            error) selecting the products whose buyers are averaged over; then the moment is a
+            ratio of two parts.
         name : str, optional
             Default ``"E[demographic | among]"``.
 
@@ -321,7 +344,7 @@ class MicroMoment:
             inside = (
                 np.ones(len(products))
                 if column is None
-                else _column(products, column, "products", label)
+                else _indicator(products, column, label, "among")
             )
             return np.concatenate([[0.0], inside])
 
@@ -366,13 +389,14 @@ class MicroMoment:
         dataset : MicroDataset
             A survey with ``second_choices=True``.
         value : float
-            Observed share.
+            Observed share, a probability in [0, 1].
         first : str, optional
             0/1 product column (or expression) the first choice must belong to (a joint
             share: P(first in group and second is ``to``), not a conditional one).
         to : str
             ``"outside"`` (no purchase), ``"same firm"`` (a product with the first choice's
-            ``firm_ids``) or a 0/1 product column (or expression) the second choice belongs to.
+            ``firm_ids``) or a 0/1 product column (or expression) the second choice belongs to
+            (columns with other values are an error, for ``first`` too).
         name : str, optional
             Default ``"P(first -> to)"``.
 
@@ -383,7 +407,7 @@ class MicroMoment:
         Raises
         ------
         BLPInputError
-            The dataset does not record second choices.
+            The dataset does not record second choices; ``value`` is not in [0, 1].
 
         Examples
         --------
@@ -404,7 +428,7 @@ class MicroMoment:
 
         def values(t: Any, products: pd.DataFrame, agents: pd.DataFrame) -> Any:
             n = len(products)
-            chosen = np.ones(n) if first is None else _column(products, first, "products", label)
+            chosen = np.ones(n) if first is None else _indicator(products, first, label, "first")
             chosen = np.concatenate([[0.0], chosen])
             if to == "outside":
                 pair = np.zeros((n + 1, n + 1))
@@ -419,11 +443,13 @@ class MicroMoment:
                 pair[1:, 1:] = firms[:, None] == firms[None, :]
                 pair *= chosen[:, None]
             else:
-                group = np.concatenate([[0.0], _column(products, to, "products", label)])
+                group = np.concatenate([[0.0], _indicator(products, to, label, "to")])
                 pair = np.outer(chosen, group)
             return np.broadcast_to(pair, (len(agents), n + 1, n + 1))
 
-        return cls(label, dataset, value, parts=[values])
+        moment = cls(label, dataset, value, parts=[values])
+        _check_probability(moment.value, label, "a share of respondents is a probability")
+        return moment
 
     @classmethod
     def covariance(
@@ -702,7 +728,7 @@ class MicroBlock:
     ------
     BLPInputError
         A dataset names an unknown market; weights or values of the wrong shape, negative or
-        non-finite weights; a dataset whose weights select nobody.
+        non-finite weights; a dataset whose weights select nobody; a probability outside [0, 1].
     """
 
     def __init__(
@@ -725,6 +751,8 @@ class MicroBlock:
             if all(moment.dataset is not d for d in self.datasets):
                 self.datasets.append(moment.dataset)
         part_functions = self._index_parts()
+        # Parts whose values are 0/1 in every surveyed market (cleared as arrays are checked).
+        self._indicator_parts = np.ones(len(self.part_dataset), dtype=bool)
         self.observed = np.array([moment.value for moment in self.moments])
         self.observations = np.array([d.observations for d in self.datasets], dtype=np.float64)
         data = _SurveyData(
@@ -743,6 +771,14 @@ class MicroBlock:
         for market in markets.values():
             market.chunks = self._agent_chunks(market)
         self.markets = [markets[t] for t in sorted(markets)]
+        self._check_probabilities()
+
+    def _check_probabilities(self) -> None:
+        """A moment that is one 0/1 part (no function) is a share of respondents, a probability:
+        an observed value outside [0, 1] is no such share (a typo, or a percentage)."""
+        for moment, parts in zip(self.moments, self.moment_parts, strict=True):
+            if moment.function is None and self._indicator_parts[parts[0]]:
+                _check_probability(moment.value, moment.name, "its one part is 0/1: a probability")
 
     @classmethod
     def for_design(
@@ -819,6 +855,7 @@ class MicroBlock:
         """Compute every array of a survey now, in the whole market, and keep them unless large;
         returns the survey's total weight."""
         weighted, values = survey.compute(slice(0, n_agents))
+        self._indicator_parts[survey.parts] &= ((values == 0.0) | (values == 1.0)).all(axis=1)
         if weighted.size + values.size <= self.store_limit:
             survey.weighted, survey.values = weighted, values
         elif weighted.size <= self.store_limit:

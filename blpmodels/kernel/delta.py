@@ -4,7 +4,8 @@
 and :func:`solve_delta_hybrid` take Newton-type steps on the log share residual and finish with
 the contraction where a market stalls. Every solver obeys one convergence rule: a market has
 converged only when max_j (1 − ρ_j)|log s_j(δ) − log s_obs,j| at the returned δ is below the
-tolerance (:func:`residual_norm`).
+tolerance (:func:`residual_norm`), raised in a market whose log shares are too large for it to
+be resolved in double precision (:func:`market_tolerance`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "inverse_delta_jacobian",
     "inverse_log_share_jacobian",
     "log_outside",
+    "market_tolerance",
     "residual_norm",
     "share_residual",
     "solve_delta",
@@ -64,6 +66,31 @@ class FixedPointResult:
         return FixedPointResult(delta, converged, iterations, evaluations)
 
 
+#: Round-off floor of the tolerance, in units of the largest |log s_obs| of a market (ε = 2.2e-16).
+ROUNDING_FLOOR = 3.0 * np.finfo(np.float64).eps
+
+
+def market_tolerance(log_shares: np.ndarray, product_mask: np.ndarray, tol: float) -> np.ndarray:
+    """``[T]`` the tolerance each market is held to: ``tol``, or 3ε max_j |log s_obs,j| if larger.
+
+    Doubles near a log share of −690.8 (a share of 1e-300) are 1.1e-13 apart, and so are the δ
+    that produce it, so the residual log s_j(δ) − log s_obs,j moves in steps of that size and
+    a tolerance of 1e-14 is met only by luck. Three such steps cover the rounding of δ, of
+    the observed log share and of the share evaluation. The floor is below 1e-14 for every
+    log share above −15 (shares above 3e-7, which covers the shares of the BLP, Nevo and
+    Petrin data), so it changes nothing there.
+
+    Examples
+    --------
+    >>> mask = np.ones((2, 2), bool)
+    >>> market_tolerance(np.log([[0.2, 0.3], [1e-300, 0.3]]), mask, 1e-14)
+    array([1.00000000e-14, 4.60148938e-13])
+    """
+    magnitude = np.where(product_mask, np.abs(log_shares), 0.0).max(axis=1, initial=0.0)
+    with np.errstate(invalid="ignore"):
+        return np.maximum(tol, ROUNDING_FLOOR * magnitude)
+
+
 def log_outside(log_shares: np.ndarray, product_mask: np.ndarray) -> np.ndarray:
     """``[T]`` log of the outside share 1 − Σ_j s_j (−inf where the inside shares reach 1).
 
@@ -103,7 +130,8 @@ def solve_delta(
     initial_delta : numpy.ndarray
         ``[T, J]`` starting values (warm start: last solution).
     tol : float
-        Absolute tolerance on the ∞-norm of the update, per market.
+        Absolute tolerance on the ∞-norm of the update, per market (raised where the log
+        shares cannot resolve it: :func:`market_tolerance`).
     max_evaluations : int
         Share evaluations per market before giving up on it.
     step_max_initial, step_factor : float
@@ -139,6 +167,7 @@ def solve_delta(
     observed = log_shares
     observed_outside = log_outside(log_shares, evaluator.product_mask)
     damping = evaluator.scale
+    tolerance = market_tolerance(log_shares, evaluator.product_mask, tol)
 
     def contraction(ev: ShareEvaluator, x: np.ndarray, obs: np.ndarray, damp: np.ndarray):
         model = ev.log_shares(x)
@@ -164,20 +193,11 @@ def solve_delta(
         live = working[active]
 
         x1, model0 = contraction(current, x0, observed, damping)
-        done = norm(x1 - x0) < tol
+        done = norm(x1 - x0) < tolerance[working]
         x2, _ = contraction(current, x1, observed, damping)
-        done2 = ~done & (norm(x2 - x1) < tol)
+        done2 = ~done & (norm(x2 - x1) < tolerance[working])
 
-        r = x1 - x0
-        v = x2 - 2.0 * x1 + x0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            alpha = np.sqrt((r * r).sum(axis=1) / (v * v).sum(axis=1))
-        alpha = np.where(np.isfinite(alpha), alpha, 1.0)
-        alpha = np.clip(alpha, 1.0, step_max[working])
-        step_max[working] = np.where(
-            alpha >= step_max[working], step_max[working] * step_factor, step_max[working]
-        )
-        x3 = x0 + 2.0 * alpha[:, None] * r + (alpha * alpha)[:, None] * v
+        x3, step_max[working] = _squarem_point(x0, x1, x2, step_max[working], step_factor)
         x4, model3 = contraction(current, x3, observed, damping)
         evaluations[live] += np.where(done, 1, np.where(done2, 2, 3))[active]
         # An extrapolation whose merit (the residual, outside share included) is worse than
@@ -200,7 +220,7 @@ def solve_delta(
         x4 = np.where(bad_step[:, None], x2, x4)
         x4 = np.where(~np.isfinite(x4).all(axis=1)[:, None], x1, x4)
         step_max[working[bad_step]] = step_max_initial
-        done4 = ~done & ~done2 & ~bad_step & (extrapolated_residual < tol)
+        done4 = ~done & ~done2 & ~bad_step & (extrapolated_residual < tolerance[working])
 
         new = np.where(done[:, None], x1, np.where(done2[:, None], x2, x4))
         finite = np.isfinite(new).all(axis=1)
@@ -214,6 +234,26 @@ def solve_delta(
         ] = True
 
     return FixedPointResult(delta, converged, iterations, evaluations)
+
+
+def _squarem_point(
+    x0: np.ndarray, x1: np.ndarray, x2: np.ndarray, step_max: np.ndarray, step_factor: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The SQUAREM extrapolation from two contraction steps, and the updated step caps.
+
+    With r = x1 − x0 and v = x2 − 2x1 + x0, the step length α = |r|/|v| (at least 1, at most the
+    market's cap, which grows by ``step_factor`` whenever it binds) gives
+    x0 + 2αr + α²v. Far from the solution (a poor start, ρ near 1) δ can grow until this
+    arithmetic overflows: a non-finite α falls back to the plain step, and the caller refuses a
+    non-finite extrapolation, so overflow is not an error here.
+    """
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = x1 - x0
+        v = x2 - 2.0 * x1 + x0
+        alpha = np.sqrt((r * r).sum(axis=1) / (v * v).sum(axis=1))
+        alpha = np.clip(np.where(np.isfinite(alpha), alpha, 1.0), 1.0, step_max)
+        step_max = np.where(alpha >= step_max, step_max * step_factor, step_max)
+        return x0 + 2.0 * alpha[:, None] * r + (alpha * alpha)[:, None] * v, step_max
 
 
 def share_residual(
@@ -275,7 +315,8 @@ def solve_delta_newton(
     inverse_log_jacobian : numpy.ndarray
         ``[T, J, J]`` inverse of ∂log s/∂δ near the solution (identity in padding).
     tol : float
-        Tolerance on the residual norm (:func:`residual_norm`).
+        Tolerance on the residual norm (:func:`residual_norm`), raised as in
+        :func:`market_tolerance`.
     max_iterations : int
         Steps before giving a market back.
     slowdown : float
@@ -313,6 +354,7 @@ def solve_delta_newton(
     last_norm = np.full(n_markets, np.inf)
     last_delta = delta.copy()
     observed_outside = log_outside(log_shares, mask)
+    tolerance = market_tolerance(log_shares, mask, tol)
     working = np.arange(n_markets)
     current = evaluator
     for _ in range(max_iterations + 1):
@@ -333,7 +375,7 @@ def solve_delta_newton(
             )
         merit = np.maximum(norm, outside_gap)
         iterations[working[live]] += 1
-        done = live & (norm < tol)
+        done = live & (norm < tolerance[working])
         # A merit (share residual, outside share included) that grows or shrinks slowly means
         # K is too stale here: go back to the best δ so far and let the contraction finish.
         # The outside share catches steps that move every δ far up or down together, which

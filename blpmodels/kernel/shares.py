@@ -141,6 +141,12 @@ class Probabilities:
         return self._unconditional
 
 
+#: The smallest normal double: below it a factor loses relative precision.
+_TINY = np.finfo(np.float64).tiny
+#: Above this e^{−m} is inf or about to be (e^{709.78} is the largest double).
+_HUGE = 1e300
+
+
 def _masked_max(values: np.ndarray, mask: np.ndarray, axis: int) -> np.ndarray:
     out = np.where(mask, values, -np.inf).max(axis=axis)
     return np.where(np.isfinite(out), out, 0.0)
@@ -244,7 +250,8 @@ def _log_space_terms(
     """log P_{j|h,i} ``[T, J, I]``, inclusive values ``[T, H, I]``, log denominators ``[T, I]``."""
     mask3 = product_mask[:, :, None]
     scale = 1.0 - nesting.rho_products[:, :, None]
-    with np.errstate(invalid="ignore"):
+    # A diverging δ (a poor start, ρ near 1) can overflow here; callers check the shares.
+    with np.errstate(invalid="ignore", over="ignore"):
         scaled = np.where(mask3, (delta[:, :, None] + mu) / scale, -np.inf)
     n_markets, _, n_agents = mu.shape
     inclusive = np.full((n_markets, nesting.n_nests, n_agents), -np.inf)
@@ -406,8 +413,12 @@ class ShareEvaluator:
         self.agent_peak = peaks
         self.nest_scale = 1.0 - self.nesting.rho
         self.peak_term = peaks / self.nest_scale[None, :, None]
-        with np.errstate(over="ignore"):
-            self.exp_negative_peak = np.exp(-peaks[:, 0, :]) if self.single_nest else None
+        self.exp_negative_peak = None
+        if self.single_nest:
+            with np.errstate(over="ignore"):
+                self.exp_negative_peak = np.exp(-peaks[:, 0, :])
+            # Markets where e^{−m_i} overflows for some agent (utilities all below −709).
+            self.peak_overflow = (self.exp_negative_peak > _HUGE).any(axis=1)
 
     @property
     def mu(self) -> np.ndarray:
@@ -436,6 +447,7 @@ class ShareEvaluator:
             new._coefficients = self._coefficients[markets]
         if self.exp_negative_peak is not None:
             new.exp_negative_peak = self.exp_negative_peak[markets]
+            new.peak_overflow = self.peak_overflow[markets]
         new.padded = not bool(new.product_mask.all())
         new.nesting = self.nesting.subset(markets)
         new.membership = None if self.membership is None else self.membership[markets]
@@ -457,11 +469,27 @@ class ShareEvaluator:
         with np.errstate(under="ignore"):
             return np.where(self.product_mask, np.exp(scaled - top_of_product), 0.0), top
 
+    def _outside(self, top: np.ndarray) -> np.ndarray:
+        """``[T, I]`` e^{−c−m_i}, the outside good's term of the unnested scaled denominators.
+
+        Formed as e^{−c}·e^{−m_i} (e^{−m_i} is kept per θ), which is exact only when both are
+        normal doubles. In markets with |c| above 708 (e^{−c} subnormal, 0 or inf) or an agent
+        whose e^{−m_i} overflowed it is e^{−(c + m_i)} instead: an agent with utilities
+        near −715 in a market whose largest δ is 720 has ordinary probabilities, which the
+        product (subnormal × inf = inf) set to zero, halving the shares without a sign.
+        """
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            outside = np.exp(-top) * self.exp_negative_peak
+            risky = np.flatnonzero((np.abs(top[:, 0]) > 708.0) | self.peak_overflow)
+            if risky.size:
+                outside[risky] = np.exp(-(top[risky] + self.agent_peak[risky, 0, :]))
+        return outside
+
     def _logit_ratio(self, exp_delta: np.ndarray, top: np.ndarray) -> np.ndarray:
         """``[T, I]`` 1 / (e^{−c−m_i} + S_i) for the unnested model."""
         sums = np.matmul(exp_delta[:, None, :], self.agent_factor)[:, 0, :]
         with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-            return 1.0 / (np.exp(-top) * self.exp_negative_peak + sums)
+            return 1.0 / (self._outside(top) + sums)
 
     def _nest_terms(
         self, delta: np.ndarray
@@ -488,10 +516,17 @@ class ShareEvaluator:
             nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
         return exp_delta, sums, inclusive, log_denominator, nest_probabilities
 
-    def _fallback_markets(self, shares: np.ndarray, sums: np.ndarray | None = None) -> np.ndarray:
-        """Markets the scaled form cannot evaluate: shares not positive and finite, or (with
-        ``sums``, the ``[T, H, I]`` scaled nest sums) a real agent whose sum for a nonempty nest
-        underflowed.
+    def _fallback_markets(
+        self, shares: np.ndarray, exp_delta: np.ndarray, sums: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Markets the scaled form cannot evaluate: shares not positive and finite, a real
+        product whose factor exp(δ_j/(1 − ρ_j) − c) is subnormal, or (with ``sums``, the
+        ``[T, H, I]`` scaled nest sums) a real agent whose sum for a nonempty nest underflowed.
+
+        A subnormal factor keeps only the digits above 5e-324: at 5e-317 the share it
+        multiplies is off by 1e-7 in relative terms (a product 730 below the market's largest
+        δ whose share some agents' tastes lift to 1e-300), and it moves in steps of that size,
+        so the contraction could neither resolve the residual nor see that it had not.
 
         The scaled form shifts utilities by the largest δ and an upper bound on μ separately;
         with ρ near 1 both are divided by 1 − ρ, and when the products attaining them differ
@@ -499,7 +534,7 @@ class ShareEvaluator:
         agent (shares were off by 4% at ρ = 0.945). Above 1e-290 the terms lost are below
         1e-18 of the sum.
         """
-        bad = ~(shares > 0) | ~np.isfinite(shares)
+        bad = ~(shares > 0) | ~np.isfinite(shares) | (exp_delta < _TINY)
         if self.padded:
             bad &= self.product_mask
         bad_markets = bad.any(axis=1)
@@ -539,7 +574,7 @@ class ShareEvaluator:
             shares = exp_delta * weighted
         if self.padded:
             shares[~self.product_mask] = 0.0
-        markets = self._fallback_markets(shares, sums)
+        markets = self._fallback_markets(shares, exp_delta, sums)
         if markets.size:
             shares[markets] = self._log_space(delta, markets).shares
         return shares
@@ -589,8 +624,7 @@ class ShareEvaluator:
             exp_delta, top = self._exp_delta(delta)
             sums = np.matmul(exp_delta[:, None, :], self.agent_factor)[:, 0, :]
             with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
-                outside = np.exp(-top) * self.exp_negative_peak
-                ratio = 1.0 / (outside + sums)
+                ratio = 1.0 / (self._outside(top) + sums)
             unconditional = None
             if factored:
                 weighted_ratio = (ratio * self.weights)[:, :, None]
@@ -599,13 +633,16 @@ class ShareEvaluator:
                 unconditional = self.agent_factor * exp_delta[:, :, None]
                 unconditional *= ratio[:, None, :]
                 shares = np.matmul(unconditional, self.weights[:, :, None])[:, :, 0]
-            if self._fallback_markets(shares).size:
+            if self._fallback_markets(shares, exp_delta).size:
                 return self._log_space(delta)
-            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-                # log(1 + e^{IV}) = log(e^{−c−m} + S) + c + m; the inside probability is S·ratio.
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
+                # IV = log S + c + m and log(1 + e^{IV}) by log-sum-exp with the outside good's
+                # 0: read off the ratio as −log(ratio) + c + m it is +inf for an agent whose
+                # utilities all lie ~710 below the outside good (e^{−c−m} overflows, ratio 0),
+                # where the log-sum is ~0. The inside probability is S·ratio.
                 peak = self.agent_peak[:, 0, :]
-                log_denominator = -np.log(ratio) + top + peak
                 inclusive = (np.log(sums) + top + peak)[:, None, :]
+                log_denominator = np.logaddexp(0.0, inclusive[:, 0, :])
                 nest = (sums * ratio)[:, None, :]
             factors = (self.agent_factor, exp_delta, ratio) if factored else None
             return Probabilities(
@@ -625,7 +662,7 @@ class ShareEvaluator:
                 conditional *= _of_product(inverse_sums, codes)
                 unconditional = conditional * _of_product(nest_probabilities, codes)
         shares = np.matmul(unconditional, self.weights[:, :, None])[:, :, 0]
-        if self._fallback_markets(shares, sums).size:
+        if self._fallback_markets(shares, exp_delta, sums).size:
             return self._log_space(delta)
         if not self.nesting.has_nests:
             conditional = None
