@@ -379,6 +379,104 @@ def test_rc_supply_objective_matches_pyblp_at_the_same_theta(pyblp, costs_type):
     )
 
 
+# ------------------------------------------------------------------ price with a characteristic
+
+#: Demand where price enters product by product (pyblp's X1, our bracketed endogenous terms,
+#: their coefficients at the θ checked): ∂u_j/∂p_j varies across j, so ∂s/∂p is asymmetric and
+#: a markup system built from ∂s/∂p instead of its transpose gives other markups.
+ASYMMETRIC_PRICES = {
+    "prices:x": ("1 + x + prices + prices:x", "prices + prices:x", [-2.0, 0.3]),
+    "log(prices)": ("1 + x + log(prices)", "log(prices)", [-6.0]),
+}
+
+
+def _price_slope(products: pd.DataFrame, case: str, coefficients: list[float]) -> np.ndarray:
+    """∂(price terms of mean utility)/∂p_j, written out: α + α_x·x_j, or α/p_j."""
+    prices = products["prices"].to_numpy()
+    if case == "prices:x":
+        return coefficients[0] + coefficients[1] * products["x"].to_numpy()
+    return coefficients[0] / prices
+
+
+def _bertrand_markups(products, agents, delta, sigma, case, coefficients, market) -> tuple:
+    """η = −(Ω ⊙ Aᵀ)⁻¹s in one market from A_jk = ∂s_j/∂p_k written out:
+    A_jk = Σ_i w_i P_ji (1{j = k} − P_ki) D_ki, D_ki = ∂u_ki/∂p_k = slope_k + σ_prices ν_i0."""
+    rows = np.flatnonzero(products["market_ids"].to_numpy() == market)
+    market_products = products.iloc[rows]
+    people = agents[agents["market_ids"] == market]
+    nodes, weights = people[["nodes0", "nodes1"]].to_numpy(), people["weights"].to_numpy()
+    prices, x = market_products["prices"].to_numpy(), market_products["x"].to_numpy()
+    utility = delta[rows, None] + sigma[0] * np.outer(prices, nodes[:, 0])
+    utility += sigma[1] * np.outer(x, nodes[:, 1])
+    exp = np.exp(utility)
+    P = exp / (1.0 + exp.sum(axis=0))  # [J, I]
+    D = _price_slope(market_products, case, coefficients)[:, None] + sigma[0] * nodes[:, 0]
+    A = np.diag((P * D) @ weights) - np.einsum("i,ji,ki,ki->jk", weights, P, P, D)
+    firms = market_products["firm_ids"].to_numpy()
+    ownership = (firms[:, None] == firms[None, :]).astype(float)
+    return rows, -np.linalg.solve(ownership * A.T, P @ weights), A
+
+
+@pytest.mark.parametrize("case", list(ASYMMETRIC_PRICES))
+def test_rc_supply_with_asymmetric_price_jacobian_matches_pyblp(pyblp, case):
+    """Price interacted with x, or in logs: ∂s/∂p is not symmetric (with two-product firms).
+
+    At one θ the objective, gradient, β, γ and the markups (p − pyblp's costs) equal pyblp
+    1.3.0's, and in one market the markups solve the Bertrand first-order conditions
+    s + (Ω ⊙ Aᵀ)η = 0 with A = ∂s/∂p written out here.
+
+    Tolerances: objective, β 1e-9 and gradient 1e-7 as for linear prices. Markups and γ 1e-7
+    (measured 2.2e-9 and 1.2e-9 with log(prices), 7e-11 and 2e-12 with prices:x): blpmodels
+    differentiates price transforms by central differences (step 2⁻²⁰ of the price's binade),
+    whose rounding, about ε·|log p|/h ≈ 1e-10 relative, the markup system amplifies by its
+    condition number (up to 750 here); pyblp's derivatives are symbolic and its markups equal
+    the written-out ones to 1e-15. Transposing ∂s/∂p moves γ by 1e-3 and markups by far more.
+    """
+    pyblp_x1, endogenous, coefficients = ASYMMETRIC_PRICES[case]
+    products, agents = _rc_data()
+    products = products.assign(z1_squared=products["z1"] ** 2, z1x=products["z1"] * products["x"])
+    model = BLPRandomCoefficients.from_formula(
+        f"shares ~ 1 + x + [{endogenous} ~ z1 + z2 + z1_squared + z1x]",
+        products,
+        random="0 + prices + x",
+        agent_data=agents,
+        supply="1 + w",
+        supply_instruments="z2 + x",
+    )
+    sigma = [0.4, 0.3]
+    evaluation = _objective(model, sigma).evaluate(np.array([*sigma, *coefficients]))
+    assert evaluation.success
+    problem = pyblp.Problem(
+        (
+            pyblp.Formulation(pyblp_x1),
+            pyblp.Formulation("0 + prices + x"),
+            pyblp.Formulation("1 + w"),
+        ),
+        _pyblp_frame(products, ["z1", "z2", "z1_squared", "z1x"], ["z2", "x"]),
+        agent_data=agents,
+    )
+    oracle = problem.solve(
+        sigma=np.diag(sigma),
+        beta=[None, None, *coefficients],
+        method="1s",
+        optimization=pyblp.Optimization("return"),
+    )
+    _assert_close(evaluation.objective, oracle.objective, 1e-9, "objective")
+    _assert_close(evaluation.gradient, oracle.gradient, 1e-7, "gradient")
+    _assert_close(evaluation.beta, oracle.beta[:2], 1e-9, "concentrated beta")
+    _assert_close(evaluation.gamma, oracle.gamma, 1e-7, "gamma")
+    pyblp_markups = products["prices"].to_numpy() - np.ravel(oracle.tilde_costs)
+    _assert_close(evaluation.markups, pyblp_markups, 1e-7, "markups")
+
+    rows, expected, A = _bertrand_markups(
+        products, agents, evaluation.delta, sigma, case, coefficients, products["market_ids"][0]
+    )
+    # The test means something only if ∂s/∂p is far from symmetric.
+    off_diagonal = A - np.diag(np.diag(A))
+    assert np.abs(A - A.T).max() > 0.2 * np.abs(off_diagonal).max()
+    _assert_close(evaluation.markups[rows], expected, 1e-7, "markups from the FOC")
+
+
 # ------------------------------------------------------------------ exercise 2, supplemental 6
 
 
