@@ -7,6 +7,7 @@ linearmodels: ``[endog1 + endog2 ~ instr1 + instr2]``. Several bracketed groups 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -162,9 +163,22 @@ def _variables(term: Any) -> set[str]:
     if text in ("1", "0"):
         return set()
     try:
-        return {str(variable) for variable in Formula(text).required_variables}
+        return set(_parsed_variables(text))
     except Exception:
         return set()
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_variables(rhs: str) -> frozenset[str]:
+    """The variables formulaic reads from ``rhs``, parsed once per string: the checks of a
+    model ask for the same terms several times, and each parse costs about a millisecond."""
+    return frozenset(str(variable) for variable in Formula(rhs).required_variables)
+
+
+def _mentions(rhs: str, name: str) -> bool:
+    """Whether ``name`` appears in ``rhs`` as a whole word: a cheap test that rules out most
+    formula parts before they are parsed term by term."""
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", rhs) is not None
 
 
 def check_shares_not_read(rhs: str | None, shares: str, where: str) -> None:
@@ -194,6 +208,8 @@ def check_shares_not_read(rhs: str | None, shares: str, where: str) -> None:
     ...
     blpmodels.exceptions.BLPInputError: supply='1 + np.log(shares)': the term 'np.log(shares)' ...
     """
+    if not rhs or not _mentions(rhs, shares):
+        return
     for term in _terms(rhs) or []:
         if shares in _variables(term):
             raise BLPInputError(
@@ -373,7 +389,6 @@ def required_variables(rhs: str) -> set[str]:
     ['g', 'p', 'x']
     """
     try:
-        variables = Formula(rhs).required_variables
+        return set(_parsed_variables(rhs))
     except Exception as error:  # formulaic raises several parser exception types
         raise BLPInputError(f"could not parse formula part {rhs!r}: {error}") from error
-    return {str(variable) for variable in variables}

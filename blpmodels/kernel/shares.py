@@ -419,6 +419,7 @@ class ShareEvaluator:
                 self.exp_negative_peak = np.exp(-peaks[:, 0, :])
             # Markets where e^{−m_i} overflows for some agent (utilities all below −709).
             self.peak_overflow = (self.exp_negative_peak > _HUGE).any(axis=1)
+            self.any_peak_overflow = bool(self.peak_overflow.any())
 
     @property
     def mu(self) -> np.ndarray:
@@ -448,6 +449,7 @@ class ShareEvaluator:
         if self.exp_negative_peak is not None:
             new.exp_negative_peak = self.exp_negative_peak[markets]
             new.peak_overflow = self.peak_overflow[markets]
+            new.any_peak_overflow = bool(new.peak_overflow.any())
         new.padded = not bool(new.product_mask.all())
         new.nesting = self.nesting.subset(markets)
         new.membership = None if self.membership is None else self.membership[markets]
@@ -480,8 +482,10 @@ class ShareEvaluator:
         """
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             outside = np.exp(-top) * self.exp_negative_peak
-            risky = np.flatnonzero((np.abs(top[:, 0]) > 708.0) | self.peak_overflow)
-            if risky.size:
+            # Checked per market only when some market needs it (rare): this runs at every
+            # share evaluation of the contraction.
+            if self.any_peak_overflow or np.abs(top).max(initial=0.0) > 708.0:
+                risky = np.flatnonzero((np.abs(top[:, 0]) > 708.0) | self.peak_overflow)
                 outside[risky] = np.exp(-(top[risky] + self.agent_peak[risky, 0, :]))
         return outside
 
