@@ -225,3 +225,19 @@ def finite_difference_gradient(
             - objective.evaluate(down, gradient=False).objective
         ) / (2 * step)
     return numeric
+
+
+def agent_frame(markets: np.ndarray, *, per_market: int = 20, seed: int = 0) -> pd.DataFrame:
+    """``per_market`` equally weighted agents in each market with two standard normal node
+    columns and one demographic, ``income``, drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    n = per_market * len(markets)
+    return pd.DataFrame(
+        {
+            "market_ids": np.repeat(markets, per_market),
+            "weights": 1.0 / per_market,
+            "nodes0": rng.normal(size=n),
+            "nodes1": rng.normal(size=n),
+            "income": rng.normal(size=n),
+        }
+    )

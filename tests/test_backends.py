@@ -192,24 +192,34 @@ def test_a_worker_killed_mid_fit_does_not_stop_the_fit():
         ) as local,
         distributed.Client(local, set_as_default=False) as client,
     ):
-        model = problem.model(chunk_size=4, backend="dask", client=client)
-        objective = model.objective_function(model.parameters(**start))
-        backend = objective.backend
-        submit = backend._submit
-        calls = {"n": 0}
-
-        def submit_and_kill(number, step):
-            calls["n"] += 1
-            if calls["n"] == 30:  # the fourth evaluation, after two of its eight steps
-                _kill(local, backend.owners[number])
-            return submit(number, step)
-
-        backend._submit = submit_and_kill
-        model.objective_function = lambda *args, **kwargs: objective
+        # The fourth evaluation, after two of its eight steps.
+        model, backend = _dask_model_acting_at(
+            problem, start, client, 30, lambda number: _kill(local, backend.owners[number])
+        )
         results = model.fit(**start)
         assert backend.recoveries >= 1
         assert len(set(backend.owners)) == 2
     _assert_same_fit(expected, results, 1e-8)
+
+
+def _dask_model_acting_at(problem, start, client, call, action):
+    """A Dask model whose objective calls ``action(chunk number)`` just before submitting its
+    ``call``-th chunk step (steps are numbered across evaluations), and its backend."""
+    model = problem.model(chunk_size=4, backend="dask", client=client)
+    objective = model.objective_function(model.parameters(**start))
+    backend = objective.backend
+    submit = backend._submit
+    calls = {"n": 0}
+
+    def submit_and_act(number, step):
+        calls["n"] += 1
+        if calls["n"] == call:
+            action(number)
+        return submit(number, step)
+
+    backend._submit = submit_and_act
+    model.objective_function = lambda *args, **kwargs: objective
+    return model, backend
 
 
 # ------------------------------------------------------------------ errors
@@ -449,22 +459,9 @@ def test_a_client_closed_mid_fit_is_a_clear_error():
             ) as local,
             distributed.Client(local, set_as_default=False) as client,
         ):
-            model = problem.model(chunk_size=4, backend="dask", client=client)
-            objective = model.objective_function(model.parameters(**start))
-            backend = objective.backend
-            submit = backend._submit
-            calls = {"n": 0}
-
-            def submit_and_close(
-                number, step, submit=submit, calls=calls, client=client, close_at=close_at
-            ):
-                calls["n"] += 1
-                if calls["n"] == close_at:
-                    client.close()
-                return submit(number, step)
-
-            backend._submit = submit_and_close
-            model.objective_function = lambda *args, objective=objective, **kwargs: objective
+            model, _ = _dask_model_acting_at(
+                problem, start, client, close_at, lambda _number, client=client: client.close()
+            )
             with pytest.raises(BLPInputError, match="the Dask client is closed"):
                 model.fit(**start)
 

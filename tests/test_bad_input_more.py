@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 from blpmodels.datasets import data_home
+from builders import agent_frame
 from guards import forbid
 
 import blpmodels.data.products
@@ -43,18 +44,7 @@ def rc_products() -> pd.DataFrame:
 
 @pytest.fixture
 def rc_agents(rc_products) -> pd.DataFrame:
-    rng = np.random.default_rng(1)
-    markets = pd.unique(rc_products["market_ids"])
-    n = 20 * markets.size
-    return pd.DataFrame(
-        {
-            "market_ids": np.repeat(markets, 20),
-            "weights": 1.0 / 20,
-            "nodes0": rng.normal(size=n),
-            "nodes1": rng.normal(size=n),
-            "income": rng.normal(size=n),
-        }
-    )
+    return agent_frame(pd.unique(rc_products["market_ids"]), seed=1)
 
 
 def _rc_model(products, agents, **options):

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from builders import agent_frame
 from guards import WorkStarted, forbid
 
 import blpmodels.data.integration
@@ -43,18 +44,7 @@ def logit_products(simulated_products) -> pd.DataFrame:
 @pytest.fixture
 def rc_agents(logit_products) -> pd.DataFrame:
     """20 agents per market with two node columns and one demographic."""
-    rng = np.random.default_rng(3)
-    markets = pd.unique(logit_products["market_ids"])
-    n = 20 * markets.size
-    return pd.DataFrame(
-        {
-            "market_ids": np.repeat(markets, 20),
-            "weights": 1.0 / 20,
-            "nodes0": rng.normal(size=n),
-            "nodes1": rng.normal(size=n),
-            "income": rng.normal(size=n),
-        }
-    )
+    return agent_frame(pd.unique(logit_products["market_ids"]), seed=3)
 
 
 @pytest.fixture

@@ -139,13 +139,7 @@ def test_fit_with_a_share_of_1e_300_solves_delta_at_the_start():
     products = products.copy()
     products.loc[0, "shares"] = 1e-300
     products.loc[0, "x"] = 5.0
-    model = BLPRandomCoefficients.from_formula(
-        small_economy.FORMULA,
-        products,
-        random="0 + prices + x",
-        demographics="0 + income",
-        agent_data=agents,
-    )
+    model = _small_economy_model(products, agents)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = model.fit(
@@ -317,6 +311,17 @@ def test_conf_int_is_params_plus_minus_z_bse(logit_results):
     assert isinstance(logit_results.conf_int(np.float32(0.05)), pd.DataFrame)
 
 
+def _small_economy_model(products: pd.DataFrame, agents: pd.DataFrame) -> BLPRandomCoefficients:
+    """The small economy's model (random coefficients on prices and x, Π on income)."""
+    return BLPRandomCoefficients.from_formula(
+        small_economy.FORMULA,
+        products,
+        random="0 + prices + x",
+        demographics="0 + income",
+        agent_data=agents,
+    )
+
+
 # ---------------------------------------------------------------- micro moments (2.4)
 
 
@@ -325,13 +330,7 @@ def micro_model():
     """The small economy with a 0/1 product column ``premium`` (x > 0)."""
     products, agents = small_economy.economy()
     products = products.assign(premium=(products["x"] > 0).astype(float))
-    return BLPRandomCoefficients.from_formula(
-        small_economy.FORMULA,
-        products,
-        random="0 + prices + x",
-        demographics="0 + income",
-        agent_data=agents,
-    )
+    return _small_economy_model(products, agents)
 
 
 def diversion_survey():
@@ -432,13 +431,7 @@ def test_sparse_grid_nodes_with_demographics_are_accepted_as_agent_data():
     out here with the grid's own (negative) weights equal the observed ones to 1e-13."""
     products, agents = grid_agents()
     assert (agents["weights"] < 0).sum() == 4 * products["market_ids"].nunique()
-    model = BLPRandomCoefficients.from_formula(
-        small_economy.FORMULA,
-        products,
-        random="0 + prices + x",
-        demographics="0 + income",
-        agent_data=agents,
-    )
+    model = _small_economy_model(products, agents)
     results = at_parameters(model, sigma=small_economy.SIGMA, pi=small_economy.PI)
     assert results.info.convergence["fp_converged"]
     for market in ("M01", "M07"):
