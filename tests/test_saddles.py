@@ -202,3 +202,27 @@ def test_one_start_has_no_start_table() -> None:
     results, _ = _fit(_economy(2, 1.0, "product"), sigma=1.0)
     assert results.info.starts is None
     assert results.info.convergence["starts_summary"] is None
+
+
+def _to_lower_bounds(fun, theta0, bounds):
+    """An optimizer that always returns the lower bounds (σ = 0)."""
+    return np.array([lower for lower, _ in bounds], dtype=float)
+
+
+@pytest.mark.parametrize("tolerance", [None, 1e-8])
+def test_a_fit_that_keeps_returning_to_the_bound_is_not_converged(monkeypatch, tolerance) -> None:
+    """Restarts are bounded: after MAX_SADDLE_ESCAPES of them, an optimizer that stops on the
+    saddle again leaves the fit unconverged with a warning naming the parameter, also when
+    the zero gradient there meets the optimizer's gradient tolerance (which otherwise counts
+    as convergence)."""
+    import blpmodels.estimation.estimator as estimator
+
+    monkeypatch.setattr(estimator, "gradient_tolerance", lambda *args: tolerance)
+    model = _economy(1, 1.0, "product")
+    with pytest.warns(ConvergenceWarning, match=r"stopped on the bound of \['sigma\[x,x\]'\] 4"):
+        results = model.fit(sigma=1.0, optimizer=_to_lower_bounds)
+    convergence = results.info.convergence
+    assert not convergence["converged"]
+    checks = convergence["bound_checks"]
+    assert len(checks) == MAX_SADDLE_ESCAPES + 1 and checks["lower_inside"].all()
+    assert float(np.asarray(results.params)[-1]) == 0.0

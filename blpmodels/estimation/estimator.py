@@ -278,7 +278,7 @@ class Estimator:
         """
         outcome, evaluation, scaled = self._optimize(theta0)
         calls, failures = scaled.calls, scaled.failures
-        for _ in range(MAX_SADDLE_ESCAPES):
+        for attempt in range(MAX_SADDLE_ESCAPES + 1):
             if not outcome.converged:
                 # A spent budget or a failed optimizer ends the optimization as it is: the fit
                 # does not claim convergence, and a budget is a promise that the fit ends.
@@ -289,6 +289,9 @@ class Estimator:
             self.bound_checks.extend({**self._label, **record} for record in check.records)
             if check.start is None:
                 break
+            if attempt == MAX_SADDLE_ESCAPES:
+                outcome = self._saddle_left(outcome, check.moved_off)
+                break
             before = evaluation.objective
             outcome, evaluation, scaled = self._optimize(check.start)
             calls, failures = calls + scaled.calls, failures + scaled.failures
@@ -297,6 +300,19 @@ class Estimator:
                 f"{check.moved_off} at objective {before:.6g}, which is lower a step inside)"
             )
         return outcome, evaluation, (calls, failures)
+
+    def _saddle_left(self, outcome: OptimizationOutcome, names: list[str]) -> OptimizationOutcome:
+        """The optimizer stopped on a bound the objective falls away from once more than it
+        may be started again: the fit must not claim convergence there."""
+        message = (
+            f"the optimizer stopped on the bound of {names} {MAX_SADDLE_ESCAPES + 1} times, and "
+            "the objective is still lower a step inside: the fit is not marked converged (try "
+            "other starting values, starts=, or another optimizer)"
+        )
+        self._warn(message)
+        return outcome.replace(
+            converged=False, on_saddle=True, message=f"{outcome.message} ({message})"
+        )
 
     def _optimize(self, theta0: np.ndarray) -> tuple[OptimizationOutcome, Any, ScaledObjective]:
         """One optimization from ``theta0``; returns the outcome and the evaluation it ends at."""
@@ -535,7 +551,11 @@ class Estimator:
         # 10× of the tolerance whose line search failed counts too.
         slack = 10.0 if "precision loss" in outcome.message else 1.0
         met = tolerance is not None and diagnostics.scaled_gradient_norm <= slack * tolerance
-        converged = (outcome.converged or met) and not diagnostics.first_order_failed
+        converged = (
+            (outcome.converged or met)
+            and not diagnostics.first_order_failed
+            and not outcome.on_saddle
+        )
         if not outcome.converged and met:
             outcome = outcome.replace(
                 message=f"{outcome.message} (the gradient tolerance {tolerance:g} is met at "

@@ -39,7 +39,12 @@ _SUPPORTS_BOUNDS = {"trust-constr", "l-bfgs-b", "slsqp", "nelder-mead"}
 
 @dataclass(frozen=True, eq=False)
 class OptimizationOutcome:
-    """What an optimizer returned."""
+    """What an optimizer returned.
+
+    ``on_saddle`` marks an outcome that stopped on a bound the objective falls away from even
+    after the estimator started it again as often as it may
+    (:mod:`~blpmodels.estimation.saddles`): it is never counted as converged.
+    """
 
     theta: np.ndarray
     converged: bool
@@ -48,6 +53,7 @@ class OptimizationOutcome:
     evaluations: int
     seconds: float
     optimizer: str
+    on_saddle: bool = False
 
     def replace(self, **changes: Any) -> OptimizationOutcome:
         """A copy with some fields changed."""
