@@ -11,11 +11,53 @@ OLS (biased: prices respond to the unobserved quality ξ) against IV with the co
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["demo", "main"]
+
+# A Sphinx cross-reference: ``:class:`x```, ``:meth:`~a.b``` (shown as ``b``),
+# ``:func:`title <target>``` (shown as its title).
+_ROLE = re.compile(r":(?:[a-z]+:)?[a-z]+:`(?P<tilde>~?)(?P<text>[^`<]+?)(?:\s*<[^`>]+>)?`")
+
+
+def _role_text(match: re.Match[str]) -> str:
+    text = match["text"]
+    return text.rsplit(".", 1)[-1] if match["tilde"] else text
+
+
+def _plain_text(docstring: str, width: int = 79) -> str:
+    """Turn the reStructuredText markup of a docstring into plain text for a terminal.
+
+    Cross-references keep their text (``:class:`blpmodels.BLPLogit``` becomes
+    ``blpmodels.BLPLogit``; a titled one its title), inline literals lose their double
+    backquotes, and each paragraph is wrapped to ``width`` columns.
+
+    Parameters
+    ----------
+    docstring : str
+        The text, e.g. a module's ``__doc__``.
+    width : int, default 79
+        Column to wrap at.
+
+    Returns
+    -------
+    str
+        Paragraphs separated by blank lines.
+
+    Examples
+    --------
+    >>> _plain_text("Runs :class:`blpmodels.simulation.Simulation` via ``python -m``.")
+    'Runs blpmodels.simulation.Simulation via python -m.'
+    >>> _plain_text(":meth:`fit <blpmodels.BLPLogit.fit>` and :func:`~blpmodels.compare`")
+    'fit and compare'
+    """
+    text = _ROLE.sub(_role_text, docstring).replace("``", "")
+    paragraphs = [" ".join(part.split()) for part in re.split(r"\n\s*\n", text.strip())]
+    return "\n\n".join(textwrap.fill(part, width) for part in paragraphs if part)
 
 
 def _economy_report(seed: int, n_markets: int, n_products: int) -> list[str]:
@@ -176,14 +218,25 @@ def demo(seed: int = 0, n_markets: int = 200, n_products: int = 10) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m blpmodels``."""
-    parser = argparse.ArgumentParser(prog="python -m blpmodels", description=__doc__)
+    # The module docstring is written for Sphinx: show it as plain text, paragraphs kept.
+    description = _plain_text(__doc__ or "")
+    parser = argparse.ArgumentParser(
+        prog="python -m blpmodels",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser(
-        "demo", help="simulate equilibrium economies and estimate them (offline, seeded)"
+        "demo",
+        help="simulate equilibrium economies and estimate them (offline, seeded)",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo_parser.add_argument("--seed", type=int, default=0)
-    demo_parser.add_argument("--markets", type=int, default=200)
-    demo_parser.add_argument("--products", type=int, default=10)
+    demo_parser.add_argument("--seed", type=int, default=0, help="seed of the simulations (0)")
+    demo_parser.add_argument(
+        "--markets", type=int, default=200, help="number of simulated markets (200)"
+    )
+    demo_parser.add_argument("--products", type=int, default=10, help="products per market (10)")
     arguments = parser.parse_args(argv)
     if arguments.command == "demo":
         print(demo(arguments.seed, arguments.markets, arguments.products))

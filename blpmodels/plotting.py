@@ -61,7 +61,9 @@ def _pyplot() -> Any:
 def _axes(ax: Axes | None, size: tuple[float, float] = (6.4, 4.8)) -> Axes:
     if ax is not None:
         return ax
-    _, created = _pyplot().subplots(figsize=size)
+    # Constrained layout makes room for rotated product labels, colorbars and twin axes at
+    # every draw, so a plain savefig keeps them (no bbox_inches="tight" needed).
+    _, created = _pyplot().subplots(figsize=size, layout="tight")
     return created
 
 
@@ -89,6 +91,22 @@ def _one_market(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     return frame
 
 
+def _diverging_ticks(low: float, high: float) -> np.ndarray:
+    """Colorbar ticks for a scale centred on zero: each side gets its own round steps.
+
+    With a two-slope norm the negative and positive sides each fill half the bar; one
+    locator over [low, high] would step by the larger side's unit and leave the other side
+    blank (own elasticities near −5 put no tick on cross elasticities of 0–0.38).
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    locator = MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10])
+    negative = locator.tick_values(low, 0.0)
+    positive = locator.tick_values(0.0, high)
+    ticks = np.concatenate([negative[negative >= low], [0.0], positive[positive <= high]])
+    return np.unique(ticks)
+
+
 def _heatmap(
     matrix: pd.DataFrame,
     ax: Axes | None,
@@ -99,15 +117,18 @@ def _heatmap(
     colorbar_label: str,
     log: bool = False,
 ) -> Axes:
-    from matplotlib.colors import LogNorm, TwoSlopeNorm
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
 
     values = matrix.to_numpy(dtype=np.float64)
     size = max(4.0, 0.3 * values.shape[1] + 2.5)
     ax = _axes(ax, (size + 1.2, size))
     finite = values[np.isfinite(values)]
     norm = None
+    ticks = None
     if centered and finite.size and finite.min() < 0 < finite.max():
         norm = TwoSlopeNorm(vcenter=0.0, vmin=finite.min(), vmax=finite.max())
+        ticks = _diverging_ticks(float(finite.min()), float(finite.max()))
     elif log and finite.size and finite.min() > 0:
         norm = LogNorm(vmin=finite.min(), vmax=finite.max())
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto")
@@ -115,13 +136,17 @@ def _heatmap(
     ax.set_yticks(np.arange(values.shape[0]), [str(r) for r in matrix.index])
     ax.set_xlabel(str(matrix.columns.name or ""))
     ax.set_ylabel(str(matrix.index.name or ""))
-    ax.figure.colorbar(image, ax=ax, label=colorbar_label)
+    ax.figure.colorbar(image, ax=ax, label=colorbar_label, ticks=ticks)
     if annotate is None:
         annotate = max(values.shape) <= ANNOTATE_UP_TO
-    if annotate:
-        middle = np.nanmean(finite) if finite.size else 0.0
+    if annotate and finite.size:
+        scale = norm if norm is not None else Normalize(finite.min(), finite.max())
+        colors = colormaps[cmap]
         for (row, column), value in np.ndenumerate(values):
             if np.isfinite(value):
+                # White on dark cells, black on light ones (relative luminance of the cell).
+                red, green, blue, _ = colors(scale(value))
+                dark = 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.5
                 ax.text(
                     column,
                     row,
@@ -129,7 +154,7 @@ def _heatmap(
                     ha="center",
                     va="center",
                     fontsize=7,
-                    color="white" if abs(value) > abs(middle) * 2 else "black",
+                    color="white" if dark else "black",
                 )
     return ax
 
@@ -189,7 +214,7 @@ def plot_elasticities(
         cmap=cmap,
         centered=True,
         annotate=annotate,
-        colorbar_label=f"elasticity of the row's share with respect to the column's {wrt}",
+        colorbar_label=f"elasticity of the row's share\nwith respect to the column's {wrt}",
     )
     if market_id is not None:
         ax.set_title(f"Elasticities, market {market_id}")
@@ -285,7 +310,7 @@ def plot_diversion_ratios(
         cmap=cmap,
         centered=False,
         annotate=annotate,
-        colorbar_label="share of the row product's lost sales going to the column",
+        colorbar_label="share of the row product's lost\nsales going to the column",
         log=log,
     )
     kind = "Long-run diversion" if long_run else "Diversion ratios"
@@ -403,8 +428,9 @@ def counterfactual_changes(
         and ``product_ids`` (as for :meth:`~blpmodels.BLPResults.predict`).
     bootstrap : BootstrappedResults, optional
         Parameter draws (:meth:`~blpmodels.BLPResults.bootstrap`); each draw predicts both
-        the baseline and the counterfactual, and the intervals are percentiles of its
-        changes.
+        the baseline and the counterfactual
+        (:meth:`~blpmodels.BootstrappedResults.predict_changes`), and the
+        intervals are percentiles of its changes.
     level : float
         Coverage of the intervals.
     relative : bool
@@ -446,9 +472,9 @@ def counterfactual_changes(
         {"before": before, "after": after, "change": change(before, after)}, index=keys
     )
     if bootstrap is not None:
-        old = np.asarray(bootstrap.predict(baseline), dtype=np.float64)[:, positions]
-        new = np.asarray(bootstrap.predict(data), dtype=np.float64)
-        frame["lower"], frame["upper"] = _interval(change(old, new), float(level))
+        # One pass over the draws (one progress bar): each predicts baseline and change.
+        draws = bootstrap.predict_changes(data, relative=bool(relative))
+        frame["lower"], frame["upper"] = _interval(draws.to_numpy(dtype=np.float64), float(level))
     frame.attrs.update(level=float(level), relative=bool(relative))
     return frame
 

@@ -37,7 +37,6 @@ import blpmodels  # noqa: E402
 from blpmodels import (  # noqa: E402
     BLPLogit,
     ConvergenceWarning,
-    FixedPointError,
     datasets,
 )
 
@@ -406,7 +405,7 @@ def merger(
     dict
         ``merger`` (:class:`blpmodels.MergerResults`), ``seconds``, ``merging_price_change``
         and ``other_price_change`` (mean percent changes), ``excluded_error`` (the markets
-        named by the FixedPointError when the excluded markets are tried alone).
+        whose prices do not converge when the excluded markets are tried alone).
     """
     names = " and ".join(sorted({*firm_ids, *firm_ids.values()}))
     header(f"Merger of {names} (question 5 demand)")
@@ -461,17 +460,17 @@ def merger(
     )
     excluded_error = None
     if exclude:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                results.merger(firm_ids, market_id=exclude)
-        except FixedPointError as error:
-            excluded_error = list(error.markets)
+        with warnings.catch_warnings():
+            # Its ConvergenceWarning says what is printed here.
+            warnings.simplefilter("ignore")
+            alone = results.merger(firm_ids, market_id=exclude)
+        excluded_error = alone.markets.index[~alone.markets["converged"]].tolist()
+        if excluded_error:
             print(
                 f"In the excluded market(s) {exclude} the post-merger prices do not converge: "
-                f"FixedPointError names {excluded_error} (with the Hessian already indefinite "
-                "at observed prices, the price iteration runs off; there is no profit-"
-                "maximizing equilibrium to compare with)."
+                f".markets['converged'] is False in {excluded_error} (with the Hessian already "
+                "indefinite at observed prices, the price iteration runs off; there is no "
+                "profit-maximizing equilibrium to compare with)."
             )
     return {
         "merger": simulated,

@@ -12,6 +12,7 @@ implementation would fail about once in two million seeds).
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -107,6 +108,14 @@ def test_bootstrapped_counterfactual_and_its_intervals_by_hand(
     alpha = bootstrapped.params["prices"].to_numpy()
     expected = _logit_shares(delta_hat + np.outer(alpha - alpha_hat, prices))
     np.testing.assert_allclose(bootstrapped.predict(baseline), expected, rtol=1e-10)
+    # predict_changes: both predictions of each draw in one pass, as percent or points.
+    after = _logit_shares(delta_hat + np.outer(alpha - alpha_hat, prices)
+                          + np.outer(alpha, new_prices - prices))  # fmt: skip
+    changes = bootstrapped.predict_changes(changed)
+    np.testing.assert_allclose(changes, 100 * (after / expected - 1), rtol=1e-9)
+    assert changes.columns.equals(bootstrapped.predict(changed).columns)
+    points = bootstrapped.predict_changes(changed, relative=False)
+    np.testing.assert_allclose(points, after - expected, rtol=1e-9, atol=1e-15)
 
 
 def assert_draws_clipped_at_zero(results, bounded: str, free: list[str], n: int = 20_000):
@@ -252,18 +261,83 @@ def test_random_coefficient_bootstrap_predictions_by_hand(q5_results, exercise2)
         warnings.simplefilter("ignore", UserWarning)  # draws moved onto σ ≥ 0, if any
         bootstrapped = q5_results.bootstrap(draws=4, seed=5)
     predicted = bootstrapped.predict(market).to_numpy()
+    changes = bootstrapped.predict_changes(market).to_numpy()
     for row, draw in enumerate(bootstrapped.params.to_dict("records")):
-        delta = (
-            delta_hat
-            + draw["prices"] * market["prices"].to_numpy()
-            - params["prices"] * observed["prices"].to_numpy()
-        )
-        expected = _rc_shares(
-            delta,
-            market,
-            people,
-            draw["sigma[prices,prices]"],
-            draw["pi[mushy,log_income]"],
-            draw["pi[prices,log_income]"],
-        )
+        theta = (draw["sigma[prices,prices]"], draw["pi[mushy,log_income]"])
+        theta += (draw["pi[prices,log_income]"],)
+        moved = delta_hat + (draw["prices"] - params["prices"]) * observed["prices"].to_numpy()
+        delta = moved + draw["prices"] * (market["prices"] - observed["prices"]).to_numpy()
+        expected = _rc_shares(delta, market, people, *theta)
         np.testing.assert_allclose(predicted[row], expected, rtol=1e-10)
+        before = _rc_shares(moved, observed, people, *theta)
+        np.testing.assert_allclose(changes[row], 100 * (expected / before - 1), rtol=1e-8)
+
+
+# ---------------------------------------------------------------- progress, cost, display
+
+
+def test_a_bootstrapped_counterfactual_shows_one_labelled_bar(mixtape_products, iv_fe_results,
+                                                              capsys, monkeypatch):  # fmt: skip
+    """Baseline and counterfactual of every draw in one pass: one bar, "bootstrap k/n"."""
+    pytest.importorskip("tqdm")
+    from blpmodels import plotting
+
+    _, changed = load_example("mixtape_exercise1").counterfactual_data(mixtape_products)
+    bootstrapped = iv_fe_results.bootstrap(draws=10, seed=0, verbose=True)
+    plotting.counterfactual_changes(iv_fe_results, changed, bootstrap=bootstrapped)
+    err = capsys.readouterr().err
+    assert err.count("bootstrap 0/10 |") == 1 and err.count("bootstrap 10/10 |") == 1
+    assert err.count("|") == err.count("bootstrap ") * 2  # no other bar
+    # Without tqdm: plain lines, once through the draws.
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    bootstrapped.predict_changes(changed)
+    lines = [line.split(" (")[0] for line in capsys.readouterr().out.splitlines()]
+    assert lines == [f"bootstrap {k}/10" for k in range(1, 11)]  # a line per tenth
+
+
+def test_changed_data_are_built_once_for_all_draws(q5_results, exercise2, monkeypatch):
+    """The formulas are evaluated on the changed data once, not at every draw (profiling the
+    exercise-2 bootstrap found half of each draw's time there)."""
+    from blpmodels.data.design import TermBlock
+
+    products, _ = exercise2
+    changed = products.assign(prices=products["prices"] * 0.9)
+    calls = []
+    rebuild = TermBlock.rebuild
+
+    def counted(self, *args, **kwargs):
+        calls.append(self)
+        return rebuild(self, *args, **kwargs)
+
+    monkeypatch.setattr(TermBlock, "rebuild", counted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        bootstrapped = q5_results.bootstrap(draws=6, seed=0)
+    bootstrapped.predict(changed)
+    assert len(calls) == 3  # X1's exogenous and endogenous blocks and X2, once each
+    calls.clear()
+    bootstrapped.predict_changes(changed)
+    assert len(calls) == 3  # the baseline is the estimation data: nothing to build
+
+
+def test_bootstrap_html_shows_the_draws_beside_the_estimates(iv_results):
+    bootstrapped = iv_results.bootstrap(draws=400, seed=7)
+    text = bootstrapped._repr_html_()
+    assert text.startswith("<p>Parametric bootstrap: 400 draws") and "seed 7" in text
+    assert text.count("<table") == 1 and text.count("<tr") == 1 + len(iv_results.params)
+    draws = bootstrapped.params.to_numpy()
+    low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+    for k, name in enumerate(iv_results.params.index):
+        row = text[text.index(f"<th>{name}</th>") :].split("</tr>")[0]
+        cells = [cell.split("</td>")[0] for cell in row.split("<td>")[1:]]
+        expected = [
+            iv_results.params[name], iv_results.bse[name], draws[:, k].mean(),
+            draws[:, k].std(ddof=1), low[k], high[k],
+        ]  # fmt: skip
+        assert cells == [f"{value:.4g}" for value in expected]
+    assert "<th>2.5%</th>" in text and "<th>97.5%</th>" in text
+    assert repr(bootstrapped) == (
+        "<BootstrappedResults: Parametric bootstrap: 400 draws from N(params, cov_params()), "
+        "seed 7>"
+    )

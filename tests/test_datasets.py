@@ -136,7 +136,7 @@ def test_mixtape_products_derived_columns(mixtape: pd.DataFrame) -> None:
 @needs_data
 def test_mixtape_matches_derived_exercise_data(mixtape: pd.DataFrame) -> None:
     products, agents = load_mixtape_exercise2()
-    assert products.shape == (2256, 14) and agents.shape == (94000, 7)
+    assert products.shape == (2256, 15) and agents.shape == (94000, 7)
     np.testing.assert_allclose(products["shares"], mixtape["shares"], rtol=1e-12)
     assert (products["market_ids"] == mixtape["market_ids"]).all()
     over, _ = load_mixtape_exercise2(overidentified=True)
@@ -144,6 +144,52 @@ def test_mixtape_matches_derived_exercise_data(mixtape: pd.DataFrame) -> None:
     assert (over["firm_ids"] == mixtape["firm_ids"]).all()
     assert _is_string_column(agents["market_ids"])
     np.testing.assert_allclose(agents.groupby("market_ids")["weights"].sum(), 1.0)
+
+
+@pytest.mark.data
+@needs_data
+def test_every_mixtape_products_loader_gives_the_exercise_ids(mixtape: pd.DataFrame) -> None:
+    """Markets, products and firms as strings in every loader of Mixtape products; the firms
+    are the ones the course ships in its overidentified file (read from disk here)."""
+    shipped = pd.read_csv(
+        HOME / "mixtape" / "derived" / "ex2_product_data_with_overid_and_firms.csv",
+        usecols=["firm_ids"],
+    )["firm_ids"]
+    frames = {
+        "load_mixtape_products": mixtape,
+        "load_mixtape_exercise2": load_mixtape_exercise2()[0],
+        "load_mixtape_exercise2(overidentified=True)": load_mixtape_exercise2(overidentified=True)[
+            0
+        ],
+    }
+    for name, frame in frames.items():
+        for column in ("market_ids", "product_ids", "firm_ids"):
+            assert column in frame.columns and _is_string_column(frame[column]), (name, column)
+        assert frame["firm_ids"].tolist() == shipped.tolist(), name
+
+
+@pytest.mark.data
+@needs_data
+def test_costs_on_exercise2_without_passing_firms() -> None:
+    """Issue 19: ``costs()`` on the exercise-2 loader's data used to fail for want of firm ids.
+    Logit Bertrand markups have a closed form: every product of firm f has
+    p − c = −1 / (α (1 − s_f)), s_f the firm's inside share in the market."""
+    from blpmodels import BLPLogit
+
+    products, _ = load_mixtape_exercise2()
+    instruments = " + ".join(f"demand_instruments{k}" for k in range(4))
+    results = BLPLogit.from_formula(
+        f"shares ~ 0 + [prices ~ {instruments}]",
+        products,
+        absorb="C(market_ids) + C(product_ids)",
+    ).fit()
+    alpha = float(results.params["prices"])
+    firms = products["product_ids"].str[:2]  # the course's firms, built here independently
+    firm_share = products["shares"].groupby([products["market_ids"], firms]).transform("sum")
+    by_hand = products["prices"] + 1.0 / (alpha * (1.0 - firm_share))
+    costs = results.costs()
+    assert costs.index.names == ["market_ids", "product_ids"]
+    np.testing.assert_allclose(costs.to_numpy(), by_hand.to_numpy(), rtol=1e-10)
 
 
 @pytest.mark.data

@@ -405,3 +405,139 @@ def test_results_methods_draw_what_the_plotting_functions_draw(rc_results, econo
     np.testing.assert_allclose(line.get_ydata(), profile["objective"])
     trace = rc_results.plot_trace().lines[0].get_ydata()
     np.testing.assert_array_equal(trace, plotting.plot_trace(rc_results).lines[0].get_ydata())
+
+
+# ----------------------------------------------------------------------------- saved whole
+@pytest.fixture(scope="module")
+def logit24():
+    """A logit market the size of the Mixtape's (24 products, ids like ``F1B04``): own price
+    elasticities near −5, cross elasticities a few tenths, bars with rotated labels."""
+    data = simulate_logit(n_markets=4, n_products=24, n_firms=6, seed=2).products
+    within = data.groupby("market_ids").cumcount()
+    data["product_ids"] = [
+        f"{firm}B{k:02d}" for firm, k in zip(data["firm_ids"], within, strict=True)
+    ]
+    results = BLPLogit.from_formula("shares ~ 1 + x + [prices ~ cost_shifter]", data).fit()
+    return data, results
+
+
+def _in_view(axis: matplotlib.axis.Axis, tick: matplotlib.axis.Tick) -> bool:
+    """Whether matplotlib draws the tick: its location lies within the axis' view interval
+    (in the axis' scale, as matplotlib compares them). Ticks outside keep stale labels."""
+    transform = axis.get_transform()
+    low, high = sorted(transform.transform(np.asarray(axis.get_view_interval())))
+    where = float(transform.transform(np.asarray([tick.get_loc()]))[0])
+    slack = 1e-9 * max(high - low, 1.0)
+    return low - slack <= where <= high + slack
+
+
+def _texts_outside(figure: matplotlib.figure.Figure) -> list[str]:
+    """The drawn texts (tick labels, axis labels, titles, legends, colorbar labels, cell
+    values) whose extent, in pixels after a draw, is not inside the figure."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    hidden = set()
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for tick in [*axis.get_major_ticks(), *axis.get_minor_ticks()]:
+                if not _in_view(axis, tick):
+                    hidden.update({id(tick.label1), id(tick.label2)})
+    outside = []
+    page = figure.bbox
+    for text in figure.findobj(matplotlib.text.Text):
+        if not text.get_visible() or not text.get_text().strip() or id(text) in hidden:
+            continue
+        box = text.get_window_extent(renderer)
+        if (
+            box.x0 < page.x0 - 1
+            or box.y0 < page.y0 - 1
+            or box.x1 > page.x1 + 1
+            or box.y1 > page.y1 + 1
+        ):
+            outside.append(text.get_text())
+    return outside
+
+
+def _long_changes() -> pd.Series:
+    index = pd.Index([f"F{k % 5 + 1}B{k:02d}" for k in range(20)], name="product_ids")
+    return pd.Series(np.linspace(-3.0, 25.0, 20), index=index, name="price change")
+
+
+def _saved_plots(rc_results, logit24, economy):
+    """One figure per public plot function (two where the layout differs), on small data."""
+    data24, logit_results = logit24
+    market24 = data24["market_ids"].iloc[0]
+    data, _ = economy
+
+    def merger():
+        return logit_results.merger(firm_ids={"F2": "F1"})
+
+    return {
+        "plot_elasticities": lambda: plotting.plot_elasticities(logit_results, market24),
+        "plot_elasticities_annotated": lambda: plotting.plot_elasticities(rc_results, 3),
+        "plot_diversion_ratios": lambda: plotting.plot_diversion_ratios(logit_results, market24),
+        "plot_counterfactual": lambda: plotting.plot_counterfactual(
+            rc_results, _halved(data, 7, "P2"), bootstrap=rc_results.bootstrap(10, seed=0)
+        ),
+        "plot_merger": lambda: plotting.plot_merger(merger(), "prices", market_id=market24),
+        "plot_merger_averaged": lambda: plotting.plot_merger(merger(), "profits"),
+        "plot_changes": lambda: plotting.plot_changes(
+            _long_changes(), _long_changes() - 1, _long_changes() + 1
+        ),
+        "plot_profile": lambda: plotting.plot_profile(rc_results, "sigma[x,x]", points=5),
+        "plot_trace": lambda: plotting.plot_trace(rc_results),
+    }
+
+
+SAVED = [
+    "plot_elasticities",
+    "plot_elasticities_annotated",
+    "plot_diversion_ratios",
+    "plot_counterfactual",
+    "plot_merger",
+    "plot_merger_averaged",
+    "plot_changes",
+    "plot_profile",
+    "plot_trace",
+]
+
+
+def test_every_public_plot_function_is_saved_whole():
+    public = {name for name in plotting.__all__ if name.startswith("plot_")}
+    assert public <= {name.removesuffix("_annotated").removesuffix("_averaged") for name in SAVED}
+
+
+@pytest.mark.filterwarnings("ignore:.*bootstrap draws fell outside:UserWarning")
+@pytest.mark.parametrize("name", SAVED)
+def test_a_plain_savefig_keeps_every_label_inside_the_figure(
+    name, rc_results, logit24, economy, tmp_path
+):
+    """Saved without ``bbox_inches="tight"``, no text of the figure is cut off."""
+    ax = _saved_plots(rc_results, logit24, economy)[name]()
+    figure = ax.figure
+    figure.savefig(tmp_path / f"{name}.png")
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+    assert _texts_outside(figure) == []
+
+
+def test_elasticity_colorbar_has_ticks_on_both_sides_of_zero(logit24):
+    """Own elasticities near −5 and cross elasticities of a few tenths: both scales read."""
+    data, results = logit24
+    market = data["market_ids"].iloc[0]
+    matrix = results.elasticities(market_id=market).to_numpy()
+    # The logit's closed form: own α p_j (1 − s_j) < 0, cross −α p_k s_k > 0.
+    own, cross = np.diag(matrix), matrix[~np.eye(len(matrix), dtype=bool)]
+    assert own.max() < -1 and 0 < cross.max() < 1
+    ax = plotting.plot_elasticities(results, market)
+    colorbar = ax.images[0].colorbar
+    ax.figure.canvas.draw()
+    ticks = np.array(
+        [tick.get_loc() for tick in colorbar.ax.yaxis.get_major_ticks()
+         if _in_view(colorbar.ax.yaxis, tick)]
+    )  # fmt: skip
+    assert (ticks < 0).sum() >= 2 and (ticks > 0).sum() >= 2, ticks
+    assert ticks.min() >= own.min() and ticks.max() <= cross.max()
+    labels = [label.get_text() for label in colorbar.ax.get_yticklabels() if label.get_text()]
+    assert len(set(labels)) == len(labels)  # readable: no two ticks print the same
+    # The diverging norm puts zero in the middle of the bar: each sign gets half of it.
+    assert ax.images[0].norm(0.0) == pytest.approx(0.5)

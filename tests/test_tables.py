@@ -105,7 +105,9 @@ def _read_latex(text: str) -> tuple[list[str], list[list[str]], list[list[str]],
 
 
 def _read_markdown(text: str) -> tuple[list[str], list[list[str]], str]:
-    table, note = text.split("\n\n")
+    # The text ends with a newline, as a file should.
+    assert text.endswith("\n")
+    table, note = text[:-1].split("\n\n")
     rows = []
     for line in table.splitlines():
         assert line.startswith("| ") and line.endswith(" |"), line

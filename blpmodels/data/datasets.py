@@ -179,6 +179,15 @@ def _read_pair(
     return products, agents
 
 
+def _mixtape_firms(product_ids: pd.Series) -> pd.Series:
+    """Firm ids of the Mixtape cereal products: the first two characters ("F1B04" is F1).
+
+    This is how the course builds them; the derived file that ships ``firm_ids``
+    (``ex2_product_data_with_overid_and_firms.csv``) holds exactly these.
+    """
+    return product_ids.str.slice(0, 2)
+
+
 @_loader
 def load_mixtape_products(data_home: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """Load the Mixtape Sessions cereal data (24 products in 94 markets), ready for estimation.
@@ -214,7 +223,7 @@ def load_mixtape_products(data_home: str | os.PathLike[str] | None = None) -> pd
     data = _read_csv("mixtape/products.csv", data_home, strings=("market", "product"))
     data["market_ids"] = data["market"]
     data["product_ids"] = data["product"]
-    data["firm_ids"] = data["product"].str.slice(0, 2)
+    data["firm_ids"] = _mixtape_firms(data["product"])
     data["market_size"] = data["city_population"] * MIXTAPE_SERVINGS_PER_PERSON
     data["shares"] = data["servings_sold"] / data["market_size"]
     data["prices"] = data["price_per_serving"]
@@ -263,13 +272,16 @@ def load_mixtape_exercise2(
         Data folder; see :func:`data_home`.
     overidentified : bool, default False
         Read ``mixtape/derived/ex2_product_data_with_overid_and_firms.csv`` (adds
-        ``demand_instruments4``, ``log_income_std`` and ``firm_ids``) instead of
+        ``demand_instruments4`` and ``log_income_std``) instead of
         ``mixtape/derived/ex2_product_data.csv``.
 
     Returns
     -------
     products : pandas.DataFrame
-        2,256 rows: ids, ``shares``, ``prices``, ``demand_instruments0..3`` (``..4``) and the
+        2,256 rows: ``market_ids``, ``product_ids`` and ``firm_ids`` (strings; ``firm_ids`` are
+        the first two characters of ``product_ids``, as in :func:`load_mixtape_products`, added
+        when the file has none, so the supply side — ``costs()``, ``merger()`` — works on
+        either file), ``shares``, ``prices``, ``demand_instruments0..3`` (``..4``) and the
         columns they were built from.
     agents : pandas.DataFrame
         94,000 rows from ``mixtape/derived/ex2_agent_data.csv.gz``: ``demographics_row``,
@@ -282,12 +294,16 @@ def load_mixtape_exercise2(
     >>> products, agents = load_mixtape_exercise2(overidentified=True)  # doctest: +SKIP
     >>> products.shape, agents.shape  # doctest: +SKIP
     ((2256, 17), (94000, 7))
+    >>> sorted(load_mixtape_exercise2()[0]["firm_ids"].unique())  # doctest: +SKIP
+    ['F1', 'F2', 'F3', 'F4', 'F6']
     """
     name = (
         "ex2_product_data_with_overid_and_firms.csv" if overidentified else "ex2_product_data.csv"
     )
     ids = ("market_ids", "product_ids", "firm_ids")
     products = _read_csv(f"mixtape/derived/{name}", data_home, strings=ids)
+    if "firm_ids" not in products.columns:
+        products["firm_ids"] = _mixtape_firms(products["product_ids"])
     agents = _read_csv("mixtape/derived/ex2_agent_data.csv.gz", data_home, strings=("market_ids",))
     return products, agents
 

@@ -3,7 +3,9 @@
 An :class:`Integration` describes how to approximate expectations over standard normal taste
 shocks: pseudo-random or quasi-random draws (``"monte_carlo"``, ``"halton"``, ``"lhs"``,
 ``"mlhs"``), a Gauss–Hermite tensor product (``"product"``) or a Smolyak sparse grid
-(``"grid"``). :func:`build_integration` lays the nodes and weights out as agent data: columns
+(``"grid"``), and their nested analogues built on the Genz–Keister extensions of Gauss–Hermite
+rules (``"nested_product"``, ``"nested_grid"``: the Heiss–Winschel sparse grids, pyblp's rules of
+the same names). :func:`build_integration` lays the nodes and weights out as agent data: columns
 ``market_ids`` (optional), ``weights``, ``nodes0``, ``nodes1``, …, where node column ``k``
 pairs with the k-th random-coefficient column.
 """
@@ -15,8 +17,9 @@ import inspect
 import itertools
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -32,10 +35,21 @@ from blpmodels.exceptions import BLPInputError, IntegrationWarning
 
 __all__ = ["KINDS", "Integration", "build_integration", "check_weights", "on_gauss_hermite_nodes"]
 
-IntegrationKind = Literal["monte_carlo", "halton", "lhs", "mlhs", "product", "grid"]
+IntegrationKind = Literal[
+    "monte_carlo", "halton", "lhs", "mlhs", "product", "grid", "nested_product", "nested_grid"
+]
 
 #: Valid integration kinds.
-KINDS: tuple[str, ...] = ("monte_carlo", "halton", "lhs", "mlhs", "product", "grid")
+KINDS: tuple[str, ...] = (
+    "monte_carlo",
+    "halton",
+    "lhs",
+    "mlhs",
+    "product",
+    "grid",
+    "nested_product",
+    "nested_grid",
+)
 
 # Options each kind accepts, with their defaults.
 _OPTIONS: dict[str, dict[str, Any]] = {
@@ -45,6 +59,8 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "mlhs": {},
     "product": {},
     "grid": {},
+    "nested_product": {},
+    "nested_grid": {},
 }
 
 # Uniform draws are kept inside [_LOW, _HIGH] so that the normal inverse CDF stays finite.
@@ -70,15 +86,24 @@ class Integration:
 
     Parameters
     ----------
-    kind : {"monte_carlo", "halton", "lhs", "mlhs", "product", "grid"}
-        ``"monte_carlo"``: pseudo-random standard normal draws. ``"halton"``: scrambled Halton
-        sequence. ``"lhs"``: Latin hypercube sample. ``"mlhs"``: modified Latin hypercube
-        sample (Hess, Train & Polak, 2006). ``"product"``: Gauss–Hermite tensor product.
-        ``"grid"``: Smolyak sparse grid of Gauss–Hermite rules. The sampling kinds map
-        uniforms to normals with the normal inverse CDF and give each node weight ``1/size``.
+    kind : str
+        One of :data:`KINDS`. ``"monte_carlo"``: pseudo-random standard normal draws.
+        ``"halton"``: scrambled Halton sequence. ``"lhs"``: Latin hypercube sample.
+        ``"mlhs"``: modified Latin hypercube sample (Hess, Train & Polak, 2006).
+        ``"product"``: Gauss–Hermite tensor product. ``"grid"``: Smolyak sparse grid of
+        Gauss–Hermite rules. ``"nested_grid"``: the Heiss–Winschel (2008) sparse grid of
+        nested rules (their "KPN"; pyblp's ``Integration('nested_grid', size)``), whose
+        one-dimensional rules are the Genz–Keister (1996) extensions of Gauss–Hermite rules:
+        each level keeps the nodes of the one before, so the grid reuses them and needs fewer
+        nodes than ``"grid"`` for the same accuracy from level 4 on in several dimensions.
+        ``"nested_product"``: the tensor product of one nested rule. Weights of the grids,
+        and of nested rules from level 9 on, can be negative. The sampling kinds map uniforms
+        to normals with the normal inverse CDF and give each node weight ``1/size``.
     size : int
-        Draws per market for the sampling kinds, nodes per dimension for ``"product"`` and
-        accuracy level for ``"grid"`` (exact for polynomials of total degree ``2*size - 1``).
+        Draws per market for the sampling kinds, nodes per dimension for ``"product"``, and
+        the accuracy level for ``"grid"``, ``"nested_grid"`` and ``"nested_product"`` (exact
+        for polynomials of total degree ``2*size - 1``; nested rules are tabulated up to
+        level 25).
     seed : int, optional
         Seed of the random generator (ignored by ``"product"`` and ``"grid"``); ``None``
         draws fresh entropy.
@@ -129,6 +154,11 @@ class Integration:
                 raise BLPInputError(f"option {key!r} must be a bool, got {resolved[key]!r}")
         if "discard" in resolved:
             resolved["discard"] = _check_int(resolved["discard"], "option 'discard'", 0)
+        if self.kind.startswith("nested") and self.size > MAX_NESTED_LEVEL:
+            raise BLPInputError(
+                f"{self.kind!r} rules are tabulated up to level {MAX_NESTED_LEVEL} (exact for "
+                f"degree {2 * MAX_NESTED_LEVEL - 1}); got size={self.size}"
+            )
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         object.__setattr__(self, "_resolved", MappingProxyType(resolved))
 
@@ -174,6 +204,12 @@ class Integration:
         if self.kind == "grid":
             nodes, weights = _sparse_grid(size, dimensions)
             return np.broadcast_to(nodes, (n_markets, *nodes.shape)), weights
+        if self.kind == "nested_product":
+            nodes, weights = _tensor([_nested_rule(size)] * dimensions)
+            return np.broadcast_to(nodes, (n_markets, *nodes.shape)), weights
+        if self.kind == "nested_grid":
+            nodes, weights = _sparse_grid(size, dimensions, _nested_rule)
+            return np.broadcast_to(nodes, (n_markets, *nodes.shape)), weights
         rng = np.random.default_rng(self.seed)
         weights = np.full(size, 1.0 / size)
         if self.kind == "monte_carlo":
@@ -206,10 +242,10 @@ def _rule_bytes(kind: str, size: int, dimensions: int, n_markets: int) -> tuple[
     Sparse grids are counted by their Gauss–Hermite rules only (their node count needs the
     grid itself).
     """
-    if kind == "grid":
+    if kind in ("grid", "nested_grid"):
         return 0, 8 * 3 * size**2
-    if kind == "product":
-        agents = size**dimensions
+    if kind in ("product", "nested_product"):
+        agents = (size if kind == "product" else 2 * len(_nested_abscissae(size)) - 1) ** dimensions
         rule = 3 * size**2 + 3 * (dimensions + 1) * agents
         return agents, 8 * (rule + n_markets * agents * (dimensions + 2))
     return size, 8 * n_markets * size * (2 * dimensions + 2)
@@ -247,8 +283,14 @@ def _check_rule_size(kind: str, size: int, dimensions: int, n_markets: int) -> N
             "in each dimension; 5 to 10 is usual), Integration('grid', level) in several "
             "dimensions, or a sampling rule such as Integration('halton', 1000)"
         )
-    elif kind == "grid":
-        what = f"the sparse grid of level {size} (Gauss–Hermite rules of up to {size} nodes)"
+    elif kind == "nested_product":
+        what = (
+            f"the nested product rule of level {size} in {dimensions} dimension(s) "
+            f"({agents:.3g} agents per market, {n_markets} market(s))"
+        )
+        advice = "use a lower level, or Integration('nested_grid', level) in several dimensions"
+    elif kind in ("grid", "nested_grid"):
+        what = f"the sparse grid of level {size} (one-dimensional rules of level up to {size})"
         advice = "use fewer nodes: a lower level (2 to 7 is usual)"
     else:
         what = f"{size} {kind} draws in {dimensions} dimension(s) for {n_markets} market(s)"
@@ -280,6 +322,76 @@ def _hermite_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes, weights
 
 
+#: The positive nodes of the nested rules for N(0, 1), each with the first level whose rule
+#: holds it: the Genz–Keister (1996) extensions of Gauss–Hermite rules as Heiss and Winschel
+#: tabulate them for their sparse grids ("KPN", nwspgr; pyblp copies the same table). A level's
+#: rule puts 0 and ± every node up to it; its weights are derived from the nodes in
+#: :func:`_nested_rule`.
+_NESTED_NODES: tuple[tuple[float, int], ...] = (
+    (0.24899229757996061, 16),
+    (0.74109534999454085, 4),
+    (1.2304236340273060, 9),
+    (1.7320508075688772, 2),
+    (2.2336260616769419, 16),
+    (2.5960831150492023, 9),
+    (2.8612795760570582, 5),
+    (3.2053337944991944, 10),
+    (3.6353185190372783, 16),
+    (4.1849560176727323, 4),
+    (4.7364330859522967, 18),
+    (5.1870160399136562, 9),
+    (5.6981777684881099, 17),
+    (6.3633944943363696, 9),
+    (7.1221067008046166, 16),
+    (7.9807717985905606, 16),
+    (9.0169397898903032, 16),
+)
+#: The highest level of the nested rules (the table's; exact for polynomials of degree 49).
+MAX_NESTED_LEVEL = 25
+
+
+def _nested_abscissae(level: int) -> tuple[float, ...]:
+    """The positive nodes of the nested rule of ``level`` (0 is a node of every level)."""
+    return tuple(node for node, first in _NESTED_NODES if first <= level)
+
+
+@functools.lru_cache(maxsize=32)
+def _nested_rule(level: int) -> tuple[np.ndarray, np.ndarray]:
+    """The nested (Genz–Keister) rule of ``level`` for N(0, 1): nodes and weights.
+
+    The weights are those of the interpolatory rule on 0 and ± the level's nodes: the unique
+    symmetric weights that integrate 1, x², …, x^(2m) exactly (m positive nodes). With
+    y = x² the conditions are a Vandermonde system in y; its solution is E[L_k(X²)] for the
+    Lagrange polynomials L_k on the nodes' squares, computed here in exact rational arithmetic
+    (the system is far too ill-conditioned for floating point at 35 nodes) and rounded once.
+    Each rule integrates polynomials of degree 2·level − 1 exactly (more on most levels).
+    """
+    positive = _nested_abscissae(level)
+    squares = [Fraction(0), *(Fraction(node) ** 2 for node in positive)]
+    moments = [Fraction(math.prod(range(2 * k - 1, 0, -2))) for k in range(len(squares))]
+    weights = []
+    for k, y_k in enumerate(squares):
+        # Coefficients of L_k(y) = Π_{i≠k} (y − y_i) / (y_k − y_i), lowest power first.
+        coefficients = [Fraction(1)]
+        for i, y_i in enumerate(squares):
+            if i == k:
+                continue
+            scale = y_k - y_i
+            shifted = [Fraction(0), *coefficients]
+            coefficients = [
+                (shifted[n] - y_i * (coefficients[n] if n < len(coefficients) else 0)) / scale
+                for n in range(len(shifted))
+            ]
+        weights.append(sum(c * m for c, m in zip(coefficients, moments, strict=True)))
+    # The weight of y_k = x² is shared by the nodes ±x.
+    half = np.array([float(w / 2) for w in weights[1:]])
+    nodes = np.concatenate([-np.array(positive[::-1]), [0.0], np.array(positive)])
+    full = np.concatenate([half[::-1], [float(weights[0])], half])
+    nodes.flags.writeable = False
+    full.flags.writeable = False
+    return nodes, full
+
+
 #: Gauss–Hermite rules of up to this many points are recognized in agent data: a sparse grid of
 #: level L combines rules of at most L points (levels 2 to 7 are usual).
 _RECOGNIZED_RULES = 64
@@ -291,17 +403,22 @@ _NODE_TOLERANCE = 1e-8
 
 @functools.lru_cache(maxsize=1)
 def _hermite_abscissae() -> np.ndarray:
-    """Sorted nodes of the Gauss–Hermite rules with 1 to :data:`_RECOGNIZED_RULES` points."""
-    return np.unique(np.concatenate([_hermite_rule(n)[0] for n in range(1, _RECOGNIZED_RULES + 1)]))
+    """Sorted nodes of the Gauss–Hermite rules with 1 to :data:`_RECOGNIZED_RULES` points and
+    of the nested rules."""
+    nested = np.array([node for node, _ in _NESTED_NODES])
+    rules = [_hermite_rule(n)[0] for n in range(1, _RECOGNIZED_RULES + 1)]
+    return np.unique(np.concatenate([*rules, nested, -nested]))
 
 
 def on_gauss_hermite_nodes(nodes: ArrayLike) -> np.ndarray:
     """Which rows of ``nodes`` lie on Gauss–Hermite nodes in every coordinate.
 
     Sparse grids (``Integration("grid", level)``) and product rules place every coordinate of
-    every node on the nodes of a one-dimensional Gauss–Hermite rule; Monte Carlo and
-    quasi-random draws essentially never do. Agent data use this to tell a sparse grid's
-    negative weights, which are part of the rule, from negative weights that are an error.
+    every node on the nodes of a one-dimensional Gauss–Hermite rule, and the nested rules
+    (``"nested_grid"``, ``"nested_product"``) on those of a nested Genz–Keister rule, which
+    count too; Monte Carlo and quasi-random draws essentially never do. Agent data use this to
+    tell a sparse grid's negative weights, which are part of the rule, from negative weights
+    that are an error.
 
     Parameters
     ----------
@@ -312,8 +429,8 @@ def on_gauss_hermite_nodes(nodes: ArrayLike) -> np.ndarray:
     -------
     numpy.ndarray
         ``(n,)`` booleans: each coordinate is within 1e-8 (relative, 1e-8 absolute near zero)
-        of a node of a Gauss–Hermite rule with at most 64 points. Rows of zero columns are
-        False (no node says where they come from).
+        of a node of a Gauss–Hermite rule with at most 64 points or of a nested rule. Rows of
+        zero columns are False (no node says where they come from).
 
     Examples
     --------
@@ -359,11 +476,17 @@ def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
         yield tuple(bounds[j + 1] - bounds[j] for j in range(parts))
 
 
-def _sparse_grid(level: int, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
-    """Smolyak combination of Gauss–Hermite rules, exact for total degree ``2*level - 1``.
+def _sparse_grid(
+    level: int,
+    dimensions: int,
+    rule: Callable[[int], tuple[np.ndarray, np.ndarray]] = _hermite_rule,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smolyak combination of one-dimensional rules, exact for total degree ``2*level - 1``.
 
     The rule is ``Σ (-1)^(L+d-1-|i|) C(d-1, L+d-1-|i|) ⊗_j U_{i_j}`` over multi-indices
-    ``i ≥ 1`` with ``max(d, L) ≤ |i| ≤ L+d-1``, where ``U_m`` is the m-point rule.
+    ``i ≥ 1`` with ``max(d, L) ≤ |i| ≤ L+d-1``, where ``U_m = rule(m)``: the m-point
+    Gauss–Hermite rule, or the nested rule of level m (Heiss and Winschel's grids). Nodes that
+    several products share are merged by adding their weights.
     """
     top = level + dimensions - 1
     node_parts: list[np.ndarray] = []
@@ -371,7 +494,7 @@ def _sparse_grid(level: int, dimensions: int) -> tuple[np.ndarray, np.ndarray]:
     for total in range(max(dimensions, level), top + 1):
         coefficient = (-1) ** (top - total) * math.comb(dimensions - 1, top - total)
         for index in _compositions(total, dimensions):
-            nodes, weights = _tensor([_hermite_rule(m) for m in index])
+            nodes, weights = _tensor([rule(m) for m in index])
             node_parts.append(nodes)
             weight_parts.append(coefficient * weights)
     nodes = np.concatenate(node_parts) + 0.0  # + 0.0 turns -0.0 into 0.0
@@ -460,7 +583,7 @@ def check_weights(weights: ArrayLike, market_ids: ArrayLike | None, kind: str | 
     market_ids : array-like, optional
         The agents' markets; ``None`` treats all agents as one market.
     kind : str, optional
-        Integration kind; sparse grids (``"grid"``) are not checked.
+        Integration kind; sparse grids (``"grid"``, ``"nested_grid"``) are not checked.
 
     Warns
     -----
@@ -484,7 +607,7 @@ def check_weights(weights: ArrayLike, market_ids: ArrayLike | None, kind: str | 
     >>> print(caught[0].message)
     agent weights do not sum to one in 1 market(s): ['a'] (first sum 0.9)
     """
-    if kind == "grid":
+    if kind in ("grid", "nested_grid"):
         return
     values = np.asarray(weights, dtype=np.float64).ravel()
     if market_ids is None:

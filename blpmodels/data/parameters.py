@@ -122,17 +122,51 @@ def _bounds(
 
 
 def _sigma_start(sigma: Any, characteristics: Sequence[str]) -> np.ndarray:
-    """Starting Σ, checked to be a lower-triangular K2×K2 matrix."""
+    """Starting Σ, checked to be a lower-triangular K2×K2 matrix.
+
+    A full K2×K2 matrix is accepted when its entries above the diagonal are zero. Nonzero
+    entries there are refused, naming each: pyblp ignores them, but here a zero fixes a
+    parameter and a nonzero frees one, so silently dropping entries could fix or free
+    parameters the user did not mean to.
+    """
     k2 = len(characteristics)
     sigma_start = _as_matrix(sigma, (k2, k2), "sigma", characteristics, characteristics)
-    if np.any(np.triu(sigma_start, 1) != 0):
-        rows, columns = np.nonzero(np.triu(sigma_start, 1))
+    upper = np.triu(sigma_start, 1)
+    if np.any(upper != 0):
+        rows, columns = np.nonzero(upper)
+        entries = [
+            f"sigma[{characteristics[row]},{characteristics[column]}]"
+            for row, column in zip(rows, columns, strict=True)
+        ]
+        shown = ", ".join(entries[:10]) + (
+            f" and {len(entries) - 10} more" if len(entries) > 10 else ""
+        )
+        hint = (
+            "; sigma looks like a covariance matrix (symmetric, positive definite): if it is "
+            "one, pass its Cholesky root numpy.linalg.cholesky(covariance) instead"
+            if _positive_definite(sigma_start)
+            else ""
+        )
         raise BLPInputError(
-            "sigma is the lower-triangular Cholesky root: entry "
-            f"sigma[{characteristics[rows[0]]},{characteristics[columns[0]]}] above the "
-            "diagonal must be zero"
+            "sigma is the lower-triangular Cholesky root of the random coefficients' "
+            "covariance (as in pyblp): drop the "
+            f"{'nonzero entry' if len(entries) == 1 else f'{len(entries)} nonzero entries'} "
+            f"{shown} above the "
+            "diagonal, e.g. sigma=numpy.tril(sigma) (pyblp ignores entries there; blpmodels "
+            f"refuses them because a nonzero start frees a parameter and a zero fixes it){hint}"
         )
     return sigma_start
+
+
+def _positive_definite(matrix: np.ndarray) -> bool:
+    """Whether ``matrix`` is symmetric and positive definite (a covariance, not a root)."""
+    if not np.allclose(matrix, matrix.T):
+        return False
+    try:
+        np.linalg.cholesky(matrix)
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def _rho_start(rho: Any, nests: Sequence[Any]) -> np.ndarray:
@@ -275,8 +309,10 @@ class NonlinearParameters:
         nests : sequence
             Nest labels (H) when the model is nested.
         sigma : array-like, optional
-            K2×K2 lower-triangular starting Σ; zeros stay fixed at zero. A scalar 0 means
-            all zeros.
+            K2×K2 lower-triangular starting Σ (a full K2×K2 matrix whose entries above the
+            diagonal are zero, e.g. ``numpy.tril(numpy.ones((K2, K2)))`` for a full Cholesky
+            root); zeros stay fixed at zero. A scalar 0 means all zeros. Nonzero entries above
+            the diagonal are an error naming them (pyblp ignores them).
         pi : array-like, optional
             K2×D starting Π; zeros stay fixed at zero.
         rho : float or array-like, optional

@@ -46,6 +46,7 @@ from blpmodels.estimation.gauss_newton import run_gauss_newton
 from blpmodels.estimation.iteration_log import ITERATION_COLUMNS, TRACE_COLUMNS, IterationLog
 from blpmodels.estimation.objective import NonlinearObjective
 from blpmodels.estimation.optimize import (
+    NOT_OPTIMIZED,
     OptimizationOutcome,
     gradient_tolerance,
     progress,
@@ -224,6 +225,10 @@ class Estimator:
             self._label = {"step": step, "start": 0}
             if not has_free:
                 evaluation = self.objective.evaluate(theta)
+            elif self.settings.evaluate_only:
+                # optimizer="none": this step's evaluation is already at θ (the start's, or
+                # the one after the W update); only its record is made.
+                outcome = _not_optimized(theta)
             elif step == 1 and self.settings.starts:
                 outcome, evaluation, start_table = self._multistart(theta)
             else:
@@ -254,6 +259,17 @@ class Estimator:
         warn_user(message, ConvergenceWarning)
 
     def _solvable_start(self, theta0: np.ndarray, what: str) -> tuple[np.ndarray, Any]:
+        if self.settings.evaluate_only:
+            # The user asked for these values: never move them towards zero.
+            evaluation = self.objective.evaluate(theta0, gradient=theta0.size > 0)
+            if not evaluation.success:
+                raise fixed_point_error(
+                    evaluation,
+                    f"at {what} (optimizer='none' evaluates there)",
+                    self.problem.market_labels,
+                    self.problem.fp_max_evaluations,
+                )
+            return theta0, evaluation
         theta, evaluation, note = solvable_start(self.objective, theta0, what, self.problem)
         if note is not None:
             self._warn(note)
@@ -470,7 +486,8 @@ class Estimator:
                 theta, evaluation, outcome, diagnostics, tolerance, steps
             )
         hessian_seconds = time.perf_counter() - clock
-        for note in diagnostics.warnings:
+        # At values the user fixed, "the gradient is not near zero" says nothing new.
+        for note in [] if self.settings.evaluate_only else diagnostics.warnings:
             self._warn(note)
         outside = self.problem.outside_declared_bounds(theta)
         if outside is not None:
@@ -564,6 +581,11 @@ class Estimator:
         elif not outcome.converged:
             self._warn(f"the optimizer did not converge: {outcome.message}")
         return converged, outcome
+
+
+def _not_optimized(theta: np.ndarray) -> OptimizationOutcome:
+    """The outcome of a step with ``optimizer="none"``: θ as given, nothing optimized."""
+    return OptimizationOutcome(theta.copy(), True, NOT_OPTIMIZED, 0, 0, 0.0, "none")
 
 
 def _step_record(step: int, evaluation: Any, outcome: OptimizationOutcome | None) -> dict[str, Any]:

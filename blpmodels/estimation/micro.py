@@ -34,18 +34,24 @@ import numpy as np
 import pandas as pd
 
 from blpmodels.data.products import ProductDesign
+from blpmodels.estimation.micro_parts import (
+    _check_name,
+    _check_probability,
+    _column,
+    _indicator,
+    covariance,
+    covariance_gradient,
+    dataset_repr,
+    moment_repr,
+    ratio,
+    ratio_gradient,
+)
 from blpmodels.exceptions import BLPInputError
 from blpmodels.kernel.micro_probabilities import MicroMarket
 
 __all__ = ["MicroDataset", "MicroMoment"]
 
 ArrayFunction = Callable[[Any, pd.DataFrame, pd.DataFrame], Any]
-
-
-def _check_name(name: Any, what: str) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise BLPInputError(f"{what} name must be a non-empty string, got {name!r}")
-    return name
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +99,9 @@ class MicroDataset:
     second_choices: bool = False
     eliminated: str | None = None
 
+    def __repr__(self) -> str:
+        return dataset_repr(self)
+
     def __post_init__(self) -> None:
         _check_name(self.name, "micro dataset")
         observations = self.observations
@@ -136,45 +145,6 @@ class MicroDataset:
                     f"micro dataset {self.name!r}: eliminated groups only matter with "
                     "second_choices=True"
                 )
-
-
-def _column(frame: pd.DataFrame, name: str, what: str, moment: str) -> np.ndarray:
-    """A numeric column of products or agents, or a pandas expression of their columns."""
-    if name in frame.columns:
-        values = frame[name]
-    else:
-        try:
-            values = frame.eval(name)
-        except Exception as error:
-            raise BLPInputError(
-                f"micro moment {moment!r}: the {what} have no column {name!r} (and it is not an "
-                f"expression of their columns: {error}); columns: {list(frame.columns)}"
-            ) from None
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
-    if values.size != len(frame):
-        raise BLPInputError(f"micro moment {moment!r}: {name!r} is not one value per row")
-    return values
-
-
-def _indicator(frame: pd.DataFrame, name: str, moment: str, role: str) -> np.ndarray:
-    """A 0/1 product column (or expression) selecting products; other values would make a share
-    of buyers, or a mean among them, a weighted sum that is neither, so they are an error."""
-    values = _column(frame, name, "products", moment)
-    bad = ~((values == 0.0) | (values == 1.0))
-    if bad.any():
-        examples = np.unique(values[bad])[:3].tolist()
-        raise BLPInputError(
-            f"micro moment {moment!r}: {role} {name!r} must be a 0/1 product column selecting "
-            f"products, but it has the values {examples} (write a condition such as "
-            f"'{name} > 0', or give weighted values as parts of a MicroMoment yourself)"
-        )
-    return values
-
-
-def _check_probability(value: float, moment: str, what: str) -> None:
-    if not 0.0 <= value <= 1.0:
-        message = f"micro moment {moment!r}: {what}, so its value must be in [0, 1], got {value!r}"
-        raise BLPInputError(message)
 
 
 @dataclass(frozen=True, eq=False)
@@ -224,6 +194,9 @@ class MicroMoment:
     parts: Sequence[ArrayFunction] = ()
     function: Callable[[np.ndarray], Any] | None = None
     gradient: Callable[[np.ndarray], Any] | None = None
+
+    def __repr__(self) -> str:
+        return moment_repr(self)
 
     def __post_init__(self) -> None:
         _check_name(self.name, "micro moment")
@@ -368,8 +341,8 @@ class MicroMoment:
             dataset,
             value,
             parts=[demographic_values, group_values],
-            function=lambda v: v[0] / v[1],
-            gradient=lambda v: np.array([1.0 / v[1], -v[0] / v[1] ** 2]),
+            function=ratio,
+            gradient=ratio_gradient,
         )
 
     @classmethod
@@ -511,8 +484,8 @@ class MicroMoment:
             dataset,
             value,
             parts=[build(True, False), build(False, True), build(True, True)],
-            function=lambda v: v[2] - v[0] * v[1],
-            gradient=lambda v: np.array([-v[1], -v[0], 1.0]),
+            function=covariance,
+            gradient=covariance_gradient,
         )
 
 

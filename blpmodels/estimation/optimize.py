@@ -4,9 +4,10 @@ Named optimizers map to :func:`scipy.optimize.minimize` (with the analytic gradi
 method uses one); a callable is called as ``optimizer(fun, theta0, bounds)`` where ``fun(θ)``
 returns ``(objective, gradient)`` and ``bounds`` is a list of ``(lower, upper)`` pairs, and must
 return the solution (or an object with ``.x``). ``"gauss-newton"`` is ours
-(:mod:`blpmodels.estimation.gauss_newton`). An optimizer receives the function, a start, the
-bounds, its options and a per-iteration callback, and returns an :class:`OptimizationOutcome`;
-it knows nothing of the estimator that called it.
+(:mod:`blpmodels.estimation.gauss_newton`). ``"none"`` does not optimize: the fit is evaluated
+at its starting values (pyblp's ``Optimization('return')``). An optimizer receives the
+function, a start, the bounds, its options and a per-iteration callback, and returns an
+:class:`OptimizationOutcome`; it knows nothing of the estimator that called it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import scipy.optimize
 from blpmodels.exceptions import BLPInputError
 
 __all__ = [
+    "NOT_OPTIMIZED",
     "OPTIMIZERS",
     "OptimizationOutcome",
     "check_optimizer",
@@ -33,7 +35,20 @@ __all__ = [
     "run_optimizer",
 ]
 
-OPTIMIZERS = ("trust-constr", "l-bfgs-b", "bfgs", "slsqp", "nelder-mead", "gauss-newton")
+OPTIMIZERS = (
+    "trust-constr",
+    "l-bfgs-b",
+    "bfgs",
+    "slsqp",
+    "nelder-mead",
+    "gauss-newton",
+    "none",
+)
+#: The message of a fit with ``optimizer="none"``, which evaluates at the starting values.
+NOT_OPTIMIZED = (
+    "not optimized (optimizer='none'): evaluated at the starting values, as pyblp's "
+    "Optimization('return')"
+)
 _SUPPORTS_BOUNDS = {"trust-constr", "l-bfgs-b", "slsqp", "nelder-mead"}
 
 
@@ -147,6 +162,13 @@ def check_optimizer(optimizer: Any, options: Mapping[str, Any] | None) -> str:
             f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS} or pass a callable"
         )
     method = optimizer.lower()
+    if method == "none":
+        if options:
+            raise BLPInputError(
+                f"optimizer 'none' evaluates at the starting values and takes no options; got "
+                f"optimizer_options {sorted(str(key) for key in options)}"
+            )
+        return method
     if method == "gauss-newton":
         # Ours, not scipy's (blpmodels.estimation.gauss_newton); it takes these options.
         accepted: set[str] | None = {"gtol", "xtol", "max_iterations"}
@@ -186,7 +208,8 @@ def run_optimizer(
         Bounds (±inf where none). ``bfgs`` cannot impose them (a warning says so when any
         bound is finite and set by the user).
     optimizer : str or callable
-        One of :data:`OPTIMIZERS` or a callable (see the module docstring).
+        One of :data:`OPTIMIZERS` or a callable (see the module docstring); ``"none"`` returns
+        ``theta0`` without evaluating ``fun``.
     options : dict, optional
         Passed to scipy as ``options``.
     callback : callable, optional
@@ -199,6 +222,8 @@ def run_optimizer(
     OptimizationOutcome
     """
     name = check_optimizer(optimizer, options)
+    if name == "none":
+        return OptimizationOutcome(theta0.copy(), True, NOT_OPTIMIZED, 0, 0, 0.0, name)
     start = time.perf_counter()
     bounds = list(zip(lower, upper, strict=True))
     counter = {"evaluations": 0}
@@ -321,9 +346,9 @@ def gradient_tolerance(optimizer: Any, options: Mapping[str, Any] | None) -> flo
 def progress(items: Iterable[Any], total: int, description: str, verbose: bool) -> Iterator[Any]:
     """``items``, with progress shown when ``verbose``.
 
-    A tqdm bar when tqdm is installed (the ``progress`` extra); otherwise a plain line
-    ``description: k/total (s s)`` on standard output at every tenth of the way. Silent and
-    free when ``verbose`` is False.
+    One bar labelled ``description k/total`` (e.g. ``bootstrap 37/200``): tqdm's when tqdm
+    is installed (the ``progress`` extra), otherwise a plain line ``description k/total (s s)``
+    on standard output at every tenth of the way. Silent and free when ``verbose`` is False.
 
     Examples
     --------
@@ -338,7 +363,9 @@ def progress(items: Iterable[Any], total: int, description: str, verbose: bool) 
     except ImportError:
         tqdm = None
     if tqdm is not None:
-        yield from tqdm(items, total=total, desc=description)
+        # The count right after the label: "bootstrap 37/200 |████    | 00:05<00:21".
+        bar = "{desc} {n_fmt}/{total_fmt} |{bar}| {elapsed}<{remaining}"
+        yield from tqdm(items, total=total, desc=description, bar_format=bar)
         return
     start = time.perf_counter()
     shown = 0
@@ -349,6 +376,6 @@ def progress(items: Iterable[Any], total: int, description: str, verbose: bool) 
         if tenth > shown or done == total:
             shown = tenth
             print(
-                f"{description}: {done}/{total} ({time.perf_counter() - start:.1f} s)",
+                f"{description} {done}/{total} ({time.perf_counter() - start:.1f} s)",
                 flush=True,
             )

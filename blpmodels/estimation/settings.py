@@ -61,6 +61,12 @@ class FitSettings:
     verbose: bool = False
     initial_update: bool = False
 
+    @property
+    def evaluate_only(self) -> bool:
+        """``optimizer="none"``: every GMM step is evaluated at the starting values, not
+        optimized (pyblp's ``Optimization('return')``)."""
+        return isinstance(self.optimizer, str) and self.optimizer.lower() == "none"
+
 
 def check_fit_settings(
     optimizer: Any,
@@ -82,7 +88,8 @@ def check_fit_settings(
     ----------
     optimizer : str or callable
         A name of :data:`~blpmodels.estimation.optimize.OPTIMIZERS`, ``"auto"`` (see
-        :func:`~blpmodels.estimation.optimize.default_optimizer`) or a callable.
+        :func:`~blpmodels.estimation.optimize.default_optimizer`), ``"none"`` (evaluate at
+        the starting values) or a callable.
     optimizer_options : dict, optional
         Options the optimizer accepts.
     starts, seed, max_evaluations, compute_hessian, scale_parameters, verbose
@@ -109,6 +116,9 @@ def check_fit_settings(
     ...     compute_hessian=True, scale_parameters=True, steps=1)
     >>> settings.optimizer, settings.max_evaluations
     ('gauss-newton', 100)
+    >>> check_fit_settings("none", None, starts=None, seed=None, max_evaluations=100,
+    ...     compute_hessian=True, scale_parameters=True, steps=1).evaluate_only
+    True
     """
     if isinstance(optimizer, str) and optimizer.lower() == "auto":
         optimizer = default_optimizer(supply)
@@ -117,6 +127,11 @@ def check_fit_settings(
         isinstance(starts, bool) or not isinstance(starts, (int, np.integer)) or starts < 1
     ):
         raise BLPInputError(f"starts must be a positive integer, got {starts!r}")
+    if starts is not None and isinstance(optimizer, str) and optimizer.lower() == "none":
+        raise BLPInputError(
+            "starts= optimizes from several random starting values, but optimizer='none' "
+            "evaluates at the one given: drop starts= or choose an optimizer"
+        )
     if seed is not None and (
         isinstance(seed, bool)
         or not isinstance(seed, (int, np.integer, np.random.SeedSequence, np.random.Generator))

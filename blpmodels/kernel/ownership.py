@@ -17,7 +17,13 @@ import pandas as pd
 from blpmodels.data.markets import check_ids
 from blpmodels.exceptions import BLPInputError
 
-__all__ = ["Ownership", "local_firm_codes", "ownership_matrices", "resolve_ownership"]
+__all__ = [
+    "FIRM_IDS_PRE_HINT",
+    "Ownership",
+    "local_firm_codes",
+    "ownership_matrices",
+    "resolve_ownership",
+]
 
 
 # ---------------------------------------------------------------------------- ownership
@@ -101,15 +107,32 @@ class Ownership:
     kappa: np.ndarray | None = None
 
 
+#: What to pass when the product data have no ``firm_ids`` column (every message says it).
+FIRM_IDS_PRE_HINT = (
+    "pass the firms that set the observed prices as firm_ids_pre= (one id per product row: a "
+    "Series with the product data's index or an array in its row order, e.g. "
+    "firm_ids_pre=data['product_ids'].str[:2]); no refit is needed"
+)
+
+
 def _firm_ids_argument(
-    firm_ids: Any, base: np.ndarray | None, index: pd.Index, market_ids: np.ndarray
+    firm_ids: Any,
+    base: np.ndarray | None,
+    index: pd.Index,
+    market_ids: np.ndarray,
+    name: str = "firm_ids",
 ) -> np.ndarray:
     """New firm ids from an aligned Series / array, or a mapping of old firms to new ones."""
     if isinstance(firm_ids, Mapping):
+        if name != "firm_ids":
+            raise BLPInputError(
+                f"{name}= takes one firm id per product row (a Series with the product data's "
+                "index or an array in its row order), not a mapping"
+            )
         if base is None:
             raise BLPInputError(
-                "firm_ids= as a mapping renames the product data's firms, but the data have no "
-                "firm_ids column; pass an array or Series of firm ids instead"
+                "firm_ids= as a mapping renames the firms that set the observed prices, but the "
+                f"product data have no firm_ids column: {FIRM_IDS_PRE_HINT}"
             )
         known = pd.unique(base)
         unknown = [key for key in firm_ids if key not in set(known.tolist())]
@@ -123,7 +146,7 @@ def _firm_ids_argument(
     if isinstance(firm_ids, pd.Series):
         if len(firm_ids) != len(index) or not firm_ids.index.equals(index):
             raise BLPInputError(
-                "firm_ids Series must carry the product data's index (one id per product row); "
+                f"{name} Series must carry the product data's index (one id per product row); "
                 "reindex it, or pass a numpy array in the product data's row order"
             )
         values = firm_ids.to_numpy(object)
@@ -131,15 +154,15 @@ def _firm_ids_argument(
         values = np.asarray(firm_ids, dtype=object).ravel()
         if values.size != len(index):
             raise BLPInputError(
-                f"firm_ids has {values.size} values but the product data have {len(index)} rows"
+                f"{name} has {values.size} values but the product data have {len(index)} rows"
             )
     missing = pd.isna(values)
     if missing.any():
         first = market_ids[np.flatnonzero(missing)[0]]
         raise BLPInputError(
-            f"firm_ids has {int(missing.sum())} missing values (first in market {first!r})"
+            f"{name} has {int(missing.sum())} missing values (first in market {first!r})"
         )
-    return check_ids(values, "firm_ids", what="")
+    return check_ids(values, name, what="")
 
 
 def resolve_ownership(
@@ -149,6 +172,7 @@ def resolve_ownership(
     firm_ids: Any = None,
     ownership: str | Callable[[Any, Any], float] | None = None,
     product_labels: np.ndarray | None = None,
+    firm_ids_pre: Any = None,
 ) -> Ownership:
     """Firm codes and profit weights from the arguments users give post-estimation methods.
 
@@ -168,6 +192,9 @@ def resolve_ownership(
         profits (partial or common ownership), evaluated on the firm ids.
     product_labels : numpy.ndarray, optional
         ``(N,)`` labels for single-product firms (default: row numbers).
+    firm_ids_pre : Series or array-like, optional
+        The firms that set the observed prices, one per row, in place of ``data_firm_ids``
+        (a ``firm_ids`` mapping then renames these).
 
     Returns
     -------
@@ -176,9 +203,10 @@ def resolve_ownership(
     Raises
     ------
     BLPInputError
-        Missing ``firm_ids`` column when firms are needed, unknown or missing firm ids, a
-        mapping naming unknown firms, an unknown ownership string, or a callable returning
-        something other than one finite number with a positive own weight.
+        No firms (neither a ``firm_ids`` column nor ``firm_ids_pre``) when firms are needed,
+        with what to pass; unknown or missing firm ids, a mapping naming unknown firms, an
+        unknown ownership string, or a callable returning something other than one finite
+        number with a positive own weight.
 
     Examples
     --------
@@ -187,8 +215,18 @@ def resolve_ownership(
     ...     pd.RangeIndex(3), firm_ids={"B": "A"})
     >>> spec.codes.tolist(), spec.labels.tolist()
     ([0, 0, 0], ['A'])
+
+    Firms given at call time when the product data have none:
+
+    >>> spec = resolve_ownership(
+    ...     None, np.array(["m", "m", "m"], dtype=object), pd.RangeIndex(3),
+    ...     firm_ids={"B": "A"}, firm_ids_pre=["A", "B", "C"])
+    >>> spec.labels[spec.codes].tolist()
+    ['A', 'A', 'C']
     """
     n = market_ids.size
+    if firm_ids_pre is not None:
+        data_firm_ids = _firm_ids_argument(firm_ids_pre, None, index, market_ids, "firm_ids_pre")
     if isinstance(ownership, str):
         if ownership not in ("monopoly", "single"):
             raise BLPInputError(
@@ -206,13 +244,12 @@ def resolve_ownership(
             "ownership must be 'monopoly', 'single' or a callable kappa(f, g), got "
             f"{type(ownership).__name__}"
         )
-    if firm_ids is None or isinstance(firm_ids, Mapping):
-        if data_firm_ids is None:
-            raise BLPInputError(
-                "the product data have no firm_ids column, which ownership needs: add one "
-                "before from_formula (e.g. data['firm_ids'] = data['product_ids'].str[:2]), "
-                "pass firm_ids=, or use ownership='single' or 'monopoly'"
-            )
+    if firm_ids is None and data_firm_ids is None:
+        raise BLPInputError(
+            f"the product data have no firm_ids column, which ownership needs: "
+            f"{FIRM_IDS_PRE_HINT}. Or use ownership='single' or 'monopoly', or add "
+            "data['firm_ids'] before from_formula"
+        )
     ids = (
         data_firm_ids
         if firm_ids is None

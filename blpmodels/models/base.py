@@ -12,6 +12,7 @@ import copy
 import difflib
 import functools
 import inspect
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from formulaic.utils.context import capture_context
 from statsmodels.base.model import Model
 
 from blpmodels.data.absorb import AbsorbMethod
+from blpmodels.data.design import warn_user
 from blpmodels.data.formula import parse_formula
 from blpmodels.data.products import ProductDesign
 from blpmodels.data.supply_design import build_supply_design
@@ -180,6 +182,100 @@ def formula_namespace(context: Mapping[str, Any] | None) -> dict[str, Any]:
     return namespace
 
 
+#: Columns named like excluded demand instruments: pyblp's ``demand_instruments0``, …, the
+#: Mixtape's ``price_instrument``. pyblp's ``supply_instruments*`` are left out: they belong to
+#: the cost equation (``supply_instruments=``), not in the demand formula's brackets.
+_INSTRUMENT_LIKE = re.compile("instrument", re.IGNORECASE)
+_SUPPLY_INSTRUMENTS = re.compile("^supply_instrument", re.IGNORECASE)
+
+
+def _unused_instruments(data: pd.DataFrame, *formulas: str | None) -> list[str]:
+    """Columns of ``data`` named like demand instruments that no formula mentions.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+        Product data.
+    *formulas : str or None
+        The formulas given (demand, random coefficients, ...).
+
+    Returns
+    -------
+    list of str
+        In the data's column order.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame(columns=["shares", "prices", "demand_instruments0",
+    ...                               "demand_instruments1", "supply_instruments0"])
+    >>> _unused_instruments(frame, "shares ~ 1 + prices + demand_instruments1")
+    ['demand_instruments0']
+    """
+    used = " ".join(formula for formula in formulas if formula)
+    return [
+        column
+        for column in data.columns
+        if isinstance(column, str)
+        and _INSTRUMENT_LIKE.search(column)
+        and not _SUPPLY_INSTRUMENTS.match(column)
+        and not re.search(rf"(?<![\w.]){re.escape(column)}(?!\w)", used)
+    ]
+
+
+def _listing(columns: Sequence[str]) -> str:
+    """Column names for a message, shortened when there are many."""
+    if len(columns) <= 6:
+        return ", ".join(columns)
+    return f"{', '.join(columns[:3])}, …, {columns[-1]} ({len(columns)} columns)"
+
+
+def _sum_terms(text: str) -> list[str]:
+    """The terms of a formula sum, split at the '+' signs outside parentheses."""
+    terms, depth, current = [], 0, ""
+    for char in text:
+        depth += (char in "([{") - (char in ")]}")
+        if char == "+" and depth == 0:
+            terms.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [term for term in [*terms, current.strip()] if term]
+
+
+def _bracket_suggestion(formula: str, instruments: Sequence[str]) -> str:
+    """``formula`` with prices (or the first term naming a price) instrumented by
+    ``instruments``: the bracket syntax a pyblp user would otherwise miss.
+
+    Parameters
+    ----------
+    formula : str
+        A formula without instrumented regressors, e.g. ``"shares ~ 0 + prices"``.
+    instruments : sequence of str
+        Excluded instruments.
+
+    Returns
+    -------
+    str
+        The formula with ``[prices ~ instruments]``; with no price term, a placeholder for
+        the regressor to instrument.
+
+    Examples
+    --------
+    >>> _bracket_suggestion("shares ~ 1 + sugar + prices", ["z0", "z1"])
+    'shares ~ 1 + sugar + [prices ~ z0 + z1]'
+    >>> _bracket_suggestion("shares ~ 1 + sugar", ["z0"])
+    'shares ~ 1 + sugar + [<regressor to instrument> ~ z0]'
+    """
+    parsed = parse_formula(formula)
+    terms = _sum_terms(parsed.exog)
+    priced = [term for term in terms if term == "prices"] or [
+        term for term in terms if "price" in term.lower()
+    ]
+    endogenous = priced[0] if priced else "<regressor to instrument>"
+    kept = [term for term in terms if term != endogenous] or ["1"]
+    return f"{parsed.dependent} ~ {' + '.join(kept)} + [{endogenous} ~ {' + '.join(instruments)}]"
+
+
 class BLPModel(Model):
     """Base class: holds the validated product design and statsmodels' data handling.
 
@@ -322,8 +418,9 @@ class BLPModel(Model):
         )
         return cls._from_design(design, supply=supply_design)
 
-    @staticmethod
+    @classmethod
     def _product_design(
+        cls,
         formula: str,
         data: pd.DataFrame,
         namespace: Mapping[str, Any],
@@ -331,8 +428,11 @@ class BLPModel(Model):
         absorb_method: AbsorbMethod | None,
         random: str | None = None,
     ) -> ProductDesign:
-        """The product design of ``from_formula`` (X1, instruments, absorbed fixed effects, X2)."""
-        return ProductDesign.from_formula(
+        """The product design of ``from_formula`` (X1, instruments, absorbed fixed effects, X2).
+
+        Warns when nothing is instrumented while the data hold instrument-like columns.
+        """
+        design = ProductDesign.from_formula(
             parse_formula(formula),
             data,
             absorb=absorb,
@@ -341,6 +441,20 @@ class BLPModel(Model):
             context=namespace,
             formula=formula,
         )
+        if not design.endog.size:
+            unused = _unused_instruments(data, formula, random)
+            if unused:
+                warn_user(
+                    f"{cls.__name__}.from_formula: no regressor is instrumented, so all are "
+                    "treated as exogenous (each is its own instrument; for a logit this is "
+                    "OLS), yet the data hold instrument-like columns the formula does not use: "
+                    f"{_listing(unused)}. To instrument prices with them, write prices and "
+                    "its excluded instruments in square brackets:\n"
+                    f"    {_bracket_suggestion(formula, unused)!r}\n"
+                    "(other arguments as before). If exogenous regressors are intended, "
+                    "ignore this warning."
+                )
+        return design
 
     #: The cost side when built with ``supply=`` (see :meth:`from_formula`).
     supply: Any = None

@@ -442,7 +442,10 @@ class BLPRandomCoefficients(BLPModel):
         Parameters
         ----------
         sigma : array-like, optional
-            K2×K2 lower-triangular starting Σ (scalar 0: none). Zeros stay fixed at zero.
+            K2×K2 lower-triangular starting Σ, the Cholesky root of the random coefficients'
+            covariance, as in pyblp (scalar 0: none). Zeros stay fixed at zero, so
+            ``numpy.tril(numpy.ones((K2, K2)))`` frees every entry of a full Σ. Nonzero
+            entries above the diagonal are an error naming them (pyblp ignores them).
         pi : array-like, optional
             K2×D starting Π. Zeros stay fixed at zero.
         rho : float or array-like, optional
@@ -463,7 +466,16 @@ class BLPRandomCoefficients(BLPModel):
             "trust-constr" with a supply side, see
             :func:`blpmodels.estimation.optimize.default_optimizer`),
             "trust-constr", "l-bfgs-b", "bfgs" (ignores bounds), "slsqp", "nelder-mead",
-            "gauss-newton", or ``callable(fun, theta0, bounds)``.
+            "gauss-newton", "none", or ``callable(fun, theta0, bounds)``.
+            "none" does not optimize: each GMM step is evaluated at the starting values (pyblp's
+            ``Optimization('return')``), giving full results there — β concentrated out,
+            standard errors, the J statistic and every post-estimation method — for published
+            estimates or values fixed by hand. δ must be solvable there (a FixedPointError
+            names the markets otherwise; the values are never moved), ``starts`` and
+            ``optimizer_options`` are refused, Σ is unbounded unless ``sigma_bounds`` is given
+            (as in pyblp, so the Nevo tutorial's σ_sugar < 0 can be evaluated), and
+            ``results.info.convergence["converged"]`` says whether the first-order check
+            passes at those values (no warning either way).
             "gauss-newton" is Levenberg–Marquardt on the stacked moments with the bounds
             (:mod:`blpmodels.estimation.gauss_newton`): it uses the moment Jacobian the
             gradient already computes, and took 11 evaluations on exercise 2 Q5 and 15 on
@@ -544,6 +556,12 @@ class BLPRandomCoefficients(BLPModel):
             The optimizer did not converge or ran out of evaluations, the first- or
             second-order check failed, or the moments do not identify some parameters.
         """
+        user_bounds = sigma_bounds is not None or pi_bounds is not None
+        if sigma_bounds is None and isinstance(optimizer, str) and optimizer.lower() == "none":
+            # Nothing is optimized, so no bound is imposed (nor is one in pyblp's
+            # Optimization('return')): published estimates such as the Nevo tutorial's
+            # σ_sugar < 0 are evaluated as given.
+            sigma_bounds = (-np.inf, np.inf)
         parameters = self.parameters(
             sigma, pi, rho, sigma_bounds=sigma_bounds, pi_bounds=pi_bounds, rho_bounds=rho_bounds
         )
@@ -579,7 +597,7 @@ class BLPRandomCoefficients(BLPModel):
             objective,
             settings,
             beta=beta,
-            user_bounds=sigma_bounds is not None or pi_bounds is not None,
+            user_bounds=user_bounds,
         )
         return nonlinear_results(self, estimator.run(), objective, options, settings)
 

@@ -7,7 +7,9 @@ which returns :class:`BootstrappedResults`.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -36,8 +38,9 @@ class BootstrapMixin(ResultsRole):
         seed : int, optional
             Seed of the normal draws.
         verbose : bool
-            Show progress over the draws when the bootstrapped results predict (a tqdm bar
-            when tqdm is installed, the ``progress`` extra; plain lines otherwise).
+            Show progress over the draws when the bootstrapped results predict: one bar
+            labelled ``bootstrap 37/200`` (tqdm's when tqdm is installed, the ``progress``
+            extra; plain lines otherwise).
 
         Returns
         -------
@@ -59,6 +62,7 @@ class BootstrapMixin(ResultsRole):
         cov = np.asarray(self.cov_params())
         samples = rng.multivariate_normal(params, cov, size=int(draws), method="eigh")
         k1 = self._theta_start
+        moved = np.zeros(len(samples), dtype=bool)
         if samples.shape[1] > k1:
             parameters = self.demand.parameters
             if parameters is not None:
@@ -79,7 +83,20 @@ class BootstrapMixin(ResultsRole):
             index=pd.RangeIndex(len(samples), name="draw"),
             columns=self.model.data.param_names,
         )
-        return BootstrappedResults(self, frame, verbose=bool(verbose))
+        return BootstrappedResults(
+            self, frame, verbose=bool(verbose), seed=seed, moved=int(moved.sum())
+        )
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Product data matched to the estimation rows, its X1 and X2 built (None: the
+    estimation data, all of it); ``size`` is the number of rows."""
+
+    data: pd.DataFrame | None
+    rows: np.ndarray | None
+    columns: tuple[np.ndarray, np.ndarray] | None
+    size: int
 
 
 class BootstrappedResults:
@@ -92,13 +109,27 @@ class BootstrappedResults:
     params : pandas.DataFrame
         ``draws × parameters`` draws.
     verbose : bool
-        Show progress over the draws in :meth:`predict`.
+        Show progress over the draws in :meth:`predict` and :meth:`predict_changes`.
+    seed : int or None
+        Seed of the normal draws.
+    moved : int
+        Draws moved onto the parameter bounds.
     """
 
-    def __init__(self, results: ResultsRole, params: pd.DataFrame, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        results: ResultsRole,
+        params: pd.DataFrame,
+        verbose: bool = False,
+        *,
+        seed: int | None = None,
+        moved: int = 0,
+    ) -> None:
         self.results = results
         self.params = params
         self.verbose = verbose
+        self.seed = seed
+        self.moved = moved
 
     @property
     def draws(self) -> int:
@@ -108,8 +139,35 @@ class BootstrappedResults:
     def _systems(self, verbose: bool) -> Iterator[DemandSystem]:
         """The estimated demand at each draw's parameters, in draw order."""
         values = self.params.to_numpy()
-        for row in progress(values, len(values), "bootstrap draws", verbose):
+        for row in progress(values, len(values), "bootstrap", verbose):
             yield self.results.demand.with_parameters(*self.results._demand_parameters(row))
+
+    def _shares(self, frames: list[_Prepared], verbose: bool | None) -> list[np.ndarray]:
+        """``draws × len(frame)`` shares for each prepared frame, in one pass over the draws
+        (one progress bar)."""
+        verbose = self.verbose if verbose is None else verbose
+        check_flag("verbose", verbose)
+        out = [np.empty((self.draws, frame.size)) for frame in frames]
+        for draw, system in enumerate(self._systems(verbose)):
+            for values, frame in zip(out, frames, strict=True):
+                values[draw] = system.shares(frame.data, frame.rows, frame.columns)
+        return out
+
+    def _prepare(self, data: pd.DataFrame | None) -> _Prepared:
+        """Match ``data`` to the estimation rows and build its X1 and X2 once for all draws:
+        neither depends on the parameters (building them at every draw took half the time)."""
+        design = self.results.model.design
+        if data is None:
+            return _Prepared(None, None, None, design.nobs)
+        rows = design.match_rows(data)
+        return _Prepared(data, rows, self.results.demand.rebuild(data), len(rows))
+
+    def _columns(self, rows: np.ndarray) -> pd.MultiIndex:
+        design = self.results.model.design
+        return pd.MultiIndex.from_arrays(
+            [design.market_ids[rows], self.results.demand.product_labels(rows)],
+            names=["market_ids", "product_ids"],
+        )
 
     def predict(
         self, data: pd.DataFrame | None = None, *, verbose: bool | None = None
@@ -137,13 +195,100 @@ class BootstrappedResults:
         >>> shares = bootstrapped.predict(market)  # doctest: +SKIP
         >>> shares.quantile([0.025, 0.975])  # doctest: +SKIP
         """
-        verbose = self.verbose if verbose is None else verbose
-        check_flag("verbose", verbose)
+        prepared = self._prepare(data)
+        (values,) = self._shares([prepared], verbose)
+        rows = np.arange(prepared.size) if prepared.rows is None else prepared.rows
+        return pd.DataFrame(values, index=self.params.index, columns=self._columns(rows))
+
+    def predict_changes(
+        self, data: pd.DataFrame, *, relative: bool = True, verbose: bool | None = None
+    ) -> pd.DataFrame:
+        """Share changes from the estimation data to ``data``, for every draw.
+
+        Each draw predicts both the baseline (its shares at the estimation data of the
+        markets ``data`` covers) and the counterfactual, in one pass over the draws.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame
+            Changed product data (complete markets).
+        relative : bool
+            Changes in percent of the baseline share (default) instead of share points.
+        verbose : bool, optional
+            Show progress over the draws (default: as set by ``bootstrap(verbose=...)``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``draws × products`` changes, the columns as in :meth:`predict` (row order of
+            ``data``); percentiles over the rows give intervals for the changes.
+
+        Examples
+        --------
+        >>> changes = results.bootstrap(draws=200, seed=0).predict_changes(market)  # doctest: +SKIP
+        >>> changes.quantile([0.025, 0.975])  # doctest: +SKIP
+        """
+        check_flag("relative", relative)
+        changed = self._prepare(data)
+        if changed.rows is None:
+            raise BLPInputError("predict_changes needs the changed product data as data=")
+        rows = changed.rows
         design = self.results.model.design
-        rows = np.arange(design.nobs) if data is None else design.match_rows(data)
-        columns = pd.MultiIndex.from_arrays(
-            [design.market_ids[rows], self.results.demand.product_labels(rows)],
-            names=["market_ids", "product_ids"],
+        # The baseline is the estimation data of the same rows: its X1 and X2 are the model's.
+        baseline = _Prepared(
+            design.data.iloc[rows], rows, (design.X[rows], design.random.values[rows]), rows.size
         )
-        values = np.vstack([system.shares(data) for system in self._systems(verbose)])
-        return pd.DataFrame(values, index=self.params.index, columns=columns)
+        before, after = self._shares([baseline, changed], verbose)
+        change = 100.0 * (after / before - 1.0) if relative else after - before
+        return pd.DataFrame(change, index=self.params.index, columns=self._columns(rows))
+
+    # ------------------------------------------------------------------ display
+    def summary(self, level: float = 0.95) -> pd.DataFrame:
+        """The draws beside the estimates: mean, standard deviation and percentile interval.
+
+        Parameters
+        ----------
+        level : float
+            Coverage of the percentile interval.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per parameter: ``estimate`` and ``std err`` (the fit's), the draws'
+            ``mean`` and ``std``, and the interval's ends labelled by their percentiles.
+
+        Examples
+        --------
+        >>> results.bootstrap(draws=200, seed=0).summary()  # doctest: +SKIP
+        """
+        if not 0.0 < float(level) < 1.0:
+            raise BLPInputError(f"level must be in (0, 1), got {level!r}")
+        tail = 50.0 * (1.0 - float(level))
+        values = self.params.to_numpy()
+        low, high = np.percentile(values, [tail, 100.0 - tail], axis=0)
+        return pd.DataFrame(
+            {
+                "estimate": np.asarray(self.results.params, dtype=np.float64),
+                "std err": np.asarray(self.results.bse, dtype=np.float64),
+                "mean": values.mean(axis=0),
+                "std": values.std(axis=0, ddof=1) if self.draws > 1 else np.nan,
+                f"{tail:g}%": low,
+                f"{100.0 - tail:g}%": high,
+            },
+            index=self.params.columns,
+        )
+
+    def _description(self) -> str:
+        seed = "" if self.seed is None else f", seed {self.seed}"
+        moved = f"; {self.moved} moved onto parameter bounds" if self.moved else ""
+        return (
+            f"Parametric bootstrap: {self.draws} draws from N(params, cov_params()){seed}{moved}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<BootstrappedResults: {self._description()}>"
+
+    def _repr_html_(self) -> str:
+        """The summary as HTML, so that a notebook cell ending in the bootstrap shows it."""
+        table = self.summary().to_html(float_format=lambda value: f"{value:.4g}")
+        return f"<p>{html.escape(self._description())}</p>\n{table}"

@@ -170,7 +170,34 @@ def _info(result: Any) -> dict[str, str]:
         objective = _objective_cell(result)
         if objective is not None:
             info["GMM objective"] = objective
+    absorbed = _linearmodels_absorbed(result)
+    if absorbed is not None:
+        info["Absorbed FE"] = absorbed
     return info
+
+
+def _linearmodels_absorbed(result: Any) -> str | None:
+    """What a linearmodels ``AbsorbingLS`` absorbed, or None for other results.
+
+    Each categorical column of ``absorb=`` is an effect of its own and each numeric one a
+    continuous variable absorbed as is; an interaction is the Cartesian product of its
+    categories (``a:b``), times each of its continuous variables (``a:b×x``). linearmodels has
+    no public accessor for these, so this reads the ``Interaction`` objects the model keeps and
+    leaves the cell blank if their layout changes.
+    """
+    model = getattr(result, "model", None)
+    if type(model).__name__ != "AbsorbingLS":
+        return None
+    try:
+        absorb = model._absorb_inter
+        names = [*map(str, absorb.cat.columns), *map(str, absorb.cont.columns)]
+        for interaction in model._interaction_list:
+            label = ":".join(map(str, interaction.cat.columns))
+            continuous = list(map(str, interaction.cont.columns))
+            names += [f"{label}×{name}" for name in continuous] if continuous else [label]
+    except AttributeError:
+        return None
+    return ", ".join(names) if names else "none"
 
 
 def _escape_latex(text: str) -> str:
@@ -307,8 +334,8 @@ class Comparison:
         Returns
         -------
         str
-            LaTeX source; needs ``\\usepackage{booktabs}``. Stars are superscripts, minus
-            signs math minuses.
+            LaTeX source ending with a newline; needs ``\\usepackage{booktabs}``. Stars are
+            superscripts, minus signs math minuses.
 
         Examples
         --------
@@ -347,16 +374,17 @@ class Comparison:
         lines.append(rf"\multicolumn{{{n + 1}}}{{l}}{{\footnotesize {note}}} \\")
         lines.append(r"\end{tabular}")
         if caption is None and label is None:
-            return "\n".join(lines)
+            # Ends with a newline, as a file written from it (or \input{}) should.
+            return "\n".join([*lines, ""])
         head = [r"\begin{table}[htbp]", r"\centering"]
         if caption is not None:
             head.append(rf"\caption{{{_escape_latex(caption)}}}")
         if label is not None:
             head.append(rf"\label{{{label}}}")
-        return "\n".join([*head, *lines, r"\end{table}"])
+        return "\n".join([*head, *lines, r"\end{table}", ""])
 
     def to_markdown(self) -> str:
-        """A pipe table (GitHub / pandoc Markdown) followed by the note.
+        """A pipe table (GitHub / pandoc Markdown) followed by the note and a newline.
 
         Stars, pipes, underscores and backslashes in cells are escaped with a backslash.
 
@@ -381,7 +409,7 @@ class Comparison:
             lines.append(row([_escape_markdown(name), *rendered]))
         for name, cells in self._info_rows():
             lines.append(row([_escape_markdown(name), *map(_escape_markdown, cells)]))
-        return "\n".join([*lines, "", _escape_markdown(self.note())])
+        return "\n".join([*lines, "", _escape_markdown(self.note()), ""])
 
     def to_html(self) -> str:
         """An HTML ``<table>``: header, coefficient body, model-information body, note footer.
@@ -436,6 +464,63 @@ def _default_names(results: list[Any]) -> list[str]:
     return names
 
 
+Patterns = str | Sequence[str] | None
+
+
+def _patterns(value: Patterns, option: str) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    bad = [item for item in items if not isinstance(item, str)]
+    if bad:
+        raise BLPInputError(
+            f"{option}= takes parameter names or regular expressions (strings), got {bad[0]!r}"
+        )
+    return items
+
+
+def _matching(pattern: str, names: list[str], option: str) -> list[str]:
+    """The names ``pattern`` selects: itself if it is one of them (names such as
+    ``sigma[prices,prices]`` are not valid regular expressions of themselves), else those a
+    regular expression finds (``re.search``, as fixest and pyfixest read ``keep``)."""
+    if pattern in names:
+        return [pattern]
+    try:
+        expression = re.compile(pattern)
+    except re.error as error:
+        raise BLPInputError(
+            f"{option}={pattern!r} is neither a parameter name nor a regular expression ({error})"
+        ) from None
+    found = [name for name in names if expression.search(name)]
+    if not found:
+        shown = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+        raise BLPInputError(f"{option}={pattern!r} matches no parameter; the rows are {shown}")
+    return found
+
+
+def _rows(index: pd.Index, keep: Patterns, drop: Patterns, order: Patterns) -> list[Any]:
+    """The coefficient rows left by ``keep`` and ``drop``, ordered by ``order``."""
+    labels = {str(label): label for label in index}
+    names = list(labels)
+    chosen = names
+    kept = _patterns(keep, "keep")
+    if kept:
+        selected = {name for pattern in kept for name in _matching(pattern, names, "keep")}
+        chosen = [name for name in chosen if name in selected]
+    dropped = {name for p in _patterns(drop, "drop") for name in _matching(p, names, "drop")}
+    chosen = [name for name in chosen if name not in dropped]
+    ordered: list[str] = []
+    for pattern in _patterns(order, "order"):
+        # Checked against every row, so a pattern that only names dropped rows is no error.
+        ordered += [
+            name
+            for name in _matching(pattern, names, "order")
+            if name in chosen and name not in ordered
+        ]
+    ordered += [name for name in chosen if name not in ordered]
+    return [labels[name] for name in ordered]
+
+
 def compare(
     results: Sequence[Any] | dict[str, Any],
     *,
@@ -443,8 +528,11 @@ def compare(
     stars: bool = False,
     float_format: str = "{:.4f}",
     statistic: str = "se",
+    keep: Patterns = None,
+    drop: Patterns = None,
+    order: Patterns = None,
 ) -> Comparison:
-    """Compare estimates from blpmodels, statsmodels and linearmodels side by side.
+    r"""Compare estimates from blpmodels, statsmodels and linearmodels side by side.
 
     Parameters
     ----------
@@ -461,6 +549,18 @@ def compare(
     statistic : {"se", "t", "p"}
         Beneath each coefficient: its standard error (default) or t (z) statistic in
         parentheses, or its p-value in brackets.
+    keep : str or sequence of str, optional
+        Coefficient rows to show (all by default), as pyfixest's ``etable(keep=)``. Each entry
+        is a parameter name, which selects that row, or else a regular expression selecting
+        the rows it finds (``re.search``): ``keep=["prices", "mushy"]``,
+        ``keep=r"^sigma\["``.
+    drop : str or sequence of str, optional
+        Coefficient rows to leave out, read as ``keep``, e.g. ``drop=r"^C\("`` for the
+        dummies of a statsmodels regression on ``C(market_ids) + C(product_ids)``, which would
+        otherwise fill the table. Applied after ``keep``.
+    order : str or sequence of str, optional
+        Rows to put first, in this order (names or regular expressions, as ``keep``); the
+        others follow in their order, as statsmodels' ``summary_col(regressor_order=)``.
 
     Returns
     -------
@@ -474,8 +574,9 @@ def compare(
     Raises
     ------
     BLPInputError
-        If a result has no standard errors, names do not match the results, or the statistic
-        is unknown.
+        If a result has no standard errors, names do not match the results, the statistic
+        is unknown, or an entry of ``keep``, ``drop`` or ``order`` matches no parameter (or
+        is not a valid regular expression).
 
     Examples
     --------
@@ -483,6 +584,12 @@ def compare(
     >>> table = compare({"OLS": ols, "BLP logit": blp}, stars=True)  # doctest: +SKIP
     >>> print(table)  # doctest: +SKIP
     >>> print(table.to_markdown())  # doctest: +SKIP
+
+    Leave out the dummies of a statsmodels regression and put prices first:
+
+    >>> dummies = smf.ols(
+    ...     "delta ~ prices + C(market_ids) + C(product_ids)", data).fit()  # doctest: +SKIP
+    >>> compare([dummies, blp], drop=[r"^C\(", "Intercept"], order="prices")  # doctest: +SKIP
     """
     if statistic not in _STATISTICS:
         raise BLPInputError(f"statistic must be 'se', 't' or 'p', got {statistic!r}")
@@ -496,6 +603,7 @@ def compare(
     if len(names) != len(results) or len(set(names)) != len(names):
         raise BLPInputError("names must be unique and one per result")
     params = pd.concat([pd.Series(r.params) for r in results], axis=1, keys=names)
+    params = params.loc[_rows(params.index, keep, drop, order)]
     error_series = [_standard_errors(r) for r in results]
     errors = pd.concat(error_series, axis=1, keys=names)
     tvalues = pd.concat(

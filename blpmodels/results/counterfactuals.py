@@ -6,7 +6,8 @@
 :meth:`~CounterfactualsMixin.simulate` (the economy at other parameters). They build on the
 supply-side economics (costs imputed from markups, market sizes, consumer surplus), solve
 prices chunk of markets by chunk of markets (:func:`blpmodels.kernel.equilibrium.solve_prices`)
-and return :class:`Equilibrium` and :class:`MergerResults` records.
+and return :class:`Equilibrium` and :class:`MergerResults` records
+(:mod:`blpmodels.results.records`).
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from blpmodels import plotting
 from blpmodels.data.design import warn_user
 from blpmodels.exceptions import BLPInputError, ConvergenceWarning, FixedPointError
 from blpmodels.kernel import equilibrium
-from blpmodels.kernel.ownership import Ownership, local_firm_codes, ownership_matrices
+from blpmodels.kernel.ownership import (
+    FIRM_IDS_PRE_HINT,
+    Ownership,
+    local_firm_codes,
+    ownership_matrices,
+)
 from blpmodels.results.base import row_values
 from blpmodels.results.demand import DemandSystem, PricedMarkets
 from blpmodels.results.economics import (
@@ -31,128 +36,26 @@ from blpmodels.results.economics import (
     surplus,
     warn_positive_price_coefficients,
 )
+from blpmodels.results.records import Equilibrium, MergerResults
 
 __all__ = ["CounterfactualsMixin", "Equilibrium", "MergerResults"]
-
-
-@dataclass(frozen=True, eq=False)
-class Equilibrium:
-    """Bertrand–Nash equilibrium prices and shares (see :meth:`BLPResults.equilibrium_prices`).
-
-    Attributes
-    ----------
-    prices, shares, costs : pandas.Series
-        Per product, labelled by ``(market_ids, product_ids)``.
-    markets : pandas.DataFrame
-        Per market: ``iterations`` (price updates), ``foc_norm`` (max_j |F_j| at the
-        returned prices), ``converged`` and ``max_hessian_eigenvalue`` (largest eigenvalue
-        of any firm's profit Hessian in its own prices: negative when the second-order
-        conditions hold).
-    hessian_eigenvalues : pandas.Series
-        Largest eigenvalue of each firm's profit Hessian, labelled by
-        ``(market_ids, firm_ids)``.
-    data : pandas.DataFrame
-        The product data of the markets solved, with the new prices and shares and a
-        ``costs`` column (ready for ``from_formula``).
-    """
-
-    prices: pd.Series
-    shares: pd.Series
-    costs: pd.Series
-    markets: pd.DataFrame
-    hessian_eigenvalues: pd.Series
-    data: pd.DataFrame
-
-    @property
-    def converged(self) -> bool:
-        """Whether every market converged."""
-        return bool(self.markets["converged"].all())
-
-    @property
-    def markups(self) -> pd.Series:
-        """p − c at the equilibrium."""
-        return (self.prices - self.costs).rename("markups")
-
-
-@dataclass(frozen=True, eq=False)
-class MergerResults:
-    """Before and after a merger (see :meth:`BLPResults.merger`).
-
-    Attributes
-    ----------
-    products : pandas.DataFrame
-        Per product (``(market_ids, product_ids)``): ``firm_ids_pre``, ``firm_ids_post`` and
-        ``<quantity>_pre``, ``_post``, ``_change`` for prices, shares, markups (p − c) and
-        profits.
-    markets : pandas.DataFrame
-        Per market: ``hhi``, ``consumer_surplus`` and total ``profits``, each ``_pre``,
-        ``_post`` and ``_change``.
-    equilibrium : Equilibrium
-        The post-merger equilibrium (convergence diagnostics, Hessian eigenvalues, data).
-    """
-
-    products: pd.DataFrame
-    markets: pd.DataFrame
-    equilibrium: Equilibrium
-
-    def plot(self, quantity: str = "prices", market_id: Any = None, **options: Any) -> Any:
-        """Bars of the merger's effect on each product's prices (or ``"shares"``,
-        ``"markups"``, ``"profits"``); see :func:`blpmodels.plotting.plot_merger`.
-
-        Examples
-        --------
-        >>> ax = merger.plot("prices", market_id="C01Q1")  # doctest: +SKIP
-        """
-        return plotting.plot_merger(self, quantity, market_id, **options)
-
-    def summary(self) -> str:
-        """A short text report: price changes, HHI, surplus and profits.
-
-        Examples
-        --------
-        >>> print(merger.summary())  # doctest: +SKIP
-        Merger simulation
-        ...
-        """
-        products, markets = self.products, self.markets
-        moved = products["firm_ids_pre"].astype(str) != products["firm_ids_post"].astype(str)
-        firms = products.loc[moved, "firm_ids_pre"].astype(str).unique().tolist()
-        change = 100 * products["prices_change"] / products["prices_pre"]
-        merging = products["firm_ids_post"].isin(products.loc[moved, "firm_ids_post"])
-        lines = [
-            "Merger simulation",
-            "=" * 60,
-            f"Markets: {len(markets)}    Products: {len(products)}",
-            f"Firms whose owner changed: {firms[:10]}",
-            f"Price change, merging firms' products: mean {change[merging].mean():.3g}%, "
-            f"median {change[merging].median():.3g}%",
-            f"Price change, other products: mean {change[~merging].mean():.3g}%, "
-            f"median {change[~merging].median():.3g}%",
-            f"HHI: mean {markets['hhi_pre'].mean():.0f} -> {markets['hhi_post'].mean():.0f} "
-            f"(mean change {markets['hhi_change'].mean():.0f})",
-            _total_line("Consumer surplus", markets, "consumer_surplus"),
-            _total_line("Profits", markets, "profits"),
-            f"Equilibrium: max FOC norm {self.equilibrium.markets['foc_norm'].max():.2g}, "
-            f"max profit-Hessian eigenvalue "
-            f"{self.equilibrium.markets['max_hessian_eigenvalue'].max():.3g}",
-        ]
-        return "\n".join(lines)
-
-
-def _total_line(label: str, markets: pd.DataFrame, name: str) -> str:
-    change, before = markets[f"{name}_change"].sum(), markets[f"{name}_pre"].sum()
-    return f"{label}: total change {change:.6g} ({100 * change / before:.3g}%)"
 
 
 class CounterfactualsMixin(EconomicsMixin):
     """Equilibrium prices, mergers and simulated economies of :class:`BLPResults`."""
 
-    def _full_costs(self, costs: Any, data: pd.DataFrame | None, rows: np.ndarray | None):
+    def _full_costs(
+        self,
+        costs: Any,
+        data: pd.DataFrame | None,
+        rows: np.ndarray | None,
+        firm_ids_pre: Any = None,
+    ) -> np.ndarray:
         """Costs of every estimation row: the argument where given, else imputed ones."""
         design = self.model.design
         if costs is None:
-            self._imputing_firms()
-            rows_all, eta = self._markup_rows(None, None, None)
+            self._imputing_firms(firm_ids_pre)
+            rows_all, eta = self._markup_rows(None, None, None, firm_ids_pre)
             full = np.full(design.nobs, np.nan)
             full[rows_all] = self._prices(rows_all) - eta
             return full
@@ -175,10 +78,11 @@ class CounterfactualsMixin(EconomicsMixin):
         full[given_rows] = values
         return full
 
-    def _imputing_firms(self) -> Ownership:
-        """The data's firms, which imputed costs need (fails before any share work)."""
+    def _imputing_firms(self, firm_ids_pre: Any = None) -> Ownership:
+        """The firms at the observed prices, which imputed costs need (checked before any
+        share work)."""
         try:
-            return self._ownership()
+            return self._ownership(firm_ids_pre=firm_ids_pre)
         except BLPInputError as error:
             raise BLPInputError(f"{error}; or pass costs=") from error
 
@@ -194,20 +98,23 @@ class CounterfactualsMixin(EconomicsMixin):
         data: pd.DataFrame | None = None,
         rows: np.ndarray | None = None,
         cost_changes: np.ndarray | None = None,
+        pre: Ownership | None = None,
     ) -> _Solved:
         """Equilibrium prices, market chunk by market chunk.
 
-        ``costs`` None imputes them in each chunk from the observed prices under the product
-        data's firms (one share evaluation, kept as the pre-change state), then adds
-        ``cost_changes``.
+        ``costs`` None imputes them in each chunk from the observed prices under the firms
+        ``pre`` (one share evaluation, kept as the pre-change state, where the second-order
+        conditions are checked too), then adds ``cost_changes``.
         """
         _check_solver_options(tol, max_iterations)
         layout = self.model.design.layout
+        if costs is None:
+            assert pre is not None
         task = _ChunkTask(
             demand=demand,
             codes=layout.pad(spec.codes),
             kappa=spec.kappa,
-            pre_codes=None if costs is not None else layout.pad(self._imputing_firms().codes),
+            pre_codes=None if costs is not None else layout.pad(pre.codes),
             costs=costs,
             cost_changes=cost_changes,
             data=data,
@@ -278,6 +185,7 @@ class CounterfactualsMixin(EconomicsMixin):
         market_id: Any = None,
         tol: float = 1e-12,
         max_iterations: int = 1000,
+        firm_ids_pre: Any = None,
     ) -> Equilibrium:
         """Bertrand–Nash equilibrium prices and shares, all markets at once.
 
@@ -295,7 +203,7 @@ class CounterfactualsMixin(EconomicsMixin):
             default the estimation data.
         costs : pandas.Series or array-like, optional
             Marginal costs per product row, aligned with ``data`` (or the product data);
-            default :meth:`costs` with the product data's firms.
+            default :meth:`costs` with the product data's firms (or ``firm_ids_pre``).
         firm_ids, ownership
             Who sets prices, as in :meth:`markups` (e.g. the firms after a merger).
         market_id : optional
@@ -304,6 +212,10 @@ class CounterfactualsMixin(EconomicsMixin):
             Tolerance on the profit-gradient norm.
         max_iterations : int
             Price updates per market.
+        firm_ids_pre : Series or array-like, optional
+            The firms that set the observed prices (one id per product row), in place of the
+            product data's ``firm_ids`` column: costs are imputed under them and a
+            ``firm_ids`` mapping renames them (see :meth:`markups`).
 
         Returns
         -------
@@ -332,14 +244,23 @@ class CounterfactualsMixin(EconomicsMixin):
         True
         """
         rows, positions = self._data_markets(data, market_id)
-        spec = self._ownership(firm_ids, ownership)
+        spec = self._ownership(firm_ids, ownership, firm_ids_pre)
+        pre = None
         if costs is None and data is None:
-            self._imputing_firms()
+            pre = self._imputing_firms(firm_ids_pre)
             full_costs = None
         else:
-            full_costs = self._full_costs(costs, data, rows)
+            full_costs = self._full_costs(costs, data, rows, firm_ids_pre)
         solved = self._solve(
-            self.demand, positions, spec, full_costs, tol, max_iterations, data=data, rows=rows
+            self.demand,
+            positions,
+            spec,
+            full_costs,
+            tol,
+            max_iterations,
+            data=data,
+            rows=rows,
+            pre=pre,
         )
         record = self._equilibrium_record(solved, data, rows)
         failed = record.markets.index[~record.markets["converged"]].tolist()
@@ -359,20 +280,26 @@ class CounterfactualsMixin(EconomicsMixin):
         *,
         ownership: Any = None,
         market_id: Any = None,
+        markets: Any = None,
         market_size: Any = None,
+        firm_ids_pre: Any = None,
         tol: float = 1e-12,
         max_iterations: int = 1000,
     ) -> MergerResults:
         """Merger simulation: the new Bertrand–Nash equilibrium beside the observed one.
 
-        Costs are imputed from the observed prices under the product data's firms, changed by
-        ``cost_changes``, and prices are solved again under the new owners
-        (:meth:`equilibrium_prices`); ξ and the fixed effects stay at their estimates.
+        Costs are imputed from the observed prices under the firms before the merger (the
+        product data's ``firm_ids``, or ``firm_ids_pre``), changed by ``cost_changes``, and
+        prices are solved again under the new owners (:meth:`equilibrium_prices`); ξ and the
+        fixed effects stay at their estimates. A market whose prices do not converge does not
+        stop the others: its post-merger values are NaN, ``markets["converged"]`` is False
+        there, and one warning names such markets and says why.
 
         Parameters
         ----------
         firm_ids : Series, array-like or mapping, optional
-            Firms after the merger, e.g. ``{"F2": "F1"}`` (F1 buys F2).
+            Firms after the merger, e.g. ``{"F2": "F1"}`` (F1 buys F2), or one id per product
+            row.
         cost_changes : float, pandas.Series or array-like, optional
             Added to each product's marginal cost after the merger (negative: efficiencies),
             aligned with the product data.
@@ -380,8 +307,18 @@ class CounterfactualsMixin(EconomicsMixin):
             Post-merger ownership instead of (or, a callable, on top of) ``firm_ids``.
         market_id : optional
             One market, a list, or None for all.
+        markets : list or "profit_maximizing", optional
+            Markets to solve: a list of market ids (as ``market_id=``), or
+            ``"profit_maximizing"``: of the markets of ``market_id``, only those where the
+            observed prices are a profit maximum (every firm's profit Hessian is negative
+            definite there); the others are left out (``left_out``, with a warning), as their
+            imputed costs are not a profit-maximizing firm's.
         market_size : str, float or pandas.Series, optional
             Scales profits and surplus (see :meth:`profits`); default per unit of market size.
+        firm_ids_pre : Series or array-like, optional
+            The firms before the merger, one id per product row, in place of the product
+            data's ``firm_ids`` column (a model built without firms needs no refit); a
+            ``firm_ids`` mapping renames these.
         tol, max_iterations
             As in :meth:`equilibrium_prices`.
 
@@ -389,34 +326,54 @@ class CounterfactualsMixin(EconomicsMixin):
         -------
         MergerResults
             ``products`` (per product: firms, prices, shares, markups, profits before, after
-            and the change) and ``markets`` (HHI, consumer surplus, total profit before, after
-            and the change), and ``summary()``.
+            and the change) and ``markets`` (convergence, HHI, consumer surplus, total profit
+            before, after and the change, the second-order check before and after), and
+            ``summary()``.
 
         Raises
         ------
         BLPInputError
-            Neither ``firm_ids`` nor ``ownership``; as in :meth:`equilibrium_prices`.
-        FixedPointError
-            Equilibrium prices did not converge in some markets (named, in ``.markets``).
+            Neither ``firm_ids`` nor ``ownership``; no firms before the merger (neither a
+            ``firm_ids`` column nor ``firm_ids_pre``); a bad ``markets``; no market left to
+            solve; as in :meth:`equilibrium_prices`.
+
+        Warns
+        -----
+        ConvergenceWarning
+            Once, naming the markets where prices did not converge and why (whether the
+            second-order conditions already fail at the observed prices there); and markets
+            whose new prices solve the first-order conditions without being a profit maximum.
+        UserWarning
+            Markets left out by ``markets="profit_maximizing"``.
 
         Examples
         --------
         >>> merger = results.merger(firm_ids={"F2": "F1"})  # doctest: +SKIP
         >>> bool((merger.markets["consumer_surplus_change"] < 0).all())  # doctest: +SKIP
         True
+
+        On a model built without a ``firm_ids`` column, give the firms before the merger:
+
+        >>> firms = data["product_ids"].str[:2]  # doctest: +SKIP
+        >>> again = results.merger({"F2": "F1"}, firm_ids_pre=firms)  # doctest: +SKIP
+        >>> again.products.equals(merger.products)  # doctest: +SKIP
+        True
         """
         if firm_ids is None and ownership is None:
             raise BLPInputError("give the post-merger firms as firm_ids= (or ownership=)")
         design = self.model.design
-        positions = self.demand.market_positions(market_id)
-        pre = self._ownership()
-        post = self._ownership(firm_ids, ownership)
+        pre = self._merger_firms(firm_ids_pre)
+        post = self._ownership(firm_ids, ownership, firm_ids_pre)
+        positions = self._merger_positions(market_id, markets)
         changes = None if cost_changes is None else _changes_argument(cost_changes, design)
+        _check_solver_options(tol, max_iterations)
+        left_out: list[Any] = []
+        if isinstance(markets, str):
+            positions, left_out = self._profit_maximizing(positions, pre)
         solved = self._solve(
-            self.demand, positions, post, None, tol, max_iterations, cost_changes=changes
+            self.demand, positions, post, None, tol, max_iterations, cost_changes=changes, pre=pre
         )
         record = self._equilibrium_record(solved, None, None)
-        _require_converged(record, "post-merger")
         rows, before = _stack_pieces(
             solved,
             {
@@ -444,9 +401,74 @@ class CounterfactualsMixin(EconomicsMixin):
             },
             index=record.prices.index,
         )
-        markets = self._merger_markets(solved, record, products, pre, rows, sizes)
+        unsolved = record.markets.index[~record.markets["converged"]]
+        _blank_unsolved(products, pd.Index(design.market_ids[rows]).isin(unsolved))
+        per_market = self._merger_markets(solved, record, products, pre, rows, sizes)
+        _warn_unsolved(per_market)
         _warn_second_order(record)
-        return MergerResults(products=products, markets=markets, equilibrium=record)
+        return MergerResults(
+            products=products, markets=per_market, equilibrium=record, left_out=tuple(left_out)
+        )
+
+    def _merger_firms(self, firm_ids_pre: Any) -> Ownership:
+        """The firms before a merger, or an error saying how to give them."""
+        if firm_ids_pre is None and self.model.design.firm_ids is None:
+            raise BLPInputError(
+                "merger() imputes costs under the firms before the merger, but the product data "
+                f"have no firm_ids column: {FIRM_IDS_PRE_HINT}. firm_ids= are the firms after "
+                "the merger"
+            )
+        return self._ownership(firm_ids_pre=firm_ids_pre)
+
+    def _merger_positions(self, market_id: Any, markets: Any) -> np.ndarray:
+        """Layout positions of the markets a merger solves (before any left out)."""
+        if isinstance(markets, str) and markets != "profit_maximizing":
+            raise BLPInputError(
+                f"markets= takes a list of market ids or 'profit_maximizing', got {markets!r} "
+                f"(one market: markets=[{markets!r}] or market_id={markets!r})"
+            )
+        if markets is None or isinstance(markets, str):
+            return self.demand.market_positions(market_id)
+        if market_id is not None:
+            raise BLPInputError("give the markets to solve as markets= or market_id=, not both")
+        if not isinstance(markets, (list, tuple, np.ndarray, pd.Index, pd.Series)):
+            raise BLPInputError(
+                "markets= takes a list of market ids or 'profit_maximizing', got "
+                f"{type(markets).__name__}"
+            )
+        return self.demand.market_positions(markets)
+
+    def _profit_maximizing(
+        self, positions: np.ndarray, pre: Ownership
+    ) -> tuple[np.ndarray, list[Any]]:
+        """The markets whose observed prices are a profit maximum under ``pre``, and the labels
+        of the others (warned about)."""
+        layout = self.model.design.layout
+        codes = layout.pad(pre.codes)
+        chunks, largest = [], []
+        for chunk in self.demand.chunks(positions):
+            priced = self.demand.priced(chunk)
+            largest.append(_observed(priced, codes[chunk], layout.market_labels[chunk])[2])
+            chunks.append(chunk)
+        ordered, eigenvalues = np.concatenate(chunks), np.concatenate(largest)
+        # NaN (no firm with a finite Hessian) is not evidence of a maximum: left out too.
+        keep = eigenvalues < 0
+        left_out = layout.market_labels[ordered[~keep]].tolist()
+        if not keep.any():
+            raise BLPInputError(
+                f"markets='profit_maximizing' leaves no market to solve: the second-order "
+                f"conditions fail at the observed prices in all {ordered.size} market(s)"
+            )
+        if left_out:
+            warn_user(
+                f"markets='profit_maximizing' leaves out {len(left_out)} market(s), "
+                f"{left_out[:10]}: the second-order conditions fail at the observed prices "
+                "there (a firm's profit Hessian has a positive eigenvalue, up to "
+                f"{np.nanmax(eigenvalues[~keep]):.3g}), so they are no profit maximum and the "
+                "costs imputed from them are not a profit-maximizing firm's",
+                UserWarning,
+            )
+        return positions[np.isin(positions, ordered[keep])], left_out
 
     def _merger_markets(
         self,
@@ -457,22 +479,37 @@ class CounterfactualsMixin(EconomicsMixin):
         rows: np.ndarray,
         sizes: np.ndarray,
     ) -> pd.DataFrame:
-        """Per market before and after: HHI, consumer surplus and total profits (sized).
+        """Per market: convergence, HHI, consumer surplus and total profits (sized) before and
+        after (NaN after where prices did not converge), and the second-order checks.
 
         ``rows`` are the estimation rows of ``products`` and ``sizes`` their market sizes.
         """
         design = self.model.design
+        index = record.markets.index
         market_sizes = pd.Series(sizes).groupby(design.market_ids[rows], sort=False).first()
-        market_sizes = market_sizes.reindex(record.markets.index).to_numpy()
+        market_sizes = market_sizes.reindex(index).to_numpy()
         surplus_pre, surplus_post = _merger_surplus(solved)
         totals = products.groupby(level="market_ids", sort=False)[["profits_pre", "profits_post"]]
-        summed = totals.sum().reindex(record.markets.index)
+        summed = totals.sum(min_count=1).reindex(index)
         per_market = {
             "hhi": _merger_hhi(solved, pre, design.shares),
             "consumer_surplus": (surplus_pre * market_sizes, surplus_post * market_sizes),
             "profits": (summed["profits_pre"].to_numpy(), summed["profits_post"].to_numpy()),
         }
-        return pd.DataFrame(_before_after(per_market), index=record.markets.index)
+        frame = pd.DataFrame(
+            {
+                "converged": record.markets["converged"].to_numpy(),
+                "foc_norm": record.markets["foc_norm"].to_numpy(),
+                **_before_after(per_market),
+                "max_hessian_eigenvalue_pre": np.concatenate(
+                    [piece.pre_eigenvalues for piece in solved.pieces]
+                ),
+                "max_hessian_eigenvalue_post": record.markets["max_hessian_eigenvalue"].to_numpy(),
+            },
+            index=index,
+        )
+        _blank_unsolved(frame, ~frame["converged"].to_numpy())
+        return frame
 
     def simulate(
         self,
@@ -483,6 +520,7 @@ class CounterfactualsMixin(EconomicsMixin):
         ownership: Any = None,
         tol: float = 1e-12,
         max_iterations: int = 1000,
+        firm_ids_pre: Any = None,
     ) -> Equilibrium:
         """The estimated economy at other parameters, in equilibrium, as new product data.
 
@@ -501,7 +539,7 @@ class CounterfactualsMixin(EconomicsMixin):
             Marginal costs per product row; default :meth:`costs` at the estimates.
         firm_ids, ownership
             Who sets prices, as in :meth:`markups`.
-        tol, max_iterations
+        tol, max_iterations, firm_ids_pre
             As in :meth:`equilibrium_prices`.
 
         Returns
@@ -530,8 +568,8 @@ class CounterfactualsMixin(EconomicsMixin):
         """
         values = self._parameter_vector(params)
         demand = self.demand.with_parameters(*self._demand_parameters(values))
-        full_costs = self._full_costs(costs, None, None)
-        spec = self._ownership(firm_ids, ownership)
+        full_costs = self._full_costs(costs, None, None, firm_ids_pre)
+        spec = self._ownership(firm_ids, ownership, firm_ids_pre)
         positions = self.demand.market_positions(None)
         solved = self._solve(demand, positions, spec, full_costs, tol, max_iterations)
         record = self._equilibrium_record(solved, None, None)
@@ -580,6 +618,7 @@ class _Piece:
     codes: np.ndarray
     pre_state: equilibrium.PriceState | None = None
     pre_markups: np.ndarray | None = None
+    pre_eigenvalues: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -600,12 +639,11 @@ class _ChunkTask:
     def solve(self, chunk: np.ndarray) -> _Piece:
         priced = self.demand.priced(chunk, self.data, self.rows)
         mask = priced.inputs.mask
-        pre_state = pre_markups = None
+        pre_state = pre_markups = pre_eigenvalues = None
         if self.pre_codes is not None:
-            pre_state = priced.state(priced.prices)
-            pre_omega = ownership_matrices(self.pre_codes[chunk], mask)
-            pre_markups = equilibrium.markups(pre_state.jacobian, pre_state.shares, pre_omega, mask)
-            self._check_markups(pre_markups, mask, chunk)
+            pre_state, pre_markups, pre_eigenvalues = _observed(
+                priced, self.pre_codes[chunk], self.market_labels[chunk]
+            )
             costs = priced.prices - pre_markups
             if self.cost_changes is not None:
                 costs = costs + np.where(mask, self.cost_changes[priced.inputs.rows], 0.0)
@@ -624,13 +662,35 @@ class _ChunkTask:
         second = equilibrium.foc_jacobian(solution.state, omega, eta)
         eigenvalues = equilibrium.firm_hessian_max_eigenvalues(second, self.codes[chunk], mask)
         return _Piece(
-            chunk, priced, solution, costs, eigenvalues, self.codes[chunk], pre_state, pre_markups
+            chunk,
+            priced,
+            solution,
+            costs,
+            eigenvalues,
+            self.codes[chunk],
+            pre_state,
+            pre_markups,
+            pre_eigenvalues,
         )
 
-    def _check_markups(self, eta: np.ndarray, mask: np.ndarray, chunk: np.ndarray) -> None:
-        bad = (mask & ~np.isfinite(eta)).any(axis=1)
-        if bad.any():
-            raise singular_markups(self.market_labels[chunk[bad]])
+
+def _observed(
+    priced: PricedMarkets, codes: np.ndarray, labels: np.ndarray
+) -> tuple[equilibrium.PriceState, np.ndarray, np.ndarray]:
+    """Demand at the observed prices, the markups there under the firms ``codes`` ``[T, J]``,
+    and each market's largest profit-Hessian eigenvalue (positive: the second-order
+    conditions fail, and the observed prices are no profit maximum); ``labels`` name the
+    markets in errors."""
+    mask = priced.inputs.mask
+    state = priced.state(priced.prices)
+    omega = ownership_matrices(codes, mask)
+    eta = equilibrium.markups(state.jacobian, state.shares, omega, mask)
+    bad = (mask & ~np.isfinite(eta)).any(axis=1)
+    if bad.any():
+        raise singular_markups(labels[bad])
+    second = equilibrium.foc_jacobian(state, omega, np.where(mask, eta, 0.0))
+    eigenvalues = equilibrium.firm_hessian_max_eigenvalues(second, codes, mask)
+    return state, eta, np.nanmax(eigenvalues, axis=1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -727,6 +787,52 @@ def _merger_surplus(solved: _Solved) -> tuple[np.ndarray, np.ndarray]:
         return np.full(n_markets, np.nan), np.full(n_markets, np.nan)
     warn_positive_price_coefficients(positive)
     return np.concatenate(before), np.concatenate(after)
+
+
+def _blank_unsolved(frame: pd.DataFrame, unsolved: np.ndarray) -> None:
+    """NaN in the after and change columns of the rows whose prices did not converge."""
+    if not unsolved.any():
+        return
+    columns = [
+        name
+        for name in frame.columns
+        if name.endswith(("_post", "_change")) and not name.startswith(("firm_ids", "max_"))
+    ]
+    frame.loc[unsolved, columns] = np.nan
+
+
+def _warn_unsolved(markets: pd.DataFrame) -> None:
+    """One warning naming the markets a merger could not solve, and why."""
+    failed = markets.index[~markets["converged"].to_numpy()]
+    if not len(failed):
+        return
+    # The observed prices were checked where costs were imputed: a positive eigenvalue there
+    # means they are no profit maximum, which is why an equilibrium need not exist.
+    indefinite = markets.loc[failed, "max_hessian_eigenvalue_pre"].to_numpy() > 0
+    norms = markets.loc[failed, "foc_norm"].to_numpy()
+    parts = [
+        f"post-merger prices did not converge in {len(failed)} of {len(markets)} market(s), "
+        f"{failed[:10].tolist()} (profit gradient norms up to {np.nanmax(norms, initial=0):.2g}"
+        f"{', or not finite' if np.isnan(norms).any() else ''}): their post-merger values are "
+        f"NaN (see .markets['converged'] and ['foc_norm']); the other "
+        f"{len(markets) - len(failed)} market(s) are solved."
+    ]
+    if indefinite.any():
+        parts.append(
+            f"In {failed[indefinite][:10].tolist()} the second-order conditions already fail at "
+            "the observed prices (a firm's profit Hessian has a positive eigenvalue there, see "
+            ".markets['max_hessian_eigenvalue_pre']): the observed prices are no profit maximum "
+            "under this demand, the costs imputed from them are not a profit-maximizing firm's, "
+            "and a post-merger equilibrium need not exist; markets='profit_maximizing' leaves "
+            "such markets out."
+        )
+    if not indefinite.all():
+        parts.append(
+            f"In {failed[~indefinite][:10].tolist()} the second-order conditions hold at the "
+            "observed prices: the price iteration stopped short of tol (after max_iterations "
+            "updates, or 100 without progress; see .equilibrium.markets['iterations'])."
+        )
+    warn_user(" ".join(parts), ConvergenceWarning)
 
 
 def _warn_second_order(record: Equilibrium) -> None:

@@ -257,11 +257,31 @@ class DemandSystem:
         codes = self.design.layout.pad(self.nest_codes)[positions]
         return Nesting.from_codes(codes, self.rho.size, self.rho)
 
+    def rebuild(self, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """X1 and X2 of changed product data, built with the model's formulas.
+
+        They do not depend on the parameters: callers evaluating several market chunks or
+        parameter draws on the same data build them once and pass them to :meth:`inputs`.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(len(data), K1)`` and ``(len(data), K2)`` matrices in the row order of ``data``.
+        """
+        design = self.design
+        x1 = np.column_stack(
+            [design.exog.rebuild(data, design.context), design.endog.rebuild(data, design.context)]
+        )
+        if not design.random.size:
+            return x1, np.zeros((len(data), 0))
+        return x1, design.random.rebuild(data, design.context)
+
     def inputs(
         self,
         positions: np.ndarray,
         data: pd.DataFrame | None = None,
         rows: np.ndarray | None = None,
+        columns: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> MarketInputs:
         """Kernel inputs for some markets, at the estimation data or at changed ``data``.
 
@@ -273,6 +293,8 @@ class DemandSystem:
             Changed product data; its rows are ``rows`` of the estimation data.
         rows : numpy.ndarray, optional
             Estimation rows of ``data`` (from :meth:`ProductDesign.match_rows`).
+        columns : tuple of numpy.ndarray, optional
+            ``data``'s X1 and X2 from :meth:`rebuild` (default: rebuilt here).
         """
         design = self.design
         layout = design.layout
@@ -282,16 +304,11 @@ class DemandSystem:
         x2_rows = design.random.values
         if data is not None:
             assert rows is not None
-            x1_new = np.column_stack(
-                [
-                    design.exog.rebuild(data, design.context),
-                    design.endog.rebuild(data, design.context),
-                ]
-            )
+            x1_new, x2_new = self.rebuild(data) if columns is None else columns
             delta_rows[rows] = self.delta[rows] + (x1_new - design.X[rows]) @ self.beta
             if design.random.size:
                 x2_rows = x2_rows.copy()
-                x2_rows[rows] = design.random.rebuild(data, design.context)
+                x2_rows[rows] = x2_new
         delta = np.where(mask, delta_rows[slot_rows], 0.0)
         nesting = self._nesting(positions, mask)
         if self.agents is None or self.parameters is None:
@@ -316,8 +333,16 @@ class DemandSystem:
             yield positions[start : start + size]
 
     # ------------------------------------------------------------------ public pieces
-    def shares(self, data: pd.DataFrame | None = None) -> np.ndarray:
+    def shares(
+        self,
+        data: pd.DataFrame | None = None,
+        rows: np.ndarray | None = None,
+        columns: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Shares at the estimation data, or at ``data`` for the rows it covers.
+
+        ``rows`` (:meth:`ProductDesign.match_rows`) and ``columns`` (:meth:`rebuild`) of
+        ``data`` may be given when known; they are the same at every parameter value.
 
         Returns
         -------
@@ -325,14 +350,17 @@ class DemandSystem:
             ``(N,)`` shares (estimation data) or ``(len(data),)`` shares in data order.
         """
         design = self.design
-        rows = None if data is None else design.match_rows(data)
-        if rows is None:
+        if data is None:
+            rows = None
             positions = np.arange(design.layout.n_markets)
         else:
+            rows = design.match_rows(data) if rows is None else rows
+            # Built once here, not once per market chunk.
+            columns = self.rebuild(data) if columns is None else columns
             positions = np.unique(design.layout.codes[rows])
         out = np.zeros(design.nobs)
         for chunk in self.chunks(positions):
-            inputs = self.inputs(chunk, data, rows)
+            inputs = self.inputs(chunk, data, rows, columns)
             shares = ShareEvaluator(inputs.mu, inputs.weights, inputs.mask, inputs.nesting).shares(
                 inputs.delta
             )

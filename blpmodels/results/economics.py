@@ -26,7 +26,10 @@ __all__ = ["EconomicsMixin", "singular_markups", "surplus", "warn_positive_price
 class EconomicsMixin(ResultsRole):
     """Markups, costs, profits, HHI, consumer surplus and passthrough of :class:`BLPResults`."""
 
-    def _ownership(self, firm_ids: Any = None, ownership: Any = None) -> Ownership:
+    def _ownership(
+        self, firm_ids: Any = None, ownership: Any = None, firm_ids_pre: Any = None
+    ) -> Ownership:
+        """Who sets prices: ``firm_ids_pre`` (or the data's firms) changed by the arguments."""
         design = self.model.design
         return resolve_ownership(
             design.firm_ids,
@@ -35,6 +38,7 @@ class EconomicsMixin(ResultsRole):
             firm_ids,
             ownership,
             product_labels=self.demand.product_labels(np.arange(design.nobs)),
+            firm_ids_pre=firm_ids_pre,
         )
 
     def _product_series(self, values: np.ndarray, rows: np.ndarray, name: str) -> pd.Series:
@@ -55,12 +59,12 @@ class EconomicsMixin(ResultsRole):
         return np.asarray(design.data["prices"], dtype=np.float64)[rows]
 
     def _markup_rows(
-        self, market_id: Any, firm_ids: Any, ownership: Any
+        self, market_id: Any, firm_ids: Any, ownership: Any, firm_ids_pre: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Estimation rows of the chosen markets (data order) and their markups p − c."""
         design = self.model.design
         positions = self.demand.market_positions(market_id)
-        spec = self._ownership(firm_ids, ownership)
+        spec = self._ownership(firm_ids, ownership, firm_ids_pre)
         self.demand.check_variable("prices")
         codes = design.layout.pad(spec.codes)
         rows, values = [], []
@@ -78,7 +82,12 @@ class EconomicsMixin(ResultsRole):
         return rows_all[order], eta_all[order]
 
     def markups(
-        self, market_id: Any = None, *, firm_ids: Any = None, ownership: Any = None
+        self,
+        market_id: Any = None,
+        *,
+        firm_ids: Any = None,
+        ownership: Any = None,
+        firm_ids_pre: Any = None,
     ) -> pd.Series:
         """Bertrand–Nash markups p − c implied by the estimated demand at observed prices.
 
@@ -97,6 +106,11 @@ class EconomicsMixin(ResultsRole):
             ``"monopoly"``: one firm per market; ``"single"``: each product its own firm; a
             callable ``kappa(f, g)``: the weight firm f puts on firm g's profits (partial or
             common ownership; only κ(f, g)/κ(f, f) matters).
+        firm_ids_pre : Series or array-like, optional
+            The firms that set the observed prices, one id per product row (a Series with the
+            product data's index, or an array in its order), in place of the product data's
+            ``firm_ids`` column: a model built without firms needs no refit. A ``firm_ids``
+            mapping renames these firms. Every supply-side method takes it.
 
         Returns
         -------
@@ -106,9 +120,9 @@ class EconomicsMixin(ResultsRole):
         Raises
         ------
         BLPInputError
-            No ``firm_ids`` column when firms are needed (with how to add one), unknown or
-            missing firm ids, a bad ownership callable, unknown markets, no ``prices``
-            column in the model.
+            Neither a ``firm_ids`` column nor ``firm_ids_pre`` when firms are needed (the
+            message says what to pass), unknown or missing firm ids, a bad ownership
+            callable, unknown markets, no ``prices`` column in the model.
 
         Examples
         --------
@@ -120,18 +134,30 @@ class EconomicsMixin(ResultsRole):
         >>> expected = -1 / (alpha * (1 - data["shares"].to_numpy()))  # doctest: +SKIP
         >>> bool(np.allclose(markups, expected))  # doctest: +SKIP
         True
+
+        A model built without a ``firm_ids`` column takes the firms at call time:
+
+        >>> firms = data["product_ids"].str[:2]  # doctest: +SKIP
+        >>> same = results.markups(firm_ids_pre=firms)  # doctest: +SKIP
+        >>> bool(np.allclose(same, results.markups()))  # doctest: +SKIP
+        True
         """
-        rows, eta = self._markup_rows(market_id, firm_ids, ownership)
+        rows, eta = self._markup_rows(market_id, firm_ids, ownership, firm_ids_pre)
         return self._product_series(eta, rows, "markups")
 
     def costs(
-        self, market_id: Any = None, *, firm_ids: Any = None, ownership: Any = None
+        self,
+        market_id: Any = None,
+        *,
+        firm_ids: Any = None,
+        ownership: Any = None,
+        firm_ids_pre: Any = None,
     ) -> pd.Series:
         """Marginal costs c = p − markup, imputed from Bertrand–Nash pricing.
 
         Parameters
         ----------
-        market_id, firm_ids, ownership
+        market_id, firm_ids, ownership, firm_ids_pre
             As in :meth:`markups`.
 
         Returns
@@ -153,17 +179,22 @@ class EconomicsMixin(ResultsRole):
         >>> round(float(costs.mean()), 4)  # doctest: +SKIP
         0.087
         """
-        rows, eta = self._markup_rows(market_id, firm_ids, ownership)
+        rows, eta = self._markup_rows(market_id, firm_ids, ownership, firm_ids_pre)
         return self._product_series(self._prices(rows) - eta, rows, "costs")
 
     def margins(
-        self, market_id: Any = None, *, firm_ids: Any = None, ownership: Any = None
+        self,
+        market_id: Any = None,
+        *,
+        firm_ids: Any = None,
+        ownership: Any = None,
+        firm_ids_pre: Any = None,
     ) -> pd.Series:
         """Lerner indices (p − c)/p.
 
         Parameters
         ----------
-        market_id, firm_ids, ownership
+        market_id, firm_ids, ownership, firm_ids_pre
             As in :meth:`markups`.
 
         Returns
@@ -182,7 +213,7 @@ class EconomicsMixin(ResultsRole):
         >>> bool((margins > 0).all())  # doctest: +SKIP
         True
         """
-        rows, eta = self._markup_rows(market_id, firm_ids, ownership)
+        rows, eta = self._markup_rows(market_id, firm_ids, ownership, firm_ids_pre)
         prices = self._prices(rows)
         if (prices <= 0).any():
             market = self.model.design.market_ids[rows[np.flatnonzero(prices <= 0)[0]]]
@@ -199,12 +230,13 @@ class EconomicsMixin(ResultsRole):
         firm_ids: Any = None,
         ownership: Any = None,
         market_size: Any = None,
+        firm_ids_pre: Any = None,
     ) -> pd.Series:
         """Variable profits (p − c)·s per product, per unit of market size unless sized.
 
         Parameters
         ----------
-        market_id, firm_ids, ownership
+        market_id, firm_ids, ownership, firm_ids_pre
             As in :meth:`markups`.
         market_size : str, float or pandas.Series, optional
             A product-data column, one number, or a Series indexed by ``market_ids``;
@@ -229,41 +261,14 @@ class EconomicsMixin(ResultsRole):
         >>> round(float(profits.groupby("market_ids").sum()["C01Q1"]))  # doctest: +SKIP
         810884
         """
-        rows, eta = self._markup_rows(market_id, firm_ids, ownership)
+        rows, eta = self._markup_rows(market_id, firm_ids, ownership, firm_ids_pre)
         sizes = self._market_sizes(market_size, rows)
         values = eta * self.model.design.shares[rows] * sizes
         return self._product_series(values, rows, "profits")
 
     def _market_sizes(self, market_size: Any, rows: np.ndarray) -> np.ndarray:
         """Market size of each row: 1, a column, a number or a Series by market id."""
-        design = self.model.design
-        if market_size is None:
-            return np.ones(rows.size)
-        if isinstance(market_size, str):
-            check_columns(design.data, [market_size])
-            sizes = pd.to_numeric(design.data[market_size], errors="coerce").to_numpy()[rows]
-            what = f"column {market_size!r}"
-        elif isinstance(market_size, pd.Series):
-            sizes = market_size.reindex(design.market_ids[rows]).to_numpy(dtype=np.float64)
-            what = "market_size"
-            if np.isnan(sizes).any():
-                market = design.market_ids[rows[np.flatnonzero(np.isnan(sizes))[0]]]
-                raise BLPInputError(f"market_size has no value for market {market!r}")
-        elif isinstance(market_size, (int, float, np.number)) and not isinstance(market_size, bool):
-            sizes = np.full(rows.size, float(market_size))
-            what = "market_size"
-        else:
-            raise BLPInputError(
-                "market_size must be a column name, a number or a Series indexed by market_ids, "
-                f"got {type(market_size).__name__}"
-            )
-        bad = ~np.isfinite(sizes) | (sizes <= 0)
-        if bad.any():
-            market = design.market_ids[rows[np.flatnonzero(bad)[0]]]
-            raise BLPInputError(
-                f"{what}: market sizes must be positive numbers (first bad in market {market!r})"
-            )
-        return sizes
+        return _row_market_sizes(self.model.design, market_size, rows)
 
     def hhi(
         self,
@@ -272,18 +277,20 @@ class EconomicsMixin(ResultsRole):
         firm_ids: Any = None,
         ownership: str | None = None,
         data: pd.DataFrame | None = None,
+        firm_ids_pre: Any = None,
     ) -> pd.Series:
         """Herfindahl–Hirschman index per market, on shares within the inside goods.
 
-        HHI = 10,000 Σ_f (S_f / S)², S_f firm f's share and S the inside share, so one firm
-        gives 10,000 whatever the outside good's share. (pyblp's ``compute_hhi`` uses
-        shares of the whole market, outside good included, and gives 10,000 S².)
+        HHI = 10,000 Σ_f (S_f / S)², S_f firm f's share and S the inside share (the sum
+        of the products' shares), so one firm gives 10,000 whatever the outside good's share.
+        pyblp 1.3.0's ``compute_hhi`` computes the same index: its code divides each firm's
+        share by the inside share, although the formula in its docstring does not show it.
 
         Parameters
         ----------
         market_id : optional
             One market, a list, or None for all (or all markets of ``data``).
-        firm_ids, ownership
+        firm_ids, ownership, firm_ids_pre
             As in :meth:`markups` (profit weights do not enter the index).
         data : pandas.DataFrame, optional
             Changed product data: shares are predicted there (ξ held).
@@ -304,7 +311,7 @@ class EconomicsMixin(ResultsRole):
         [10000.0]
         """
         design = self.model.design
-        spec = self._ownership(firm_ids, None if callable(ownership) else ownership)
+        spec = self._ownership(firm_ids, None if callable(ownership) else ownership, firm_ids_pre)
         rows, positions = self._data_markets(data, market_id)
         codes = design.layout.pad(spec.codes)
         values = []
@@ -397,7 +404,12 @@ class EconomicsMixin(ResultsRole):
         return self._market_series(np.concatenate(values), positions, "consumer_surplus")
 
     def passthrough(
-        self, market_id: Any = None, *, firm_ids: Any = None, ownership: Any = None
+        self,
+        market_id: Any = None,
+        *,
+        firm_ids: Any = None,
+        ownership: Any = None,
+        firm_ids_pre: Any = None,
     ) -> pd.DataFrame:
         """Cost passthrough ∂p_j/∂c_k (row j, column k) at the observed equilibrium.
 
@@ -410,7 +422,7 @@ class EconomicsMixin(ResultsRole):
         market_id : optional
             One market (a J×J frame), a list, or None (stacked, rows labelled by
             ``(market_ids, product_ids)``).
-        firm_ids, ownership
+        firm_ids, ownership, firm_ids_pre
             As in :meth:`markups`.
 
         Returns
@@ -430,7 +442,7 @@ class EconomicsMixin(ResultsRole):
         """
         design = self.model.design
         positions = self.demand.market_positions(market_id)
-        spec = self._ownership(firm_ids, ownership)
+        spec = self._ownership(firm_ids, ownership, firm_ids_pre)
         codes = design.layout.pad(spec.codes)
         pieces = []
         for chunk in self.demand.chunks(positions):
@@ -458,6 +470,7 @@ class EconomicsMixin(ResultsRole):
         firm_ids: Any = None,
         ownership: Any = None,
         costs: Any = None,
+        firm_ids_pre: Any = None,
     ) -> dict[Any, pd.DataFrame]:
         """Each firm's profit Hessian in its own prices, ∂²π_f/∂p_j∂p_k, in one market.
 
@@ -469,7 +482,7 @@ class EconomicsMixin(ResultsRole):
         ----------
         market_id
             One market.
-        firm_ids, ownership
+        firm_ids, ownership, firm_ids_pre
             As in :meth:`markups`.
         costs : pandas.Series or array-like, optional
             Marginal costs per product row (aligned with the product data); default
@@ -495,7 +508,7 @@ class EconomicsMixin(ResultsRole):
         positions = self.demand.market_positions(market_id)
         if positions.size != 1:
             raise BLPInputError("profit_hessians() takes a single market_id")
-        spec = self._ownership(firm_ids, ownership)
+        spec = self._ownership(firm_ids, ownership, firm_ids_pre)
         priced = self.demand.priced(positions)
         state = priced.state(priced.prices)
         mask = state.product_mask
@@ -514,6 +527,108 @@ class EconomicsMixin(ResultsRole):
             own = codes == code
             out[spec.labels[code]] = self._market_frame(block[np.ix_(own, own)], rows[own])
         return out
+
+    def approximate_prices(
+        self,
+        firm_ids: Any = None,
+        *,
+        ownership: Any = None,
+        costs: Any = None,
+        market_id: Any = None,
+        firm_ids_pre: Any = None,
+    ) -> pd.Series:
+        """Prices after a change of owners or costs, approximated without solving for them.
+
+        p* ≈ c* + η*, with η* = −(Ω* ⊙ (∂s/∂p)ᵀ)⁻¹ s the markups under the new owners Ω*
+        at the observed shares and price derivatives, as if those did not move (Hausman,
+        Leonard and Zona, 1994; Werden, 1997): pyblp's ``compute_approximate_prices``. A
+        quick first look; :meth:`merger` and :meth:`equilibrium_prices` solve for the new
+        equilibrium, where shares and their derivatives move with prices.
+
+        Parameters
+        ----------
+        firm_ids, ownership
+            Who sets prices after the change, as in :meth:`markups` (e.g. ``{"F2": "F1"}``);
+            default the firms at the observed prices (giving back the observed prices).
+        costs : pandas.Series or array-like, optional
+            Marginal costs c* per product row, aligned with the product data; default
+            :meth:`costs` under the firms at the observed prices.
+        market_id : optional
+            One market, a list, or None for all.
+        firm_ids_pre : Series or array-like, optional
+            As in :meth:`markups`: the firms at the observed prices, in place of the product
+            data's ``firm_ids`` (the imputed costs use them).
+
+        Returns
+        -------
+        pandas.Series
+            Approximate prices labelled by ``(market_ids, product_ids)``.
+
+        Raises
+        ------
+        BLPInputError
+            As in :meth:`markups`; costs not aligned with the product data or not finite.
+
+        Examples
+        --------
+        F1 buys F2 in Mixtape exercise 1 (logit). Rivals keep their observed prices, and
+        the merging firms' prices overshoot the solved ones (10.2% against 6.65% on average):
+        their markup −1/(α(1 − S_f)) is taken at the merged firm's observed share S_f, which
+        falls once its prices rise.
+
+        >>> approximate = results.approximate_prices({"F2": "F1"})  # doctest: +SKIP
+        >>> merger = results.merger({"F2": "F1"})  # doctest: +SKIP
+        >>> merging = merger.products["firm_ids_pre"].isin(["F1", "F2"])  # doctest: +SKIP
+        >>> solved = merger.products["prices_post"]  # doctest: +SKIP
+        >>> bool((approximate[merging] > solved[merging]).all())  # doctest: +SKIP
+        True
+        >>> change = 100 * (approximate / merger.products["prices_pre"] - 1)  # doctest: +SKIP
+        >>> round(float(change[merging].mean()), 1)  # doctest: +SKIP
+        10.2
+        """
+        rows, new_markups = self._markup_rows(market_id, firm_ids, ownership, firm_ids_pre)
+        if costs is None:
+            try:
+                _, observed = self._markup_rows(market_id, None, None, firm_ids_pre)
+            except BLPInputError as error:
+                raise BLPInputError(f"{error}; or pass costs=") from error
+            base = self._prices(rows) - observed
+        else:
+            design = self.model.design
+            base = row_values(costs, design.data.index, "costs", design.market_ids)[rows]
+        return self._product_series(base + new_markups, rows, "prices")
+
+
+def _row_market_sizes(design: Any, market_size: Any, rows: np.ndarray) -> np.ndarray:
+    """Market size of each estimation row ``rows`` of ``design``: 1, a column, a number or
+    a Series by market id (checked positive and finite)."""
+    if market_size is None:
+        return np.ones(rows.size)
+    if isinstance(market_size, str):
+        check_columns(design.data, [market_size])
+        sizes = pd.to_numeric(design.data[market_size], errors="coerce").to_numpy()[rows]
+        what = f"column {market_size!r}"
+    elif isinstance(market_size, pd.Series):
+        sizes = market_size.reindex(design.market_ids[rows]).to_numpy(dtype=np.float64)
+        what = "market_size"
+        if np.isnan(sizes).any():
+            market = design.market_ids[rows[np.flatnonzero(np.isnan(sizes))[0]]]
+            raise BLPInputError(f"market_size has no value for market {market!r}")
+    elif isinstance(market_size, (int, float, np.number)) and not isinstance(market_size, bool):
+        sizes = np.full(rows.size, float(market_size))
+        what = "market_size"
+    else:
+        raise BLPInputError(
+            "market_size must be a column name, a number or a Series indexed by market_ids, "
+            f"got {type(market_size).__name__}"
+        )
+    bad = ~np.isfinite(sizes) | (sizes <= 0)
+    if bad.any():
+        market = design.market_ids[rows[np.flatnonzero(bad)[0]]]
+        raise BLPInputError(
+            f"{what}: market sizes must be positive numbers (first bad in market {market!r})"
+        )
+    return sizes
 
 
 def singular_markups(markets: Any) -> BLPInputError:

@@ -275,6 +275,78 @@ class PostEstimationMixin(ResultsRole):
             pieces.append((market.market, self._market_frame(matrix, market.rows)))
         return self._stack(pieces)
 
+    def aggregate_elasticities(
+        self, name: str | None = "prices", *, factor: float = 0.1, market_id: Any = None
+    ) -> pd.Series:
+        """The aggregate elasticity of demand in each market, as pyblp computes it.
+
+        E_t = Σ_j [s_jt(x·(1 + Δ)) − s_jt] / Δ: the change in the market's total inside share
+        when a characteristic x rises by the fraction Δ = ``factor`` for every product at once,
+        per unit of Δ (pyblp's ``compute_aggregate_elasticities``; ξ and the fixed effects held
+        at their estimates, s_jt the observed shares). It is the change in the inside share S_t,
+        not its percentage change: divide by S_t (the sum of the market's observed shares) for
+        the elasticity of S_t itself.
+
+        Parameters
+        ----------
+        name : str or None
+            Product-data column x the utilities read (default prices); None scales the mean
+            utilities δ instead, as pyblp's ``name=None``.
+        factor : float
+            The proportional change Δ (pyblp's default 0.1); its sign sets the direction.
+        market_id : optional
+            One market, a list, or None for all.
+
+        Returns
+        -------
+        pandas.Series
+            One value per market, indexed by ``market_ids`` in data order.
+
+        Raises
+        ------
+        BLPInputError
+            ``name`` not a numeric column the utilities read, ``factor`` zero or not a finite
+            number, unknown markets.
+
+        Examples
+        --------
+        >>> aggregate = results.aggregate_elasticities()  # doctest: +SKIP
+        >>> round(float(aggregate.mean()), 3)  # doctest: +SKIP
+        -0.813
+        """
+        if isinstance(factor, (bool, np.bool_)) or not isinstance(
+            factor, (int, float, np.integer, np.floating)
+        ):
+            raise BLPInputError(f"factor must be a number such as 0.1, got {factor!r}")
+        if not np.isfinite(factor) or factor == 0 or factor <= -1:
+            raise BLPInputError(
+                f"factor must be a finite nonzero number above -1 (x is scaled by 1 + factor), "
+                f"got {factor!r}"
+            )
+        if name is not None:
+            self.demand.check_variable(name)
+        design = self.model.design
+        positions = self.demand.market_positions(market_id)
+        data = self._rows_of_markets(design.data, positions)
+        rows = design.match_rows(data)
+        if name is None:
+            scaled = replace(self.demand, delta=(1.0 + factor) * self.demand.delta)
+            shares = scaled.shares(data)
+        else:
+            changed = data.copy()
+            changed[name] = changed[name].to_numpy(dtype=np.float64) * (1.0 + factor)
+            shares = self.demand.shares(changed)
+        codes = design.layout.codes[rows]
+        change = np.bincount(
+            codes, weights=shares - design.shares[rows], minlength=positions.max() + 1
+        )
+        labels = design.layout.market_labels[positions]
+        return pd.Series(
+            change[positions] / factor,
+            index=pd.Index(labels, name="market_ids"),
+            name="aggregate_elasticity",
+        )
+
     def diversion_ratios(
         self,
         market_id: Any = None,

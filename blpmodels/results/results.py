@@ -16,6 +16,7 @@ mergers, simulation), :mod:`~blpmodels.results.micro` (micro-moment outputs),
 
 from __future__ import annotations
 
+import html
 import re
 import time
 from collections.abc import Sequence
@@ -397,6 +398,19 @@ class BLPResults(
             summary.add_extra_txt(wrap_notes(notes, SUMMARY_WIDTH))
         return summary
 
+    def _repr_html_(self) -> str:
+        """The summary as HTML, so that a notebook cell ending in ``results`` shows it.
+
+        statsmodels' ``Summary.as_html`` for the tables; the notes are escaped here (it pastes
+        them in as they are, and a note may hold ``<``), one line break per line.
+        """
+        summary = self.summary()
+        notes, summary.extra_txt = summary.extra_txt, None
+        text = summary.as_html()
+        if notes:
+            text += "<br/><br/>" + html.escape(notes).replace("\n", "<br/>\n")
+        return text
+
     def _summary_columns(self) -> tuple[list[_HeaderRow], list[_HeaderRow]]:
         """The header's two columns, of equal length: the model and data on the left, the GMM
         objective, tests and convergence on the right."""
@@ -449,6 +463,8 @@ class BLPResults(
                 f"columns: results.conf_int(alpha={alpha})."
             )
         notes.extend(self._price_notes())
+        if info.first_stage.empty:
+            notes.append(self._exogenous_note())
         if info.method != "2s" and self.j_stat.df > 0:
             notes.append(
                 "J p-value (W≠S⁻¹): J is χ²-distributed only with the efficient weighting "
@@ -469,6 +485,18 @@ class BLPResults(
                 for name, row in info.micro.iterrows()
             )
         return notes
+
+    def _exogenous_note(self) -> str:
+        """Says that nothing is instrumented: pyblp users expect demand_instruments columns to
+        be used, and here they are only when written in the formula's brackets."""
+        design = self.model.design
+        # Each regressor its own instrument and nothing else in Z, β linear: exactly OLS.
+        ols = not design.instruments.size and len(self.params) == len(design.x_names)
+        return (
+            f"No instrumented regressors{' (OLS)' if ols else ''}: every regressor is treated "
+            "as exogenous. To instrument prices, write them with their excluded instruments in "
+            "brackets, e.g. 'shares ~ 0 + [prices ~ z0 + z1]'."
+        )
 
     def _price_notes(self) -> list[str]:
         """What the linear price coefficient means when prices have a random coefficient."""

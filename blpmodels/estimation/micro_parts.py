@@ -1,0 +1,159 @@
+"""Helpers of :mod:`blpmodels.estimation.micro`: the checks and column readers its
+constructors use, the named functions of the moments they build (a ratio, a covariance) and
+the ``repr`` of micro datasets and moments.
+
+Kept apart so that ``micro`` (the datasets, moments and the block that evaluates them) stays
+within the module size limit; the public names remain importable from
+:mod:`blpmodels.estimation.micro` and :mod:`blpmodels`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from blpmodels.exceptions import BLPInputError
+
+__all__ = [
+    "covariance",
+    "covariance_gradient",
+    "dataset_repr",
+    "moment_repr",
+    "ratio",
+    "ratio_gradient",
+]
+
+
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise BLPInputError(f"{what} name must be a non-empty string, got {name!r}")
+    return name
+
+
+def _column(frame: pd.DataFrame, name: str, what: str, moment: str) -> np.ndarray:
+    """A numeric column of products or agents, or a pandas expression of their columns."""
+    if name in frame.columns:
+        values = frame[name]
+    else:
+        try:
+            values = frame.eval(name)
+        except Exception as error:
+            raise BLPInputError(
+                f"micro moment {moment!r}: the {what} have no column {name!r} (and it is not an "
+                f"expression of their columns: {error}); columns: {list(frame.columns)}"
+            ) from None
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size != len(frame):
+        raise BLPInputError(f"micro moment {moment!r}: {name!r} is not one value per row")
+    return values
+
+
+def _indicator(frame: pd.DataFrame, name: str, moment: str, role: str) -> np.ndarray:
+    """A 0/1 product column (or expression) selecting products; other values would make a share
+    of buyers, or a mean among them, a weighted sum that is neither, so they are an error."""
+    values = _column(frame, name, "products", moment)
+    bad = ~((values == 0.0) | (values == 1.0))
+    if bad.any():
+        examples = np.unique(values[bad])[:3].tolist()
+        raise BLPInputError(
+            f"micro moment {moment!r}: {role} {name!r} must be a 0/1 product column selecting "
+            f"products, but it has the values {examples} (write a condition such as "
+            f"'{name} > 0', or give weighted values as parts of a MicroMoment yourself)"
+        )
+    return values
+
+
+def _check_probability(value: float, moment: str, what: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        message = f"micro moment {moment!r}: {what}, so its value must be in [0, 1], got {value!r}"
+        raise BLPInputError(message)
+
+
+# The functions of MicroMoment.mean(among=...) and MicroMoment.covariance, named so that a
+# moment's repr says what it computes.
+def ratio(v: np.ndarray) -> float:
+    """E[d · 1(j in group)] / P(j in group): the first part over the second.
+
+    Examples
+    --------
+    >>> ratio(np.array([4.0, 0.5]))
+    8.0
+    """
+    return float(v[0] / v[1])
+
+
+def ratio_gradient(v: np.ndarray) -> np.ndarray:
+    """∂ ratio / ∂ parts."""
+    return np.array([1.0 / v[1], -v[0] / v[1] ** 2])
+
+
+def covariance(v: np.ndarray) -> float:
+    """E[d x] − E[d] E[x] from the parts (E[d], E[x], E[d x]).
+
+    Examples
+    --------
+    >>> covariance(np.array([8.0, 0.5, 4.1]))
+    0.09999999999999964
+    """
+    return float(v[2] - v[0] * v[1])
+
+
+def covariance_gradient(v: np.ndarray) -> np.ndarray:
+    """∂ covariance / ∂ parts."""
+    return np.array([-v[1], -v[0], 1.0])
+
+
+def _callable_name(function: Any) -> str:
+    """A function's own name (``<lambda>`` for a lambda), without the ``<locals>`` path and
+    address of its default repr."""
+    return str(getattr(function, "__name__", type(function).__name__))
+
+
+def _markets(market_ids: Any) -> str:
+    if market_ids is None:
+        return "all"
+    ids = [repr(market) for market in market_ids]
+    shown = ids if len(ids) <= 4 else [*ids[:2], "…", ids[-1]]
+    return f"{len(ids)} [{', '.join(shown)}]"
+
+
+def dataset_repr(dataset: Any) -> str:
+    """``MicroDataset('income', observations=100, markets=2 ['C01Q1', 'C01Q2'])``: the name,
+    the survey's size, its markets (their number, and the first and last ids when there are
+    many) and the options that differ from the defaults.
+
+    Examples
+    --------
+    >>> from blpmodels.estimation.micro import MicroDataset
+    >>> MicroDataset("income", 100, [f"C{k:02d}Q1" for k in range(1, 11)])
+    MicroDataset('income', observations=100, markets=10 ['C01Q1', 'C02Q1', …, 'C10Q1'])
+    """
+    options = [f"observations={dataset.observations}", f"markets={_markets(dataset.market_ids)}"]
+    if dataset.weights is not None:
+        options.append(f"weights={_callable_name(dataset.weights)}")
+    if dataset.second_choices:
+        options.append("second_choices=True")
+    if dataset.eliminated is not None:
+        options.append(f"eliminated={dataset.eliminated!r}")
+    return f"{type(dataset).__name__}({dataset.name!r}, {', '.join(options)})"
+
+
+def moment_repr(moment: Any) -> str:
+    """``MicroMoment('E[log_income | inside]', dataset='income', value=7.9)``: the name, the
+    survey's name, the observed value, and the number of parts and the function combining
+    them when there are several.
+
+    Examples
+    --------
+    >>> from blpmodels.estimation.micro import MicroDataset, MicroMoment
+    >>> survey = MicroDataset("income", 100, ["C01Q1"])
+    >>> MicroMoment.mean("log_income", survey, 8.1, among="mushy")
+    MicroMoment('E[log_income | mushy]', dataset='income', value=8.1, parts=2, function=ratio)
+    """
+    text = f"{type(moment).__name__}({moment.name!r}, dataset={moment.dataset.name!r}, "
+    text += f"value={moment.value!r}"
+    if moment.function is not None:
+        text += f", parts={len(moment.parts)}, function={_callable_name(moment.function)}"
+    return text + ")"
