@@ -9,7 +9,8 @@ stays at the start) and pyblp's with ``Optimization('return')``, so both describ
 demand; the linear models' estimates are passed to pyblp the same way.
 
 Compared: ``compute_costs``, ``compute_markups`` (our margins), ``compute_profits``,
-``compute_hhi`` (fed inside-good shares; pyblp divides by the inside share itself too),
+``compute_hhi`` (at its default shares: pyblp divides by the inside share too),
+``compute_approximate_prices``,
 ``compute_consumer_surpluses``, ``compute_passthrough``, ``compute_profit_hessians`` (summed
 over each firm's products, as pyblp's simulations do, and restricted to the firm's prices),
 ``compute_prices`` after a merger, and costs under partial ownership (``build_ownership`` with a
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -192,16 +194,61 @@ def test_costs_margins_and_profits_match_pyblp(case):
 
 
 def test_hhi_and_consumer_surplus_match_pyblp(case):
+    """pyblp 1.3.0's compute_hhi, at its default shares, divides each firm's share by the
+    inside share as ours does (its docstring's formula does not show it): both equal the
+    index on inside-good shares computed here, not the one on whole-market shares."""
     products = case.products
-    inside = products["shares"] / products.groupby("market_ids")["shares"].transform("sum")
     order = _market_order(case)
-    assert_close(
-        case.ours.hhi().loc[order], case.oracle.compute_hhi(shares=inside.to_numpy()), "HHI"
-    )
+    ours = case.ours.hhi().loc[order]
+    assert_close(ours, case.oracle.compute_hhi(), "HHI")
+    firms = products.groupby(["market_ids", "firm_ids"])["shares"].sum()
+    inside = firms / firms.groupby(level="market_ids").transform("sum")
+    by_hand = 1e4 * (inside**2).groupby(level="market_ids").sum()
+    assert_close(ours, by_hand.loc[order], "HHI by hand")
+    whole = 1e4 * (firms**2).groupby(level="market_ids").sum()
+    assert not np.allclose(ours, whole.loc[order], rtol=1e-3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # Q5: some agents' α > 0 (pyblp too)
         surplus = case.ours.consumer_surplus()
     assert_close(surplus.loc[order], case.oracle.compute_consumer_surpluses(), "surplus")
+
+
+def test_the_docs_say_which_shares_pyblp_hhi_uses():
+    """Issue 19, item 13: the hhi() docstring and docs/supply.md said pyblp's compute_hhi uses
+    whole-market shares; test_hhi_and_consumer_surplus_match_pyblp shows it does not."""
+    from blpmodels.results.results import BLPResults
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "supply.md"
+    for text in (BLPResults.hhi.__doc__ or "", guide.read_text()):
+        flat = " ".join(text.split())
+        assert "pyblp 1.3.0's `compute_hhi` computes the same index" in flat.replace("``", "`")
+        assert "divides each firm's share by the inside share" in flat
+        assert "whole market" not in flat
+
+
+def test_approximate_prices_match_pyblp(case):
+    """p* ≈ c + η*: markups under the new owners at the observed shares and derivatives, with
+    the costs imputed under the old owners (default) or given."""
+    products = case.products
+    new_firms = products["firm_ids"].replace(case.merger).to_numpy()
+    expected = case.oracle.compute_approximate_prices(firm_ids=new_firms)
+    ours = case.ours.approximate_prices(case.merger)
+    assert list(ours.index.names) == ["market_ids", "product_ids"]
+    assert_close(ours, expected, "approximate prices")
+    # The merging firms' products get dearer (or stay, in markets where only one of them
+    # sells); rivals' markups do not change at the observed shares.
+    moved = products["firm_ids"].isin([*case.merger, *case.merger.values()]).to_numpy()
+    observed, approximate = products["prices"].to_numpy(), ours.to_numpy()
+    assert (approximate[moved] >= observed[moved] * (1 - 1e-12)).all()
+    assert (approximate[moved] > observed[moved] * (1 + 1e-6)).any()
+    np.testing.assert_allclose(approximate[~moved], observed[~moved], rtol=1e-10)
+    costs = 0.9 * case.oracle.compute_costs()
+    rows = (products["market_ids"] == case.market).to_numpy()
+    expected = case.oracle.compute_approximate_prices(
+        firm_ids=new_firms[rows], costs=costs[rows], market_id=case.market
+    )
+    ours = case.ours.approximate_prices(case.merger, costs=costs, market_id=case.market)
+    assert_close(ours, expected, "approximate prices at given costs, one market")
 
 
 def test_passthrough_and_profit_hessians_match_pyblp(case):
@@ -296,8 +343,9 @@ def test_q5_merger_in_all_markets(q5):
 @pytest.mark.filterwarnings("ignore:some agents have a positive price coefficient")
 def test_q5_merger_without_an_equilibrium_names_the_market(q5):
     """F1 buys F2: in C03Q1 neither we nor pyblp find prices that solve the first-order
-    conditions (pyblp's ζ iteration ends at prices of −135). The market is flagged, named in
-    the warning, and left NaN; C01Q1 is solved (tests/test_mergers.py checks its prices)."""
+    conditions (pyblp's ζ iteration returns prices from −45 to −0.37, where the profit
+    gradient is 0.98). The market is flagged, named in the warning, and left NaN; C01Q1 is
+    solved (tests/test_mergers.py checks its prices against pyblp's)."""
     with pytest.warns(ConvergenceWarning, match=r"\['C03Q1'\]"):
         merger = q5.ours.merger(firm_ids={"F2": "F1"}, market_id=["C01Q1", "C03Q1"])
     assert merger.markets["converged"].to_dict() == {"C01Q1": True, "C03Q1": False}

@@ -556,7 +556,9 @@ SUPPLY_EXAMPLES = {
         "BLPResults.equilibrium_prices",
         "BLPResults.merger",
         "BLPResults.simulate",
+        "BLPResults.approximate_prices",
         "MergerResults.summary",
+        "Equilibrium.summary",
     )
 }
 

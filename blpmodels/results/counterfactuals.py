@@ -808,7 +808,8 @@ def _warn_unsolved(markets: pd.DataFrame) -> None:
         return
     # The observed prices were checked where costs were imputed: a positive eigenvalue there
     # means they are no profit maximum, which is why an equilibrium need not exist.
-    indefinite = markets.loc[failed, "max_hessian_eigenvalue_pre"].to_numpy() > 0
+    eigenvalues = markets.loc[failed, "max_hessian_eigenvalue_pre"].to_numpy()
+    indefinite = eigenvalues > 0
     norms = markets.loc[failed, "foc_norm"].to_numpy()
     parts = [
         f"post-merger prices did not converge in {len(failed)} of {len(markets)} market(s), "
@@ -820,7 +821,8 @@ def _warn_unsolved(markets: pd.DataFrame) -> None:
     if indefinite.any():
         parts.append(
             f"In {failed[indefinite][:10].tolist()} the second-order conditions already fail at "
-            "the observed prices (a firm's profit Hessian has a positive eigenvalue there, see "
+            "the observed prices (a firm's profit Hessian has a positive eigenvalue there, up to "
+            f"{np.nanmax(eigenvalues[indefinite]):.3g}; see "
             ".markets['max_hessian_eigenvalue_pre']): the observed prices are no profit maximum "
             "under this demand, the costs imputed from them are not a profit-maximizing firm's, "
             "and a post-merger equilibrium need not exist; markets='profit_maximizing' leaves "
