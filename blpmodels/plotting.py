@@ -61,8 +61,10 @@ def _pyplot() -> Any:
 def _axes(ax: Axes | None, size: tuple[float, float] = (6.4, 4.8)) -> Axes:
     if ax is not None:
         return ax
-    # Constrained layout makes room for rotated product labels, colorbars and twin axes at
-    # every draw, so a plain savefig keeps them (no bbox_inches="tight" needed).
+    # A layout engine that runs at every draw makes room for rotated product labels,
+    # colorbars and twin axes, so a plain savefig keeps them (no bbox_inches="tight"). The
+    # tight engine rather than the constrained one: after a colorbar, matplotlib refuses to
+    # switch from constrained to tight, so a caller's plt.tight_layout() would raise.
     _, created = _pyplot().subplots(figsize=size, layout="tight")
     return created
 
@@ -107,6 +109,17 @@ def _diverging_ticks(low: float, high: float) -> np.ndarray:
     return np.unique(ticks)
 
 
+def _tick_label(value: float, _position: Any = None) -> str:
+    """A colorbar tick as the shortest number that names it: ``−4``, ``0``, ``0.2``.
+
+    One format for all ticks would give the two sides' different steps the finer one's
+    decimals (``−4.0``, ``0.0``); the minus sign is matplotlib's (a true minus by default).
+    """
+    from matplotlib.ticker import Formatter
+
+    return Formatter.fix_minus(f"{value:.6g}")
+
+
 def _heatmap(
     matrix: pd.DataFrame,
     ax: Axes | None,
@@ -136,7 +149,12 @@ def _heatmap(
     ax.set_yticks(np.arange(values.shape[0]), [str(r) for r in matrix.index])
     ax.set_xlabel(str(matrix.columns.name or ""))
     ax.set_ylabel(str(matrix.index.name or ""))
-    ax.figure.colorbar(image, ax=ax, label=colorbar_label, ticks=ticks)
+    label_format = None
+    if ticks is not None:
+        from matplotlib.ticker import FuncFormatter
+
+        label_format = FuncFormatter(_tick_label)
+    ax.figure.colorbar(image, ax=ax, label=colorbar_label, ticks=ticks, format=label_format)
     if annotate is None:
         annotate = max(values.shape) <= ANNOTATE_UP_TO
     if annotate and finite.size:

@@ -273,6 +273,42 @@ def test_random_coefficient_bootstrap_predictions_by_hand(q5_results, exercise2)
         np.testing.assert_allclose(changes[row], 100 * (expected / before - 1), rtol=1e-8)
 
 
+def test_every_market_of_a_draw_from_one_product_and_one_exponential_pass(
+    q5_results, exercise2, monkeypatch
+):
+    """A draw's shares come from the agent coefficients through the estimator's path: μ − m
+    in one augmented product, one exponential pass, μ = X2 c' never formed on its own.
+    Profiling draws over exercise 2's 94 markets found forming μ, its per-agent maximum
+    and the shift to be half of each draw's time. The shares of every market still equal
+    the closed form."""
+    from blpmodels.kernel.shares import ShareEvaluator
+
+    formed = []
+    build = ShareEvaluator.__init__
+
+    def counted(self, mu, *args, **kwargs):
+        formed.append(mu.shape)
+        build(self, mu, *args, **kwargs)
+
+    monkeypatch.setattr(ShareEvaluator, "__init__", counted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # draws moved onto σ ≥ 0, if any
+        bootstrapped = q5_results.bootstrap(draws=2, seed=3)
+    predicted = bootstrapped.predict().to_numpy()
+    assert formed == []  # no evaluator was handed a formed μ
+    products, agents = exercise2
+    params = q5_results.params
+    prices = products["prices"].to_numpy()
+    for row, draw in enumerate(bootstrapped.params.to_dict("records")):
+        theta = (draw["sigma[prices,prices]"], draw["pi[mushy,log_income]"])
+        theta += (draw["pi[prices,log_income]"],)
+        delta = q5_results.delta.to_numpy() + (draw["prices"] - params["prices"]) * prices
+        for market_id, people in agents.groupby("market_ids"):
+            rows = (products["market_ids"] == market_id).to_numpy()
+            expected = _rc_shares(delta[rows], products[rows], people, *theta)
+            np.testing.assert_allclose(predicted[row, rows], expected, rtol=1e-10)
+
+
 # ---------------------------------------------------------------- progress, cost, display
 
 

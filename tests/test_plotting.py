@@ -539,5 +539,20 @@ def test_elasticity_colorbar_has_ticks_on_both_sides_of_zero(logit24):
     assert ticks.min() >= own.min() and ticks.max() <= cross.max()
     labels = [label.get_text() for label in colorbar.ax.get_yticklabels() if label.get_text()]
     assert len(set(labels)) == len(labels)  # readable: no two ticks print the same
+    # Each tick printed as the shortest number that names it ("−4", "0", "0.2"), not with
+    # the finer side's decimals on both ("−4.0", "0.0").
+    minus = "\N{MINUS SIGN}" if matplotlib.rcParams["axes.unicode_minus"] else "-"
+    assert labels == [f"{value:g}".replace("-", minus) for value in ticks]
     # The diverging norm puts zero in the middle of the bar: each sign gets half of it.
     assert ax.images[0].norm(0.0) == pytest.approx(0.5)
+
+
+def test_a_heatmap_figure_still_takes_the_callers_tight_layout(logit24):
+    """Figures lay themselves out, and a caller's ``plt.tight_layout()`` (as older scripts and
+    the gallery write after a heatmap) still works: matplotlib refuses to switch a figure
+    from the constrained engine to the tight one once it holds a colorbar."""
+    data, results = logit24
+    ax = plotting.plot_elasticities(results, data["market_ids"].iloc[0])
+    assert ax.figure.get_layout_engine() is not None  # laid out at every draw
+    plt.tight_layout()
+    assert _texts_outside(ax.figure) == []

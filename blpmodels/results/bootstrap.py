@@ -139,8 +139,12 @@ class BootstrappedResults:
     def _systems(self, verbose: bool) -> Iterator[DemandSystem]:
         """The estimated demand at each draw's parameters, in draw order."""
         values = self.params.to_numpy()
+        # Where β ends and θ starts, found once (asking the results at every draw built two
+        # labelled Series per draw, about 0.1 ms).
+        k1, start = len(self.results.beta), self.results._theta_start
+        demand = self.results.demand
         for row in progress(values, len(values), "bootstrap", verbose):
-            yield self.results.demand.with_parameters(*self.results._demand_parameters(row))
+            yield demand.with_parameters(row[:k1], row[start:] if row.size > start else None)
 
     def _shares(self, frames: list[_Prepared], verbose: bool | None) -> list[np.ndarray]:
         """``draws × len(frame)`` shares for each prepared frame, in one pass over the draws
@@ -281,9 +285,7 @@ class BootstrappedResults:
     def _description(self) -> str:
         seed = "" if self.seed is None else f", seed {self.seed}"
         moved = f"; {self.moved} moved onto parameter bounds" if self.moved else ""
-        return (
-            f"Parametric bootstrap: {self.draws} draws from N(params, cov_params()){seed}{moved}"
-        )
+        return f"Parametric bootstrap: {self.draws} draws from N(params, cov_params()){seed}{moved}"
 
     def __repr__(self) -> str:
         return f"<BootstrappedResults: {self._description()}>"

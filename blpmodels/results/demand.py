@@ -296,6 +296,24 @@ class DemandSystem:
         columns : tuple of numpy.ndarray, optional
             ``data``'s X1 and X2 from :meth:`rebuild` (default: rebuilt here).
         """
+        slot_rows, mask, delta, nesting, x2, coefficients, weights = self._padded(
+            positions, data, rows, columns
+        )
+        if x2 is None:
+            mu = np.zeros((positions.size, self.design.layout.width, 1))
+        else:
+            mu = np.matmul(x2, np.swapaxes(coefficients, 1, 2))
+        return MarketInputs(positions, delta, mu, weights, mask, nesting, coefficients, slot_rows)
+
+    def _padded(
+        self,
+        positions: np.ndarray,
+        data: pd.DataFrame | None,
+        rows: np.ndarray | None,
+        columns: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[Any, ...]:
+        """Slot rows, mask, δ, nesting, X2 (None without agents), agent coefficients and
+        weights of some markets: what :meth:`inputs` and :meth:`shares` build μ from."""
         design = self.design
         layout = design.layout
         slot_rows = layout.index[positions]
@@ -313,18 +331,39 @@ class DemandSystem:
         nesting = self._nesting(positions, mask)
         if self.agents is None or self.parameters is None:
             n = positions.size
-            mu = np.zeros((n, layout.width, 1))
-            weights = np.ones((n, 1))
-            coefficients = np.zeros((n, 1, 0))
+            return slot_rows, mask, delta, nesting, None, np.zeros((n, 1, 0)), np.ones((n, 1))
+        agents = self.agents
+        coefficients, _ = self.parameters.coefficients(
+            self.theta, agents.nodes[positions], agents.demographics[positions]
+        )
+        x2 = np.where(mask[:, :, None], x2_rows[slot_rows], 0.0)
+        return slot_rows, mask, delta, nesting, x2, coefficients, agents.weights[positions]
+
+    def _chunk_shares(
+        self,
+        positions: np.ndarray,
+        data: pd.DataFrame | None,
+        rows: np.ndarray | None,
+        columns: tuple[np.ndarray, np.ndarray] | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Slot rows, mask and ``[T, J]`` shares of one chunk of markets.
+
+        As the estimator does, μ − m comes from one augmented product and one exponential
+        pass, μ never formed on its own; and the ``[T, J, I]`` arrays die on return, before
+        the next chunk allocates its own (kept alive across chunks, their memory went back
+        to the system and was faulted in again, 2,200 page faults per evaluation). Together
+        these took 40% of a bootstrap draw's time over exercise 2's 94 markets (14.5 ms to
+        8.6 ms of CPU).
+        """
+        slot_rows, mask, delta, nesting, x2, coefficients, weights = self._padded(
+            positions, data, rows, columns
+        )
+        if x2 is None:
+            mu = np.zeros((positions.size, self.design.layout.width, 1))
+            evaluator = ShareEvaluator(mu, weights, mask, nesting)
         else:
-            agents = self.agents
-            coefficients, _ = self.parameters.coefficients(
-                self.theta, agents.nodes[positions], agents.demographics[positions]
-            )
-            x2 = np.where(mask[:, :, None], x2_rows[slot_rows], 0.0)
-            mu = np.matmul(x2, np.swapaxes(coefficients, 1, 2))
-            weights = agents.weights[positions]
-        return MarketInputs(positions, delta, mu, weights, mask, nesting, coefficients, slot_rows)
+            evaluator = ShareEvaluator.from_coefficients(x2, coefficients, weights, mask, nesting)
+        return slot_rows, mask, evaluator.shares(delta)
 
     def chunks(self, positions: np.ndarray) -> Iterator[np.ndarray]:
         """Split market positions into chunks of at most ``chunk_size`` markets."""
@@ -360,11 +399,8 @@ class DemandSystem:
             positions = np.unique(design.layout.codes[rows])
         out = np.zeros(design.nobs)
         for chunk in self.chunks(positions):
-            inputs = self.inputs(chunk, data, rows, columns)
-            shares = ShareEvaluator(inputs.mu, inputs.weights, inputs.mask, inputs.nesting).shares(
-                inputs.delta
-            )
-            out[inputs.rows[inputs.mask]] = shares[inputs.mask]
+            slot_rows, mask, shares = self._chunk_shares(chunk, data, rows, columns)
+            out[slot_rows[mask]] = shares[mask]
         return out if rows is None else out[rows]
 
     def rows_frame(

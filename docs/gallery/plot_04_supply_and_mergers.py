@@ -14,8 +14,6 @@ repeats it with exercise 2's random-coefficients demand.
 # -----------------
 # Ownership comes from the product data's ``firm_ids``. Under the logit every product of
 # a firm has the same markup, so cheap cereals get costs near zero.
-import matplotlib.pyplot as plt
-
 from blpmodels import BLPLogit, datasets, plotting
 
 products = datasets.load_mixtape_products()
@@ -41,11 +39,13 @@ print(merger.summary())
 # %%
 # Prices rise most for the merging firms' cereals (red): each now internalizes the sales
 # its brands took from the others. Rivals' prices rise a little (prices are strategic
-# complements).
-fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
-plotting.plot_merger(merger, "prices", market_id="C01Q2", ax=axes[0])
-plotting.plot_merger(merger, "shares", market_id="C01Q2", ax=axes[1])
-fig.tight_layout()
+# complements). Each figure lays itself out, so it saves whole as drawn (no
+# ``bbox_inches="tight"``).
+plotting.plot_merger(merger, "prices", market_id="C01Q2")
+
+# %%
+# The merging firms' shares fall and the rivals' rise.
+plotting.plot_merger(merger, "shares", market_id="C01Q2")
 
 # %%
 # Per market: concentration, consumer surplus and profits before and after.
