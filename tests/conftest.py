@@ -54,6 +54,9 @@ from blpmodels import BLPLogit  # noqa: E402
 
 FIXED_EFFECTS = "C(market_ids) + C(product_ids)"
 IV_FE_FORMULA = "shares ~ 0 + [prices ~ price_instrument]"
+#: The start of the warning from_formula gives when nothing is instrumented but the data hold
+#: instrument-like columns (Mixtape's price_instrument, pyblp's demand_instruments*).
+NOT_INSTRUMENTED = "from_formula: no regressor is instrumented"
 
 
 #: Data files the test suite reads, relative to the data home (see the data folder's README).
@@ -200,16 +203,28 @@ def nevo_products(nevo_nested: tuple[pd.DataFrame, pd.DataFrame]) -> pd.DataFram
 
 @pytest.fixture(scope="session")
 def ols_results(mixtape_products: pd.DataFrame):
-    """``shares ~ 1 + prices + mushy`` with HC0 standard errors (exercise 1, question 3)."""
+    """``shares ~ 1 + prices + mushy`` with HC0 standard errors (exercise 1, question 3).
+
+    OLS on purpose, on data that hold ``price_instrument``: building it warns so (once).
+    """
     data = mixtape_products.copy()
-    return BLPLogit.from_formula("shares ~ 1 + prices + mushy", data).fit(cov_type="HC0")
+    with pytest.warns(UserWarning, match=NOT_INSTRUMENTED) as record:
+        model = BLPLogit.from_formula("shares ~ 1 + prices + mushy", data)
+    assert len(record) == 1
+    return model.fit(cov_type="HC0")
 
 
 @pytest.fixture(scope="session")
 def fe_results(mixtape_products: pd.DataFrame):
-    """``shares ~ 0 + prices`` with market and product effects absorbed (question 5)."""
+    """``shares ~ 0 + prices`` with market and product effects absorbed (question 5).
+
+    OLS on purpose, on data that hold ``price_instrument``: building it warns so (once).
+    """
     data = mixtape_products.copy()
-    return BLPLogit.from_formula("shares ~ 0 + prices", data, absorb=FIXED_EFFECTS).fit()
+    with pytest.warns(UserWarning, match=NOT_INSTRUMENTED) as record:
+        model = BLPLogit.from_formula("shares ~ 0 + prices", data, absorb=FIXED_EFFECTS)
+    assert len(record) == 1
+    return model.fit()
 
 
 @pytest.fixture(scope="session")

@@ -142,7 +142,8 @@ def test_bad_requests(demographic_results, nevo, half_agents, mixtape_products):
         demographic_results.compute_delta(agent_data=missing_market)
     with pytest.raises(BLPInputError, match="fp_tol"):
         demographic_results.compute_delta(agent_data=agents, fp_tol=0)
-    logit = BLPLogit.from_formula("shares ~ 1 + prices", mixtape_products).fit()
+    iv = "shares ~ 1 + [prices ~ price_instrument]"
+    logit = BLPLogit.from_formula(iv, mixtape_products).fit()
     with pytest.raises(BLPInputError, match="random-coefficients"):
         logit.compute_delta(agent_data=agents)
 

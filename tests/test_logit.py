@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
+from conftest import NOT_INSTRUMENTED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -75,7 +76,10 @@ def test_ols_logit_equals_statsmodels_ols_with_hc0(products, ols_results):
 
 @pytest.mark.data
 def test_robust_is_an_alias_of_hc0(products, ols_results):
-    robust = BLPLogit.from_formula("shares ~ 1 + prices + mushy", products).fit(cov_type="robust")
+    # OLS on purpose (exercise 1, question 3): the unused price_instrument is warned about.
+    with pytest.warns(UserWarning, match=NOT_INSTRUMENTED):
+        model = BLPLogit.from_formula("shares ~ 1 + prices + mushy", products)
+    robust = model.fit(cov_type="robust")
     np.testing.assert_array_equal(robust.bse, ols_results.bse)
 
 

@@ -149,6 +149,55 @@ def test_mixtape_price_instrument_is_suggested_in_place_of_prices(mixtape_produc
     assert "'shares ~ 1 + mushy + [prices ~ price_instrument]'" in messages[0]
 
 
+def _pyblp_style(products: pd.DataFrame) -> pd.DataFrame:
+    """The small economy as pyblp lays data out: four excluded instruments named
+    demand_instruments0..3, and the log share ratio (log s_j − log s_0, computed here)."""
+    renamed = products.rename(columns={f"z{k}": f"demand_instruments{k}" for k in range(4)})
+    return renamed.drop(columns="z4").assign(delta=_logit_delta(products))
+
+
+def test_pyblp_style_instruments_with_absorb_warn_once_at_the_callers_line():
+    linearmodels = pytest.importorskip("linearmodels")
+    products = _pyblp_style(small_economy.economy()[0])
+    instruments = " + ".join(f"demand_instruments{k}" for k in range(4))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        model = BLPLogit.from_formula("shares ~ 0 + x + prices", products, absorb="C(product_ids)")
+        results = model.fit()
+        summary = str(results.summary())
+        results._repr_html_()
+    shown = [item for item in record if NOT_INSTRUMENTED in str(item.message)]
+    # Once, from the build (not again from fit, summary or the notebook view), and at this
+    # file's line, so Python's default filter (once per location) shows it once.
+    assert len(shown) == 1 and shown[0].filename == __file__
+    message = str(shown[0].message)
+    assert message.startswith("BLPLogit.from_formula: no regressor is instrumented")
+    suggestion = f"shares ~ 0 + x + [prices ~ {instruments}]"
+    assert f"\n    {suggestion!r}\n" in message
+    assert "demand_instruments0, demand_instruments1, demand_instruments2, demand_instruments3" in (
+        message
+    )
+    assert "No instrumented regressors (OLS)" in " ".join(summary.split())
+    # It is OLS: statsmodels' regression on product dummies (Frisch–Waugh–Lovell).
+    ols = smf.ols("delta ~ 0 + x + prices + C(product_ids)", products).fit(cov_type="HC0")
+    for name in ("x", "prices"):
+        assert results.params[name] == pytest.approx(ols.params[name], rel=1e-9)
+
+    # The formula the warning shows is 2SLS with those instruments: linearmodels' IV2SLS with
+    # the dummies, and no warning.
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        iv = BLPLogit.from_formula(suggestion, products, absorb="C(product_ids)").fit()
+    assert [item for item in record if NOT_INSTRUMENTED in str(item.message)] == []
+    oracle = linearmodels.IV2SLS.from_formula(
+        f"delta ~ 0 + x + C(product_ids) + [prices ~ {instruments}]", products
+    ).fit(cov_type="robust", debiased=False)
+    for name in ("x", "prices"):
+        assert iv.params[name] == pytest.approx(oracle.params[name], rel=1e-9)
+        assert iv.bse[name] == pytest.approx(oracle.std_errors[name], rel=1e-7)
+    assert "No instrumented regressors" not in str(iv.summary())
+
+
 # ---------------------------------------------------------------- item 6: compare() tables
 @pytest.fixture(scope="module")
 def dummies_and_absorbed(mixtape_products):
@@ -224,6 +273,40 @@ def test_keep_reads_bracketed_parameter_names_as_names():
         blpmodels.compare([rc], drop="pi[(")
     with pytest.raises(BLPInputError, match="order= takes parameter names"):
         blpmodels.compare([rc], order=[1])
+
+
+def test_firm_dummies_trim_to_the_shared_rows_in_summary_col_order():
+    from statsmodels.iolib.summary2 import summary_col
+
+    products = small_economy.economy()[0]
+    products = products.assign(delta=_logit_delta(products))
+    effects = "C(firm_ids) + C(market_ids)"
+    ols = smf.ols(f"delta ~ x + prices + {effects}", products).fit(cov_type="HC0")
+    blp = BLPLogit.from_formula("shares ~ 0 + x + prices", products, absorb=effects).fit()
+    shared = [name for name in ols.params.index if name in blp.params.index]
+    assert shared == ["x", "prices"] and len(ols.params) == 18  # 1 firm, 14 market dummies
+    assert len(blpmodels.compare([ols, blp]).params) == 18
+    trimmed = blpmodels.compare({"OLS": ols, "BLP": blp}, drop=[r"^C\(", "Intercept"])
+    assert list(trimmed.params.index) == shared
+    # Frisch–Waugh–Lovell: the absorbed fit is the dummy regression (statsmodels' numbers).
+    for name in shared:
+        assert trimmed.params.loc[name, "BLP"] == pytest.approx(ols.params[name], rel=1e-9)
+        assert trimmed.std_errors.loc[name, "BLP"] == pytest.approx(ols.bse[name], rel=1e-8)
+        assert trimmed.params.loc[name, "OLS"] == ols.params[name]
+    assert trimmed.info.loc["Absorbed FE", "BLP"] == "firm_ids, market_ids"
+    # Header, rule, two rows per coefficient, the information rows, a blank line and the note.
+    assert len(trimmed.to_markdown().splitlines()) == 2 + 2 * 2 + len(trimmed.info) + 2
+
+    # order= is summary_col's regressor_order=, and keep= with it its drop_omitted=True.
+    def rows(**options):
+        table = summary_col([ols], **options).tables[0]
+        return [name for name in table.index if name in ols.params.index]
+
+    order = ["prices", "x"]
+    assert list(blpmodels.compare([ols], order=order).params.index) == rows(regressor_order=order)
+    kept = blpmodels.compare([ols, blp], keep=order, order=order)
+    assert list(kept.params.index) == rows(regressor_order=order, drop_omitted=True)
+    assert list(kept.params.index) == order
 
 
 @pytest.mark.data
@@ -342,6 +425,12 @@ def test_micro_dataset_and_moment_reprs_are_readable():
     assert repr(many) == (
         "MicroDataset('panel', observations=5000, markets=94 ['C01Q1', 'C02Q1', …, 'C94Q1'])"
     )
+
+    # Ids read from an array print as the values they hold, not as np.str_('C01Q1').
+    from_array = blpmodels.MicroDataset("income", np.int64(100), np.array(["C01Q1", "C01Q2"]))
+    assert repr(from_array) == repr(survey)
+    numbered = blpmodels.MicroDataset("numbered", 10, np.arange(3))
+    assert repr(numbered) == "MicroDataset('numbered', observations=10, markets=3 [0, 1, 2])"
 
     def by_income(t, products, agents):
         return np.ones((len(agents), len(products)))

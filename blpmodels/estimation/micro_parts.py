@@ -114,7 +114,11 @@ def _callable_name(function: Any) -> str:
 def _markets(market_ids: Any) -> str:
     if market_ids is None:
         return "all"
-    ids = [repr(market) for market in market_ids]
+    # NumPy scalars (ids read from an array) as the Python values they hold: 'C01Q1', not
+    # np.str_('C01Q1').
+    ids = [
+        repr(market.item() if isinstance(market, np.generic) else market) for market in market_ids
+    ]
     shown = ids if len(ids) <= 4 else [*ids[:2], "…", ids[-1]]
     return f"{len(ids)} [{', '.join(shown)}]"
 

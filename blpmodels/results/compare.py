@@ -560,7 +560,9 @@ def compare(
         otherwise fill the table. Applied after ``keep``.
     order : str or sequence of str, optional
         Rows to put first, in this order (names or regular expressions, as ``keep``); the
-        others follow in their order, as statsmodels' ``summary_col(regressor_order=)``.
+        others follow in their order, as statsmodels' ``summary_col(regressor_order=)``. With
+        ``keep`` set to the same entries, only those rows are shown, as ``summary_col``'s
+        ``drop_omitted=True``.
 
     Returns
     -------
