@@ -123,7 +123,12 @@ class _AliasImporter:
             module.__spec__ = self._specs.pop(alias)
 
 
-if not any(isinstance(finder, _AliasImporter) for finder in sys.meta_path):
+# By qualified name, not isinstance: ``importlib.reload(blpmodels)`` defines a new class, and a
+# second finder would be added at every reload.
+if not any(
+    type(finder).__module__ == __name__ and type(finder).__qualname__ == "_AliasImporter"
+    for finder in sys.meta_path
+):
     sys.meta_path.append(_AliasImporter())
 
 

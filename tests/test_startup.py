@@ -23,13 +23,11 @@ OPTIONAL = ("matplotlib", "dask", "distributed", "tqdm")
 MODELLING = ("statsmodels", "scipy", "formulaic", "pyhdfe")
 
 
-def _loaded_after(code: str) -> set[str]:
-    """Top-level packages in ``sys.modules`` after running ``code`` in a fresh interpreter."""
-    script = (
-        f"{code}\n"
-        "import json, sys\n"
-        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))\n"
-    )
+def _loaded_after(code: str, *, top_level: bool = True) -> set[str]:
+    """Top-level packages (or, with ``top_level=False``, all modules) in ``sys.modules`` after
+    running ``code`` in a fresh interpreter."""
+    names = "{name.split('.')[0] for name in sys.modules}" if top_level else "sys.modules"
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted({names})))\n"
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT
     )
@@ -39,7 +37,9 @@ def _loaded_after(code: str) -> set[str]:
 
 def test_import_blpmodels_loads_no_third_party_package() -> None:
     loaded = _loaded_after("import blpmodels")
-    assert not loaded & {*OPTIONAL, *MODELLING, "numpy", "pandas"}, loaded
+    assert not loaded & {*OPTIONAL, *MODELLING, "numpy", "pandas"}, sorted(
+        loaded & {*OPTIONAL, *MODELLING, "numpy", "pandas"}
+    )
 
 
 def test_the_data_loaders_do_not_load_the_models() -> None:
@@ -47,7 +47,25 @@ def test_the_data_loaders_do_not_load_the_models() -> None:
         "from blpmodels.datasets import load_nevo\nfrom blpmodels import datasets"
     )
     assert {"numpy", "pandas"} <= loaded
-    assert not loaded & {*OPTIONAL, *MODELLING}, loaded
+    assert not loaded & {*OPTIONAL, *MODELLING}, sorted(loaded & {*OPTIONAL, *MODELLING})
+
+
+def test_the_models_load_neither_the_simulation_nor_the_dask_backend() -> None:
+    """Every public name but ``simulation``: the simulation code and the Dask backend module
+    (and the optional packages) load only when asked for."""
+    code = """
+from blpmodels import (
+    BLPLogit, BLPNestedLogit, BLPRandomCoefficients, BLPResults, BootstrappedResults,
+    Comparison, Equilibrium, Integration, MergerResults, MicroDataset, MicroMoment,
+    build_blp_instruments, build_differentiation_instruments, build_integration, compare,
+    datasets,
+)
+"""
+    modules = _loaded_after(code, top_level=False)
+    assert "blpmodels.models.random_coefficients" in modules  # the code above did run
+    lazy = {"blpmodels.simulation", "blpmodels.backends.dask"}
+    assert not modules & lazy, sorted(modules & lazy)
+    assert not {name.split(".")[0] for name in modules} & set(OPTIONAL)
 
 
 def test_fitting_and_summarising_load_no_optional_package() -> None:
@@ -109,6 +127,23 @@ assert MicroMoment is blpmodels.MicroMoment
     result = subprocess.run(
         [sys.executable, "-c", "import sys\n" + code], capture_output=True, text=True, cwd=ROOT
     )
+    assert result.returncode == 0, result.stderr
+
+
+def test_reloading_the_package_keeps_one_alias_finder() -> None:
+    """``importlib.reload(blpmodels)`` (as autoreload does in notebooks) must not stack a new
+    ``blpmodels.datasets`` finder on ``sys.meta_path`` each time."""
+    code = """
+import importlib, sys
+import blpmodels
+count = len(sys.meta_path)
+for _ in range(3):
+    importlib.reload(blpmodels)
+assert len(sys.meta_path) == count, sys.meta_path
+import blpmodels.datasets
+assert blpmodels.datasets is sys.modules["blpmodels.data.datasets"]
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
 
 
