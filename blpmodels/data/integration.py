@@ -245,7 +245,9 @@ def _rule_bytes(kind: str, size: int, dimensions: int, n_markets: int) -> tuple[
     if kind in ("grid", "nested_grid"):
         return 0, 8 * 3 * size**2
     if kind in ("product", "nested_product"):
-        agents = (size if kind == "product" else 2 * len(_nested_abscissae(size)) - 1) ** dimensions
+        # A nested rule puts 0 and ± each of its positive nodes.
+        points = size if kind == "product" else 2 * len(_nested_abscissae(size)) + 1
+        agents = points**dimensions
         rule = 3 * size**2 + 3 * (dimensions + 1) * agents
         return agents, 8 * (rule + n_markets * agents * (dimensions + 2))
     return size, 8 * n_markets * size * (2 * dimensions + 2)

@@ -124,10 +124,13 @@ def _bounds(
 def _sigma_start(sigma: Any, characteristics: Sequence[str]) -> np.ndarray:
     """Starting Σ, checked to be a lower-triangular K2×K2 matrix.
 
-    A full K2×K2 matrix is accepted when its entries above the diagonal are zero. Nonzero
-    entries there are refused, naming each: pyblp ignores them, but here a zero fixes a
-    parameter and a nonzero frees one, so silently dropping entries could fix or free
-    parameters the user did not mean to.
+    A full K2×K2 matrix is accepted when its entries above the diagonal are zero (e.g.
+    ``numpy.tril(numpy.ones((K2, K2)))``). Nonzero entries there are refused, naming each.
+    pyblp silently zeroes them; here they are refused because no parameter sits there, and a
+    matrix with entries above the diagonal is often another model than its lower triangle: a
+    covariance matrix (whose root is its Cholesky factor) or an upper-triangular root Σ'
+    (whose lower triangle is its transpose), and ``numpy.ones((K2, K2))`` meant as "every
+    entry free" is the one case where dropping them is right, which ``numpy.tril`` says.
     """
     k2 = len(characteristics)
     sigma_start = _as_matrix(sigma, (k2, k2), "sigma", characteristics, characteristics)
@@ -141,19 +144,21 @@ def _sigma_start(sigma: Any, characteristics: Sequence[str]) -> np.ndarray:
         shown = ", ".join(entries[:10]) + (
             f" and {len(entries) - 10} more" if len(entries) > 10 else ""
         )
+        count = "a nonzero entry" if len(entries) == 1 else f"{len(entries)} nonzero entries"
         hint = (
-            "; sigma looks like a covariance matrix (symmetric, positive definite): if it is "
-            "one, pass its Cholesky root numpy.linalg.cholesky(covariance) instead"
+            " sigma looks like a covariance matrix (symmetric, positive definite): if it is "
+            "one, pass its Cholesky root numpy.linalg.cholesky(covariance) instead."
             if _positive_definite(sigma_start)
             else ""
         )
         raise BLPInputError(
             "sigma is the lower-triangular Cholesky root of the random coefficients' "
-            "covariance (as in pyblp): drop the "
-            f"{'nonzero entry' if len(entries) == 1 else f'{len(entries)} nonzero entries'} "
-            f"{shown} above the "
-            "diagonal, e.g. sigma=numpy.tril(sigma) (pyblp ignores entries there; blpmodels "
-            f"refuses them because a nonzero start frees a parameter and a zero fixes it){hint}"
+            f"covariance, as in pyblp, but it has {count} {shown} above the diagonal, where "
+            "no parameter is. Drop them: sigma=numpy.tril(sigma) keeps the lower "
+            f"triangle (numpy.tril(numpy.ones(({k2}, {k2}))) frees every entry of a full "
+            "root; zeros stay fixed). pyblp drops them silently; blpmodels asks, because a "
+            "matrix with entries there may be a covariance matrix or an upper-triangular "
+            f"root, each another model than its lower triangle.{hint}"
         )
     return sigma_start
 

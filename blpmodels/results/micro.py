@@ -10,6 +10,7 @@ fitted micro moments (``micro_values``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from blpmodels.data.agents import AgentDesign
+from blpmodels.data.integration import Integration
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.estimation.micro import (
     MicroBlock,
@@ -26,6 +28,7 @@ from blpmodels.estimation.micro import (
 )
 from blpmodels.exceptions import BLPInputError
 from blpmodels.kernel.micro_probabilities import MicroMarket, MicroProbabilities
+from blpmodels.results.integrated_scores import integrated_nodes
 
 __all__ = [
     "MicroMixin",
@@ -216,12 +219,22 @@ def _score_setup(demand: Any, dataset: MicroDataset) -> dict[str, Any]:
     }
 
 
-def agent_scores(demand: Any, dataset: MicroDataset) -> dict[str, dict[Any, np.ndarray]]:
+def agent_scores(
+    demand: Any, dataset: MicroDataset, integration: Integration | None = None
+) -> dict[str, dict[Any, np.ndarray]]:
     """Scores ∂log P_n/∂θ of every agent type and choice of a survey's markets.
 
     Each agent (with its own nodes and demographics) and choice is an observation n with
     P_n = w_dij s_ij / Σ_t Σ_i Σ_j w_it w_dijt s_ijt, so its score is
     ∂log s_ij/∂θ − ∂log D/∂θ (δ moves with θ: ∂δ/∂θ by the implicit function theorem).
+
+    With ``integration`` (pyblp's ``compute_agent_scores(dataset, integration=...)``) each
+    agent is an observation whose demographics a survey records but whose taste shocks it
+    does not: its nodes are replaced by the rule's, and P_n = w_dij Σ_r w_r s_irj integrates
+    them out, so the score is Σ_r w_r ∂s_irj/∂θ / Σ_r w_r s_irj − ∂log D/∂θ. The rule has
+    one dimension per column of Σ with a nonzero entry (its nodes go to those columns, as in
+    pyblp); sampling rules draw for each agent anew. D and the survey weights w_dij stay the
+    agents' own (a survey selects on what it records, not on taste shocks).
 
     Parameters
     ----------
@@ -230,6 +243,9 @@ def agent_scores(demand: Any, dataset: MicroDataset) -> dict[str, dict[Any, np.n
     dataset : MicroDataset
         The survey (markets and weights); with second choices each observation is an agent's
         (first, second) pair, P_n = w_dijk s_ijk / D.
+    integration : Integration, optional
+        Integrate each agent's scores over unobserved heterogeneity with this rule (default:
+        each agent's own nodes, no integration).
 
     Returns
     -------
@@ -244,18 +260,36 @@ def agent_scores(demand: Any, dataset: MicroDataset) -> dict[str, dict[Any, np.n
     >>> scores = agent_scores(results.demand, survey)  # doctest: +SKIP
     >>> scores["pi[Intercept,log_income]"]["C01Q1"].shape  # doctest: +SKIP
     (1000, 25)
+    >>> integrated = agent_scores(
+    ...     results.demand, survey, Integration("grid", 4))  # doctest: +SKIP
     """
+    if integration is not None and not isinstance(integration, Integration):
+        raise BLPInputError(
+            f"integration must be an Integration such as Integration('product', 5), got "
+            f"{type(integration).__name__}"
+        )
     setup = _score_setup(demand, dataset)
     model, block = setup["model"], setup["block"]
+    rule = None if integration is None else integrated_nodes(demand, block, integration)
     result: dict[str, dict[Any, np.ndarray]] = {name: {} for name in setup["names"]}
     for market in block.markets:
         survey = market.surveys[0]
+        groups = survey.groups if survey.second else None
         pieces = []
         for chunk in market.chunks:
             nodes, demographics = model._agent_arrays(market, chunk)
-            probability, tangent = _choice_probabilities(
-                model, market, setup, nodes, demographics, survey.groups if survey.second else None
-            )
+            if rule is None:
+                probability, tangent = _choice_probabilities(
+                    model, market, setup, nodes, demographics, groups
+                )
+            else:
+                probability, tangent = rule.probabilities(
+                    functools.partial(_choice_probabilities, model, market, setup, groups=groups),
+                    market,
+                    chunk,
+                    demographics,
+                    nodes.shape[2],
+                )
             weights = survey.weighted_arrays(chunk, market.n_agents)
             sampled = (weights[0].reshape(probability.shape) > 0) & (probability > 0)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -502,13 +536,19 @@ class MicroMixin:
         """
         return simulate_micro_data(self.demand, dataset, seed)
 
-    def agent_scores(self, dataset: Any) -> dict[str, dict[Any, np.ndarray]]:
+    def agent_scores(
+        self, dataset: Any, integration: Any = None
+    ) -> dict[str, dict[Any, np.ndarray]]:
         """Scores ∂log P/∂θ of every agent type and choice in a survey's markets.
 
         Parameters
         ----------
         dataset : MicroDataset
             The survey (first choices).
+        integration : Integration, optional
+            Integrate each agent's scores over its unobserved taste shocks with this rule, as
+            pyblp's ``compute_agent_scores(dataset, integration=...)`` (default: the agents'
+            own nodes).
 
         Returns
         -------
@@ -520,8 +560,10 @@ class MicroMixin:
         Examples
         --------
         >>> scores = results.agent_scores(survey)  # doctest: +SKIP
+        >>> integrated = results.agent_scores(
+        ...     survey, integration=Integration("product", 5))  # doctest: +SKIP
         """
-        return agent_scores(self.demand, dataset)
+        return agent_scores(self.demand, dataset, integration)
 
     def micro_scores(self, dataset: Any, micro_data: pd.DataFrame) -> pd.DataFrame:
         """Scores ∂log P_n/∂θ of observed survey respondents (rows of one ``micro_ids``

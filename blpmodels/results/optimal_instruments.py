@@ -37,6 +37,7 @@ from blpmodels.exceptions import BLPInputError
 from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
 from blpmodels.kernel.shares import ShareEvaluator
 from blpmodels.results.demand import DemandSystem
+from blpmodels.results.instrument_refit import OptimalInstruments
 
 __all__ = ["optimal_instruments", "reduced_form_prices"]
 
@@ -109,11 +110,14 @@ def optimal_instruments(
 
     Returns
     -------
-    pandas.DataFrame
-        One row per product row, indexed like the product data, so ``data.join(instruments)``
-        aligns them. ``attrs`` holds ``"expected_prices"`` (a Series, or None when the model
-        does not instrument prices), ``"method"``, ``"draws"`` and ``"parameters"`` (column →
-        parameter name).
+    OptimalInstruments
+        A :class:`pandas.DataFrame` with one row per product row, indexed like the product
+        data, so ``data.join(instruments)`` aligns them. ``attrs`` holds ``"expected_prices"``
+        (a Series, or None when the model does not instrument prices), ``"method"``,
+        ``"draws"`` and ``"parameters"`` (column → parameter name). Its ``refit()``
+        re-estimates the model with these instruments from the estimates, and ``to_model()``
+        returns that model unfitted (pyblp's ``to_problem``); see
+        :class:`~blpmodels.results.instrument_refit.OptimalInstruments`.
 
     Raises
     ------
@@ -191,7 +195,7 @@ def optimal_instruments(
             label = _column_name(name, columns)
             columns[label] = jacobian[:, position] / variance
             parameters[label] = name
-    out = pd.DataFrame(columns, index=design.data.index)
+    out = OptimalInstruments(columns, index=design.data.index, fit=results)
     out.attrs["expected_prices"] = (
         None if expected is None else pd.Series(expected, index=out.index, name="expected_prices")
     )

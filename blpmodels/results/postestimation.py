@@ -310,9 +310,16 @@ class PostEstimationMixin(ResultsRole):
 
         Examples
         --------
-        >>> aggregate = results.aggregate_elasticities()  # doctest: +SKIP
-        >>> round(float(aggregate.mean()), 3)  # doctest: +SKIP
-        -0.813
+        >>> from blpmodels import BLPLogit
+        >>> from blpmodels.simulation import simulate_logit
+        >>> products = simulate_logit(n_markets=20, n_products=4, seed=0).products
+        >>> results = BLPLogit.from_formula(
+        ...     "shares ~ 1 + x + [prices ~ cost_shifter]", products).fit()
+        >>> aggregate = results.aggregate_elasticities()
+        >>> len(aggregate), aggregate.index.name
+        (20, 'market_ids')
+        >>> bool((aggregate < 0).all())  # a 10% rise in every price lowers the inside share
+        True
         """
         if isinstance(factor, (bool, np.bool_)) or not isinstance(
             factor, (int, float, np.integer, np.floating)
@@ -589,13 +596,17 @@ class PostEstimationMixin(ResultsRole):
 
         Returns
         -------
-        pandas.DataFrame
-            One column per instrumented linear and per nonlinear parameter, indexed like the
-            product data (``data.join(instruments)`` re-estimates with them).
+        OptimalInstruments
+            A data frame with one column per instrumented linear and per nonlinear parameter,
+            indexed like the product data. ``instruments.refit(**fit_options)`` re-estimates
+            the model with them, starting from these estimates, and ``to_model()`` returns
+            that model (pyblp's ``to_problem``); ``data.join(instruments)`` serves a formula
+            of your own.
 
         Examples
         --------
         >>> instruments = results.optimal_instruments()  # doctest: +SKIP
+        >>> refit = instruments.refit()  # doctest: +SKIP
         >>> formula = "shares ~ 1 + x + [prices ~ optimal_prices]"  # doctest: +SKIP
         """
         return feasible_instruments(
