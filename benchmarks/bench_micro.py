@@ -15,6 +15,14 @@ optimizer and options):
   re-solve the nested logit without each first choice; l-bfgs-b with gtol 1e-8.
 * ``s3-rcnl-eval`` one objective and gradient evaluation of ``s3-rcnl`` at its start (with
   the initial update and the standard errors, as pyblp's ``Optimization('return')`` does).
+* ``nevo-scores`` micro scores as in pyblp's post-estimation tutorial: the Nevo (2000) model
+  (``bench_pyblp.py``'s, 13 parameters in θ) at the tutorial's starting values, a survey of
+  1,000 consumers in all 94 markets sampled alike (outside option included) drawn from the
+  model (``simulate_micro_data``, seed 0), their demographics kept and their unobserved
+  tastes integrated out with 1,000 normal draws each (1,000,000 rows, weights 1/1,000);
+  timed is ``results.micro_scores(dataset, micro)`` against pyblp's
+  ``results.compute_micro_scores(dataset, micro)`` on the same rows (the fits at the start,
+  outside the timing). The parent builds the rows once and hands both children the file.
 
 Each library's fit runs in a fresh subprocess (``--child``), which reports its wall and CPU time
 (building the problem included), evaluation counts, and the peak resident memory of that
@@ -23,9 +31,10 @@ so the memory numbers of the two libraries are comparable. The parent prints the
 with the speed ratio and the largest relative difference between the estimates.
 
 Run ``python benchmarks/bench_micro.py`` (needs pyblp and the shared data; pyblp takes minutes).
-``--only ex3-q2 s3-rcnl s3-rcnl-eval`` picks problems, ``--repeat N`` runs each fit N times
-(fresh processes; the best wall time is kept), ``--libraries blpmodels`` skips pyblp,
-``--threads`` sets blpmodels' threads.
+``--only ex3-q2 s3-rcnl s3-rcnl-eval nevo-scores`` picks problems, ``--repeat N`` runs each fit
+N times (fresh processes; the best wall time is kept), ``--libraries blpmodels`` skips pyblp,
+``--threads`` sets blpmodels' threads, ``--baseline PATH`` also times ``nevo-scores`` with the
+blpmodels found at PATH (e.g. ``git archive`` of an older commit).
 """
 
 from __future__ import annotations
@@ -35,13 +44,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
 import common  # first: it sets one BLAS thread before numpy loads
 import numpy as np
 
-PROBLEMS = ("ex3-q2", "s3-rcnl", "s3-rcnl-eval")
+PROBLEMS = ("ex3-q2", "s3-rcnl", "s3-rcnl-eval", "nevo-scores")
 MARKETS = ["C01Q1", "C01Q2"]
 CHARACTERISTICS = ["Intercept", "mushy", "prices"]
 START = {"sigma": np.diag([1.0, 1.0, 6.0]), "pi": [[-0.3], [0.1], [-6.0]]}
@@ -194,6 +204,129 @@ def run_pyblp(problem: str, products, agents) -> dict:
     }
 
 
+#: The tutorial's survey: 1,000 consumers, every choice (outside option included) sampled.
+RESPONDENTS = 1000
+#: Normal draws of the unobserved tastes per respondent.
+DRAWS = 1000
+DEMOGRAPHICS = ["income", "income_squared", "age", "child"]
+
+
+def _everyone(t, products, agents) -> np.ndarray:
+    """Survey weights of pyblp's tutorial dataset: 1 for every agent and choice."""
+    return np.ones((len(agents), 1 + len(products)))
+
+
+def build_respondents(path: str) -> None:
+    """The ``nevo-scores`` rows: respondents drawn from the Nevo model at its start, their
+    demographics, and ``DRAWS`` normal draws of the four unobserved tastes each."""
+    import bench_pyblp
+    import pandas as pd
+
+    from blpmodels import MicroDataset, datasets
+
+    with warnings.catch_warnings():  # the fit at the start is not converged, on purpose
+        warnings.simplefilter("ignore")
+        results = bench_pyblp.ours_nevo(1, evaluate_only=True)
+    survey = MicroDataset("tutorial", RESPONDENTS, None, weights=_everyone)
+    drawn = results.simulate_micro_data(survey, seed=0)
+    _, agents = datasets.load_nevo()
+    drawn[DEMOGRAPHICS] = agents.loc[drawn["agent_rows"], DEMOGRAPHICS].to_numpy()
+    observed = drawn[["market_ids", "choice_indices", *DEMOGRAPHICS]].reset_index(names="micro_ids")
+    rows = observed.loc[observed.index.repeat(DRAWS)].reset_index(drop=True)
+    nodes = np.random.default_rng(0).normal(size=(len(rows), 4))
+    rows[[f"nodes{k}" for k in range(4)]] = nodes
+    rows["weights"] = 1 / DRAWS
+    pd.to_pickle(rows, path)
+
+
+def scores_child(library: str, path: str, baseline: str | None) -> None:
+    """Time one ``micro_scores`` call (pyblp: ``compute_micro_scores``) in this process and
+    save the scores beside the rows; prints a JSON line with times and memory."""
+    warnings.simplefilter("ignore")
+    if baseline:
+        sys.path.insert(0, baseline)
+    import bench_pyblp
+    import pandas as pd
+
+    start, start_cpu = time.perf_counter(), time.process_time()
+    if library == "pyblp":
+        import pyblp
+
+        pyblp.options.verbose = False
+        results = bench_pyblp.pyblp_nevo(True)
+        dataset = pyblp.MicroDataset(
+            name="tutorial",
+            observations=RESPONDENTS,
+            compute_weights=lambda t, p, a: np.ones((a.size, 1 + p.size)),
+        )
+    else:
+        from blpmodels import MicroDataset
+
+        results = bench_pyblp.ours_nevo(None, evaluate_only=True)
+        dataset = MicroDataset("tutorial", RESPONDENTS, None, weights=_everyone)
+    micro = pd.read_pickle(path)
+    before = common.peak_mib()
+    scores_start, scores_cpu = time.perf_counter(), time.process_time()
+    if library == "pyblp":
+        scores = np.column_stack(results.compute_micro_scores(dataset, micro))
+    else:
+        scores = results.micro_scores(dataset, micro).to_numpy()
+    outcome = {
+        "wall": time.perf_counter() - scores_start,
+        "cpu": time.process_time() - scores_cpu,
+        "setup_wall": scores_start - start,
+        "setup_cpu": scores_cpu - start_cpu,
+        "peak_before_mib": before,
+        "peak_mib": common.peak_mib(),
+        "scores": f"{path}.{library}{'-baseline' if baseline else ''}.npy",
+    }
+    np.save(outcome["scores"], scores)
+    print("RESULT " + json.dumps(outcome))
+
+
+def run_scores(arguments) -> None:
+    """``nevo-scores``: each library's scores call in fresh processes, ratios, differences."""
+    print(
+        f"nevo-scores (best of {arguments.repeat}; {RESPONDENTS:,} respondents × {DRAWS:,} "
+        "draws, 13 parameters; times are the scores call alone)"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "respondents.pkl")
+        build_respondents(path)
+        runs = {}
+        libraries = [
+            ("pyblp 1.3.0", "pyblp", None),
+            ("blpmodels (baseline)", "blpmodels", arguments.baseline),
+            ("blpmodels", "blpmodels", None),
+        ]
+        for label, library, baseline in libraries:
+            if library not in arguments.libraries or (
+                label.endswith("(baseline)") and not baseline
+            ):
+                continue
+            extra = ["--micro-data", path] + (["--baseline", baseline] if baseline else [])
+            runs[label] = _best("nevo-scores", library, "-", arguments, extra)
+            run = runs[label]
+            print(
+                f"  {label:<28} wall {run['wall']:8.2f} s  CPU {run['cpu']:8.2f} s  peak "
+                f"{run['peak_mib']:6.0f} MiB (before the call {run['peak_before_mib']:.0f}); "
+                f"results at the start built in {run['setup_wall']:.1f} s"
+            )
+        theirs = runs.get("pyblp 1.3.0")
+        expected = None if theirs is None else np.load(theirs["scores"])
+        for label, run in runs.items():
+            if run is theirs or theirs is None:
+                continue
+            ours = np.load(run["scores"])
+            scale = np.max(np.abs(expected), axis=0)
+            print(
+                f"    {label}: speed-up {theirs['wall'] / run['wall']:.1f}x wall, "
+                f"{theirs['cpu'] / run['cpu']:.1f}x CPU; max rel. diff of the scores "
+                f"{_relative(ours, expected):.1e} (to each parameter's largest score "
+                f"{np.max(np.abs(ours - expected) / scale):.1e})"
+            )
+
+
 def child(problem: str, library: str, optimizer: str, threads) -> None:
     """One fit in this (fresh) process; prints a JSON line with times and memory."""
     warnings.simplefilter("ignore")
@@ -220,8 +353,8 @@ def child(problem: str, library: str, optimizer: str, threads) -> None:
     print("RESULT " + json.dumps(outcome))
 
 
-def _spawn(problem: str, library: str, optimizer: str, threads) -> dict:
-    command = [sys.executable, __file__, "--child", problem, library, optimizer]
+def _spawn(problem: str, library: str, optimizer: str, threads, extra=()) -> dict:
+    command = [sys.executable, __file__, "--child", problem, library, optimizer, *extra]
     if threads is not None:
         command += ["--threads", str(threads)]
     finished = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -231,8 +364,11 @@ def _spawn(problem: str, library: str, optimizer: str, threads) -> dict:
     raise RuntimeError(f"{library} {problem} failed:\n{finished.stdout}\n{finished.stderr}")
 
 
-def _best(problem: str, library: str, optimizer: str, arguments) -> dict:
-    runs = [_spawn(problem, library, optimizer, arguments.threads) for _ in range(arguments.repeat)]
+def _best(problem: str, library: str, optimizer: str, arguments, extra=()) -> dict:
+    runs = [
+        _spawn(problem, library, optimizer, arguments.threads, extra)
+        for _ in range(arguments.repeat)
+    ]
     best = min(runs, key=lambda run: run["wall"])
     best["peak_mib"] = max(run["peak_mib"] for run in runs)
     return best
@@ -253,6 +389,9 @@ def _line(label: str, run: dict) -> str:
 
 
 def run_problem(problem: str, arguments) -> None:
+    if problem == "nevo-scores":
+        run_scores(arguments)
+        return
     print(f"{problem} (best of {arguments.repeat}; fit times exclude imports and data loading)")
     theirs = None
     if "pyblp" in arguments.libraries:
@@ -286,7 +425,12 @@ def main() -> None:
     parser.add_argument("--libraries", nargs="*", default=["pyblp", "blpmodels"])
     parser.add_argument("--threads", type=int, default=None, help="blpmodels threads")
     parser.add_argument("--child", nargs=3, metavar=("PROBLEM", "LIBRARY", "OPTIMIZER"))
+    parser.add_argument("--micro-data", help="(children) the nevo-scores rows")
+    parser.add_argument("--baseline", help="also time nevo-scores with the blpmodels at PATH")
     arguments = parser.parse_args()
+    if arguments.child and arguments.child[0] == "nevo-scores":
+        scores_child(arguments.child[1], arguments.micro_data, arguments.baseline)
+        return
     if arguments.child:
         child(*arguments.child, arguments.threads)
         return

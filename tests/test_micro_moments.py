@@ -257,20 +257,53 @@ def _by_income(t, products, agents):
     return np.outer(agents["log_income"], np.ones(len(products)))
 
 
-def test_scores_against_pyblp(q1_results, data, pyblp):
+def _count_consumers(monkeypatch) -> list[int]:
+    """Record how many consumers each ``MicroProbabilities.consumers`` call forms the
+    per-option tangents ``[P, n, 1 + J]`` of."""
+    from blpmodels.kernel.micro_probabilities import MicroProbabilities
+
+    counts: list[int] = []
+    original = MicroProbabilities.consumers
+
+    def counted(self, market, theta, delta, delta_jacobian, nodes, demographics):
+        counts.append(nodes.shape[1])
+        return original(self, market, theta, delta, delta_jacobian, nodes, demographics)
+
+    monkeypatch.setattr(MicroProbabilities, "consumers", counted)
+    return counts
+
+
+def test_scores_against_pyblp(q1_results, data, pyblp, monkeypatch):
     """At Q1's estimates: micro scores of surveyed respondents (1000 node draws each, the
     exercise's supplemental 2 data) and agent scores equal pyblp's compute_micro_scores and
     compute_agent_scores (same agents as micro data, no integration). The survey samples
-    buyers in proportion to log income, so that its expected size moves with θ."""
+    buyers in proportion to log income, so that its expected size moves with θ.
+
+    A second survey samples every consumer alike, outside option included (pyblp's
+    post-estimation tutorial's dataset), with some respondents choosing the outside option and
+    the rows shuffled (each observation's draws split into runs, markets interleaved). Its
+    scores are formed from each respondent's chosen option alone: the per-option tangents
+    are formed for the 2 × 1,000 agents of the survey's denominator only, never for the
+    respondents' 20,000 rows."""
     require_data("mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
     _, agents = data
     results = q1_results
     survey = MicroDataset("income", 100, MARKETS, weights=_by_income)
     micro = pd.read_csv(data_home() / "mixtape/derived/ex3_s2_micro_data_with_nodes.csv.gz")
+    everyone = micro[micro["micro_ids"] < 20]
     micro = micro[micro["micro_ids"] < 10]
     # pyblp's choice indices count inside goods from 0 for I × J weights; ours: 0 = outside.
     ours = results.micro_scores(survey, micro.assign(choice_indices=micro["choice_indices"] + 1))
     ours_agents = results.agent_scores(survey)
+    # With I × (1 + J) weights pyblp's choice 0 is the outside option too.
+    choices = np.where(everyone["micro_ids"] % 3 == 0, 0, everyone["choice_indices"] + 1)
+    everyone = everyone.assign(choice_indices=choices).sample(frac=1.0, random_state=0)
+    tutorial = MicroDataset(
+        "tutorial", 1000, MARKETS, weights=lambda t, p, a: np.ones((len(a), 1 + len(p)))
+    )
+    counts = _count_consumers(monkeypatch)
+    ours_everyone = results.micro_scores(tutorial, everyone)
+    assert sum(counts) == 2 * 1000
     params = results.params
     characteristics = ["Intercept", "mushy", "prices"]
     problem = _pyblp_problem(pyblp, data)
@@ -291,6 +324,18 @@ def test_scores_against_pyblp(q1_results, data, pyblp):
     fields = {column: micro[column].to_numpy() for column in columns}
     fields["nodes"] = micro[["nodes0", "nodes1", "nodes2"]].to_numpy()
     expected = oracle.compute_micro_scores(dataset, fields)
+    tutorial_dataset = pyblp.MicroDataset(
+        name="tutorial",
+        observations=1000,
+        market_ids=MARKETS,
+        compute_weights=lambda t, p, a: np.ones((a.size, 1 + p.size)),
+    )
+    fields = {column: everyone[column].to_numpy() for column in columns}
+    fields["nodes"] = everyone[["nodes0", "nodes1", "nodes2"]].to_numpy()
+    expected_everyone = oracle.compute_micro_scores(tutorial_dataset, fields)
+    # Ours in order of first appearance, pyblp's in sorted micro_ids.
+    ours_everyone = ours_everyone.sort_index()
+    assert list(ours_everyone.index) == list(range(20))
     # 20 agents of each market (pyblp's denominator covers the markets of its micro data).
     sample = agents.groupby("market_ids").head(20)
     sample = sample[sample["market_ids"].isin(MARKETS)]
@@ -308,6 +353,9 @@ def test_scores_against_pyblp(q1_results, data, pyblp):
     assert list(ours.columns) == names
     for k, name in enumerate(names):
         np.testing.assert_allclose(ours[name], expected[k], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(
+            ours_everyone[name], expected_everyone[k], rtol=1e-10, atol=1e-12
+        )
         for market in MARKETS:
             np.testing.assert_allclose(
                 ours_agents[name][market][:20, 1:],

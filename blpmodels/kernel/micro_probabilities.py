@@ -159,6 +159,60 @@ class MicroProbabilities:
                     tangents[position] += factor[0, offset][:, None] * x2[None, :, column]
         return tangents
 
+    def logit_chosen(
+        self,
+        market: MicroMarket,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        delta_jacobian: np.ndarray,
+        nodes: np.ndarray,
+        demographics: np.ndarray,
+        choices: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logit probabilities ``[n]`` of the options ``choices`` ``[n]`` (0: outside) some
+        consumers chose, and their θ-tangents ``[P, n]`` (the logit branch of
+        :meth:`consumers`, first choices; a nested model must use :meth:`consumers`).
+
+        ∂s_ij/∂θ = s_ij (∂u_ij/∂θ − Σ_k s_ik ∂u_ik/∂θ) with ∂u_ik/∂θ = ∂δ_k/∂θ + Σ_c x_kc
+        ∂c_ic/∂θ, so the mean over k contracts the shares with ∂δ/∂θ ``[J, P]`` and X2
+        ``[J, K2]`` first: O(n·J·(P + K2)) work, never the ``[P, n, J]`` tangents of every
+        option (a survey scores one observed choice per respondent). Options run along the
+        first axis, consumers along the last, so that the reductions over options are
+        contiguous vector operations.
+        """
+        t, n = market.position, market.n_products
+        n_theta = delta_jacobian.shape[2]
+        x2 = self.characteristics[t, :n]
+        jacobian = delta_jacobian[t, :n]  # [J, P]
+        coefficients, _ = self.parameters.coefficients(theta, nodes, demographics)
+        # [1+J, n] exponentiated utilities, the outside option (utility 0) first, shifted by
+        # each consumer's largest utility (as _logit) so that none overflows.
+        scaled = np.empty((1 + n, choices.size))
+        scaled[0] = 0.0
+        np.matmul(x2, coefficients[0].T, out=scaled[1:])
+        scaled[1:] += delta[t, :n][:, None]
+        scaled -= scaled.max(axis=0)
+        np.exp(scaled, out=scaled)
+        total = scaled.sum(axis=0)
+        chosen = scaled[choices, np.arange(choices.size)] / total
+        # Σ_k s_ik ∂δ_k/∂θ [P, n] and Σ_k s_ik x_kc [K2, n], normalized after the products.
+        mean = jacobian.T @ scaled[1:]
+        mean /= total
+        exposure = x2.T @ scaled[1:]
+        exposure /= total
+        # The chosen option's own terms (zero for the outside option, row 0 of the padding).
+        own = np.concatenate([np.zeros((n_theta, 1)), jacobian.T], axis=1)[:, choices]
+        own_x2 = np.concatenate([np.zeros((x2.shape[1], 1)), x2.T], axis=1)[:, choices]
+        factors, positions = self.parameters.agent_factors(coefficients, nodes, demographics)
+        for column, (factor, places) in enumerate(zip(factors, positions, strict=True)):
+            for offset, position in enumerate(places):
+                if position < n_theta:
+                    mean[position] += factor[0, offset] * exposure[column]
+                    own[position] += factor[0, offset] * own_x2[column]
+        own -= mean
+        own *= chosen
+        return chosen, own
+
     def _rho_tangents(self, n_theta: int) -> list[tuple[int, np.ndarray]]:
         """For each free ρ in θ (below ``n_theta``): its position and the nests it scales."""
         every = np.ones(self.n_nests, dtype=bool)

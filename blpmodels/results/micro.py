@@ -360,48 +360,131 @@ def micro_scores(demand: Any, dataset: MicroDataset, micro_data: pd.DataFrame) -
     )
     nodes = data[[f"nodes{k}" for k in range(needed)]].to_numpy(dtype=np.float64)
     surveyed = {market.label: market for market in setup["block"].markets}
-    contribution = np.zeros(len(data))
-    d_contribution = np.zeros((len(data), parameters.size))
-    for label, rows in data.groupby("market_ids", sort=False).indices.items():
+    markets = _market_rows(data["market_ids"])
+    for label in markets:
         if label not in surveyed:
             raise BLPInputError(
                 f"micro_data has market {label!r}, which micro dataset {dataset.name!r} does "
                 "not survey"
             )
-        market = surveyed[label]
-        n = market.n_products
-        picked = _observed_choices(data, rows, required[1:], n, label)
-        survey = market.surveys[0]
-        groups = survey.groups if second else None
-        probability, tangent = _choice_probabilities(
-            setup["model"], market, setup, nodes[None, rows], demographics[None, rows], groups
+    picks = {
+        label: _observed_choices(data, rows, required[1:], surveyed[label].n_products, label)
+        for label, rows in markets.items()
+    }
+    # The weights callable reads each market's respondents as a frame: reorder the rows by
+    # market once, so that each market's frame is a slice.
+    ordered = (
+        None
+        if dataset.weights is None
+        else data.take(np.concatenate([np.zeros(0, dtype=np.intp), *markets.values()]))
+    )
+    # Observations in first-appearance order (as groupby(sort=False)); rows without an id
+    # (code −1) belong to none.
+    codes, labels = pd.factorize(ids)
+    value = np.zeros(len(labels))
+    d_value = np.zeros((len(labels), parameters.size))
+    start = 0
+    for label, rows in markets.items():
+        market, picked = surveyed[label], picks[label]
+        people = None if ordered is None else ordered.iloc[start : start + len(rows)]
+        start += len(rows)
+        w = _respondent_weights(dataset, market, people, picked)
+        if row_weights is not None:
+            w = w * row_weights[rows]
+        probability, tangent = _chosen_probabilities(
+            setup, market, nodes[None, rows], demographics[None, rows], picked, second
         )
-        people = data.iloc[rows].reset_index(drop=True)
-        where = f"micro dataset {dataset.name!r} in market {label!r}: weights"
-        shape = (len(rows), n) + ((n + 1,) if second else ())
-        raw = (
-            np.ones(shape)
-            if dataset.weights is None
-            else dataset.weights(label, survey.frame, people)
-        )
-        weights = _check_array(raw, len(rows), n, second, where)
-        if groups is not None:
-            weights[:, groups[:, None] == groups[None, :]] = 0.0
-        index = (np.arange(len(rows)), *picked)
-        w = weights[index] * (1.0 if row_weights is None else row_weights[rows])
-        contribution[rows] = w * probability[index]
-        d_contribution[rows] = (w * tangent[(slice(None), *index)]).T
-    frame = pd.DataFrame(d_contribution, columns=setup["names"])
-    frame["_value"] = contribution
-    frame["_id"] = ids
-    sums = frame.groupby("_id", sort=False).sum()
+        _add_to_observations(codes[rows], w * probability, w * tangent, value, d_value)
     with np.errstate(divide="ignore", invalid="ignore"):
-        scores = sums[setup["names"]].to_numpy() / sums["_value"].to_numpy()[:, None]
+        scores = d_value / value[:, None]
     scores = scores - setup["log_gradient"][None, :]
     scores[~np.isfinite(scores)] = np.nan
-    return pd.DataFrame(
-        scores, index=pd.Index(sums.index, name="micro_ids"), columns=setup["names"]
-    )
+    return pd.DataFrame(scores, index=pd.Index(labels, name="micro_ids"), columns=setup["names"])
+
+
+def _add_to_observations(
+    codes: np.ndarray,
+    values: np.ndarray,
+    tangents: np.ndarray,
+    value: np.ndarray,
+    d_value: np.ndarray,
+) -> None:
+    """Add rows ``values`` ``[n]`` and ``tangents`` ``[P, n]`` to their observations' sums.
+
+    The rows of one observation (its draws) are usually adjacent: each run of equal codes is
+    summed in one pass with ``reduceat`` and the few run sums are added where they belong
+    (``add.at`` also handles an observation split over several runs).
+    """
+    kept = codes >= 0
+    if not kept.all():
+        codes, values, tangents = codes[kept], values[kept], tangents[:, kept]
+    if not codes.size:
+        return
+    starts = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
+    np.add.at(value, codes[starts], np.add.reduceat(values, starts))
+    np.add.at(d_value, codes[starts], np.add.reduceat(tangents, starts, axis=1).T)
+
+
+def _market_rows(market_ids: pd.Series) -> dict[Any, np.ndarray]:
+    """Each market's row positions (ascending), markets in first-appearance order, rows
+    without a market left out: ``groupby(sort=False).indices`` by one factorization and a
+    stable sort of the codes."""
+    codes, labels = pd.factorize(market_ids)
+    if not len(labels):
+        return {}
+    order = np.argsort(codes, kind="stable")
+    ends = np.cumsum(np.bincount(codes[codes >= 0], minlength=len(labels)))
+    order = order[order.size - ends[-1] :]  # rows without a market (code −1) sort first
+    return dict(zip(labels, np.split(order, ends[:-1]), strict=True))
+
+
+def _respondent_weights(
+    dataset: MicroDataset,
+    market: MicroMarket,
+    people: pd.DataFrame | None,
+    picked: list[np.ndarray],
+) -> np.ndarray:
+    """The survey weights w_dij (second choices: w_dijk) of one market's respondents'
+    choices; ``people`` are the respondents' rows, for a weights callable."""
+    n, second = market.n_products, bool(dataset.second_choices)
+    if dataset.weights is None:
+        # By default any inside first choice is surveyed (second choices: any second choice
+        # outside the first choice's removed group), all with weight one.
+        weight = (picked[0] > 0).astype(np.float64)
+        if second:
+            groups = market.surveys[0].groups
+            weight[groups[picked[0]] == groups[picked[1]]] = 0.0
+        return weight
+    survey = market.surveys[0]
+    people = people.reset_index(drop=True)
+    where = f"micro dataset {dataset.name!r} in market {market.label!r}: weights"
+    raw = dataset.weights(market.label, survey.frame, people)
+    weights = _check_array(raw, len(people), n, second, where)
+    if second:
+        weights[:, survey.groups[:, None] == survey.groups[None, :]] = 0.0
+    return weights[(np.arange(len(people)), *picked)]
+
+
+def _chosen_probabilities(
+    setup: dict[str, Any],
+    market: MicroMarket,
+    nodes: np.ndarray,
+    demographics: np.ndarray,
+    picked: list[np.ndarray],
+    second: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``[n]`` of the choices respondents made and their θ-tangents ``[P, n]``."""
+    model, theta = setup["model"], setup["theta"]
+    rho = model._rho(theta)
+    if not second and (rho is None or not np.any(rho != 0)):
+        # Logit first choices: only the chosen option's tangent (O(n·J·P), no [P, n, 1+J]).
+        return model.logit_chosen(
+            market, theta, setup["delta"], setup["jacobian"], nodes, demographics, picked[0]
+        )
+    groups = market.surveys[0].groups if second else None
+    probability, tangent = _choice_probabilities(model, market, setup, nodes, demographics, groups)
+    index = (np.arange(len(picked[0])), *picked)
+    return probability[index], tangent[(slice(None), *index)]
 
 
 def _observed_choices(
