@@ -38,8 +38,10 @@ from blpmodels.results.demand import DemandSystem
 from blpmodels.results.economics import EconomicsMixin
 from blpmodels.results.formatting import SUMMARY_WIDTH, fit_width, wrap_notes
 from blpmodels.results.micro import MicroMixin
+from blpmodels.results.minimum_distance import MinimumDistanceMixin
 from blpmodels.results.plots import PlotsMixin
 from blpmodels.results.postestimation import PostEstimationMixin
+from blpmodels.results.specification_tests import SpecificationTestsMixin
 
 __all__ = ["BLPResults", "BLPResultsWrapper", "EstimationInfo", "JStat"]
 
@@ -113,8 +115,10 @@ class BLPResults(
     CounterfactualsMixin,
     EconomicsMixin,
     MicroMixin,
+    MinimumDistanceMixin,
     BootstrapMixin,
     PlotsMixin,
+    SpecificationTestsMixin,
     LikelihoodModelResults,
 ):
     """Results of a BLP-family model.
