@@ -37,6 +37,7 @@ from blpmodels.results.counterfactuals import CounterfactualsMixin
 from blpmodels.results.demand import DemandSystem
 from blpmodels.results.economics import EconomicsMixin
 from blpmodels.results.formatting import SUMMARY_WIDTH, fit_width, wrap_notes
+from blpmodels.results.importance_sampling import ImportanceSamplingMixin
 from blpmodels.results.micro import MicroMixin
 from blpmodels.results.minimum_distance import MinimumDistanceMixin
 from blpmodels.results.plots import PlotsMixin
@@ -116,6 +117,7 @@ class BLPResults(
     EconomicsMixin,
     MicroMixin,
     MinimumDistanceMixin,
+    ImportanceSamplingMixin,
     BootstrapMixin,
     PlotsMixin,
     SpecificationTestsMixin,
