@@ -22,6 +22,7 @@ import numpy as np
 
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel import jacobians
 from blpmodels.kernel.delta import FixedPointResult, solve_delta, solve_delta_hybrid
 from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
 from blpmodels.kernel.markups import directional_markup_derivative, markup_jacobian, markups
@@ -65,7 +66,7 @@ class ChunkState:
     delta: np.ndarray
     theta: np.ndarray | None = None
     jacobian: np.ndarray | None = None
-    inverse: np.ndarray | None = None
+    inverse: np.ndarray | jacobians.LowRankInverse | None = None
 
 
 @dataclass(eq=False)
@@ -336,21 +337,12 @@ class MarketChunk:
         delta: np.ndarray,
         result: ChunkResult,
         workspace: Workspace,
-    ) -> np.ndarray:
+    ) -> np.ndarray | jacobians.LowRankInverse:
         """∂δ/∂θ = −(∂s/∂δ)⁻¹ ∂s/∂θ into ``result`` (zero for moved X1 coefficients).
 
         Returns the inverse of ∂log s/∂δ for the next evaluation's Newton solver.
         """
         mask = self.mask
-        by_delta = share_jacobian(
-            probabilities,
-            self.weights,
-            nesting,
-            mask,
-            workspace=workspace.get("scratch", probabilities.factors[0].shape)
-            if probabilities.factors is not None
-            else None,
-        )
         by_theta = np.zeros((*mask.shape, self.n_theta))
         random_positions = self.parameters.random_positions()
         if random_positions.size:
@@ -370,6 +362,24 @@ class MarketChunk:
                 by_rho = by_rho.sum(axis=2, keepdims=True)
             free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
             by_theta[:, :, rho_positions] = by_rho[:, :, free]
+        few_agents = self.weights.shape[1] <= jacobians.WOODBURY_CROSSOVER * mask.shape[1]
+        if few_agents and not nesting.nested:
+            # Few agents, many products: ∂s/∂δ is diagonal minus rank I (Woodbury, O(J·I²)).
+            woodbury = jacobians.woodbury_delta_jacobian(
+                probabilities, self.weights, mask, by_theta
+            )
+            if woodbury is not None:
+                result.jacobian[...] = woodbury[0]
+                return woodbury[1]
+        by_delta = share_jacobian(
+            probabilities,
+            self.weights,
+            nesting,
+            mask,
+            workspace=workspace.get("scratch", probabilities.factors[0].shape)
+            if probabilities.factors is not None
+            else None,
+        )
         index = np.arange(mask.shape[1])
         by_delta[:, index, index] += ~mask
         inverse = np.linalg.inv(by_delta)

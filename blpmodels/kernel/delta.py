@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from blpmodels.exceptions import FixedPointError
-from blpmodels.kernel.jacobians import share_jacobian
+from blpmodels.kernel import jacobians
+from blpmodels.kernel.jacobians import (
+    LowRankInverse,
+    apply_inverse,
+    share_jacobian,
+    woodbury_delta_jacobian,
+)
 from blpmodels.kernel.shares import ShareEvaluator
 
 __all__ = [
@@ -286,7 +292,7 @@ def solve_delta_newton(
     evaluator: ShareEvaluator,
     log_shares: np.ndarray,
     initial_delta: np.ndarray,
-    inverse_log_jacobian: np.ndarray,
+    inverse_log_jacobian: np.ndarray | LowRankInverse,
     *,
     tol: float = 1e-14,
     max_iterations: int = 30,
@@ -312,8 +318,9 @@ def solve_delta_newton(
         As for :func:`solve_delta`.
     initial_delta : numpy.ndarray
         ``[T, J]`` starting values.
-    inverse_log_jacobian : numpy.ndarray
-        ``[T, J, J]`` inverse of ∂log s/∂δ near the solution (identity in padding).
+    inverse_log_jacobian : numpy.ndarray or LowRankInverse
+        ``[T, J, J]`` inverse of ∂log s/∂δ near the solution (identity in padding), or its
+        Woodbury factors.
     tol : float
         Tolerance on the residual norm (:func:`residual_norm`), raised as in
         :func:`market_tolerance`.
@@ -391,7 +398,7 @@ def solve_delta_newton(
             moving = working[step_on]
             last_delta[moving] = delta[moving]
             last_norm[moving] = merit[step_on]
-            step = np.matmul(inverse_log_jacobian[moving], residual[step_on][:, :, None])[:, :, 0]
+            step = apply_inverse(inverse_log_jacobian, residual[step_on], moving)
             delta[moving] -= step
     fallback |= ~converged
     return FixedPointResult(delta, converged, iterations, iterations.copy()), fallback
@@ -414,8 +421,13 @@ def inverse_log_share_jacobian(
     return inverse if np.isfinite(inverse).all() else None
 
 
-def inverse_delta_jacobian(evaluator: ShareEvaluator, delta: np.ndarray) -> np.ndarray | None:
+def inverse_delta_jacobian(
+    evaluator: ShareEvaluator, delta: np.ndarray
+) -> np.ndarray | LowRankInverse | None:
     """``[T, J, J]`` inverse of ∂log s/∂δ at ``delta`` (identity in padding), or None if singular.
+
+    Unnested markets with few agents (I ≤ :data:`~blpmodels.kernel.jacobians.WOODBURY_CROSSOVER`
+    × J) get its Woodbury factors (:class:`~blpmodels.kernel.jacobians.LowRankInverse`).
 
     Examples
     --------
@@ -425,21 +437,29 @@ def inverse_delta_jacobian(evaluator: ShareEvaluator, delta: np.ndarray) -> np.n
     >>> mu = np.zeros((1, 2, 1)); w = np.ones((1, 1)); mask = np.ones((1, 2), bool)
     >>> evaluator = ShareEvaluator(mu, w, mask, Nesting.unnested((1, 2)))
     >>> inverse = inverse_delta_jacobian(evaluator, np.zeros((1, 2)))
-    >>> np.allclose(np.linalg.inv(inverse[0]), np.eye(2) - 1 / 3)
+    >>> type(inverse).__name__  # one agent, two products: the Woodbury factors
+    'LowRankInverse'
+    >>> np.allclose(np.linalg.inv(inverse.dense()[0]), np.eye(2) - 1 / 3)
     True
     """
     probabilities = evaluator.probabilities(delta, factored=True)
-    jacobian = share_jacobian(
-        probabilities, evaluator.weights, evaluator.nesting, evaluator.product_mask
-    )
-    return inverse_log_share_jacobian(jacobian, probabilities.shares, evaluator.product_mask)
+    mask = evaluator.product_mask
+    few_agents = evaluator.weights.shape[1] <= jacobians.WOODBURY_CROSSOVER * mask.shape[1]
+    if few_agents and not evaluator.nesting.nested:
+        # Diagonal minus rank I: the Woodbury factors, without the [T, J, J] inverse.
+        no_theta = np.zeros((*mask.shape, 0))
+        woodbury = woodbury_delta_jacobian(probabilities, evaluator.weights, mask, no_theta)
+        if woodbury is not None:
+            return woodbury[1]
+    jacobian = share_jacobian(probabilities, evaluator.weights, evaluator.nesting, mask)
+    return inverse_log_share_jacobian(jacobian, probabilities.shares, mask)
 
 
 def solve_delta_hybrid(
     evaluator: ShareEvaluator,
     log_shares: np.ndarray,
     initial_delta: np.ndarray,
-    inverse_log_jacobian: np.ndarray | None = None,
+    inverse_log_jacobian: np.ndarray | LowRankInverse | None = None,
     *,
     tol: float = 1e-14,
     max_evaluations: int = 5000,

@@ -1,0 +1,164 @@
+"""Large-J markets: the Woodbury solve of ∂δ/∂θ against the dense solve, and a fit on each path.
+
+The oracle for the solve is numpy's dense LU on the explicitly formed ∂s/∂δ = diag(s) − P W Pᵀ
+(built here from the probabilities, not by the package); the fit is compared with the same fit
+forced onto the dense path and with pyblp 1.3.0.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from blpmodels.kernel import jacobians
+from blpmodels.kernel.delta import solve_delta_newton
+from blpmodels.kernel.jacobians import LowRankInverse, apply_inverse, woodbury_delta_jacobian
+from blpmodels.kernel.shares import Nesting, ShareEvaluator
+
+
+def _market_data(seed: int, n_markets: int, n_products: int, n_agents: int, scale: float):
+    """Random utilities with padding; ``scale`` spreads δ so some shares are tiny."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(0.0, 1.0, (n_markets, n_products, n_agents))
+    weights = rng.uniform(0.5, 1.5, (n_markets, n_agents))
+    weights /= weights.sum(axis=1, keepdims=True)
+    mask = np.ones((n_markets, n_products), dtype=bool)
+    mask[0, -3:] = False  # padded products in the first market
+    mu = np.where(mask[:, :, None], mu, 0.0)
+    delta = np.where(mask, rng.normal(-1.0, scale, (n_markets, n_products)), 0.0)
+    evaluator = ShareEvaluator(mu, weights, mask, Nesting.unnested(mask.shape))
+    return evaluator, delta, weights, mask
+
+
+def _dense_oracle(evaluator, delta, weights, mask, by_theta):
+    """−(∂s/∂δ)⁻¹ ∂s/∂θ and (∂log s/∂δ)⁻¹ per market by numpy's dense solve."""
+    P = evaluator.probabilities(delta).unconditional
+    jacobian, inverse = np.zeros_like(by_theta), np.zeros((*mask.shape, mask.shape[1]))
+    for t in range(mask.shape[0]):
+        real = mask[t]
+        p = P[t][real]
+        shares = p @ weights[t]
+        by_delta = np.diag(shares) - (p * weights[t]) @ p.T
+        jacobian[t][real] = -np.linalg.solve(by_delta, by_theta[t][real])
+        block = np.eye(mask.shape[1])
+        block[np.ix_(real, real)] = np.linalg.solve(by_delta, np.diag(shares))
+        inverse[t] = block
+    return jacobian, inverse
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("n_products", "n_agents", "scale"), [(60, 20, 1.0), (80, 30, 4.0)])
+def test_woodbury_equals_dense_solve(seed, n_products, n_agents, scale):
+    evaluator, delta, weights, mask = _market_data(seed, 3, n_products, n_agents, scale)
+    probabilities = evaluator.probabilities(delta, factored=True)
+    if scale > 1:  # the spread δ must really reach tiny shares
+        assert probabilities.shares[mask].min() < 1e-4
+    rng = np.random.default_rng(seed + 100)
+    by_theta = np.where(mask[:, :, None], rng.normal(size=(*mask.shape, 3)), 0.0)
+    out = woodbury_delta_jacobian(probabilities, weights, mask, by_theta)
+    assert out is not None
+    jacobian, inverse = out
+    expected_jacobian, expected_inverse = _dense_oracle(evaluator, delta, weights, mask, by_theta)
+    relative = np.abs(jacobian - expected_jacobian).max() / np.abs(expected_jacobian).max()
+    assert relative < 1e-10
+    assert np.abs(inverse.dense() - expected_inverse).max() < 1e-10 * np.abs(expected_inverse).max()
+    residual = np.where(mask, rng.normal(size=mask.shape), 0.0)
+    applied = apply_inverse(inverse, residual)
+    assert np.allclose(applied, np.einsum("tjk,tk->tj", expected_inverse, residual), atol=1e-10)
+    assert np.array_equal(applied[0, -3:], residual[0, -3:])  # identity in padding
+
+
+def test_woodbury_falls_back_when_capacitance_is_ill_conditioned():
+    # Outside shares near zero for every agent make 1 − UᵀD⁻¹U nearly singular.
+    evaluator, _, weights, mask = _market_data(1, 2, 40, 10, 1.0)
+    delta = np.where(mask, 30.0, 0.0)
+    probabilities = evaluator.probabilities(delta, factored=True)
+    by_theta = np.where(mask[:, :, None], 1.0, 0.0)
+    assert woodbury_delta_jacobian(probabilities, weights, mask, by_theta) is None
+    # The same market at ordinary shares passes with the same limit.
+    ordinary = evaluator.probabilities(np.where(mask, -1.0, 0.0), factored=True)
+    assert woodbury_delta_jacobian(ordinary, weights, mask, by_theta) is not None
+    # And a tight limit sends even the ordinary market to the dense path.
+    assert woodbury_delta_jacobian(ordinary, weights, mask, by_theta, max_condition=1.0) is None
+
+
+def test_woodbury_refuses_what_it_cannot_factor():
+    evaluator, delta, weights, mask = _market_data(2, 2, 30, 10, 1.0)
+    by_theta = np.zeros((*mask.shape, 1))
+    unfactored = evaluator.probabilities(delta, factored=False)
+    if unfactored.factors is None:
+        assert woodbury_delta_jacobian(unfactored, weights, mask, by_theta) is None
+    factored = evaluator.probabilities(delta, factored=True)
+    negative = weights.copy()
+    negative[0, 0] = -negative[0, 0]
+    assert woodbury_delta_jacobian(factored, negative, mask, by_theta) is None
+
+
+def test_newton_solver_takes_the_low_rank_inverse():
+    evaluator, delta, weights, mask = _market_data(3, 2, 50, 15, 1.0)
+    target = np.log(np.where(mask, evaluator.shares(delta), 1.0))
+    probabilities = evaluator.probabilities(delta + 0.01, factored=True)
+    _, inverse = woodbury_delta_jacobian(probabilities, weights, mask, np.zeros((*mask.shape, 1)))
+    assert isinstance(inverse, LowRankInverse)
+    result, fallback = solve_delta_newton(evaluator, target, delta + 0.05, inverse)
+    assert result.converged.all() and not fallback.any()
+    assert np.abs(np.where(mask, result.delta - delta, 0.0)).max() < 1e-12
+
+
+def _fit(monkeypatch, crossover: float):
+    from blpmodels.simulation.scale import simulate_scale
+
+    monkeypatch.setattr(jacobians, "WOODBURY_CROSSOVER", crossover)
+    calls = {"woodbury": 0}
+    original = jacobians.woodbury_delta_jacobian
+
+    def counted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls["woodbury"] += out is not None
+        return out
+
+    monkeypatch.setattr(jacobians, "woodbury_delta_jacobian", counted)
+    problem = simulate_scale(6, 40, 20, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = problem.model().fit(sigma=1.0, optimizer="trust-constr")
+    return problem, results, calls["woodbury"]
+
+
+def test_fit_on_woodbury_path_equals_dense_path_and_pyblp(monkeypatch):
+    problem, dense, dense_calls = _fit(monkeypatch, 0.0)
+    _, woodbury, woodbury_calls = _fit(monkeypatch, 0.8)  # I = 20 ≤ 0.8 J = 32: Woodbury
+    assert dense_calls == 0 and woodbury_calls > 0
+    assert np.allclose(woodbury.params, dense.params, rtol=1e-8, atol=1e-10)
+    assert np.allclose(woodbury.bse, dense.bse, rtol=1e-6)
+    assert woodbury.info.convergence["evaluations"] == dense.info.convergence["evaluations"]
+
+    pyblp = pytest.importorskip("pyblp")
+    pyblp.options.verbose = False
+    products = problem.products.copy()
+    names = ["cost_shifter", "z0", "z1", "rivals_x", "rivals_cost_shifter"]
+    for number, name in enumerate(names):
+        products[f"demand_instruments{number}"] = products[name]
+    reference = pyblp.Problem(
+        (pyblp.Formulation("1 + x + prices"), pyblp.Formulation("0 + prices")),
+        products,
+        agent_data=problem.agents,
+    ).solve(
+        sigma=np.array([[1.0]]),
+        method="1s",
+        optimization=pyblp.Optimization("trust-constr", {"gtol": 1e-10, "xtol": 1e-12}),
+        iteration=pyblp.Iteration("squarem", {"atol": 1e-14}),
+    )
+    assert abs(float(woodbury.params.iloc[-1]) - float(reference.sigma[0, 0])) < 1e-5
+
+
+def test_fresh_newton_inverse_is_low_rank_and_equals_dense():
+    from blpmodels.kernel.delta import inverse_delta_jacobian
+
+    evaluator, delta, weights, mask = _market_data(5, 3, 50, 15, 2.0)
+    inverse = inverse_delta_jacobian(evaluator, delta)
+    assert isinstance(inverse, LowRankInverse)  # I = 15 ≤ 0.8 J = 40
+    _, expected = _dense_oracle(evaluator, delta, weights, mask, np.zeros((*mask.shape, 1)))
+    assert np.abs(inverse.dense() - expected).max() < 1e-10 * np.abs(expected).max()
