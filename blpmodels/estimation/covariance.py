@@ -34,6 +34,7 @@ __all__ = [
     "cluster_codes",
     "gmm_covariance",
     "moment_covariance",
+    "multiway_cluster_terms",
     "normalize_cov_type",
 ]
 
@@ -237,16 +238,44 @@ def moment_covariance(
         return moments.T @ moments / nobs
     if clusters is None:
         raise BLPInputError("clustered covariance needs cluster codes")
-    dimensions = clusters.shape[1]
     total = np.zeros((moments.shape[1], moments.shape[1]))
+    for sign, codes in multiway_cluster_terms(clusters):
+        total += sign * _cluster_sum_covariance(moments, codes)
+    return total / nobs
+
+
+def multiway_cluster_terms(clusters: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """The inclusion–exclusion terms of a multi-way clustered covariance (Cameron, Gelbach
+    and Miller 2011): for every non-empty subset of the cluster dimensions, the sign
+    (−1)^(size+1) and the codes of its intersection clusters.
+
+    Parameters
+    ----------
+    clusters : numpy.ndarray
+        ``[N, D]`` integer cluster codes, one column per dimension (:func:`cluster_codes`).
+
+    Returns
+    -------
+    list of (int, numpy.ndarray)
+        ``2**D − 1`` pairs; summing ``sign * S(codes)`` over them, with S the one-way
+        cluster sum of outer products, gives the multi-way covariance.
+
+    Examples
+    --------
+    >>> clusters = np.array([[0, 0], [0, 1], [1, 1]])
+    >>> [(sign, codes.tolist()) for sign, codes in multiway_cluster_terms(clusters)]
+    [(1, [0, 0, 1]), (1, [0, 1, 1]), (-1, [0, 1, 2])]
+    """
+    dimensions = clusters.shape[1]
+    terms = []
     for size in range(1, dimensions + 1):
         for subset in itertools.combinations(range(dimensions), size):
             if size == 1:
                 codes = clusters[:, subset[0]]
             else:
                 codes = pd.MultiIndex.from_arrays([clusters[:, k] for k in subset]).factorize()[0]
-            total += (-1) ** (size + 1) * _cluster_sum_covariance(moments, np.asarray(codes))
-    return total / nobs
+            terms.append(((-1) ** (size + 1), np.asarray(codes)))
+    return terms
 
 
 def gmm_covariance(

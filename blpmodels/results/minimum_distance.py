@@ -41,7 +41,6 @@ too, and that link is not written here.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +51,7 @@ from scipy import stats
 from statsmodels.iolib.summary import Summary
 
 from blpmodels.data.design import build_block
-from blpmodels.estimation.covariance import cluster_codes
+from blpmodels.estimation.covariance import cluster_codes, multiway_cluster_terms
 from blpmodels.exceptions import BLPInputError
 from blpmodels.results.base import ResultsRole
 from blpmodels.results.formatting import SUMMARY_WIDTH, fit_width, wrap_notes
@@ -409,10 +408,8 @@ class MinimumDistanceMixin(ResultsRole):
             covariance = _outer(own, h, loading, np.arange(nobs))
         else:
             covariance = np.zeros((n_groups, n_groups))
-            for size in range(1, clusters.shape[1] + 1):
-                for subset in itertools.combinations(range(clusters.shape[1]), size):
-                    keys = pd.MultiIndex.from_arrays([clusters[:, k] for k in subset])
-                    covariance += (-1) ** (size + 1) * _outer(own, h, loading, keys.factorize()[0])
+            for sign, codes in multiway_cluster_terms(clusters):
+                covariance += sign * _outer(own, h, loading, codes)
         if unadjusted:
             covariance *= float(xi @ xi) / nobs
         return effects, 0.5 * (covariance + covariance.T)
