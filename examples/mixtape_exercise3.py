@@ -82,11 +82,10 @@ def load_data() -> tuple[pd.DataFrame, pd.DataFrame]:
     Returns
     -------
     products, agents : pandas.DataFrame
-        ``firm_ids`` are the first two characters of the product ids ("F1B04" is firm F1).
+        The loader's ``firm_ids`` are the first two characters of the product ids ("F1B04" is
+        firm F1).
     """
-    products, agents = datasets.load_mixtape_exercise2()
-    products = products.assign(firm_ids=products["product_ids"].str[:2])
-    return products, agents
+    return datasets.load_mixtape_exercise2()
 
 
 def build_model(products: pd.DataFrame, agents: pd.DataFrame) -> BLPRandomCoefficients:

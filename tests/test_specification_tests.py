@@ -17,6 +17,7 @@ from scipy import stats
 
 from blpmodels import BLPLogit, datasets
 from blpmodels.exceptions import BLPInputError
+from blpmodels.results import SpecificationTest
 
 INSTRUMENTS = [f"demand_instruments{k}" for k in range(4)]
 BRACKET = " + ".join(INSTRUMENTS)
@@ -82,6 +83,7 @@ def test_c_statistic_matches_linearmodels_c_stat(nevo, tested, center):
     ).fit(cov_type="robust")
     expected = oracle.c_stat(tested)
     test = results.c_statistic(tested)
+    assert isinstance(test, SpecificationTest)  # the public name of what the tests return
     # 8.8659 − 1.3309 = 7.5350 for mushy with centered S (linearmodels: 7.535021624080645).
     assert test.stat == pytest.approx(expected.stat, rel=1e-9)
     assert test.df == expected.df == len(tested)

@@ -10,7 +10,9 @@ Modules here import the layers below (estimation, backends, kernel, data) and
 
 from blpmodels.results.bootstrap import BootstrappedResults
 from blpmodels.results.counterfactuals import Equilibrium, MergerResults
+from blpmodels.results.minimum_distance import MinimumDistanceResults
 from blpmodels.results.results import BLPResults, EstimationInfo
+from blpmodels.results.specification_tests import SpecificationTest
 
 __all__ = [
     "BLPResults",
@@ -18,4 +20,6 @@ __all__ = [
     "Equilibrium",
     "EstimationInfo",
     "MergerResults",
+    "MinimumDistanceResults",
+    "SpecificationTest",
 ]

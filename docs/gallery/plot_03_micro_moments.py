@@ -27,7 +27,6 @@ from blpmodels import (
 )
 
 products, agents = datasets.load_mixtape_exercise2()
-products = products.assign(firm_ids=products["product_ids"].str[:2])
 model = BLPRandomCoefficients.from_formula(
     "shares ~ 0 + [prices ~ demand_instruments0 + demand_instruments1"
     " + demand_instruments2 + demand_instruments3]",
