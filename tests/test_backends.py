@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 from probes import independent_log_shares
 
-from blpmodels.backends import chunk_memory, chunk_size_for_memory, parse_memory
+from blpmodels.backends import chunk_memory, chunk_size_for_memory, driver_memory, parse_memory
 from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.chunks import ChunkStep
 from blpmodels.simulation.scale import simulate_scale
 
 distributed = pytest.importorskip("distributed")
@@ -307,20 +308,51 @@ def test_memory_sizes_are_parsed(text, expected):
 
 
 def test_memory_limit_chooses_the_chunk_size():
-    """The chunk is as large as the limit allows, by the documented per-market sizes."""
+    """The chunk is as large as the limit allows, by the documented per-market sizes and the
+    driver's product arrays: 240 products, X = (1, x, prices) and Z = (1, x and the five
+    excluded instruments), 10 columns, one parameter."""
     problem = simulate_scale(40, 6, 50, seed=0)
     working, resident = chunk_memory(6, 50, 1)
-    limit = int(40 * resident + 2 * 9.5 * working)  # room for two chunks of 9.5 markets
+    # By hand: one [J, J] Newton inverse resident and 6 (1 + P) values per product.
+    assert resident == 8 * (6**2 + 6 * 6 * 2)
+    driver = 8 * 240 * (3 * 10 + 8 * 2)
+    assert driver_memory(240, 10, 1) == driver
+    limit = int(40 * resident + driver + 2 * 9.5 * working)  # two chunks of 9.5 markets
     model = problem.model(memory_limit=limit, threads=2)
     objective = model.objective_function(model.parameters(sigma=0.5))
     assert objective.chunk_size == 9
     assert (
-        chunk_size_for_memory(limit, n_markets=40, n_products=6, n_agents=50, n_theta=1, parallel=1)
+        chunk_size_for_memory(
+            limit, n_markets=40, n_products=6, n_agents=50, n_theta=1, parallel=1, driver=driver
+        )
         == 19
     )
     results = model.fit(sigma=0.5)
     assert results.model.memory_limit == limit
     assert results._results.demand.chunk_size == 9  # post-estimation follows the chunks
+
+
+def test_a_chunk_keeps_one_newton_inverse_per_market():
+    """The [J, J] Newton inverse is the largest state a market keeps: once a step computes a
+    new one, the accepted one is dropped. Accepted, the new one takes its place; rejected (the
+    evaluation failed in another chunk), it stands in for it, so Newton still starts from a
+    nearby inverse (a few share evaluations, not the contraction's hundreds)."""
+    problem = simulate_scale(12, 6, 50, seed=0)
+    model = problem.model(chunk_size=4)
+    objective = model.objective_function(model.parameters(sigma=0.5))
+    chunk = objective.make_chunk(0)
+    for number, sigma in enumerate((0.5, 0.55)):
+        chunk.step(ChunkStep(np.array([sigma]), True, number, number - 1 if number else None, 0))
+        kept = [state.inverse for state in (chunk.accepted, chunk.pending[1])]
+        assert kept[0] is None and kept[1].shape == (4, 6, 6)
+    pending = chunk.pending[1].inverse
+    # Step 2 says step 1 was not accepted (it failed elsewhere): the pending inverse remains.
+    result = chunk.step(ChunkStep(np.array([0.6]), False, 2, 0, 0))
+    assert chunk.accepted.inverse is pending
+    assert result.converged.all() and result.evaluations.max() < 10
+    # Accepted after all: step 3 accepts step 2 (a function evaluation: it keeps no inverse).
+    chunk.step(ChunkStep(np.array([0.6]), False, 3, 2, 0))
+    assert chunk.accepted.inverse is pending
 
 
 @pytest.mark.parametrize("kind", ["rc", "rcnl", "supply"])

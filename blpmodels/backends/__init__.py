@@ -14,7 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from blpmodels.backends.memory import chunk_memory, chunk_size_for_memory, parse_memory
+from blpmodels.backends.memory import (
+    chunk_memory,
+    chunk_size_for_memory,
+    driver_memory,
+    parse_memory,
+)
 from blpmodels.backends.threads import ThreadsBackend
 from blpmodels.exceptions import BLPInputError
 
@@ -25,6 +30,7 @@ __all__ = [
     "check_backend",
     "chunk_memory",
     "chunk_size_for_memory",
+    "driver_memory",
     "make_backend",
     "parse_memory",
 ]

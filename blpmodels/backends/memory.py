@@ -10,7 +10,7 @@ import numpy as np
 
 from blpmodels.exceptions import BLPInputError
 
-__all__ = ["chunk_memory", "chunk_size_for_memory", "parse_memory"]
+__all__ = ["chunk_memory", "chunk_size_for_memory", "driver_memory", "parse_memory"]
 
 _UNITS = {
     "": 1,
@@ -34,9 +34,46 @@ NESTED_ARRAYS_PER_AGENT_PRODUCT = 9.0
 SUPPLY_ARRAYS_PER_AGENT_PRODUCT = 10.0
 #: ``[J, J]`` arrays per market in a chunk evaluation (∂s/∂δ, its inverse, temporaries).
 ARRAYS_PER_PRODUCT_PAIR = 4.0
-#: ``[J, J]`` arrays per market kept between evaluations (the Newton inverse, accepted and
-#: pending).
-RESIDENT_PRODUCT_PAIRS = 2.0
+#: ``[J, J]`` arrays per market kept between evaluations: the Newton inverse (one: a chunk
+#: drops the accepted one once a step computes its successor).
+RESIDENT_PRODUCT_PAIRS = 1.0
+#: Values per product and per column of X and Z (all moment blocks) that the driver holds at
+#: once at its peak, the end of a fit: the first-stage table's stacked instruments and their
+#: moments, the GMM moments. And per product and per (1 + parameter): δ, ∂δ/∂θ, the dependent
+#: variables and residuals of the accepted and the candidate evaluations. Measured with
+#: tracemalloc at T = 5,000 and 20,000 × 50 products (7 columns, 1 parameter: 34 values per
+#: product); the constants leave a margin.
+DRIVER_VALUES_PER_COLUMN = 3.0
+DRIVER_VALUES_PER_PARAMETER = 8.0
+
+
+def driver_memory(n_rows: int, n_columns: int, n_theta: int) -> float:
+    """Bytes the driver holds beyond the chunks at its peak: arrays of the products' length.
+
+    Parameters
+    ----------
+    n_rows : int
+        Products N (rows of the moment blocks).
+    n_columns : int
+        Columns of X and Z over all moment blocks (demand and supply).
+    n_theta : int
+        Parameters P in θ.
+
+    Returns
+    -------
+    float
+        Bytes.
+
+    Examples
+    --------
+    >>> driver_memory(1_000_000, 10, 1) / 2**20
+    350.95...
+    """
+    return (
+        8.0
+        * n_rows
+        * (DRIVER_VALUES_PER_COLUMN * n_columns + DRIVER_VALUES_PER_PARAMETER * (1 + n_theta))
+    )
 
 
 def parse_memory(value: Any) -> int | None:
@@ -101,7 +138,7 @@ def chunk_memory(
     --------
     >>> working, resident = chunk_memory(50, 200, 1)
     >>> int(working), int(resident)
-    (363200, 44800)
+    (363200, 24800)
     """
     pairs = ARRAYS_PER_PRODUCT_PAIR + (2.0 + n_theta if supply else 0.0)
     agent_products = (
@@ -130,11 +167,13 @@ def chunk_size_for_memory(
     supply: bool = False,
     nested: bool = False,
     market_label: Any = None,
+    driver: float = 0.0,
 ) -> int:
     """Markets per chunk so that a fit's memory beyond the data stays under ``memory_limit``.
 
     ``parallel`` chunks are evaluated at once (threads), each needing its working memory;
-    every market keeps its resident state.
+    every market keeps its resident state, and the driver holds ``driver`` bytes
+    (:func:`driver_memory`) on top.
 
     Raises
     ------
@@ -144,20 +183,24 @@ def chunk_size_for_memory(
 
     Examples
     --------
-    >>> chunk_size_for_memory(2**30, n_markets=20_000, n_products=50, n_agents=200, n_theta=1)
-    489
+    >>> driver = driver_memory(1_000_000, n_columns=10, n_theta=1)
+    >>> chunk_size_for_memory(
+    ...     2**30, n_markets=20_000, n_products=50, n_agents=200, n_theta=1, driver=driver
+    ... )
+    577
     """
     working, resident = chunk_memory(n_products, n_agents, n_theta, supply, nested)
-    free = memory_limit - n_markets * resident
+    free = memory_limit - n_markets * resident - driver
     size = int(free // (max(1, parallel) * working)) if free > 0 else 0
     if size < 1:
-        needed = int(np.ceil(n_markets * resident + max(1, parallel) * working))
+        needed = int(np.ceil(n_markets * resident + driver + max(1, parallel) * working))
         raise BLPInputError(
             f"memory_limit={memory_limit} bytes is too small: market {market_label!r} "
             f"({n_products} products x {n_agents} agents, padded) needs {_size(working)} while "
-            f"it is solved{f' in each of {parallel} threads' if parallel > 1 else ''}, and the "
-            f"{n_markets} markets keep {_size(n_markets * resident)} between evaluations: "
-            f"give at least {_size(needed)} ({needed} bytes)"
+            f"it is solved{f' in each of {parallel} threads' if parallel > 1 else ''}, the "
+            f"{n_markets} markets keep {_size(n_markets * resident)} between evaluations"
+            + (f" and the driver's product arrays take {_size(driver)}" if driver else "")
+            + f": give at least {_size(needed)} ({needed} bytes)"
         )
     return min(size, n_markets)
 

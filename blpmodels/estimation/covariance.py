@@ -231,9 +231,16 @@ def moment_covariance(
                 for left, first in zip(instruments, residuals, strict=True)
             ]
         )
-    moments = np.column_stack([Z * e[:, None] for Z, e in zip(instruments, residuals, strict=True)])
+    # One (N, M) array of moments at a time: with a million products and their instruments it
+    # is the largest temporary of the fit's end, so no stacked copy and centering in place.
+    if len(instruments) == 1:
+        moments = instruments[0] * residuals[0][:, None]
+    else:
+        moments = np.column_stack(
+            [Z * e[:, None] for Z, e in zip(instruments, residuals, strict=True)]
+        )
     if center:
-        moments = moments - moments.mean(axis=0)
+        moments -= moments.mean(axis=0)
     if cov_type == "robust":
         return moments.T @ moments / nobs
     if clusters is None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from blpmodels.backends import chunk_size_for_memory, make_backend, parse_memory
+from blpmodels.backends import chunk_size_for_memory, driver_memory, make_backend, parse_memory
 from blpmodels.data.agents import AgentDesign
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.data.products import ProductDesign
@@ -327,6 +327,8 @@ class NonlinearObjective:
                 # The limit bounds the chunks; it does not grow them past the default, which
                 # is already large enough to amortize the per-chunk costs.
                 counts = layout.counts * self.agents.layout.counts
+                blocks = [self.design] + ([self.supply] if self.supply is not None else [])
+                columns = sum(b.X_absorbed.shape[1] + b.Z_absorbed.shape[1] for b in blocks)
                 self.chunk_size = min(
                     self.chunk_size,
                     chunk_size_for_memory(
@@ -339,6 +341,7 @@ class NonlinearObjective:
                         supply=self.supply is not None,
                         nested=self.parameters.has_rho,
                         market_label=layout.market_labels[int(np.argmax(counts))],
+                        driver=driver_memory(self.design.nobs, columns, self.n_theta),
                     ),
                 )
         self.chunks = layout.chunks(self.chunk_size)
@@ -356,10 +359,15 @@ class NonlinearObjective:
             # At least one chunk per thread.
             return min(size, -(-layout.n_markets // self.threads))
         if name != "threads":
-            # Up to 16 chunks of at least 1e6 agent-product values each (below that a task
-            # costs more than its arithmetic), whatever the workers, so the chunks, and so
-            # the numbers, do not depend on the cluster.
-            return min(size, max(-(-layout.n_markets // 16), -(-1_000_000 // max(1, values))))
+            # Up to 16 equal chunks of at least 1e6 agent-product values each (smaller ones
+            # cost more than their arithmetic), whatever the workers, so the chunks, and so
+            # the numbers, do not depend on the cluster; a power of two of them, so they
+            # split evenly over 2, 4, 8 or 16 workers (3 chunks of exercise 2 took 52 and 42
+            # markets on two workers; 2 take 47 each).
+            count = 1
+            while count < 16 and layout.n_markets * values >= 2 * count * 1_000_000:
+                count *= 2
+            return min(size, -(-layout.n_markets // count))
         return size
 
     def _setup_price_terms(self) -> None:
