@@ -16,9 +16,18 @@ Parts (``--parts``):
 * ``dask`` per-evaluation time of the objective and gradient on threads (2 threads) and on a
   Dask ``LocalCluster`` (2 worker processes, 1 thread each), at the same θ sequence, for
   exercise 2 Q5 (shared data) and T = ``--dask-markets`` (default 2,000: 100,000
-  product-markets); the first evaluation (chunks built or scattered) reported apart. Workers
-  start with ``MALLOC_MMAP_THRESHOLD_`` = ``--mmap-threshold`` (default 1 GiB; 0: Dask's
-  default environment), see docs/dask.md.
+  product-markets); the first evaluation (chunks built or scattered) reported apart. Threads
+  and Dask alternate on fresh objectives ``--repeat`` times (default 3; the best is shown);
+  beside the wall times: CPU per evaluation (the driver's, with the in-process scheduler, and
+  the workers'), and the client's round trips per evaluation (``submit``, ``gather``,
+  ``run``, ``nthreads``, ``scheduler_info``, ... counted on the client, so an older backend
+  is counted alike). ``--baseline PATH`` also runs it with the blpmodels at PATH (e.g. ``git
+  archive HEAD blpmodels | tar -x -C PATH``), in its own process. Workers start with
+  ``MALLOC_MMAP_THRESHOLD_`` = ``--mmap-threshold`` and ``MALLOC_TRIM_THRESHOLD_`` =
+  ``--trim-threshold`` (default 1 GiB each; 0: Dask's default environment), and the
+  scheduler keeps its connections to the workers between ``Client.run`` calls
+  (``distributed.scheduler.reuse-broadcast-comm``; ``--new-broadcast-comms``: Dask's default,
+  a new one per call); see docs/dask.md.
 * ``pyblp`` pyblp 1.3.0 on T = ``--pyblp-markets`` (default 2,000) with the same data, start,
   contraction tolerance (1e-14) and optimizer (``--pyblp-optimizer``, default trust-constr,
   blpmodels' default), and blpmodels' fit for the ratio; killed after ``--pyblp-timeout``
@@ -90,7 +99,33 @@ def child_fit(args: argparse.Namespace) -> dict:
     }
 
 
+#: Client methods that go to the scheduler (and maybe the workers) and back: counted per
+#: evaluation, whatever the backend's version (``--baseline`` runs an older one).
+_CLIENT_CALLS = ("submit", "gather", "scatter", "run", "scheduler_info", "nthreads", "compute")
+
+
+def _count_client_calls(client) -> dict:
+    """Wrap the client's calls that make round trips; returns the live call counts."""
+    counts = dict.fromkeys(_CLIENT_CALLS, 0)
+    for name in _CLIENT_CALLS:
+        method = getattr(client, name)
+
+        def counted(*args, _method=method, _name=name, **kwargs):
+            counts[_name] += 1
+            return _method(*args, **kwargs)
+
+        setattr(client, name, counted)
+    return counts
+
+
+def _worker_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_dask(args: argparse.Namespace) -> dict:
+    if args.baseline:
+        sys.path.insert(0, args.baseline)  # before blpmodels loads (workers inherit sys.path)
     import dask
     from distributed import Client, LocalCluster
 
@@ -101,7 +136,22 @@ def child_dask(args: argparse.Namespace) -> dict:
         dask.config.set(
             {"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": args.mmap_threshold}
         )
+    if args.trim_threshold:
+        # With the mmap threshold up, the 64 KiB trim threshold still hands the heap's top
+        # back to the kernel after each step and faults it in again at the next: 4,300 page
+        # faults and 11 ms of system CPU per exercise-2 evaluation on two workers, against
+        # 200 faults and 1.5 ms with the trim threshold at the mmap threshold (as glibc's
+        # adaptive thresholds leave it in the driver).
+        dask.config.set(
+            {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": args.trim_threshold}
+        )
 
+    # The scheduler (in this process) keeps its connections to the workers between
+    # Client.run calls instead of opening new ones each time: 3.3 against 4-5.6 ms of this
+    # process's CPU per call on two workers (the Dask backend makes one per evaluation).
+    dask.config.set({"distributed.scheduler.reuse-broadcast-comm": not args.new_broadcast_comms})
+
+    import blpmodels
     from blpmodels.simulation.scale import simulate_scale
 
     problem = None if args.problem == "ex2q5" else simulate_scale(args.markets, PRODUCTS, AGENTS)
@@ -115,42 +165,95 @@ def child_dask(args: argparse.Namespace) -> dict:
         "problem": args.problem,
         "markets": args.markets,
         "mmap_threshold": args.mmap_threshold,
+        "trim_threshold": args.trim_threshold,
+        "reuse_broadcast_comm": not args.new_broadcast_comms,
+        "blpmodels": os.path.dirname(blpmodels.__file__),
+        "load_before": os.getloadavg(),
     }
-    cluster = client = None
-    for backend in ("threads", "dask"):
-        if backend == "dask":
-            cluster = LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    client = Client(cluster)
+    counts = _count_client_calls(client)
+    runs: dict = {"threads": [], "dask": []}
+    # Threads and Dask alternate, each on a fresh objective (the same θ sequence and warm
+    # starts), so a change of the machine's load hits both; the best repeat is reported.
+    for _ in range(args.repeat):
+        for backend in ("threads", "dask"):
+            keywords = {"backend": "dask", "client": client} if backend == "dask" else {}
+            model, start = build(threads=2) if backend == "threads" else build(**keywords)
+            parameters = model.parameters(**start)
+            objective = model.objective_function(parameters)
+            theta0 = parameters.theta0
+            times, values = [], []
+            for step in range(args.evaluations + 1):
+                if step == 1:
+                    workers_cpu = sum(client.run(_worker_cpu).values())
+                    calls = dict(counts)
+                    cpu = _cpu()
+                theta = theta0 * (1.0 + 0.02 * step)
+                began = time.perf_counter()
+                evaluation = objective.evaluate(theta)
+                times.append(time.perf_counter() - began)
+                values.append(float(evaluation.objective))
+            driver_cpu = _cpu() - cpu
+            calls = {name: counts[name] - calls[name] for name in _CLIENT_CALLS}
+            workers_cpu = sum(client.run(_worker_cpu).values()) - workers_cpu
+            objective.backend.close()
+            runs[backend].append(
+                {
+                    "first_seconds": times[0],
+                    "per_evaluation": float(np.mean(times[1:])),
+                    # The driver's CPU includes the scheduler's (LocalCluster runs it here).
+                    "driver_cpu": driver_cpu / args.evaluations,
+                    "workers_cpu": workers_cpu / args.evaluations if backend == "dask" else 0.0,
+                    "round_trips": {
+                        name: count / args.evaluations for name, count in calls.items() if count
+                    },
+                    "chunks": len(objective.chunks),
+                    "objectives": values,
+                }
             )
-            client = Client(cluster)
-            model, start = build(backend="dask", client=client)
-        else:
-            model, start = build(threads=2)
-        parameters = model.parameters(**start)
-        objective = model.objective_function(parameters)
-        theta0 = parameters.theta0
-        times = []
-        values = []
-        for step in range(args.evaluations + 1):
-            theta = theta0 * (1.0 + 0.02 * step)
-            began = time.perf_counter()
-            evaluation = objective.evaluate(theta)
-            times.append(time.perf_counter() - began)
-            values.append(float(evaluation.objective))
+    client.close()
+    cluster.close()
+    for backend, rows in runs.items():
+        best = min(rows, key=lambda row: row["per_evaluation"])
         out[backend] = {
-            "first_seconds": times[0],
-            "per_evaluation": float(np.mean(times[1:])),
-            "chunks": len(objective.chunks),
-            "objectives": values,
+            **best,
+            "per_evaluation_repeats": [row["per_evaluation"] for row in rows],
+            "cpu_per_evaluation": best["driver_cpu"] + best["workers_cpu"],
         }
-        if client is not None:
-            client.close()
-            cluster.close()
     out["overhead"] = out["dask"]["per_evaluation"] / out["threads"]["per_evaluation"] - 1
+    out["cpu_overhead"] = (
+        out["dask"]["cpu_per_evaluation"] / out["threads"]["cpu_per_evaluation"] - 1
+    )
+    out["dask_round_trips_per_evaluation"] = sum(out["dask"]["round_trips"].values())
     out["max_objective_difference"] = float(
         np.max(np.abs(np.subtract(out["dask"]["objectives"], out["threads"]["objectives"])))
     )
+    out["load_after"] = os.getloadavg()
     return out
+
+
+def _dask_line(row: dict) -> str:
+    """One readable line of a ``dask`` child's numbers."""
+    if "failed" in row:
+        return f"dask {row.get('problem')}: failed {row['failed']}"
+    threads, dask = row["threads"], row["dask"]
+    trips = ", ".join(f"{count:g} {name}" for name, count in dask["round_trips"].items())
+    return (
+        f"dask {row['problem']} ({row['blpmodels']}): per evaluation (best of "
+        f"{len(dask['per_evaluation_repeats'])}) threads {1e3 * threads['per_evaluation']:.1f} "
+        f"ms, dask {1e3 * dask['per_evaluation']:.1f} ms: overhead {100 * row['overhead']:+.0f}% "
+        f"(medians {1e3 * np.median(threads['per_evaluation_repeats']):.1f} and "
+        f"{1e3 * np.median(dask['per_evaluation_repeats']):.1f} ms); "
+        f"CPU threads {1e3 * threads['cpu_per_evaluation']:.1f} ms, dask "
+        f"{1e3 * dask['cpu_per_evaluation']:.1f} ms (driver and scheduler "
+        f"{1e3 * dask['driver_cpu']:.1f}, workers {1e3 * dask['workers_cpu']:.1f}); round trips "
+        f"per evaluation {row['dask_round_trips_per_evaluation']:g} ({trips}); chunks "
+        f"{threads['chunks']} / {dask['chunks']}; load {row['load_before'][0]:.2f} -> "
+        f"{row['load_after'][0]:.2f}; max |q difference| {row['max_objective_difference']:.1e}"
+    )
 
 
 def child_pyblp(args: argparse.Namespace) -> dict:
@@ -246,12 +349,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline")
     parser.add_argument("--problem", default="scale")
     parser.add_argument("--evaluations", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--parts", nargs="+", default=["fit", "dask", "pyblp"])
     parser.add_argument("--dask-markets", type=int, default=2000)
     parser.add_argument("--pyblp-markets", type=int, default=2000)
     parser.add_argument("--pyblp-timeout", type=float, default=1800.0)
     parser.add_argument("--pyblp-optimizer", default="trust-constr")
     parser.add_argument("--mmap-threshold", type=int, default=2**30)
+    parser.add_argument("--trim-threshold", type=int, default=2**30)
+    parser.add_argument("--new-broadcast-comms", action="store_true")
     parser.add_argument("--optimizer", default="trust-constr")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
@@ -266,21 +372,18 @@ def main(argv: list[str] | None = None) -> None:
     if "dask" in args.parts:
         report["dask"] = []
         for problem, markets in (("ex2q5", 0), ("scale", args.dask_markets)):
-            row = _run_child(
-                [
-                    "dask",
-                    "--problem",
-                    problem,
-                    "--markets",
-                    str(markets),
-                    "--evaluations",
-                    str(args.evaluations),
-                    "--mmap-threshold",
-                    str(args.mmap_threshold),
-                ]
-            )
-            report["dask"].append(row)
-            print(json.dumps(row), flush=True)
+            for baseline in ([args.baseline] if args.baseline else []) + [None]:
+                arguments = ["dask", "--problem", problem, "--markets", str(markets)]
+                arguments += ["--evaluations", str(args.evaluations)]
+                arguments += ["--mmap-threshold", str(args.mmap_threshold)]
+                arguments += ["--trim-threshold", str(args.trim_threshold)]
+                arguments += ["--new-broadcast-comms"] if args.new_broadcast_comms else []
+                arguments += ["--repeat", str(args.repeat)]
+                row = _run_child(arguments + (["--baseline", baseline] if baseline else []))
+                row["baseline"] = baseline
+                report["dask"].append(row)
+                print(json.dumps(row), flush=True)
+                print(_dask_line(row), flush=True)
     if "pyblp" in args.parts:
         markets = str(args.pyblp_markets)
         fit = ["fit", "--markets", markets, "--memory-limit", "none"]
