@@ -33,6 +33,7 @@ from blpmodels.data.design import (
 )
 from blpmodels.data.formula import ParsedFormula, check_shares_not_read, required_variables
 from blpmodels.data.markets import MarketLayout, check_ids
+from blpmodels.data.nests import nesting_column_names, nesting_values
 from blpmodels.exceptions import BLPInputError
 
 __all__ = ["MIN_OUTSIDE_SHARE", "ProductDesign", "validate_shares"]
@@ -128,6 +129,14 @@ def _ids(data: pd.DataFrame, column: str | None, required: bool = False) -> np.n
     return check_ids(data[column], column)
 
 
+def _nesting_ids(data: pd.DataFrame, column: str | list[str] | None) -> np.ndarray | None:
+    """``(N,)`` nest ids from one column, ``(N, 2)`` from two (upper level first)."""
+    if column is None or isinstance(column, str):
+        return _ids(data, column)
+    check_columns(data, column)
+    return nesting_values(data[column], len(data))
+
+
 @dataclass(eq=False)
 class ProductDesign:
     """Everything about the product data that is fixed during estimation.
@@ -142,7 +151,8 @@ class ProductDesign:
     shares : numpy.ndarray
         ``(N,)`` observed shares.
     market_ids, product_ids, firm_ids, nesting_ids : numpy.ndarray or None
-        Row ids (``product_ids`` and the others are optional).
+        Row ids (``product_ids`` and the others are optional); ``nesting_ids`` is ``(N, 2)``
+        for two-level nests (upper level first, see :mod:`blpmodels.data.nests`).
     exog, endog, instruments, random : TermBlock
         Exogenous characteristics, instrumented regressors, excluded instruments, and
         random-coefficient characteristics X2.
@@ -375,8 +385,11 @@ class ProductDesign:
             Excluded instruments.
         market_ids : array-like
             Market of each row.
-        product_ids, firm_ids, nesting_ids : array-like, optional
-            Product, firm and nest of each row.
+        product_ids, firm_ids : array-like, optional
+            Product and firm of each row.
+        nesting_ids : array-like or DataFrame, optional
+            Nest of each row; two columns (a frame or an ``(N, 2)`` array, upper level
+            first) for two-level nests.
         absorb : array-like or DataFrame, optional
             One column of ids per fixed-effect dimension.
         absorb_method : str, optional
@@ -416,13 +429,21 @@ class ProductDesign:
             "random": _frame(random, "random", n),
         }
         ids: dict[str, np.ndarray] = {}
-        for name in ("market_ids", "product_ids", "firm_ids", "nesting_ids"):
+        for name in ("market_ids", "product_ids", "firm_ids"):
             values = inputs[name]
             if values is not None:
                 array = np.asarray(values, dtype=object).ravel()
                 if array.size != n:
                     raise BLPInputError(f"{name} has {array.size} rows but shares has {n}")
                 ids[name] = check_ids(array, name, what="")
+        nesting_column: str | list[str] = "nesting_ids"
+        if nesting_ids is not None:
+            nests = nesting_values(nesting_ids, n)
+            if nests.ndim == 2:  # two levels: kept in the data as two columns
+                nesting_column = ["nesting_ids_upper", "nesting_ids_lower"]
+                ids.update(zip(nesting_column, nests.T, strict=True))
+            else:
+                ids["nesting_ids"] = nests
         if "market_ids" not in ids:
             raise BLPInputError("market_ids is required")
         blocks = {name: TermBlock.from_frame(frame, name) for name, frame in frames.items()}
@@ -452,7 +473,7 @@ class ProductDesign:
             absorber,
             product_column="product_ids",
             firm_column="firm_ids",
-            nesting_column="nesting_ids",
+            nesting_column=nesting_column,
             context={},
             formula=None,
             shares_column="shares",
@@ -473,7 +494,7 @@ class ProductDesign:
         *,
         product_column: str | None,
         firm_column: str | None,
-        nesting_column: str | None,
+        nesting_column: str | list[str] | None,
         context: dict[str, Any],
         formula: str | None,
         shares_column: str,
@@ -496,7 +517,7 @@ class ProductDesign:
             market_ids=markets,
             product_ids=products,
             firm_ids=_ids(data, firm_column),
-            nesting_ids=_ids(data, nesting_column),
+            nesting_ids=_nesting_ids(data, nesting_column),
             exog=exog,
             endog=endog,
             instruments=instruments,
@@ -526,7 +547,47 @@ class ProductDesign:
         }
         self.__dict__.update(state)
 
+    def use_nesting_columns(self, columns: str | list[str]) -> None:
+        """Take the nests from other product-data columns: one, or two (upper level first).
+
+        The formula models read nests from the ``nesting_ids`` column; the nested logit's
+        ``from_formula(..., nesting_ids=["size", "segment"])`` calls this to use two levels
+        (a lower nest is then the pair of ids, so lower ids may repeat across upper nests).
+
+        Parameters
+        ----------
+        columns : str or list of str
+            Column names in the product data.
+
+        Raises
+        ------
+        BLPInputError
+            Missing columns, missing ids, more than two levels.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"market_ids": [1, 1, 1], "shares": [0.1, 0.2, 0.3],
+        ...                       "x": [1.0, 2.0, 0.5], "size": ["s", "s", "l"],
+        ...                       "segment": ["a", "b", "a"]})
+        >>> from blpmodels.data.formula import parse_formula
+        >>> design = ProductDesign.from_formula(parse_formula("shares ~ x"), frame)
+        >>> design.use_nesting_columns(["size", "segment"])
+        >>> design.nesting_levels, design.nesting_ids.shape
+        (2, (3, 2))
+        """
+        names = nesting_column_names(columns)
+        check_columns(self.data, names)
+        self.nesting_ids = _nesting_ids(self.data, names[0] if len(names) == 1 else names)
+
     # ------------------------------------------------------------------ properties
+    @property
+    def nesting_levels(self) -> int:
+        """Levels of nests: 0 (no ``nesting_ids``), 1, or 2 (two-level nests)."""
+        if self.nesting_ids is None:
+            return 0
+        return int(self.nesting_ids.ndim)
+
     @property
     def nobs(self) -> int:
         """Number of product-market observations N."""

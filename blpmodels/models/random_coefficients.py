@@ -201,9 +201,10 @@ class BLPRandomCoefficients(BLPModel):
             The Dask cluster's client (``backend="dask"``); by default the current client.
         memory_limit : int or str, optional
             Bytes (or ``"2GiB"``, ``"500MB"``) the fit may use beyond the data: chunk sizes are
-            chosen so that the chunks evaluated at once and the state kept per market fit
-            under it. A limit too small for one market is an error naming the market and how
-            much it needs. Post-estimation follows the same chunks. Not with ``chunk_size``.
+            chosen so that the chunks evaluated at once, the state kept per market and the
+            driver's product-length arrays fit under it. A limit too small for one market is
+            an error naming the market and how much it needs. Post-estimation follows the same
+            chunks. Not with ``chunk_size``.
         supply : str, optional
             Marginal-cost characteristics X3, e.g. ``"1 + mushy"``: adds the supply side
             f(p − η) = X3γ + ω with Bertrand–Nash markups η from ``firm_ids`` and moments
@@ -260,6 +261,12 @@ class BLPRandomCoefficients(BLPModel):
     def _nests(self) -> tuple[np.ndarray | None, tuple[Any, ...]]:
         if self.design.nesting_ids is None:
             return None, ()
+        if self.design.nesting_levels == 2:
+            raise BLPInputError(
+                "two-level nesting_ids are not supported by the random-coefficients nested "
+                "logit (RCNL) yet: estimate the two-level nested logit with BLPNestedLogit, "
+                "or give one level of nests"
+            )
         codes, labels = pd.factorize(pd.Series(self.design.nesting_ids), sort=True)
         return codes.astype(np.intp), tuple(labels.tolist())
 
