@@ -454,16 +454,16 @@ def test_unsupported_results(logit_results, simulated_products, no_heavy_work):
             optimal_instruments(results)
 
 
-def test_supply_side_results_are_refused(simulated_products):
-    """Estimated with a supply side, expected prices would solve the pricing equilibrium."""
+def test_supply_side_results_get_both_blocks(simulated_products):
+    """With a supply side the instruments cover both moment blocks (checked against closed
+    forms, finite differences and pyblp in test_optimal_instruments_supply.py)."""
     products = simulated_products.drop(columns="nesting_ids")
     results = BLPLogit.from_formula(
         "shares ~ 1 + x + [prices ~ z1 + z2]", products, supply="1 + z1"
     ).fit()
-    with pytest.raises(BLPInputError, match="supply side"):
-        optimal_instruments(results)
-    with pytest.raises(BLPInputError, match="supply side"):
-        results.optimal_instruments()
+    instruments = results.optimal_instruments()
+    assert instruments.attrs["demand_columns"][0] == "optimal_prices"
+    assert instruments.attrs["supply_columns"][0] == "optimal_supply_prices"
 
 
 def test_results_method_is_the_function(logit_results):

@@ -99,19 +99,30 @@ class OptimalInstruments(pd.DataFrame):
         names = _chosen_columns(self, columns)
         model = getattr(fit, "model", None)
         design = model.design
+        supply = getattr(model, "supply", None)
         frame = pd.DataFrame(self[names]).copy()
         data = design.data.drop(columns=[c for c in names if c in design.data.columns])
-        _refuse_read_columns(design, names)
-        block = TermBlock.from_frame(frame, "optimal instruments")
+        _refuse_read_columns(design, names, supply)
+        rebuilt = copy.copy(model)
+        if supply is not None:
+            # Each column goes to the block it was made for: the demand side's instruments
+            # (E[∂ξ/∂θ] mixed by Σ⁻¹, and the cost shifters) or the cost equation's.
+            chosen = set(names)
+            demand_names = [c for c in self.attrs.get("demand_columns", []) if c in chosen]
+            supply_names = [c for c in self.attrs.get("supply_columns", []) if c in chosen]
+            rebuilt.supply = replace(
+                supply, instruments=TermBlock.from_frame(frame[supply_names], "optimal instruments")
+            )
+            names = demand_names
+        block = TermBlock.from_frame(frame[names], "optimal instruments")
         new_design = replace(
             design,
             data=data.join(frame),
             instruments=block,
             formula=_formula(design.formula, names),
         )
-        rebuilt = copy.copy(model)
         # _setup rebuilds statsmodels' view (endog, exog, data) around the new design; the
-        # rest (agents, supply, execution settings) is the fitted model's.
+        # rest (agents, execution settings) is the fitted model's.
         rebuilt._setup(new_design)
         return rebuilt
 
@@ -170,10 +181,13 @@ def _chosen_columns(frame: pd.DataFrame, columns: Any) -> list[str]:
     return names
 
 
-def _refuse_read_columns(design: Any, names: list[str]) -> None:
-    """Refuse instrument names that a regressor or random-coefficient block reads: replacing
-    that column in the data would change the model, not only its instruments."""
-    for block in (design.exog, design.endog, design.random):
+def _refuse_read_columns(design: Any, names: list[str], supply: Any = None) -> None:
+    """Refuse instrument names that a regressor, random-coefficient or cost block reads:
+    replacing that column in the data would change the model, not only its instruments."""
+    blocks = [design.exog, design.endog, design.random]
+    if supply is not None:
+        blocks.append(supply.exog)
+    for block in blocks:
         read = set(block.names) if block.columns_only else set()
         if block.formula:
             read |= required_variables(block.formula) - set(design.context)
@@ -199,6 +213,8 @@ def _starting_values(fit: Any) -> dict[str, Any]:
     """The estimates of ``fit`` as starting values of a refit."""
     inner = getattr(fit, "_results", fit)
     demand = inner.demand
+    if getattr(inner.model, "supply", None) is not None:
+        return _supply_starting_values(inner)
     if demand.parameters is not None:
         sigma, pi, rho = demand.parameters.unpack(np.asarray(demand.theta, dtype=np.float64))
         start: dict[str, Any] = {"sigma": sigma if sigma.size else 0}
@@ -212,3 +228,38 @@ def _starting_values(fit: Any) -> dict[str, Any]:
         if "rho" not in names:
             return {"rho": "nest"}
     return {}
+
+
+def _supply_starting_values(inner: Any) -> dict[str, Any]:
+    """Starting values of a refit with a supply side: Σ, Π and ρ as without one, and the
+    coefficients of the X1 columns that read prices (they are in θ) as ``beta``.
+
+    A logit or nested logit with a supply side (no random-coefficient columns) takes ``beta``
+    and, nested, ``rho_start`` (``rho="nest"`` with one ρ per nest)."""
+    demand = inner.demand
+    design = inner.model.design
+    price = inner.model.supply.price_column
+    # The X1 columns that read prices, as the objective finds them (their derivative).
+    slopes = np.column_stack(
+        [
+            block.derivative(design.data, price, design.context)
+            for block in (design.exog, design.endog)
+        ]
+    )
+    moved = np.flatnonzero(np.any(slopes != 0, axis=0))
+    beta = np.asarray(demand.beta, dtype=np.float64)
+    start: dict[str, Any] = {}
+    if moved.size:
+        start["beta"] = {design.x_names[k]: float(beta[k]) for k in moved}
+    sigma, pi, rho = demand.parameters.unpack(np.asarray(demand.theta, dtype=np.float64))
+    if design.random.size:
+        start["sigma"] = sigma if sigma.size else 0
+        if pi.size:
+            start["pi"] = pi
+        if rho.size:
+            start["rho"] = rho if rho.size > 1 else float(rho[0])
+    elif rho.size:
+        start["rho_start"] = rho if rho.size > 1 else float(rho[0])
+        if rho.size > 1:
+            start["rho"] = "nest"
+    return start

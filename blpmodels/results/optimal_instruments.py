@@ -19,6 +19,13 @@ regression of prices on the exogenous characteristics, the excluded instruments 
 effects (:func:`reduced_form_prices`), or whatever the caller passes as ``expected_prices``.
 Everything runs on padded ``[T, J, I]`` arrays in the estimated demand's market chunks, through
 the same kernel functions as estimation.
+
+With a supply side (pyblp's ``compute_optimal_instruments`` with ``K3 > 0``) θ also holds the
+coefficients of X1 columns that read prices, prices are the Bertrand–Nash equilibrium at the
+estimated costs f⁻¹(X3γ̂ + ω) with δ = X1(p)β̂ + ξ (ξ = ω = 0 for "approximate", joint draws
+of (ξ, ω) otherwise), and at those prices and shares ∂ξ/∂θ and ∂ω/∂θ = −f'(c) ∂η/∂θ (the total
+derivative of the markups, δ moving with θ) come from the estimator's own market chunks. Both
+are mixed by the inverse sample covariance of (ξ̂, ω̂), as pyblp does.
 """
 
 from __future__ import annotations
@@ -33,7 +40,11 @@ import pandas as pd
 
 from blpmodels.data.formula import required_variables
 from blpmodels.data.products import ProductDesign
-from blpmodels.exceptions import BLPInputError
+from blpmodels.data.supply_design import SupplyDesign
+from blpmodels.estimation.objective import NonlinearObjective
+from blpmodels.exceptions import BLPInputError, FixedPointError
+from blpmodels.kernel import equilibrium
+from blpmodels.kernel.chunks import ChunkStep
 from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
 from blpmodels.kernel.shares import ShareEvaluator
 from blpmodels.results.demand import DemandSystem
@@ -47,6 +58,12 @@ METHODS: tuple[str, ...] = ("approximate", "normal", "empirical")
 DEFAULT_DRAWS = 100
 #: The product-data column that holds prices (the field's convention).
 PRICES = "prices"
+#: Tolerance on the first-order conditions of the expected (equilibrium) prices with a supply
+#: side (max_j |F_j|, in share units; ζ steps alone reach it too).
+EQUILIBRIUM_TOL = 1e-15
+#: A market's expected prices must also be a fixed point of the ζ-markup map:
+#: |p − c − ζ(p)| / max(1, |p|) below this (pyblp stops its ζ iteration at steps of 1e-12).
+ZETA_TOL = 1e-10
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +75,7 @@ class _Fitted:
     xi: np.ndarray
     theta_names: list[str]
     kind: Literal["logit", "nested_logit", "random"]
+    supply: SupplyDesign | None = None
 
 
 def optimal_instruments(
@@ -87,10 +105,29 @@ def optimal_instruments(
     absorption is a projection, Z̃'ξ̃ is the same whether the columns are absorbed before or
     not. The expected prices include the fixed effects' part of prices.
 
-    The results must come from a demand-only fit (:class:`~blpmodels.BLPLogit`,
-    :class:`~blpmodels.BLPNestedLogit` or :class:`~blpmodels.BLPRandomCoefficients`, RCNL
-    included). With a supply side, expected prices would solve the pricing equilibrium at
-    ω = 0; that is not implemented, so pass ``expected_prices`` computed that way yourself.
+    The results come from :class:`~blpmodels.BLPLogit`, :class:`~blpmodels.BLPNestedLogit` or
+    :class:`~blpmodels.BLPRandomCoefficients` (RCNL included), with or without a supply side.
+
+    **With a supply side** (pyblp's instruments for both moment blocks) θ also holds the
+    coefficients of the X1 columns that read prices, and the columns are:
+
+    * ``optimal_<parameter>`` (demand) and ``optimal_supply_<parameter>`` (cost equation) for
+      each θ entry: Σ⁻¹ [E[∂ξ/∂θ | z]; E[∂ω/∂θ | z]] with Σ the sample covariance of (ξ̂, ω̂)
+      (``np.cov``), so each block mixes both Jacobians;
+    * ``supply_shifter_<x>`` for cost characteristics that are not in X1 (demand instruments)
+      and ``demand_shifter_<x>`` for exogenous X1 characteristics that are not in X3 (supply
+      instruments), as pyblp's ``to_problem`` adds them; constants are left out.
+
+    E[p | z] is the Bertrand–Nash equilibrium (firms of the product data) at the estimated
+    costs f⁻¹(X3γ̂ + ω) and δ = X1(p)β̂ + ξ, with ξ = ω = 0 ("approximate") or averaged over
+    joint draws of (ξ, ω) (normal with their sample covariance, or rows resampled together).
+    ``expected_prices``, when given, replaces the equilibrium in every draw (as in pyblp). At
+    each realization's prices and shares, ∂ξ/∂θ is ∂δ/∂θ (−x for a coefficient on an X1 column
+    x that reads prices) and ∂ω/∂θ = −f'(c) ∂η/∂θ, the markups' total derivative with δ moving
+    along ∂δ/∂θ. ``attrs`` then also holds ``"expected_shares"``, ``"xi_jacobian"`` and
+    ``"omega_jacobian"`` (frames with one column per θ entry), ``"inverse_covariance"`` (Σ⁻¹)
+    and the columns of each block, ``"demand_columns"`` and ``"supply_columns"``, which
+    ``to_model()`` and ``refit()`` use.
 
     Parameters
     ----------
@@ -106,7 +143,8 @@ def optimal_instruments(
         Seed of :func:`numpy.random.default_rng` for the draws; not used by "approximate".
     expected_prices : array-like or pandas.Series, optional
         E[p | z], one value per product row (a Series must carry the product data's index).
-        By default :func:`reduced_form_prices`. Only for models that instrument ``prices``.
+        By default :func:`reduced_form_prices` (the equilibrium prices with a supply side).
+        Only for models that instrument ``prices`` or have a supply side.
 
     Returns
     -------
@@ -124,9 +162,12 @@ def optimal_instruments(
     BLPInputError
         An unknown ``method``; ``draws`` or ``seed`` given for "approximate" or not a positive
         integer / a valid seed; ``expected_prices`` of the wrong length, misaligned, not numeric
-        or not finite, or given for a model that does not instrument prices; results that are
-        not a fitted blpmodels demand model (or have a supply side); instrumented regressors
-        that do not read ``prices``.
+        or not finite, or given for a demand-only model that does not instrument prices;
+        results that are not a fitted blpmodels demand model; instrumented regressors that do
+        not read ``prices`` (demand only).
+    FixedPointError
+        With a supply side: equilibrium prices or δ that do not converge in some markets
+        (named).
 
     Examples
     --------
@@ -158,11 +199,23 @@ def optimal_instruments(
     ...     formula, products.join(instruments), absorb="C(market_ids) + C(product_ids)",
     ...     random="0 + mushy + prices", demographics="0 + log_income",
     ...     agent_data=agents)  # doctest: +SKIP
+
+    With a supply side (pyblp's BLP automobile tutorial), both blocks, then the refit:
+
+    >>> instruments = autos_results.optimal_instruments()  # doctest: +SKIP
+    >>> instruments.attrs["supply_columns"][:2]  # doctest: +SKIP
+    ['optimal_supply_sigma_Intercept_Intercept', 'optimal_supply_sigma_hpwt_hpwt']
+    >>> refit = instruments.refit()  # doctest: +SKIP
     """
     fitted = _fitted(results)
     method = _check_method(method)
     n_draws, rng = _check_draws_and_seed(method, draws, seed)
     design = fitted.design
+    if fitted.supply is not None:
+        given = None
+        if expected_prices is not None:
+            given = _check_expected_prices(expected_prices, design)
+        return _supply_instruments(results, fitted, method, n_draws, rng, given)
     instrumented = _prices_instrumented(design)
     if expected_prices is not None:
         if not instrumented:
@@ -270,13 +323,7 @@ def _fitted(results: Any) -> _Fitted:
             "results must be a fitted blpmodels demand model (BLPLogit, BLPNestedLogit or "
             f"BLPRandomCoefficients results), got {type(results).__name__}"
         )
-    if getattr(model, "supply", None) is not None:
-        # The extension point: with a supply side, expected prices solve the equilibrium at
-        # ω = 0 and the supply moments get their own optimal instruments.
-        raise BLPInputError(
-            "optimal instruments for models with a supply side are not implemented: pass "
-            "equilibrium expected_prices of a demand-only fit instead"
-        )
+    supply = getattr(model, "supply", None)
     xi = np.asarray(inner.resid, dtype=np.float64)
     n_linear = design.X.shape[1]
     if demand.parameters is not None:
@@ -288,6 +335,13 @@ def _fitted(results: Any) -> _Fitted:
     else:
         kind = "logit"
         theta_names = []
+    if supply is not None:
+        if not isinstance(supply, SupplyDesign) or demand.parameters is None:
+            raise BLPInputError(
+                "results with a supply side must come from a blpmodels fit with supply= "
+                f"(got a model whose supply is {type(supply).__name__})"
+            )
+        return _Fitted(design, demand, xi, list(demand.parameters.names), "random", supply)
     return _Fitted(design, demand, xi, theta_names, kind)
 
 
@@ -390,9 +444,9 @@ def _check_expected_prices(values: Any, design: ProductDesign) -> np.ndarray:
     return array
 
 
-def _column_name(name: str, taken: dict[str, Any]) -> str:
+def _column_name(name: str, taken: dict[str, Any], prefix: str = "optimal_") -> str:
     """``optimal_<name>`` with characters formulas cannot read turned into underscores."""
-    stem = "optimal_" + (re.sub(r"[^0-9A-Za-z_]+", "_", str(name)).strip("_") or "column")
+    stem = prefix + (re.sub(r"[^0-9A-Za-z_]+", "_", str(name)).strip("_") or "column")
     label, count = stem, 1
     while label in taken:
         count += 1
@@ -504,3 +558,301 @@ def _chunk_jacobian(
     by_delta[:, index, index] += ~mask
     jacobian = -np.linalg.solve(by_delta, by_theta)
     return np.where(mask[:, :, None], jacobian, 0.0)
+
+
+# ---------------------------------------------------------------------------------- supply
+
+
+@dataclass(frozen=True, eq=False)
+class _SupplyParts:
+    """The cost side at the estimates, and the objective whose chunks give the Jacobians.
+
+    ``base`` is f(c) − ω̂ = X3γ̂ (plus cost fixed effects): the transformed costs at ω = 0.
+    ``theta`` is the objective's θ at the estimates: the free entries of Σ, Π and ρ, then the
+    coefficients of the X1 columns that read prices (they enter the markups, so with a supply
+    side they are in θ, as in pyblp).
+    """
+
+    design: SupplyDesign
+    omega: np.ndarray
+    base: np.ndarray
+    objective: NonlinearObjective
+    theta: np.ndarray
+    names: list[str]
+
+
+def _supply_parts(results: Any, fitted: _Fitted) -> _SupplyParts:
+    """ω̂, f(c) − ω̂ and a :class:`NonlinearObjective` of the fit's demand and cost side."""
+    inner = getattr(results, "_results", results)
+    supply, demand, design = fitted.supply, fitted.demand, fitted.design
+    assert supply is not None and demand.parameters is not None and demand.agents is not None
+    steps = getattr(getattr(inner, "info", None), "steps", None) or [{}]
+    if "omega" not in steps[-1] or "costs" not in steps[-1]:
+        raise BLPInputError(
+            "the results carry no cost shocks omega (results.info.steps[-1]['omega']): refit "
+            "the model with its supply side"
+        )
+    omega = np.asarray(steps[-1]["omega"], dtype=np.float64)
+    values, _ = supply.transform(np.asarray(steps[-1]["costs"], dtype=np.float64))
+    parameters = demand.parameters
+    nested = parameters.has_rho and demand.nest_codes is not None
+    n_moments = design.Z_absorbed.shape[1] + supply.Z_absorbed.shape[1]
+    # W is never used: only the objective's market chunks (δ, ∂δ/∂θ, η, ∂η/∂θ) are.
+    objective = NonlinearObjective(
+        design,
+        demand.agents,
+        parameters,
+        np.eye(n_moments),
+        nest_codes=demand.nest_codes if nested else None,
+        chunk_size=demand.chunk_size,
+        threads=1,
+        supply=supply,
+    )
+    moved = objective.moved_columns
+    theta = np.concatenate([np.asarray(demand.theta, dtype=np.float64), demand.beta[moved]])
+    names = [*parameters.names, *objective.moved_names]
+    return _SupplyParts(supply, omega, values - omega, objective, theta, names)
+
+
+def _supply_draws(
+    xi: np.ndarray, omega: np.ndarray, method: str, draws: int, rng: np.random.Generator | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Joint realizations of (ξ, ω): zeros, normal with their sample covariance, or rows
+    resampled together (pyblp's methods with a supply side)."""
+    if method == "approximate":
+        return [(np.zeros_like(xi), np.zeros_like(omega))]
+    assert rng is not None
+    n = xi.size
+    if method == "normal":
+        covariance = np.cov(xi, omega)
+        pairs = [rng.multivariate_normal(np.zeros(2), covariance, n) for _ in range(draws)]
+        return [(pair[:, 0], pair[:, 1]) for pair in pairs]
+    rows = [rng.integers(0, n, n) for _ in range(draws)]
+    return [(xi[chosen], omega[chosen]) for chosen in rows]
+
+
+def _supply_instruments(
+    results: Any,
+    fitted: _Fitted,
+    method: str,
+    draws: int,
+    rng: np.random.Generator | None,
+    given: np.ndarray | None,
+) -> OptimalInstruments:
+    """Demand and supply optimal instruments Σ⁻¹ E[(∂ξ/∂θ, ∂ω/∂θ) | z] (see
+    :func:`optimal_instruments`)."""
+    parts = _supply_parts(results, fitted)
+    n, n_theta = fitted.design.nobs, parts.theta.size
+    prices = np.zeros(n)
+    shares = np.zeros(n)
+    xi_jacobian = np.zeros((n, n_theta))
+    omega_jacobian = np.zeros((n, n_theta))
+    realizations = _supply_draws(fitted.xi, parts.omega, method, draws, rng)
+    for xi, omega in realizations:
+        realized = _supply_realization(fitted, parts, xi, omega, given)
+        for total, value in zip(
+            (prices, shares, xi_jacobian, omega_jacobian), realized, strict=True
+        ):
+            total += value / len(realizations)
+    # pyblp's normalization: the inverse sample covariance of (ξ̂, ω̂) mixes both Jacobians.
+    inverse = np.linalg.inv(np.cov(fitted.xi, parts.omega))
+    demand_block = inverse[0, 0] * xi_jacobian + inverse[0, 1] * omega_jacobian
+    supply_block = inverse[1, 0] * xi_jacobian + inverse[1, 1] * omega_jacobian
+    columns: dict[str, np.ndarray] = {}
+    parameters: dict[str, str] = {}
+    demand_columns, supply_columns = [], []
+    for block, prefix, listing in (
+        (demand_block, "", demand_columns),
+        (supply_block, "supply_", supply_columns),
+    ):
+        for position, name in enumerate(parts.names):
+            label = _column_name(prefix + name, columns)
+            columns[label] = block[:, position]
+            parameters[label] = name
+            listing.append(label)
+    for label, values in _shifters(fitted.design, parts).items():
+        label = _column_name(label, columns, prefix="")
+        columns[label] = values
+        (demand_columns if label.startswith("supply_shifter") else supply_columns).append(label)
+    index = fitted.design.data.index
+    out = OptimalInstruments(columns, index=index, fit=results)
+    out.attrs.update(
+        expected_prices=pd.Series(prices, index=index, name="expected_prices"),
+        expected_shares=pd.Series(shares, index=index, name="expected_shares"),
+        method=method,
+        draws=draws,
+        parameters=parameters,
+        demand_columns=demand_columns,
+        supply_columns=supply_columns,
+        xi_jacobian=pd.DataFrame(xi_jacobian, index=index, columns=parts.names),
+        omega_jacobian=pd.DataFrame(omega_jacobian, index=index, columns=parts.names),
+        inverse_covariance=inverse,
+    )
+    return out
+
+
+def _shifters(design: ProductDesign, parts: _SupplyParts) -> dict[str, np.ndarray]:
+    """pyblp's shifters: cost characteristics not in X1 (``supply_shifter_<x>``, demand
+    instruments) and demand characteristics not in X3 (``demand_shifter_<x>``, supply
+    instruments); neither constants nor X1 columns that read prices."""
+    exog_x1 = list(design.exog.names)
+    exog_x3 = list(parts.design.exog.names)
+    moved = {design.x_names[k] for k in parts.objective.moved_columns}
+    constant = {"Intercept", "1"}
+    out: dict[str, np.ndarray] = {}
+    for position, name in enumerate(exog_x3):
+        if name not in constant and name not in exog_x1:
+            out["supply_shifter_" + name] = parts.design.exog.values[:, position]
+    for position, name in enumerate(exog_x1):
+        if name not in constant and name not in exog_x3 and name not in moved:
+            out["demand_shifter_" + name] = design.exog.values[:, position]
+    return dict(sorted(out.items()))
+
+
+def _supply_realization(
+    fitted: _Fitted,
+    parts: _SupplyParts,
+    xi: np.ndarray,
+    omega: np.ndarray,
+    given: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Prices, shares, ∂ξ/∂θ and ∂ω/∂θ of one realization of (ξ, ω).
+
+    Costs are f⁻¹(X3γ̂ + ω); prices solve the Bertrand–Nash equilibrium with δ = X1(p)β̂ + ξ
+    (or are ``given``). At those prices and shares, δ(θ) solves s(δ, θ) = s, so ∂ξ/∂θ is
+    ∂δ/∂θ by the implicit function theorem (−x for a coefficient on an X1 column that reads
+    prices), and ∂ω/∂θ = −f'(c) ∂η/∂θ with the total derivative of the markups, δ moving along
+    ∂δ/∂θ: the estimator's own chunk computation, at the realization's data.
+    """
+    design, supply = fitted.design, parts.design
+    demand = replace(fitted.demand, delta=fitted.demand.delta - fitted.xi + xi)
+    transformed = parts.base + omega
+    costs = transformed if supply.costs_type == "linear" else np.exp(transformed)
+    frame = design.data.copy()
+    if given is None:
+        prices, shares = _equilibrium(demand, costs, supply, design)
+        frame[supply.price_column] = prices
+        x1, x2 = demand.rebuild(frame)
+    else:
+        prices = given
+        frame[supply.price_column] = prices
+        x1, x2 = demand.rebuild(frame)
+        shares = demand.shares(frame, np.arange(design.nobs), (x1, x2))
+    delta = demand.delta + (x1 - design.X) @ demand.beta
+    xi_jacobian, eta_jacobian = _chunk_jacobians(parts, design, frame, x2, shares, delta)
+    moved = parts.objective.moved_columns
+    xi_jacobian[:, parts.theta.size - moved.size :] = -x1[:, moved]
+    slope = np.ones_like(costs) if supply.costs_type == "linear" else 1.0 / costs
+    return prices, shares, xi_jacobian, -slope[:, None] * eta_jacobian
+
+
+def _equilibrium(
+    demand: DemandSystem, costs: np.ndarray, supply: SupplyDesign, design: ProductDesign
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bertrand–Nash prices and shares at ``costs`` (firms of the product data), chunk by
+    chunk, from the observed prices.
+
+    A market counts as solved when its prices are a fixed point of the ζ-markup map,
+    |p − c − ζ(p)| small in price units (pyblp's criterion), not only when the first-order
+    conditions are small: in a market of the BLP automobile data the Newton finish of
+    :func:`~blpmodels.kernel.equilibrium.solve_prices` stopped at a product priced out of the
+    market (price 5,064, share 2.5e-15), where every term of the conditions is below 1e-13 but
+    |η − ζ| is 4e3. Such markets are solved again by ζ steps alone, which reach pyblp's price.
+    """
+    layout = design.layout
+    padded = layout.pad(costs)
+    prices = np.zeros(design.nobs)
+    shares = np.zeros(design.nobs)
+    failed: list[Any] = []
+    for chunk in demand.chunks(np.arange(layout.n_markets)):
+        solved, priced, solution = _solve_markets(demand, chunk, padded, supply, newton=True)
+        pieces = [(solved, priced, solution)]
+        if not solved.all():
+            retry = chunk[~solved]
+            pieces.append(_solve_markets(demand, retry, padded, supply, newton=False))
+            failed.extend(layout.market_labels[retry[~pieces[-1][0]]].tolist())
+        # The retried markets overwrite their first attempt.
+        for _, piece, result in pieces:
+            mask = piece.inputs.mask
+            rows = piece.inputs.rows[mask]
+            prices[rows] = result.prices[mask]
+            shares[rows] = result.state.shares[mask]
+    if failed:
+        raise FixedPointError(
+            f"the expected prices (the equilibrium at the estimated costs with xi = omega = 0 "
+            f"or at a draw) did not converge in {len(failed)} market(s): {failed[:10]}; pass "
+            "expected_prices"
+        )
+    return prices, shares
+
+
+def _solve_markets(
+    demand: DemandSystem,
+    markets: np.ndarray,
+    padded_costs: np.ndarray,
+    supply: SupplyDesign,
+    newton: bool,
+) -> tuple[np.ndarray, Any, equilibrium.EquilibriumSolution]:
+    """Equilibrium in some markets (with a Newton finish, or ζ steps only), and which of them
+    are ζ-markup fixed points."""
+    priced = demand.priced(markets, variable=supply.price_column)
+    mask = priced.inputs.mask
+    costs = np.where(mask, padded_costs[markets], 0.0)
+    ownership = supply.ownership[markets]
+    solution = equilibrium.solve_prices(
+        priced.state,
+        costs,
+        priced.prices,
+        ownership,
+        mask,
+        tol=EQUILIBRIUM_TOL,
+        newton_below=1e-4 if newton else 0.0,
+    )
+    eta = np.where(mask, solution.prices - costs, 0.0)
+    zeta = equilibrium.zeta_markups(solution.state, ownership, eta)
+    gap = np.where(mask, np.abs(eta - zeta) / np.maximum(1.0, np.abs(solution.prices)), 0.0)
+    return solution.converged & (gap.max(axis=1) < ZETA_TOL), priced, solution
+
+
+def _chunk_jacobians(
+    parts: _SupplyParts,
+    design: ProductDesign,
+    frame: pd.DataFrame,
+    x2: np.ndarray,
+    shares: np.ndarray,
+    delta: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, P)`` ∂δ/∂θ and ∂η/∂θ at the realization, from the estimator's market chunks.
+
+    The objective's data are set to the realization (shares, X2 and the price derivatives of
+    X1 and X2 at its prices) and every chunk starts at its δ, so the δ solve returns at once.
+    """
+    objective = parts.objective
+    layout = design.layout
+    price = parts.design.price_column
+    objective.log_shares = layout.pad(np.log(shares))
+    if design.random.size:
+        objective.characteristics = layout.pad(x2)
+    objective.logit_delta = layout.pad(delta)
+    d_x1 = np.column_stack(
+        [
+            design.exog.derivative(frame, price, design.context),
+            design.endog.derivative(frame, price, design.context),
+        ]
+    )
+    objective.price_x1 = layout.pad(d_x1[:, objective.moved_columns])
+    objective.price_x2 = layout.pad(design.random.derivative(frame, price, design.context))
+    shape = (layout.n_markets, layout.width, parts.theta.size)
+    jacobian, eta_jacobian = np.zeros(shape), np.zeros(shape)
+    for number in range(len(objective.chunks)):
+        result = objective.make_chunk(number).step(ChunkStep(parts.theta, True, 1, None, 0))
+        assert result is not None
+        markets = objective.chunk_slice(number)
+        if not result.converged.all():
+            bad = layout.market_labels[markets][~result.converged]
+            raise FixedPointError(
+                f"delta could not be solved at the expected prices in markets {bad[:10].tolist()}"
+            )
+        jacobian[markets] = result.jacobian
+        eta_jacobian[markets] = result.eta_jacobian
+    return layout.flatten(jacobian), layout.flatten(eta_jacobian)
