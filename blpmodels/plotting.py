@@ -554,13 +554,59 @@ def plot_counterfactual(
     )
 
 
+def _merger_changes(
+    products: pd.DataFrame, quantity: str, market_id: Any, relative: bool
+) -> pd.Series:
+    """Each product's change in ``quantity``, in one market or averaged over the markets (as
+    the bars show it); ``products`` may carry a leading ``draw`` level, kept."""
+    columns = [f"{quantity}_pre", f"{quantity}_post"]
+    if any(column not in products.columns for column in columns):
+        raise BLPInputError(
+            f"the merger results have no {quantity!r}; choose prices, shares, markups or profits"
+        )
+    if market_id is not None:
+        products = products.xs(market_id, level="market_ids", drop_level=True)
+    pre, post = products[columns[0]], products[columns[1]]
+    return 100.0 * (post / pre - 1.0) if relative else post - pre
+
+
+def _merger_intervals(
+    merger: Any, quantity: str, market_id: Any, relative: bool, level: float
+) -> pd.DataFrame:
+    """Percentiles over a bootstrapped merger's draws of the change each bar shows: per draw
+    the same change (one market, or the mean over the markets whose point estimate is
+    defined; a draw that failed in one of them has no mean and is left out)."""
+    draws = getattr(merger, "draws_products", None)
+    if draws is None:
+        raise BLPInputError(
+            "intervals=True needs a merger simulated with bootstrap draws: "
+            "results.merger(..., bootstrap=results.bootstrap(draws, seed))"
+        )
+    if not 0.0 < float(level) < 1.0:
+        raise BLPInputError(f"level must be in (0, 1), got {level!r}")
+    point = _merger_changes(merger.products, quantity, market_id, relative)
+    if draws.empty:  # every draw failed: no interval, the bars alone
+        draws = pd.concat({0: merger.products.iloc[:0]}, names=["draw"])
+    changes = _merger_changes(draws, quantity, market_id, relative)
+    if market_id is None and isinstance(point.index, pd.MultiIndex):
+        defined = point.index[np.isfinite(point.to_numpy(dtype=np.float64))]
+        kept = changes[changes.index.droplevel("draw").isin(defined)]
+        groups = ["draw", point.index.names[-1]]
+        changes = kept.groupby(level=groups, sort=False).mean()
+        changes[kept.isna().groupby(level=groups, sort=False).any()] = np.nan
+    table = changes.unstack(level="draw").reindex(columns=range(int(merger.draws)))
+    low, high = _interval(table.to_numpy(dtype=np.float64).T, float(level))
+    return pd.DataFrame({"lower": low, "upper": high}, index=table.index)
+
+
 def plot_merger(
     merger: Any,
     quantity: str = "prices",
     market_id: Any = None,
     *,
     relative: bool = True,
-    intervals: pd.DataFrame | None = None,
+    intervals: pd.DataFrame | bool | None = None,
+    level: float | None = None,
     ax: Axes | None = None,
 ) -> Axes:
     """Bars of a merger's effect on each product's prices (or shares, markups, profits).
@@ -575,9 +621,13 @@ def plot_merger(
         One market; None averages each product's change over the markets.
     relative : bool
         Percent of the pre-merger value (default) instead of levels.
-    intervals : pandas.DataFrame, optional
-        ``lower`` and ``upper`` columns indexed like the bars (e.g. percentiles of the
-        changes over bootstrap draws, each draw's merger simulated by the caller).
+    intervals : bool or pandas.DataFrame, optional
+        True: percentile intervals over the draws of a merger simulated with
+        ``bootstrap=`` (each draw's change computed as the bar's: in ``market_id``, or
+        averaged over the markets); or a frame with ``lower`` and ``upper`` columns indexed
+        like the bars.
+    level : float, optional
+        Coverage of ``intervals=True`` (default: the merger's ``level``).
     ax : matplotlib.axes.Axes, optional
         Where to draw (default: a new figure).
 
@@ -590,33 +640,33 @@ def plot_merger(
     --------
     >>> merger = results.merger(firm_ids={"F2": "F1"})  # doctest: +SKIP
     >>> ax = plot_merger(merger, "prices", market_id="C01Q1")  # doctest: +SKIP
+    >>> draws = results.bootstrap(draws=200, seed=0)  # doctest: +SKIP
+    >>> uncertain = results.merger({"F2": "F1"}, bootstrap=draws)  # doctest: +SKIP
+    >>> ax = plot_merger(uncertain, "prices", "C01Q1", intervals=True)  # doctest: +SKIP
     """
     products = getattr(merger, "products", merger)
     if not isinstance(products, pd.DataFrame):
         raise BLPInputError(f"expected MergerResults or a frame, got {type(merger).__name__}")
-    columns = [f"{quantity}_pre", f"{quantity}_post"]
-    if any(column not in products.columns for column in columns):
+    interval_label = "interval"
+    if intervals is True:
+        level = getattr(merger, "level", 0.95) if level is None else level
+        intervals = _merger_intervals(merger, quantity, market_id, relative, level)
+        interval_label = f"{100 * float(level):g}% bootstrap interval"
+    elif intervals is False:
+        intervals = None
+    elif intervals is not None and not isinstance(intervals, pd.DataFrame):
         raise BLPInputError(
-            f"the merger results have no {quantity!r}; choose prices, shares, markups or profits"
+            f"intervals must be True, False or a frame, got {type(intervals).__name__}"
         )
+    change = _merger_changes(products, quantity, market_id, relative)
     if market_id is not None:
         products = products.xs(market_id, level="market_ids", drop_level=True)
-    pre, post = products[columns[0]], products[columns[1]]
-    change = 100.0 * (post / pre - 1.0) if relative else post - pre
-    merged = (
-        products["firm_ids_post"]
-        .astype(str)
-        .isin(
-            products.loc[
-                products["firm_ids_pre"].astype(str) != products["firm_ids_post"].astype(str),
-                "firm_ids_post",
-            ].astype(str)
-        )
-    )
+    before, after = (products[f"firm_ids_{when}"].astype(str) for when in ("pre", "post"))
+    merged = after.isin(after[before != after])  # the buyers' products and the bought ones
     if market_id is None and isinstance(change.index, pd.MultiIndex):
-        level = change.index.names[-1]
-        change = change.groupby(level=level, sort=False).mean()
-        merged = merged.groupby(level=level, sort=False).any()
+        level_name = change.index.names[-1]
+        change = change.groupby(level=level_name, sort=False).mean()
+        merged = merged.groupby(level=level_name, sort=False).any()
     unit = "%" if relative else "level"
     where = f"market {market_id}" if market_id is not None else "mean over markets"
     ax = plot_changes(
@@ -625,11 +675,15 @@ def plot_merger(
         None if intervals is None else intervals["upper"].reindex(change.index),
         ax=ax,
         ylabel=f"{quantity} change ({unit}, {where})",
+        interval_label=interval_label,
     )
     for bar, flag in zip(ax.containers[0], merged.reindex(change.index).to_numpy(), strict=True):
         if flag:
             bar.set_color("C3")
-    ax.set_title("Merger: merging firms' products in red")
+    # A few bars make a narrow figure, where the one-line title ran past its edge once wide
+    # tick labels pushed the axes right (profits in levels): two lines there.
+    narrow = ax.figure.get_figwidth() < 6.0
+    ax.set_title(f"Merger:{chr(10) if narrow else ' '}merging firms' products in red")
     return ax
 
 

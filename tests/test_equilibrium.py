@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.optimize
 from builders import (
     FIXED_EFFECTS,
     LOGNORMAL_THETA,
@@ -368,3 +369,42 @@ def test_simulate_at_the_estimates_gives_back_the_data_and_moves_with_the_parame
     assert np.abs(change).max() > 1e-6
     if name == "prices":
         assert (change > 0).mean() > 0.9  # mostly higher markups
+
+
+def test_a_price_that_drives_a_share_to_zero_is_no_equilibrium():
+    """F weighs each product's first-order condition by its share, so a start that prices a
+    product out of the market (share e^-60) has max |F| ~ 1e-26 < tol, though it is no
+    equilibrium. The solver must not stop there: it reaches the logit closed form
+    p − c = 1/(−α(1 − s)) in both markets (the first starts at the observed prices)."""
+    from blpmodels.kernel.equilibrium import PriceState, solve_prices
+    from blpmodels.kernel.shares import Nesting, ShareEvaluator
+
+    mask, nesting, weights = np.ones((2, 2), bool), Nesting.unnested((2, 2)), np.ones((2, 1))
+    alpha, delta, base = -2.0, np.array([[1.0, 0.5], [1.0, 0.5]]), np.ones((2, 2))
+
+    def evaluate(prices, markets):
+        shifted = delta[markets] + alpha * (prices - base[markets])
+        evaluator = ShareEvaluator(
+            np.zeros((markets.size, 2, 1)), weights[markets], mask[markets],
+            nesting.subset(markets),
+        )  # fmt: skip
+        return PriceState.at(
+            evaluator.probabilities(shifted), weights[markets], nesting.subset(markets),
+            mask[markets], np.full((markets.size, 2, 1), alpha),
+        )  # fmt: skip
+
+    costs = np.array([[0.5, 0.6], [0.5, 0.6]])
+
+    # Market 2: product 2 priced out, product 1 at its best reply to that (a logit product
+    # alone: p − c = 1/(−α(1 − s)), solved by brentq), so every F_j is below 1e-20.
+    def alone(price):
+        share = 1 / (1 + np.exp(-(1.0 + alpha * (price - 1.0))))
+        return price - 0.5 - 1 / (-alpha * (1 - share))
+
+    start = np.array([[1.0, 1.0], [scipy.optimize.brentq(alone, 0.5, 5.0, xtol=1e-15), 31.0]])
+    assert evaluate(start[1:], np.array([1])).shares[0, 1] < 1e-25
+    solution = solve_prices(evaluate, costs, start, np.eye(2)[None].repeat(2, 0), mask)
+    assert solution.converged.all()
+    shares = solution.state.shares
+    np.testing.assert_allclose(solution.prices - costs, 1 / (-alpha * (1 - shares)), rtol=1e-10)
+    np.testing.assert_allclose(solution.prices[1], solution.prices[0], rtol=1e-10)

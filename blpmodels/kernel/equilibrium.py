@@ -42,6 +42,8 @@ __all__ = [
     "markups",
     "passthrough",
     "solve_prices",
+    "tax_passthrough",
+    "taxed_first_order",
     "zeta_markups",
 ]
 
@@ -383,6 +385,99 @@ def passthrough(
     return np.where(pairs, result, 0.0)
 
 
+def taxed_first_order(
+    costs: np.ndarray, ownership: np.ndarray, unit: np.ndarray, ad_valorem: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Costs and ownership that put per-unit and ad valorem taxes into F = s + (Ω ⊙ Jᵀ)(p − c).
+
+    Prices p are what consumers pay (the prices in utility). Product j bears a unit tax t_j
+    and an ad valorem rate τ_j on the price including the unit tax, p_j = (1 + τ_j)(r_j + t_j),
+    so its firm receives r_j = p_j / (1 + τ_j) − t_j. Firm f maximizes
+    Σ_k Ω_jk (r_k − c_k) s_k; with c̃_k = (1 + τ_k)(c_k + t_k), r_k − c_k = (p_k − c̃_k)/(1 + τ_k)
+    and its first-order condition in p_j, times (1 + τ_j), reads
+
+        s_j + Σ_k Ω̃_jk J_kj (p_k − c̃_k) = 0,   Ω̃_jk = Ω_jk (1 + τ_j)/(1 + τ_k):
+
+    untaxed first-order conditions in c̃ and Ω̃ (Ω̃_jj = 1, so the ζ-markup split holds, and
+    Ω̃ = Ω when τ is the same across a firm's products).
+
+    Parameters
+    ----------
+    costs : numpy.ndarray
+        ``[T, J]`` marginal costs c.
+    ownership : numpy.ndarray
+        ``[T, J, J]`` Ω.
+    unit, ad_valorem : numpy.ndarray
+        ``[T, J]`` t and τ (τ > −1).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        c̃ ``[T, J]`` and Ω̃ ``[T, J, J]``.
+
+    Examples
+    --------
+    A unit tax of 1 and a 10% rate on a product costing 2: consumers pay at least 3.3.
+
+    >>> c, omega = taxed_first_order(np.array([[2.0, 1.0]]), np.ones((1, 2, 2)),
+    ...                              np.array([[1.0, 0.0]]), np.array([[0.1, 0.0]]))
+    >>> c
+    array([[3.3, 1. ]])
+    >>> omega[0]
+    array([[1.        , 1.1       ],
+           [0.90909091, 1.        ]])
+    """
+    scale = 1.0 + ad_valorem
+    return scale * (costs + unit), ownership * scale[:, :, None] / scale[:, None, :]
+
+
+def tax_passthrough(
+    foc_jac: np.ndarray,
+    price_jacobian: np.ndarray,
+    ownership: np.ndarray,
+    ad_valorem: np.ndarray,
+    free: np.ndarray,
+) -> np.ndarray:
+    """∂p_j/∂t: prices' response to a small unit tax t added to every product, ``[T, J]``.
+
+    With the taxed first-order conditions of :func:`taxed_first_order`,
+    F(p, t) = s + (Ω̃ ⊙ Jᵀ)(p − c̃) and ∂c̃_k/∂t = 1 + τ_k, so the implicit function theorem
+    on the free products' conditions gives
+    ∂p_f/∂t = (∂F_f/∂p_f)⁻¹ (Ω̃ ⊙ Jᵀ)_{f·} (1 + τ); fixed products do not move.
+
+    Parameters
+    ----------
+    foc_jac : numpy.ndarray
+        ``[T, J, J]`` ∂F/∂p (:func:`foc_jacobian` with Ω̃ and p − c̃) at equilibrium.
+    price_jacobian : numpy.ndarray
+        ``[T, J, J]`` J.
+    ownership : numpy.ndarray
+        ``[T, J, J]`` Ω̃.
+    ad_valorem : numpy.ndarray
+        ``[T, J]`` τ.
+    free : numpy.ndarray
+        ``[T, J]`` products whose prices move (real, not fixed).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[T, J]`` (0 for fixed products and padding; NaN in a market with a singular block).
+
+    Examples
+    --------
+    One product with ∂F/∂p = −2 and ∂s/∂p = −1: half of the tax reaches consumers.
+
+    >>> tax_passthrough(np.array([[[-2.0]]]), np.array([[[-1.0]]]), np.ones((1, 1, 1)),
+    ...                 np.zeros((1, 1)), np.ones((1, 1), bool))
+    array([[0.5]])
+    """
+    # Fixed products' c̃ rises with the tax too: it enters the free products' conditions.
+    weights = (1.0 + ad_valorem)[:, :, None]
+    pulled = np.matmul(ownership * np.swapaxes(price_jacobian, 1, 2), weights)
+    step = _batched_solve(_free_block(foc_jac, free), np.where(free[:, :, None], pulled, 0.0))
+    return np.where(free, step[:, :, 0], 0.0)
+
+
 def firm_hessian_max_eigenvalues(
     foc_jac: np.ndarray, firm_codes: np.ndarray, product_mask: np.ndarray
 ) -> np.ndarray:
@@ -592,6 +687,8 @@ def solve_prices(
     newton_below: float = 1e-4,
     patience: int = 100,
     initial: PriceState | None = None,
+    fixed: np.ndarray | None = None,
+    zeta_tol: float = 1e-8,
 ) -> EquilibriumSolution:
     """Bertrand–Nash prices in all markets at once.
 
@@ -627,6 +724,18 @@ def solve_prices(
         Updates without a new smallest norm before a market gives up.
     initial : PriceState, optional
         The state at ``prices`` if the caller has it (saves one evaluation).
+    fixed : numpy.ndarray, optional
+        ``[T, J]`` products whose prices stay at ``prices``: only the other products'
+        first-order conditions are solved (and enter ``foc_norm``), while the fixed products'
+        markups still enter them through Ω (a firm pricing its free products counts the
+        profits of its fixed ones).
+    zeta_tol : float
+        A market also has to be a fixed point of p = c + ζ(p): max_j |η_j − ζ_j| below
+        ``zeta_tol`` · max(1, |p_j|). F weighs each product's condition by its share, so at
+        prices that drive a share to zero every F_j vanishes though the price is no
+        equilibrium (a Newton finish on the BLP automobiles stopped at a price of 5,064 with a
+        share of 2.5e-15, max |F| below 1e-13 and |η − ζ| = 4e3). Such a market does not count
+        as solved: it forgets that point and goes on with ζ steps, which do not lead there.
 
     Returns
     -------
@@ -656,6 +765,8 @@ def solve_prices(
     """
     n_markets = costs.shape[0]
     costs = np.where(product_mask, costs, 0.0)
+    # Fixed products are solved like padding (no update, no norm) but priced like products.
+    free = product_mask if fixed is None else product_mask & ~fixed
     track = _Iteration.start(np.where(product_mask, prices, 0.0), newton_below > 0)
     active = np.arange(n_markets)
     while active.size:
@@ -665,13 +776,30 @@ def solve_prices(
             state = evaluate(track.current[active], active)
         eta = track.current[active] - costs[active]
         residual = foc_residual(state.jacobian, state.shares, ownership[active], eta)
-        norm = _norms(residual, product_mask[active])
-        undo = track.record(active, norm)
+        norm = _norms(residual, free[active])
         failed = (
             ~np.isfinite(norm)
             | (track.iterations[active] >= max_iterations)
             | (track.since_best[active] >= patience)
         )
+        small = norm < tol
+        if small.any():
+            spurious = np.zeros_like(small)
+            spurious[small] = ~(
+                _zeta_gaps(
+                    _subset_state(state, np.flatnonzero(small)),
+                    ownership[active[small]],
+                    eta[small],
+                    track.current[active[small]],
+                    free[active[small]],
+                )
+                < zeta_tol
+            )
+            if spurious.any():
+                track.forget(active[spurious])
+                norm = np.where(spurious, np.inf, norm)
+                failed &= ~spurious
+        undo = track.record(active, norm)
         stepping = np.flatnonzero(~(norm < tol) & ~failed & ~undo)
         if stepping.size:
             newton = stepping[track.newton_ok[active[stepping]] & (norm[stepping] < newton_below)]
@@ -684,15 +812,34 @@ def solve_prices(
                 ownership[active],
                 eta,
                 residual,
-                product_mask,
+                free,
             )
         # Undone markets are evaluated again at their best prices before a ζ step.
         active = np.sort(np.concatenate([active[stepping], active[undo & ~failed]]))
     final = np.where(np.isfinite(track.best)[:, None], track.best_prices, track.current)
     state = evaluate(final, np.arange(n_markets))
     residual = foc_residual(state.jacobian, state.shares, ownership, final - costs)
-    norm = _norms(residual, product_mask)
-    return EquilibriumSolution(final, state, track.iterations, norm, norm < tol)
+    norm = _norms(residual, free)
+    gaps = _zeta_gaps(state, ownership, final - costs, final, free)
+    return EquilibriumSolution(
+        final, state, track.iterations, norm, (norm < tol) & (gaps < zeta_tol)
+    )
+
+
+def _zeta_gaps(
+    state: PriceState,
+    ownership: np.ndarray,
+    markups: np.ndarray,
+    prices: np.ndarray,
+    free: np.ndarray,
+) -> np.ndarray:
+    """Per market, max over free products of |η − ζ(p)| / max(1, |p|) (how far the prices are
+    from a fixed point of the ζ map; NaN-safe: not finite counts as far)."""
+    zeta = zeta_markups(state, ownership, markups)
+    with np.errstate(invalid="ignore"):
+        gap = np.abs(markups - zeta) / np.maximum(1.0, np.abs(prices))
+    gap = np.where(free, np.where(np.isfinite(gap), gap, np.inf), 0.0)
+    return gap.max(axis=1) if gap.shape[1] else np.zeros(gap.shape[0])
 
 
 @dataclass(eq=False)
@@ -720,6 +867,14 @@ class _Iteration:
             last_newton=np.zeros(n_markets, dtype=bool),
         )
 
+    def forget(self, markets: np.ndarray) -> None:
+        """Markets at a spurious solution (F small, no ζ fixed point): drop it as their best
+        and go on with ζ steps only (Newton led there)."""
+        self.best[markets] = np.inf
+        self.since_best[markets] = 0
+        self.newton_ok[markets] = False
+        self.last_newton[markets] = False
+
     def record(self, active: np.ndarray, norm: np.ndarray) -> np.ndarray:
         """Keep the best prices; undo Newton steps that did not lower the norm (returned)."""
         improved = norm < self.best[active]
@@ -743,11 +898,12 @@ class _Iteration:
         ownership: np.ndarray,
         markups: np.ndarray,
         residual: np.ndarray,
-        product_mask: np.ndarray,
+        free: np.ndarray,
     ) -> None:
         """ζ steps for ``stepping`` (indexes into ``active``), Newton steps for ``newton``.
 
-        ``state`` holds the stepping markets only; the other arrays all active markets.
+        ``state`` holds the stepping markets only; the other arrays all active markets;
+        ``free`` (``[T, J]``, all markets) marks the products whose prices move.
         """
         positions = active[stepping]
         updated = costs[positions] + zeta_markups(state, ownership[stepping], markups[stepping])
@@ -758,23 +914,37 @@ class _Iteration:
                 ownership[newton],
                 markups[newton],
                 residual[newton],
+                free[positions[chosen]],
             )
             good = np.isfinite(step).all(axis=1)
             targets = positions[chosen[good]]
             updated[chosen[good]] = self.current[targets] + step[good]
             self.last_newton[targets] = True
-        self.current[positions] = np.where(product_mask[positions], updated, 0.0)
+        # Padding holds 0 and fixed products their given prices: neither moves.
+        self.current[positions] = np.where(free[positions], updated, self.current[positions])
         self.iterations[positions] += 1
         self.since_best[positions] += 1
 
 
 def _newton_step(
-    state: PriceState, ownership: np.ndarray, markups: np.ndarray, residual: np.ndarray
+    state: PriceState,
+    ownership: np.ndarray,
+    markups: np.ndarray,
+    residual: np.ndarray,
+    free: np.ndarray,
 ) -> np.ndarray:
-    """Newton step −(∂F/∂p)⁻¹ F on the first-order conditions (NaN where singular)."""
-    jacobian = _padded_identity(foc_jacobian(state, ownership, markups), state.product_mask)
-    step = _batched_solve(jacobian, -np.where(state.product_mask, residual, 0.0)[:, :, None])
-    return np.where(state.product_mask, step[:, :, 0], 0.0)
+    """Newton step −(∂F_f/∂p_f)⁻¹ F_f on the free products' first-order conditions (NaN where
+    singular; 0 for fixed products and padding)."""
+    jacobian = _free_block(foc_jacobian(state, ownership, markups), free)
+    step = _batched_solve(jacobian, -np.where(free, residual, 0.0)[:, :, None])
+    return np.where(free, step[:, :, 0], 0.0)
+
+
+def _free_block(matrices: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """The free products' block of ``[T, J, J]`` matrices, identity elsewhere (so batched
+    solves act on that block alone)."""
+    pairs = free[:, :, None] & free[:, None, :]
+    return _padded_identity(np.where(pairs, matrices, 0.0), free)
 
 
 def _subset_state(state: PriceState, markets: np.ndarray) -> PriceState:

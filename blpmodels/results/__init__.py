@@ -10,6 +10,7 @@ Modules here import the layers below (estimation, backends, kernel, data) and
 
 from blpmodels.results.bootstrap import BootstrappedResults
 from blpmodels.results.counterfactuals import Equilibrium, MergerResults
+from blpmodels.results.market_counterfactuals import CounterfactualResults
 from blpmodels.results.minimum_distance import MinimumDistanceResults
 from blpmodels.results.results import BLPResults, EstimationInfo
 from blpmodels.results.specification_tests import SpecificationTest
@@ -17,6 +18,7 @@ from blpmodels.results.specification_tests import SpecificationTest
 __all__ = [
     "BLPResults",
     "BootstrappedResults",
+    "CounterfactualResults",
     "Equilibrium",
     "EstimationInfo",
     "MergerResults",

@@ -2,25 +2,37 @@
 demand each draw implies.
 
 :class:`BootstrapMixin` gives :class:`~blpmodels.results.BLPResults` its ``bootstrap`` method,
-which returns :class:`BootstrappedResults`.
+which returns :class:`BootstrappedResults`. Besides predictions with ξ held at its estimate,
+:meth:`BootstrappedResults.results_at` rebuilds the results at one draw's parameters with ξ
+recovered from the observed shares, on which any counterfactual method can be called
+(:meth:`BootstrappedResults.apply` does so for every draw, counting the draws that fail).
 """
 
 from __future__ import annotations
 
+import copy
 import html
-from collections.abc import Iterator
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from blpmodels.data.design import warn_user
 from blpmodels.estimation.optimize import progress
-from blpmodels.exceptions import BLPInputError
+from blpmodels.exceptions import BLPInputError, FixedPointError
+from blpmodels.kernel.delta import solve_delta
+from blpmodels.kernel.shares import ShareEvaluator
 from blpmodels.results.base import ResultsRole, check_flag
 from blpmodels.results.demand import DemandSystem
 
-__all__ = ["BootstrapMixin", "BootstrappedResults"]
+__all__ = ["BootstrapMixin", "BootstrappedResults", "DrawOutcomes"]
+
+#: Errors a counterfactual may raise at one draw's parameters (no equilibrium, singular
+#: markups, a share inversion that does not converge): such a draw is counted as failed.
+DRAW_ERRORS = (BLPInputError, FixedPointError, np.linalg.LinAlgError, FloatingPointError)
 
 
 class BootstrapMixin(ResultsRole):
@@ -86,6 +98,68 @@ class BootstrapMixin(ResultsRole):
         return BootstrappedResults(
             self, frame, verbose=bool(verbose), seed=seed, moved=int(moved.sum())
         )
+
+
+@dataclass(frozen=True, eq=False)
+class DrawOutcomes:
+    """What a function returned at every bootstrap draw (:meth:`BootstrappedResults.apply`).
+
+    Attributes
+    ----------
+    values : list
+        One value per draw, in draw order; None where the draw failed.
+    failures : dict
+        Draw → ``"ErrorType: message"`` of the draws that failed.
+    warnings : dict
+        Warning text → number of draws that raised it.
+    """
+
+    values: list[Any]
+    failures: dict[int, str] = field(default_factory=dict)
+    warnings: dict[str, int] = field(default_factory=dict)
+
+    def array(self) -> np.ndarray:
+        """The values as a float array, NaN at failed draws (for scalar or equal-shape values).
+
+        Examples
+        --------
+        >>> DrawOutcomes([1.0, None, 3.0], {1: "FixedPointError: ..."}).array()
+        array([ 1., nan,  3.])
+        """
+        shapes = {np.shape(value) for value in self.values if value is not None}
+        if len(shapes) > 1:
+            raise BLPInputError(f"the draws' values have different shapes {sorted(shapes)}")
+        shape = shapes.pop() if shapes else ()
+        if not self.values:
+            return np.empty((0, *shape))
+        missing = np.full(shape, np.nan)
+        return np.stack(
+            [missing if value is None else np.asarray(value, dtype=float) for value in self.values]
+        )
+
+
+def _inverted_delta(system: DemandSystem, results: Any) -> np.ndarray:
+    """δ reproducing the observed shares under ``system``'s nonlinear parameters, started at
+    the estimated δ (one SQUAREM contraction per market chunk)."""
+    design = results.model.design
+    log_shares = np.log(design.shares)
+    delta = np.array(results._delta, dtype=np.float64, copy=True)
+    failed: list[Any] = []
+    for chunk in system.chunks(system.market_positions()):
+        inputs = system.inputs(chunk)
+        evaluator = ShareEvaluator(inputs.mu, inputs.weights, inputs.mask, inputs.nesting)
+        observed = np.where(inputs.mask, log_shares[inputs.rows], 0.0)
+        start = np.where(inputs.mask, delta[inputs.rows], 0.0)
+        solved = solve_delta(evaluator, observed, start)
+        failed.extend(design.layout.market_labels[chunk[~solved.converged]].tolist())
+        delta[inputs.rows[inputs.mask]] = solved.delta[inputs.mask]
+    if failed:
+        raise FixedPointError(
+            f"the share inversion at the draw's parameters did not converge in {len(failed)} "
+            f"market(s), e.g. {failed[:5]}",
+            markets=failed,
+        )
+    return delta
 
 
 @dataclass(frozen=True)
@@ -245,6 +319,141 @@ class BootstrappedResults:
         before, after = self._shares([baseline, changed], verbose)
         change = 100.0 * (after / before - 1.0) if relative else after - before
         return pd.DataFrame(change, index=self.params.index, columns=self._columns(rows))
+
+    # ------------------------------------------------------------------ counterfactuals
+    def results_at(self, draw: int) -> Any:
+        """The results at one draw's parameters, the observed data rationalized again.
+
+        Counterfactuals at a draw θ_b must start from the observed market, as the point
+        estimate's do: δ_b solves s(δ_b; θ_b) = observed shares (one share inversion per
+        market; δ does not depend on β, so a logit and any draw with the estimated nonlinear
+        parameters keep δ̂), ξ_b = ξ̂ + (δ_b − δ̂) − X1(β_b − β̂) with the fixed effects held at
+        their estimates, and marginal costs imputed on the returned results (``costs()``,
+        ``merger()``) are p − η(θ_b) at the observed prices and shares. Holding ξ at ξ̂
+        instead (as :meth:`predict` and pyblp's bootstrap do) would start each draw from
+        shares that are not the observed ones and leave the costs unrationalized. The data,
+        the agents (integration nodes) and the estimates' ``cov_params()`` are shared.
+
+        Parameters
+        ----------
+        draw : int
+            Position of the draw (0 … ``draws`` − 1).
+
+        Returns
+        -------
+        BLPResults
+            A copy of the results with ``params``, the demand, δ and ξ at the draw; every
+            post-estimation and counterfactual method can be called on it.
+
+        Raises
+        ------
+        BLPInputError
+            ``draw`` out of range.
+        FixedPointError
+            The share inversion did not converge in some markets (named).
+
+        Examples
+        --------
+        >>> bootstrapped = results.bootstrap(draws=100, seed=0)  # doctest: +SKIP
+        >>> at_draw = bootstrapped.results_at(3)  # doctest: +SKIP
+        >>> at_draw.merger({"F2": "F1"}).markets["consumer_surplus_change"]  # doctest: +SKIP
+        """
+        if (
+            isinstance(draw, (bool, np.bool_))
+            or not isinstance(draw, (int, np.integer))
+            or not 0 <= draw < self.draws
+        ):
+            raise BLPInputError(f"draw must be an integer in [0, {self.draws}), got {draw!r}")
+        results = self.results
+        values = self.params.to_numpy()[int(draw)].astype(np.float64)
+        beta, theta = results._demand_parameters(values)
+        demand = results.demand
+        system = demand.with_parameters(beta, theta)
+        estimated = demand.theta if demand.theta is not None else demand.rho
+        unchanged = theta is None or (
+            estimated is not None and np.array_equal(np.ravel(theta), np.ravel(estimated))
+        )
+        delta = results._delta if unchanged else _inverted_delta(system, results)
+        system = replace(system, delta=np.asarray(delta, dtype=np.float64))
+        view = copy.copy(results)
+        # statsmodels keeps cached attributes (bse, tvalues, ...) in ``_cache``: a fresh one,
+        # so nothing computed at the estimates is read back at the draw.
+        view._cache = {}
+        view.params = values
+        view.demand = system
+        view._delta = system.delta
+        design = results.model.design
+        view._xi = results._xi + (system.delta - results._delta) - design.X @ (beta - demand.beta)
+        return view
+
+    def views(self, *, verbose: bool | None = None) -> Iterator[tuple[int, Any]]:
+        """``(draw, results at the draw)`` for every draw, as :meth:`results_at` builds them.
+
+        A draw whose share inversion fails is yielded with the :class:`FixedPointError`
+        instead of results.
+
+        Examples
+        --------
+        >>> for draw, at_draw in results.bootstrap(draws=10, seed=0).views():  # doctest: +SKIP
+        ...     print(draw, at_draw.costs().mean())
+        """
+        verbose = self.verbose if verbose is None else verbose
+        check_flag("verbose", verbose)
+        for draw in progress(range(self.draws), self.draws, "bootstrap", verbose):
+            try:
+                yield draw, self.results_at(draw)
+            except FixedPointError as error:
+                yield draw, error
+
+    def apply(self, function: Callable[[Any], Any], *, verbose: bool | None = None) -> DrawOutcomes:
+        """Call ``function`` on the results at every draw (:meth:`results_at`).
+
+        This is the hook for uncertainty of any counterfactual: ``function`` receives results
+        whose demand, δ, ξ and imputed costs are those of one draw and returns what it
+        computes there. A draw where the share inversion or the function raises one of the
+        errors of a failed counterfactual (:class:`~blpmodels.BLPInputError`,
+        :class:`~blpmodels.FixedPointError`, a linear-algebra or floating-point error) is
+        counted in ``failures`` with its message, never dropped silently; warnings raised
+        inside the draws are counted in ``warnings`` instead of repeated once a draw. Call
+        ``function`` on the estimates first: an input mistake would otherwise fail every draw.
+
+        Parameters
+        ----------
+        function : callable
+            ``function(results_at_draw)``; e.g. ``lambda r: r.merger({"F2": "F1"})``.
+        verbose : bool, optional
+            Show progress over the draws (default: as set by ``bootstrap(verbose=...)``).
+
+        Returns
+        -------
+        DrawOutcomes
+            ``values`` (one per draw, None where it failed), ``failures`` (draw → message)
+            and ``warnings`` (message → number of draws that raised it).
+
+        Examples
+        --------
+        >>> bootstrapped = results.bootstrap(draws=100, seed=0)  # doctest: +SKIP
+        >>> outcomes = bootstrapped.apply(lambda r: r.costs().mean())  # doctest: +SKIP
+        >>> np.nanpercentile(outcomes.array(), [2.5, 97.5])  # doctest: +SKIP
+        """
+        if not callable(function):
+            raise BLPInputError(f"function must be callable, got {type(function).__name__}")
+        values: list[Any] = []
+        failures: dict[int, str] = {}
+        counted: dict[str, int] = {}
+        for draw, view in self.views(verbose=verbose):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    if isinstance(view, Exception):
+                        raise view
+                    values.append(function(view))
+                except DRAW_ERRORS as error:
+                    values.append(None)
+                    failures[draw] = f"{type(error).__name__}: {error}"
+            for message in {f"{w.category.__name__}: {w.message}" for w in caught}:
+                counted[message] = counted.get(message, 0) + 1
+        return DrawOutcomes(values, failures, counted)
 
     # ------------------------------------------------------------------ display
     def summary(self, level: float = 0.95) -> pd.DataFrame:

@@ -29,6 +29,10 @@ from blpmodels.kernel.ownership import (
     ownership_matrices,
 )
 from blpmodels.results.base import row_values
+from blpmodels.results.counterfactual_bootstrap import (
+    equilibrium_with_intervals,
+    merger_with_intervals,
+)
 from blpmodels.results.demand import DemandSystem, PricedMarkets
 from blpmodels.results.economics import (
     EconomicsMixin,
@@ -186,6 +190,8 @@ class CounterfactualsMixin(EconomicsMixin):
         tol: float = 1e-12,
         max_iterations: int = 1000,
         firm_ids_pre: Any = None,
+        bootstrap: Any = None,
+        level: float = 0.95,
     ) -> Equilibrium:
         """Bertrand–Nash equilibrium prices and shares, all markets at once.
 
@@ -216,13 +222,21 @@ class CounterfactualsMixin(EconomicsMixin):
             The firms that set the observed prices (one id per product row), in place of the
             product data's ``firm_ids`` column: costs are imputed under them and a
             ``firm_ids`` mapping renames them (see :meth:`markups`).
+        bootstrap : BootstrappedResults, optional
+            Draws from :meth:`bootstrap`: the equilibrium is solved again at every draw
+            (imputed costs imputed again there, given costs held) and the result carries
+            percentile intervals (see :meth:`merger`).
+        level : float
+            Coverage of those intervals, in (0, 1).
 
         Returns
         -------
         Equilibrium
             Prices, shares and costs labelled by ``(market_ids, product_ids)``, per-market
             iterations, profit-gradient norms, convergence flags and the largest eigenvalue
-            of the firms' profit Hessians, and the product data at the new prices.
+            of the firms' profit Hessians, and the product data at the new prices. With
+            ``bootstrap``, a ``BootstrappedEquilibrium`` (of
+            ``blpmodels.results.counterfactual_bootstrap``) with ``product_intervals()``.
 
         Raises
         ------
@@ -243,6 +257,10 @@ class CounterfactualsMixin(EconomicsMixin):
         >>> bool(merged.markets["converged"].all())  # doctest: +SKIP
         True
         """
+        if bootstrap is not None or level != 0.95:
+            arguments = dict(locals())
+            del arguments["self"], arguments["bootstrap"], arguments["level"]
+            return equilibrium_with_intervals(self, bootstrap, level, arguments)
         rows, positions = self._data_markets(data, market_id)
         spec = self._ownership(firm_ids, ownership, firm_ids_pre)
         pre = None
@@ -285,6 +303,8 @@ class CounterfactualsMixin(EconomicsMixin):
         firm_ids_pre: Any = None,
         tol: float = 1e-12,
         max_iterations: int = 1000,
+        bootstrap: Any = None,
+        level: float = 0.95,
     ) -> MergerResults:
         """Merger simulation: the new Bertrand–Nash equilibrium beside the observed one.
 
@@ -321,6 +341,14 @@ class CounterfactualsMixin(EconomicsMixin):
             ``firm_ids`` mapping renames these.
         tol, max_iterations
             As in :meth:`equilibrium_prices`.
+        bootstrap : BootstrappedResults, optional
+            Draws from :meth:`bootstrap` (of these results): the merger is simulated again at
+            every draw θ_b, each from its own economy (:meth:`BootstrappedResults.results_at`:
+            ξ_b from the observed shares and costs c_b = p − η(θ_b) from the observed prices,
+            both at θ_b; data, agents and ``cost_changes`` held), on the markets solved at the
+            estimates. Draws that fail are counted (``failed_draws``, one warning).
+        level : float
+            Coverage of the percentile intervals, in (0, 1).
 
         Returns
         -------
@@ -328,7 +356,11 @@ class CounterfactualsMixin(EconomicsMixin):
             ``products`` (per product: firms, prices, shares, markups, profits before, after
             and the change) and ``markets`` (convergence, HHI, consumer surplus, total profit
             before, after and the change, the second-order check before and after), and
-            ``summary()``.
+            ``summary()``. With ``bootstrap``, a ``BootstrappedMerger`` (of
+            ``blpmodels.results.counterfactual_bootstrap``): also ``product_intervals()``,
+            ``market_intervals()`` and ``summary_intervals()`` (changes of prices, shares,
+            markups, profits, HHI and consumer surplus with percentile intervals) and
+            ``plot(intervals=True)``.
 
         Raises
         ------
@@ -361,6 +393,10 @@ class CounterfactualsMixin(EconomicsMixin):
         """
         if firm_ids is None and ownership is None:
             raise BLPInputError("give the post-merger firms as firm_ids= (or ownership=)")
+        if bootstrap is not None or level != 0.95:
+            arguments = dict(locals())
+            del arguments["self"], arguments["bootstrap"], arguments["level"]
+            return merger_with_intervals(self, bootstrap, level, arguments)
         design = self.model.design
         pre = self._merger_firms(firm_ids_pre)
         post = self._ownership(firm_ids, ownership, firm_ids_pre)

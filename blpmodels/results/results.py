@@ -38,6 +38,7 @@ from blpmodels.results.demand import DemandSystem
 from blpmodels.results.economics import EconomicsMixin
 from blpmodels.results.formatting import SUMMARY_WIDTH, fit_width, wrap_notes
 from blpmodels.results.importance_sampling import ImportanceSamplingMixin
+from blpmodels.results.market_counterfactuals import MarketCounterfactualsMixin
 from blpmodels.results.micro import MicroMixin
 from blpmodels.results.minimum_distance import MinimumDistanceMixin
 from blpmodels.results.plots import PlotsMixin
@@ -113,6 +114,7 @@ class JStat(NamedTuple):
 # CounterfactualsMixin builds on EconomicsMixin (imputed costs, market sizes, surplus).
 class BLPResults(
     PostEstimationMixin,
+    MarketCounterfactualsMixin,
     CounterfactualsMixin,
     EconomicsMixin,
     MicroMixin,
