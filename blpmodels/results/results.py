@@ -33,6 +33,7 @@ from statsmodels.iolib.summary import Summary
 
 from blpmodels.exceptions import BLPInputError
 from blpmodels.results.bootstrap import BootstrapMixin
+from blpmodels.results.conduct import ConductMixin
 from blpmodels.results.counterfactuals import CounterfactualsMixin
 from blpmodels.results.demand import DemandSystem
 from blpmodels.results.economics import EconomicsMixin
@@ -123,6 +124,7 @@ class BLPResults(
     BootstrapMixin,
     PlotsMixin,
     SpecificationTestsMixin,
+    ConductMixin,
     LikelihoodModelResults,
 ):
     """Results of a BLP-family model.

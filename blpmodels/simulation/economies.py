@@ -11,7 +11,7 @@ of markets by :mod:`blpmodels.simulation.solvers`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ import pandas as pd
 from blpmodels.data.formula import required_variables
 from blpmodels.data.instruments import build_blp_instruments, build_differentiation_instruments
 from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.ownership import resolve_ownership
 from blpmodels.kernel.shares import Nesting
 from blpmodels.results.demand import MarketInputs, PricedMarkets
 from blpmodels.simulation.inputs import (
@@ -471,6 +472,7 @@ class Simulation:
         max_iterations: int = 1000,
         instruments: InstrumentKind | None = "blp",
         chunk_size: int | None = None,
+        ownership: Callable[[Any, Any], float] | None = None,
     ) -> SimulationResults:
         """Solve the Bertrand–Nash equilibrium prices and shares in every market at once.
 
@@ -504,6 +506,10 @@ class Simulation:
         chunk_size : int, optional
             Markets solved together (bounds the memory of the ``[markets, J, agents]``
             arrays); default all at once.
+        ownership : callable, optional
+            Profit weights ``kappa(f, g)`` on the ``firm_ids``: firm f maximizes
+            Σ_g κ(f, g) × (profits of g) (partial or common ownership, partial collusion), so
+            Ω_jk = κ(f_j, f_k)/κ(f_j, f_j); standard ownership by default.
 
         Returns
         -------
@@ -515,7 +521,8 @@ class Simulation:
         ------
         BLPInputError
             Bad shocks, costs or starting prices (wrong length, NaN), no costs without a cost
-            formula, bad ``tol`` or ``max_iterations``; all before any equilibrium work.
+            formula, bad ``tol`` or ``max_iterations``, an ``ownership`` that is not a callable
+            giving finite weights with positive own weights; all before any equilibrium work.
         FixedPointError
             Markets whose prices did not converge, by name (``.markets``).
 
@@ -540,15 +547,29 @@ class Simulation:
             costs, xi, omega, prices
         )
         economy = self._economy
+        firm_codes, kappa = economy.firm_codes, None
+        if ownership is not None:
+            if not callable(ownership):
+                raise BLPInputError(
+                    f"ownership must be a callable kappa(f, g), got {type(ownership).__name__}"
+                )
+            spec = resolve_ownership(
+                self.products["firm_ids"].to_numpy(object),
+                np.asarray(economy.market_ids, dtype=object),
+                self.products.index,
+                ownership=ownership,
+            )
+            firm_codes, kappa = spec.codes, spec.kappa
         equilibrium_prices, shares, markets = solve_equilibrium(
             functools.partial(self._priced, xi_values),
             economy.layout,
             cost_values,
             start,
-            economy.firm_codes,
+            firm_codes,
             tol=tol,
             max_iterations=max_iterations,
             chunk_size=chunk_size,
+            kappa=kappa,
         )
         frame = self.products.copy()
         frame["prices"] = equilibrium_prices

@@ -49,6 +49,7 @@ def solve_equilibrium(
     tol: float,
     max_iterations: int,
     chunk_size: int | None,
+    kappa: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Bertrand–Nash prices and shares of every market, by groups of ``chunk_size`` markets.
 
@@ -69,6 +70,8 @@ def solve_equilibrium(
         Price updates per market.
     chunk_size : int, optional
         Markets solved together; all at once when None.
+    kappa : numpy.ndarray, optional
+        ``[F, F]`` profit weights indexed by firm code (standard ownership when None).
 
     Returns
     -------
@@ -97,7 +100,7 @@ def solve_equilibrium(
             priced.state,
             padded_costs[chunk],
             padded_start[chunk],
-            ownership_matrices(padded_firms[chunk], inside),
+            ownership_matrices(padded_firms[chunk], inside, kappa),
             inside,
             tol=tol,
             max_iterations=max_iterations,
