@@ -26,7 +26,7 @@ from blpmodels.kernel import jacobians
 from blpmodels.kernel.delta import FixedPointResult, solve_delta, solve_delta_hybrid
 from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
 from blpmodels.kernel.markups import directional_markup_derivative, markup_jacobian, markups
-from blpmodels.kernel.shares import Nesting, ShareEvaluator
+from blpmodels.kernel.shares import Nesting, Probabilities, ShareEvaluator
 
 __all__ = ["ChunkResult", "ChunkState", "ChunkStep", "MarketChunk", "Workspace"]
 
@@ -229,7 +229,7 @@ class MarketChunk:
         )
         inverse = None
         if solved.converged.all() and ((step.gradient and self.n_theta) or self.supply):
-            probabilities = evaluator.probabilities(solved.delta, factored=True)
+            probabilities = self._probabilities(evaluator, solved.delta, step, workspace)
             if step.gradient and self.n_theta:
                 inverse = self._delta_jacobian(
                     theta_rc, coefficients, nesting, probabilities, solved.delta, result, workspace
@@ -249,6 +249,21 @@ class MarketChunk:
             ),
         )
         return result
+
+    def _probabilities(
+        self, evaluator: ShareEvaluator, delta: np.ndarray, step: ChunkStep, workspace: Workspace
+    ) -> Probabilities:
+        """Factored probabilities at the solved δ; with ∂δ/∂θ to come, also x̄ = Σ_j P_j X2_j
+        (summed in the pass that forms the nest sums, into a work array of the thread)."""
+        if not (step.gradient and self.parameters.random_positions().size):
+            return evaluator.probabilities(delta, factored=True)
+        shape = (self.mask.shape[0], 1 + self.characteristics.shape[2], self.weights.shape[1])
+        return evaluator.probabilities(
+            delta,
+            factored=True,
+            characteristics=self.characteristics,
+            buffer=workspace.get("probability_sums", shape),
+        )
 
     def _keep_one_inverse(self) -> None:
         """Drop the accepted Newton inverse now that a pending one exists.
@@ -370,7 +385,13 @@ class MarketChunk:
                 coefficients, self.nodes, self.demographics
             )
             pieces = theta_jacobian(
-                probabilities, self.weights, nesting, mask, self.characteristics, factors
+                probabilities,
+                self.weights,
+                nesting,
+                mask,
+                self.characteristics,
+                factors,
+                buffers=workspace.get,
             )
             for piece, columns in zip(pieces, positions, strict=True):
                 by_theta[:, :, columns] = piece

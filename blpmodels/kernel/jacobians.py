@@ -7,6 +7,7 @@ products of A with ``[T, I, L]`` factor matrices, with no ``[T, J, I]`` temporar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -272,6 +273,36 @@ def woodbury_delta_jacobian(
     return -scaled, LowRankInverse(right, middle, scale)
 
 
+def _buffer(
+    buffers: Callable[[str, tuple[int, ...]], np.ndarray] | None, name: str, shape: tuple[int, ...]
+) -> np.ndarray:
+    """A reusable work array from ``buffers``, or a new one without."""
+    return np.empty(shape) if buffers is None else buffers(name, shape)
+
+
+def _characteristic_means(
+    probabilities: Probabilities,
+    characteristics: np.ndarray,
+    buffers: Callable[[str, tuple[int, ...]], np.ndarray] | None,
+) -> np.ndarray:
+    """``[T, K2, I]`` x̄_ik = Σ_j P_ji X2_jk from factored probabilities.
+
+    The share evaluator's probabilities pass already reads A for the nest sums e·A; when it
+    was given these characteristics it summed them in the same product (one pass over the
+    ``[T, J, I]`` factor instead of two), so they are taken from there.
+    """
+    agent_factor, exp_delta, ratio = probabilities.factors
+    if probabilities.characteristic_means is not None and (
+        probabilities.characteristic_means[0] is characteristics
+    ):
+        return probabilities.characteristic_means[1]
+    weighted_x = np.swapaxes(exp_delta[:, :, None] * characteristics, 1, 2)
+    shape = (agent_factor.shape[0], characteristics.shape[2], agent_factor.shape[2])
+    mean_x = np.matmul(weighted_x, agent_factor, out=_buffer(buffers, "theta_means", shape))
+    mean_x *= ratio[:, None, :]
+    return mean_x
+
+
 def theta_jacobian(
     probabilities: Probabilities,
     weights: np.ndarray,
@@ -279,6 +310,7 @@ def theta_jacobian(
     product_mask: np.ndarray,
     characteristics: np.ndarray,
     agent_factors: list[np.ndarray],
+    buffers: Callable[[str, tuple[int, ...]], np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Derivatives of shares with respect to parameters that enter μ.
 
@@ -298,6 +330,14 @@ def theta_jacobian(
         ``[T, J, K2]`` random-coefficient characteristics X2 (0 in padding).
     agent_factors : list of numpy.ndarray
         For each column k, ``[T, L_k, I]`` agent factors g (agents last; L_k may be 0).
+    buffers : callable, optional
+        ``buffers(name, shape)`` returns a reusable uninitialized array (e.g.
+        :meth:`blpmodels.kernel.chunks.Workspace.get`). The factored path then writes its
+        ``[T, L, I]`` work arrays into them instead of allocating new ones: fresh arrays of a
+        few MB can come back from the allocator as new pages, whose page faults cost more than
+        the arithmetic (3,100 faults, about 9 ms, per exercise-2 evaluation of an objective
+        evaluated without a fit first; none after a fit, whose large frees had raised glibc's
+        mmap threshold).
 
     Returns
     -------
@@ -308,22 +348,28 @@ def theta_jacobian(
     if sum(sizes) == 0:
         return [np.zeros((*product_mask.shape, 0)) for _ in agent_factors]
     columns = np.repeat(np.arange(len(agent_factors)), sizes)
-    # Agents stay on the last (contiguous) axis: numpy is slow on tiny trailing axes.
-    factors = np.concatenate(agent_factors, axis=1) * weights[:, None, :]
     x = characteristics[:, :, columns]
-    size = factors.shape[1]
+    size = int(sum(sizes))
     if probabilities.factors is not None and not nesting.nested:
         # P = A · e ⊗ r: every product with P becomes a product with A and small factors.
         agent_factor, exp_delta, ratio = probabilities.factors
-        weighted_x = np.swapaxes(exp_delta[:, :, None] * characteristics, 1, 2)
-        mean_x = np.matmul(weighted_x, agent_factor)
-        mean_x *= ratio[:, None, :]
-        scaled = factors * ratio[:, None, :]
-        stacked = np.concatenate([scaled, scaled * mean_x[:, columns, :]], axis=1)
+        n_markets, _, n_agents = agent_factor.shape
+        mean_x = _characteristic_means(probabilities, characteristics, buffers)
+        # Agents stay on the last (contiguous) axis: numpy is slow on tiny trailing axes.
+        # stacked = [g w r ; g w r x̄_k(l)], written in place: no [T, L, I] temporaries.
+        stacked = _buffer(buffers, "theta_stacked", (n_markets, 2 * size, n_agents))
+        direct = stacked[:, :size]
+        np.concatenate(agent_factors, axis=1, out=direct)
+        direct *= weights[:, None, :]
+        direct *= ratio[:, None, :]
+        for row, column in enumerate(columns):
+            np.multiply(direct[:, row], mean_x[:, column], out=stacked[:, size + row])
         products = np.matmul(agent_factor, np.swapaxes(stacked, 1, 2))
         products *= exp_delta[:, :, None]
         out = x * products[:, :, :size] - products[:, :, size:]
         return np.split(out, np.cumsum(sizes)[:-1], axis=2)
+    # Agents stay on the last (contiguous) axis: numpy is slow on tiny trailing axes.
+    factors = np.concatenate(agent_factors, axis=1) * weights[:, None, :]
     P = probabilities.unconditional
     mean_x = np.matmul(np.swapaxes(characteristics, 1, 2), P)
     stacked = np.concatenate([factors, factors * mean_x[:, columns, :]], axis=1)
