@@ -2,13 +2,20 @@
 
 :class:`BLPResults` (the statsmodels inference surface and summary, in ``results``) composes one
 mixin per role: post-estimation (predict, elasticities, diversion), supply-side economics,
-counterfactuals (equilibrium prices, mergers, simulation), micro-moment outputs, the bootstrap
-and plots. Beside them: the estimated demand system, optimal instruments and comparison tables.
+counterfactuals (equilibrium prices, mergers, counterfactual markets, simulation) with their
+bootstrap intervals, conduct tests, micro-moment outputs, the bootstrap and plots. Beside them:
+the estimated demand system, optimal instruments and comparison tables.
 Modules here import the layers below (estimation, backends, kernel, data) and
 :mod:`blpmodels.plotting`; never models. The role modules never import ``results`` back.
 """
 
 from blpmodels.results.bootstrap import BootstrappedResults
+from blpmodels.results.conduct import ConductTest
+from blpmodels.results.counterfactual_bootstrap import (
+    BootstrappedCounterfactual,
+    BootstrappedEquilibrium,
+    BootstrappedMerger,
+)
 from blpmodels.results.counterfactuals import Equilibrium, MergerResults
 from blpmodels.results.market_counterfactuals import CounterfactualResults
 from blpmodels.results.minimum_distance import MinimumDistanceResults
@@ -17,7 +24,11 @@ from blpmodels.results.specification_tests import SpecificationTest
 
 __all__ = [
     "BLPResults",
+    "BootstrappedCounterfactual",
+    "BootstrappedEquilibrium",
+    "BootstrappedMerger",
     "BootstrappedResults",
+    "ConductTest",
     "CounterfactualResults",
     "Equilibrium",
     "EstimationInfo",

@@ -5,7 +5,8 @@
 markets (new rows with their own characteristics, ξ and costs; rows taken out), puts per-unit
 and ad valorem taxes into the firms' first-order conditions
 (:func:`blpmodels.kernel.equilibrium.taxed_first_order`), keeps chosen prices where they are,
-solves the new Bertrand–Nash equilibrium and returns a :class:`CounterfactualResults` with
+lets other firms set the prices (a merger, ``"monopoly"``, profit weights κ), solves the new
+Bertrand–Nash equilibrium and returns a :class:`CounterfactualResults` with
 prices, shares, profits, consumer surplus, HHI and tax revenue before and after.
 
 The markets are the estimation layout's padded ``[T, J]`` arrays of the demand
@@ -21,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from formulaic import model_matrix
 
 from blpmodels.data.design import warn_user
 from blpmodels.exceptions import BLPInputError, ConvergenceWarning
@@ -30,6 +30,18 @@ from blpmodels.kernel.ownership import FIRM_IDS_PRE_HINT, Ownership, ownership_m
 from blpmodels.kernel.shares import Nesting
 from blpmodels.results.base import check_frame, row_values
 from blpmodels.results.counterfactual_bootstrap import counterfactual_with_intervals
+from blpmodels.results.counterfactual_plan import (
+    AddedProducts,
+    CounterfactualPlan,
+    added_costs,
+    added_firm_codes,
+    column_numbers,
+    data_firm_mapping,
+    extended_firms,
+    post_ownership,
+    require_columns,
+    tax_values,
+)
 from blpmodels.results.counterfactuals import (
     CounterfactualsMixin,
     _before_after,
@@ -41,8 +53,6 @@ from blpmodels.results.economics import surplus, warn_positive_price_coefficient
 from blpmodels.results.records import _html, _text
 
 __all__ = ["CounterfactualResults", "MarketCounterfactualsMixin"]
-
-_TAX_KINDS = ("unit", "ad_valorem")
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,8 +68,10 @@ class CounterfactualResults:
     ----------
     products : pandas.DataFrame
         Per product (``(market_ids, product_ids)``, the products of the solved markets before
-        and after): ``firm_ids``, ``status`` (``"kept"``, ``"removed"``, ``"added"``),
-        ``fixed``, ``costs``, ``unit_tax``, ``ad_valorem_tax``; ``prices``, ``shares``,
+        and after): ``firm_ids`` (the firm that sets the price after the change),
+        ``firm_ids_pre`` (the firm before it; None for an added product), ``status``
+        (``"kept"``, ``"removed"``, ``"added"``), ``fixed``, ``costs``, ``unit_tax``,
+        ``ad_valorem_tax``; ``prices``, ``shares``,
         ``margins`` (r − c) and ``profits`` each ``_pre``, ``_post`` and ``_change`` (a removed
         product has no price after and zero share and profit; an added one the same before);
         ``tax_post`` (p − r, the tax per unit) and ``passthrough`` (∂p/∂t, the response of the
@@ -186,35 +198,6 @@ class CounterfactualResults:
         return _html("Counterfactual markets", self._rows())
 
 
-@dataclass(frozen=True, eq=False)
-class _Added:
-    """The new products, checked and built once: one entry per row of ``add``."""
-
-    frame: pd.DataFrame
-    positions: np.ndarray  # market position of each row
-    delta: np.ndarray
-    x2: np.ndarray
-    d_x1: np.ndarray
-    d_x2: np.ndarray
-    nests: np.ndarray
-    firms: np.ndarray  # firm codes (extending the pre-change Ownership's labels)
-    labels: np.ndarray  # product labels
-    prices: np.ndarray  # starting prices (NaN: from costs)
-
-
-@dataclass(frozen=True, eq=False)
-class _Plan:
-    """Everything per product row: estimation rows then ``add`` rows."""
-
-    remove: np.ndarray
-    fixed: np.ndarray
-    unit: np.ndarray
-    ad_valorem: np.ndarray
-    costs: np.ndarray  # estimation rows (NaN outside the solved markets) then added rows
-    firms: Ownership
-    added: _Added | None
-
-
 class MarketCounterfactualsMixin(CounterfactualsMixin):
     """Counterfactual markets (entry, exit, taxes, fixed prices) of :class:`BLPResults`."""
 
@@ -229,6 +212,8 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         cost_formula: str | None = None,
         market_id: Any = None,
         market_size: Any = None,
+        firm_ids: Any = None,
+        ownership: Any = None,
         firm_ids_pre: Any = None,
         tol: float = 1e-12,
         max_iterations: int = 1000,
@@ -280,8 +265,19 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
             One market, a list, or None for all.
         market_size : str, float or pandas.Series, optional
             Scales profits, surplus and revenue (see :meth:`profits`); default per unit.
+        firm_ids : Series, array-like or mapping, optional
+            The firms after the change, as in :meth:`merger`: a mapping renames firms of the
+            data or of ``add``, e.g. ``{"F2": "F1"}`` (F1 buys F2; new products of F2 in
+            ``add`` go to F1 too), or one id per row of the product data (``add``'s rows keep
+            their ``firm_ids``). Costs are still imputed under the firms before the change, so
+            a merger combines with entry, exit, taxes and fixed prices in one call.
+        ownership : {"monopoly", "single"} or callable, optional
+            Who sets the prices after the change instead of (or, a callable profit weight
+            ``kappa(f, g)``, on top of) ``firm_ids``, as in :meth:`merger`; it covers the added
+            products too.
         firm_ids_pre : Series or array-like, optional
-            The firms of the product data's rows, in place of its ``firm_ids`` column.
+            The firms of the product data's rows that set the observed prices, in place of its
+            ``firm_ids`` column.
         tol, max_iterations
             As in :meth:`equilibrium_prices`.
         bootstrap, level
@@ -300,7 +296,9 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         BLPInputError
             Before any share is computed: an unknown product or market, ``remove``/``fixed``
             or a tax of the wrong length, ``add`` missing a column or repeating a product,
-            no firms, a product both removed and fixed; and as in :meth:`equilibrium_prices`.
+            no firms, a product both removed and fixed, a ``firm_ids`` mapping naming a firm of
+            neither the data nor ``add``, ``firm_ids`` beside a string ``ownership``; and as
+            in :meth:`equilibrium_prices`.
 
         Warns
         -----
@@ -320,6 +318,11 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         A unit tax of 0.01 on every cereal, and who pays it:
 
         >>> results.counterfactual(taxes={"unit": 0.01}).incidence  # doctest: +SKIP
+
+        F1 buys F2 while a new product enters and a unit tax applies, in one equilibrium:
+
+        >>> both = results.counterfactual(  # doctest: +SKIP
+        ...     firm_ids={"F2": "F1"}, add=new_products, taxes={"unit": 0.01})
         """
         if bootstrap is not None or level != 0.95:
             arguments = dict(locals())
@@ -329,7 +332,15 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         _check_solver_options(tol, max_iterations)
         positions = self.demand.market_positions(market_id)
         plan = self._counterfactual_plan(
-            positions, add, remove, taxes, fixed, costs, cost_formula, firm_ids_pre
+            positions,
+            add,
+            remove,
+            taxes,
+            fixed,
+            costs,
+            cost_formula,
+            firm_ids_pre,
+            (firm_ids, ownership),
         )
         sizes = self._counterfactual_sizes(market_size, positions)
         options = {"tol": tol, "max_iterations": max_iterations}
@@ -350,7 +361,8 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         costs: Any,
         cost_formula: Any,
         firm_ids_pre: Any,
-    ) -> _Plan:
+        owners: tuple[Any, Any] = (None, None),
+    ) -> CounterfactualPlan:
         """Check every argument (cheap checks first), then impute the costs."""
         design = self.model.design
         if firm_ids_pre is None and design.firm_ids is None:
@@ -359,6 +371,13 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
                 f"data have no firm_ids column: {FIRM_IDS_PRE_HINT}"
             )
         firms = self._ownership(firm_ids_pre=firm_ids_pre)
+        firm_ids, ownership = owners
+        # Checked (a mapping naming unknown firms, firm_ids beside "monopoly", a bad κ) before
+        # any work; the added products join the firms after the change below.
+        on_rows = data_firm_mapping(firm_ids, add, firms)
+        if on_rows is not None or ownership is not None:
+            self._ownership(on_rows, ownership, firm_ids_pre)
+        rows_post = firms if on_rows is None else self._ownership(on_rows, None, firm_ids_pre)
         solved = np.isin(design.layout.codes, positions)
         removed = self._product_mask(remove, "remove") & solved
         held = self._product_mask(fixed, "fixed") & solved
@@ -372,7 +391,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         if add is not None:
             added = self._added_products(add, positions, removed, firms, cost_formula)
         n_added = 0 if added is None else len(added.frame)
-        unit, ad_valorem = _tax_values(taxes, design.nobs, n_added)
+        unit, ad_valorem = tax_values(taxes, design.nobs, n_added)
         if costs is not None:
             given = row_values(costs, design.data.index, "costs", design.market_ids)
         elif cost_formula is not None:
@@ -386,14 +405,20 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
             given[rows] = self._prices(rows) - eta
         new_costs = np.zeros(0)
         if added is not None:
-            new_costs = _new_costs(added.frame, given, design.data, cost_formula)
-        return _Plan(
+            new_costs = added_costs(added.frame, given, design.data, cost_formula)
+        pre = extended_firms(firms, added)
+        labels = self.demand.product_labels(np.arange(design.nobs))
+        if added is not None:
+            labels = np.concatenate([np.asarray(labels, dtype=object), added.labels])
+        post = post_ownership(pre, rows_post, added, firm_ids, ownership, labels)
+        return CounterfactualPlan(
             removed,
             held,
             unit,
             ad_valorem,
             np.concatenate([given, new_costs]),
-            _extended_firms(firms, added),
+            pre,
+            post,
             added,
         )
 
@@ -440,7 +465,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         removed: np.ndarray,
         firms: Ownership,
         cost_formula: Any,
-    ) -> _Added:
+    ) -> AddedProducts:
         """Check the new products' frame and build their utilities' pieces."""
         design, demand = self.model.design, self.demand
         frame = check_frame(add).copy()
@@ -456,7 +481,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
             needed.append("xi")
         if "costs" not in frame and cost_formula is None:
             needed.append("costs")
-        _require_columns(frame, needed)
+        require_columns(frame, needed)
         where = design.layout.market_positions(frame["market_ids"].to_numpy())
         outside = ~np.isin(where, positions)
         if outside.any():
@@ -472,15 +497,17 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
             if (nests < 0).any():
                 bad = frame["nesting_ids"].iloc[int(np.flatnonzero(nests < 0)[0])]
                 raise BLPInputError(f"add: unknown nest {bad!r}; the nests are {known.tolist()}")
-        xi = _numbers(frame, "xi") if "xi" in frame else np.zeros(len(frame))
-        start = _numbers(frame, "prices") if "prices" in frame else np.full(len(frame), np.nan)
+        xi = column_numbers(frame, "xi") if "xi" in frame else np.zeros(len(frame))
+        start = np.full(len(frame), np.nan)
+        if "prices" in frame:
+            start = column_numbers(frame, "prices")
         if "prices" not in frame:
             # The formulas read prices: any value will do, utilities move linearly from it.
             frame["prices"] = 0.0
         demand.check_linear(frame, "prices")
         x1, x2 = demand.rebuild(frame)
         d_x1, d_x2 = demand._column_derivatives(frame, "prices")
-        return _Added(
+        return AddedProducts(
             frame,
             where,
             x1 @ demand.beta + xi,
@@ -488,7 +515,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
             d_x1,
             d_x2,
             nests,
-            _firm_codes(firms, frame["firm_ids"].to_numpy()),
+            added_firm_codes(firms, frame["firm_ids"].to_numpy()),
             labels,
             start,
         )
@@ -525,7 +552,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
 
     # ------------------------------------------------------------------ solving
     def _counterfactual_chunk(
-        self, chunk: np.ndarray, plan: _Plan, options: dict[str, Any]
+        self, chunk: np.ndarray, plan: CounterfactualPlan, options: dict[str, Any]
     ) -> _ChunkResult:
         """Before and after in one chunk of markets."""
         priced = self.demand.priced(chunk)
@@ -533,7 +560,8 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         after = _widened(priced, chunk, plan, self.demand.beta)
         wide = after.priced.inputs.mask
         present = wide | after.pre_mask
-        codes = np.where(present, after.take(plan.firms.codes), 0)
+        codes = np.where(present, after.take(plan.post.codes), 0)
+        pre_codes = np.where(present, after.take(plan.firms.codes), 0)
         costs = np.where(present, after.take(plan.costs), 0.0)
         unit = np.where(wide, after.take(plan.unit), 0.0)
         ad_valorem = np.where(wide, after.take(plan.ad_valorem), 0.0)
@@ -542,7 +570,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         if missing.any():
             market = self.model.design.layout.market_labels[chunk[missing.any(axis=1)][0]]
             raise BLPInputError(f"costs are missing or not finite in market {market!r}")
-        omega = ownership_matrices(codes, wide)
+        omega = ownership_matrices(codes, wide, plan.post.kappa)
         effective, taxed = equilibrium.taxed_first_order(costs, omega, unit, ad_valorem)
         solution = equilibrium.solve_prices(
             after.priced.state,
@@ -568,6 +596,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
             solution=solution,
             costs=costs,
             codes=codes,
+            pre_codes=pre_codes,
             unit=unit,
             ad_valorem=ad_valorem,
             free=free,
@@ -577,7 +606,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
 
     # ------------------------------------------------------------------ the record
     def _counterfactual_record(
-        self, pieces: list[_ChunkResult], plan: _Plan, sizes: np.ndarray
+        self, pieces: list[_ChunkResult], plan: CounterfactualPlan, sizes: np.ndarray
     ) -> CounterfactualResults:
         products = pd.concat([self._chunk_products(piece, plan) for piece in pieces])
         positions = np.concatenate([piece.chunk for piece in pieces])
@@ -615,7 +644,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         data = pd.concat([self._chunk_data(piece, plan) for piece in pieces])
         return CounterfactualResults(products=products, markets=markets, data=data)
 
-    def _chunk_products(self, piece: _ChunkResult, plan: _Plan) -> pd.DataFrame:
+    def _chunk_products(self, piece: _ChunkResult, plan: CounterfactualPlan) -> pd.DataFrame:
         """Per-product frame of one chunk (profits per unit of market size)."""
         after = piece.after
         pre_mask = after.pre_mask
@@ -643,7 +672,10 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         status = np.where(~old_mask, "added", np.where(new_mask, "kept", "removed"))
         frame = pd.DataFrame(
             {
-                "firm_ids": plan.firms.labels[piece.codes[t, slot]],
+                "firm_ids": plan.post.labels[piece.codes[t, slot]],
+                "firm_ids_pre": np.where(
+                    old_mask, plan.firms.labels[piece.pre_codes[t, slot]], None
+                ),
                 "status": status,
                 "fixed": new_mask & ~piece.free[t, slot],
                 "costs": costs,
@@ -669,7 +701,7 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         )
         return frame
 
-    def _chunk_data(self, piece: _ChunkResult, plan: _Plan) -> pd.DataFrame:
+    def _chunk_data(self, piece: _ChunkResult, plan: CounterfactualPlan) -> pd.DataFrame:
         """Product data after the change in one chunk: kept rows, then added ones."""
         design = self.model.design
         after = piece.after
@@ -736,7 +768,8 @@ class _ChunkResult:
     pre_shares: np.ndarray
     solution: equilibrium.EquilibriumSolution
     costs: np.ndarray
-    codes: np.ndarray
+    codes: np.ndarray  # firms after the change
+    pre_codes: np.ndarray  # firms before it
     unit: np.ndarray
     ad_valorem: np.ndarray
     free: np.ndarray
@@ -744,7 +777,9 @@ class _ChunkResult:
     passthrough: np.ndarray
 
 
-def _widened(priced: PricedMarkets, chunk: np.ndarray, plan: _Plan, beta: np.ndarray) -> _Widened:
+def _widened(
+    priced: PricedMarkets, chunk: np.ndarray, plan: CounterfactualPlan, beta: np.ndarray
+) -> _Widened:
     """The chunk's padded arrays with removed products masked and new ones in new slots."""
     inputs = priced.inputs
     mask = inputs.mask
@@ -810,7 +845,7 @@ def _widened(priced: PricedMarkets, chunk: np.ndarray, plan: _Plan, beta: np.nda
     )
 
 
-def _new_slots(chunk: np.ndarray, added: _Added | None) -> np.ndarray:
+def _new_slots(chunk: np.ndarray, added: AddedProducts | None) -> np.ndarray:
     """``[T, K]`` rows of ``add`` in each market of the chunk (−1 past a market's count)."""
     if added is None:
         return np.full((chunk.size, 0), -1)
@@ -840,7 +875,7 @@ def _market_frame(
     hhi_pre, hhi_post, cs_pre, cs_post, positive = [], [], [], [], 0.0
     for piece in pieces:
         after = piece.after
-        hhi_pre.append(equilibrium.hhi(piece.pre_shares, piece.codes, after.pre_mask))
+        hhi_pre.append(equilibrium.hhi(piece.pre_shares, piece.pre_codes, after.pre_mask))
         state = piece.solution.state
         hhi_post.append(equilibrium.hhi(state.shares, piece.codes, after.priced.inputs.mask))
         for current, out in ((piece.pre_state, cs_pre), (state, cs_post)):
@@ -872,97 +907,6 @@ def _market_frame(
             "max_hessian_eigenvalue_post": np.concatenate([p.max_eigenvalue for p in pieces]),
         },
         index=pd.Index(labels, name="market_ids"),
-    )
-
-
-# ---------------------------------------------------------------------------- argument checks
-def _require_columns(frame: pd.DataFrame, needed: list[str]) -> None:
-    missing = [name for name in needed if name not in frame.columns]
-    if missing:
-        raise BLPInputError(
-            f"add is missing column(s) {missing}: new products need {needed} "
-            "(see counterfactual's add=)"
-        )
-
-
-def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
-    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise BLPInputError(f"add: column {column!r} must hold finite numbers")
-    return values
-
-
-def _tax_values(taxes: Any, n_rows: int, n_added: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit taxes and ad valorem rates per product row (estimation rows, then added rows)."""
-    total = n_rows + n_added
-    out = {kind: np.zeros(total) for kind in _TAX_KINDS}
-    if taxes is None:
-        return out["unit"], out["ad_valorem"]
-    if not isinstance(taxes, Mapping):
-        raise BLPInputError(
-            f"taxes must be a dict such as {{'unit': 0.1}} or {{'ad_valorem': 0.2}}, got "
-            f"{type(taxes).__name__}"
-        )
-    unknown = sorted(set(taxes) - set(_TAX_KINDS))
-    if unknown:
-        raise BLPInputError(f"taxes: unknown kind(s) {unknown}; use 'unit' and/or 'ad_valorem'")
-    for kind, value in taxes.items():
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError) as error:
-            raise BLPInputError(f"taxes[{kind!r}] must be numbers") from error
-        if array.ndim == 0:
-            array = np.full(total, float(array))
-        elif array.ndim != 1 or array.size != total:
-            raise BLPInputError(
-                f"taxes[{kind!r}] has {array.size} values; give a number or one per product: "
-                f"the product data's {n_rows} rows, then add's {n_added}"
-            )
-        if not np.isfinite(array).all():
-            raise BLPInputError(f"taxes[{kind!r}] has missing or non-finite values")
-        if kind == "ad_valorem" and (array <= -1).any():
-            raise BLPInputError("taxes['ad_valorem'] rates must be above -1")
-        out[kind] = array
-    return out["unit"], out["ad_valorem"]
-
-
-def _new_costs(
-    frame: pd.DataFrame, costs: np.ndarray, data: pd.DataFrame, cost_formula: Any
-) -> np.ndarray:
-    """Costs of new products: their ``costs`` column, or OLS fitted values on a formula."""
-    if "costs" in frame:
-        return _numbers(frame, "costs")
-    if not isinstance(cost_formula, str):
-        raise BLPInputError(f"cost_formula must be a formula string, got {cost_formula!r}")
-    known = np.isfinite(costs)
-    try:
-        matrix = model_matrix(cost_formula, data.loc[known])
-        new = matrix.model_spec.get_model_matrix(frame)
-    except Exception as error:  # formulaic raises many kinds: name the formula
-        raise BLPInputError(f"cost_formula {cost_formula!r} failed: {error}") from error
-    coefficients = np.linalg.lstsq(np.asarray(matrix), costs[known], rcond=None)[0]
-    return np.asarray(new, dtype=np.float64) @ coefficients
-
-
-def _firm_codes(firms: Ownership, labels: np.ndarray) -> np.ndarray:
-    """Codes of firm labels, new labels after the known ones (in order of appearance)."""
-    known = pd.Index(firms.labels)
-    codes = known.get_indexer(labels)
-    fresh = pd.unique(labels[codes < 0])
-    codes[codes < 0] = known.size + pd.Index(fresh).get_indexer(labels[codes < 0])
-    return codes
-
-
-def _extended_firms(firms: Ownership, added: _Added | None) -> Ownership:
-    """Firms of every product row, estimation rows then added rows."""
-    if added is None:
-        return firms
-    labels = added.frame["firm_ids"].to_numpy()
-    known = pd.Index(firms.labels)
-    fresh = pd.unique(labels[known.get_indexer(labels) < 0])
-    return Ownership(
-        np.concatenate([firms.codes, added.firms]),
-        np.concatenate([np.asarray(firms.labels, dtype=object), np.asarray(fresh, dtype=object)]),
     )
 
 

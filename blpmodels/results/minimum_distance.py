@@ -61,8 +61,9 @@ __all__ = ["MinimumDistanceMixin", "MinimumDistanceResults"]
 
 @dataclass(frozen=True, eq=False)
 class MinimumDistanceResults:
-    """Coefficients of absorbed characteristics (see :meth:`MinimumDistanceMixin.
-    minimum_distance`), with the statsmodels inference surface.
+    """Coefficients of absorbed characteristics, with the statsmodels inference surface.
+
+    Returned by :meth:`~blpmodels.results.BLPResults.minimum_distance`.
 
     Attributes
     ----------

@@ -125,7 +125,8 @@ def optimal_instruments(
     each realization's prices and shares, ∂ξ/∂θ is ∂δ/∂θ (−x for a coefficient on an X1 column
     x that reads prices) and ∂ω/∂θ = −f'(c) ∂η/∂θ, the markups' total derivative with δ moving
     along ∂δ/∂θ. ``attrs`` then also holds ``"expected_shares"``, ``"xi_jacobian"`` and
-    ``"omega_jacobian"`` (frames with one column per θ entry), ``"inverse_covariance"`` (Σ⁻¹)
+    ``"omega_jacobian"`` (dicts of one list per θ entry: ``pd.DataFrame(attrs["xi_jacobian"],
+    index=instruments.index)`` makes the frame), ``"inverse_covariance"`` (Σ⁻¹, nested lists)
     and the columns of each block, ``"demand_columns"`` and ``"supply_columns"``, which
     ``to_model()`` and ``refit()`` use.
 
@@ -151,8 +152,11 @@ def optimal_instruments(
     OptimalInstruments
         A :class:`pandas.DataFrame` with one row per product row, indexed like the product
         data, so ``data.join(instruments)`` aligns them. ``attrs`` holds ``"expected_prices"``
-        (a Series, or None when the model does not instrument prices), ``"method"``,
-        ``"draws"`` and ``"parameters"`` (column → parameter name). Its ``refit()``
+        (a list in the rows' order, or None when the model does not instrument prices),
+        ``"method"``, ``"draws"`` and ``"parameters"`` (column → parameter name): plain Python
+        values, so that pandas can compare and copy them (``pd.concat`` of two such frames,
+        ``.copy()``); ``pd.Series(attrs["expected_prices"], index=instruments.index)`` makes
+        the Series. Its ``refit()``
         re-estimates the model with these instruments from the estimates, and ``to_model()``
         returns that model unfitted (pyblp's ``to_problem``); see
         :class:`~blpmodels.results.instrument_refit.OptimalInstruments`.
@@ -249,12 +253,12 @@ def optimal_instruments(
             columns[label] = jacobian[:, position] / variance
             parameters[label] = name
     out = OptimalInstruments(columns, index=design.data.index, fit=results)
-    out.attrs["expected_prices"] = (
-        None if expected is None else pd.Series(expected, index=out.index, name="expected_prices")
+    out.attrs.update(
+        expected_prices=None if expected is None else _plain(expected),
+        method=method,
+        draws=n_draws,
+        parameters=parameters,
     )
-    out.attrs["method"] = method
-    out.attrs["draws"] = n_draws
-    out.attrs["parameters"] = parameters
     return out
 
 
@@ -677,18 +681,28 @@ def _supply_instruments(
     index = fitted.design.data.index
     out = OptimalInstruments(columns, index=index, fit=results)
     out.attrs.update(
-        expected_prices=pd.Series(prices, index=index, name="expected_prices"),
-        expected_shares=pd.Series(shares, index=index, name="expected_shares"),
+        expected_prices=_plain(prices),
+        expected_shares=_plain(shares),
         method=method,
         draws=draws,
         parameters=parameters,
         demand_columns=demand_columns,
         supply_columns=supply_columns,
-        xi_jacobian=pd.DataFrame(xi_jacobian, index=index, columns=parts.names),
-        omega_jacobian=pd.DataFrame(omega_jacobian, index=index, columns=parts.names),
-        inverse_covariance=inverse,
+        xi_jacobian=dict(zip(parts.names, _plain(xi_jacobian.T), strict=True)),
+        omega_jacobian=dict(zip(parts.names, _plain(omega_jacobian.T), strict=True)),
+        inverse_covariance=_plain(inverse),
     )
     return out
+
+
+def _plain(values: np.ndarray) -> list[Any]:
+    """Python floats (nested lists for a matrix) for ``attrs``.
+
+    pandas compares the ``attrs`` of the frames it concatenates with ``==`` and needs one
+    bool: a Series or an array there makes ``pd.concat`` raise "the truth value of a Series is
+    ambiguous". Lists compare as one bool and deep-copy with ``.copy()``.
+    """
+    return np.asarray(values, dtype=np.float64).tolist()
 
 
 def _shifters(design: ProductDesign, parts: _SupplyParts) -> dict[str, np.ndarray]:

@@ -578,36 +578,50 @@ class PostEstimationMixin(ResultsRole):
         seed: Any = None,
         expected_prices: Any = None,
     ) -> pd.DataFrame:
-        """Feasible optimal demand instruments E[∂ξ/∂(β, θ) | z] at these estimates.
+        """Feasible optimal instruments at these estimates: E[∂ξ/∂(β, θ) | z] for demand and,
+        with a supply side, both blocks (demand and supply) from E[(∂ξ/∂θ, ∂ω/∂θ) | z].
 
-        See :func:`blpmodels.results.optimal_instruments.optimal_instruments` for the columns, the
+        Demand only, the columns are the demand instruments E[∂ξ/∂(β, θ) | z]. With a supply
+        side (``supply=``) they are pyblp's two blocks: Σ⁻¹ (Σ the covariance of (ξ̂, ω̂))
+        times the expected Jacobians of ξ and ω, the demand block (``optimal_*``) and the
+        supply block (``optimal_supply_*``), with their cost and demand shifters; ``attrs``
+        lists each block's columns. See
+        :func:`blpmodels.results.optimal_instruments.optimal_instruments` for the columns, the
         methods and the expected prices.
 
         Parameters
         ----------
         method : {"approximate", "normal", "empirical"}
-            Evaluate at ξ = 0, or average over ``draws`` normal or resampled ξ.
+            Evaluate at ξ = 0 (and ω = 0), or average over ``draws`` normal or resampled ξ
+            (jointly with ω under a supply side).
         draws : int, optional
-            Draws of ξ for "normal" and "empirical".
+            Draws for "normal" and "empirical".
         seed : int or numpy.random.Generator, optional
             Seed of the draws.
         expected_prices : array-like, optional
-            E[p | z]; by default the reduced form of prices on the exogenous columns.
+            E[p | z]; by default the reduced form of prices on the exogenous columns (the
+            Bertrand–Nash equilibrium at ξ = ω = 0 with a supply side).
 
         Returns
         -------
         OptimalInstruments
-            A data frame with one column per instrumented linear and per nonlinear parameter,
-            indexed like the product data. ``instruments.refit(**fit_options)`` re-estimates
-            the model with them, starting from these estimates, and ``to_model()`` returns
-            that model (pyblp's ``to_problem``); ``data.join(instruments)`` serves a formula
-            of your own.
+            A data frame with one column per instrumented linear and per nonlinear parameter
+            (per block with a supply side), indexed like the product data.
+            ``instruments.refit(**fit_options)`` re-estimates the model with them (both blocks
+            in their places), starting from these estimates, and ``to_model()`` returns that
+            model (pyblp's ``to_problem``); ``data.join(instruments)`` serves a formula of your
+            own.
 
         Examples
         --------
         >>> instruments = results.optimal_instruments()  # doctest: +SKIP
         >>> refit = instruments.refit()  # doctest: +SKIP
         >>> formula = "shares ~ 1 + x + [prices ~ optimal_prices]"  # doctest: +SKIP
+
+        With a supply side, the columns of the two blocks:
+
+        >>> demand = instruments.attrs["demand_columns"]  # doctest: +SKIP
+        >>> supply = instruments.attrs["supply_columns"]  # doctest: +SKIP
         """
         return feasible_instruments(
             self, method, draws=draws, seed=seed, expected_prices=expected_prices
