@@ -43,6 +43,12 @@ each library's defaults) and Gauss–Newton in blpmodels. Each fit is also count
 claimed convergence without a warning at an objective above the best); the best is taken over
 fits inside the bounds (σ ≥ 0, ρ in [0, 0.99]), which bfgs in either library does not impose.
 
+Supply problems (blpmodels only, ``--problems``): the economies above fitted with their supply
+side (marginal costs 1 + w, the price coefficient a nonlinear parameter; ``e*-supply``), and
+``r1-2rc-supply`` … ``r4-2rc-supply``: 100 markets × 10 products × 4 firms, random coefficients
+on prices (σ 0.8) and x (σ 1.5), α = −5, 100 Halton draws, fitted from σ = start·I and α = −2.
+θ is then (σ, α) and the best objective is over the blpmodels optimizers run.
+
 Run ``python benchmarks/bench_robustness.py`` (216 fits, about 10 minutes with the defaults;
 ``--quick`` runs 24 fits — s0, s2-p1e3 and s4-rcnl from one drawn start and from 50, 10 s
 limit — in under two minutes). ``--markdown`` prints the tables for docs/performance.md.
@@ -110,10 +116,17 @@ class ProblemSpec:
     n_agents: int = 20
     #: "logit": simulate_logit's data with a random coefficient on prices; "economy": a
     #: Simulation with a true σ on x and Bertrand prices, 7 Gauss–Hermite nodes
-    #: (``rule="product"``) or 50 Halton draws (``rule="halton"``).
+    #: (``rule="product"``) or 50 Halton draws (``rule="halton"``); "economy-2rc": an economy
+    #: with random coefficients on prices (σ 0.8) and x (σ 1.5), α = −5, 100 Halton draws.
     kind: str = "logit"
     true_sigma: float = 0.0
     rule: str = "product"
+    #: Economies only: fit demand with the supply side (marginal costs 1 + w, Bertrand), so the
+    #: price coefficient is a nonlinear parameter; blpmodels only (pyblp fits are skipped).
+    supply: bool = False
+    #: With a supply side: the price coefficient's start (the truth is −3); None for the
+    #: default (the demand-only IV estimate at the starting σ).
+    price_start: float | None = None
 
 
 PROBLEMS: dict[str, ProblemSpec] = {
@@ -130,8 +143,52 @@ PROBLEMS: dict[str, ProblemSpec] = {
         ProblemSpec("e1-gh", 1, kind="economy", true_sigma=0.5),
         ProblemSpec("e2-gh", 2, kind="economy", true_sigma=1.0),
         ProblemSpec("e1-halton", 1, kind="economy", true_sigma=0.5, rule="halton"),
+        # The same economies fitted with their supply side (issue 20, goal 2: whether
+        # Gauss–Newton loses optima there), from the IV price coefficient and from α = −1.
+        ProblemSpec("e1-gh-supply", 1, kind="economy", true_sigma=0.5, supply=True),
+        ProblemSpec("e2-gh-supply", 2, kind="economy", true_sigma=1.0, supply=True),
+        ProblemSpec(
+            "e1-halton-supply", 1, kind="economy", true_sigma=0.5, rule="halton", supply=True
+        ),
+        ProblemSpec(
+            "e3-gh-supply-far", 3, kind="economy", true_sigma=1.0, supply=True, price_start=-1.0
+        ),
+        ProblemSpec(
+            "e4-halton-supply-far",
+            4,
+            kind="economy",
+            true_sigma=0.5,
+            rule="halton",
+            supply=True,
+            price_start=-1.0,
+        ),
+        ProblemSpec(
+            "e5-gh-supply-100",
+            5,
+            kind="economy",
+            true_sigma=1.5,
+            supply=True,
+            price_start=-1.0,
+            n_markets=100,
+        ),
+        # The economies behind the supply default (docs/performance.md): 100 markets × 10
+        # products × 4 firms, σ on prices and x, fitted with supply from σ = start·I, α = −2.
+        *(
+            ProblemSpec(
+                f"r{seed}-2rc-supply",
+                seed,
+                kind="economy-2rc",
+                n_random=2,
+                supply=True,
+                price_start=-2.0,
+                n_markets=100,
+                n_products=10,
+            )
+            for seed in (1, 2, 3, 4)
+        ),
     )
 }
+SUPPLY_PROBLEMS = tuple(name for name, spec in PROBLEMS.items() if spec.supply)
 SWEEP_PROBLEMS = ("s0", "s1", "s5-2rc", "e1-gh", "e2-gh", "e1-halton")
 QUICK_PROBLEMS = ("s0", "s2-p1e3", "s4-rcnl")
 
@@ -159,7 +216,7 @@ def simulate(spec: ProblemSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     >>> products.shape[0], agents.shape[0]
     (100, 400)
     """
-    if spec.kind == "economy":
+    if spec.kind.startswith("economy"):
         return simulate_economy(spec)
     from blpmodels.simulation.logit import simulate_logit
 
@@ -192,21 +249,24 @@ def simulate_economy(spec: ProblemSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
     from blpmodels import Integration
     from blpmodels.simulation import Simulation, build_id_data
 
-    data = build_id_data(T=spec.n_markets, J=spec.n_products, F=2)
+    two = spec.kind == "economy-2rc"
+    data = build_id_data(T=spec.n_markets, J=spec.n_products, F=4 if two else 2)
     rng = np.random.default_rng(spec.seed)
     data["x"] = rng.standard_normal(len(data))
     data["w"] = rng.uniform(size=len(data))
     rule = (
-        Integration("halton", 50, seed=spec.seed)
-        if spec.rule == "halton"
+        Integration("halton", 100 if two else 50, seed=spec.seed)
+        if spec.rule == "halton" or two
         else Integration("product", 7)
     )
     solved = Simulation(
         data,
         "1 + prices + x",
-        {"Intercept": 2.0, "prices": -3.0, "x": 1.0},
-        random="0 + x",
-        sigma=spec.true_sigma,
+        {"Intercept": 5.0, "prices": -5.0, "x": 1.0}
+        if two
+        else {"Intercept": 2.0, "prices": -3.0, "x": 1.0},
+        random="0 + prices + x" if two else "0 + x",
+        sigma=np.diag([0.8, 1.5]) if two else spec.true_sigma,
         integration=rule,
         supply="1 + w",
         gamma={"Intercept": 1.0, "w": 1.0},
@@ -225,7 +285,7 @@ def simulate_economy(spec: ProblemSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
 def formula(spec: ProblemSpec, products: pd.DataFrame) -> str:
     """The demand formula: the logit problems' FORMULA, or the economies' with all their
     instruments."""
-    if spec.kind != "economy":
+    if not spec.kind.startswith("economy"):
         return FORMULA
     instruments = [column for column in products if column.startswith("demand_instruments")]
     return f"shares ~ 1 + x + [prices ~ {' + '.join(instruments)}]"
@@ -233,6 +293,8 @@ def formula(spec: ProblemSpec, products: pd.DataFrame) -> str:
 
 def random_formula(spec: ProblemSpec) -> str:
     """The random-coefficient formula (pyblp's X2)."""
+    if spec.kind == "economy-2rc":
+        return "0 + prices + x"
     if spec.kind == "economy":
         return "0 + x"
     return "0 + prices" if spec.n_random == 1 else "0 + prices + x"
@@ -248,8 +310,17 @@ def start_sigma(spec: ProblemSpec, start: float) -> np.ndarray:
 def blpmodels_model(spec: ProblemSpec, products: pd.DataFrame, agents: pd.DataFrame):
     from blpmodels import BLPRandomCoefficients
 
+    supply: dict[str, Any] = {}
+    if spec.supply:
+        # x and the differentiation instruments are excluded from marginal costs.
+        excluded = [column for column in products if column.startswith("diff_")]
+        supply = {"supply": "1 + cost_shifter", "supply_instruments": " + ".join(["x", *excluded])}
     return BLPRandomCoefficients.from_formula(
-        formula(spec, products), products, random=random_formula(spec), agent_data=agents
+        formula(spec, products),
+        products,
+        random=random_formula(spec),
+        agent_data=agents,
+        **supply,
     )
 
 
@@ -264,10 +335,13 @@ def fit_blpmodels(spec: ProblemSpec, data, task: Task, started) -> dict[str, Any
         rho=0.5 if spec.nested else None,
         optimizer=task.optimizer,
         optimizer_options=OPTIMIZER_OPTIONS[task.optimizer],
+        beta=None if spec.price_start is None else {"prices": spec.price_start},
     )
     seconds = time.perf_counter() - clock
     convergence = results.info.convergence
     theta = np.asarray(results.params)[-(spec.n_random + spec.nested) :]
+    if spec.supply:  # θ = (σ, α): the price coefficient is nonlinear with a supply side
+        theta = np.append(theta, results.params["prices"])
     return {
         "seconds": seconds,
         "objective": float(results.objective),
@@ -512,18 +586,23 @@ def run_all(tasks: Sequence[Task], jobs: int, timeout: float, progress: bool) ->
 
 
 def within_bounds(problem: str, theta: Any) -> bool:
-    """θ (a space-separated string) inside the model's bounds: σ ≥ 0, ρ in [0, 0.99]; bfgs
-    in either library ignores them, and a point outside is not an estimate of the model.
+    """θ (a space-separated string) inside the model's bounds: σ ≥ 0, ρ in [0, 0.99] (with a
+    supply side θ ends with the unbounded price coefficient); bfgs in either library ignores
+    them, and a point outside is not an estimate of the model.
 
     Examples
     --------
     >>> within_bounds("s4-rcnl", "0.5 0.999"), within_bounds("s0", "-0.2"), within_bounds("s0", "")
     (False, False, False)
+    >>> within_bounds("e1-gh-supply", "0.5 -3.0")
+    True
     """
     if not isinstance(theta, str) or not theta.strip():
         return False
     values = np.array([float(value) for value in theta.split()])
     spec = PROBLEMS[problem]
+    if spec.supply:  # the price coefficient (last) is unbounded
+        values = values[:-1]
     sigma, rho = (values[:-1], values[-1:]) if spec.nested else (values, values[:0])
     return bool((sigma >= 0).all() and ((rho >= 0) & (rho <= 0.99)).all())
 
@@ -687,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for index, start in enumerate(starts)
         for optimizer in arguments.optimizers
         for library in arguments.libraries
-        if not (library == "pyblp" and optimizer in OWN_OPTIMIZERS)
+        if not (library == "pyblp" and (optimizer in OWN_OPTIMIZERS or problem in SUPPLY_PROBLEMS))
     ]
     import pyblp
 

@@ -22,12 +22,21 @@ Run ``python benchmarks/bench_supply.py`` (needs pyblp and the shared data). ``-
 of N blpmodels runs of the autos fit (default 3); ``--pyblp-repeat N``: best of N pyblp autos
 fits (default 1: one takes about a minute); ``--merger-repeat N`` (default 5, both libraries);
 ``--threads`` for blpmodels; ``--only autos merger``; ``--profile`` profiles one blpmodels autos
-fit.
+fit; ``--only optimizers`` fits the autos problem's first GMM step at one W (S⁻¹ at the
+tutorial's start, clustered) with Gauss–Newton and trust-constr from the tutorial's Σ, Π ×
+0.25, 0.5, 1, 2, 4 (not part of the default run); ``--baseline DIR`` times the blpmodels
+autos fit (pyblp's options) of the package in DIR (a copy of an older ``blpmodels``, e.g.
+``git archive HEAD blpmodels | tar -x -C DIR``) against this checkout's, alternating fresh
+processes, and prints the best CPU and wall time of each.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import subprocess
+import sys
+import time
 
 import common  # first: it sets one BLAS thread before numpy loads
 import numpy as np
@@ -181,6 +190,70 @@ def run_autos(arguments) -> None:
         )
 
 
+#: Scales of the tutorial's starting Σ and Π for ``--only optimizers``.
+START_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def run_optimizers(arguments) -> None:
+    """The autos problem's first GMM step at one W (S⁻¹ at the tutorial's start, clustered, so
+    the objectives of all starts compare) by Gauss–Newton and by trust-constr at their
+    defaults from the tutorial's Σ and Π scaled by START_SCALES: each fit's objective,
+    evaluations and CPU time, and whether it reached the lowest objective of any fit."""
+    import warnings
+
+    products, _, shifted = autos_data()
+    model = autos_model(products, shifted, arguments.threads)
+    parameters = model.parameters(AUTOS_SIGMA, AUTOS_PI)
+    gmm = gmm_options(model.design, "1s", None, "clustered", CLUSTERS, model.n_moments)
+    objective = model.objective_function(parameters, covariance=gmm.moment_covariance)
+    W = objective.updated_weighting_matrix(objective.evaluate(parameters.theta0, gradient=False))
+    rows = []
+    for scale in START_SCALES:
+        for optimizer in ("gauss-newton", "trust-constr"):
+            cpu = time.process_time()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    results = model.fit(
+                        scale * AUTOS_SIGMA,
+                        scale * AUTOS_PI,
+                        W=W,
+                        method="1s",
+                        optimizer=optimizer,
+                        compute_hessian=False,
+                    )
+                    value = results.objective
+                    evaluations = results.info.convergence["evaluations"]
+                except Exception as error:  # a failed fit is a result here
+                    value, evaluations = float("nan"), f"{type(error).__name__}"
+            rows.append((scale, optimizer, value, evaluations, time.process_time() - cpu))
+            print(f"  ... start × {scale:g} {optimizer}: {value:.10g}", flush=True)
+    best = min(row[2] for row in rows if np.isfinite(row[2]))
+    print("autos from scaled starts (one GMM step at W = S⁻¹ of the tutorial's start)")
+    for scale, optimizer, value, evaluations, cpu in rows:
+        mark = "best" if abs(value - best) <= 1e-6 * max(1.0, abs(best)) else "other"
+        print(
+            f"  start × {scale:<5g} {optimizer:13s} objective {value:.10g} ({mark}), "
+            f"{evaluations} evaluations, CPU {cpu:.2f} s"
+        )
+
+
+def autos_model(products, shifted, threads):
+    """The tutorial's model with supply."""
+    return BLPRandomCoefficients.from_formula(
+        AUTOS_FORMULA,
+        products,
+        random=AUTOS_RANDOM,
+        demographics="0 + I(1 / income)",
+        agent_data=shifted,
+        supply=AUTOS_SUPPLY,
+        supply_instruments=SUPPLY_INSTRUMENTS,
+        costs_type="log",
+        costs_bounds=(0.001, None),
+        threads=threads,
+    )
+
+
 def run_merger(arguments) -> None:
     import pyblp
 
@@ -215,13 +288,79 @@ def run_merger(arguments) -> None:
     print(f"  max |price difference|        {difference:.1e} (markets other than C03Q1)")
 
 
+def run_ours_only(arguments) -> None:
+    """Best-of-N CPU and wall time of blpmodels' autos fit at pyblp's options, one line."""
+    products, _, shifted = autos_data()
+    best_cpu = best_wall = float("inf")
+    for _ in range(arguments.repeat):
+        wall, cpu = time.perf_counter(), time.process_time()
+        results, evaluations, _ = ours_autos(
+            products, shifted, arguments.threads, OUR_OPTIONS["pyblp's"]
+        )
+        best_cpu = min(best_cpu, time.process_time() - cpu)
+        best_wall = min(best_wall, time.perf_counter() - wall)
+    evaluations += results.info.convergence["evaluations"]
+    print(f"{best_cpu:.4f} {best_wall:.4f} {evaluations} {results.objective:.12g}")
+
+
+def run_baseline(arguments) -> None:
+    """This checkout's autos fit against the package in ``--baseline``, in alternating fresh
+    processes (the load of a shared machine changes during a run; alternating spreads it)."""
+    paths = {"this checkout": "", "baseline": os.path.abspath(arguments.baseline)}
+    best: dict[str, list[float]] = {label: [np.inf, np.inf] for label in paths}
+    found: dict[str, str] = {}
+    command = [sys.executable, os.path.abspath(__file__), "--ours-only", "--repeat", "2"]
+    if arguments.threads is not None:
+        command += ["--threads", str(arguments.threads)]
+    for _ in range(arguments.baseline_rounds):
+        for label, path in paths.items():
+            environment = dict(os.environ)
+            if path:
+                environment["PYTHONPATH"] = os.pathsep.join(
+                    [path, *filter(None, [os.environ.get("PYTHONPATH")])]
+                )
+            line = (
+                subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            cpu, wall, evaluations, objective = line.split()
+            best[label] = [min(best[label][0], float(cpu)), min(best[label][1], float(wall))]
+            found[label] = f"{evaluations} evaluations, objective {objective}"
+    print(
+        f"autos, blpmodels at pyblp's options: best of {arguments.baseline_rounds} processes × 2 "
+        f"fits, threads {arguments.threads}"
+    )
+    for label, (cpu, wall) in best.items():
+        print(f"  {label:14s} CPU {cpu:7.3f} s  wall {wall:7.3f} s  ({found[label]})")
+    ratio = best["baseline"][0] / best["this checkout"][0]
+    print(f"  CPU ratio baseline / this checkout: {ratio:.2f}")
+
+
 def main() -> None:
     parser = common.comparison_parser(
-        __doc__, ["autos", "merger"], "an autos fit", repeat=3, repeated="blpmodels autos fits"
+        __doc__,
+        ["autos", "merger", "optimizers"],
+        "an autos fit",
+        repeat=3,
+        repeated="blpmodels autos fits",
     )
     parser.add_argument("--pyblp-repeat", type=int, default=1, help="best of N pyblp autos fits")
     parser.add_argument("--merger-repeat", type=int, default=5, help="best of N mergers")
+    parser.add_argument("--baseline", help="directory holding an older blpmodels package")
+    parser.add_argument(
+        "--baseline-rounds", type=int, default=3, help="alternating process pairs (--baseline)"
+    )
+    parser.add_argument("--ours-only", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.ours_only:  # one side of --baseline, in its own process
+        run_ours_only(arguments)
+        return
+    if arguments.baseline:
+        print(f"load average (1, 5, 15 min) at start: {os.getloadavg()}")
+        run_baseline(arguments)
+        print(f"load average (1, 5, 15 min) at end: {os.getloadavg()}")
+        return
     pyblp = common.quiet_pyblp()
     print(f"blpmodels {blpmodels.__version__} vs pyblp {pyblp.__version__}")
     # Other jobs on the machine slow both libraries (and threads); the load says how busy it was.
@@ -230,6 +369,8 @@ def main() -> None:
         run_autos(arguments)
     if not arguments.only or "merger" in arguments.only:
         run_merger(arguments)
+    if arguments.only and "optimizers" in arguments.only:
+        run_optimizers(arguments)
     print(f"load average (1, 5, 15 min) at end: {os.getloadavg()}")
     if arguments.profile:
         products, _, shifted = autos_data()

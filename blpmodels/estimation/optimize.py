@@ -127,9 +127,12 @@ def default_optimizer(supply: bool) -> str:
     (with or without micro moments), trust-constr with a supply side.
 
     Gauss–Newton reached the same optimum in fewer evaluations on every demand benchmark
-    (exercise 2 Q5, Nevo, exercise 3 and its RCNL, all robustness starts); with a supply side
-    from starts far from the truth it stopped at local minima more often than trust-constr
-    (docs/performance.md), so supply fits keep trust-constr.
+    (exercise 2 Q5, Nevo, exercise 3 and its RCNL, all robustness starts). With a supply side
+    it reached the best objective as often as trust-constr on ``bench_robustness.py``'s supply
+    problems, in half the time, but from the documented start of the simulated economy in
+    ``tests/test_simulation_economy.py`` (σ = I, α = −2 against −5) it stops at a local minimum
+    that trust-constr does not (docs/performance.md, 2026-12-07), so supply fits keep
+    trust-constr.
 
     Examples
     --------

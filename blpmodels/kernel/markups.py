@@ -17,10 +17,13 @@ a = (Ω ⊙ 1η')P and b = (Ω ⊙ 1η')dP per agent. Each parameter moves utili
 derivatives in a product-times-agent pattern (dV_ki = dδ_k + u_k f_i, dD_ki = v_k f_i + e_k), so
 the agent sums collapse into matrix–vector products with arrays shared by all parameters; what
 is left are the ownership sums Ω(η∘dδ_l∘P) and Ω(η∘u_c∘P). With Ω = HH' by firm
-(:func:`firm_indicator`) they are firm sums H'X, all taken in one product, and no ``[T, J, I]``
-array is formed per parameter. On the shapes of pyblp's BLP automobile problem with supply (20
-markets × 150 products × 200 agents, 6 parameters) ∂η/∂θ takes 23 ms of CPU (one thread)
-instead of 65 ms with one ``[T, J, I]`` utility change per parameter. Nested models take the
+(:func:`firm_indicator`) they are firm sums H'X, all taken in one sparse product (each product
+adds its numbers to its own firm's sums once, whatever the number of firms), and no
+``[T, J, I]`` array is formed per parameter. On the shapes of pyblp's BLP automobile problem
+with supply (20 markets × 150 products × 200 agents, 6 parameters, 22 firms) ∂η/∂θ took 65 ms
+of CPU (one thread) with one ``[T, J, I]`` utility change per parameter, 23 ms with dense firm
+sums (idle machine), and 26–29 ms against their 35–37 ms with the sparse ones on a loaded one
+(docs/performance.md). Nested models take the
 same total derivative by central differences along the exact direction
 (:func:`directional_markup_derivative`).
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import scipy.sparse
 
 __all__ = [
     "directional_markup_derivative",
@@ -206,11 +210,9 @@ def markup_jacobian(
     u[:, :, has_column] = utility_columns[:, :, column_of[has_column]]
     v[:, :, has_column] = derivative_columns[:, :, column_of[has_column]]
     f = agent_factors
+    n_params = f.shape[2]
     columns = np.unique(column_of[has_column])
-    firm_sums = None
-    if firms is not None and not firm_sums_pay(
-        firms.shape[2], P.shape[1], f.shape[2], columns.size
-    ):
+    if firms is not None and not firm_sums_pay(firms.shape[2], P.shape[1], n_params, columns.size):
         firms = None
     if firms is None:
         a = owner_apply(ownership, None, eta[:, :, None] * P)
@@ -220,24 +222,29 @@ def markup_jacobian(
             [eta[:, :, None], eta[:, :, None] * delta_change, utility_columns[:, :, columns]],
             axis=2,
         )
-        scales[:, :, 1 + delta_change.shape[2] :] *= eta[:, :, None]
-        firm_sums = _firm_sums(firms, scales, P)
-        a = np.matmul(firms, firm_sums[:, 0])
+        scales[:, :, 1 + n_params :] *= eta[:, :, None]
+        rows = _firm_rows(firms)
+        firm_sums = _firm_sums(rows, firms.shape[2], scales, P)
+        a = firm_sums[rows, 0].reshape(P.shape)  # [Ω(η∘P)]_ki: the sum of k's firm
     gap = (np.diagonal(ownership, axis1=1, axis2=2) * eta)[:, :, None] - a
     wP = P * weights[:, None, :]
     Q = D * wP  # w D P
-    R = wP * gap  # w P gap
-    S = D * R  # w D P gap
+    # In place where an array is not needed again: fresh [T, J, I] arrays cost page faults.
+    R = np.multiply(gap, wP, out=gap)  # w P gap
+    S = np.multiply(D, R, out=wP)  # w D P gap
     Pt = np.swapaxes(P, 1, 2)
     m = np.matmul(Pt, delta_change) + f * np.matmul(Pt, u)  # [T, I, L] mean utility change
-    Rf = np.matmul(R, f)
-    Sf = np.matmul(S, f)
-    out = v * Rf + derivative_shift * R.sum(axis=2)[:, :, None]
-    out += delta_change * S.sum(axis=2)[:, :, None] + u * Sf - np.matmul(S, m)
+    # Agent sums of R and S against f, m and 1 in two products instead of five passes.
+    ones = np.ones((*f.shape[:2], 1))
+    R_sums = np.matmul(R, np.concatenate([f, ones], axis=2))
+    S_sums = np.matmul(S, np.concatenate([f, m, ones], axis=2))
+    Rf, Sf, Sm = R_sums[:, :, :n_params], S_sums[:, :, :n_params], S_sums[:, :, n_params:-1]
+    out = v * Rf + derivative_shift * R_sums[:, :, n_params:]
+    out += delta_change * S_sums[:, :, -1:] + u * Sf - Sm
     # − Σ_i Q_ki b_ki, b = Ω(η∘P∘dV) − a∘m with Ω(η∘P∘dV_l) = Ω(η∘dδ_l∘P) + f_l Ω(η∘u_c∘P)
-    out += np.matmul(Q * a, m)
-    if firm_sums is not None:
-        out -= _firm_terms(Q, f, firms, firm_sums, column_of, columns)
+    out += np.matmul(np.multiply(Q, a, out=a), m)
+    if firms is not None:
+        out -= _firm_terms(Q, f, rows, firm_sums, column_of, columns)
         return -np.linalg.solve(system, out)
     product = np.matmul(Q, Pt)  # [T, J, J] (QP')_km
     product *= ownership
@@ -253,52 +260,87 @@ def markup_jacobian(
 def firm_sums_pay(n_firms: int, width: int, n_params: int, n_columns: int) -> bool:
     """Whether the firm-sum path of :func:`markup_jacobian` costs less than the dense one.
 
-    Per market and agent, the firm path multiplies F·(1 + 2L + C)·J numbers (firm sums of
-    η, η∘dδ_l and η∘u_c, then one product per parameter and firm); the dense path J²·(2 + C)
-    (Ω(η∘P), Ω ⊙ QP' and one Ω product per column). With single-product firms (F = J) the
-    dense path wins.
+    Per market and agent, the firm path touches (3 + 2L + C)·J numbers whatever the number of
+    firms F (sparse firm sums of η, η∘dδ_l and η∘u_c, each product's firm sum of a and of
+    the L parameter terms, and their products with Q); the dense path J²·(2 + C) (Ω(η∘P),
+    Ω ⊙ QP' and one Ω product per column). Only markets of one or two products are cheaper
+    dense. ``n_firms`` is kept for the signature: the firm path no longer depends on it.
 
     Examples
     --------
-    >>> firm_sums_pay(22, 150, 6, 6), firm_sums_pay(150, 150, 6, 6)
-    (True, False)
+    >>> firm_sums_pay(22, 150, 6, 6), firm_sums_pay(150, 150, 6, 6), firm_sums_pay(1, 1, 6, 6)
+    (True, True, False)
     """
-    return n_firms * (1 + 2 * n_params + n_columns) < width * (2 + n_columns)
+    del n_firms  # the sparse firm sums cost the same for any number of firms
+    return (3 + 2 * n_params + n_columns) * width < width * width * (2 + n_columns)
 
 
-def _firm_sums(firms: np.ndarray, scales: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """``[T, X, F, I]`` Σ_m H_mF x_m P_mi for each column x of ``scales`` ``[T, J, X]``."""
-    n_markets, width, n_firms = firms.shape
-    columns = scales.shape[2]
-    weighted = (firms[:, :, None, :] * scales[:, :, :, None]).reshape(n_markets, width, -1)
-    sums = np.matmul(np.swapaxes(weighted, 1, 2), P)
-    return sums.reshape(n_markets, columns, n_firms, P.shape[2])
+def _firm_rows(firms: np.ndarray) -> np.ndarray:
+    """``(T·J,)`` each product's firm as a row of the ``T·F + 1`` firm sums: t·F + its firm,
+    and the last row (a sum that stays zero) for padding, which belongs to no firm."""
+    n_markets, _, n_firms = firms.shape
+    own = np.argmax(firms, axis=2) + n_firms * np.arange(n_markets)[:, None]
+    return np.where(firms.any(axis=2), own, n_markets * n_firms).ravel()
+
+
+def _firm_sums(rows: np.ndarray, n_firms: int, scales: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """``[T·F + 1, X, I]`` Σ_{m∈F} x_m P_mi for each column x of ``scales`` ``[T, J, X]``.
+
+    One sparse product: column (t, m) of the ``[(T·F + 1)·X, T·J]`` matrix holds x_m in the
+    X rows of m's firm, so each product's X numbers are added once to its firm's sums
+    (X·J·I work instead of the F·X·J·I of a dense product with the 0/1 firm indicator).
+    The padding row receives only padding products, whose P is zero.
+    """
+    n_markets, width, n_scales = scales.shape
+    n_products = n_markets * width
+    indices = (rows[:, None] * n_scales + np.arange(n_scales)).ravel()
+    pointers = np.arange(0, n_products * n_scales + 1, n_scales)
+    matrix = scipy.sparse.csc_matrix(
+        (scales.reshape(-1), indices, pointers),
+        shape=((n_markets * n_firms + 1) * n_scales, n_products),
+    )
+    sums = matrix @ np.ascontiguousarray(P).reshape(n_products, -1)
+    return np.asarray(sums).reshape(n_markets * n_firms + 1, n_scales, -1)
 
 
 def _firm_terms(
     Q: np.ndarray,
     f: np.ndarray,
-    firms: np.ndarray,
+    rows: np.ndarray,
     firm_sums: np.ndarray,
     column_of: np.ndarray,
     columns: np.ndarray,
 ) -> np.ndarray:
     """``[T, J, L]`` Σ_i Q_ki [Ω(η∘dδ_l∘P) + f_l Ω(η∘u_c(l)∘P)]_ki through firm sums.
 
-    [ΩX]_ki = Z_{F(k), i} with Z = H'X, so the sum is [Q V_l']_{k, F(k)} with
-    V_l = Z(η∘dδ_l) + f_l Z(η∘u_c(l)): one product ``[T, J, I] @ [T, I, L·F]``.
+    [ΩX]_ki = Z_{F(k), i} with Z = H'X, so the sum is Σ_i Q_ki V_l[F(k), i] with
+    V_l = Z(η∘dδ_l) + f_l Z(η∘u_c(l)): each product's Q row against its own firm's V. As one
+    sparse product (row k of the ``[T·J, (T·F + 1)·I]`` matrix holds Q_k in the I columns of
+    k's firm), no product-by-agent copy of V is formed.
     """
-    n_markets, width, n_firms = firms.shape
+    n_markets, width, n_agents = Q.shape
     n_params = f.shape[2]
-    combined = firm_sums[:, 1 : 1 + n_params].copy()  # [T, L, F, I]
+    n_groups = firm_sums.shape[0]
+    n_firms = (n_groups - 1) // n_markets
+    combined = firm_sums[:, 1 : 1 + n_params].copy()  # [T·F + 1, L, I]
+    by_market = combined[:-1].reshape(n_markets, n_firms, n_params, n_agents)
+    factors = np.swapaxes(f, 1, 2)  # [T, L, I]
     for offset, column in enumerate(columns):
-        places = np.flatnonzero(column_of == column)
-        moved = firm_sums[:, 1 + n_params + offset]  # [T, F, I]
-        combined[:, places] += np.swapaxes(f[:, :, places], 1, 2)[:, :, None, :] * moved[:, None]
-    flat = combined.reshape(n_markets, n_params * n_firms, -1)
-    terms = np.matmul(Q, np.swapaxes(flat, 1, 2)).reshape(n_markets, width, n_params, n_firms)
-    own = np.argmax(firms, axis=2)  # each product's firm (padding rows: Q is zero there)
-    return np.take_along_axis(terms, own[:, :, None, None], axis=3)[:, :, :, 0]
+        moved = firm_sums[:-1, 1 + n_params + offset].reshape(n_markets, n_firms, n_agents)
+        for place in np.flatnonzero(column_of == column):
+            by_market[:, :, place] += factors[:, None, place] * moved
+    combined = np.swapaxes(combined, 1, 2).copy()  # [T·F + 1, I, L] for the product
+    n_products = n_markets * width
+    matrix = scipy.sparse.csr_matrix(
+        (
+            np.ascontiguousarray(Q).reshape(-1),
+            (rows[:, None] * n_agents + np.arange(n_agents)).ravel(),
+            np.arange(0, n_products * n_agents + 1, n_agents),
+        ),
+        shape=(n_products, n_groups * n_agents),
+    )
+    terms = matrix @ combined.reshape(n_groups * n_agents, n_params)
+    return np.asarray(terms).reshape(n_markets, width, n_params)
 
 
 def directional_markup_derivative(
