@@ -23,6 +23,15 @@ optimizer and options):
   timed is ``results.micro_scores(dataset, micro)`` against pyblp's
   ``results.compute_micro_scores(dataset, micro)`` on the same rows (the fits at the start,
   outside the timing). The parent builds the rows once and hands both children the file.
+* ``petrin`` pyblp's micro-moment tutorial: Petrin (2002) minivans, demand and log-cost supply,
+  ten CEX ratio moments, start at the tutorial's published estimates, two-step GMM with
+  clustered W and standard errors, SQUAREM atol 1e-13 (blpmodels ``fp_tol=1e-13``) and the
+  tutorial's BFGS with gtol 1e-4 on θ itself (blpmodels ``optimizer="bfgs"``,
+  ``scale_parameters=False``); blpmodels also with its default optimizer. The specification is
+  ``tests/test_micro_petrin.py``'s (checked against pyblp there); pyblp's fit takes about ten
+  minutes (``--pyblp-timeout``).
+* ``petrin-eval`` one evaluation of ``petrin`` at its start (initial update, objective,
+  gradient, clustered standard errors: pyblp's ``method="1s"`` with ``Optimization('return')``).
 
 Each library's fit runs in a fresh subprocess (``--child``), which reports its wall and CPU time
 (building the problem included), evaluation counts, and the peak resident memory of that
@@ -31,10 +40,14 @@ so the memory numbers of the two libraries are comparable. The parent prints the
 with the speed ratio and the largest relative difference between the estimates.
 
 Run ``python benchmarks/bench_micro.py`` (needs pyblp and the shared data; pyblp takes minutes).
-``--only ex3-q2 s3-rcnl s3-rcnl-eval nevo-scores`` picks problems, ``--repeat N`` runs each fit
-N times (fresh processes; the best wall time is kept), ``--libraries blpmodels`` skips pyblp,
-``--threads`` sets blpmodels' threads, ``--baseline PATH`` also times ``nevo-scores`` with the
-blpmodels found at PATH (e.g. ``git archive`` of an older commit).
+``--only ex3-q2 s3-rcnl s3-rcnl-eval nevo-scores petrin petrin-eval`` picks problems,
+``--repeat N`` runs each fit N times (fresh processes; the best wall time is kept),
+``--libraries blpmodels`` skips pyblp, ``--threads`` sets blpmodels' threads, ``--baseline
+PATH`` also times ``nevo-scores``, ``petrin`` and ``petrin-eval`` with the blpmodels found at
+PATH (e.g. ``git archive`` of an older commit), ``--pyblp-timeout S`` stops a pyblp fit after S
+seconds (reported, not compared), ``--petrin-maxiter N`` caps BFGS at N iterations per GMM
+step in both libraries (``petrin`` on a busy machine: pyblp's full fit takes ten minutes or
+more).
 """
 
 from __future__ import annotations
@@ -51,7 +64,11 @@ import warnings
 import common  # first: it sets one BLAS thread before numpy loads
 import numpy as np
 
-PROBLEMS = ("ex3-q2", "s3-rcnl", "s3-rcnl-eval", "nevo-scores")
+PROBLEMS = ("ex3-q2", "s3-rcnl", "s3-rcnl-eval", "nevo-scores", "petrin", "petrin-eval")
+#: Where ``tests/test_micro_petrin.py`` (the Petrin specification) lives.
+TESTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+#: The tutorial's optimizer options (pyblp's BFGS on θ, gtol 1e-4).
+PETRIN_OPTIONS = {"gtol": 1e-4}
 MARKETS = ["C01Q1", "C01Q2"]
 CHARACTERISTICS = ["Intercept", "mushy", "prices"]
 START = {"sigma": np.diag([1.0, 1.0, 6.0]), "pi": [[-0.3], [0.1], [-6.0]]}
@@ -204,6 +221,63 @@ def run_pyblp(problem: str, products, agents) -> dict:
     }
 
 
+def _petrin_spec():
+    """``tests/test_micro_petrin.py``: the tutorial's problem in both libraries."""
+    if TESTS not in sys.path:
+        sys.path.append(TESTS)
+    import test_micro_petrin
+
+    return test_micro_petrin
+
+
+def run_petrin(library: str, petrin, optimizer: str, threads, maxiter=None) -> dict:
+    """The Petrin tutorial fit (``petrin``) or one evaluation at its start (``optimizer`` "-");
+    ``maxiter`` caps BFGS's iterations in each GMM step (both libraries)."""
+    spec = _petrin_spec()
+    evaluate = optimizer == "-"
+    bfgs = {**PETRIN_OPTIONS, **({} if maxiter is None else {"maxiter": maxiter})}
+    if library == "pyblp":
+        import pyblp
+
+        pyblp.options.verbose = False
+        options = (
+            {"method": "1s", "optimization": pyblp.Optimization("return")}
+            if evaluate
+            else {"method": "2s", "optimization": pyblp.Optimization("bfgs", bfgs)}
+        )
+        results = spec.pyblp_solve(pyblp, petrin, **options)
+        params = spec.pyblp_values(results)[0]
+        return {
+            "params": [float(v) for v in params],
+            "objective": float(np.squeeze(results.objective)),
+            "evaluations": int(results.cumulative_objective_evaluations),
+            "contractions": int(np.sum(results.cumulative_contraction_evaluations)),
+            "converged": bool(results.converged),
+            "micro": [float(v) for v in np.ravel(results.micro_values)],
+        }
+    model = spec.petrin_model(*petrin)
+    if threads is not None:
+        model.threads = threads
+    if evaluate:
+        results = spec.fit_at_start(model)
+    else:
+        options = {"method": "2s", "fp_tol": spec.FP_TOL, "micro_moments": spec.petrin_moments()}
+        if optimizer == "bfgs":
+            options.update(optimizer="bfgs", optimizer_options=bfgs, scale_parameters=False)
+        results = model.fit(
+            spec.SIGMA, spec.PI, cov_type="clustered", cov_kwds=spec.CLUSTERS, **options
+        )
+    convergence = results.info.convergence
+    return {
+        "params": [float(v) for v in spec.in_pyblp_order(results.params)],
+        "objective": float(results.objective),
+        "evaluations": int(convergence.get("evaluations", 0)),
+        "contractions": int(convergence.get("contraction_evaluations", 0)),
+        "converged": bool(convergence.get("converged", False)),
+        "micro": [float(v) for v in results.micro_values()["model"]],
+    }
+
+
 #: The tutorial's survey: 1,000 consumers, every choice (outside option included) sampled.
 RESPONDENTS = 1000
 #: Normal draws of the unobserved tastes per respondent.
@@ -327,18 +401,25 @@ def run_scores(arguments) -> None:
             )
 
 
-def child(problem: str, library: str, optimizer: str, threads) -> None:
+def child(problem: str, library: str, optimizer: str, threads, baseline=None, maxiter=None) -> None:
     """One fit in this (fresh) process; prints a JSON line with times and memory."""
     warnings.simplefilter("ignore")
+    if baseline:
+        sys.path.insert(0, baseline)
     start, start_cpu = time.perf_counter(), time.process_time()
     if library == "pyblp":
         import pyblp  # noqa: F401  (imported before the data, as blpmodels is)
     else:
         import blpmodels  # noqa: F401
-    products, agents = _data(problem)
+    if problem.startswith("petrin"):
+        products, agents = _petrin_spec().load_petrin()
+    else:
+        products, agents = _data(problem)
     before = common.peak_mib()
     fit_start, fit_cpu = time.perf_counter(), time.process_time()
-    if library == "pyblp":
+    if problem.startswith("petrin"):
+        outcome = run_petrin(library, (products, agents), optimizer, threads, maxiter)
+    elif library == "pyblp":
         outcome = run_pyblp(problem, products, agents)
     else:
         outcome = run_blpmodels(problem, products, agents, optimizer, threads)
@@ -353,11 +434,11 @@ def child(problem: str, library: str, optimizer: str, threads) -> None:
     print("RESULT " + json.dumps(outcome))
 
 
-def _spawn(problem: str, library: str, optimizer: str, threads, extra=()) -> dict:
+def _spawn(problem: str, library: str, optimizer: str, threads, extra=(), timeout=None) -> dict:
     command = [sys.executable, __file__, "--child", problem, library, optimizer, *extra]
     if threads is not None:
         command += ["--threads", str(threads)]
-    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    finished = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout)
     for line in finished.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
@@ -365,8 +446,11 @@ def _spawn(problem: str, library: str, optimizer: str, threads, extra=()) -> dic
 
 
 def _best(problem: str, library: str, optimizer: str, arguments, extra=()) -> dict:
+    timeout = arguments.pyblp_timeout if library == "pyblp" else None
+    if problem.startswith("petrin") and arguments.petrin_maxiter is not None:
+        extra = [*extra, "--petrin-maxiter", str(arguments.petrin_maxiter)]
     runs = [
-        _spawn(problem, library, optimizer, arguments.threads, extra)
+        _spawn(problem, library, optimizer, arguments.threads, extra, timeout)
         for _ in range(arguments.repeat)
     ]
     best = min(runs, key=lambda run: run["wall"])
@@ -394,20 +478,39 @@ def run_problem(problem: str, arguments) -> None:
         return
     print(f"{problem} (best of {arguments.repeat}; fit times exclude imports and data loading)")
     theirs = None
+    petrin = problem.startswith("petrin")
+    if petrin and arguments.petrin_maxiter is not None and not problem.endswith("-eval"):
+        print(f"  BFGS capped at {arguments.petrin_maxiter} iterations per GMM step (both)")
     if "pyblp" in arguments.libraries:
-        theirs = _best(problem, "pyblp", "l-bfgs-b", arguments)
-        print(_line("pyblp 1.3.0, l-bfgs-b", theirs))
+        optimizer = ("-" if problem.endswith("-eval") else "bfgs") if petrin else "l-bfgs-b"
+        try:
+            theirs = _best(problem, "pyblp", optimizer, arguments)
+        except subprocess.TimeoutExpired:
+            print(f"  pyblp 1.3.0 stopped after --pyblp-timeout {arguments.pyblp_timeout} s")
+        else:
+            label = "pyblp 1.3.0" if problem.endswith("-eval") else f"pyblp 1.3.0, {optimizer}"
+            print(_line(label, theirs))
     if "blpmodels" not in arguments.libraries:
         return
-    optimizers = (
-        ["l-bfgs-b"] if problem.endswith("-eval") else ["l-bfgs-b", "trust-constr", "gauss-newton"]
-    )
+    if problem.endswith("-eval"):
+        optimizers = ["-" if petrin else "l-bfgs-b"]
+    else:
+        optimizers = ["bfgs", "auto"] if petrin else ["l-bfgs-b", "trust-constr", "gauss-newton"]
+    baselines = [(None, "")]
+    if petrin and arguments.baseline:
+        baselines.insert(0, (arguments.baseline, " (baseline)"))
     for optimizer in optimizers:
-        ours = _best(problem, "blpmodels", optimizer, arguments)
-        label = "blpmodels" if problem.endswith("-eval") else f"blpmodels, {optimizer}"
-        print(_line(label, ours))
-        if theirs is None:
-            continue
+        for baseline, suffix in baselines:
+            extra = ["--baseline", baseline] if baseline else []
+            ours = _best(problem, "blpmodels", optimizer, arguments, extra)
+            label = "blpmodels" if problem.endswith("-eval") else f"blpmodels, {optimizer}"
+            _compare(label + suffix, ours, theirs)
+
+
+def _compare(label: str, ours: dict, theirs: dict | None) -> None:
+    """Print one blpmodels run and, with pyblp's, the ratios and largest differences."""
+    print(_line(label, ours))
+    if theirs is not None:
         print(
             f"    speed-up {theirs['wall'] / ours['wall']:.1f}x wall, "
             f"{theirs['cpu'] / ours['cpu']:.1f}x CPU; peak memory {ours['peak_mib']:.0f} vs "
@@ -426,13 +529,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="blpmodels threads")
     parser.add_argument("--child", nargs=3, metavar=("PROBLEM", "LIBRARY", "OPTIMIZER"))
     parser.add_argument("--micro-data", help="(children) the nevo-scores rows")
-    parser.add_argument("--baseline", help="also time nevo-scores with the blpmodels at PATH")
+    parser.add_argument(
+        "--baseline", help="also time nevo-scores and petrin with the blpmodels at PATH"
+    )
+    parser.add_argument(
+        "--pyblp-timeout", type=float, default=None, help="seconds before a pyblp fit is stopped"
+    )
+    parser.add_argument(
+        "--petrin-maxiter", type=int, default=None, help="petrin: BFGS iterations per GMM step"
+    )
     arguments = parser.parse_args()
     if arguments.child and arguments.child[0] == "nevo-scores":
         scores_child(arguments.child[1], arguments.micro_data, arguments.baseline)
         return
     if arguments.child:
-        child(*arguments.child, arguments.threads)
+        child(*arguments.child, arguments.threads, arguments.baseline, arguments.petrin_maxiter)
         return
     import blpmodels
 

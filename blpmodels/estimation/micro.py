@@ -35,10 +35,16 @@ import pandas as pd
 
 from blpmodels.data.products import ProductDesign
 from blpmodels.estimation.micro_parts import (
+    _agent_columns,
     _check_name,
     _check_probability,
     _column,
+    _compact,
+    _covariance_block,
+    _dense,
     _indicator,
+    _stored_size,
+    _survey_sums,
     covariance,
     covariance_gradient,
     dataset_repr,
@@ -583,27 +589,25 @@ class _Survey:
         stacked = np.stack([base, *[base * v for v in values]])
         return stacked.reshape(len(values) + 1, -1), np.stack(values).reshape(len(values), -1)
 
-    def arrays(self, agents: slice, n_agents: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stored arrays of some agents, or computed anew when they were too large to keep."""
+    def arrays(self, agents: slice, n_agents: int) -> tuple[Any, Any]:
+        """Stored arrays of some agents (sparse when mostly zeros), or computed anew when they
+        were too large to keep."""
         if self.weighted is None or self.values is None:
             return self.compute(agents)
-        return self._rows(self.weighted, agents, n_agents), self._rows(
+        return _agent_columns(self.weighted, agents, n_agents), _agent_columns(
             self.values, agents, n_agents
         )
 
     def weighted_arrays(self, agents: slice, n_agents: int) -> np.ndarray:
-        """The weighted arrays alone (what every evaluation needs; the values serve only the
-        covariance), kept on their own when both together were too large."""
+        """The weighted arrays alone, dense (what every evaluation needs; the values serve only
+        the covariance), kept on their own when both together were too large."""
+        return _dense(self.stored_weighted(agents, n_agents))
+
+    def stored_weighted(self, agents: slice, n_agents: int) -> Any:
+        """:meth:`weighted_arrays` as stored: a sparse matrix when mostly zeros."""
         if self.weighted is None:
             return self.compute(agents)[0]
-        return self._rows(self.weighted, agents, n_agents)
-
-    @staticmethod
-    def _rows(array: np.ndarray, agents: slice, n_agents: int) -> np.ndarray:
-        if agents == slice(0, n_agents):
-            return array
-        rows = array.shape[0]
-        return array.reshape(rows, n_agents, -1)[:, agents].reshape(rows, -1)
+        return _agent_columns(self.weighted, agents, n_agents)
 
 
 def _checked_moments(moments: Sequence[MicroMoment]) -> list[MicroMoment]:
@@ -829,11 +833,15 @@ class MicroBlock:
         returns the survey's total weight."""
         weighted, values = survey.compute(slice(0, n_agents))
         self._indicator_parts[survey.parts] &= ((values == 0.0) | (values == 1.0)).all(axis=1)
-        if weighted.size + values.size <= self.store_limit:
-            survey.weighted, survey.values = weighted, values
-        elif weighted.size <= self.store_limit:
-            survey.weighted = weighted
-        return float(weighted[0].sum())
+        total = float(weighted[0].sum())
+        # Second choices stay dense: their pair tangents contract the [I, 1+J, 1+J] grid.
+        kept = weighted if survey.second else _compact(weighted)
+        kept_values = values if survey.second else _compact(values)
+        if _stored_size(kept) + _stored_size(kept_values) <= self.store_limit:
+            survey.weighted, survey.values = kept, kept_values
+        elif _stored_size(kept) <= self.store_limit:
+            survey.weighted = kept
+        return total
 
     def _agent_chunks(self, market: MicroMarket) -> list[slice]:
         """Agents in chunks of about ``chunk_values`` values per probability array."""
@@ -882,20 +890,15 @@ class MicroBlock:
                 if covariance:
                     weighted, values = survey.arrays(agents, market.n_agents)
                 else:
-                    weighted = survey.weighted_arrays(agents, market.n_agents)
-                flat = prob.reshape(-1)
-                contribution = weighted @ flat
+                    weighted = survey.stored_weighted(agents, market.n_agents)
+                contribution, tangent = _survey_sums(weighted, prob, d_prob, n_theta, jacobian)
                 denominator[survey.dataset] += contribution[0]
                 numerator[survey.parts] += contribution[1:]
                 if jacobian:
-                    if hasattr(d_prob, "contract"):  # pair tangents, never formed whole
-                        tangent = d_prob.contract(weighted)
-                    else:
-                        tangent = weighted @ d_prob.reshape(n_theta, -1).T
                     d_denominator[survey.dataset] += tangent[0]
                     d_numerator[survey.parts] += tangent[1:]
                 if covariance:
-                    block = (weighted[1:] * flat) @ values.T
+                    block = _covariance_block(weighted, values, prob)
                     second_moments[np.ix_(survey.parts, survey.parts)] += block
         return numerator, denominator, d_numerator, d_denominator, second_moments
 
@@ -945,7 +948,15 @@ class MicroBlock:
         jacobian = delta_jacobian is not None
         n_theta = delta_jacobian.shape[2] if jacobian else 0
         pieces = self._accumulate(
-            lambda market, agents: model.market(market, theta, delta, delta_jacobian, agents),
+            # Second-choice pair tangents need the first-choice tangents whole: form them once.
+            lambda market, agents: model.market(
+                market,
+                theta,
+                delta,
+                delta_jacobian,
+                agents,
+                contractible=not any(survey.second for survey in market.surveys),
+            ),
             n_theta,
             jacobian,
         )

@@ -90,11 +90,17 @@ class MicroProbabilities:
         delta: np.ndarray,
         delta_jacobian: np.ndarray | None,
         agents: slice,
-    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+        contractible: bool = False,
+    ) -> tuple[np.ndarray, Any, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
         """Some agents' first-choice probabilities ``[I, 1+J]`` (outside first), θ-tangents
         ``[P, I, 1+J]``, and a function of the removed groups ``[1+J]`` giving the pair
-        probabilities ``[I, 1+J, 1+J]`` of (first, second) choices and their tangents."""
+        probabilities ``[I, 1+J, 1+J]`` of (first, second) choices and their tangents.
+
+        With ``contractible`` the logit tangents are a :class:`_LogitFirstTangent`, which
+        contracts weights with them without forming the ``[P, I, 1+J]`` array."""
         nodes, demographics = self._agent_arrays(market, agents)
+        if contractible:
+            return self._consumers(market, theta, delta, delta_jacobian, nodes, demographics, True)
         return self.consumers(market, theta, delta, delta_jacobian, nodes, demographics)
 
     def consumers(
@@ -105,22 +111,38 @@ class MicroProbabilities:
         delta_jacobian: np.ndarray | None,
         nodes: np.ndarray,
         demographics: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+    ) -> tuple[np.ndarray, Any, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
         """:meth:`market` for any consumers: ``nodes`` ``[1, I, K]`` and ``demographics``
         ``[1, I, D]`` (agents of the data, or respondents of a survey)."""
+        return self._consumers(market, theta, delta, delta_jacobian, nodes, demographics, False)
+
+    def _consumers(
+        self,
+        market: MicroMarket,
+        theta: np.ndarray,
+        delta: np.ndarray,
+        delta_jacobian: np.ndarray | None,
+        nodes: np.ndarray,
+        demographics: np.ndarray,
+        contractible: bool,
+    ) -> tuple[np.ndarray, Any, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+        """:meth:`consumers`; ``contractible``: logit tangents as a :class:`_LogitFirstTangent`."""
         utilities = self._utilities(market, theta, delta, nodes, demographics)
-        tangents = None
-        if delta_jacobian is not None:
-            tangents = self._utility_tangents(market, theta, delta_jacobian, nodes, demographics)
         rho = self._rho(theta)
-        if rho is not None and np.any(rho != 0):
+        nested = rho is not None and np.any(rho != 0)
+        tangents = None
+        if delta_jacobian is not None and (nested or not contractible):
+            tangents = self._utility_tangents(market, theta, delta_jacobian, nodes, demographics)
+        if nested:
             return self._nested_market(market, theta, utilities, tangents, rho)
         first = _logit(utilities)
-        d_first = None
+        d_first: Any = None
         if tangents is not None:
-            inside = first[None, :, 1:]
-            mean = (inside * tangents).sum(axis=2, keepdims=True)  # [P, I, 1]
-            d_first = np.concatenate([-first[None, :, :1] * mean, inside * (tangents - mean)], 2)
+            d_first = _logit_tangents(first, tangents)
+        elif delta_jacobian is not None:
+            d_first = _LogitFirstTangent(
+                self, market, theta, delta_jacobian, nodes, demographics, first
+            )
 
         def pair(groups: np.ndarray) -> tuple[np.ndarray, Any]:
             # Logit: P(a first, b second) = s_a s_b / (1 − S_a), S_a the share of a's group.
@@ -133,7 +155,8 @@ class MicroProbabilities:
             joint[:, same > 0] = 0.0
             if d_first is None:
                 return joint, None
-            return joint, _LogitPairTangent(first, d_first, ratio, scale, same)
+            dense = d_first.dense() if isinstance(d_first, _LogitFirstTangent) else d_first
+            return joint, _LogitPairTangent(first, dense, ratio, scale, same)
 
         return first, d_first, pair
 
@@ -245,6 +268,128 @@ class MicroProbabilities:
             return _nested_pair_tangents(utilities, tangents, nests, groups, first, d_first)
 
         return first, d_first, pair
+
+
+def _logit_tangents(first: np.ndarray, tangents: np.ndarray) -> np.ndarray:
+    """``[P, I, 1+J]`` ∂s_ij/∂θ = s_ij (∂u_ij/∂θ − Σ_k s_ik ∂u_ik/∂θ) from ``[P, I, J]``
+    utility tangents (the outside option's utility is 0)."""
+    inside = first[None, :, 1:]
+    mean = (inside * tangents).sum(axis=2, keepdims=True)  # [P, I, 1]
+    return np.concatenate([-first[None, :, :1] * mean, inside * (tangents - mean)], 2)
+
+
+@dataclass(eq=False)
+class _LogitFirstTangent:
+    """θ-tangents of logit first-choice probabilities, contracted with survey weights without
+    forming the ``[P, I, 1+J]`` array (:meth:`dense` forms it when a pair tangent needs it).
+
+    ∂s_ij/∂θ_p = s_ij (T_pij − m_pi), with T_pij = ∂δ_j/∂θ_p + Σ_(c,q)→p g_qi x_jc (g the agent
+    factors of the coefficient of X2 column c, zero for the outside option) and m_pi = Σ_k s_ik
+    T_pik. With A_n = w_n ∘ s, Σ_ij A_nij (T_pij − m_pi) = Σ_j B_nj ∂δ_j/∂θ_p + Σ_(c,q)→p Σ_i
+    g_qi (Z_nic − a_ni (s_i x)_c) − Σ_i a_ni (s_i ∂δ/∂θ_p) with B_nj = Σ_i A_nij, Z_nic = Σ_j
+    A_nij x_jc and a_ni = Σ_j A_nij: O(nnz(w)·K2 + I·J·(P + K2)) work instead of
+    O(I·J·P) for the tangents and O(n·I·J·P) for their product with the weights.
+    """
+
+    model: MicroProbabilities
+    market: MicroMarket
+    theta: np.ndarray
+    delta_jacobian: np.ndarray
+    nodes: np.ndarray
+    demographics: np.ndarray
+    first: np.ndarray  # [I, 1+J]
+    _dense: np.ndarray | None = None
+
+    def dense(self) -> np.ndarray:
+        """``[P, I, 1+J]`` tangents."""
+        if self._dense is None:
+            tangents = self.model._utility_tangents(
+                self.market, self.theta, self.delta_jacobian, self.nodes, self.demographics
+            )
+            self._dense = _logit_tangents(self.first, tangents)
+        return self._dense
+
+    def contract(self, weighted: Any) -> np.ndarray:
+        """``[n, P]`` Σ_ij weighted_n[i·(1+J) + j] ∂s_ij/∂θ for ``[n, I·(1+J)]`` weights
+        (dense, or a scipy CSR matrix)."""
+        return self.contract_all(weighted)[1]
+
+    def contract_all(self, weighted: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``([n], [n, P])``: ``weighted @ s`` (Σ_i a_ni, a by-product) and :meth:`contract`."""
+        model, t, n = self.model, self.market.position, self.market.n_products
+        first = self.first
+        n_agents, size = first.shape
+        rows = weighted.shape[0]
+        x2 = model.characteristics[t, :n]  # [J, K2]
+        # [1+J, K2+1]: X2 with a zero outside row, and a column of ones (gives a_ni).
+        extended = np.zeros((size, x2.shape[1] + 1))
+        extended[1:, :-1] = x2
+        extended[:, -1] = 1.0
+        if hasattr(weighted, "indptr"):
+            by_agent, cells = _agent_rows(weighted, n_agents, size)
+            scaled = weighted.data * first.reshape(-1)[weighted.indices]
+            totals = np.bincount(cells, scaled, rows * size)
+            totals = totals.reshape(rows, size)  # B
+            exposure = by_agent(scaled) @ extended  # [n·I, K2+1]
+        else:
+            scaled = weighted.reshape(rows, n_agents, size) * first
+            totals = scaled.sum(axis=1)
+            exposure = scaled.reshape(rows * n_agents, size) @ extended
+        exposure = exposure.reshape(rows, n_agents, -1)
+        jacobian = self.delta_jacobian[t, :n]  # [J, P]
+        n_theta = jacobian.shape[1]
+        inside = first[:, 1:]
+        mean_delta = inside @ jacobian  # [I, P]
+        mean_x2 = inside @ x2  # [I, K2]
+        mass = exposure[:, :, -1]  # [n, I]: a_ni
+        result = totals[:, 1:] @ jacobian - mass @ mean_delta
+        coefficients, _ = model.parameters.coefficients(self.theta, self.nodes, self.demographics)
+        factors, positions = model.parameters.agent_factors(
+            coefficients, self.nodes, self.demographics
+        )
+        for column, (factor, places) in enumerate(zip(factors, positions, strict=True)):
+            if not any(position < n_theta for position in places):
+                continue
+            net = exposure[:, :, column] - mass * mean_x2[:, column]  # [n, I]
+            for offset, position in enumerate(places):
+                if position < n_theta:
+                    result[:, position] += net @ factor[0, offset]
+        return mass.sum(axis=1), result
+
+
+def _agent_rows(weighted: Any, n_agents: int, size: int) -> tuple[Callable, np.ndarray]:
+    """For a CSR ``[n, I·(1+J)]`` matrix: a function giving the ``[n·I, 1+J]`` CSR matrix with
+    the same nonzeros (other values), and each nonzero's cell ``row·(1+J) + j`` of ``[n, 1+J]``.
+    Cached on the matrix, which a survey stores once and hands to every evaluation."""
+    import scipy.sparse
+
+    cached = getattr(weighted, "_blpmodels_agent_rows", None)
+    if cached is None:
+        indices = weighted.indices
+        agent, choice = np.divmod(indices, size)
+        rows_of = np.repeat(np.arange(weighted.shape[0]), np.diff(weighted.indptr))
+        counts = np.bincount(rows_of * n_agents + agent, minlength=weighted.shape[0] * n_agents)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        cells = rows_of * size + choice
+        # 32-bit indices where they fit: half the memory of the cache (16 bytes a nonzero).
+        small = max(indices.size, cells.max(initial=0)) < np.iinfo(np.int32).max
+        kind = np.int32 if small else np.int64
+        cached = (
+            choice.astype(kind),
+            indptr.astype(kind),
+            weighted.shape[0] * n_agents,
+            cells.astype(kind),
+        )
+        try:
+            weighted._blpmodels_agent_rows = cached
+        except AttributeError:  # pragma: no cover - a matrix type without attributes
+            pass
+    choice, indptr, n_rows, cells = cached
+
+    def by_agent(values: np.ndarray) -> Any:
+        return scipy.sparse.csr_array((values, choice, indptr), shape=(n_rows, size))
+
+    return by_agent, cells
 
 
 @dataclass(frozen=True, eq=False)
