@@ -23,8 +23,6 @@ import pandas as pd
 from blpmodels.data.design import warn_user
 from blpmodels.estimation.optimize import progress
 from blpmodels.exceptions import BLPInputError, FixedPointError
-from blpmodels.kernel.delta import solve_delta
-from blpmodels.kernel.shares import ShareEvaluator
 from blpmodels.results.base import ResultsRole, check_flag
 from blpmodels.results.demand import DemandSystem
 
@@ -139,20 +137,9 @@ class DrawOutcomes:
 
 
 def _inverted_delta(system: DemandSystem, results: Any) -> np.ndarray:
-    """δ reproducing the observed shares under ``system``'s nonlinear parameters, started at
-    the estimated δ (one SQUAREM contraction per market chunk)."""
+    """δ reproducing the observed shares under ``system``'s nonlinear parameters."""
     design = results.model.design
-    log_shares = np.log(design.shares)
-    delta = np.array(results._delta, dtype=np.float64, copy=True)
-    failed: list[Any] = []
-    for chunk in system.chunks(system.market_positions()):
-        inputs = system.inputs(chunk)
-        evaluator = ShareEvaluator(inputs.mu, inputs.weights, inputs.mask, inputs.nesting)
-        observed = np.where(inputs.mask, log_shares[inputs.rows], 0.0)
-        start = np.where(inputs.mask, delta[inputs.rows], 0.0)
-        solved = solve_delta(evaluator, observed, start)
-        failed.extend(design.layout.market_labels[chunk[~solved.converged]].tolist())
-        delta[inputs.rows[inputs.mask]] = solved.delta[inputs.mask]
+    delta, failed = system.invert_shares(design.shares)
     if failed:
         raise FixedPointError(
             f"the share inversion at the draw's parameters did not converge in {len(failed)} "

@@ -22,6 +22,7 @@ from blpmodels.data.formula import required_variables
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.data.products import ProductDesign
 from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.delta import solve_delta
 from blpmodels.kernel.equilibrium import PriceState
 from blpmodels.kernel.jacobians import share_jacobian
 from blpmodels.kernel.shares import Nesting, Probabilities, ShareEvaluator, removal_shares
@@ -181,6 +182,48 @@ class DemandSystem:
             theta=theta if theta is not None else self.theta,
             rho=rho,
         )
+
+    def invert_shares(
+        self, shares: np.ndarray, *, tol: float = 1e-14, max_evaluations: int = 5000
+    ) -> tuple[np.ndarray, list[Any]]:
+        """δ that reproduces ``shares`` under this system's nonlinear parameters.
+
+        One SQUAREM contraction per chunk of markets, started at the system's δ.
+
+        Parameters
+        ----------
+        shares : numpy.ndarray
+            ``(N,)`` shares, in the rows of the estimation data.
+        tol, max_evaluations
+            As in :func:`~blpmodels.kernel.delta.solve_delta`.
+
+        Returns
+        -------
+        delta : numpy.ndarray
+            ``(N,)`` δ (where a market failed, the contraction's last iterate).
+        failed : list
+            Labels of the markets where the contraction did not converge.
+
+        Examples
+        --------
+        >>> shares = results.model.design.shares  # doctest: +SKIP
+        >>> delta, failed = results.demand.invert_shares(shares)  # doctest: +SKIP
+        >>> failed  # doctest: +SKIP
+        []
+        """
+        log_shares = np.log(shares)
+        delta = np.array(self.delta, dtype=np.float64, copy=True)
+        failed: list[Any] = []
+        for chunk in self.chunks(self.market_positions()):
+            inputs = self.inputs(chunk)
+            evaluator = ShareEvaluator(inputs.mu, inputs.weights, inputs.mask, inputs.nesting)
+            observed = np.where(inputs.mask, log_shares[inputs.rows], 0.0)
+            solved = solve_delta(
+                evaluator, observed, inputs.delta, tol=tol, max_evaluations=max_evaluations
+            )
+            failed.extend(self.design.layout.market_labels[chunk[~solved.converged]].tolist())
+            delta[inputs.rows[inputs.mask]] = solved.delta[inputs.mask]
+        return delta, failed
 
     def market_positions(self, market_id: Any = None) -> np.ndarray:
         """Layout positions of one market, a list of markets, or all (None).

@@ -20,8 +20,6 @@ from blpmodels.data.agents import AgentDesign
 from blpmodels.data.design import check_columns
 from blpmodels.data.integration import Integration
 from blpmodels.exceptions import BLPInputError, FixedPointError
-from blpmodels.kernel.delta import solve_delta
-from blpmodels.kernel.shares import ShareEvaluator
 from blpmodels.results.base import ResultsRole, check_flag, check_frame
 from blpmodels.results.optimal_instruments import optimal_instruments as feasible_instruments
 
@@ -520,18 +518,9 @@ class PostEstimationMixin(ResultsRole):
             )
         design = self.model.design
         system = replace(demand, agents=self._other_agents(agent_data, integration))
-        log_shares = np.log(design.shares)
-        delta = np.array(self._delta, dtype=np.float64, copy=True)
-        failed: list[Any] = []
-        for chunk in system.chunks(system.market_positions()):
-            inputs = system.inputs(chunk)
-            evaluator = ShareEvaluator(inputs.mu, inputs.weights, inputs.mask, inputs.nesting)
-            observed = np.where(inputs.mask, log_shares[inputs.rows], 0.0)
-            solved = solve_delta(
-                evaluator, observed, inputs.delta, tol=fp_tol, max_evaluations=fp_max_evaluations
-            )
-            failed.extend(design.layout.market_labels[chunk[~solved.converged]].tolist())
-            delta[inputs.rows[inputs.mask]] = solved.delta[inputs.mask]
+        delta, failed = system.invert_shares(
+            design.shares, tol=fp_tol, max_evaluations=fp_max_evaluations
+        )
         if failed:
             raise FixedPointError(
                 f"the share inversion did not converge within {fp_max_evaluations} evaluations "
