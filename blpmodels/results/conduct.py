@@ -10,12 +10,16 @@ shifters and uncorrelated with excluded instruments. The statistics are computed
 
 Demand-estimation error. By default σ̂_RV treats the markups as known, as pyRVtest does by
 default (``demand_adjustment=False``). With ``demand_adjustment=True`` the influence of the
-demand estimates is added (DMSS appendix; pyRVtest's option of the same name): with ψ the
-demand parameters, h_i = z_D,i ξ_i the demand moments, Γ = ∂h̄/∂ψ, W_D the fit's weighting
-matrix, B = (Γ'W_DΓ)⁻¹Γ'W_D and G_m = ∂ĝ_m/∂ψ = −z̃'∂Δ̃_m/∂ψ/n, each observation adds
-−G_m B (h_i − h̄) to the influence of √n ĝ_m. ∂Δ_m/∂ψ is taken by central differences of the
-markups in β at the observed shares. This is implemented for logit fits (δ does not move with
-the parameters at observed shares); other fits refuse the option.
+demand estimates is added (DMSS appendix; pyRVtest's option of the same name): with ψ every
+demand parameter (β, then the nonlinear θ: Σ, Π and ρ), h_i = z_D,i ξ_i the demand moments,
+Γ = ∂h̄/∂ψ = Z_D'∂ξ/∂ψ/n, W_D the fit's weighting matrix, B = (Γ'W_DΓ)⁻¹Γ'W_D and
+G_m = ∂ĝ_m/∂ψ = −z̃'∂Δ̃_m/∂ψ/n, each observation adds −G_m B (h_i − h̄) to the influence of
+√n ĝ_m. ∂Δ_m/∂ψ is taken by central differences of the markups at the observed shares: a
+shifted β keeps δ (only the price coefficient moves the markups), a shifted θ re-solves δ from
+the observed shares before the markups are recomputed. pyRVtest perturbs Σ, Π and the price
+coefficient but not ρ; here ρ moves too, so nested fits are covered. Fits whose demand moments
+are not the only moments (a supply side, micro moments) and the two-level nested logit refuse
+the option.
 """
 
 from __future__ import annotations
@@ -178,8 +182,8 @@ class ConductMixin(ResultsRole):
             Cluster the covariances: a product-data column (``"market_ids"``) or one id per
             row.
         demand_adjustment : bool
-            Add the demand-estimation error to σ̂_RV and F (logit fits; see
-            :mod:`blpmodels.results.conduct`).
+            Add the demand-estimation error to σ̂_RV and F (demand-only fits: logit,
+            nested logit, random coefficients, RCNL; see :mod:`blpmodels.results.conduct`).
         firm_ids_pre : Series or array-like, optional
             The firms behind ``"bertrand"`` and κ when the product data have no ``firm_ids``.
 
@@ -194,8 +198,8 @@ class ConductMixin(ResultsRole):
         BLPInputError
             Fewer than two models, an unknown model name or bad callable, instruments of the
             wrong length or collinear with the cost shifters, an unknown column, bad
-            clusters, or ``demand_adjustment`` on a fit other than a logit; all before any
-            markups are computed.
+            clusters, or ``demand_adjustment`` on a fit with a supply side or micro
+            moments; all before any markups are computed.
 
         Examples
         --------
@@ -330,13 +334,17 @@ class ConductMixin(ResultsRole):
         return cluster_codes(values, design.nobs)[:, 0]
 
     def _check_adjustable(self) -> None:
-        """demand_adjustment is written for logit fits only."""
-        design = self.model.design
-        plain_logit = self.demand.parameters is None and len(self.params) == len(design.x_names)
-        if not plain_logit or getattr(self.model, "supply", None) is not None:
+        """demand_adjustment needs ψ̂'s influence from the demand moments alone."""
+        if getattr(self.model, "supply", None) is not None or self.info.micro is not None:
             raise BLPInputError(
-                "demand_adjustment=True is implemented for logit fits without a supply side "
-                "(their markups move with β only); use demand_adjustment=False here"
+                "demand_adjustment=True needs a demand-only fit: with a supply side or micro "
+                "moments the demand estimates also move with those moments; use "
+                "demand_adjustment=False here"
+            )
+        if getattr(self.demand, "lower_to_upper", None) is not None:
+            raise BLPInputError(
+                "demand_adjustment=True is not available for the two-level nested logit yet; "
+                "use demand_adjustment=False here"
             )
 
     # ------------------------------------------------------------------ markups
@@ -365,32 +373,64 @@ class ConductMixin(ResultsRole):
     def _demand_influence(
         self, ownerships: list[Ownership | None], z_tilde: np.ndarray, w: np.ndarray | None
     ) -> np.ndarray:
-        """−G_m B (h_i − h̄) for each model and row (logit: ψ = β, markups move with β)."""
+        """−G_m B (h_i − h̄) for each model and row, with ψ every demand parameter."""
         design = self.model.design
         n = design.nobs
-        beta = np.asarray(self.beta, dtype=np.float64)
         Z = design.Z_absorbed
-        gamma = Z.T @ design.residualize(-design.X) / n
+        gamma = Z.T @ design.residualize(self._md_parameter_jacobian()) / n  # ∂h̄/∂ψ
         W = np.asarray(self.info.W)
         B = np.linalg.pinv(gamma.T @ W @ gamma) @ gamma.T @ W
         h = Z * np.asarray(self._xi)[:, None]
         h -= h.mean(axis=0)
         influence = np.zeros((len(ownerships), n, z_tilde.shape[1]))
-        for k in range(beta.size):
-            step = 1e-6 * max(1.0, abs(beta[k]))
-            shifted = []
-            for sign in (1.0, -1.0):
-                values = beta.copy()
-                values[k] += sign * step
-                demand = replace(self.demand, beta=values)
-                shifted.append([self._conduct_markups(o, demand) for o in ownerships])
-            for m in range(len(ownerships)):
-                derivative = (shifted[0][m] - shifted[1][m]) / (2 * step)
-                if not derivative.any():
+        for k, derivatives in enumerate(self._markup_derivatives(ownerships)):
+            for m, derivative in enumerate(derivatives):
+                if not derivative.any():  # a β that does not touch prices
                     continue
-                G_column = -z_tilde.T @ residualize(derivative, w) / n  # ∂ĝ_m/∂β_k
+                G_column = -z_tilde.T @ residualize(derivative, w) / n  # ∂ĝ_m/∂ψ_k
                 influence[m] -= np.outer(h @ B[k], G_column)
         return influence
+
+    def _markup_derivatives(self, ownerships: list[Ownership | None]) -> list[list[np.ndarray]]:
+        """∂Δ_m/∂ψ_k at the observed shares by central differences, in the order of params."""
+        beta = np.asarray(self.demand.beta, dtype=np.float64)
+        # θ follows β in params: Σ, Π, ρ (or ρ alone for the closed-form nested logit).
+        theta = np.asarray(self.params, dtype=np.float64)[beta.size :]
+        if self.demand.theta is not None and np.size(self.demand.theta) != theta.size:
+            raise BLPInputError(
+                f"demand_adjustment=True: the fit has {theta.size} nonlinear parameters but its "
+                f"demand {np.size(self.demand.theta)}; use demand_adjustment=False"
+            )
+        derivatives = []
+        for k in range(beta.size + theta.size):
+            value = beta[k] if k < beta.size else theta[k - beta.size]
+            step = 1e-6 * max(1.0, abs(value))
+            shifted = []
+            for sign in (1.0, -1.0):
+                if k < beta.size:
+                    values = beta.copy()
+                    values[k] += sign * step
+                    demand = replace(self.demand, beta=values)  # δ stays at the observed shares
+                else:
+                    values = theta.copy()
+                    values[k - beta.size] += sign * step
+                    demand = self._demand_at_theta(values)
+                shifted.append([self._conduct_markups(o, demand) for o in ownerships])
+            derivatives.append(
+                [(up - down) / (2 * step) for up, down in zip(*shifted, strict=True)]
+            )
+        return derivatives
+
+    def _demand_at_theta(self, theta: np.ndarray) -> Any:
+        """The demand at another θ, its δ re-solved so that it reproduces the observed shares."""
+        demand = self.demand.with_parameters(self.demand.beta, theta)
+        delta, failed = demand.invert_shares(self.model.design.shares)
+        if failed:
+            raise BLPInputError(
+                "demand_adjustment=True: δ could not be solved at θ shifted for the markup "
+                f"derivatives in markets {failed[:5]}; use demand_adjustment=False"
+            )
+        return replace(demand, delta=delta)
 
 
 def _model_specs(models: Any) -> list[tuple[str, Any]]:
