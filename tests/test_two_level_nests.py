@@ -344,10 +344,11 @@ def test_single_product_markups_solve_the_first_order_conditions(products, resul
 
 
 # ---------------------------------------------------------------------------- refusals
-def test_equilibrium_prices_refuse_two_level_nests(results):
-    with pytest.raises(BLPInputError, match="two-level nested logit"):
-        costs = np.full(len(results.model.design.data), 0.5)
-        results.equilibrium_prices(costs=costs, ownership="single")
+def test_optimal_instruments_refuse_two_level_nests(results):
+    # Equilibrium prices and counterfactuals work (test_two_level_equilibrium.py); optimal
+    # instruments would need the one-level kernel's ∂s/∂ρ.
+    with pytest.raises(BLPInputError, match="optimal instruments are not"):
+        results.optimal_instruments()
 
 
 def test_random_coefficients_refuse_two_level_nests(products):
@@ -421,7 +422,7 @@ def test_guide_page_runs_and_prints_what_it_says(capsys):
 
     page = Path(__file__).resolve().parents[1] / "docs" / "guide" / "nested_logit.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace: dict = {}
     checked = 0
     for code in blocks:
@@ -436,7 +437,7 @@ def test_guide_page_runs_and_prints_what_it_says(capsys):
         ]
         assert printed == documented
         checked += len(printed)
-    assert checked == 5
+    assert checked == 8
     # The simulated truth lies within three standard errors of the page's estimates.
     results = namespace["results"]
     truth = pd.Series(TRUTH)

@@ -167,6 +167,9 @@ class ProductDesign:
     labelled_rows : bool
         Whether ``data.index`` came from the caller (a data frame or pandas inputs); pandas
         inputs given later, such as cluster groups, must then carry the same index.
+    nesting_columns : tuple of str
+        The product-data columns ``nesting_ids`` was read from (upper level first), so new
+        products in counterfactuals can be given their nests the same way.
     """
 
     data: pd.DataFrame
@@ -185,6 +188,7 @@ class ProductDesign:
     formula: str | None = None
     shares_column: str = "shares"
     labelled_rows: bool = True
+    nesting_columns: tuple[str, ...] = ("nesting_ids",)
     X: np.ndarray = field(init=False)
     Z: np.ndarray = field(init=False)
     X_absorbed: np.ndarray = field(init=False)
@@ -518,6 +522,9 @@ class ProductDesign:
             product_ids=products,
             firm_ids=_ids(data, firm_column),
             nesting_ids=_nesting_ids(data, nesting_column),
+            nesting_columns=(
+                () if nesting_column is None else tuple(nesting_column_names(nesting_column))
+            ),
             exog=exog,
             endog=endog,
             instruments=instruments,
@@ -579,6 +586,7 @@ class ProductDesign:
         names = nesting_column_names(columns)
         check_columns(self.data, names)
         self.nesting_ids = _nesting_ids(self.data, names[0] if len(names) == 1 else names)
+        self.nesting_columns = tuple(names)
 
     # ------------------------------------------------------------------ properties
     @property

@@ -26,6 +26,7 @@ import numpy as np
 
 from blpmodels.exceptions import BLPInputError
 from blpmodels.kernel.jacobians import share_jacobian
+from blpmodels.kernel.nests import TwoLevelNesting, two_level_foc_hessian
 from blpmodels.kernel.ownership import local_firm_codes
 from blpmodels.kernel.shares import Nesting, Probabilities
 
@@ -274,7 +275,9 @@ def foc_jacobian(state: PriceState, ownership: np.ndarray, markups: np.ndarray) 
     ĝ_j = Σ_k M_jk G_jk and ∂P_j/∂V_k = P_j G_jk, G_jk = a_j δ_jk − b_j N_jk Q_k − P_k
     (a = 1/(1−ρ), b = ρ/(1−ρ), N: same nest, Q: within-nest probabilities). Every term is
     then an outer product summed over agents: a batched ``[J, I] @ [I, J]`` product, never
-    a ``[J, J, J, I]`` tensor.
+    a ``[J, J, J, I]`` tensor. With two-level nests (a
+    :class:`~blpmodels.kernel.nests.TwoLevelNesting` in the state) the second-order part is
+    :func:`~blpmodels.kernel.nests.two_level_foc_hessian`.
 
     Parameters
     ----------
@@ -306,6 +309,16 @@ def foc_jacobian(state: PriceState, ownership: np.ndarray, markups: np.ndarray) 
     >>> bool(np.isclose(foc_jacobian(state, np.ones((1, 1, 1)), eta)[0, 0, 0], closed))
     True
     """
+    if isinstance(state.nesting, TwoLevelNesting):  # closed form in blpmodels.kernel.nests
+        second = two_level_foc_hessian(
+            state.probabilities,
+            state.product_mask,
+            state.nesting,
+            state.utility_derivative,
+            ownership,
+            markups,
+        )
+        return state.jacobian + ownership * np.swapaxes(state.jacobian, 1, 2) + second
     mask = state.product_mask
     P = state.probabilities.unconditional
     D = np.broadcast_to(state.utility_derivative, P.shape)

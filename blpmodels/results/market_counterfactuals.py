@@ -26,6 +26,7 @@ import pandas as pd
 from blpmodels.data.design import warn_user
 from blpmodels.exceptions import BLPInputError, ConvergenceWarning
 from blpmodels.kernel import equilibrium
+from blpmodels.kernel.nests import TwoLevelNesting
 from blpmodels.kernel.ownership import FIRM_IDS_PRE_HINT, Ownership, ownership_matrices
 from blpmodels.kernel.shares import Nesting
 from blpmodels.results.base import check_frame, row_values
@@ -51,6 +52,7 @@ from blpmodels.results.counterfactuals import (
 from blpmodels.results.demand import PricedMarkets
 from blpmodels.results.economics import surplus, warn_positive_price_coefficients
 from blpmodels.results.records import _html, _text
+from blpmodels.results.two_level_demand import TwoLevelDemand
 
 __all__ = ["CounterfactualResults", "MarketCounterfactualsMixin"]
 
@@ -239,7 +241,9 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
             New products, one row each, in markets of the model: ``market_ids``,
             ``firm_ids`` (new firm ids are new firms), ``product_ids`` when the model has
             them (not one already in the market), every column the demand formulas read,
-            ``nesting_ids`` for nested models (existing nests), ``costs`` (or
+            ``nesting_ids`` for nested models (existing nests; with two-level nests the
+            two nest columns the model read, upper level first, naming an (upper, lower)
+            pair of the data), ``costs`` (or
             ``cost_formula=``), optionally ``xi`` (default 0; required with absorbed fixed
             effects, where it holds the fixed effects too: the product's mean utility is
             X1β + xi) and ``prices`` (a starting point only).
@@ -475,7 +479,11 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
         needed += sorted(demand.variables() - {"prices"})
         if design.product_ids is not None:
             needed.append("product_ids")
-        if demand.nest_codes is not None and demand.rho is not None and demand.rho.size:
+        nests = np.zeros(len(frame), dtype=np.intp)
+        if isinstance(demand, TwoLevelDemand):
+            # Both levels, in the columns the model read them from (upper first).
+            nests = demand.lower_nest_codes(frame, list(design.nesting_columns))
+        elif demand.nest_codes is not None and demand.rho is not None and demand.rho.size:
             needed.append("nesting_ids")
         if design.absorber is not None:
             needed.append("xi")
@@ -490,7 +498,6 @@ class MarketCounterfactualsMixin(CounterfactualsMixin):
                 "not among the markets solved (market_id=)"
             )
         labels = self._new_labels(frame, where, removed)
-        nests = np.zeros(len(frame), dtype=np.intp)
         if "nesting_ids" in needed:
             known = pd.Index(np.sort(pd.unique(design.nesting_ids)))
             nests = known.get_indexer(frame["nesting_ids"].to_numpy())
@@ -789,7 +796,9 @@ def _widened(
     source = np.where(mask, inputs.rows, -1)
     slots = _new_slots(chunk, plan.added)
     delta, mu, derivative = inputs.delta, inputs.mu, priced.derivative
-    prices, nests = priced.prices, inputs.nesting.codes
+    two_level = isinstance(inputs.nesting, TwoLevelNesting)
+    prices = priced.prices
+    nests = inputs.nesting.lower if two_level else inputs.nesting.codes
     start = prices
     new_mask = slots >= 0
     added = plan.added
@@ -824,11 +833,12 @@ def _widened(
         source = np.concatenate([source, np.where(new_mask, n_rows + pick, -1)], axis=1)
     wide = np.concatenate([kept, new_mask], axis=1)
     nesting = inputs.nesting
-    nesting = (
-        Nesting.from_codes(nests, nesting.n_nests, nesting.rho)
-        if nesting.has_nests
-        else Nesting.unnested(wide.shape)
-    )
+    if two_level:
+        nesting = replace(nesting, lower=np.where(wide, nests, 0))
+    elif nesting.has_nests:
+        nesting = Nesting.from_codes(nests, nesting.n_nests, nesting.rho)
+    else:
+        nesting = Nesting.unnested(wide.shape)
     widened = replace(
         inputs,
         delta=delta,
@@ -840,8 +850,9 @@ def _widened(
     pre_mask = np.concatenate([mask, np.zeros(slots.shape, dtype=bool)], axis=1)
     base = np.concatenate([priced.prices, np.zeros(slots.shape)], axis=1)
     n_added = 0 if added is None else len(added.frame)
+    # type(priced): two-level markets evaluate their shares with their own kernel.
     return _Widened(
-        PricedMarkets(widened, prices, derivative), source, pre_mask, base, start, n_added
+        type(priced)(widened, prices, derivative), source, pre_mask, base, start, n_added
     )
 
 

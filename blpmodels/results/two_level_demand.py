@@ -3,9 +3,15 @@
 The one-level kernel knows one nest per product; this subclass routes shares, probabilities,
 share Jacobians and removal shares through the closed forms of :mod:`blpmodels.kernel.nests`,
 so predict, elasticities, diversion ratios (short and long run), markups, costs and consumer
-surplus work unchanged on top. What would need the one-level kernel (equilibrium prices and
-the counterfactuals built on them, optimal instruments) refuses with a
-:class:`~blpmodels.exceptions.BLPInputError` instead of computing one-level numbers.
+surplus work unchanged on top. :meth:`TwoLevelDemand.priced` returns
+:class:`TwoLevelPricedMarkets`, whose price states carry the two-level ∂s/∂p, the ζ-markup
+split's Λ and the two-level nests (from which
+:func:`blpmodels.kernel.equilibrium.foc_jacobian` takes the exact second derivatives), so
+equilibrium prices, mergers, counterfactuals (entry with both nest columns, exit, taxes, fixed
+prices), passthrough and profit Hessians run through the one solver; the share inversion of the
+bootstrap's draws is Verboven's closed form (:meth:`TwoLevelDemand.invert_shares`). What would
+need the one-level kernel's ∂s/∂ρ (optimal instruments, a supply side in estimation) refuses with
+a :class:`~blpmodels.exceptions.BLPInputError` instead of computing one-level numbers.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from blpmodels.data.nests import TwoLevelCodes, two_level_log_within
 from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.equilibrium import PriceState
 from blpmodels.kernel.nests import (
     TwoLevelNesting,
+    two_level_price_derivatives,
     two_level_probabilities,
     two_level_removal_shares,
     two_level_share_jacobian,
@@ -26,7 +35,7 @@ from blpmodels.kernel.nests import (
 from blpmodels.kernel.shares import Probabilities
 from blpmodels.results.demand import DemandSystem, MarketInputs, PricedMarkets
 
-__all__ = ["TwoLevelDemand", "TwoLevelInputs"]
+__all__ = ["TwoLevelDemand", "TwoLevelInputs", "TwoLevelPricedMarkets"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,6 +45,50 @@ class TwoLevelInputs(MarketInputs):
     def probabilities(self) -> Probabilities:
         """Choice probabilities at these inputs (one representative agent)."""
         return two_level_probabilities(self.delta, self.mask, self.nesting)
+
+
+@dataclass(frozen=True, eq=False)
+class TwoLevelPricedMarkets(PricedMarkets):
+    """Two-level nested logit markets evaluable at any prices.
+
+    With one representative agent, utilities move with prices through δ alone:
+    δ(p) = δ(p⁰) + D ⊙ (p − p⁰), and the shares, ∂s/∂p and the ζ split's Λ at δ(p) come from
+    :func:`blpmodels.kernel.nests.two_level_price_derivatives`.
+
+    Examples
+    --------
+    >>> priced = results.demand.priced(np.array([0]))  # doctest: +SKIP
+    >>> state = priced.state(priced.prices + 0.1)  # every price 0.1 higher  # doctest: +SKIP
+    >>> state.jacobian.shape  # doctest: +SKIP
+    (1, 12, 12)
+    """
+
+    def state(self, prices: np.ndarray, markets: np.ndarray | None = None) -> PriceState:
+        """Demand and its price derivatives at ``prices`` ``[T', J]`` in ``markets`` (default all).
+
+        Parameters
+        ----------
+        prices : numpy.ndarray
+            ``[T', J]`` prices of the chosen markets.
+        markets : numpy.ndarray, optional
+            Indexes into this group of markets (not layout positions).
+
+        Returns
+        -------
+        PriceState
+        """
+        inputs = self.inputs
+        chosen = slice(None) if markets is None else markets
+        nesting = inputs.nesting if markets is None else inputs.nesting.subset(markets)
+        mask = inputs.mask[chosen]
+        derivative = self.derivative[chosen]
+        change = np.where(mask, prices - self.prices[chosen], 0.0)
+        delta = np.where(mask, inputs.delta[chosen] + derivative[:, :, 0] * change, 0.0)
+        probabilities, jacobian, lam = two_level_price_derivatives(
+            delta, mask, nesting, derivative[:, :, 0]
+        )
+        weights = inputs.weights[chosen]
+        return PriceState(probabilities, weights, nesting, mask, derivative, jacobian, lam)
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,6 +118,43 @@ class TwoLevelDemand(DemandSystem):
             float(self.rho[0]),
             float(self.rho[1]),
         )
+
+    def invert_shares(
+        self, shares: np.ndarray, *, tol: float = 1e-14, max_evaluations: int = 5000
+    ) -> tuple[np.ndarray, list[Any]]:
+        """δ that reproduces ``shares`` at this system's ρ, in closed form (Verboven 1996).
+
+        δ_j = log s_j − log s_0 − ρ_L log s_{j|h} − ρ_U log s_{h|g}: no contraction, so
+        ``tol`` and ``max_evaluations`` (kept for the :class:`DemandSystem` signature) are
+        not used and no market fails.
+
+        Parameters
+        ----------
+        shares : numpy.ndarray
+            ``(N,)`` shares, in the rows of the estimation data.
+        tol, max_evaluations
+            Unused.
+
+        Returns
+        -------
+        delta : numpy.ndarray
+            ``(N,)`` δ.
+        failed : list
+            Always empty.
+
+        Examples
+        --------
+        >>> delta, failed = results.demand.invert_shares(shares)  # doctest: +SKIP
+        """
+        assert self.rho is not None and self.design.nesting_ids is not None
+        shares = np.asarray(shares, dtype=np.float64)
+        markets = self.design.layout.codes
+        codes = TwoLevelCodes.from_ids(self.design.nesting_ids)
+        log_lower, log_upper = two_level_log_within(shares, markets, codes)
+        outside = 1.0 - np.bincount(markets, weights=shares)[markets]
+        rho_upper, rho_lower = (float(value) for value in self.rho)
+        delta = np.log(shares) - np.log(outside) - rho_lower * log_lower - rho_upper * log_upper
+        return delta, []
 
     def inputs(
         self,
@@ -110,10 +200,70 @@ class TwoLevelDemand(DemandSystem):
         inputs = self.inputs(positions)
         return two_level_removal_shares(inputs.delta, inputs.mask, inputs.nesting), inputs
 
-    def priced(self, *args: Any, **kwargs: Any) -> PricedMarkets:
-        """Refused: equilibrium prices need the one-level kernel's price derivatives."""
-        raise BLPInputError(
-            "equilibrium prices, passthrough, profit Hessians and the counterfactuals built on "
-            "them are not available for the two-level nested logit yet; predict, "
-            "elasticities, diversion ratios, markups, costs and consumer surplus are"
-        )
+    def priced(
+        self,
+        positions: np.ndarray,
+        data: pd.DataFrame | None = None,
+        rows: np.ndarray | None = None,
+        variable: str = "prices",
+    ) -> TwoLevelPricedMarkets:
+        """Markets ready for evaluation at other prices (see :class:`TwoLevelPricedMarkets`).
+
+        Parameters and errors are those of :meth:`DemandSystem.priced`.
+
+        Examples
+        --------
+        >>> positions = results.demand.market_positions([0, 1])  # doctest: +SKIP
+        >>> priced = results.demand.priced(positions)  # doctest: +SKIP
+        >>> type(priced).__name__  # doctest: +SKIP
+        'TwoLevelPricedMarkets'
+        """
+        base = super().priced(positions, data, rows, variable)
+        return TwoLevelPricedMarkets(base.inputs, base.prices, base.derivative)
+
+    def lower_nest_codes(self, frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+        """Lower-nest codes of new products from their two nest columns (upper level first).
+
+        A lower nest is a known (upper, lower) pair of the estimation data: its ρ_U and ρ_L
+        are the estimated ones, and its place in the upper nests is fixed.
+
+        Parameters
+        ----------
+        frame : pandas.DataFrame
+            New products.
+        columns : list of str
+            The two nest columns, upper level first.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(len(frame),)`` lower-nest codes.
+
+        Raises
+        ------
+        BLPInputError
+            A nest column is missing, or a pair of nest ids does not occur in the data.
+
+        Examples
+        --------
+        >>> new = pd.DataFrame({"size": ["small"], "segment": ["a"]})  # doctest: +SKIP
+        >>> results.demand.lower_nest_codes(new, ["size", "segment"])  # doctest: +SKIP
+        array([2])
+        """
+        missing = [column for column in columns if column not in frame]
+        if missing:
+            raise BLPInputError(
+                f"new products of a two-level nested logit need both nest columns {columns} "
+                f"(upper level first); {missing} missing"
+            )
+        assert self.design.nesting_ids is not None
+        codes = TwoLevelCodes.from_ids(self.design.nesting_ids)
+        known = {tuple(pair): h for h, pair in enumerate(codes.lower_labels)}
+        pairs = list(zip(frame[columns[0]], frame[columns[1]], strict=True))
+        unknown = [pair for pair in pairs if pair not in known]
+        if unknown:
+            raise BLPInputError(
+                f"add: unknown nest {unknown[0]!r} ({columns[0]}, {columns[1]}); the two-level "
+                f"nests are {[tuple(pair) for pair in codes.lower_labels]}"
+            )
+        return np.array([known[pair] for pair in pairs], dtype=np.intp)
