@@ -347,11 +347,12 @@ def test_single_product_markups_solve_the_first_order_conditions(products, resul
 def test_optimal_instruments_refuse_two_level_nests(results):
     # Equilibrium prices and counterfactuals work (test_two_level_equilibrium.py); optimal
     # instruments would need the one-level kernel's ∂s/∂ρ.
-    with pytest.raises(BLPInputError, match="optimal instruments are not"):
+    with pytest.raises(BLPInputError, match="optimal_instruments does not support two-level"):
         results.optimal_instruments()
 
 
-def test_random_coefficients_refuse_two_level_nests(products):
+def test_random_coefficients_ask_for_both_rho_with_two_level_nests(products):
+    """The two-level RCNL (tests/test_two_level_rcnl.py) needs ρ for both levels."""
     from blpmodels import BLPRandomCoefficients, Integration
 
     frame = products.assign(nesting_ids=products["size"])
@@ -362,7 +363,7 @@ def test_random_coefficients_refuse_two_level_nests(products):
         integration=Integration("product", 3),
     )
     model.design.use_nesting_columns(NESTS)
-    with pytest.raises(BLPInputError, match="two-level"):
+    with pytest.raises(BLPInputError, match=r"rho=\[rho_upper, rho_lower\]"):
         model.fit(sigma=1.0)
 
 
@@ -422,7 +423,7 @@ def test_guide_page_runs_and_prints_what_it_says(capsys):
 
     page = Path(__file__).resolve().parents[1] / "docs" / "guide" / "nested_logit.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     namespace: dict = {}
     checked = 0
     for code in blocks:
@@ -437,11 +438,15 @@ def test_guide_page_runs_and_prints_what_it_says(capsys):
         ]
         assert printed == documented
         checked += len(printed)
-    assert checked == 8
+    assert checked == 10
     # The simulated truth lies within three standard errors of the page's estimates.
     results = namespace["results"]
     truth = pd.Series(TRUTH)
     assert np.all(np.abs((results.params[truth.index] - truth) / results.bse[truth.index]) < 3)
+    rcnl = namespace["rcnl"]  # the two-level RCNL section: σ = 0.8 as well
+    truth_rcnl = pd.concat([truth, pd.Series({"sigma[x,x]": 0.8})])
+    z = (rcnl.params[truth_rcnl.index] - truth_rcnl) / rcnl.bse[truth_rcnl.index]
+    assert np.all(np.abs(z) < 3)
 
 
 def test_missing_nest_ids_name_the_level(products):

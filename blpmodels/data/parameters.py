@@ -174,6 +174,10 @@ def _positive_definite(matrix: np.ndarray) -> bool:
     return True
 
 
+#: The two ρ of two-level nests, in their order in θ (named ``rho_upper``, ``rho_lower``).
+TWO_LEVEL_RHO = ("upper", "lower")
+
+
 def _rho_start(rho: Any, nests: Sequence[Any]) -> np.ndarray:
     """Starting ρ: empty for unnested models, else one value or one per nest, in [0, 1)."""
     if rho is None:
@@ -275,6 +279,8 @@ class NonlinearParameters:
         Bounds of the free parameters.
     rc_types : tuple of str
         Distribution of each random coefficient.
+    lower_to_upper : numpy.ndarray or None
+        ``(H,)`` upper nest of each lower nest with two-level nests (ρ = [ρ_upper, ρ_lower]).
     """
 
     characteristics: tuple[str, ...]
@@ -287,6 +293,12 @@ class NonlinearParameters:
     lower: np.ndarray
     upper: np.ndarray
     rc_types: tuple[str, ...]
+    lower_to_upper: np.ndarray | None = None
+
+    @property
+    def two_level(self) -> bool:
+        """Whether the nests have two levels (ρ is ``[rho_upper, rho_lower]``)."""
+        return self.lower_to_upper is not None
 
     @classmethod
     def build(
@@ -302,6 +314,7 @@ class NonlinearParameters:
         pi_bounds: Any = None,
         rho_bounds: Any = None,
         rc_types: Sequence[str] | dict[str, str] | None = None,
+        lower_to_upper: np.ndarray | None = None,
     ) -> NonlinearParameters:
         """Validate starting values and bounds and find the free parameters.
 
@@ -327,6 +340,10 @@ class NonlinearParameters:
             in [0, ∞), other Σ and Π entries unbounded, ρ in [0, 0.99].
         rc_types : sequence or dict, optional
             "normal" (default), "lognormal" or "negative_lognormal" per column.
+        lower_to_upper : numpy.ndarray, optional
+            ``(H,)`` upper nest of each lower nest, for two-level nests: ρ is then
+            ``[rho_upper, rho_lower]`` (a scalar starts both at the same value) and ``nests``
+            is ignored.
 
         Returns
         -------
@@ -373,6 +390,15 @@ class NonlinearParameters:
             characteristics,
             demographics,
         )
+        if lower_to_upper is not None:
+            nests = TWO_LEVEL_RHO
+            if rho is None:
+                raise BLPInputError(
+                    "the model has two-level nesting_ids: give starting rho=[rho_upper, "
+                    "rho_lower] (0 fixes rho_upper at zero: one level of nests, the lower ones)"
+                )
+            if np.size(rho) == 1:
+                rho = np.full(2, np.asarray(rho, dtype=np.float64).ravel()[0])
         rho_start = _rho_start(rho, nests)
         rho_lower, rho_upper = _rho_bounds(rho_bounds, rho_start.size)
         types = _rc_types(rc_types, characteristics)
@@ -392,6 +418,7 @@ class NonlinearParameters:
             lower,
             upper,
             types,
+            None if lower_to_upper is None else np.asarray(lower_to_upper, dtype=np.intp),
         )
         parameters._check_start_within_bounds()
         return parameters
@@ -421,6 +448,8 @@ class NonlinearParameters:
                 out.append(f"sigma[{self.characteristics[row]},{self.characteristics[column]}]")
             elif kind == "pi":
                 out.append(f"pi[{self.characteristics[row]},{self.demographics[column]}]")
+            elif self.two_level:
+                out.append(f"rho_{TWO_LEVEL_RHO[row]}")
             elif self.rho.size == 1:
                 out.append("rho")
             else:

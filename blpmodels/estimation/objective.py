@@ -271,6 +271,12 @@ class NonlinearObjective:
     evaluations: list[Evaluation] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.parameters.two_level and (self.micro is not None or self.supply is not None):
+            # Their kernels know one level of nests only (kernel.micro_probabilities, the
+            # nested markup derivatives), so they would read the lower nests as the nests.
+            raise BLPInputError(
+                "micro moments and a supply side are not supported with two-level nests yet"
+            )
         layout = self.design.layout
         self.log_shares = layout.pad(np.log(self.design.shares))
         self.characteristics = layout.pad(self.design.random.values)

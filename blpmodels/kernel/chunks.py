@@ -26,7 +26,9 @@ from blpmodels.kernel import jacobians
 from blpmodels.kernel.delta import FixedPointResult, solve_delta, solve_delta_hybrid
 from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
 from blpmodels.kernel.markups import directional_markup_derivative, markup_jacobian, markups
+from blpmodels.kernel.nests import TwoLevelNesting
 from blpmodels.kernel.shares import Nesting, Probabilities, ShareEvaluator
+from blpmodels.kernel.two_level_rcnl import TwoLevelShareEvaluator, two_level_delta_jacobian
 
 __all__ = ["ChunkResult", "ChunkState", "ChunkStep", "MarketChunk", "Workspace"]
 
@@ -277,10 +279,15 @@ class MarketChunk:
             self.accepted = replace(self.accepted, inverse=None)
             self._gave_way = True
 
-    def nesting(self, rho: np.ndarray) -> Nesting:
+    def nesting(self, rho: np.ndarray) -> Nesting | TwoLevelNesting:
         """Nesting of the chunk's markets at nesting parameters ``rho``."""
         if not self.parameters.has_rho:
             return Nesting.unnested(self.mask.shape)
+        upper_of_lower = self.parameters.lower_to_upper
+        if upper_of_lower is not None:
+            # Two-level nests: codes are the lower nests, ρ is [ρ_upper, ρ_lower].
+            upper_count = int(upper_of_lower.max()) + 1
+            return TwoLevelNesting(self.codes, upper_of_lower, upper_count, rho[0], rho[1])
         return Nesting.from_codes(self.codes, self.n_nests, rho)
 
     def market_pieces(self, theta: np.ndarray, workspace: Workspace | None = None):
@@ -303,6 +310,11 @@ class MarketChunk:
                 "the characteristics (rescale the data or tighten the bounds)"
             )
         nesting = self.nesting(rho)
+        if isinstance(nesting, TwoLevelNesting):
+            evaluator = TwoLevelShareEvaluator.from_coefficients(
+                self.characteristics, coefficients, self.weights, self.mask, nesting
+            )
+            return coefficients, evaluator, nesting
         evaluator = ShareEvaluator.from_coefficients(
             self.characteristics,
             coefficients,
@@ -377,6 +389,8 @@ class MarketChunk:
 
         Returns the inverse of ∂log s/∂δ for the next evaluation's Newton solver.
         """
+        if isinstance(nesting, TwoLevelNesting):
+            return self._two_level_delta_jacobian(coefficients, nesting, probabilities, result)
         mask = self.mask
         by_theta = np.zeros((*mask.shape, self.n_theta))
         random_positions = self.parameters.random_positions()
@@ -428,6 +442,34 @@ class MarketChunk:
         # The Newton solver of the next evaluation wants (∂log s/∂δ)⁻¹ = (∂s/∂δ)⁻¹ diag(s).
         inverse *= np.where(mask, probabilities.shares, 1.0)[:, None, :]
         return inverse
+
+    def _two_level_delta_jacobian(
+        self,
+        coefficients: np.ndarray,
+        nesting: TwoLevelNesting,
+        probabilities: Any,
+        result: ChunkResult,
+    ) -> np.ndarray:
+        """∂δ/∂θ of the two-level RCNL into ``result`` (see
+        :func:`~blpmodels.kernel.two_level_rcnl.two_level_delta_jacobian`)."""
+        parameters = self.parameters
+        factors = None
+        if parameters.random_positions().size:
+            factors = parameters.agent_factors(coefficients, self.nodes, self.demographics)
+        rho_columns = np.full(2, -1, dtype=np.intp)
+        for position, (kind, row, _) in enumerate(parameters.kinds):
+            if kind == "rho":
+                rho_columns[row] = position
+        return two_level_delta_jacobian(
+            probabilities,
+            self.weights,
+            nesting,
+            self.mask,
+            self.characteristics,
+            factors,
+            rho_columns,
+            result.jacobian,
+        )
 
     # ------------------------------------------------------------------ supply
     def price_derivative(self, theta: np.ndarray, coefficients: np.ndarray) -> np.ndarray:

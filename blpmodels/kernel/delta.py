@@ -442,6 +442,10 @@ def inverse_delta_jacobian(
     >>> np.allclose(np.linalg.inv(inverse.dense()[0]), np.eye(2) - 1 / 3)
     True
     """
+    own_inverse = getattr(evaluator, "inverse_log_jacobian", None)
+    if own_inverse is not None:
+        # Two-level RCNL evaluators (kernel.two_level_rcnl) invert their own ∂log s/∂δ.
+        return own_inverse(delta)
     probabilities = evaluator.probabilities(delta, factored=True)
     mask = evaluator.product_mask
     few_agents = evaluator.weights.shape[1] <= jacobians.WOODBURY_CROSSOVER * mask.shape[1]

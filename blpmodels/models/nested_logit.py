@@ -21,7 +21,7 @@ from blpmodels.models.base import BLPModel, KeywordError, _advice, check_keyword
 from blpmodels.models.random_coefficients import fit_logit_with_supply, supply_fit_options
 from blpmodels.results.demand import DemandSystem
 from blpmodels.results.results import BLPResultsWrapper
-from blpmodels.results.two_level_demand import TwoLevelDemand
+from blpmodels.results.two_level_demand import TwoLevelDemand, check_two_level_rho
 
 __all__ = ["BLPNestedLogit"]
 
@@ -46,8 +46,9 @@ class BLPNestedLogit(BLPModel):
     instruments for both within-nest shares (e.g. the numbers of products in the product's
     lower and upper nests). Predictions, elasticities, diversion ratios, markups, costs and
     consumer surplus follow the two-level model; equilibrium prices and the counterfactuals
-    built on them, a supply side, ``rho="nest"`` and random coefficients (RCNL) refuse two
-    levels with a :class:`~blpmodels.exceptions.BLPInputError`.
+    built on them, a supply side and ``rho="nest"`` refuse two levels with a
+    :class:`~blpmodels.exceptions.BLPInputError`. With random coefficients, see
+    :meth:`~blpmodels.BLPRandomCoefficients.from_formula` (``nesting_ids=["size", "segment"]``).
 
     Examples
     --------
@@ -320,7 +321,7 @@ def _closed_form_demand(
     nest of each lower nest.
     """
     if design.nesting_levels == 2:
-        _check_two_level_rho(rho_values)
+        check_two_level_rho(rho_values)
         return TwoLevelDemand(
             design,
             beta,
@@ -345,26 +346,6 @@ def _closed_form_demand(
         nest_codes=nest_codes,
         rho=np.broadcast_to(rho_values, (n_nests,)).copy(),
     )
-
-
-def _check_two_level_rho(rho_values: np.ndarray) -> None:
-    """Warn unless 0 ≤ ρ_upper ≤ ρ_lower < 1, the random-utility consistency condition.
-
-    The finer nest's correlation must be at least the coarser one's (Verboven 1996,
-    McFadden 1978); outside the condition the fitted shares are not choice probabilities of
-    any random-utility model, and elasticities computed from them can have the wrong sign.
-    """
-    from blpmodels.exceptions import ConvergenceWarning
-
-    upper, lower = (float(value) for value in rho_values)
-    if not (0.0 <= upper <= lower < 1.0):
-        warn_user(
-            f"estimated rho_upper={upper:.4g}, rho_lower={lower:.4g} violate "
-            "0 <= rho_upper <= rho_lower < 1: the two-level nested logit is not consistent "
-            "with utility maximization there (the lower nests must be at least as correlated "
-            "as the upper ones)",
-            ConvergenceWarning,
-        )
 
 
 def _check_nests_have_company(

@@ -24,6 +24,7 @@ from blpmodels.estimation.settings import FitSettings
 from blpmodels.models.base import BLPModel
 from blpmodels.results.demand import DemandSystem
 from blpmodels.results.results import BLPResultsWrapper, EstimationInfo
+from blpmodels.results.two_level_demand import TwoLevelRandomDemand
 
 __all__ = ["nonlinear_results"]
 
@@ -126,6 +127,20 @@ def _demand_system(estimate: Estimate, objective: NonlinearObjective) -> DemandS
     beta[objective.moved_columns] = beta_moved
     codes = objective.nest_codes
     _, _, rho_values = parameters.unpack(theta)
+    if parameters.two_level:
+        # Two-level nests: codes are the lower nests, ρ is [ρ_upper, ρ_lower].
+        return TwoLevelRandomDemand(
+            design,
+            beta,
+            final.delta,
+            agents=objective.agents,
+            parameters=parameters,
+            theta=theta,
+            nest_codes=codes,
+            rho=rho_values.copy(),
+            chunk_size=objective.chunk_size,
+            lower_to_upper=parameters.lower_to_upper,
+        )
     n_nests = 0 if codes is None else int(codes.max()) + 1
     return DemandSystem(
         design,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,8 @@ import scipy.linalg
 from blpmodels.backends import ClientHandle, check_backend, parse_memory
 from blpmodels.data.absorb import AbsorbMethod
 from blpmodels.data.agents import AgentDesign
+from blpmodels.data.design import check_columns
+from blpmodels.data.nests import TwoLevelCodes, nesting_column_names
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.data.products import ProductDesign
 from blpmodels.data.supply_design import SupplyDesign, build_supply_design
@@ -38,6 +40,7 @@ from blpmodels.exceptions import BLPInputError
 from blpmodels.models.base import BLPModel, checked_keywords, formula_namespace
 from blpmodels.models.nonlinear_results import nonlinear_results
 from blpmodels.results.results import BLPResultsWrapper
+from blpmodels.results.two_level_demand import check_two_level_rho
 
 __all__ = ["BLPRandomCoefficients", "supply_fit_options"]
 
@@ -156,6 +159,7 @@ class BLPRandomCoefficients(BLPModel):
         costs_type: str = "linear",
         supply_absorb: str | None = None,
         costs_bounds: Any = None,
+        nesting_ids: str | Sequence[str] | None = None,
     ) -> BLPRandomCoefficients:
         """Build the model from formulas, product data and agent data (or an integration rule).
 
@@ -220,6 +224,13 @@ class BLPRandomCoefficients(BLPModel):
         costs_bounds : tuple, optional
             ``(lower, upper)`` clipping of the implied costs before f (``None`` entries: no
             bound), e.g. ``(0.001, None)`` with log costs, as in pyblp's BLP example.
+        nesting_ids : str or list of str, optional
+            Product-data column(s) holding the nests (default: the ``nesting_ids`` column, if
+            any). Two columns, upper (coarser) level first, e.g. ``["size", "segment"]``, give
+            the two-level RCNL with parameters ``rho_upper`` and ``rho_lower`` (start them with
+            ``fit(rho=[rho_upper, rho_lower])``); random utility needs
+            0 ≤ ρ_upper ≤ ρ_lower < 1. It does not support a supply side, micro moments or
+            the Dask backend yet.
 
         Returns
         -------
@@ -228,9 +239,16 @@ class BLPRandomCoefficients(BLPModel):
         namespace = formula_namespace(context)
         if not isinstance(random, str) or not random.strip():
             raise BLPInputError("random must be a formula such as '0 + prices + mushy'")
+        names = None if nesting_ids is None else nesting_column_names(nesting_ids)
+        if names is not None:
+            check_columns(data, names)  # before the formula work
         design = cls._product_design(formula, data, namespace, absorb, absorb_method, random)
         if design.random.size == 0:
             raise BLPInputError(f"random={random!r} gives no random-coefficient columns")
+        if names is not None:
+            design.use_nesting_columns(names)
+            if design.nesting_levels == 2:
+                _refuse_for_two_levels(supply is not None, False, backend)
         limit = _check_execution(chunk_size, threads, backend, client, memory_limit)
         agents = _agent_design(design, agent_data, integration, demographics, namespace)
         supply_design = build_supply_design(
@@ -259,16 +277,25 @@ class BLPRandomCoefficients(BLPModel):
     supply: SupplyDesign | None = None
 
     def _nests(self) -> tuple[np.ndarray | None, tuple[Any, ...]]:
+        """Nest code of each product (the lower nests with two levels) and the nest labels."""
         if self.design.nesting_ids is None:
             return None, ()
         if self.design.nesting_levels == 2:
-            raise BLPInputError(
-                "two-level nesting_ids are not supported by the random-coefficients nested "
-                "logit (RCNL) yet: estimate the two-level nested logit with BLPNestedLogit, "
-                "or give one level of nests"
-            )
+            codes = TwoLevelCodes.from_ids(self.design.nesting_ids)
+            return codes.lower, tuple(codes.lower_labels.tolist())
         codes, labels = pd.factorize(pd.Series(self.design.nesting_ids), sort=True)
         return codes.astype(np.intp), tuple(labels.tolist())
+
+    def _lower_to_upper(self) -> np.ndarray | None:
+        """Upper nest of each lower nest with two-level ``nesting_ids`` (None otherwise)."""
+        if self.design.nesting_ids is None or self.design.nesting_levels != 2:
+            return None
+        return TwoLevelCodes.from_ids(self.design.nesting_ids).lower_to_upper
+
+    def _check_two_level_support(self, micro: Any = None) -> None:
+        """Refuse, before any work, what the two-level RCNL does not support yet."""
+        if self._lower_to_upper() is not None:
+            _refuse_for_two_levels(self.supply is not None, micro is not None, self.backend)
 
     def parameters(
         self,
@@ -288,6 +315,7 @@ class BLPRandomCoefficients(BLPModel):
                 "zero stay fixed at zero, so without either the model is a plain logit "
                 "(pass sigma=0 to estimate that on purpose)"
             )
+        self._check_two_level_support()
         _, nests = self._nests()
         parameters = NonlinearParameters.build(
             self.design.random.names,
@@ -300,7 +328,10 @@ class BLPRandomCoefficients(BLPModel):
             pi_bounds=pi_bounds,
             rho_bounds=rho_bounds,
             rc_types=self.rc_types,
+            lower_to_upper=self._lower_to_upper(),
         )
+        if parameters.two_level:
+            check_two_level_rho(parameters.rho, "starting")
         if parameters.pi.size and np.any(parameters.pi != 0) and not self.agents.demographic_names:
             raise BLPInputError("pi has nonzero entries but the model has no demographics")
         self.agents.check_nodes(parameters.node_columns_needed(), parameters.characteristics)
@@ -345,6 +376,7 @@ class BLPRandomCoefficients(BLPModel):
         True
         """
         check_fixed_point_options(fp_tol, fp_max_evaluations, fp_method)
+        self._check_two_level_support(micro)
         design = self.design
         if W is None:
             W = self.initial_weighting_matrix()
@@ -456,7 +488,8 @@ class BLPRandomCoefficients(BLPModel):
         pi : array-like, optional
             K2×D starting Π. Zeros stay fixed at zero.
         rho : float or array-like, optional
-            Starting ρ (one, or one per nest) when products have ``nesting_ids``.
+            Starting ρ (one, or one per nest) when products have ``nesting_ids``; with
+            two-level nests ``[rho_upper, rho_lower]`` (a 0 fixes that level's ρ at zero).
         sigma_bounds, pi_bounds, rho_bounds : tuple, optional
             ``(lower, upper)`` arrays. Defaults: Σ diagonal ≥ 0, ρ in [0, 0.99].
         method : {"1s", "2s"}
@@ -572,6 +605,7 @@ class BLPRandomCoefficients(BLPModel):
         parameters = self.parameters(
             sigma, pi, rho, sigma_bounds=sigma_bounds, pi_bounds=pi_bounds, rho_bounds=rho_bounds
         )
+        self._check_two_level_support(micro_moments)
         micro = self.micro_block(micro_moments)
         n_micro = 0 if micro is None else micro.size
         options = gmm_options(self.design, method, W, cov_type, cov_kwds, self.n_moments + n_micro)
@@ -606,7 +640,10 @@ class BLPRandomCoefficients(BLPModel):
             beta=beta,
             user_bounds=user_bounds,
         )
-        return nonlinear_results(self, estimator.run(), objective, options, settings)
+        results = nonlinear_results(self, estimator.run(), objective, options, settings)
+        if parameters.two_level:
+            check_two_level_rho(results.demand.rho, "estimated")
+        return results
 
 
 def supply_fit_options() -> list[str]:
@@ -622,6 +659,24 @@ def supply_fit_options() -> list[str]:
     own |= {"method", "W", "cov_type", "cov_kwds"}
     names = list(inspect.signature(BLPRandomCoefficients.fit).parameters)[1:]
     return [name for name in names if name not in own]
+
+
+def _refuse_for_two_levels(supply: bool, micro: bool, backend: str) -> None:
+    """Raise for what the two-level RCNL does not support yet: a supply side, micro moments
+    and the Dask backend (their kernels know one level of nests)."""
+    refused = []
+    if supply:
+        refused.append("a supply side (supply=)")
+    if micro:
+        refused.append("micro moments (micro_moments=)")
+    if backend != "threads":
+        refused.append(f"backend={backend!r}")
+    if refused:
+        raise BLPInputError(
+            "the random-coefficients nested logit with two-level nesting_ids does not "
+            f"support {', '.join(refused)} yet: estimate demand alone with the threads "
+            "backend, or give one level of nests"
+        )
 
 
 def _check_execution(

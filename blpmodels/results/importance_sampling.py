@@ -143,6 +143,11 @@ class ImportanceSamplingMixin(ResultsRole):
                 "importance_sampling needs a random-coefficients model: logit and nested-logit "
                 "shares do not depend on agents"
             )
+        if demand.parameters.two_level:
+            raise BLPInputError(
+                "importance_sampling does not support two-level nesting_ids yet (its agent "
+                "probabilities are the one-level kernel's): give one level of nests"
+            )
         draws, ar_constant, rng = _check_options(draws, ar_constant, seed)
         design = self.model.design
         labels = design.layout.market_labels

@@ -129,6 +129,12 @@ def _survey_demand(
     agents, parameters = demand.agents, demand.parameters
     if agents is None or parameters is None:
         raise BLPInputError(f"{needs} a random-coefficients model's demand")
+    if parameters.two_level:
+        # The micro probability kernel knows one level of nests only.
+        raise BLPInputError(
+            f"{needs} one level of nests: micro data are not supported for the two-level "
+            "random-coefficients nested logit yet"
+        )
     return agents, parameters
 
 

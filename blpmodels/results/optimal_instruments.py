@@ -327,6 +327,12 @@ def _fitted(results: Any) -> _Fitted:
             "results must be a fitted blpmodels demand model (BLPLogit, BLPNestedLogit or "
             f"BLPRandomCoefficients results), got {type(results).__name__}"
         )
+    if getattr(demand, "lower_to_upper", None) is not None:
+        # The instruments' kernel (∂s/∂δ, ∂s/∂θ, ∂s/∂ρ) knows one level of nests only.
+        raise BLPInputError(
+            "optimal_instruments does not support two-level nesting_ids yet (nested logit or "
+            "RCNL): give one level of nests"
+        )
     supply = getattr(model, "supply", None)
     xi = np.asarray(inner.resid, dtype=np.float64)
     n_linear = design.X.shape[1]
