@@ -22,7 +22,7 @@ import numpy as np
 
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.exceptions import BLPInputError
-from blpmodels.kernel import jacobians
+from blpmodels.kernel import jacobians, symmetric_jacobians
 from blpmodels.kernel.delta import FixedPointResult, solve_delta, solve_delta_hybrid
 from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
 from blpmodels.kernel.markups import directional_markup_derivative, markup_jacobian, markups
@@ -426,6 +426,22 @@ class MarketChunk:
             if woodbury is not None:
                 result.jacobian[...] = woodbury[0]
                 return woodbury[1]
+        inverse = None
+        if mask.shape[1] >= symmetric_jacobians.INVERSE_LOOP_WIDTH and not nesting.nested:
+            # Wide markets: ∂s/∂δ by symmetric rank updates and Cholesky, market by market.
+            inverse = symmetric_jacobians.delta_jacobian_inverse(probabilities, self.weights, mask)
+        if inverse is None:
+            inverse = self._dense_delta_inverse(nesting, probabilities, workspace)
+        result.jacobian[...] = -np.matmul(inverse, by_theta)
+        # The Newton solver of the next evaluation wants (∂log s/∂δ)⁻¹ = (∂s/∂δ)⁻¹ diag(s).
+        inverse *= np.where(mask, probabilities.shares, 1.0)[:, None, :]
+        return inverse
+
+    def _dense_delta_inverse(
+        self, nesting: Nesting, probabilities: Any, workspace: Workspace
+    ) -> np.ndarray:
+        """``[T, J, J]`` (∂s/∂δ)⁻¹ of all markets at once (identity in padding), by LU."""
+        mask = self.mask
         by_delta = share_jacobian(
             probabilities,
             self.weights,
@@ -437,11 +453,7 @@ class MarketChunk:
         )
         index = np.arange(mask.shape[1])
         by_delta[:, index, index] += ~mask
-        inverse = np.linalg.inv(by_delta)
-        result.jacobian[...] = -np.matmul(inverse, by_theta)
-        # The Newton solver of the next evaluation wants (∂log s/∂δ)⁻¹ = (∂s/∂δ)⁻¹ diag(s).
-        inverse *= np.where(mask, probabilities.shares, 1.0)[:, None, :]
-        return inverse
+        return np.linalg.inv(by_delta)
 
     def _two_level_delta_jacobian(
         self,
@@ -493,8 +505,14 @@ class MarketChunk:
         supply = self.supply
         ownership = supply["ownership"]
         derivative = self.price_derivative(theta, coefficients)
-        price_jacobian = share_jacobian(probabilities, self.weights, nesting, self.mask, derivative)
-        eta, system = markups(price_jacobian, probabilities.shares, ownership, self.mask)
+        factored = self._symmetric_markups(derivative, nesting, probabilities)
+        if factored is None:
+            price_jacobian = share_jacobian(
+                probabilities, self.weights, nesting, self.mask, derivative
+            )
+            eta, system = markups(price_jacobian, probabilities.shares, ownership, self.mask)
+        else:
+            eta, system = factored
         result.eta[...] = eta
         if result.jacobian is None or not self.n_theta:
             return
@@ -517,6 +535,25 @@ class MarketChunk:
             result.eta_jacobian[:, :, position] = self._nested_markup_derivative(
                 theta, delta, result.jacobian[:, :, position], position, eta, system
             )
+
+    def _symmetric_markups(
+        self, derivative: np.ndarray, nesting: Nesting, probabilities: Any
+    ) -> tuple[np.ndarray, symmetric_jacobians.CholeskyMarkupSystem] | None:
+        """Markups and B factored by Cholesky market by market, when B is symmetric negative
+        definite: wide markets, no nests, 0/1 ownership by firm and a price derivative of
+        utility that varies by agent only (else None)."""
+        if (
+            self.mask.shape[1] < symmetric_jacobians.MARKUP_LOOP_WIDTH
+            or nesting.nested
+            or self.supply["firms"] is None
+        ):
+            return None
+        slopes = symmetric_jacobians.agent_price_slopes(derivative, self.mask)
+        if slopes is None:
+            return None
+        return symmetric_jacobians.cholesky_markups(
+            probabilities, self.weights, slopes, self.supply["ownership"], self.mask
+        )
 
     def _markup_directions(
         self, coefficients: np.ndarray

@@ -31,6 +31,7 @@ same total derivative by central differences along the exact direction
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.sparse
@@ -148,7 +149,7 @@ def markup_jacobian(
     price_derivative: np.ndarray,
     eta: np.ndarray,
     ownership: np.ndarray,
-    system: np.ndarray,
+    system: Any,
     delta_change: np.ndarray,
     utility_columns: np.ndarray,
     derivative_columns: np.ndarray,
@@ -181,8 +182,9 @@ def markup_jacobian(
         ``[T, J]`` markups.
     ownership : numpy.ndarray
         ``[T, J, J]`` Ω.
-    system : numpy.ndarray
-        ``[T, J, J]`` B from :func:`markups`.
+    system : numpy.ndarray or CholeskyMarkupSystem
+        ``[T, J, J]`` B from :func:`markups`, or B factored by market
+        (:func:`blpmodels.kernel.symmetric_jacobians.cholesky_markups`).
     delta_change : numpy.ndarray
         ``[T, J, L]`` dδ: ∂δ/∂θ.
     utility_columns, derivative_columns : numpy.ndarray
@@ -245,7 +247,7 @@ def markup_jacobian(
     out += np.matmul(np.multiply(Q, a, out=a), m)
     if firms is not None:
         out -= _firm_terms(Q, f, rows, firm_sums, column_of, columns)
-        return -np.linalg.solve(system, out)
+        return -_solve_system(system, out)
     product = np.matmul(Q, Pt)  # [T, J, J] (QP')_km
     product *= ownership
     out -= np.matmul(product, eta[:, :, None] * delta_change)
@@ -254,7 +256,15 @@ def markup_jacobian(
         moved = owner_apply(ownership, None, (eta * utility_columns[:, :, column])[:, :, None] * P)
         moved *= Q
         out[:, :, places] -= np.matmul(moved, f[:, :, places])
-    return -np.linalg.solve(system, out)
+    return -_solve_system(system, out)
+
+
+def _solve_system(system: Any, values: np.ndarray) -> np.ndarray:
+    """B⁻¹ values for the batched ``[T, J, J]`` B, or through ``system.solve`` for a factored B
+    (:class:`blpmodels.kernel.symmetric_jacobians.CholeskyMarkupSystem`)."""
+    if isinstance(system, np.ndarray):
+        return np.linalg.solve(system, values)
+    return system.solve(values)
 
 
 def firm_sums_pay(n_firms: int, width: int, n_params: int, n_columns: int) -> bool:
@@ -314,9 +324,13 @@ def _firm_terms(
     """``[T, J, L]`` Σ_i Q_ki [Ω(η∘dδ_l∘P) + f_l Ω(η∘u_c(l)∘P)]_ki through firm sums.
 
     [ΩX]_ki = Z_{F(k), i} with Z = H'X, so the sum is Σ_i Q_ki V_l[F(k), i] with
-    V_l = Z(η∘dδ_l) + f_l Z(η∘u_c(l)): each product's Q row against its own firm's V. As one
-    sparse product (row k of the ``[T·J, (T·F + 1)·I]`` matrix holds Q_k in the I columns of
-    k's firm), no product-by-agent copy of V is formed.
+    V_l = Z(η∘dδ_l) + f_l Z(η∘u_c(l)): each product's Q row against its own firm's V. With
+    each market's products ordered by firm, that is one small dense product per firm
+    (Q rows of the firm times its ``[I, L]`` V), with no product-by-agent copy of V. It
+    replaced a sparse product whose ``[T·J, (T·F + 1)·I]`` matrix (T·J·I entries) had to be
+    built at every evaluation: 12.6 ms against 4.8 ms on inputs captured from the automobile
+    fit (20 × 150 × 200, 22 firms), and no slower at 100 markets of 10 products (5.7 against
+    4.3 ms; best of 15, loaded machine, 2026-12-07).
     """
     n_markets, width, n_agents = Q.shape
     n_params = f.shape[2]
@@ -329,18 +343,32 @@ def _firm_terms(
         moved = firm_sums[:-1, 1 + n_params + offset].reshape(n_markets, n_firms, n_agents)
         for place in np.flatnonzero(column_of == column):
             by_market[:, :, place] += factors[:, None, place] * moved
-    combined = np.swapaxes(combined, 1, 2).copy()  # [T·F + 1, I, L] for the product
-    n_products = n_markets * width
-    matrix = scipy.sparse.csr_matrix(
-        (
-            np.ascontiguousarray(Q).reshape(-1),
-            (rows[:, None] * n_agents + np.arange(n_agents)).ravel(),
-            np.arange(0, n_products * n_agents + 1, n_agents),
-        ),
-        shape=(n_products, n_groups * n_agents),
-    )
-    terms = matrix @ combined.reshape(n_groups * n_agents, n_params)
-    return np.asarray(terms).reshape(n_markets, width, n_params)
+    terms = np.zeros((n_markets, width, n_params))
+    for market, (order, runs) in enumerate(_firm_runs(rows, n_markets, width, n_firms)):
+        ordered = Q[market, order]  # [n, I]: the market's real products, firm by firm
+        ordered_terms = np.empty((order.size, n_params))
+        for start, stop, group in runs:
+            np.matmul(ordered[start:stop], combined[group].T, out=ordered_terms[start:stop])
+        terms[market, order] = ordered_terms
+    return terms
+
+
+def _firm_runs(
+    rows: np.ndarray, n_markets: int, width: int, n_firms: int
+) -> list[tuple[np.ndarray, list[tuple[int, int, int]]]]:
+    """Per market, its real products ordered by firm and each firm's run in that order as
+    ``(start, stop, row of the firm sums)`` (rows from :func:`_firm_rows`; padding dropped)."""
+    by_market = rows.reshape(n_markets, width)
+    order = np.argsort(by_market, axis=1, kind="stable")  # padding (the last row) sorts last
+    ordered = np.take_along_axis(by_market, order, axis=1)
+    out = []
+    for market in range(n_markets):
+        real = ordered[market][ordered[market] < n_markets * n_firms]
+        starts = np.flatnonzero(np.r_[True, real[1:] != real[:-1]][: real.size])
+        stops = np.r_[starts[1:], real.size][: starts.size]
+        runs = list(zip(starts.tolist(), stops.tolist(), real[starts].tolist(), strict=True))
+        out.append((order[market, : real.size], runs))
+    return out
 
 
 def directional_markup_derivative(
