@@ -48,9 +48,17 @@ def _dense_oracle(evaluator, delta, weights, mask, by_theta):
     return jacobian, inverse
 
 
+@pytest.fixture(params=["batched", "by_market"])
+def woodbury_loop(request, monkeypatch):
+    """Both implementations of the solve: all markets in batched products, or one at a time."""
+    size = float("inf") if request.param == "batched" else 0.0
+    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", size)
+    return request.param
+
+
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize(("n_products", "n_agents", "scale"), [(60, 20, 1.0), (80, 30, 4.0)])
-def test_woodbury_equals_dense_solve(seed, n_products, n_agents, scale):
+def test_woodbury_equals_dense_solve(seed, n_products, n_agents, scale, woodbury_loop):
     evaluator, delta, weights, mask = _market_data(seed, 3, n_products, n_agents, scale)
     probabilities = evaluator.probabilities(delta, factored=True)
     if scale > 1:  # the spread δ must really reach tiny shares
@@ -68,9 +76,31 @@ def test_woodbury_equals_dense_solve(seed, n_products, n_agents, scale):
     applied = apply_inverse(inverse, residual)
     assert np.allclose(applied, np.einsum("tjk,tk->tj", expected_inverse, residual), atol=1e-10)
     assert np.array_equal(applied[0, -3:], residual[0, -3:])  # identity in padding
+    # Newton steps apply K to the markets still moving, in place (markets 0 and 2 here).
+    moving = np.array([0, 2])
+    some = apply_inverse(inverse, residual[moving], moving)
+    assert np.allclose(some, np.einsum("tjk,tk->tj", expected_inverse[moving], residual[moving]))
 
 
-def test_woodbury_falls_back_when_capacitance_is_ill_conditioned():
+def test_woodbury_keeps_the_cholesky_factor_of_the_capacitance(woodbury_loop):
+    # C = 1 − Uᵀ D⁻¹ U with U = [√w_i P_·i], formed here from the unfactored probabilities.
+    evaluator, delta, weights, mask = _market_data(7, 3, 60, 20, 2.0)
+    probabilities = evaluator.probabilities(delta, factored=True)
+    _, inverse = woodbury_delta_jacobian(probabilities, weights, mask, np.zeros((*mask.shape, 1)))
+    assert (inverse.middle is None) == (woodbury_loop == "by_market")
+    P = evaluator.probabilities(delta).unconditional
+    for t in range(mask.shape[0]):
+        real = mask[t]
+        U = P[t][real] * np.sqrt(weights[t])
+        capacitance = np.eye(U.shape[1]) - U.T @ (U / (P[t][real] @ weights[t])[:, None])
+        lower = inverse.cholesky[t]
+        assert np.array_equal(lower, np.tril(lower))
+        assert np.abs(lower @ lower.T - capacitance).max() < 1e-13
+        middle = inverse.capacitance_inverse()[t]
+        assert np.allclose(middle, np.linalg.inv(capacitance), rtol=1e-9, atol=1e-12)
+
+
+def test_woodbury_falls_back_when_capacitance_is_ill_conditioned(woodbury_loop):
     # Outside shares near zero for every agent make 1 − UᵀD⁻¹U nearly singular.
     evaluator, _, weights, mask = _market_data(1, 2, 40, 10, 1.0)
     delta = np.where(mask, 30.0, 0.0)
@@ -96,7 +126,7 @@ def test_woodbury_refuses_what_it_cannot_factor():
     assert woodbury_delta_jacobian(factored, negative, mask, by_theta) is None
 
 
-def test_newton_solver_takes_the_low_rank_inverse():
+def test_newton_solver_takes_the_low_rank_inverse(woodbury_loop):
     evaluator, delta, weights, mask = _market_data(3, 2, 50, 15, 1.0)
     target = np.log(np.where(mask, evaluator.shares(delta), 1.0))
     probabilities = evaluator.probabilities(delta + 0.01, factored=True)

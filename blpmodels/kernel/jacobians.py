@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import lapack
 
 from blpmodels.kernel.shares import Nesting, Probabilities, _of_product
 
@@ -24,12 +25,23 @@ __all__ = [
 ]
 
 #: Woodbury replaces the dense J×J inverse of ∂s/∂δ when agents I ≤ this × products J. Measured
-#: 2026-12-07 (one BLAS thread, T = 50, I = 200, unnested, ∂δ/∂θ plus the Newton inverse, CPU
-#: ms dense / Woodbury): J = 150: 47 / 87, 200: 94 / 88, 250: 168 / 92, 300: 272 / 100,
-#: 400: 517 / 117, 500: 959 / 137, so the kernel crosses at I ≈ J. Whole evaluations at J = 250
-#: (I = 0.8 J) took 0.14 s CPU on Woodbury against 0.21 s dense (fits 1.8 s against 2.6 s);
-#: below 0.8 the Newton steps (2JI + I² against J² per market) eat into the margin.
+#: 2026-12-07 with the syrk + Cholesky solve (one BLAS thread, 25 markets, I = 200, unnested,
+#: ∂δ/∂θ plus the Newton inverse, CPU ms dense / Woodbury): J = 100: 12.2 / 13.3, 150: 17.7 /
+#: 14.7, 200: 38 / 19, 250: 66 / 19, 300: 97 / 21, 500: 342 / 30; one Newton step's K r costs
+#: 0.1–0.4 ms dense against about 1.1 ms Woodbury below J = 300 (a loop over markets). Whole
+#: fits (bench_large_j.py, T = 50, CPU s dense / Woodbury): J = 150 (I = 1.33 J): 0.80 / 0.82,
+#: late evaluations 0.067 / 0.088; J = 200 (I = J): 1.44 / 1.18, 0.109 / 0.103. So at I = 200
+#: the paths cross at I ≈ J; small markets gain less (random utilities of Nevo's size, T = 94,
+#: J = 24, I = 20: 1.2 ms dense against 2.0 ms Woodbury, K r 0.016 against 0.043 ms), so it stays at
+#: 0.8, which keeps Nevo and the exercise-2 problems on the dense path.
 WOODBURY_CROSSOVER = 0.8
+#: Markets with J·I² of at least this many flops take the Woodbury solve one market at a time
+#: (U, V and the solve stay in cache, C⁻¹ is never formed); smaller ones are solved in batched
+#: products over all markets, where a Python loop over markets would cost more than the
+#: arithmetic (measured 2026-12-07, T = 1,000, J = 50, I = 20: 59 ms by market against 19 ms
+#: batched, and each Newton step's K r 5.8 ms against 0.8 ms; at J = 100, I = 50 about even;
+#: at J = 500, I = 200 by market 30 ms against 70 ms).
+WOODBURY_LOOP_SIZE = 2_000_000
 #: Largest 1-norm condition number of the I×I capacitance matrix I − UᵀD⁻¹U for which the
 #: Woodbury path is kept; beyond it the chunk takes the dense solve (the capacitance loses
 #: digits the dense LU of ∂s/∂δ does not).
@@ -43,32 +55,59 @@ class LowRankInverse:
     With ∂s/∂δ = D − UUᵀ (D = diag(s), U_ji = √w_i P_ji), Woodbury gives
     (∂s/∂δ)⁻¹ = D⁻¹ + D⁻¹U C⁻¹ UᵀD⁻¹ with the capacitance C = 1 − UᵀD⁻¹U, and
     (∂log s/∂δ)⁻¹ = (∂s/∂δ)⁻¹ D = 1 + D⁻¹U C⁻¹ Uᵀ. Only U is kept at ``[T, J, I]`` (D⁻¹U
-    is one scaling away), so a chunk's state holds one such array, not two.
+    is one scaling away), so a chunk's state holds one such array, not two. C is kept as its
+    Cholesky factor; small markets also keep C⁻¹, so that K is applied to all markets in a few
+    batched products (large ones apply the factor market by market: forming C⁻¹ there cost
+    more than factoring C, see :data:`WOODBURY_LOOP_SIZE`).
 
     Attributes
     ----------
     factor : numpy.ndarray
         ``[T, J, I]`` U (zero rows in padding, so K is the identity there).
-    middle : numpy.ndarray
-        ``[T, I, I]`` C⁻¹.
+    cholesky : numpy.ndarray
+        ``[T, I, I]`` per market the lower triangular L with C = L Lᵀ (its transpose, the
+        Fortran-ordered upper factor LAPACK works with, is a view).
     scale : numpy.ndarray
         ``[T, J]`` 1/s (1 in padding).
+    middle : numpy.ndarray or None
+        ``[T, I, I]`` C⁻¹ for small markets, None for large ones.
     """
 
     factor: np.ndarray
-    middle: np.ndarray
+    cholesky: np.ndarray
     scale: np.ndarray
+    middle: np.ndarray | None = None
 
     def __getitem__(self, markets: np.ndarray | slice) -> LowRankInverse:
-        return LowRankInverse(self.factor[markets], self.middle[markets], self.scale[markets])
+        return LowRankInverse(
+            self.factor[markets],
+            self.cholesky[markets],
+            self.scale[markets],
+            None if self.middle is None else self.middle[markets],
+        )
+
+    def capacitance_inverse(self) -> np.ndarray:
+        """The ``[T, I, I]`` C⁻¹ (kept for small markets, else solved from the factor)."""
+        if self.middle is not None:
+            return self.middle
+        identity = np.eye(self.cholesky.shape[1])
+        return np.stack([_cholesky_solve(lower, identity) for lower in self.cholesky])
 
     def dense(self) -> np.ndarray:
         """The ``[T, J, J]`` matrix K (for tests and small problems)."""
-        product = np.matmul(np.matmul(self.factor, self.middle), np.swapaxes(self.factor, 1, 2))
+        middle = self.capacitance_inverse()
+        product = np.matmul(np.matmul(self.factor, middle), np.swapaxes(self.factor, 1, 2))
         product *= self.scale[:, :, None]
         index = np.arange(product.shape[1])
         product[:, index, index] += 1.0
         return product
+
+
+def _cholesky_solve(lower: np.ndarray, right_side: np.ndarray) -> np.ndarray:
+    """C⁻¹ B for one market from its lower Cholesky factor L (C = L Lᵀ; B ``[I]`` or ``[I, K]``)."""
+    # L in C order is the upper factor Lᵀ in Fortran order: LAPACK reads it without a copy.
+    solution, _ = lapack.dpotrs(lower.T, right_side, lower=0)
+    return solution
 
 
 def apply_inverse(
@@ -79,7 +118,10 @@ def apply_inverse(
     """``[n, J]`` K r per market for a dense ``[T, J, J]`` or :class:`LowRankInverse` K.
 
     ``markets`` (sorted positions among the T, one per row of ``vectors``) selects the markets
-    of K; when it holds all T, K is used in place, since indexing would copy every factor.
+    of K. A dense K and the factors of small markets are indexed (when ``markets`` does not
+    hold all T) and applied in batched products; the factors of large markets are applied
+    market by market in place, since indexing would copy every ``[J, I]`` factor (as much
+    memory traffic as the product itself).
 
     Examples
     --------
@@ -88,13 +130,25 @@ def apply_inverse(
     array([[2., 6.]])
     """
     count = inverse.factor.shape[0] if isinstance(inverse, LowRankInverse) else inverse.shape[0]
-    if markets is not None and len(markets) != count:
-        inverse = inverse[markets]
-    if isinstance(inverse, LowRankInverse):
+    if isinstance(inverse, LowRankInverse) and inverse.middle is not None:
+        if markets is not None and len(markets) != count:
+            inverse = inverse[markets]
         inner = np.matmul(vectors[:, None, :], inverse.factor)  # [T, 1, I]
         inner = np.matmul(inner, inverse.middle)
         low_rank = np.matmul(inverse.factor, inner[:, 0, :, None])[:, :, 0]
         return vectors + low_rank * inverse.scale
+    if isinstance(inverse, LowRankInverse):
+        positions = range(len(vectors)) if markets is None else markets
+        out = np.empty_like(vectors)
+        for row, market in enumerate(positions):
+            factor = inverse.factor[market]
+            inner = _cholesky_solve(inverse.cholesky[market], vectors[row] @ factor)
+            np.matmul(factor, inner, out=out[row])
+        out *= inverse.scale if markets is None else inverse.scale[markets]
+        out += vectors
+        return out
+    if markets is not None and len(markets) != count:
+        inverse = inverse[markets]
     return np.matmul(inverse, vectors[:, :, None])[:, :, 0]
 
 
@@ -175,25 +229,28 @@ def share_jacobian(
     return jacobian
 
 
-def _positive_definite_inverse(matrices: np.ndarray) -> np.ndarray | None:
-    """Inverses of symmetric positive definite ``[T, n, n]`` matrices, or None if one is not.
+def _capacitance(factor: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """One market's C = 1 − VᵀV (V = D^{-1/2}U, a ``[J, I]`` temporary that stays in cache).
 
-    Cholesky and its inverse (LAPACK potrf, potri) cost n³ flops per matrix against about
-    2.7 n³ for numpy's LU-based ``inv``, which dominated the Woodbury solve at n = 200 agents.
+    numpy computes VᵀV of one array as a symmetric rank-J update (BLAS syrk: J·I² flops, half
+    of a general product) without holding the GIL, so chunks in other threads run meanwhile
+    (scipy's BLAS wrappers hold it).
     """
-    from scipy.linalg import lapack
+    scaled_factor = factor * np.sqrt(scale)[:, None]
+    np.matmul(scaled_factor.T, scaled_factor, out=out)
+    np.negative(out, out=out)
+    out.flat[:: out.shape[0] + 1] += 1.0
 
-    out = np.empty_like(matrices)
-    for market, matrix in enumerate(matrices):
-        factor, info = lapack.dpotrf(matrix, lower=1)
-        if info != 0:
-            return None
-        inverse, info = lapack.dpotri(factor, lower=1)
-        if info != 0:
-            return None
-        out[market] = inverse
-    lower = np.tril(out)
-    return lower + np.swapaxes(np.tril(out, -1), 1, 2)
+
+def _condition_within(lower: np.ndarray, capacitance: np.ndarray, limit: float) -> bool:
+    """Whether C's 1-norm condition number, as LAPACK estimates it from L, is at most ``limit``.
+
+    The estimate (pocon: I² flops from the factor, no inverse) is within a small factor of the
+    exact ‖C‖₁‖C⁻¹‖₁ the solve was checked against before.
+    """
+    norm = float(np.abs(capacitance).sum(axis=0).max())
+    reciprocal, info = lapack.dpocon(lower.T, norm)
+    return info == 0 and reciprocal * limit >= 1.0
 
 
 def woodbury_delta_jacobian(
@@ -207,9 +264,10 @@ def woodbury_delta_jacobian(
 
     For the unnested logit ∂s/∂δ = D − UUᵀ with D = diag(s) and ``U = [√w_i P[:, i]]``
     (``[J, I]``), so (∂s/∂δ)⁻¹ = D⁻¹ + V C⁻¹ Vᵀ with V = D⁻¹U and the I×I capacitance
-    C = 1 − UᵀV: O(J·I²) per market instead of the dense O(J³), and the ``[J, J]`` matrix is
-    never formed. C is
-    positive definite exactly when ∂s/∂δ is (Schur complements of [[D, U], [Uᵀ, 1]]).
+    C = 1 − UᵀV: J·I² + I³/3 flops per market (a symmetric rank-J update and a Cholesky
+    factorization, no inverse) instead of the dense J²·I + J³, and the ``[J, J]`` matrix is
+    never formed. C is positive definite exactly when ∂s/∂δ is (Schur complements of
+    [[D, U], [Uᵀ, 1]]).
 
     Parameters
     ----------
@@ -255,22 +313,92 @@ def woodbury_delta_jacobian(
         return None
     agent_factor, exp_delta, ratio = probabilities.factors
     # U_ji = √w_i P_ji = e_j (A_ji r_i √w_i); padding rows are zeroed so K is 1 there.
-    right = agent_factor * (ratio * np.sqrt(weights))[:, None, :]
-    right *= np.where(product_mask, exp_delta, 0.0)[:, :, None]
+    agent_scale = ratio * np.sqrt(weights)
+    product_scale = np.where(product_mask, exp_delta, 0.0)
     scale = 1.0 / shares
-    capacitance = -np.matmul(np.swapaxes(right, 1, 2), right * scale[:, :, None])
+    _, n_products, n_agents = agent_factor.shape
+    solve = (
+        _woodbury_by_market
+        if n_products * n_agents * n_agents >= WOODBURY_LOOP_SIZE
+        else _woodbury_batched
+    )
+    pieces = (agent_factor, agent_scale, product_scale, scale)
+    return solve(*pieces, by_theta, limit)
+
+
+def _woodbury_by_market(
+    agent_factor: np.ndarray,
+    agent_scale: np.ndarray,
+    product_scale: np.ndarray,
+    scale: np.ndarray,
+    by_theta: np.ndarray,
+    limit: float,
+) -> tuple[np.ndarray, LowRankInverse] | None:
+    """:func:`woodbury_delta_jacobian` for large markets, one market at a time (see there)."""
+    n_markets, _, n_agents = agent_factor.shape
+    right = np.empty(agent_factor.shape)
+    cholesky = np.empty((n_markets, n_agents, n_agents))
+    capacitance = np.empty((n_agents, n_agents))
+    jacobian = by_theta * scale[:, :, None]
+    # Market by market, so that each market's U (and V) is still in cache when reused.
+    for market in range(n_markets):
+        factor = right[market]
+        np.multiply(agent_factor[market], agent_scale[market], out=factor)
+        factor *= product_scale[market][:, None]
+        _capacitance(factor, scale[market], capacitance)
+        try:  # C is positive definite exactly when ∂s/∂δ is
+            lower = np.linalg.cholesky(capacitance)
+        except np.linalg.LinAlgError:
+            return None
+        if not _condition_within(lower, capacitance, limit):
+            return None
+        cholesky[market] = lower
+        if by_theta.shape[2]:
+            inner = _cholesky_solve(lower, factor.T @ jacobian[market])
+            jacobian[market] += (factor @ inner) * scale[market][:, None]
+    np.negative(jacobian, out=jacobian)
+    if not (np.isfinite(jacobian).all() and np.isfinite(cholesky).all()):
+        return None
+    return jacobian, LowRankInverse(right, cholesky, scale)
+
+
+def _woodbury_batched(
+    agent_factor: np.ndarray,
+    agent_scale: np.ndarray,
+    product_scale: np.ndarray,
+    scale: np.ndarray,
+    by_theta: np.ndarray,
+    limit: float,
+) -> tuple[np.ndarray, LowRankInverse] | None:
+    """:func:`woodbury_delta_jacobian` for small markets, all at once in batched products.
+
+    C⁻¹ is formed (I is small) and kept, so its condition number is exact and the Newton
+    steps apply K without a loop over markets.
+    """
+    right = agent_factor * agent_scale[:, None, :]
+    right *= product_scale[:, :, None]
+    scaled_factor = right * np.sqrt(scale)[:, :, None]
+    # VᵀV of one array: numpy takes the symmetric rank-J update (syrk).
+    capacitance = -np.matmul(np.swapaxes(scaled_factor, 1, 2), scaled_factor)
     index = np.arange(capacitance.shape[1])
     capacitance[:, index, index] += 1.0
-    middle = _positive_definite_inverse(capacitance)
-    if middle is None:  # C is positive definite exactly when ∂s/∂δ is
+    try:  # C is positive definite exactly when ∂s/∂δ is
+        cholesky = np.linalg.cholesky(capacitance)
+    except np.linalg.LinAlgError:
         return None
-    condition = np.abs(capacitance).sum(axis=1).max(axis=1) * np.abs(middle).sum(axis=1).max(axis=1)
-    if not bool(np.isfinite(middle).all()) or bool((condition > limit).any()):
+    middle = np.linalg.inv(capacitance)
+    norms = np.abs(capacitance).sum(axis=1).max(axis=1) * np.abs(middle).sum(axis=1).max(axis=1)
+    if not (np.isfinite(middle).all() and np.isfinite(cholesky).all()):
         return None
-    scaled = by_theta * scale[:, :, None]
-    inner = np.matmul(middle, np.matmul(np.swapaxes(right, 1, 2), scaled))
-    scaled += np.matmul(right, inner) * scale[:, :, None]
-    return -scaled, LowRankInverse(right, middle, scale)
+    if bool((norms > limit).any()):
+        return None
+    jacobian = by_theta * scale[:, :, None]
+    inner = np.matmul(middle, np.matmul(np.swapaxes(right, 1, 2), jacobian))
+    jacobian += np.matmul(right, inner) * scale[:, :, None]
+    np.negative(jacobian, out=jacobian)
+    if not np.isfinite(jacobian).all():
+        return None
+    return jacobian, LowRankInverse(right, cholesky, scale, middle)
 
 
 def _buffer(
