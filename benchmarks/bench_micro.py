@@ -43,11 +43,11 @@ Run ``python benchmarks/bench_micro.py`` (needs pyblp and the shared data; pyblp
 ``--only ex3-q2 s3-rcnl s3-rcnl-eval nevo-scores petrin petrin-eval`` picks problems,
 ``--repeat N`` runs each fit N times (fresh processes; the best wall time is kept),
 ``--libraries blpmodels`` skips pyblp, ``--threads`` sets blpmodels' threads, ``--baseline
-PATH`` also times ``nevo-scores``, ``petrin`` and ``petrin-eval`` with the blpmodels found at
-PATH (e.g. ``git archive`` of an older commit), ``--pyblp-timeout S`` stops a pyblp fit after S
-seconds (reported, not compared), ``--petrin-maxiter N`` caps BFGS at N iterations per GMM
-step in both libraries (``petrin`` on a busy machine: pyblp's full fit takes ten minutes or
-more).
+PATH`` also times every problem with the blpmodels found at PATH (e.g. ``git archive`` of an
+older commit; each of its fits runs just before the current code's), ``--pyblp-timeout S``
+stops a pyblp fit after S seconds (reported, not compared), ``--petrin-maxiter N`` caps BFGS
+at N iterations per GMM step in both libraries (``petrin`` on a busy machine: pyblp's full fit
+takes ten minutes or more).
 """
 
 from __future__ import annotations
@@ -497,7 +497,7 @@ def run_problem(problem: str, arguments) -> None:
     else:
         optimizers = ["bfgs", "auto"] if petrin else ["l-bfgs-b", "trust-constr", "gauss-newton"]
     baselines = [(None, "")]
-    if petrin and arguments.baseline:
+    if arguments.baseline:
         baselines.insert(0, (arguments.baseline, " (baseline)"))
     for optimizer in optimizers:
         for baseline, suffix in baselines:
@@ -529,9 +529,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="blpmodels threads")
     parser.add_argument("--child", nargs=3, metavar=("PROBLEM", "LIBRARY", "OPTIMIZER"))
     parser.add_argument("--micro-data", help="(children) the nevo-scores rows")
-    parser.add_argument(
-        "--baseline", help="also time nevo-scores and petrin with the blpmodels at PATH"
-    )
+    parser.add_argument("--baseline", help="also time every problem with the blpmodels at PATH")
     parser.add_argument(
         "--pyblp-timeout", type=float, default=None, help="seconds before a pyblp fit is stopped"
     )

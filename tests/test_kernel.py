@@ -556,6 +556,18 @@ def checked_rho_jacobian(problem) -> np.ndarray:
         probabilities, problem.delta, mu, problem.weights, nesting, problem.mask
     )
     assert jacobian.shape == (*problem.mask.shape, problem.n_nests)
+    # The factored form (X2 and agent coefficients, μ never formed) gives the same derivative.
+    factored = rho_jacobian(
+        probabilities,
+        problem.delta,
+        None,
+        problem.weights,
+        nesting,
+        problem.mask,
+        characteristics=problem.x2,
+        coefficients=problem.coefficients(),
+    )
+    np.testing.assert_allclose(factored, jacobian, rtol=1e-10, atol=1e-13)
     step = 1e-6
     for h in range(problem.n_nests):
         up, down = problem.rho.copy(), problem.rho.copy()

@@ -411,8 +411,16 @@ class MarketChunk:
                 by_theta[:, :, columns] = piece
         rho_positions = self.parameters.rho_positions()
         if rho_positions.size:
-            mu = np.matmul(self.characteristics, np.swapaxes(coefficients, 1, 2))
-            by_rho = rho_jacobian(probabilities, delta, mu, self.weights, nesting, mask)
+            by_rho = rho_jacobian(
+                probabilities,
+                delta,
+                None,
+                self.weights,
+                nesting,
+                mask,
+                characteristics=self.characteristics,
+                coefficients=coefficients,
+            )
             if self.parameters.rho.size == 1:
                 by_rho = by_rho.sum(axis=2, keepdims=True)
             free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]

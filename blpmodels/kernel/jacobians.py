@@ -499,44 +499,101 @@ def theta_jacobian(
     # Agents stay on the last (contiguous) axis: numpy is slow on tiny trailing axes.
     factors = np.concatenate(agent_factors, axis=1) * weights[:, None, :]
     P = probabilities.unconditional
+    if nesting.nested:
+        return np.split(
+            _nested_theta_jacobian(
+                probabilities, nesting, product_mask, characteristics, factors, columns
+            ),
+            np.cumsum(sizes)[:-1],
+            axis=2,
+        )
     mean_x = np.matmul(np.swapaxes(characteristics, 1, 2), P)
     stacked = np.concatenate([factors, factors * mean_x[:, columns, :]], axis=1)
     products = np.matmul(P, np.swapaxes(stacked, 1, 2))
     direct, centered = products[:, :, :size], products[:, :, size:]
-    if not nesting.nested:
-        out = x * direct - centered
-    else:
-        scale = np.where(product_mask, 1.0 - nesting.rho_products, 1.0)[:, :, None]
-        out = x / scale * direct - centered
-        factor = (nesting.rho_products / (1.0 - nesting.rho_products))[:, :, None]
-        for nest in range(nesting.n_nests):
-            members = (nesting.codes == nest) & product_mask
-            if not members.any():
-                continue
-            within_x = np.matmul(
-                np.swapaxes(characteristics * members[:, :, None], 1, 2),
-                probabilities.conditional,
-            )
-            within = np.matmul(P, np.swapaxes(factors * within_x[:, columns, :], 1, 2))
-            out -= np.where(members[:, :, None], factor * within, 0.0)
+    out = x * direct - centered
     return np.split(out, np.cumsum(sizes)[:-1], axis=2)
+
+
+def _nested_theta_jacobian(
+    probabilities: Probabilities,
+    nesting: Nesting,
+    product_mask: np.ndarray,
+    characteristics: np.ndarray,
+    factors: np.ndarray,
+    columns: np.ndarray,
+) -> np.ndarray:
+    """:func:`theta_jacobian` of a nested model ``[T, J, L]`` from weighted agent factors
+    ``[T, L, I]`` (g w) and the X2 column of each: Σ_i w_i P_ji g_il (X2_jc/(1 − ρ_j) − x̄_ic
+    − ρ_j/(1 − ρ_j) x̃_h(j)ic) with the within-nest means x̃_hic = Σ_(k∈h) P_(k|h)i X2_kc and
+    x̄_ic = Σ_h P_hi x̃_hic. One product of P_(j|h) with the nest-masked X2 gives every x̃ (and
+    so x̄), one product of P with ``[T, I, (2 + H)·L]`` agent arrays every sum over agents: two
+    passes over ``[T, J, I]`` arrays, whatever the number of nests."""
+    P = probabilities.unconditional
+    n_markets, n_products, n_agents = P.shape
+    n_nests, size = nesting.n_nests, factors.shape[1]
+    n_characteristics = characteristics.shape[2]
+    membership = nesting.membership(product_mask)  # [T, H, J]
+    left = (membership[:, :, None, :] * np.swapaxes(characteristics, 1, 2)[:, None]).reshape(
+        n_markets, n_nests * n_characteristics, n_products
+    )
+    within_x = np.matmul(left, probabilities.conditional).reshape(
+        n_markets, n_nests, n_characteristics, n_agents
+    )
+    mean_x = np.einsum("thi,thci->tci", probabilities.nest, within_x)
+    by_nest = factors[:, None] * within_x[:, :, columns, :]  # [T, H, L, I]
+    right = np.concatenate(
+        [factors, factors * mean_x[:, columns, :], by_nest.reshape(n_markets, -1, n_agents)],
+        axis=1,
+    )
+    products = np.matmul(P, np.swapaxes(right, 1, 2))  # [T, J, (2 + H)·L]
+    direct, centered = products[:, :, :size], products[:, :, size : 2 * size]
+    within = products[:, :, 2 * size :].reshape(n_markets, n_products, n_nests, size)
+    own_nest = np.take_along_axis(within, nesting.codes[:, :, None, None], axis=2)[:, :, 0]
+    scale = np.where(product_mask, 1.0 - nesting.rho_products, 1.0)[:, :, None]
+    factor = np.where(product_mask, nesting.rho_products / (1.0 - nesting.rho_products), 0.0)
+    x = characteristics[:, :, columns]
+    return x / scale * direct - centered - factor[:, :, None] * own_nest
 
 
 def rho_jacobian(
     probabilities: Probabilities,
     delta: np.ndarray,
-    mu: np.ndarray,
+    mu: np.ndarray | None,
     weights: np.ndarray,
     nesting: Nesting,
     product_mask: np.ndarray,
+    *,
+    characteristics: np.ndarray | None = None,
+    coefficients: np.ndarray | None = None,
 ) -> np.ndarray:
     """Derivatives of shares with respect to each nest's ρ, holding δ fixed.
+
+    ∂log s_ij/∂ρ_h = [h = h(j)] own_ij − s_hi gap_hi with own_ij = (U_ij − Ū_h(j)i)/(1 − ρ_j)²
+    + gap_h(j)i, U = δ + μ, Ū_hi = Σ_(k∈h) P_(k|h)i U_ki and gap_hi = (Ū_hi − IV_hi)/(1 − ρ_h).
+
+    Parameters
+    ----------
+    probabilities : Probabilities
+        Probabilities at ``delta`` (``unconditional`` and ``conditional``).
+    delta : numpy.ndarray
+        ``[T, J]`` mean utilities.
+    mu : numpy.ndarray or None
+        ``[T, J, I]`` agent utilities; None with ``characteristics`` X2 ``[T, J, K2]`` and
+        agent ``coefficients`` ``[T, I, K2]`` (μ = X2 c'), which never forms μ: every sum over
+        agents is then a product of P or P_(j|h) with ``[T, I, ·]`` agent arrays.
+    weights, nesting, product_mask
+        As for :func:`share_jacobian`.
 
     Returns
     -------
     numpy.ndarray
         ``[T, J, H]``: column h is ∂s/∂ρ_h.
     """
+    if mu is None:
+        return _factored_rho_jacobian(
+            probabilities, delta, weights, nesting, product_mask, characteristics, coefficients
+        )
     P = probabilities.unconditional
     conditional = probabilities.conditional
     utilities = np.where(product_mask[:, :, None], delta[:, :, None] + mu, 0.0)
@@ -558,4 +615,59 @@ def rho_jacobian(
     weighted = P * weights[:, None, :]
     jacobian = own_indicator * (weighted * own).sum(axis=2)[:, :, None]
     jacobian -= np.matmul(weighted, np.swapaxes(probabilities.nest * gap, 1, 2))
+    return np.where(product_mask[:, :, None], jacobian, 0.0)
+
+
+def _factored_rho_jacobian(
+    probabilities: Probabilities,
+    delta: np.ndarray,
+    weights: np.ndarray,
+    nesting: Nesting,
+    product_mask: np.ndarray,
+    characteristics: np.ndarray,
+    coefficients: np.ndarray,
+) -> np.ndarray:
+    """:func:`rho_jacobian` from X2 and the agent coefficients: U_ji = δ_j + Σ_c X2_jc c_ic, so
+    Ū comes from one product of the conditional probabilities with the nest-masked [δ | X2]
+    columns, and the agent sums Σ_i w_i P_ji (U_ji, Ū_h(j)i, gap_h(j)i, P_hi gap_hi) from
+    one product of P with ``[T, I, K2 + 3H]`` agent arrays: two passes over ``[T, J, I]``."""
+    P = probabilities.unconditional
+    n_markets, n_products, n_agents = P.shape
+    n_nests = nesting.n_nests
+    membership = nesting.membership(product_mask)  # [T, H, J]
+    mean_delta = np.where(product_mask, delta, 0.0)
+    columns = np.concatenate([mean_delta[:, :, None], characteristics], axis=2)  # [T, J, 1+K2]
+    n_columns = columns.shape[2]
+    left = (membership[:, :, None, :] * np.swapaxes(columns, 1, 2)[:, None, :, :]).reshape(
+        n_markets, n_nests * n_columns, n_products
+    )
+    sums = np.matmul(left, probabilities.conditional).reshape(
+        n_markets, n_nests, n_columns, n_agents
+    )
+    agent_coefficients = np.swapaxes(coefficients, 1, 2)  # [T, K2, I]
+    mean_utility = sums[:, :, 0] + np.einsum("thci,tci->thi", sums[:, :, 1:], agent_coefficients)
+    inclusive = probabilities.inclusive
+    scale = 1.0 - nesting.rho
+    with np.errstate(invalid="ignore"):
+        gap = np.where(
+            np.isfinite(inclusive), (mean_utility - inclusive) / scale[None, :, None], 0.0
+        )
+    right = (
+        np.concatenate([agent_coefficients, mean_utility, gap, probabilities.nest * gap], axis=1)
+        * weights[:, None, :]
+    )
+    summed = np.matmul(P, np.swapaxes(right, 1, 2))  # [T, J, K2 + 3H]
+    n_characteristics = characteristics.shape[2]
+    by_characteristic = summed[:, :, :n_characteristics]
+    rest = summed[:, :, n_characteristics:]
+    by_mean, by_gap, by_nest_gap = (rest[:, :, k * n_nests : (k + 1) * n_nests] for k in range(3))
+    codes = nesting.codes[:, :, None]
+    # Σ_i w_i P_ji U_ji = δ_j s_j + Σ_c X2_jc Σ_i w_i P_ji c_ic.
+    own_utility = mean_delta * probabilities.shares + (characteristics * by_characteristic).sum(2)
+    own_mean = np.take_along_axis(by_mean, codes, axis=2)[:, :, 0]
+    own_gap = np.take_along_axis(by_gap, codes, axis=2)[:, :, 0]
+    scale_of_product = 1.0 - nesting.rho_products
+    own = (own_utility - own_mean) / scale_of_product**2 + own_gap
+    own_indicator = nesting.codes[:, :, None] == np.arange(n_nests)[None, None, :]
+    jacobian = own_indicator * own[:, :, None] - by_nest_gap
     return np.where(product_mask[:, :, None], jacobian, 0.0)

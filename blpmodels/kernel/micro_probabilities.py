@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from blpmodels.kernel.nested_removals import NestedRemovals
+
 
 @dataclass(eq=False)
 class MicroMarket:
@@ -260,12 +262,18 @@ class MicroProbabilities:
         codes = self.nest_codes[t, :n]
         first = _nested(utilities, codes, rho)
         if tangents is None:
-            return first, None, lambda groups: (_nested_pairs(utilities, codes, rho, groups), None)
+            return (
+                first,
+                None,
+                lambda groups: (NestedRemovals(first, codes, rho, groups).pairs, None),
+            )
         nests = _Nests(codes, rho, tuple(self._rho_tangents(tangents.shape[0])))
         d_first = _nested_tangents(first, tangents, nests)
 
         def pair(groups: np.ndarray) -> tuple[np.ndarray, Any]:
-            return _nested_pair_tangents(utilities, tangents, nests, groups, first, d_first)
+            removals = NestedRemovals(first, codes, rho, groups)
+            tangent = _NestedPairTangent(removals, utilities, tangents, nests, d_first)
+            return removals.pairs, tangent
 
         return first, d_first, pair
 
@@ -581,9 +589,10 @@ def _nested_pair_tangents(
     groups: np.ndarray,
     first: np.ndarray,
     d_first: np.ndarray,
-) -> tuple[np.ndarray, _NestedPairTangent]:
+) -> tuple[np.ndarray, _DirectNestedPairTangent]:
     """Pair probabilities of :func:`_nested_pairs` ``[I, 1+J, 1+J]`` and their θ-tangents
-    (:class:`_NestedPairTangent`): (s_b(−h) − s_b) r_a with r_a = s_a / S_h, S_h = Σ_a∈h s_a."""
+    (:class:`_DirectNestedPairTangent`): (s_b(−h) − s_b) r_a with r_a = s_a / S_h,
+    S_h = Σ_a∈h s_a."""
     index, removed = _removals(groups)
     without = _nested(utilities[None], nests.codes, nests.rho, removed)  # [G, I, 1+J]
     same = groups[:, None] == groups[None, :]
@@ -596,7 +605,7 @@ def _nested_pair_tangents(
     # Negative values are rounding noise of s_b(−h) − s_b ≈ 0; set to zero, with no slope.
     keep = (joint >= 0) & ~same[None, :, :]
     joint[~keep] = 0.0
-    tangent = _NestedPairTangent(
+    tangent = _DirectNestedPairTangent(
         without,
         index,
         first,
@@ -616,6 +625,44 @@ def _nested_pair_tangents(
 
 @dataclass(frozen=True, eq=False)
 class _NestedPairTangent:
+    """θ-tangents of the RCNL pair probabilities s_b r_a (Λ_g(a)h(b) − 1) of
+    :class:`~blpmodels.kernel.nested_removals.NestedRemovals`, contracted with survey weights
+    there (:meth:`contract_all`); :meth:`dense` forms them by the direct formula
+    (:func:`_nested_pair_tangents`, each choice set solved again) for scores of a few
+    consumers."""
+
+    removals: NestedRemovals
+    utilities: np.ndarray  # [I, J]
+    tangents: np.ndarray  # [P, I, J]: utility tangents
+    nests: _Nests
+    d_first: np.ndarray  # [P, I, 1+J]
+
+    def contract_all(self, weighted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``([n], [n, P])``: Σ_iab weighted_n[i, a, b] pair[i, a, b] and its θ-tangents."""
+        return self.removals.contract_all(
+            weighted, self.d_first, self.tangents, self.nests.rho_tangents
+        )
+
+    def contract(self, weighted: np.ndarray) -> np.ndarray:
+        """``[n, P]`` Σ_iab weighted_n[i, a, b] d pair[i, a, b]."""
+        return self.contract_all(weighted)[1]
+
+    def dense(self) -> np.ndarray:
+        """``[P, I, 1+J, 1+J]`` tangents (for scores of a few consumers)."""
+        removals = self.removals
+        _, direct = _nested_pair_tangents(
+            self.utilities,
+            self.tangents,
+            self.nests,
+            removals.groups,
+            removals.first,
+            self.d_first,
+        )
+        return direct.dense()
+
+
+@dataclass(frozen=True, eq=False)
+class _DirectNestedPairTangent:
     """θ-tangents of the RCNL pair probabilities (s_b(−h) − s_b) r_a, never formed whole.
 
     A weighted sum over (i, a, b) splits into terms in ds_a (through r_a = s_a / S_h), in

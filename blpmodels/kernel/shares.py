@@ -531,20 +531,24 @@ class ShareEvaluator:
             sums = np.matmul(exp_delta[:, None, :], self.agent_factor)
         else:
             sums = np.matmul(self.membership * exp_delta[:, None, :], self.agent_factor)
-        with np.errstate(divide="ignore"):
-            log_sums = np.log(sums)
-        inclusive = top[:, :, None] + self.peak_term + log_sums
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inclusive = np.log(sums)
+            inclusive += self.peak_term
+            inclusive += top[:, :, None]
         if not self.unit_scale:
             inclusive *= self.nest_scale[None, :, None]
         with np.errstate(under="ignore"):
             if self.single_nest:
                 log_denominator = np.logaddexp(0.0, inclusive[:, 0, :])
+                nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
             else:
+                # P_h = e^{IV_h − m} / (e^{−m} + Σ_g e^{IV_g − m}): one exponential pass over
+                # [T, H, I] (the log of the denominator is only [T, I]).
                 peak = np.maximum(inclusive.max(axis=1), 0.0)
-                log_denominator = peak + np.log(
-                    np.exp(-peak) + np.exp(inclusive - peak[:, None, :]).sum(axis=1)
-                )
-            nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
+                nest_probabilities = np.exp(inclusive - peak[:, None, :])
+                denominator = np.exp(-peak) + nest_probabilities.sum(axis=1)
+                log_denominator = peak + np.log(denominator)
+                nest_probabilities /= denominator[:, None, :]
         return exp_delta, sums, inclusive, log_denominator, nest_probabilities
 
     def _fallback_markets(
@@ -569,13 +573,16 @@ class ShareEvaluator:
         if self.padded:
             bad &= self.product_mask
         bad_markets = bad.any(axis=1)
-        if sums is not None:
+        low = None if sums is None else ~(sums >= 1e-290)
+        # One pass over the [T, H, I] sums when none is low (the rule at every nested share
+        # evaluation); which nests and agents matter is only worked out when some are.
+        if low is not None and low.any():
             nonempty = (
                 self.product_mask.any(axis=1)[:, None]
                 if self.membership is None
                 else self.membership.any(axis=2)
             )
-            underflow = ~(sums >= 1e-290) & nonempty[:, :, None] & (self.weights != 0)[:, None, :]
+            underflow = low & nonempty[:, :, None] & (self.weights != 0)[:, None, :]
             bad_markets |= underflow.any(axis=(1, 2))
         return np.flatnonzero(bad_markets)
 
@@ -594,8 +601,12 @@ class ShareEvaluator:
                 weighted = np.matmul(self.agent_factor, ratio[:, :, None])[:, :, 0]
             else:
                 exp_delta, sums, _, _, nest_probabilities = self._nest_terms(delta)
-                ratio = nest_probabilities * self.weights[:, None, :] / sums
-                ratio[~(sums > 0)] = 0.0
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.divide(nest_probabilities, sums, out=nest_probabilities)
+                ratio *= self.weights[:, None, :]
+                empty = ~(sums > 0)
+                if empty.any():
+                    ratio[empty] = 0.0
                 if self.single_nest:
                     weighted = np.matmul(self.agent_factor, ratio[:, 0, :, None])[:, :, 0]
                 else:
