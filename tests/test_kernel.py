@@ -17,6 +17,7 @@ import pytest
 
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.kernel.delta import (
+    _broyden_update,
     inverse_delta_jacobian,
     solve_delta,
     solve_delta_hybrid,
@@ -219,12 +220,19 @@ def test_evaluator_matches_log_space(structure, constructor):
         probabilities.unconditional, oracle.unconditional, rtol=1e-13, atol=1e-17
     )
     np.testing.assert_allclose(probabilities.shares, oracle.shares, rtol=1e-13, atol=1e-17)
-    np.testing.assert_allclose(
-        probabilities.log_denominator[problem.agent_mask],
-        oracle.log_denominator[problem.agent_mask],
-        rtol=1e-13,
-        atol=1e-14,
-    )
+    # Also in factored form, where the unnested fast path forms them only when asked.
+    factored = evaluator.probabilities(problem.delta, factored=True)
+    agents = np.broadcast_to(problem.agent_mask[:, None, :], oracle.inclusive.shape)
+    for computed in (probabilities, factored):
+        np.testing.assert_allclose(
+            computed.log_denominator[problem.agent_mask],
+            oracle.log_denominator[problem.agent_mask],
+            rtol=1e-13,
+            atol=1e-14,
+        )
+        np.testing.assert_allclose(
+            computed.inclusive[agents], oracle.inclusive[agents], rtol=1e-13, atol=1e-14
+        )
     if structure != "none":
         np.testing.assert_allclose(
             probabilities.conditional[problem.mask],
@@ -371,6 +379,52 @@ def test_solve_delta_newton_recovers_delta(structure):
     np.testing.assert_allclose(
         result.delta[result.converged], problem.delta[result.converged], rtol=0, atol=1e-12
     )
+
+
+@pytest.mark.parametrize("structure", ["none", "several"])
+def test_newton_with_a_jacobian_from_another_theta_converges_in_few_steps(structure):
+    """K from θ·1.05 at its own solution, as a fit's next evaluation has it, and a start 0.05
+    off: Broyden's updates of K converge in at most 9 share evaluations per market here
+    (with K kept fixed, the chord steps needed up to 12 in both)."""
+    problem = make_problem(structure, seed=12, n_markets=20, width=8, n_agents=30)
+    log_shares = observed(problem)
+    evaluator = evaluators(problem)["coefficients"]
+    nearby = evaluators(problem, problem.theta * 1.05)["coefficients"]
+    stale = inverse_delta_jacobian(nearby, problem.delta)
+    assert isinstance(stale, np.ndarray)
+    kept = stale.copy()
+    noise = np.random.default_rng(1).normal(size=problem.delta.shape)
+    start = np.where(problem.mask, problem.delta + 0.05 * noise, 0.0)
+    result, fallback = solve_delta_newton(evaluator, log_shares, start, stale)
+    np.testing.assert_array_equal(stale, kept)  # the caller's K is not updated in place
+    assert result.converged.sum() >= 19 and (fallback == ~result.converged).all()
+    assert result.iterations[result.converged].max() <= 9
+    np.testing.assert_allclose(
+        result.delta[result.converged], problem.delta[result.converged], rtol=0, atol=1e-12
+    )
+
+
+def test_broyden_update_satisfies_the_secant_equation():
+    """After the update K maps the residual change y to the step s (K y = s) and is unchanged
+    on vectors u with sᵀK u = 0; a market whose denominator sᵀK y is 0 keeps its K."""
+    rng = np.random.default_rng(5)
+    inverse = np.eye(4)[None] + 0.3 * rng.normal(size=(3, 4, 4))
+    before = inverse.copy()
+    step = rng.normal(size=(3, 4))
+    change = rng.normal(size=(3, 4))
+    # Market 2: y orthogonal to the row sᵀK, so the denominator sᵀK y is 0.
+    row = step[2] @ inverse[2]
+    change[2] -= (row @ change[2]) / (row @ row) * row
+    _broyden_update(inverse, np.array([0, 1, 2]), step, change)
+    for market in (0, 1):
+        np.testing.assert_allclose(inverse[market] @ change[market], step[market], atol=1e-12)
+        orthogonal = rng.normal(size=4)
+        row = step[market] @ before[market]
+        orthogonal -= (row @ orthogonal) / (row @ row) * row
+        np.testing.assert_allclose(
+            inverse[market] @ orthogonal, before[market] @ orthogonal, atol=1e-12
+        )
+    np.testing.assert_array_equal(inverse[2], before[2])
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)

@@ -122,19 +122,56 @@ class Probabilities:
         unconditional: np.ndarray | None,
         conditional: np.ndarray | None,
         nest: np.ndarray,
-        inclusive: np.ndarray,
-        log_denominator: np.ndarray,
+        inclusive: np.ndarray | None,
+        log_denominator: np.ndarray | None,
         shares: np.ndarray,
         factors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
         self._unconditional = unconditional
         self.conditional = conditional
         self.nest = nest
-        self.inclusive = inclusive
-        self.log_denominator = log_denominator
+        self._inclusive = inclusive
+        self._log_denominator = log_denominator
         self.shares = shares
         self.factors = factors
         self.characteristic_means: tuple[np.ndarray, np.ndarray] | None = None
+        #: ``(S [T, I], c [T, 1], m [T, I])`` of the unnested factored form, from which the
+        #: inclusive values are formed when first asked for (a fit never asks).
+        self._inclusive_parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def inclusive(self) -> np.ndarray:
+        """``[T, H, I]`` inclusive values IV_hi (formed on first use if deferred)."""
+        if self._inclusive is None:
+            self._form_inclusive()
+        return self._inclusive
+
+    @inclusive.setter
+    def inclusive(self, values: np.ndarray) -> None:
+        self._inclusive = values
+
+    @property
+    def log_denominator(self) -> np.ndarray:
+        """``[T, I]`` log(1 + Σ_h exp(IV_hi)) (formed on first use if deferred)."""
+        if self._log_denominator is None:
+            self._form_inclusive()
+        return self._log_denominator
+
+    @log_denominator.setter
+    def log_denominator(self, values: np.ndarray) -> None:
+        self._log_denominator = values
+
+    def _form_inclusive(self) -> None:
+        # IV = log S + c + m and log(1 + e^{IV}) by log-sum-exp with the outside good's 0:
+        # read off the ratio as −log(ratio) + c + m it is +inf for an agent whose utilities
+        # all lie ~710 below the outside good (e^{−c−m} overflows, ratio 0), where the
+        # log-sum is ~0.
+        sums, top, peak = self._inclusive_parts
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
+            if self._inclusive is None:
+                self._inclusive = (np.log(sums) + top + peak)[:, None, :]
+            if self._log_denominator is None:
+                self._log_denominator = _log_one_plus_exp(self._inclusive[:, 0, :])
 
     @property
     def unconditional(self) -> np.ndarray:
@@ -703,19 +740,14 @@ class ShareEvaluator:
                 shares = np.matmul(unconditional, self.weights[:, :, None])[:, :, 0]
             if self._fallback_markets(shares, exp_delta).size:
                 return self._log_space(delta)
-            with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
-                # IV = log S + c + m and log(1 + e^{IV}) by log-sum-exp with the outside good's
-                # 0: read off the ratio as −log(ratio) + c + m it is +inf for an agent whose
-                # utilities all lie ~710 below the outside good (e^{−c−m} overflows, ratio 0),
-                # where the log-sum is ~0. The inside probability is S·ratio.
-                peak = self.agent_peak[:, 0, :]
-                inclusive = (np.log(sums) + top + peak)[:, None, :]
-                log_denominator = _log_one_plus_exp(inclusive[:, 0, :])
-                nest = (sums * ratio)[:, None, :]
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                nest = (sums * ratio)[:, None, :]  # the inside probability S·ratio
             factors = (self.agent_factor, exp_delta, ratio) if factored else None
-            probabilities = Probabilities(
-                unconditional, None, nest, inclusive, log_denominator, shares, factors
-            )
+            probabilities = Probabilities(unconditional, None, nest, None, None, shares, factors)
+            # Inclusive values and log denominators (consumer surplus, ∂s/∂ρ) on demand; the
+            # sums are copied out of a caller's buffer, which the next call overwrites.
+            kept_sums = sums.copy() if means is not None else sums
+            probabilities._inclusive_parts = (kept_sums, top, self.agent_peak[:, 0, :])
             if means is not None:
                 probabilities.characteristic_means = (characteristics, means)
             return probabilities
