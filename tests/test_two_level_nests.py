@@ -423,7 +423,7 @@ def test_guide_page_runs_and_prints_what_it_says(capsys):
 
     page = Path(__file__).resolve().parents[1] / "docs" / "guide" / "nested_logit.md"
     blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     namespace: dict = {}
     checked = 0
     for code in blocks:
@@ -438,7 +438,7 @@ def test_guide_page_runs_and_prints_what_it_says(capsys):
         ]
         assert printed == documented
         checked += len(printed)
-    assert checked == 10
+    assert checked == 12
     # The simulated truth lies within three standard errors of the page's estimates.
     results = namespace["results"]
     truth = pd.Series(TRUTH)

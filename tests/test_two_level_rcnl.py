@@ -445,8 +445,5 @@ def test_unsupported_features_are_refused_before_work(results, economy):
         _model(products, agents).fit(sigma=0.5, rho=[0.2, 0.5], micro_moments=["survey"])
     with pytest.raises(BLPInputError, match="optimal_instruments"):
         results.optimal_instruments()
-    # The two-level nested logit's closed-form price solver must not take these markets.
-    with pytest.raises(BLPInputError, match="two-level random-coefficients nested logit"):
-        results.equilibrium_prices(costs=np.full(len(products), 0.5))
     with pytest.raises(BLPInputError, match="two-level"):
         results.importance_sampling(draws=5, seed=0)

@@ -26,9 +26,10 @@ import numpy as np
 
 from blpmodels.exceptions import BLPInputError
 from blpmodels.kernel.jacobians import share_jacobian
-from blpmodels.kernel.nests import TwoLevelNesting, two_level_foc_hessian
+from blpmodels.kernel.nests import TwoLevelNesting
 from blpmodels.kernel.ownership import local_firm_codes
 from blpmodels.kernel.shares import Nesting, Probabilities
+from blpmodels.kernel.two_level_rcnl import two_level_foc_second_order
 
 __all__ = [
     "EquilibriumSolution",
@@ -277,7 +278,8 @@ def foc_jacobian(state: PriceState, ownership: np.ndarray, markups: np.ndarray) 
     then an outer product summed over agents: a batched ``[J, I] @ [I, J]`` product, never
     a ``[J, J, J, I]`` tensor. With two-level nests (a
     :class:`~blpmodels.kernel.nests.TwoLevelNesting` in the state) the second-order part is
-    :func:`~blpmodels.kernel.nests.two_level_foc_hessian`.
+    :func:`~blpmodels.kernel.two_level_rcnl.two_level_foc_second_order` (one agent: the nested
+    logit's closed form; agents: their weighted sum).
 
     Parameters
     ----------
@@ -309,9 +311,10 @@ def foc_jacobian(state: PriceState, ownership: np.ndarray, markups: np.ndarray) 
     >>> bool(np.isclose(foc_jacobian(state, np.ones((1, 1, 1)), eta)[0, 0, 0], closed))
     True
     """
-    if isinstance(state.nesting, TwoLevelNesting):  # closed form in blpmodels.kernel.nests
-        second = two_level_foc_hessian(
+    if isinstance(state.nesting, TwoLevelNesting):  # closed forms in kernel.two_level_rcnl
+        second = two_level_foc_second_order(
             state.probabilities,
+            state.weights,
             state.product_mask,
             state.nesting,
             state.utility_derivative,

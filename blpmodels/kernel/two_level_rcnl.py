@@ -18,21 +18,31 @@ finite utilities. Derivatives follow from the per-agent closed form
 :class:`TwoLevelShareEvaluator` has the interface the δ solvers of
 :mod:`blpmodels.kernel.delta` read (``log_shares``, ``shares``, ``scale``, ``subset``, ...);
 its damping is λ = 1 − ρ_lower, the one-level contraction's (1 − ρ) for the finer nests.
+
+For the price solver of :mod:`blpmodels.kernel.equilibrium`,
+:func:`two_level_agent_price_derivatives` gives ∂s/∂p and the ζ split's
+Λ_jj = Σ_i w_i D_ji P_ji/λ, and :func:`two_level_agent_foc_hessian` the second-order part of
+the first-order conditions' Jacobian (the agents' weighted sum of the nested logit's closed
+form), which :func:`blpmodels.kernel.equilibrium.foc_jacobian` takes through
+:func:`two_level_foc_second_order`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from blpmodels.kernel.nests import TwoLevelNesting
+from blpmodels.kernel.nests import TwoLevelNesting, two_level_foc_hessian
 from blpmodels.kernel.shares import Probabilities
 
 __all__ = [
     "TwoLevelAgentProbabilities",
     "TwoLevelShareEvaluator",
+    "two_level_agent_foc_hessian",
+    "two_level_agent_price_derivatives",
     "two_level_agent_probabilities",
     "two_level_agent_removal_shares",
     "two_level_delta_jacobian",
+    "two_level_foc_second_order",
     "two_level_rho_jacobian",
     "two_level_share_jacobian_agents",
     "two_level_theta_jacobian",
@@ -702,3 +712,211 @@ def two_level_agent_removal_shares(
         out[:, product, :n_products] = shares
         out[:, product, n_products] = 1.0 - shares.sum(axis=1)
     return out
+
+
+# ---------------------------------------------------------------------------- supply side
+def two_level_agent_price_derivatives(
+    probabilities: TwoLevelAgentProbabilities,
+    weights: np.ndarray,
+    nesting: TwoLevelNesting,
+    product_mask: np.ndarray,
+    utility_derivative: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """∂s/∂p ``[T, J, J]`` and the ζ-markup split's Λ ``[T, J]`` of the two-level RCNL.
+
+    Agent i's ∂P_ji/∂V_ki (module docstring) has the own term P_ji/(1 − ρ_lower) and
+    otherwise terms P_ji times a function of k (within the lower nest, within the upper nest,
+    all products); the split ∂s/∂p = Λ − Γ keeps the own term alone,
+    Λ_jj = Σ_i w_i D_ji P_ji/(1 − ρ_lower), so p = c + ζ(p) is again the equilibrium's fixed
+    point (:func:`blpmodels.kernel.equilibrium.zeta_markups`). With ρ_upper = ρ_lower it is
+    the one-level RCNL's Λ on the upper nests.
+
+    Parameters
+    ----------
+    probabilities : TwoLevelAgentProbabilities
+        Probabilities at the prices.
+    weights, nesting, product_mask
+        As for :func:`two_level_share_jacobian_agents`.
+    utility_derivative : numpy.ndarray
+        ``[T, J, I]`` (or broadcastable) D_ji = ∂V_ji/∂p_j.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ∂s/∂p and Λ (0 in padding).
+
+    Examples
+    --------
+    >>> nests = TwoLevelNesting(np.array([[0, 0, 1]]), np.array([0, 0]), 1, 0.3, 0.6)
+    >>> mask, w = np.ones((1, 3), bool), np.full((1, 2), 0.5)
+    >>> p = two_level_agent_probabilities(np.zeros((1, 3)), np.zeros((1, 3, 2)), w, mask, nests)
+    >>> alpha = np.full((1, 3, 2), -2.0)
+    >>> jacobian, lam = two_level_agent_price_derivatives(p, w, nests, mask, alpha)
+    >>> bool(np.allclose(lam, -2.0 * p.shares / 0.4))
+    True
+    """
+    derivative = np.broadcast_to(utility_derivative, probabilities.unconditional.shape)
+    jacobian = two_level_share_jacobian_agents(
+        probabilities, weights, nesting, product_mask, derivative
+    )
+    own = np.einsum("tji,tji,ti->tj", probabilities.unconditional, derivative, weights)
+    lam = np.where(product_mask, own / (1.0 - nesting.rho_lower), 0.0)
+    return jacobian, lam
+
+
+def _agent_within_upper(probabilities: Probabilities, nesting: TwoLevelNesting) -> np.ndarray:
+    """``[T, J, I]`` P_{j|g,i} = P_{j|h,i} P_{h,i}/P_{g,i}, from any two-level agent
+    probabilities (also the plain :class:`Probabilities` the price solver subsets them to):
+    log P_{h,i} is the inclusive value minus the log denominator, log P_{g,i} its log-sum-exp
+    over the lower nests of g."""
+    if isinstance(probabilities, TwoLevelAgentProbabilities):
+        return probabilities.within_upper
+    log_lower = probabilities.inclusive - probabilities.log_denominator[:, None, :]
+    log_upper = np.full((log_lower.shape[0], nesting.n_upper, log_lower.shape[2]), -np.inf)
+    for upper in range(nesting.n_upper):
+        chosen = log_lower[:, nesting.lower_to_upper == upper]
+        if chosen.shape[1] == 0:
+            continue
+        peak = chosen.max(axis=1)
+        peak = np.where(np.isfinite(peak), peak, 0.0)
+        with np.errstate(divide="ignore", under="ignore"):
+            log_upper[:, upper] = peak + np.log(np.exp(chosen - peak[:, None, :]).sum(axis=1))
+    with np.errstate(invalid="ignore", under="ignore"):
+        ratio = np.exp(_rows(log_lower, nesting.lower) - _rows(log_upper, nesting.upper))
+    return np.where(np.isfinite(ratio), probabilities.conditional * ratio, 0.0)
+
+
+def two_level_agent_foc_hessian(
+    probabilities: Probabilities,
+    weights: np.ndarray,
+    product_mask: np.ndarray,
+    nesting: TwoLevelNesting,
+    utility_derivative: np.ndarray,
+    ownership: np.ndarray,
+    markups: np.ndarray,
+) -> np.ndarray:
+    """Σ_k M_jk ∂²s_k/∂p_j∂p_l ``[T, J, J]``, M_jk = Ω_jk η_k, for the two-level RCNL.
+
+    Per agent this is :func:`blpmodels.kernel.nests.two_level_foc_hessian` (P_i in place of
+    s, q^L = P_{k|h,i}, q^U = P_{k|g,i}, ĝ_ji = Σ_k M_jk G_jki), times w_i D_ji D_li and
+    summed over agents. Every term is u_j · (a function of j) times (a function of l), with
+    u = w D P, so each is one batched ``[J, I] @ [I, J]`` product. The two terms that sum
+    over the products k sharing l's lower (upper) nest, Σ_{k∈h(l)} M_jk q^U_ki and
+    Σ_{k∈h(l)} M_jk P_ki (Σ_{k∈g(l)} M_jk P_ki), take one such product per nest: memory
+    stays ``[T, J, I]`` and ``[T, J, J]``, never ``[T, J, J, I]``.
+
+    Parameters
+    ----------
+    probabilities : Probabilities
+        Two-level agent probabilities (:func:`two_level_agent_probabilities`, or its plain
+        :class:`Probabilities` subset).
+    weights : numpy.ndarray
+        ``[T, I]`` integration weights.
+    product_mask : numpy.ndarray
+        ``[T, J]`` real products.
+    nesting : TwoLevelNesting
+        Nests and ρ.
+    utility_derivative : numpy.ndarray
+        ``[T, J, I]`` (or broadcastable) D = ∂V/∂p.
+    ownership : numpy.ndarray
+        ``[T, J, J]`` Ω.
+    markups : numpy.ndarray
+        ``[T, J]`` η.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[T, J, J]`` (0 in padding).
+
+    Examples
+    --------
+    One agent is the two-level nested logit's closed form:
+
+    >>> nests = TwoLevelNesting(np.array([[0, 0, 1]]), np.array([0, 0]), 1, 0.3, 0.6)
+    >>> mask, w, d = np.ones((1, 3), bool), np.ones((1, 1)), np.full((1, 3, 1), -2.0)
+    >>> p = two_level_agent_probabilities(np.array([[0.0, 0.5, 1.0]]), np.zeros((1, 3, 1)), w,
+    ...                                   mask, nests)
+    >>> omega, eta = np.ones((1, 3, 3)), np.array([[0.4, 0.5, 0.6]])
+    >>> ours = two_level_agent_foc_hessian(p, w, mask, nests, d, omega, eta)
+    >>> bool(np.allclose(ours, two_level_foc_hessian(p, mask, nests, d[:, :, 0], omega, eta)))
+    True
+    """
+    P = probabilities.unconditional
+    D = np.where(product_mask[:, :, None], np.broadcast_to(utility_derivative, P.shape), 0.0)
+    q_lower = np.where(product_mask[:, :, None], probabilities.conditional, 0.0)
+    q_upper = _agent_within_upper(probabilities, nesting)
+    a_lower, a_upper = 1.0 / (1.0 - nesting.rho_lower), 1.0 / (1.0 - nesting.rho_upper)
+    c_1, c_2 = a_lower - a_upper, a_upper - 1.0
+    pairs = product_mask[:, :, None] & product_mask[:, None, :]
+    n_lower = ((nesting.lower[:, :, None] == nesting.lower[:, None, :]) & pairs).astype(float)
+    n_upper = ((nesting.upper[:, :, None] == nesting.upper[:, None, :]) & pairs).astype(float)
+    M = np.where(pairs, ownership, 0.0) * np.where(product_mask, markups, 0.0)[:, None, :]
+    u = D * P * weights[:, None, :]
+    dp, dq_lower, dq_upper = (np.swapaxes(D * v, 1, 2) for v in (P, q_lower, q_upper))
+    y = np.matmul(M, P)
+    z_lower = np.matmul(M * n_lower, q_lower)
+    z_upper = np.matmul(M * n_upper, q_upper)
+    g_hat = a_lower * np.diagonal(M, axis1=1, axis2=2)[:, :, None] - c_1 * z_lower
+    g_hat -= c_2 * z_upper + y
+    ug = u * g_hat
+    # s_j G_jl ĝ_j (G's own, lower, upper and all-products parts).
+    hessian = -c_1 * n_lower * np.matmul(ug, dq_lower) - c_2 * n_upper * np.matmul(ug, dq_upper)
+    hessian -= np.matmul(ug, dp)
+    index = np.arange(P.shape[1])
+    hessian[:, index, index] += a_lower * np.einsum("tji,tji->tj", ug, D)
+    # Σ_k M_jk ∂G_jk/∂δ_l terms that factor into j-part times l-part.
+    lower_part = M * np.matmul(u, dq_lower) - np.matmul(u * z_lower, dq_lower)
+    hessian -= c_1 * a_lower * n_lower * lower_part
+    upper_part = a_lower * M * np.matmul(u, dq_upper) - a_upper * np.matmul(u * z_upper, dq_upper)
+    hessian -= c_2 * n_upper * upper_part
+    hessian += -a_lower * M * np.matmul(u, dp) + np.matmul(u * y, dp)
+    # Terms summing over k in l's lower nest, then over k in l's upper nest.
+    upper_of_lower = nesting.lower_to_upper
+    for nest in range(nesting.n_lower):
+        members = (nesting.lower == nest) & product_mask
+        if not members.any():
+            continue
+        same_upper = (nesting.upper == upper_of_lower[nest]) & product_mask
+        inside = members[:, :, None]
+        sums = c_2 * same_upper[:, :, None] * np.matmul(M, np.where(inside, q_upper, 0.0))
+        sums += np.matmul(M, np.where(inside, P, 0.0))
+        hessian += c_1 * np.matmul(u * sums, dq_lower) * members[:, None, :]
+    for upper in range(nesting.n_upper):
+        members = (nesting.upper == upper) & product_mask
+        if not members.any():
+            continue
+        sums = np.matmul(M, np.where(members[:, :, None], P, 0.0))
+        hessian += c_2 * np.matmul(u * sums, dq_upper) * members[:, None, :]
+    return np.where(pairs, hessian, 0.0)
+
+
+def two_level_foc_second_order(
+    probabilities: Probabilities,
+    weights: np.ndarray,
+    product_mask: np.ndarray,
+    nesting: TwoLevelNesting,
+    utility_derivative: np.ndarray,
+    ownership: np.ndarray,
+    markups: np.ndarray,
+) -> np.ndarray:
+    """The second-order part of ∂F/∂p for two-level nests: the nested logit's closed form
+    (:func:`blpmodels.kernel.nests.two_level_foc_hessian`) for one agent of weight 1, the
+    agents' sum (:func:`two_level_agent_foc_hessian`) otherwise.
+
+    Examples
+    --------
+    >>> nests = TwoLevelNesting(np.array([[0, 0, 1]]), np.array([0, 0]), 1, 0.3, 0.6)
+    >>> mask, w = np.ones((1, 3), bool), np.full((1, 2), 0.5)
+    >>> p = two_level_agent_probabilities(np.zeros((1, 3)), np.zeros((1, 3, 2)), w, mask, nests)
+    >>> two_level_foc_second_order(p, w, mask, nests, np.full((1, 3, 2), -1.0),
+    ...                            np.ones((1, 3, 3)), np.full((1, 3), 0.5)).shape
+    (1, 3, 3)
+    """
+    if weights.shape[1] == 1 and bool(np.all(weights == 1.0)):
+        derivative = np.asarray(utility_derivative).reshape(product_mask.shape)
+        return two_level_foc_hessian(
+            probabilities, product_mask, nesting, derivative, ownership, markups
+        )
+    return two_level_agent_foc_hessian(
+        probabilities, weights, product_mask, nesting, utility_derivative, ownership, markups
+    )

@@ -14,7 +14,9 @@ need the one-level kernel's ∂s/∂ρ (optimal instruments, a supply side in es
 a :class:`~blpmodels.exceptions.BLPInputError` instead of computing one-level numbers.
 :class:`TwoLevelRandomDemand` does the same for the two-level random-coefficients nested
 logit, integrating the per-agent probabilities of :mod:`blpmodels.kernel.two_level_rcnl`; its
-equilibrium prices are refused (the closed-form price derivatives above are one consumer's).
+:class:`TwoLevelRandomPricedMarkets` move prices inside each agent's utility and carry the
+agents' ∂s/∂p and Λ, so the same solver, mergers, counterfactuals, passthrough and profit
+Hessians run on it too.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from blpmodels.kernel.nests import (
 from blpmodels.kernel.shares import Probabilities
 from blpmodels.kernel.two_level_rcnl import (
     TwoLevelShareEvaluator,
+    two_level_agent_price_derivatives,
     two_level_agent_probabilities,
     two_level_agent_removal_shares,
     two_level_share_jacobian_agents,
@@ -52,6 +55,7 @@ __all__ = [
     "TwoLevelPricedMarkets",
     "TwoLevelRandomDemand",
     "TwoLevelRandomInputs",
+    "TwoLevelRandomPricedMarkets",
     "check_two_level_rho",
 ]
 
@@ -323,6 +327,55 @@ class TwoLevelRandomInputs(MarketInputs):
 
 
 @dataclass(frozen=True, eq=False)
+class TwoLevelRandomPricedMarkets(PricedMarkets):
+    """Two-level RCNL markets evaluable at any prices.
+
+    As in the one-level :class:`~blpmodels.results.demand.PricedMarkets`, a price change
+    moves each agent's utility, V_ji(p) = V_ji(p⁰) + D_ji (p_j − p⁰_j), through μ (D holds
+    the mean price coefficient and any random coefficient or demographic interaction on
+    price); the agents' two-level probabilities, ∂s/∂p and Λ at the new μ come from
+    :mod:`blpmodels.kernel.two_level_rcnl`.
+
+    Examples
+    --------
+    >>> priced = results.demand.priced(np.array([0]))  # doctest: +SKIP
+    >>> state = priced.state(priced.prices + 0.1)  # every price 0.1 higher  # doctest: +SKIP
+    >>> state.lam.shape  # doctest: +SKIP
+    (1, 10)
+    """
+
+    def state(self, prices: np.ndarray, markets: np.ndarray | None = None) -> PriceState:
+        """Demand and its price derivatives at ``prices`` ``[T', J]`` in ``markets`` (default all).
+
+        Parameters
+        ----------
+        prices : numpy.ndarray
+            ``[T', J]`` prices of the chosen markets.
+        markets : numpy.ndarray, optional
+            Indexes into this group of markets (not layout positions).
+
+        Returns
+        -------
+        PriceState
+        """
+        inputs = self.inputs
+        chosen = slice(None) if markets is None else markets
+        nesting = inputs.nesting if markets is None else inputs.nesting.subset(markets)
+        mask = inputs.mask[chosen]
+        derivative = self.derivative[chosen]
+        change = np.where(mask, prices - self.prices[chosen], 0.0)
+        mu = inputs.mu[chosen] + derivative * change[:, :, None]
+        weights = inputs.weights[chosen]
+        probabilities = two_level_agent_probabilities(
+            inputs.delta[chosen], mu, weights, mask, nesting
+        )
+        jacobian, lam = two_level_agent_price_derivatives(
+            probabilities, weights, nesting, mask, derivative
+        )
+        return PriceState(probabilities, weights, nesting, mask, derivative, jacobian, lam)
+
+
+@dataclass(frozen=True, eq=False)
 class TwoLevelRandomDemand(TwoLevelDemand):
     """Two-level random-coefficients nested logit demand (agents, θ, ``rho`` =
     ``[ρ_upper, ρ_lower]``, ``nest_codes`` the lower nests).
@@ -386,13 +439,25 @@ class TwoLevelRandomDemand(TwoLevelDemand):
         )
         return removed, inputs
 
-    def priced(self, *args: Any, **kwargs: Any) -> PricedMarkets:
-        """Refused: the two-level equilibrium solver's price derivatives are one consumer's."""
-        raise BLPInputError(
-            "equilibrium prices, passthrough, profit Hessians and the counterfactuals built on "
-            "them are not available for the two-level random-coefficients nested logit yet; "
-            "predict, elasticities, diversion ratios, markups, costs and consumer surplus are"
-        )
+    def priced(  # type: ignore[override]
+        self,
+        positions: np.ndarray,
+        data: pd.DataFrame | None = None,
+        rows: np.ndarray | None = None,
+        variable: str = "prices",
+    ) -> TwoLevelRandomPricedMarkets:
+        """Markets ready for evaluation at other prices (see :class:`TwoLevelRandomPricedMarkets`).
+
+        Parameters and errors are those of :meth:`DemandSystem.priced`.
+
+        Examples
+        --------
+        >>> priced = results.demand.priced(results.demand.market_positions([0]))  # doctest: +SKIP
+        >>> type(priced).__name__  # doctest: +SKIP
+        'TwoLevelRandomPricedMarkets'
+        """
+        base = DemandSystem.priced(self, positions, data, rows, variable)
+        return TwoLevelRandomPricedMarkets(base.inputs, base.prices, base.derivative)
 
     def invert_shares(
         self, shares: np.ndarray, *, tol: float = 1e-14, max_evaluations: int = 5000
