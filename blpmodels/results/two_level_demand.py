@@ -109,6 +109,17 @@ class TwoLevelPricedMarkets(PricedMarkets):
     (1, 12, 12)
     """
 
+    def _chosen(
+        self, prices: np.ndarray, markets: np.ndarray | None
+    ) -> tuple[Any, TwoLevelNesting, np.ndarray, np.ndarray, np.ndarray]:
+        """The chosen markets' index, nests, mask, price derivative and price change."""
+        chosen: Any = slice(None) if markets is None else markets
+        nests = self.inputs.nesting
+        nesting = nests if markets is None else nests.subset(markets)
+        mask = self.inputs.mask[chosen]
+        change = np.where(mask, prices - self.prices[chosen], 0.0)
+        return chosen, nesting, mask, self.derivative[chosen], change
+
     def state(self, prices: np.ndarray, markets: np.ndarray | None = None) -> PriceState:
         """Demand and its price derivatives at ``prices`` ``[T', J]`` in ``markets`` (default all).
 
@@ -124,11 +135,7 @@ class TwoLevelPricedMarkets(PricedMarkets):
         PriceState
         """
         inputs = self.inputs
-        chosen = slice(None) if markets is None else markets
-        nesting = inputs.nesting if markets is None else inputs.nesting.subset(markets)
-        mask = inputs.mask[chosen]
-        derivative = self.derivative[chosen]
-        change = np.where(mask, prices - self.prices[chosen], 0.0)
+        chosen, nesting, mask, derivative, change = self._chosen(prices, markets)
         delta = np.where(mask, inputs.delta[chosen] + derivative[:, :, 0] * change, 0.0)
         probabilities, jacobian, lam = two_level_price_derivatives(
             delta, mask, nesting, derivative[:, :, 0]
@@ -327,7 +334,7 @@ class TwoLevelRandomInputs(MarketInputs):
 
 
 @dataclass(frozen=True, eq=False)
-class TwoLevelRandomPricedMarkets(PricedMarkets):
+class TwoLevelRandomPricedMarkets(TwoLevelPricedMarkets):
     """Two-level RCNL markets evaluable at any prices.
 
     As in the one-level :class:`~blpmodels.results.demand.PricedMarkets`, a price change
@@ -359,11 +366,7 @@ class TwoLevelRandomPricedMarkets(PricedMarkets):
         PriceState
         """
         inputs = self.inputs
-        chosen = slice(None) if markets is None else markets
-        nesting = inputs.nesting if markets is None else inputs.nesting.subset(markets)
-        mask = inputs.mask[chosen]
-        derivative = self.derivative[chosen]
-        change = np.where(mask, prices - self.prices[chosen], 0.0)
+        chosen, nesting, mask, derivative, change = self._chosen(prices, markets)
         mu = inputs.mu[chosen] + derivative * change[:, :, None]
         weights = inputs.weights[chosen]
         probabilities = two_level_agent_probabilities(
