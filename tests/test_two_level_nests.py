@@ -462,3 +462,11 @@ def test_missing_nest_ids_name_the_level(products):
             products.assign(segment=products["segment"].mask(products.index == 3)),
             nesting_ids=NESTS,
         )
+
+
+def test_conduct_demand_adjustment_refuses_two_level_nests(results):
+    # Its ∂ξ/∂ρ would be the one-level nested logit's: refused, not computed.
+    with pytest.raises(BLPInputError, match="two-level nests"):
+        results.test_conduct(["single", "monopoly"], "0 + x", demand_adjustment=True)
+    plain = results.test_conduct(["single", "monopoly"], "0 + x")  # without it, the test runs
+    assert np.isfinite(plain.table["T_RV"]).all()

@@ -18,7 +18,7 @@ G_m = ∂ĝ_m/∂ψ = −z̃'∂Δ̃_m/∂ψ/n, each observation adds −G_m B (
 shifted β keeps δ (only the price coefficient moves the markups), a shifted θ re-solves δ from
 the observed shares before the markups are recomputed. pyRVtest perturbs Σ, Π and the price
 coefficient but not ρ; here ρ moves too, so nested fits are covered. Fits whose demand moments
-are not the only moments (a supply side, micro moments) and the two-level nested logit refuse
+are not the only moments (a supply side, micro moments) and two-level nests refuse
 the option.
 """
 
@@ -343,7 +343,7 @@ class ConductMixin(ResultsRole):
             )
         if getattr(self.demand, "lower_to_upper", None) is not None:
             raise BLPInputError(
-                "demand_adjustment=True is not available for the two-level nested logit yet; "
+                "demand_adjustment=True is not available with two-level nests yet; "
                 "use demand_adjustment=False here"
             )
 
