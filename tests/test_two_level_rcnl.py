@@ -39,7 +39,7 @@ def loop_shares(delta, mu, weights, upper, lower, rho_upper, rho_lower) -> np.nd
            · D_gi^{1−ρ_U}/(1 + Σ_g D_gi^{1−ρ_U}).
     """
     keys = list(zip(upper, lower, strict=True))
-    shares = np.zeros(len(keys))
+    shares = np.zeros(len(keys), dtype=np.result_type(delta, mu))  # complex steps pass through
     for i, weight in enumerate(weights):
         utility = np.exp((np.asarray(delta) + mu[:, i]) / (1 - rho_lower))
         d_lower: dict = {}

@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import scipy.optimize
 from builders import at_parameters
-from test_two_level_rcnl import FORMULA, NESTS, simulate
+from test_two_level_rcnl import FORMULA, NESTS, loop_shares, simulate
 
 from blpmodels import BLPNestedLogit, BLPRandomCoefficients
 from blpmodels.kernel.equilibrium import PriceState, foc_jacobian, solve_prices
@@ -61,26 +61,7 @@ def results(economy):
 
 
 # ---------------------------------------------------------------------------- the hand oracle
-def hand_shares(delta, mu, weights, upper, lower, rho_upper, rho_lower) -> np.ndarray:
-    """One market's shares by loops over agents and (upper, lower) nests; complex-safe."""
-    keys = list(zip(upper, lower, strict=True))
-    shares = np.zeros(len(keys), dtype=np.result_type(delta, mu))
-    power = (1 - rho_lower) / (1 - rho_upper)
-    for i, weight in enumerate(weights):
-        utility = np.exp((delta + mu[:, i]) / (1 - rho_lower))
-        d_lower: dict = {}
-        for j, key in enumerate(keys):
-            d_lower[key] = d_lower.get(key, 0.0) + utility[j]
-        d_upper: dict = {}
-        for (g, _), value in d_lower.items():
-            d_upper[g] = d_upper.get(g, 0.0) + value**power
-        denominator = 1 + sum(value ** (1 - rho_upper) for value in d_upper.values())
-        for j, key in enumerate(keys):
-            within = utility[j] / d_lower[key]
-            nest = d_lower[key] ** power / d_upper[key[0]]
-            group = d_upper[key[0]] ** (1 - rho_upper) / denominator
-            shares[j] += weight * within * nest * group
-    return shares
+hand_shares = loop_shares  # the loop oracle of tests/test_two_level_rcnl.py, complex-safe
 
 
 class HandMarket:
