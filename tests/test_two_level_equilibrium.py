@@ -21,10 +21,11 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
+import hand_equilibrium
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.optimize
+from hand_equilibrium import ownership
 from test_two_level_nests import FORMULA, NESTS, hand_shares, simulate
 
 from blpmodels import BLPInputError, BLPNestedLogit
@@ -45,7 +46,7 @@ def results(products):
 
 
 # ---------------------------------------------------------------------------- the hand oracle
-class HandMarket:
+class HandMarket(hand_equilibrium.HandMarket):
     """One market's two-level demand written out: δ(p) = δ⁰ + α (p − p⁰)."""
 
     def __init__(self, delta, prices, alpha, size, segment, rho_upper, rho_lower):
@@ -70,45 +71,6 @@ class HandMarket:
     def shares(self, prices):
         delta = self.delta + self.alpha * (prices - self.prices)
         return hand_shares(delta, self.size, self.segment, *self.rho)
-
-    def jacobian(self, prices) -> np.ndarray:
-        """∂s_j/∂p_k by complex steps."""
-        n, step = prices.size, 1e-30
-        out = np.empty((n, n))
-        for k in range(n):
-            moved = prices.astype(complex)
-            moved[k] += 1j * step
-            out[:, k] = self.shares(moved).imag / step
-        return out
-
-    def foc(self, prices, costs, omega) -> np.ndarray:
-        return self.shares(prices) + (omega * self.jacobian(prices).T) @ (prices - costs)
-
-    def solve(self, costs, omega, start=None, fixed=None) -> np.ndarray:
-        """Prices that zero the free products' conditions (fixed ones at ``start``)."""
-        start = self.prices if start is None else np.asarray(start, dtype=float)
-        free = np.ones(start.size, bool) if fixed is None else ~np.asarray(fixed)
-
-        def conditions(values):
-            # F_j / s_j: F weighs each condition by its share, so where a price drives a
-            # share to ~0 F vanishes at no equilibrium; divided by s_j it does not.
-            prices = start.copy()
-            prices[free] = values
-            return (self.foc(prices, costs, omega) / self.shares(prices))[free]
-
-        # Judged by the conditions at the answer, not by hybr's flag (which complains when
-        # its tolerance is below rounding).
-        solution = scipy.optimize.root(conditions, start[free], method="hybr", tol=1e-14)
-        prices = start.copy()
-        prices[free] = solution.x
-        scaled = self.foc(prices, costs, omega) / self.shares(prices)
-        assert np.abs(scaled[free]).max() < 1e-10
-        return prices
-
-
-def _ownership(firms) -> np.ndarray:
-    firms = np.asarray(firms)
-    return (firms[:, None] == firms[None, :]).astype(float)
 
 
 def _market_rows(products, market) -> pd.DataFrame:
@@ -137,7 +99,7 @@ def test_foc_jacobian_equals_central_differences_of_the_hand_conditions():
     delta = rng.normal(size=(1, 7))
     prices = 2.0 + rng.uniform(size=7)
     costs = prices - rng.uniform(0.2, 0.8, size=7)
-    omega = _ownership([0, 1, 0, 1, 2, 0, 2])
+    omega = ownership([0, 1, 0, 1, 2, 0, 2])
     omega[0, 1], omega[1, 2] = 0.3, 0.1  # κ profit weights, asymmetric
     state = _kernel_state(delta, alpha, lower, lower_to_upper, rho)
     ours = foc_jacobian(state, omega[None], (prices - costs)[None])[0]
@@ -176,7 +138,7 @@ def test_zeta_iteration_alone_reaches_the_hand_equilibrium(products, results):
     for t, market in enumerate(markets):
         rows = _market_rows(products, market)
         hand = HandMarket.of(results, products, market)
-        expected = hand.solve(rows["prices"].to_numpy() - 0.5, _ownership(rows["firm_ids"]))
+        expected = hand.solve(rows["prices"].to_numpy() - 0.5, ownership(rows["firm_ids"]))
         np.testing.assert_allclose(solution.prices[t][mask[t]], expected, rtol=1e-8)
 
 
@@ -223,7 +185,7 @@ def test_equilibrium_prices_equal_the_hand_solved_first_order_conditions(product
     for market in (2, 7):
         rows = _market_rows(products, market)
         hand = HandMarket.of(results, products, market)
-        expected = hand.solve(costs[rows.index], _ownership(rows["firm_ids"]))
+        expected = hand.solve(costs[rows.index], ownership(rows["firm_ids"]))
         np.testing.assert_allclose(equilibrium.prices.loc[market], expected, rtol=1e-8)
         np.testing.assert_allclose(equilibrium.shares.loc[market], hand.shares(expected),
                                    rtol=1e-8)  # fmt: skip
@@ -236,11 +198,11 @@ def test_merger_equals_the_hand_solved_merger(products, results):
         hand = HandMarket.of(results, products, market)
         prices = rows["prices"].to_numpy()
         # Costs from the observed first-order conditions: η = −(Ω ⊙ Jᵀ)⁻¹ s, by hand.
-        omega_pre = _ownership(rows["firm_ids"])
+        omega_pre = ownership(rows["firm_ids"])
         jacobian = hand.jacobian(prices)
         costs = prices + np.linalg.solve(omega_pre * jacobian.T, hand.shares(prices))
         merged = rows["firm_ids"].replace({1: 0})
-        expected = hand.solve(costs, _ownership(merged))
+        expected = hand.solve(costs, ownership(merged))
         np.testing.assert_allclose(merger.products.loc[market, "prices_post"], expected,
                                    rtol=1e-8)  # fmt: skip
 
@@ -249,7 +211,7 @@ def test_passthrough_equals_differences_of_hand_solved_prices(products, results)
     market = 9
     rows = _market_rows(products, market)
     hand = HandMarket.of(results, products, market)
-    omega = _ownership(rows["firm_ids"])
+    omega = ownership(rows["firm_ids"])
     prices = rows["prices"].to_numpy()
     costs = prices + np.linalg.solve(omega * hand.jacobian(prices).T, hand.shares(prices))
     ours = results.passthrough(market_id=market).to_numpy()
@@ -337,7 +299,7 @@ def test_entry_exit_and_a_unit_tax_equal_the_hand_equilibrium(products, results)
     )
     firms = np.append(rows["firm_ids"].to_numpy()[keep], 2)
     start = np.append(hand.prices[:-1], 2.0)
-    expected = hand.solve(np.append(costs[keep], 1.2) + tax, _ownership(firms), start=start)
+    expected = hand.solve(np.append(costs[keep], 1.2) + tax, ownership(firms), start=start)
     after = outcome.products.loc[market]
     post = after.loc[after["status"] != "removed", "prices_post"]
     np.testing.assert_allclose(post.to_numpy(), expected, rtol=1e-8)
@@ -345,8 +307,8 @@ def test_entry_exit_and_a_unit_tax_equal_the_hand_equilibrium(products, results)
                                rtol=1e-8)  # fmt: skip
     # Passthrough of a small unit tax on every product: central differences of hand prices.
     step, base_costs = 1e-5, np.append(costs[keep], 1.2)
-    up = hand.solve(base_costs + tax + step, _ownership(firms), start=expected)
-    down = hand.solve(base_costs + tax - step, _ownership(firms), start=expected)
+    up = hand.solve(base_costs + tax + step, ownership(firms), start=expected)
+    down = hand.solve(base_costs + tax - step, ownership(firms), start=expected)
     passthrough = after.loc[post.index, "passthrough"].to_numpy()
     np.testing.assert_allclose(passthrough, (up - down) / (2 * step), atol=1e-7)
 
@@ -359,7 +321,7 @@ def test_fixed_prices_stay_and_the_others_solve_their_conditions(products, resul
     outcome = results.counterfactual(fixed=fixed.to_numpy(), costs=costs, market_id=market)
     assert outcome.converged
     hand = HandMarket.of(results, products, market)
-    expected = hand.solve(costs[rows.index], _ownership(rows["firm_ids"]),
+    expected = hand.solve(costs[rows.index], ownership(rows["firm_ids"]),
                           fixed=rows["product_ids"].isin([1, 3]).to_numpy())  # fmt: skip
     np.testing.assert_allclose(outcome.products.loc[market, "prices_post"], expected, rtol=1e-8)
 
@@ -420,8 +382,8 @@ def test_merger_bootstrap_draws_equal_hand_mergers_at_each_draw(products, result
         delta = _hand_delta(products, *rho)[rows.index]
         hand = HandMarket(delta, prices, float(params["prices"]), rows["size"], rows["segment"],
                           *rho)  # fmt: skip
-        omega_pre = _ownership(rows["firm_ids"])
+        omega_pre = ownership(rows["firm_ids"])
         costs = prices + np.linalg.solve(omega_pre * hand.jacobian(prices).T, hand.shares(prices))
-        expected = hand.solve(costs, _ownership(rows["firm_ids"].replace({1: 0})))
+        expected = hand.solve(costs, ownership(rows["firm_ids"].replace({1: 0})))
         ours = merger.draws_products.loc[draw].loc[market, "prices_post"]
         np.testing.assert_allclose(ours, expected, rtol=1e-8)

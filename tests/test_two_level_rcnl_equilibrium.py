@@ -21,11 +21,12 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
+import hand_equilibrium
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.optimize
 from builders import at_parameters
+from hand_equilibrium import ownership
 from test_two_level_rcnl import FORMULA, NESTS, loop_shares, simulate
 
 from blpmodels import BLPNestedLogit, BLPRandomCoefficients
@@ -64,7 +65,7 @@ def results(economy):
 hand_shares = loop_shares  # the loop oracle of tests/test_two_level_rcnl.py, complex-safe
 
 
-class HandMarket:
+class HandMarket(hand_equilibrium.HandMarket):
     """One market: V_ji(p) = δ̂_j + α (p_j − p⁰_j) + σ_x x_j ν_xi + σ_p p_j ν_pi."""
 
     def __init__(self, delta, prices, alpha, x_part, price_nodes, weights, size, segment, rho):
@@ -97,46 +98,6 @@ class HandMarket:
         mu = self.x_part + np.outer(prices, self.price_nodes)
         return hand_shares(delta, mu, self.weights, self.size, self.segment, *self.rho)
 
-    def jacobian(self, prices) -> np.ndarray:
-        """∂s_j/∂p_k by complex steps."""
-        n, step = prices.size, 1e-30
-        out = np.empty((n, n))
-        for k in range(n):
-            moved = prices.astype(complex)
-            moved[k] += 1j * step
-            out[:, k] = self.shares(moved).imag / step
-        return out
-
-    def foc(self, prices, costs, omega) -> np.ndarray:
-        return self.shares(prices) + (omega * self.jacobian(prices).T) @ (prices - costs)
-
-    def observed_costs(self, omega) -> np.ndarray:
-        """Costs from the observed prices' conditions: c = p + (Ω ⊙ Jᵀ)⁻¹ s."""
-        return self.prices + np.linalg.solve(
-            omega * self.jacobian(self.prices).T, self.shares(self.prices)
-        )
-
-    def solve(self, costs, omega, start=None, fixed=None) -> np.ndarray:
-        """Prices that zero the free products' F_j/s_j (fixed ones stay at ``start``)."""
-        start = self.prices if start is None else np.asarray(start, dtype=float)
-        free = np.ones(start.size, bool) if fixed is None else ~np.asarray(fixed)
-
-        def conditions(values):
-            prices = start.copy()
-            prices[free] = values
-            return (self.foc(prices, costs, omega) / self.shares(prices))[free]
-
-        solution = scipy.optimize.root(conditions, start[free], method="hybr", tol=1e-14)
-        prices = start.copy()
-        prices[free] = solution.x
-        assert np.abs(conditions(solution.x)).max() < 1e-10  # judged at the answer
-        return prices
-
-
-def _ownership(firms) -> np.ndarray:
-    firms = np.asarray(firms)
-    return (firms[:, None] == firms[None, :]).astype(float)
-
 
 def _rows(products, market) -> pd.DataFrame:
     return products[products["market_ids"] == market]
@@ -150,7 +111,7 @@ def test_foc_jacobian_equals_central_differences_of_the_hand_conditions(economy,
     market = 4
     rows = _rows(products, market)
     hand = HandMarket.of(results, economy, market)
-    omega = _ownership(rows["firm_ids"])
+    omega = ownership(rows["firm_ids"])
     omega[0, -1] = 0.4  # partial ownership: Ω not symmetric
     prices = hand.prices * 1.1
     costs = 0.5 * hand.prices
@@ -200,7 +161,7 @@ def test_zeta_iteration_alone_reaches_the_hand_equilibrium(economy, results):
     for t, market in enumerate(markets):
         rows = _rows(products, market)
         hand = HandMarket.of(results, economy, market)
-        expected = hand.solve(0.6 * hand.prices, _ownership(rows["firm_ids"]))
+        expected = hand.solve(0.6 * hand.prices, ownership(rows["firm_ids"]))
         np.testing.assert_allclose(solution.prices[t][mask[t]], expected, rtol=1e-8)
 
 
@@ -255,7 +216,7 @@ def test_equilibrium_prices_equal_the_hand_solved_first_order_conditions(economy
     for market in (2, 7):
         rows = _rows(products, market)
         hand = HandMarket.of(results, economy, market)
-        expected = hand.solve(costs[rows.index], _ownership(rows["firm_ids"]))
+        expected = hand.solve(costs[rows.index], ownership(rows["firm_ids"]))
         np.testing.assert_allclose(equilibrium.prices.loc[market], expected, rtol=1e-8)
         np.testing.assert_allclose(equilibrium.shares.loc[market], hand.shares(expected),
                                    rtol=1e-8)  # fmt: skip
@@ -268,10 +229,10 @@ def test_merger_equals_the_hand_solved_merger(economy, results):
     for market in (5, 11):
         rows = _rows(products, market)
         hand = HandMarket.of(results, economy, market)
-        costs = hand.observed_costs(_ownership(rows["firm_ids"]))
+        costs = hand.observed_costs(ownership(rows["firm_ids"]))
         np.testing.assert_allclose(merger.products.loc[market, "markups_pre"],
                                    hand.prices - costs, rtol=1e-8)  # fmt: skip
-        expected = hand.solve(costs, _ownership(rows["firm_ids"].replace({1: 0})))
+        expected = hand.solve(costs, ownership(rows["firm_ids"].replace({1: 0})))
         np.testing.assert_allclose(merger.products.loc[market, "prices_post"], expected,
                                    rtol=1e-8)  # fmt: skip
 
@@ -281,7 +242,7 @@ def test_passthrough_equals_differences_of_hand_solved_prices(economy, results):
     market = 9
     rows = _rows(products, market)
     hand = HandMarket.of(results, economy, market)
-    omega = _ownership(rows["firm_ids"])
+    omega = ownership(rows["firm_ids"])
     costs = hand.observed_costs(omega)
     ours = results.passthrough(market_id=market).to_numpy()
     step = 1e-5
@@ -329,7 +290,7 @@ def test_entry_exit_and_a_unit_tax_equal_the_hand_equilibrium(economy, results):
     )
     firms = np.append(rows["firm_ids"].to_numpy()[keep], 2)
     start = np.append(rows["prices"].to_numpy()[keep], 1.0)
-    expected = hand.solve(np.append(costs[keep], 0.5) + tax, _ownership(firms), start=start)
+    expected = hand.solve(np.append(costs[keep], 0.5) + tax, ownership(firms), start=start)
     after = outcome.products.loc[market]
     post = after.loc[after["status"] != "removed", "prices_post"]
     np.testing.assert_allclose(post.to_numpy(), expected, rtol=1e-8)
