@@ -341,3 +341,47 @@ def test_zero_sigma_is_the_two_level_nested_logit(economy, results):
     hessians_two, hessians_logit = (model.profit_hessians(6) for model in (two, logit))
     for firm, block in hessians_logit.items():
         np.testing.assert_allclose(hessians_two[firm], block, rtol=1e-9, atol=1e-12)
+
+
+def _hand_delta(hand: HandMarket, shares: np.ndarray) -> np.ndarray:
+    """δ that reproduces ``shares`` at the hand market's θ, by the nested contraction
+    δ ← δ + (1 − ρ_lower)(log s − log ŝ(δ)) on the loop shares (a contraction for ρ < 1)."""
+    delta = hand.delta.copy()
+    for _ in range(10_000):
+        step = (1 - hand.rho[1]) * (np.log(shares) - np.log(hand.shares(hand.prices)))
+        delta = delta + step
+        hand.delta = delta
+        if np.abs(step).max() < 1e-14:
+            return delta
+    raise AssertionError("the hand contraction did not converge")
+
+
+def test_merger_bootstrap_draws_equal_hand_mergers_at_each_draw(economy, results):
+    """Each draw: δ_b re-solved from the observed shares at θ_b by the hand contraction, costs
+    from the observed conditions at θ_b, then the merger solved by hand."""
+    products, agents = economy
+    market = 5
+    with pytest.warns(UserWarning, match="moved onto them"):  # σ_p = 0 in two draws
+        draws = results.bootstrap(draws=3, seed=1)
+    merger = results.merger({1: 0}, market_id=[market], bootstrap=draws)
+    rows = _rows(products, market)
+    people = agents[agents["market_ids"] == market]
+    prices = rows["prices"].to_numpy()
+    for draw in range(3):
+        params = draws.params.iloc[draw]
+        hand = HandMarket(
+            results.demand.delta[rows.index],  # the start of the contraction only
+            prices,
+            float(params["prices"]),
+            params["sigma[x,x]"] * np.outer(rows["x"], people["nodes0"]),
+            params["sigma[prices,prices]"] * people["nodes1"].to_numpy(),
+            people["weights"].to_numpy(),
+            rows["size"],
+            rows["segment"],
+            (float(params["rho_upper"]), float(params["rho_lower"])),
+        )
+        _hand_delta(hand, rows["shares"].to_numpy())
+        costs = hand.observed_costs(ownership(rows["firm_ids"]))
+        expected = hand.solve(costs, ownership(rows["firm_ids"].replace({1: 0})))
+        ours = merger.draws_products.loc[draw].loc[market, "prices_post"]
+        np.testing.assert_allclose(ours, expected, rtol=1e-8)
