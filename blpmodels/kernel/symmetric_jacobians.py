@@ -56,7 +56,7 @@ INVERSE_LOOP_WIDTH = 96
 
 
 def lower_diagonal_minus_gram(
-    diagonal: np.ndarray, rows: np.ndarray, coefficients: np.ndarray
+    diagonal: np.ndarray, rows: np.ndarray, coefficients: np.ndarray, overwrite_rows: bool = False
 ) -> np.ndarray:
     """Lower triangle of diag(d) − R diag(c) Rᵀ (``[n, n]``, Fortran order) by ``syrk``.
 
@@ -73,6 +73,9 @@ def lower_diagonal_minus_gram(
         ``[n, I]`` R.
     coefficients : numpy.ndarray
         ``(I,)`` c.
+    overwrite_rows : bool, optional
+        Scale ``rows`` in place when all c_i have one sign (saves a copy of the ``[n, I]``
+        rows; the caller must not need them afterwards).
 
     Examples
     --------
@@ -89,7 +92,12 @@ def lower_diagonal_minus_gram(
         if not chosen.any():
             continue
         scale = np.sqrt(sign * coefficients[chosen])
-        scaled = rows * scale if chosen.all() else rows[:, chosen] * scale
+        if not chosen.all():
+            scaled = rows[:, chosen] * scale
+        elif overwrite_rows:
+            scaled = np.multiply(rows, scale, out=rows)
+        else:
+            scaled = rows * scale
         # scaled is C-ordered [n, I]: its transpose is a Fortran [I, n] array, so syrk with
         # trans=1 reads it without a copy and adds −sign · scaled scaledᵀ to the lower triangle.
         out = blas.dsyrk(-sign, scaled.T, beta=1.0, c=out, trans=1, lower=1, overwrite_c=1)
@@ -149,7 +157,7 @@ def delta_jacobian_inverse(
             continue  # a market of padding only keeps the identity
         rows = agent_factor[market, products] * exp_delta[market, products, None]
         lower = lower_diagonal_minus_gram(
-            probabilities.shares[market, products], rows, coefficients[market]
+            probabilities.shares[market, products], rows, coefficients[market], overwrite_rows=True
         )
         inverse = _cholesky_inverse(lower)
         if inverse is None:
@@ -209,6 +217,9 @@ class CholeskyMarkupSystem:
     factors: tuple[np.ndarray | None, ...]
     products: tuple[slice | np.ndarray, ...]
     shape: tuple[int, int]
+    #: ``[T, I]`` the agents' price slopes d_i behind B (all products of a market share them),
+    #: which :func:`blpmodels.kernel.markups.markup_jacobian` uses for its symmetric path.
+    slopes: np.ndarray | None = None
 
     def solve(self, values: np.ndarray) -> np.ndarray:
         """``[T, J, K]`` B⁻¹ x for ``[T, J, K]`` x (rows of padding ignored, zero out)."""
@@ -283,7 +294,7 @@ def cholesky_markups(
             continue
         rows = agent_factor[market, products] * exp_delta[market, products, None]
         diagonal = rows @ own_coefficients[market]
-        lower = lower_diagonal_minus_gram(diagonal, rows, coefficients[market])
+        lower = lower_diagonal_minus_gram(diagonal, rows, coefficients[market], overwrite_rows=True)
         if isinstance(products, slice):
             lower *= ownership[market, products, products]
         else:
@@ -297,4 +308,4 @@ def cholesky_markups(
         eta[market, products] = solution  # η = −B⁻¹s = (−B)⁻¹s
         factors.append(factor)
         places.append(products)
-    return eta, CholeskyMarkupSystem(tuple(factors), tuple(places), mask.shape)
+    return eta, CholeskyMarkupSystem(tuple(factors), tuple(places), mask.shape, slopes)
