@@ -43,10 +43,18 @@ import numpy as np
 
 STAGES = {
     "exp(μ) and its factors": ("from_coefficients", "_finish", "coefficients"),
-    "share evaluations (δ solve)": ("shares", "_logit_ratio", "_exp_delta", "log_shares"),
+    # _logit_ratio: older code's (for --baseline); _remember and _remembered_probabilities:
+    # newer code's.
+    "share evaluations (δ solve)": (
+        "shares",
+        "_logit_ratio",
+        "_exp_delta",
+        "log_shares",
+        "_remember",
+    ),
     "∂s/∂δ": ("share_jacobian",),
     "∂s/∂θ": ("theta_jacobian",),
-    "probabilities at δ": ("probabilities",),
+    "probabilities at δ": ("probabilities", "_remembered_probabilities", "_nested_probabilities"),
 }
 
 

@@ -98,6 +98,23 @@ def test_two_way_absorption_equals_dummy_projection_on_unbalanced_panel(method):
     np.testing.assert_allclose(absorber.residualize(values[:, 0]), expected[:, 0], atol=1e-10)
 
 
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_two_way_absorption_of_a_balanced_panel_equals_dummy_projection(shuffled):
+    """Every product in every market (rows in any order): demeaned in one step, without
+    pyhdfe, to the dummy-variable projection."""
+    ids = pd.DataFrame({"m": np.repeat(np.arange(7), 5), "p": np.tile(list("abcde"), 7)})
+    if shuffled:
+        ids = ids.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    values = np.random.default_rng(5).normal(3.0, 2.0, size=(len(ids), 3))
+    absorber = Absorber.from_formula("C(m) + C(p)", ids)
+    assert absorber.grid is not None
+    expected = _project_out(_dummies(ids[["m", "p"]]), values)
+    np.testing.assert_allclose(absorber.residualize(values), expected, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(absorber.residualize(values[:, 1]), expected[:, 1], atol=1e-13)
+    # A missing pair makes the panel unbalanced: pyhdfe's projections again.
+    assert Absorber.from_formula("C(m) + C(p)", ids.iloc[1:]).grid is None
+
+
 def test_interaction_term_absorbs_the_crossed_groups():
     ids = _unbalanced_ids()
     values = np.random.default_rng(4).normal(size=len(ids))

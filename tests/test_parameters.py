@@ -165,6 +165,27 @@ def test_coefficient_formulas(agents, kind):
             assert coefficients[t, i, 1] == pytest.approx(transform(expected_index[1]), rel=1e-14)
 
 
+@pytest.mark.parametrize(
+    ("sigma", "pi"),
+    [
+        ([[0.0, 0.0], [0.0, 0.7]], [[0.2, 0.0], [-0.5, 0.0]]),  # exercise 2's pattern
+        ([[0.3, 0.0], [0.0, 0.0]], [[0.0, 0.6], [0.4, -0.2]]),  # a characteristic with two
+        ([[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.9]]),  # only Π
+    ],
+)
+def test_coefficient_formulas_with_few_nonzero_entries(agents, sigma, pi):
+    """Few nonzero entries (summed column by column rather than by matrix products)."""
+    nodes, demographics = agents
+    parameters = build(sigma=sigma, pi=pi)
+    coefficients, index = parameters.coefficients(parameters.theta0, nodes, demographics)
+    sigma, pi = np.array(sigma), np.array(pi)
+    for t in range(3):
+        for i in range(5):
+            expected = sigma @ nodes[t, i] + pi @ demographics[t, i]
+            np.testing.assert_allclose(index[t, i], expected, rtol=1e-14, atol=1e-15)
+            np.testing.assert_allclose(coefficients[t, i], expected, rtol=1e-14, atol=1e-15)
+
+
 def test_rc_types_as_sequence(agents):
     nodes, demographics = agents
     parameters = build(rc_types=["lognormal", "normal"])

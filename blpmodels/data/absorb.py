@@ -3,7 +3,9 @@
 ``absorb="C(market_ids) + C(product_ids)"`` names the fixed-effect dimensions; each term may
 interact several columns (``C(market_ids):C(nesting_ids)``). pyhdfe does the residualization:
 within-transformation for one dimension, alternating projections (tolerance 1e-14) for several,
-so that absorbed regressions match dummy-variable regressions to about 1e-12.
+so that absorbed regressions match dummy-variable regressions to about 1e-12. Two dimensions
+whose every pair of levels occurs once (each product in each market) are demeaned exactly in
+one step instead.
 """
 
 from __future__ import annotations
@@ -95,6 +97,21 @@ def _check_id_values(values: pd.Series, column: str, absorb: str) -> None:
         )
 
 
+def _balanced_grid(codes: np.ndarray, n_levels: tuple[int, ...]) -> np.ndarray | None:
+    """``[n_a, n_b]`` row of each pair of levels of two fixed-effect dimensions when every
+    pair occurs exactly once (a balanced panel, e.g. every product in every market), else None.
+    """
+    n_a, n_b = n_levels
+    if codes.shape[0] != n_a * n_b:
+        return None
+    cells = codes[:, 0] * n_b + codes[:, 1]
+    if not (np.bincount(cells, minlength=n_a * n_b) == 1).all():
+        return None
+    grid = np.empty(n_a * n_b, dtype=np.intp)
+    grid[cells] = np.arange(codes.shape[0])
+    return grid.reshape(n_a, n_b)
+
+
 @dataclass(eq=False)
 class Absorber:
     """Residualizes matrices against several dimensions of fixed effects.
@@ -125,6 +142,7 @@ class Absorber:
     n_levels: tuple[int, ...] = field(init=False)
     level_labels: list[np.ndarray] = field(init=False)
     algorithm: Any = field(init=False)
+    grid: np.ndarray | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         coded = []
@@ -158,6 +176,8 @@ class Absorber:
             )
         except ValueError as error:
             raise BLPInputError(f"absorb: {error}") from error
+        if self.method is None and self.codes.shape[1] == 2:
+            self.grid = _balanced_grid(self.codes, self.n_levels)
         self.method = method
 
     @classmethod
@@ -226,6 +246,17 @@ class Absorber:
         values = np.asarray(matrix, dtype=np.float64)
         if values.ndim == 2 and values.shape[1] == 0:
             return values.copy()
+        if self.grid is not None:
+            # Every pair of levels once: the two-way within transformation is exact in one
+            # step, y − ȳ_a − ȳ_b + ȳ, where alternating projections take two sweeps (one to
+            # converge, one to see it) through pyhdfe (0.3 ms an exercise-2 evaluation).
+            table = values[self.grid]
+            table -= table.mean(axis=0, keepdims=True) + (
+                table.mean(axis=1, keepdims=True) - table.mean(axis=(0, 1), keepdims=True)
+            )
+            out = np.empty_like(values)
+            out[self.grid] = table
+            return out
         vector = values.ndim == 1
         out = self.algorithm.residualize(values[:, None] if vector else values)
         return out[:, 0] if vector else out

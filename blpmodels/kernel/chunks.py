@@ -324,6 +324,7 @@ class MarketChunk:
             out=None
             if workspace is None
             else workspace.get("factor", (*self.mask.shape, coefficients.shape[1])),
+            buffers=None if workspace is None else workspace.get,
         )
         return coefficients, evaluator, nesting
 
