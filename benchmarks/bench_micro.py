@@ -410,7 +410,9 @@ def child(problem: str, library: str, optimizer: str, threads, baseline=None, ma
     if library == "pyblp":
         import pyblp  # noqa: F401  (imported before the data, as blpmodels is)
     else:
-        import blpmodels  # noqa: F401
+        # blpmodels loads its modules on first use (statsmodels, scipy.stats and formulaic
+        # with them, about 0.9 s): load them here, outside the timing, as pyblp's are.
+        import blpmodels.models  # noqa: F401
     if problem.startswith("petrin"):
         products, agents = _petrin_spec().load_petrin()
     else:

@@ -20,6 +20,7 @@ from builders import q5_model, q5_problem, require_data
 from blpmodels import BLPInputError, MicroDataset, MicroMoment
 from blpmodels.estimation.micro import MicroBlock
 from blpmodels.kernel.micro_probabilities import _nested, _nested_pairs
+from blpmodels.kernel.pair_weights import FactoredWeights
 
 pytestmark = pytest.mark.data
 
@@ -775,11 +776,15 @@ def test_agent_chunks_and_recomputed_arrays_change_nothing(data):
     parameters = model.parameters(**Q2_START)
     outcomes = []
     settings = (
+        # Second-choice arrays kept as agent weights times a (first, second) choice pattern.
         {},
         {"store_limit": 0, "chunk_values": 96 * 8 * 25**2},
-        # The firm-removed survey keeps its weighted arrays (2 × 625,000 values) but not its
-        # values; the diversion survey (3 × 625,000) keeps neither.
-        {"store_limit": 1.3e6},
+        # Dense second-choice arrays: the firm-removed survey keeps its weighted arrays (2 ×
+        # 625,000 values) but not its values; the diversion survey (3 × 625,000) keeps neither.
+        {"store_limit": 1.3e6, "factor_pairs": False},
+        {"factor_pairs": False},
+        # Factored arrays read in agent chunks.
+        {"chunk_values": 96 * 8 * 25**2},
     )
     for options in settings:
         block = _micro_block(model, moments, **options)
@@ -797,9 +802,19 @@ def test_agent_chunks_and_recomputed_arrays_change_nothing(data):
         if options.get("store_limit") == 1.3e6:
             assert ("firm removed", True, False) in kept
             assert ("diversion", False, False) in kept
+        factored = {
+            survey.source.name
+            for market in block.markets
+            for survey in market.surveys
+            if isinstance(survey.weighted, FactoredWeights)
+            and isinstance(survey.values, FactoredWeights)
+        }
+        stored = options.get("factor_pairs", True) and options.get("store_limit") != 0
+        assert factored == ({"diversion", "firm removed"} if stored else set())
     (plain, plain_covariance, plain_chunks), *others = outcomes
     assert plain_chunks == [1, 1]
     assert others[0][2] == [11, 11]  # 1000 agents in chunks of 96
+    assert others[-1][2] == [11, 11]
     for other, other_covariance, _ in others:
         np.testing.assert_allclose(other.moments, plain.moments, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(other.jacobian, plain.jacobian, rtol=1e-10, atol=1e-14)

@@ -39,10 +39,10 @@ from blpmodels.estimation.micro_parts import (
     _check_name,
     _check_probability,
     _column,
-    _compact,
     _covariance_block,
     _dense,
     _indicator,
+    _stored_form,
     _stored_size,
     _survey_sums,
     covariance,
@@ -700,6 +700,10 @@ class MicroBlock:
     chunk_values : float
         Agents are processed in chunks of about this many values per probability array
         (second choices: I·(1+J)² each), which bounds memory.
+    factor_pairs : bool
+        Keep second-choice arrays that are an agent factor times a (first, second) choice
+        pattern in that form (:func:`~blpmodels.kernel.pair_weights.factor_pairs`); False
+        keeps them dense (a check of the dense path).
 
     Raises
     ------
@@ -719,8 +723,10 @@ class MicroBlock:
         *,
         store_limit: float = 4e6,
         chunk_values: float = 1e7,
+        factor_pairs: bool = True,
     ) -> None:
         self.store_limit = store_limit
+        self.factor_pairs = factor_pairs
         self.chunk_values = chunk_values
         self.moments = _checked_moments(moments)
         self.datasets: list[MicroDataset] = []
@@ -834,9 +840,10 @@ class MicroBlock:
         weighted, values = survey.compute(slice(0, n_agents))
         self._indicator_parts[survey.parts] &= ((values == 0.0) | (values == 1.0)).all(axis=1)
         total = float(weighted[0].sum())
-        # Second choices stay dense: their pair tangents contract the [I, 1+J, 1+J] grid.
-        kept = weighted if survey.second else _compact(weighted)
-        kept_values = values if survey.second else _compact(values)
+        # Second choices: u_i m_ab (their pair tangents contract the [I, 1+J, 1+J] grid with
+        # two products per agent, cheap in that form), else dense.
+        kept = _stored_form(weighted, survey.second, self.factor_pairs, n_agents)
+        kept_values = _stored_form(values, survey.second, self.factor_pairs, n_agents)
         if _stored_size(kept) + _stored_size(kept_values) <= self.store_limit:
             survey.weighted, survey.values = kept, kept_values
         elif _stored_size(kept) <= self.store_limit:
@@ -883,7 +890,8 @@ class MicroBlock:
                 if survey.second:
                     key = survey.groups.tobytes()
                     if key not in cache:
-                        cache[key] = pair_function(survey.groups)
+                        # With tangents, their contract_all gives the sums: no pairs.
+                        cache[key] = pair_function(survey.groups, covariance or not jacobian)
                     prob, d_prob = cache[key]
                 else:
                     prob, d_prob = first, d_first

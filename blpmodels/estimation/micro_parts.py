@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from blpmodels.exceptions import BLPInputError
+from blpmodels.kernel.pair_weights import FactoredWeights, factor_pairs
 
 __all__ = [
     "covariance",
@@ -193,8 +194,20 @@ def _compact(array: np.ndarray) -> Any:
     return scipy.sparse.csr_array(array)
 
 
+def _stored_form(array: np.ndarray, second: bool, factor: bool, n_agents: int) -> Any:
+    """How a survey keeps ``array`` ``[rows, I·…]``: second choices (``second``) factored when
+    every row is an agent factor times a choice pattern (and ``factor``), else dense; first
+    choices sparse when mostly zeros (:func:`_compact`)."""
+    if not second:
+        return _compact(array)
+    factored = factor_pairs(array, n_agents) if factor else None
+    return array if factored is None else factored
+
+
 def _stored_size(array: Any) -> float:
     """Values a stored array holds, in dense-value units (a sparse entry is 1.5 of them)."""
+    if isinstance(array, FactoredWeights):
+        return float(array.stored)
     nnz = getattr(array, "nnz", None)
     return float(array.size) if nnz is None else 1.5 * nnz
 
@@ -206,9 +219,11 @@ def _dense(array: Any) -> np.ndarray:
 
 def _agent_columns(array: Any, agents: slice, n_agents: int) -> Any:
     """The columns of some agents of a stored ``[rows, I·…]`` array (agents lead the flat
-    columns), sparse or dense."""
+    columns), sparse, factored or dense."""
     if agents == slice(0, n_agents):
         return array
+    if isinstance(array, FactoredWeights):
+        return array.columns(agents)
     rows = array.shape[0]
     if hasattr(array, "toarray"):
         width = array.shape[1] // n_agents
@@ -222,9 +237,12 @@ def _survey_sums(
     """``weighted @ probabilities`` ``[n]`` and, with ``jacobian``, ``weighted @ ∂/∂θ`` ``[n, P]``
     for a survey's ``[n, I·…]`` weighted arrays (dense or sparse); tangents that contract
     themselves (:mod:`blpmodels.kernel.micro_probabilities`) are never formed whole."""
-    if jacobian and hasattr(tangents, "contract_all"):  # logit first choices: one pass
+    if jacobian and hasattr(tangents, "contract_all"):  # one pass (pairs never formed)
         return tangents.contract_all(weighted)
-    contribution = weighted @ probabilities.reshape(-1)
+    if isinstance(weighted, FactoredWeights):
+        contribution = weighted.sums(probabilities)
+    else:
+        contribution = weighted @ probabilities.reshape(-1)
     if not jacobian:
         return contribution, None
     if hasattr(tangents, "contract"):
@@ -234,7 +252,18 @@ def _survey_sums(
 
 def _covariance_block(weighted: Any, values: Any, probabilities: np.ndarray) -> np.ndarray:
     """``[n, n]`` Σ_f weighted_(1+a)f P_f values_bf of a survey's parts a, b (either array
-    dense or sparse)."""
+    dense, sparse or factored)."""
+    if isinstance(weighted, FactoredWeights) and isinstance(values, FactoredWeights):
+        # Σ_i u_ai v_bi Σ_cd m_acd n_bcd P_icd: an [n·n, I] @ [I, (1+J)²] product.
+        agents = weighted.agents[1:, None, :] * values.agents[None]  # [n, n, I]
+        rows = agents.shape[0]
+        by_pair = agents.reshape(rows * rows, -1) @ probabilities.reshape(agents.shape[2], -1)
+        patterns = weighted.choices[1:, None] * values.choices[None]  # [n, n, S, S]
+        return np.einsum("ak,ak->a", by_pair, patterns.reshape(rows * rows, -1)).reshape(rows, rows)
+    if isinstance(weighted, FactoredWeights):
+        weighted = weighted.toarray()
+    if isinstance(values, FactoredWeights):
+        values = values.toarray()
     flat = probabilities.reshape(1, -1)
     if hasattr(weighted, "multiply"):
         scaled = weighted[1:].multiply(flat).tocsr()

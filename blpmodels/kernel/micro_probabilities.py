@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from blpmodels.kernel.nested_removals import NestedRemovals
+from blpmodels.kernel.pair_weights import pair_weights
 
 
 @dataclass(eq=False)
@@ -93,10 +94,12 @@ class MicroProbabilities:
         delta_jacobian: np.ndarray | None,
         agents: slice,
         contractible: bool = False,
-    ) -> tuple[np.ndarray, Any, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+    ) -> tuple[np.ndarray, Any, Callable[..., tuple[Any, Any]]]:
         """Some agents' first-choice probabilities ``[I, 1+J]`` (outside first), θ-tangents
         ``[P, I, 1+J]``, and a function of the removed groups ``[1+J]`` giving the pair
-        probabilities ``[I, 1+J, 1+J]`` of (first, second) choices and their tangents.
+        probabilities ``[I, 1+J, 1+J]`` of (first, second) choices and their tangents
+        (``pair(groups, probabilities=False)`` skips the probabilities, None then, where the
+        tangents' ``contract_all`` gives the weighted sums).
 
         With ``contractible`` the logit tangents are a :class:`_LogitFirstTangent`, which
         contracts weights with them without forming the ``[P, I, 1+J]`` array."""
@@ -113,7 +116,7 @@ class MicroProbabilities:
         delta_jacobian: np.ndarray | None,
         nodes: np.ndarray,
         demographics: np.ndarray,
-    ) -> tuple[np.ndarray, Any, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+    ) -> tuple[np.ndarray, Any, Callable[..., tuple[Any, Any]]]:
         """:meth:`market` for any consumers: ``nodes`` ``[1, I, K]`` and ``demographics``
         ``[1, I, D]`` (agents of the data, or respondents of a survey)."""
         return self._consumers(market, theta, delta, delta_jacobian, nodes, demographics, False)
@@ -127,7 +130,7 @@ class MicroProbabilities:
         nodes: np.ndarray,
         demographics: np.ndarray,
         contractible: bool,
-    ) -> tuple[np.ndarray, Any, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+    ) -> tuple[np.ndarray, Any, Callable[..., tuple[Any, Any]]]:
         """:meth:`consumers`; ``contractible``: logit tangents as a :class:`_LogitFirstTangent`."""
         utilities = self._utilities(market, theta, delta, nodes, demographics)
         rho = self._rho(theta)
@@ -146,15 +149,17 @@ class MicroProbabilities:
                 self, market, theta, delta_jacobian, nodes, demographics, first
             )
 
-        def pair(groups: np.ndarray) -> tuple[np.ndarray, Any]:
+        def pair(groups: np.ndarray, probabilities: bool = True) -> tuple[Any, Any]:
             # Logit: P(a first, b second) = s_a s_b / (1 − S_a), S_a the share of a's group.
             same = (groups[:, None] == groups[None, :]).astype(np.float64)
             rest = 1.0 - first @ same
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = np.where(rest > 0, first / rest, 0.0)  # [I, 1+J]: s_a / (1 − S_a)
                 scale = np.where(rest > 0, 1.0 / rest, 0.0)
-            joint = ratio[:, :, None] * first[:, None, :]
-            joint[:, same > 0] = 0.0
+            joint = None
+            if probabilities or d_first is None:
+                joint = ratio[:, :, None] * first[:, None, :]
+                joint[:, same > 0] = 0.0
             if d_first is None:
                 return joint, None
             dense = d_first.dense() if isinstance(d_first, _LogitFirstTangent) else d_first
@@ -255,7 +260,7 @@ class MicroProbabilities:
         utilities: np.ndarray,
         tangents: np.ndarray | None,
         rho: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray | None, Callable[[np.ndarray], tuple[np.ndarray, Any]]]:
+    ) -> tuple[np.ndarray, np.ndarray | None, Callable[..., tuple[Any, Any]]]:
         """RCNL: probabilities from the nested formula, pairs as s_b(−a) − s_b (see
         :func:`_nested_pairs`), and analytic tangents (:func:`_nested_tangents`)."""
         t, n = market.position, market.n_products
@@ -265,15 +270,18 @@ class MicroProbabilities:
             return (
                 first,
                 None,
-                lambda groups: (NestedRemovals(first, codes, rho, groups).pairs, None),
+                lambda groups, probabilities=True: (
+                    NestedRemovals(first, codes, rho, groups).pairs,
+                    None,
+                ),
             )
         nests = _Nests(codes, rho, tuple(self._rho_tangents(tangents.shape[0])))
         d_first = _nested_tangents(first, tangents, nests)
 
-        def pair(groups: np.ndarray) -> tuple[np.ndarray, Any]:
+        def pair(groups: np.ndarray, probabilities: bool = True) -> tuple[Any, Any]:
             removals = NestedRemovals(first, codes, rho, groups)
             tangent = _NestedPairTangent(removals, utilities, tangents, nests, d_first)
-            return removals.pairs, tangent
+            return (removals.pairs if probabilities else None), tangent
 
         return first, d_first, pair
 
@@ -416,16 +424,23 @@ class _LogitPairTangent:
     scale: np.ndarray  # [I, 1+J]: 1 / (1 − S_a)
     same: np.ndarray  # [1+J, 1+J]: 1 where two options are removed together
 
-    def contract(self, weighted: np.ndarray) -> np.ndarray:
+    def contract(self, weighted: Any) -> np.ndarray:
         """``[n, P]`` Σ_iab weighted_n[i, a, b] d pair[i, a, b] (weights are zero within a
-        removed group)."""
+        removed group; dense ``[n, I·(1+J)²]`` or
+        :class:`~blpmodels.kernel.pair_weights.FactoredWeights`)."""
+        return self.contract_all(weighted)[1]
+
+    def contract_all(self, weighted: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``([n], [n, P])``: Σ_iab weighted_n[i, a, b] pair[i, a, b] (from a product that
+        :meth:`contract` forms anyway: the pairs are never formed) and :meth:`contract`."""
         n_agents, size = self.first.shape
-        grid = weighted.reshape(weighted.shape[0], n_agents, size, size)
-        by_second_choice = (grid @ self.first[:, :, None])[..., 0]  # [n, I, 1+J]: Σ_b w s_b
+        weights = pair_weights(weighted, n_agents, size)
+        by_second_choice = weights.right(self.first[:, :, None])[..., 0]  # [n, I, a]: Σ_b w s_b
+        values = np.einsum("nia,ia->n", by_second_choice, self.ratio)
         by_first = by_second_choice * self.scale
         by_group = (self.first * by_second_choice * self.scale**2) @ self.same
-        by_second = (self.ratio[:, None, :] @ grid)[:, :, 0, :]  # [n, I, 1+J]
-        return np.einsum("nia,pia->np", by_first + by_group + by_second, self.d_first)
+        by_second = weights.left(self.ratio[:, None, :])[:, :, 0, :]  # [n, I, 1+J]
+        return values, np.einsum("nia,pia->np", by_first + by_group + by_second, self.d_first)
 
     def dense(self) -> np.ndarray:
         """``[P, I, 1+J, 1+J]`` tangents (for scores of a few consumers)."""

@@ -27,6 +27,8 @@ from functools import cached_property
 
 import numpy as np
 
+from blpmodels.kernel.pair_weights import pair_weights
+
 __all__ = ["NestedRemovals"]
 
 
@@ -138,12 +140,15 @@ class NestedRemovals:
 
     @cached_property
     def factors(self) -> dict[str, np.ndarray]:
-        """Per (agent, group, nest) ``[I, G, H+1]``: ``log_kept`` log ω̄, ``kept_power``
-        ω̄^(1−ρ), ``kept_mean`` Σ_(k∈h∖g) w_k log w_k / ω̄, ``removed_over_kept`` ω/ω̄,
-        ``excess`` Λ − 1 and ``factor`` Λ (0 and 1 where h has nothing left or Λ < 1),
-        ``slope`` (1.0 where Λ has a slope), ``available`` (h has options left); per (agent,
-        group) ``log_lambda`` log λ_g; per (agent, nest) ``entropy`` c_h = Σ_(k∈h) w_k log w_k
-        and ``nests`` the nest shares.
+        """Per (agent, group, nest) ``[I, G, H+1]``: ``excess`` Λ − 1 and ``factor`` Λ (0
+        and 1 where h has nothing left or Λ < 1), ``slope`` (1.0 where Λ has a slope),
+        ``available`` (h has options left); per (agent, group) ``log_lambda`` log λ_g and
+        ``group_excess`` λ_g − 1 (clipped at 0: Λ − 1 off the touched cells of nonempty
+        nests); per (agent, nest) ``entropy`` c_h = Σ_(k∈h) w_k log w_k and ``nests`` the nest
+        shares; ``[I, C]`` on the touched cells ``touched`` (the flat (group, nest) cells of
+        the options; elsewhere ω = 0, ω̄ = 1): ``touched_excess`` Λ − 1,
+        ``touched_removed_over_kept`` ω/ω̄, ``touched_log_kept`` log ω̄, ``touched_kept_power``
+        ω̄^(1−ρ), ``touched_kept_mean`` Σ_(k∈h∖g) w_k log w_k / ω̄ and ``touched_available``.
 
         A group touches at most the nests of its options: elsewhere ω = 0 and ω̄ = 1 exactly
         (log ω̄ = 0, Λ = λ_g), so the logarithms and exponentials run on the touched cells
@@ -188,16 +193,22 @@ class NestedRemovals:
             out[:, touched] = values
             return out.reshape(shape)
 
-        every = np.broadcast_to(nonempty, shape)
-        available_all = full(every, available)
+        available_all = full(np.broadcast_to(nonempty, shape), available)
         excess = full(np.expm1(log_lambda)[:, :, None], touched_excess)
         slope = available_all & (excess >= 0)  # Λ < 1 only for ρ < 0: such pairs clip to zero
         excess = np.where(slope, excess, 0.0)
+        with np.errstate(invalid="ignore"):
+            group_excess = np.expm1(log_lambda)
+            group_excess = np.where(group_excess >= 0, group_excess, 0.0)
         return {
-            "log_kept": full(np.zeros(1), log_kept),
-            "kept_power": full(every.astype(np.float64), np.where(available, power, 0.0)),
-            "kept_mean": full(entropy_by_nest[:, None, :], kept_mean),
-            "removed_over_kept": full(np.zeros(1), removed_over_kept),
+            "touched": touched,
+            "touched_kept_power": np.where(available, power, 0.0),
+            "touched_removed_over_kept": removed_over_kept,
+            "touched_excess": excess.reshape(n_agents, -1)[:, touched],
+            "touched_log_kept": log_kept,
+            "touched_kept_mean": kept_mean,
+            "touched_available": available,
+            "group_excess": group_excess,
             "log_lambda": log_lambda,
             "excess": excess,
             "factor": 1.0 + excess,
@@ -244,17 +255,17 @@ class NestedRemovals:
         n_rows = weighted.shape[0]
         n_agents, size = self.first.shape
         n_nests = self.rho.size + 1
-        grid = weighted.reshape(n_rows, n_agents, size, size)
+        grid = pair_weights(weighted, n_agents, size)
         ratio, inverse = self.group_shares
         factors = self.factors
         excess_of_first = factors["excess"][:, self.group_index]  # [I, a, h]
         # Coefficient of ds_b from (Λ − 1) r_a ds_b: Σ_a r_a (Λ_g(a)h − 1) W_ab for every nest
         # h (one product per agent from the left), then h = h(b). The weights are zero within
         # a removed group, where the pair has no slope.
-        by_second_nest = np.swapaxes(self.by_first_choice, 1, 2) @ grid
+        by_second_nest = grid.left(np.swapaxes(self.by_first_choice, 1, 2))
         on_second = by_second_nest[:, :, self.option_nests, np.arange(size)]
         # Z_ah = Σ_(b∈h) W_ab s_b: one product per agent from the right.
-        by_nest = grid @ (self.first[:, :, None] * _one_hot(self.option_nests, n_nests))
+        by_nest = grid.right(self.first[:, :, None] * _one_hot(self.option_nests, n_nests))
         on_ratio = np.einsum("niah,iah->nia", by_nest, excess_of_first)  # Σ_b W s_b (Λ − 1)
         values = (on_ratio * ratio).sum(axis=(1, 2))
         # dr_a = ds_a / S_g − s_a dS_g / S_g².
@@ -284,20 +295,25 @@ class NestedRemovals:
         H+1]``): on dV_k, s_k (T_g(k) − Σ_(g≠g(k)) T_g (Λ_gh(k) − 1)) + w_k ρ/(1 − ρ)
         (T_g(k)h(k) − Σ_(g≠g(k)) T_gh(k) ω_gh(k)/ω̄_gh(k))."""
         factors = self.factors
-        n_rows, n_agents, n_groups, n_nests = weights.shape
+        n_rows, n_agents = weights.shape[:2]
         within, _, _ = self._within
-        removed_over_kept = factors["removed_over_kept"]
-        # Sums over g ≠ g(k) of the cells (g, h(k)): one product with the kept-cell matrix.
-        others = self.kept_cells.T
-        size = others.shape[1]
-        flat_shape = (n_rows * n_agents, n_groups * n_nests)
-        lost = ((by_group[..., None] * factors["excess"]).reshape(flat_shape) @ others).reshape(
-            n_rows, n_agents, size
+        # Sums over g ≠ g(k) of the cells (g, h(k)), k's nest nonempty. Off the touched cells
+        # (those of some option) Λ_gh − 1 is the group's λ_g − 1 (ē_g, clipped at zero) and
+        # ω_gh = 0, so Σ_(g≠g(k)) T_g (Λ_gh(k) − 1) = Σ_g T_g ē_g − T_g(k) ē_g(k) + Σ over the
+        # touched cells c of h(k) but k's own of T_g(c) (Λ_c − 1 − ē_g(c)): [n, I, G] and
+        # [n, I, 1+J] products instead of [n, I, G, H+1] ones.
+        touched = factors["touched"]
+        touched_groups = touched // (self.rho.size + 1)
+        others = self.kept_cells[:, touched].T  # [C, 1+J]
+        group_excess = factors["group_excess"]  # [I, G]
+        spread = by_group * group_excess
+        correction = by_group[:, :, touched_groups] * (
+            factors["touched_excess"] - group_excess[:, touched_groups]
         )
-        shrunk = ((weights * removed_over_kept).reshape(flat_shape) @ others).reshape(
-            n_rows, n_agents, size
-        )
+        lost = spread.sum(axis=2)[:, :, None] - spread[:, :, self.group_index] + correction @ others
         flat = weights.reshape(n_rows, n_agents, -1)
+        # ω/ω̄ is zero off the touched cells.
+        shrunk = (flat[:, :, touched] * factors["touched_removed_over_kept"]) @ others
         nested = (self.rho_extended / (1.0 - self.rho_extended))[self.option_nests]
         on_utilities = self.first * (by_group[:, :, self.group_index] - lost)
         on_utilities += within * nested * (flat[:, :, self.cells] - shrunk)
@@ -313,19 +329,29 @@ class NestedRemovals:
         member = np.append(scaled_nests.astype(np.float64), 0.0)  # [H+1]
         rho = self.rho_extended
         nests, entropy = factors["nests"], factors["entropy"]
-        available, log_kept = factors["available"], factors["log_kept"]
-        kept_mean = factors["kept_mean"]
+        touched = factors["touched"]
+        touched_nests = touched % rho.size
+        log_kept, kept_mean = factors["touched_log_kept"], factors["touched_kept_mean"]
         # ∂log D/∂ρ = Σ_h∈G s_h c_h; ∂log D(−g)/∂ρ = Σ_h∈G s_h(−g) c_h(−g) with
-        # s_h(−g) = s_h ω̄^(1−ρ) λ_g and c_h(−g) = Σ_(k∈h∖g) w_k log w_k / ω̄ − log ω̄.
+        # s_h(−g) = s_h ω̄^(1−ρ) λ_g and c_h(−g) = Σ_(k∈h∖g) w_k log w_k / ω̄ − log ω̄. Off the
+        # touched cells ω̄ = 1 and c_h(−g) = c_h, so ∂log D(−g)/∂ρ is λ_g times ∂log D/∂ρ plus
+        # a correction from g's touched cells c (whose s_h(c) c_h(c) the first term counts).
         full = (nests * entropy) @ member  # [I]
-        reduced_shares = (
-            nests[:, None, :] * factors["kept_power"] * np.exp(factors["log_lambda"])[:, :, None]
-        )
-        reduced = (reduced_shares * (kept_mean - log_kept)) @ member  # [I, G]
-        # ∂/∂ρ_h of ρ_h (log S_h − log S_h(−g)) = −log ω̄ + ρ/(1 − ρ)(c_h − c̄_gh).
-        own = member * np.where(
-            available, -log_kept + rho / (1.0 - rho) * (entropy[:, None, :] - kept_mean), 0.0
-        )
-        return by_group.reshape(by_group.shape[0], -1) @ (full[:, None] - reduced).reshape(
+        correction = (member[touched_nests] * nests[:, touched_nests]) * (
+            factors["touched_kept_power"] * (kept_mean - log_kept) - entropy[:, touched_nests]
+        )  # [I, C]
+        cell_group = _one_hot(touched // rho.size, self.n_groups)  # [C, G]
+        reduced = np.exp(factors["log_lambda"]) * (full[:, None] + correction @ cell_group)
+        # ∂/∂ρ_h of ρ_h (log S_h − log S_h(−g)) = −log ω̄ + ρ/(1 − ρ)(c_h − c̄_gh), zero off
+        # the touched cells (ω̄ = 1 and c̄_gh = c_h there).
+        nested = (rho / (1.0 - rho))[touched_nests]
+        own = member[touched_nests] * np.where(
+            factors["touched_available"],
+            -log_kept + nested * (entropy[:, touched_nests] - kept_mean),
+            0.0,
+        )  # [I, C]
+        n_rows, n_agents = weights.shape[:2]
+        on_touched = weights.reshape(n_rows, n_agents, -1)[:, :, touched]
+        return by_group.reshape(n_rows, -1) @ (full[:, None] - reduced).reshape(
             -1
-        ) + weights.reshape(weights.shape[0], -1) @ own.reshape(-1)
+        ) + on_touched.reshape(n_rows, -1) @ own.reshape(-1)
