@@ -192,3 +192,119 @@ def test_fresh_newton_inverse_is_low_rank_and_equals_dense():
     assert isinstance(inverse, LowRankInverse)  # I = 15 ≤ 0.8 J = 40
     _, expected = _dense_oracle(evaluator, delta, weights, mask, np.zeros((*mask.shape, 1)))
     assert np.abs(inverse.dense() - expected).max() < 1e-10 * np.abs(expected).max()
+
+
+def _one_coefficient_market(seed: int, n_markets: int, n_products: int, n_agents: int):
+    """μ_ji = σ x_j ν_i (one random coefficient): U's agent columns span few directions."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.5, 3.0, (n_markets, n_products))
+    nodes = rng.normal(size=(n_markets, n_agents))
+    weights = np.full((n_markets, n_agents), 1.0 / n_agents)
+    mask = np.ones((n_markets, n_products), dtype=bool)
+    mask[0, -5:] = False
+    mu = np.where(mask[:, :, None], 0.8 * x[:, :, None] * nodes[:, None, :], 0.0)
+    delta = np.where(mask, rng.normal(-2.0, 1.0, (n_markets, n_products)), 0.0)
+    evaluator = ShareEvaluator(mu, weights, mask, Nesting.unnested(mask.shape))
+    return evaluator, delta, weights, mask
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compressed_woodbury_equals_dense_solve(seed, monkeypatch):
+    # One market at a time (the large-market path), with I = 80 ≥ 4 × 16 agents: U is
+    # compressed to 16 or 32 columns; every product is checked against numpy's dense solve.
+    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", 0.0)
+    evaluator, delta, weights, mask = _one_coefficient_market(seed, 3, 100, 80)
+    probabilities = evaluator.probabilities(delta, factored=True)
+    rng = np.random.default_rng(seed + 50)
+    by_theta = np.where(mask[:, :, None], rng.normal(size=(*mask.shape, 2)), 0.0)
+    jacobian, inverse = woodbury_delta_jacobian(probabilities, weights, mask, by_theta)
+    assert inverse.factor.shape[2] in jacobians.COMPRESSED_RANKS  # not the 80 agents
+    expected_jacobian, expected_inverse = _dense_oracle(evaluator, delta, weights, mask, by_theta)
+    relative = np.abs(jacobian - expected_jacobian).max() / np.abs(expected_jacobian).max()
+    assert relative < 1e-12
+    assert np.abs(inverse.dense() - expected_inverse).max() < 1e-11 * np.abs(expected_inverse).max()
+    residual = np.where(mask, rng.normal(size=mask.shape), 0.0)
+    applied = apply_inverse(inverse, residual)
+    assert np.allclose(applied, np.einsum("tjk,tk->tj", expected_inverse, residual), atol=1e-10)
+    assert np.array_equal(applied[0, -5:], residual[0, -5:])  # identity in padding
+    # The capacitance is diagonal: its Cholesky factor and inverse are kept as such.
+    lower = inverse.cholesky
+    assert np.array_equal(lower, lower * np.eye(lower.shape[1]))
+    assert np.allclose(np.einsum("tii->ti", inverse.middle) * np.einsum("tii->ti", lower) ** 2, 1)
+
+
+def test_compression_refused_where_the_agents_span_many_directions(monkeypatch):
+    # Independent normal utilities: U has full rank 80, so no 32 columns hold it and the
+    # full capacitance is formed (factor [J, I]); the solve still equals the dense one.
+    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", 0.0)
+    evaluator, delta, weights, mask = _market_data(4, 2, 100, 80, 1.0)
+    probabilities = evaluator.probabilities(delta, factored=True)
+    by_theta = np.where(mask[:, :, None], 1.0, 0.0)
+    jacobian, inverse = woodbury_delta_jacobian(probabilities, weights, mask, by_theta)
+    assert inverse.factor.shape[2] == 80 and inverse.middle is None
+    expected, _ = _dense_oracle(evaluator, delta, weights, mask, by_theta)
+    assert np.abs(jacobian - expected).max() < 1e-10 * np.abs(expected).max()
+
+
+def test_newton_updates_low_rank_inverse_as_the_dense_broyden_update(monkeypatch):
+    # The same stale inverse, once as Woodbury factors (Broyden's update in product form) and
+    # once as the dense [T, J, J] matrix they stand for (the dense in-place update): the
+    # updates agree in exact arithmetic, so the steps, the counts and δ must agree; and both
+    # need fewer share evaluations than the fixed inverse (updates switched off).
+    from blpmodels.kernel import delta as delta_module
+
+    evaluator, delta, weights, mask = _market_data(6, 3, 60, 20, 1.0)
+    target = np.log(np.where(mask, evaluator.shares(delta), 1.0))
+    stale = evaluator.probabilities(delta + 0.3 * np.sin(np.arange(60)), factored=True)
+    _, low_rank = woodbury_delta_jacobian(stale, weights, mask, np.zeros((*mask.shape, 0)))
+    start = np.where(mask, delta + 0.05, 0.0)
+    product, product_fallback = solve_delta_newton(evaluator, target, start, low_rank)
+    dense, dense_fallback = solve_delta_newton(evaluator, target, start, low_rank.dense())
+    assert product.converged.all() and dense.converged.all()
+    assert not product_fallback.any() and not dense_fallback.any()
+    np.testing.assert_array_equal(product.evaluations, dense.evaluations)
+    assert np.abs(np.where(mask, product.delta - delta, 0.0)).max() < 1e-12
+    assert np.abs(product.delta - dense.delta).max() < 1e-12
+    monkeypatch.setattr(delta_module._BroydenProduct, "step", _without_updates)
+    fixed, _ = solve_delta_newton(evaluator, target, start, low_rank)
+    assert fixed.evaluations.sum() > product.evaluations.sum()
+
+
+def _without_updates(self, residual, markets, update, last_step):
+    """K₀ r: what the Newton steps were before Broyden's updates of Woodbury factors."""
+    return apply_inverse(self.inverse, residual, markets)
+
+
+def test_first_solve_of_large_markets_takes_newton_steps_from_a_rough_start(monkeypatch):
+    # No Jacobian from an earlier θ: large unnested markets run the contraction to 1e-2 and
+    # Newton steps from fresh Woodbury factors there. The answer must solve the share
+    # equations as the contraction does, and the counts must include the rough contraction.
+    from blpmodels.kernel import delta as delta_module
+
+    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", 0.0)
+    evaluator, delta, _, mask = _one_coefficient_market(8, 4, 100, 80)
+    shares = np.where(mask, evaluator.shares(delta), 1.0)
+    target = np.log(shares)
+    outside = 1.0 - np.where(mask, shares, 0.0).sum(axis=1, keepdims=True)
+    logit = np.where(mask, target - np.log(outside), 0.0)
+    fresh = []
+    original = delta_module.inverse_delta_jacobian
+    monkeypatch.setattr(
+        delta_module,
+        "inverse_delta_jacobian",
+        lambda *args: fresh.append(1) or original(*args),
+    )
+    result = delta_module.solve_delta_hybrid(evaluator, target, logit)
+    assert fresh and result.converged.all()
+    residual = np.log(np.where(mask, evaluator.shares(result.delta), 1.0)) - target
+    assert np.abs(residual).max() < 1e-14
+    assert np.abs(np.where(mask, result.delta - delta, 0.0)).max() < 1e-12
+    rough = delta_module.solve_delta(evaluator, target, logit, tol=delta_module.ROUGH_TOLERANCE)
+    assert (result.evaluations > rough.evaluations).all()
+    # Small markets (the batched path) keep the contraction alone.
+    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", float("inf"))
+    fresh.clear()
+    alone = delta_module.solve_delta_hybrid(evaluator, target, logit)
+    contraction = delta_module.solve_delta(evaluator, target, logit)
+    assert not fresh
+    np.testing.assert_array_equal(alone.evaluations, contraction.evaluations)
