@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from blpmodels.data.parameters import NonlinearParameters
+from blpmodels.kernel import jacobians
 from blpmodels.kernel.delta import (
     _broyden_update,
     inverse_delta_jacobian,
@@ -519,7 +520,11 @@ def test_derivative_check_is_per_entry():
 @pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("factored", [False, True])
 def test_share_jacobian_by_delta(structure, factored):
-    problem = make_problem(structure, seed=21)
+    checked_share_jacobian(make_problem(structure, seed=21), factored)
+
+
+def checked_share_jacobian(problem: Problem, factored: bool) -> None:
+    """∂s/∂δ against central differences, zero in the rows and columns of padding."""
     evaluator = evaluators(problem)["coefficients"]
     probabilities = evaluator.probabilities(problem.delta, factored=factored)
     jacobian = share_jacobian(probabilities, problem.weights, problem.nesting(), problem.mask)
@@ -573,6 +578,12 @@ def test_share_jacobian_with_utility_derivative(structure):
 @pytest.mark.parametrize("factored", [False, True])
 def test_theta_jacobian(structure, kind, factored):
     problem = make_problem(structure, seed=23, rc_types={"x": kind})
+    checked_theta_jacobian(problem, factored)
+
+
+def checked_theta_jacobian(problem: Problem, factored: bool, buffers=None) -> None:
+    """∂s/∂θ off the starting values, each parameter's column checked against central
+    differences (``buffers`` as :func:`theta_jacobian` takes them)."""
     parameters = problem.parameters
     theta = parameters.theta0.copy()
     theta[parameters.random_positions()] *= 0.7  # off the starting values
@@ -581,7 +592,13 @@ def test_theta_jacobian(structure, kind, factored):
     coefficients = problem.coefficients(theta)
     factors, positions = parameters.agent_factors(coefficients, problem.nodes, problem.demographics)
     pieces = theta_jacobian(
-        probabilities, problem.weights, problem.nesting(), problem.mask, problem.x2, factors
+        probabilities,
+        problem.weights,
+        problem.nesting(),
+        problem.mask,
+        problem.x2,
+        factors,
+        buffers,
     )
     analytic = np.zeros((*problem.mask.shape, parameters.size))
     for piece, columns in zip(pieces, positions, strict=True):
@@ -639,6 +656,28 @@ def test_rho_jacobian(structure):
     problem = make_problem(structure, seed=24)
     jacobian = checked_rho_jacobian(problem)
     assert (jacobian[~problem.mask] == 0).all()
+
+
+@pytest.mark.parametrize("structure", ["one", "several"])
+def test_nested_jacobians_by_groups_of_markets(structure, monkeypatch):
+    """The nested ∂s/∂θ, ∂s/∂ρ and ∂s/∂δ are formed a few markets at a time: in groups of two
+    here (the last one shorter), with work arrays handed over full of NaN, against central
+    differences."""
+    problem = make_problem(structure, seed=26)
+    per_market = problem.mask.shape[1] * problem.weights.shape[1]
+    monkeypatch.setattr(jacobians, "NESTED_BLOCK_ENTRIES", 2 * per_market)
+    assert [group.stop for group in jacobians._market_blocks(5, per_market)] == [2, 4, 5]
+    asked = set()
+
+    def stale(name, shape):
+        asked.add(name)
+        return np.full(shape, np.nan)
+
+    checked_theta_jacobian(problem, factored=False, buffers=stale)
+    assert asked == {"nested_sums", "nested_mean", "nested_right"}
+    jacobian = checked_rho_jacobian(problem)
+    assert (jacobian[~problem.mask] == 0).all()
+    checked_share_jacobian(problem, factored=False)
 
 
 def test_rho_jacobian_at_zero_rho():

@@ -55,6 +55,13 @@ COMPRESSION_TOLERANCE = 1e-13
 #: Random probes that check the compressed factor (Halko, Martinsson and Tropp's a posteriori
 #: estimate: the residual exceeds 10√(2/π) times the largest probe's with probability 10⁻⁴).
 COMPRESSION_PROBES = 4
+#: Entries of P ``[J, I]`` per group of markets in the nested ∂s/∂θ and ∂s/∂ρ: their
+#: ``[T, ·, I]`` agent arrays are formed and multiplied a group at a time, so they stay in
+#: cache (a core's 1 MiB L2 holds about one group's P and agent arrays). Measured 2026-12-07
+#: on supplemental 3's RCNL (T = 94, J = 24, I = 1,000, five nests, one BLAS thread, CPU ms
+#: of ∂s/∂θ / ∂s/∂ρ): 1 market a group 14.5 / 13.1, 2: 13.8 / 12.4, 4: 13.5 / 11.6,
+#: 5: 13.3 / 11.6, 8: 13.3 / 11.8, 16: 14.4 / 12.0, all 94 at once 18.2 / 23.2.
+NESTED_BLOCK_ENTRIES = 131_072
 
 
 @dataclass(frozen=True)
@@ -217,12 +224,16 @@ def share_jacobian(
         jacobian[:, index, index] += probabilities.shares * own_scale
         return jacobian
     P = probabilities.unconditional
-    weighted = P * weights[:, None, :]
-    if utility_derivative is None:
+    if utility_derivative is None and nesting.nested:
+        jacobian, within = _nested_delta_products(probabilities, weights)
+        np.negative(jacobian, out=jacobian)
+        diagonal = probabilities.shares
+    elif utility_derivative is None:
+        weighted = P * weights[:, None, :]
         diagonal = probabilities.shares
         jacobian = -np.matmul(weighted, np.swapaxes(P, 1, 2))
-        within_source = probabilities.conditional
     else:
+        weighted = P * weights[:, None, :]
         derivative = np.broadcast_to(utility_derivative, P.shape)
         diagonal = np.einsum("tji,tji->tj", weighted, derivative)
         jacobian = -np.matmul(weighted, np.swapaxes(P * derivative, 1, 2))
@@ -234,11 +245,36 @@ def share_jacobian(
             product_mask[:, :, None] & product_mask[:, None, :]
         )
         factor = (nesting.rho_products / (1.0 - nesting.rho_products))[:, :, None]
-        within = np.matmul(weighted, np.swapaxes(within_source, 1, 2))
+        if utility_derivative is not None:
+            within = np.matmul(weighted, np.swapaxes(within_source, 1, 2))
         jacobian -= np.where(same_nest, factor * within, 0.0)
     index = np.arange(P.shape[1])
     jacobian[:, index, index] += diagonal * own_scale
     return jacobian
+
+
+def _nested_delta_products(
+    probabilities: Probabilities, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``[T, J, J]`` Σ_i w_i P_ji P_ki and Σ_i w_i P_ji P_(k|h)i, a few markets at a time.
+
+    The weighted P is formed one group of markets at a time in a small work array
+    (:func:`_market_blocks`): a ``[T, J, I]`` temporary of each call was fresh memory in a fit,
+    whose page faults cost more than the two products (4 ms a call on supplemental 3's RCNL).
+    """
+    P = probabilities.unconditional
+    n_markets, n_products, n_agents = P.shape
+    blocks = _market_blocks(n_markets, n_products * n_agents)
+    work = np.empty((blocks[0].stop if blocks else 0, n_products, n_agents))
+    jacobian = np.empty((n_markets, n_products, n_products))
+    within = np.empty_like(jacobian)
+    for block in blocks:
+        weighted = np.multiply(
+            P[block], weights[block][:, None, :], out=work[: block.stop - block.start]
+        )
+        np.matmul(weighted, np.swapaxes(P[block], 1, 2), out=jacobian[block])
+        np.matmul(weighted, np.swapaxes(probabilities.conditional[block], 1, 2), out=within[block])
+    return jacobian, within
 
 
 def _capacitance(factor: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
@@ -582,12 +618,12 @@ def theta_jacobian(
         For each column k, ``[T, L_k, I]`` agent factors g (agents last; L_k may be 0).
     buffers : callable, optional
         ``buffers(name, shape)`` returns a reusable uninitialized array (e.g.
-        :meth:`blpmodels.kernel.chunks.Workspace.get`). The factored path then writes its
-        ``[T, L, I]`` work arrays into them instead of allocating new ones: fresh arrays of a
-        few MB can come back from the allocator as new pages, whose page faults cost more than
-        the arithmetic (3,100 faults, about 9 ms, per exercise-2 evaluation of an objective
-        evaluated without a fit first; none after a fit, whose large frees had raised glibc's
-        mmap threshold).
+        :meth:`blpmodels.kernel.chunks.Workspace.get`). The factored and nested paths then
+        write their ``[T, ·, I]`` work arrays into them instead of allocating new ones: fresh
+        arrays of a few MB can come back from the allocator as new pages, whose page faults
+        cost more than the arithmetic (3,100 faults, about 9 ms, per exercise-2 evaluation of
+        an objective evaluated without a fit first; none after a fit, whose large frees had
+        raised glibc's mmap threshold).
 
     Returns
     -------
@@ -623,8 +659,21 @@ def theta_jacobian(
     P = probabilities.unconditional
     if nesting.nested:
         return np.split(
-            _nested_theta_jacobian(
-                probabilities, nesting, product_mask, characteristics, factors, columns
+            _nested_theta_from_sums(
+                _nested_agent_sums(
+                    probabilities,
+                    weights,
+                    nesting,
+                    product_mask,
+                    characteristics,
+                    (factors, columns),
+                    None,
+                    buffers,
+                ),
+                nesting,
+                product_mask,
+                characteristics,
+                columns,
             ),
             np.cumsum(sizes)[:-1],
             axis=2,
@@ -637,45 +686,172 @@ def theta_jacobian(
     return np.split(out, np.cumsum(sizes)[:-1], axis=2)
 
 
-def _nested_theta_jacobian(
+def _market_blocks(n_markets: int, per_market: int) -> list[slice]:
+    """Consecutive groups of markets with about :data:`NESTED_BLOCK_ENTRIES` entries of P each."""
+    size = max(1, NESTED_BLOCK_ENTRIES // max(per_market, 1))
+    return [slice(low, min(low + size, n_markets)) for low in range(0, n_markets, size)]
+
+
+def _nest_masked(membership: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``[T, H·R, J]`` rows ``[T, R, J]`` once per nest, zero outside it: its product with
+    P_(j|h) gives every within-nest mean Σ_(k∈h) P_(k|h)i row_k at once."""
+    n_markets, n_nests, n_products = membership.shape
+    masked = membership[:, :, None, :] * rows[:, None, :, :]
+    return masked.reshape(n_markets, n_nests * rows.shape[1], n_products)
+
+
+def _own_nest(blocks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """``[T, J, ...]`` block ``h(j)`` of ``[T, J, H, ...]`` per-nest values of each product."""
+    n_markets, n_products = codes.shape
+    return blocks[np.arange(n_markets)[:, None], np.arange(n_products)[None, :], codes]
+
+
+def _nested_agent_sums(
+    probabilities: Probabilities,
+    weights: np.ndarray,
+    nesting: Nesting,
+    product_mask: np.ndarray,
+    characteristics: np.ndarray,
+    theta_part: tuple[np.ndarray, np.ndarray] | None,
+    rho_part: tuple[np.ndarray, np.ndarray] | None,
+    buffers: Callable[[str, tuple[int, ...]], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The sums over agents of the nested ∂s/∂θ and ∂s/∂ρ: ``[T, J, (1 + H)·L + K2 + 2H]``
+    (the ∂s/∂θ columns when ``theta_part`` is given, then the ∂s/∂ρ ones when ``rho_part`` is;
+    given both, the two share the products below).
+
+    ``theta_part`` is (g w ``[T, L, I]``, the X2 column of each l, nondecreasing) and
+    ``rho_part`` (δ ``[T, J]``, agent coefficients c ``[T, I, K2]``). One product of
+    P_(j|h) with the nest-masked rows [δ | X2] gives the within-nest means Ū_hi = δ̃_hi +
+    Σ_c x̃_hic c_ic and x̃_hic = Σ_(k∈h) P_(k|h)i X2_kc; one product of P with the agent array
+
+        [g w ; g w z_1 ; … ; g w z_H | w c ; w v_1 ; … ; w v_H ; w P_1 gap_1 ; … ; w P_H gap_H]
+
+    every sum over agents, with z_hic = x̄_ic + ρ_h/(1 − ρ_h) x̃_hic (x̄_ic = Σ_h P_hi x̃_hic),
+    gap_hi = (Ū_hi − IV_hi)/(1 − ρ_h) and v_hi = gap_hi − Ū_hi/(1 − ρ_h)². The markets are taken
+    a few at a time (:func:`_market_blocks`), so the agent arrays are written and read back in
+    cache: formed over all markets at once they cost more memory traffic than the products'
+    arithmetic. A product needs only its own nest's columns of the per-nest blocks; the
+    others are the price of one batched product (H-fold in those blocks).
+    """
+    P = probabilities.unconditional
+    n_markets, n_products, n_agents = P.shape
+    n_nests, n_characteristics = nesting.n_nests, characteristics.shape[2]
+    rows = np.swapaxes(characteristics, 1, 2)
+    if rho_part is not None:
+        delta, coefficients = rho_part
+        mean_delta = np.where(product_mask, delta, 0.0)
+        rows = np.concatenate([mean_delta[:, None, :], rows], axis=1)
+        agent_coefficients = np.swapaxes(coefficients, 1, 2)  # [T, K2, I]
+        scale = (1.0 - nesting.rho)[None, :, None]
+    first = rows.shape[1] - n_characteristics  # 1 with the δ row
+    left = _nest_masked(nesting.membership(product_mask), rows)
+    theta_width = 0
+    if theta_part is not None:
+        factors, columns = theta_part
+        size = factors.shape[1]
+        theta_width = (1 + n_nests) * size
+        ratio = (nesting.rho / (1.0 - nesting.rho))[None, :, None, None]
+        bounds = np.searchsorted(columns, np.arange(n_characteristics + 1))
+    width = theta_width + (0 if rho_part is None else n_characteristics + 2 * n_nests)
+    blocks = _market_blocks(n_markets, n_products * n_agents)
+    most = blocks[0].stop if blocks else 0  # work arrays for the largest block (sliced)
+    work_sums = _buffer(buffers, "nested_sums", (most, left.shape[1], n_agents))
+    work_mean = _buffer(buffers, "nested_mean", (most, n_characteristics, n_agents))
+    work_right = _buffer(buffers, "nested_right", (most, width, n_agents))
+    if rho_part is not None:
+        work_utility = np.empty((most, n_nests, n_agents))
+        work_term = np.empty_like(work_utility)
+    products = np.empty((n_markets, n_products, width))
+    for block in blocks:
+        count = block.stop - block.start
+        sums = np.matmul(
+            left[block], probabilities.conditional[block], out=work_sums[:count]
+        ).reshape(count, n_nests, rows.shape[1], n_agents)
+        within = sums[:, :, first:]
+        right = work_right[:count]
+        if rho_part is not None:
+            # Ū = δ̃ + Σ_c x̃_c c_c by columns (einsum took three times as long on these views).
+            mean_utility = work_utility[:count]
+            np.copyto(mean_utility, sums[:, :, 0])
+            block_coefficients = agent_coefficients[block]
+            for column in range(n_characteristics):
+                mean_utility += np.multiply(
+                    within[:, :, column], block_coefficients[:, None, column], out=work_term[:count]
+                )
+            inclusive = probabilities.inclusive[block]
+            with np.errstate(invalid="ignore"):
+                gap = np.where(np.isfinite(inclusive), (mean_utility - inclusive) / scale, 0.0)
+            part = right[:, theta_width:]
+            part[:, :n_characteristics] = agent_coefficients[block]
+            own = part[:, n_characteristics : n_characteristics + n_nests]
+            np.divide(mean_utility, scale**2, out=own)
+            np.subtract(gap, own, out=own)
+            np.multiply(probabilities.nest[block], gap, out=part[:, n_characteristics + n_nests :])
+            part *= weights[block][:, None, :]
+        if theta_part is not None:
+            mean = np.einsum(
+                "thi,thci->tci", probabilities.nest[block], within, out=work_mean[:count]
+            )
+            within *= ratio  # z_h = x̄ + ρ_h/(1 − ρ_h) x̃_h, in place (Ū is formed already)
+            within += mean[:, None]
+            # Splitting one axis of a slice is always a view: the writes land in ``right``.
+            part = right[:, :theta_width].reshape(count, 1 + n_nests, size, n_agents)
+            block_factors = factors[block]
+            part[:, 0] = block_factors
+            for column in range(n_characteristics):
+                low, high = bounds[column], bounds[column + 1]
+                if high > low:
+                    np.multiply(
+                        block_factors[:, None, low:high],
+                        within[:, :, column, None, :],
+                        out=part[:, 1:, low:high],
+                    )
+        np.matmul(P[block], np.swapaxes(right, 1, 2), out=products[block])
+    return products
+
+
+def _nested_theta_from_sums(
+    sums: np.ndarray,
+    nesting: Nesting,
+    product_mask: np.ndarray,
+    characteristics: np.ndarray,
+    columns: np.ndarray,
+) -> np.ndarray:
+    """``[T, J, L]`` ∂s/∂θ of a nested model from the ∂s/∂θ columns of
+    :func:`_nested_agent_sums`: Σ_i w_i P_ji g_il (X2_jc/(1 − ρ_j) − z_h(j)ic)."""
+    n_markets, n_products = product_mask.shape
+    by_nest = sums.reshape(n_markets, n_products, nesting.n_nests + 1, columns.size)
+    scale = np.where(product_mask, 1.0 - nesting.rho_products, 1.0)[:, :, None]
+    x = characteristics[:, :, columns]
+    return x / scale * by_nest[:, :, 0] - _own_nest(by_nest[:, :, 1:], nesting.codes)
+
+
+def _nested_rho_from_sums(
+    sums: np.ndarray,
+    delta: np.ndarray,
     probabilities: Probabilities,
     nesting: Nesting,
     product_mask: np.ndarray,
     characteristics: np.ndarray,
-    factors: np.ndarray,
-    columns: np.ndarray,
 ) -> np.ndarray:
-    """:func:`theta_jacobian` of a nested model ``[T, J, L]`` from weighted agent factors
-    ``[T, L, I]`` (g w) and the X2 column of each: Σ_i w_i P_ji g_il (X2_jc/(1 − ρ_j) − x̄_ic
-    − ρ_j/(1 − ρ_j) x̃_h(j)ic) with the within-nest means x̃_hic = Σ_(k∈h) P_(k|h)i X2_kc and
-    x̄_ic = Σ_h P_hi x̃_hic. One product of P_(j|h) with the nest-masked X2 gives every x̃ (and
-    so x̄), one product of P with ``[T, I, (2 + H)·L]`` agent arrays every sum over agents: two
-    passes over ``[T, J, I]`` arrays, whatever the number of nests."""
-    P = probabilities.unconditional
-    n_markets, n_products, n_agents = P.shape
-    n_nests, size = nesting.n_nests, factors.shape[1]
-    n_characteristics = characteristics.shape[2]
-    membership = nesting.membership(product_mask)  # [T, H, J]
-    left = (membership[:, :, None, :] * np.swapaxes(characteristics, 1, 2)[:, None]).reshape(
-        n_markets, n_nests * n_characteristics, n_products
-    )
-    within_x = np.matmul(left, probabilities.conditional).reshape(
-        n_markets, n_nests, n_characteristics, n_agents
-    )
-    mean_x = np.einsum("thi,thci->tci", probabilities.nest, within_x)
-    by_nest = factors[:, None] * within_x[:, :, columns, :]  # [T, H, L, I]
-    right = np.concatenate(
-        [factors, factors * mean_x[:, columns, :], by_nest.reshape(n_markets, -1, n_agents)],
-        axis=1,
-    )
-    products = np.matmul(P, np.swapaxes(right, 1, 2))  # [T, J, (2 + H)·L]
-    direct, centered = products[:, :, :size], products[:, :, size : 2 * size]
-    within = products[:, :, 2 * size :].reshape(n_markets, n_products, n_nests, size)
-    own_nest = np.take_along_axis(within, nesting.codes[:, :, None, None], axis=2)[:, :, 0]
-    scale = np.where(product_mask, 1.0 - nesting.rho_products, 1.0)[:, :, None]
-    factor = np.where(product_mask, nesting.rho_products / (1.0 - nesting.rho_products), 0.0)
-    x = characteristics[:, :, columns]
-    return x / scale * direct - centered - factor[:, :, None] * own_nest
+    """``[T, J, H]`` ∂s/∂ρ from the ∂s/∂ρ columns of :func:`_nested_agent_sums`.
+
+    ∂s_j/∂ρ_h = [h = h(j)] Σ_i w_i P_ji own_ij − Σ_i w_i P_ji P_hi gap_hi, and
+    Σ_i w_i P_ji own_ij = Σ_i w_i P_ji U_ji/(1 − ρ_j)² + Σ_i w_i P_ji v_h(j)i with
+    Σ_i w_i P_ji U_ji = δ_j s_j + Σ_c X2_jc Σ_i w_i P_ji c_ic.
+    """
+    n_nests, n_characteristics = nesting.n_nests, characteristics.shape[2]
+    by_characteristic = sums[:, :, :n_characteristics]
+    by_own = sums[:, :, n_characteristics : n_characteristics + n_nests]
+    by_nest_gap = sums[:, :, n_characteristics + n_nests :]
+    mean_delta = np.where(product_mask, delta, 0.0)
+    own_utility = mean_delta * probabilities.shares + (characteristics * by_characteristic).sum(2)
+    scale_of_product = 1.0 - nesting.rho_products
+    own = own_utility / scale_of_product**2 + _own_nest(by_own, nesting.codes)
+    own_indicator = nesting.codes[:, :, None] == np.arange(n_nests)[None, None, :]
+    jacobian = own_indicator * own[:, :, None] - by_nest_gap
+    return np.where(product_mask[:, :, None], jacobian, 0.0)
 
 
 def rho_jacobian(
@@ -749,47 +925,15 @@ def _factored_rho_jacobian(
     characteristics: np.ndarray,
     coefficients: np.ndarray,
 ) -> np.ndarray:
-    """:func:`rho_jacobian` from X2 and the agent coefficients: U_ji = δ_j + Σ_c X2_jc c_ic, so
-    Ū comes from one product of the conditional probabilities with the nest-masked [δ | X2]
-    columns, and the agent sums Σ_i w_i P_ji (U_ji, Ū_h(j)i, gap_h(j)i, P_hi gap_hi) from
-    one product of P with ``[T, I, K2 + 3H]`` agent arrays: two passes over ``[T, J, I]``."""
-    P = probabilities.unconditional
-    n_markets, n_products, n_agents = P.shape
-    n_nests = nesting.n_nests
-    membership = nesting.membership(product_mask)  # [T, H, J]
-    mean_delta = np.where(product_mask, delta, 0.0)
-    columns = np.concatenate([mean_delta[:, :, None], characteristics], axis=2)  # [T, J, 1+K2]
-    n_columns = columns.shape[2]
-    left = (membership[:, :, None, :] * np.swapaxes(columns, 1, 2)[:, None, :, :]).reshape(
-        n_markets, n_nests * n_columns, n_products
+    """:func:`rho_jacobian` from X2 and the agent coefficients (U_ji = δ_j + Σ_c X2_jc c_ic):
+    the ∂s/∂ρ columns of :func:`_nested_agent_sums`, two passes over ``[T, J, I]`` arrays."""
+    sums = _nested_agent_sums(
+        probabilities,
+        weights,
+        nesting,
+        product_mask,
+        characteristics,
+        None,
+        (delta, coefficients),
     )
-    sums = np.matmul(left, probabilities.conditional).reshape(
-        n_markets, n_nests, n_columns, n_agents
-    )
-    agent_coefficients = np.swapaxes(coefficients, 1, 2)  # [T, K2, I]
-    mean_utility = sums[:, :, 0] + np.einsum("thci,tci->thi", sums[:, :, 1:], agent_coefficients)
-    inclusive = probabilities.inclusive
-    scale = 1.0 - nesting.rho
-    with np.errstate(invalid="ignore"):
-        gap = np.where(
-            np.isfinite(inclusive), (mean_utility - inclusive) / scale[None, :, None], 0.0
-        )
-    right = (
-        np.concatenate([agent_coefficients, mean_utility, gap, probabilities.nest * gap], axis=1)
-        * weights[:, None, :]
-    )
-    summed = np.matmul(P, np.swapaxes(right, 1, 2))  # [T, J, K2 + 3H]
-    n_characteristics = characteristics.shape[2]
-    by_characteristic = summed[:, :, :n_characteristics]
-    rest = summed[:, :, n_characteristics:]
-    by_mean, by_gap, by_nest_gap = (rest[:, :, k * n_nests : (k + 1) * n_nests] for k in range(3))
-    codes = nesting.codes[:, :, None]
-    # Σ_i w_i P_ji U_ji = δ_j s_j + Σ_c X2_jc Σ_i w_i P_ji c_ic.
-    own_utility = mean_delta * probabilities.shares + (characteristics * by_characteristic).sum(2)
-    own_mean = np.take_along_axis(by_mean, codes, axis=2)[:, :, 0]
-    own_gap = np.take_along_axis(by_gap, codes, axis=2)[:, :, 0]
-    scale_of_product = 1.0 - nesting.rho_products
-    own = (own_utility - own_mean) / scale_of_product**2 + own_gap
-    own_indicator = nesting.codes[:, :, None] == np.arange(n_nests)[None, None, :]
-    jacobian = own_indicator * own[:, :, None] - by_nest_gap
-    return np.where(product_mask[:, :, None], jacobian, 0.0)
+    return _nested_rho_from_sums(sums, delta, probabilities, nesting, product_mask, characteristics)
