@@ -52,7 +52,7 @@ STAGES = {
         "log_shares",
         "_remember",
     ),
-    "∂s/∂δ": ("share_jacobian",),
+    "∂s/∂δ": ("share_jacobian", "_factored_delta_jacobian"),
     "∂s/∂θ": ("theta_jacobian",),
     "probabilities at δ": ("probabilities", "_remembered_probabilities", "_nested_probabilities"),
 }

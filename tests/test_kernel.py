@@ -543,6 +543,31 @@ def checked_share_jacobian(problem: Problem, factored: bool) -> None:
     assert (np.swapaxes(jacobian, 1, 2)[~problem.mask] == 0).all()
 
 
+@pytest.mark.parametrize("workspace", [False, True])
+def test_factored_share_jacobian_by_blocks(monkeypatch, workspace):
+    """The unnested ∂s/∂δ from factored probabilities, a few markets at a time, against the
+    sum Σ_i w_i (1{j = k} P_ji − P_ji P_ki) term by term, with blocks of two markets (the
+    last one short) and with a reused workspace."""
+    problem = make_problem("none", seed=24)
+    weights = problem.weights
+    evaluator = ShareEvaluator(problem.mu(), weights, problem.mask, problem.nesting())
+    probabilities = evaluator.probabilities(problem.delta, factored=True)
+    assert probabilities.factors is not None
+    n_markets, width, n_agents = problem.mu().shape
+    monkeypatch.setattr(jacobians, "NESTED_BLOCK_ENTRIES", 2 * width * n_agents)
+    scratch = np.full(problem.mu().shape, np.nan) if workspace else None
+    jacobian = share_jacobian(
+        probabilities, weights, problem.nesting(), problem.mask, workspace=scratch
+    )
+    P = probabilities.unconditional
+    expected = np.zeros((n_markets, width, width))
+    for t in range(n_markets):
+        for i in range(n_agents):
+            column = P[t, :, i]
+            expected[t] += weights[t, i] * (np.diag(column) - np.outer(column, column))
+    np.testing.assert_allclose(jacobian, expected, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("structure", STRUCTURES)
 def test_share_jacobian_with_utility_derivative(structure):
     """∂s_j/∂x_k with ∂V_ki/∂x_k = D_ki (e.g. prices with a random price coefficient)."""
