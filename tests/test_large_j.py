@@ -48,6 +48,24 @@ def _dense_oracle(evaluator, delta, weights, mask, by_theta):
     return jacobian, inverse
 
 
+def _check_against_dense(
+    oracle, mask, jacobian, inverse, rng, padding: int, jacobian_tol: float, inverse_tol: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """∂δ/∂θ, K and K applied to a random residual equal the dense ``oracle``'s, and K is the
+    identity in the padding (the last ``padding`` rows of market 0); returns K and the residual.
+    """
+    expected_jacobian, expected_inverse = oracle
+    relative = np.abs(jacobian - expected_jacobian).max() / np.abs(expected_jacobian).max()
+    assert relative < jacobian_tol
+    scale = np.abs(expected_inverse).max()
+    assert np.abs(inverse.dense() - expected_inverse).max() < inverse_tol * scale
+    residual = np.where(mask, rng.normal(size=mask.shape), 0.0)
+    applied = apply_inverse(inverse, residual)
+    assert np.allclose(applied, np.einsum("tjk,tk->tj", expected_inverse, residual), atol=1e-10)
+    assert np.array_equal(applied[0, -padding:], residual[0, -padding:])
+    return expected_inverse, residual
+
+
 @pytest.fixture(params=["batched", "by_market"])
 def woodbury_loop(request, monkeypatch):
     """Both implementations of the solve: all markets in batched products, or one at a time."""
@@ -68,14 +86,10 @@ def test_woodbury_equals_dense_solve(seed, n_products, n_agents, scale, woodbury
     out = woodbury_delta_jacobian(probabilities, weights, mask, by_theta)
     assert out is not None
     jacobian, inverse = out
-    expected_jacobian, expected_inverse = _dense_oracle(evaluator, delta, weights, mask, by_theta)
-    relative = np.abs(jacobian - expected_jacobian).max() / np.abs(expected_jacobian).max()
-    assert relative < 1e-10
-    assert np.abs(inverse.dense() - expected_inverse).max() < 1e-10 * np.abs(expected_inverse).max()
-    residual = np.where(mask, rng.normal(size=mask.shape), 0.0)
-    applied = apply_inverse(inverse, residual)
-    assert np.allclose(applied, np.einsum("tjk,tk->tj", expected_inverse, residual), atol=1e-10)
-    assert np.array_equal(applied[0, -3:], residual[0, -3:])  # identity in padding
+    oracle = _dense_oracle(evaluator, delta, weights, mask, by_theta)
+    expected_inverse, residual = _check_against_dense(
+        oracle, mask, jacobian, inverse, rng, 3, 1e-10, 1e-10
+    )
     # Newton steps apply K to the markets still moving, in place (markets 0 and 2 here).
     moving = np.array([0, 2])
     some = apply_inverse(inverse, residual[moving], moving)
@@ -219,14 +233,8 @@ def test_compressed_woodbury_equals_dense_solve(seed, monkeypatch):
     by_theta = np.where(mask[:, :, None], rng.normal(size=(*mask.shape, 2)), 0.0)
     jacobian, inverse = woodbury_delta_jacobian(probabilities, weights, mask, by_theta)
     assert inverse.factor.shape[2] in jacobians.COMPRESSED_RANKS  # not the 80 agents
-    expected_jacobian, expected_inverse = _dense_oracle(evaluator, delta, weights, mask, by_theta)
-    relative = np.abs(jacobian - expected_jacobian).max() / np.abs(expected_jacobian).max()
-    assert relative < 1e-12
-    assert np.abs(inverse.dense() - expected_inverse).max() < 1e-11 * np.abs(expected_inverse).max()
-    residual = np.where(mask, rng.normal(size=mask.shape), 0.0)
-    applied = apply_inverse(inverse, residual)
-    assert np.allclose(applied, np.einsum("tjk,tk->tj", expected_inverse, residual), atol=1e-10)
-    assert np.array_equal(applied[0, -5:], residual[0, -5:])  # identity in padding
+    oracle = _dense_oracle(evaluator, delta, weights, mask, by_theta)
+    _check_against_dense(oracle, mask, jacobian, inverse, rng, 5, 1e-12, 1e-11)
     # The capacitance is diagonal: its Cholesky factor and inverse are kept as such.
     lower = inverse.cholesky
     assert np.array_equal(lower, lower * np.eye(lower.shape[1]))
