@@ -101,3 +101,35 @@ def test_tiny_removed_option_keeps_relative_precision():
     # Removing the tiny option (a = 2): the pair probabilities sum to its share exactly.
     assert pairs[0, 2].sum() == pytest.approx(tiny, rel=1e-12)
     assert (pairs[0, 2, [0, 1, 3]] > 0).all()
+
+
+@pytest.mark.parametrize("rhos", RHOS)
+@pytest.mark.parametrize("groups", GROUPS)
+def test_factored_weights_and_sums_without_tangents(groups, rhos):
+    """Weights stored as agent factor × choice pattern (as the micro block keeps most surveys)
+    give the sums of the dense weights: :meth:`NestedRemovals.values` (no tangents, no pairs
+    formed with each option alone) against the direct formula, and :meth:`contract_all`
+    against the direct tangents' contraction."""
+    from blpmodels.kernel.pair_weights import FactoredWeights
+
+    utilities, directions, rho, scaled, group, _ = _case(groups, rhos)
+    rng = np.random.default_rng(7)
+    size = CODES.size + 1
+    patterns = rng.uniform(size=(4, size, size))
+    patterns[:, group[:, None] == group[None, :]] = 0.0
+    factored = FactoredWeights(rng.uniform(0.5, 2.0, size=(4, utilities.shape[0])), patterns)
+    dense = factored.toarray()
+    n_directions = directions.shape[0]
+    rho_tangents = tuple((n_directions + k, nests) for k, nests in enumerate(scaled))
+    tangents = np.concatenate([directions, np.zeros((len(scaled), *utilities.shape))])
+    nests = _Nests(CODES, rho, rho_tangents)
+    first = _nested(utilities, CODES, rho)
+    d_first = _nested_tangents(first, tangents, nests)
+    expected = dense @ _nested_pairs(utilities, CODES, rho, group).reshape(-1)
+    removals = NestedRemovals(first, CODES, rho, group)
+    np.testing.assert_allclose(removals.values(factored), expected, rtol=1e-13)
+    np.testing.assert_allclose(removals.values(dense), expected, rtol=1e-13)
+    values, contracted = removals.contract_all(factored, d_first, tangents, rho_tangents)
+    np.testing.assert_allclose(values, expected, rtol=1e-13)
+    _, direct = _nested_pair_tangents(utilities, tangents, nests, group, first, d_first)
+    np.testing.assert_allclose(contracted, direct.contract(dense), rtol=1e-10, atol=1e-13)

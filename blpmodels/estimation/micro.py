@@ -890,8 +890,9 @@ class MicroBlock:
                 if survey.second:
                     key = survey.groups.tobytes()
                     if key not in cache:
-                        # With tangents, their contract_all gives the sums: no pairs.
-                        cache[key] = pair_function(survey.groups, covariance or not jacobian)
+                        # The sums come from contract_all with tangents, from the removals'
+                        # values without them (nested): pairs only for the covariance.
+                        cache[key] = pair_function(survey.groups, covariance)
                     prob, d_prob = cache[key]
                 else:
                     prob, d_prob = first, d_first

@@ -232,13 +232,15 @@ def _agent_columns(array: Any, agents: slice, n_agents: int) -> Any:
 
 
 def _survey_sums(
-    weighted: Any, probabilities: np.ndarray, tangents: Any, n_theta: int, jacobian: bool
+    weighted: Any, probabilities: np.ndarray | None, tangents: Any, n_theta: int, jacobian: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``weighted @ probabilities`` ``[n]`` and, with ``jacobian``, ``weighted @ ∂/∂θ`` ``[n, P]``
     for a survey's ``[n, I·…]`` weighted arrays (dense or sparse); tangents that contract
     themselves (:mod:`blpmodels.kernel.micro_probabilities`) are never formed whole."""
     if jacobian and hasattr(tangents, "contract_all"):  # one pass (pairs never formed)
         return tangents.contract_all(weighted)
+    if probabilities is None:  # the pairs' own weighted sums (pairs never formed)
+        return tangents.values(weighted), None
     if isinstance(weighted, FactoredWeights):
         contribution = weighted.sums(probabilities)
     else:

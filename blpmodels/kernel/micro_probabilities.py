@@ -99,7 +99,9 @@ class MicroProbabilities:
         ``[P, I, 1+J]``, and a function of the removed groups ``[1+J]`` giving the pair
         probabilities ``[I, 1+J, 1+J]`` of (first, second) choices and their tangents
         (``pair(groups, probabilities=False)`` skips the probabilities, None then, where the
-        tangents' ``contract_all`` gives the weighted sums).
+        tangents' ``contract_all`` gives the weighted sums; without tangents a nested model
+        returns its :class:`~blpmodels.kernel.nested_removals.NestedRemovals` in their place,
+        whose ``values`` gives them).
 
         With ``contractible`` the logit tangents are a :class:`_LogitFirstTangent`, which
         contracts weights with them without forming the ``[P, I, 1+J]`` array."""
@@ -267,14 +269,13 @@ class MicroProbabilities:
         codes = self.nest_codes[t, :n]
         first = _nested(utilities, codes, rho)
         if tangents is None:
-            return (
-                first,
-                None,
-                lambda groups, probabilities=True: (
-                    NestedRemovals(first, codes, rho, groups).pairs,
-                    None,
-                ),
-            )
+
+            def values_only(groups: np.ndarray, probabilities: bool = True) -> tuple[Any, Any]:
+                # Without probabilities, the removals sum weighted pairs themselves.
+                removals = NestedRemovals(first, codes, rho, groups)
+                return (removals.pairs, None) if probabilities else (None, removals)
+
+            return first, None, values_only
         nests = _Nests(codes, rho, tuple(self._rho_tangents(tangents.shape[0])))
         d_first = _nested_tangents(first, tangents, nests)
 

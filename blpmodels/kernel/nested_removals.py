@@ -17,13 +17,16 @@ s_b(−a) − s_b of two computed probabilities loses it).
 A weighted sum of the tangents over (i, a, b) then reads the ``[n, I, 1+J, 1+J]`` weights twice
 (a product with s_b gathered by nest, and one with r_a (Λ − 1)); everything else is
 ``[n, I, G, H+1]`` or ``[n, I, 1+J]``: no ``[G, I, 1+J]`` choice set is solved again and no
-``[n, G, I, 1+J]`` array is formed.
+``[n, G, I, 1+J]`` array is formed. When each option is removed alone (the usual survey),
+group a touches only the cell (a, h(a)), so the weights split by whether b shares a's nest and
+every sum is ``[n, I, 1+J]``: no ``[n, I, G, H+1]`` or ``[I, G, H+1]`` array is formed either.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -112,6 +115,11 @@ class NestedRemovals:
         """``[1+J, 1+J]`` 1.0 where two options are removed together."""
         return (self.group_index[:, None] == self.group_index[None, :]).astype(np.float64)
 
+    @cached_property
+    def cell_positions(self) -> np.ndarray:
+        """``[1+J]`` position of each option's cell among the touched cells."""
+        return np.searchsorted(np.unique(self.cells), self.cells)
+
     # ------------------------------------------------------------------ shares
     @cached_property
     def _within(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -140,13 +148,13 @@ class NestedRemovals:
 
     @cached_property
     def factors(self) -> dict[str, np.ndarray]:
-        """Per (agent, group, nest) ``[I, G, H+1]``: ``excess`` Λ − 1 and ``factor`` Λ (0
-        and 1 where h has nothing left or Λ < 1), ``slope`` (1.0 where Λ has a slope),
-        ``available`` (h has options left); per (agent, group) ``log_lambda`` log λ_g and
-        ``group_excess`` λ_g − 1 (clipped at 0: Λ − 1 off the touched cells of nonempty
-        nests); per (agent, nest) ``entropy`` c_h = Σ_(k∈h) w_k log w_k and ``nests`` the nest
-        shares; ``[I, C]`` on the touched cells ``touched`` (the flat (group, nest) cells of
-        the options; elsewhere ω = 0, ω̄ = 1): ``touched_excess`` Λ − 1,
+        """Per (agent, group) ``[I, G]``: ``log_lambda`` log λ_g, ``raw_excess`` λ_g − 1,
+        ``group_excess`` the same clipped at 0 (Λ − 1 off the touched cells of nonempty
+        nests) and ``group_slope`` (λ_g ≥ 1: Λ has a slope there); ``nonempty`` ``[H+1]``
+        nests with options; per (agent, nest) ``entropy`` c_h = Σ_(k∈h) w_k log w_k and
+        ``nests`` the nest shares; ``[I, C]`` on the touched cells ``touched`` (the flat
+        (group, nest) cells of the options; elsewhere ω = 0, ω̄ = 1): ``touched_excess`` Λ − 1 (0 and
+        ``touched_slope`` False where h has nothing left or Λ < 1),
         ``touched_removed_over_kept`` ω/ω̄, ``touched_log_kept`` log ω̄, ``touched_kept_power``
         ω̄^(1−ρ), ``touched_kept_mean`` Σ_(k∈h∖g) w_k log w_k / ω̄ and ``touched_available``.
 
@@ -188,42 +196,58 @@ class NestedRemovals:
             kept_mean = np.where(available, kept_entropy / kept, 0.0)
             removed_over_kept = np.where(available, removed / kept, 0.0)
 
+        touched_slope = available & (touched_excess >= 0)  # Λ < 1 only for ρ < 0: no slope
+        with np.errstate(invalid="ignore"):
+            raw_excess = np.expm1(log_lambda)
+            group_slope = raw_excess >= 0
+            group_excess = np.where(group_slope, raw_excess, 0.0)
+        return {
+            "touched": touched,
+            "touched_kept_power": np.where(available, power, 0.0),
+            "touched_removed_over_kept": removed_over_kept,
+            "touched_excess": np.where(touched_slope, touched_excess, 0.0),
+            "touched_slope": touched_slope,
+            "touched_log_kept": log_kept,
+            "touched_kept_mean": kept_mean,
+            "touched_available": available,
+            "group_excess": group_excess,
+            "group_slope": group_slope,
+            "log_lambda": log_lambda,
+            "raw_excess": raw_excess,
+            "nonempty": nonempty,
+            "entropy": entropy_by_nest,
+            "nests": nests,
+        }
+
+    @cached_property
+    def full_factors(self) -> dict[str, np.ndarray]:
+        """Per (agent, group, nest) ``[I, G, H+1]``: ``excess`` Λ − 1 and ``factor`` Λ (0
+        and 1 where h has nothing left or Λ < 1) and ``slope`` (1.0 where Λ has a slope),
+        from :attr:`factors` (Λ = λ_g off the touched cells). Only general removed groups
+        and :attr:`pairs` need these; singletons contract on the touched cells alone."""
+        factors = self.factors
+        n_agents, n_nests = self.first.shape[0], self.rho.size + 1
+        shape = (n_agents, self.n_groups, n_nests)
+        touched = factors["touched"]
+
         def full(default: np.ndarray, values: np.ndarray) -> np.ndarray:
             out = np.array(np.broadcast_to(default, shape)).reshape(n_agents, -1)
             out[:, touched] = values
             return out.reshape(shape)
 
-        available_all = full(np.broadcast_to(nonempty, shape), available)
-        excess = full(np.expm1(log_lambda)[:, :, None], touched_excess)
-        slope = available_all & (excess >= 0)  # Λ < 1 only for ρ < 0: such pairs clip to zero
-        excess = np.where(slope, excess, 0.0)
-        with np.errstate(invalid="ignore"):
-            group_excess = np.expm1(log_lambda)
-            group_excess = np.where(group_excess >= 0, group_excess, 0.0)
-        return {
-            "touched": touched,
-            "touched_kept_power": np.where(available, power, 0.0),
-            "touched_removed_over_kept": removed_over_kept,
-            "touched_excess": excess.reshape(n_agents, -1)[:, touched],
-            "touched_log_kept": log_kept,
-            "touched_kept_mean": kept_mean,
-            "touched_available": available,
-            "group_excess": group_excess,
-            "log_lambda": log_lambda,
-            "excess": excess,
-            "factor": 1.0 + excess,
-            "slope": slope.astype(np.float64),
-            "available": available_all,
-            "entropy": entropy_by_nest,
-            "nests": nests,
-        }
+        nonempty = factors["nonempty"]
+        group_slope = factors["group_slope"][:, :, None] & nonempty
+        slope = full(group_slope, factors["touched_slope"])
+        group_excess = np.where(nonempty, factors["group_excess"][:, :, None], 0.0)
+        excess = full(group_excess, factors["touched_excess"])
+        return {"excess": excess, "factor": 1.0 + excess, "slope": slope.astype(np.float64)}
 
     @cached_property
     def by_first_choice(self) -> np.ndarray:
         """``[I, a, H+1]`` r_a (Λ_g(a)h − 1): the pair probability of (a, b) over s_b, by the
         nest h of b."""
         ratio, _ = self.group_shares
-        return ratio[:, :, None] * self.factors["excess"][:, self.group_index]
+        return ratio[:, :, None] * self.full_factors["excess"][:, self.group_index]
 
     @cached_property
     def pairs(self) -> np.ndarray:
@@ -257,45 +281,108 @@ class NestedRemovals:
         n_nests = self.rho.size + 1
         grid = pair_weights(weighted, n_agents, size)
         ratio, inverse = self.group_shares
-        factors = self.factors
-        excess_of_first = factors["excess"][:, self.group_index]  # [I, a, h]
-        # Coefficient of ds_b from (Λ − 1) r_a ds_b: Σ_a r_a (Λ_g(a)h − 1) W_ab for every nest
-        # h (one product per agent from the left), then h = h(b). The weights are zero within
-        # a removed group, where the pair has no slope.
-        by_second_nest = grid.left(np.swapaxes(self.by_first_choice, 1, 2))
-        on_second = by_second_nest[:, :, self.option_nests, np.arange(size)]
-        # Z_ah = Σ_(b∈h) W_ab s_b: one product per agent from the right.
-        by_nest = grid.right(self.first[:, :, None] * _one_hot(self.option_nests, n_nests))
-        on_ratio = np.einsum("niah,iah->nia", by_nest, excess_of_first)  # Σ_b W s_b (Λ − 1)
-        values = (on_ratio * ratio).sum(axis=(1, 2))
-        # dr_a = ds_a / S_g − s_a dS_g / S_g².
-        on_first = on_second + on_ratio * inverse - (on_ratio * ratio * inverse) @ self.same_group
-        result = on_first.reshape(n_rows, -1) @ d_first.reshape(d_first.shape[0], -1).T
-        # T_gh = Λ_gh Σ_(a∈g) r_a Z_ah (zero where Λ has no slope).
-        by_group = by_nest * ratio[None, :, :, None]  # [n, I, a, h]
-        if self.n_groups != size or not np.array_equal(self.group_index, np.arange(size)):
-            # Sum the first choices of each group: one product over the a axis moved first.
-            moved = np.moveaxis(by_group, 2, 0).reshape(size, -1)
+        if self.singletons:
+            values, on_first, group_totals, on_touched = self._singleton_sums(grid)
+        else:
+            full = self.full_factors
+            excess_of_first = full["excess"][:, self.group_index]  # [I, a, h]
+            # Coefficient of ds_b from (Λ − 1) r_a ds_b: Σ_a r_a (Λ_g(a)h − 1) W_ab for every
+            # nest h (one product per agent from the left), then h = h(b). The weights are zero
+            # within a removed group, where the pair has no slope.
+            by_second_nest = grid.left(np.swapaxes(self.by_first_choice, 1, 2))
+            on_second = by_second_nest[:, :, self.option_nests, np.arange(size)]
+            # Z_ah = Σ_(b∈h) W_ab s_b: one product per agent from the right.
+            by_nest = grid.right(self.first[:, :, None] * _one_hot(self.option_nests, n_nests))
+            on_ratio = np.einsum("niah,iah->nia", by_nest, excess_of_first)  # Σ_b W s_b (Λ − 1)
+            values = (on_ratio * ratio).sum(axis=(1, 2))
+            # dr_a = ds_a / S_g − s_a dS_g / S_g².
+            on_first = (
+                on_second + on_ratio * inverse - (on_ratio * ratio * inverse) @ self.same_group
+            )
+            # T_gh = Λ_gh Σ_(a∈g) r_a Z_ah (zero where Λ has no slope); sum the first choices
+            # of each group: one product over the a axis moved first.
+            moved = np.moveaxis(by_nest * ratio[None, :, :, None], 2, 0).reshape(size, -1)
             by_group = np.moveaxis(
                 (self.group_one_hot.T @ moved).reshape(self.n_groups, n_rows, n_agents, n_nests),
                 0,
                 2,
             )
-        weights = by_group * (factors["factor"] * factors["slope"])
-        group_totals = weights @ np.ones(n_nests)  # T_g
-        result += self._on_utilities(weights, group_totals, tangents)
+            weights = by_group * (full["factor"] * full["slope"])
+            group_totals = weights @ np.ones(n_nests)  # T_g
+            on_touched = weights.reshape(n_rows, n_agents, -1)[:, :, self.factors["touched"]]
+        result = on_first.reshape(n_rows, -1) @ d_first.reshape(d_first.shape[0], -1).T
+        result += self._on_utilities(group_totals, on_touched, tangents)
         for position, scaled_nests in rho_tangents:
-            result[:, position] += self._on_rho(weights, group_totals, scaled_nests)
+            result[:, position] += self._on_rho(group_totals, on_touched, scaled_nests)
         return values, result
 
+    @cached_property
+    def singletons(self) -> bool:
+        """Each option removed alone (groups ``arange(1+J)`` up to labels)."""
+        size = self.first.shape[1]
+        return self.n_groups == size and bool(np.array_equal(self.group_index, np.arange(size)))
+
+    @cached_property
+    def same_nest(self) -> np.ndarray:
+        """``[1+J, 1+J]`` 1.0 where two options share a nest (the outside option its own)."""
+        return (self.option_nests[:, None] == self.option_nests[None, :]).astype(np.float64)
+
+    def _split_sums(self, grid: Any) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+        """Singleton groups: the weights split by whether b is in a's nest (``same``,
+        ``other``), and Σ_b W_ab s_b over each part ``[n, I, a]``."""
+        same = grid.masked(self.same_nest)
+        other = grid.masked(1.0 - self.same_nest)
+        column = self.first[:, :, None]
+        return same, other, same.right(column)[..., 0], other.right(column)[..., 0]
+
+    def values(self, weighted: Any) -> np.ndarray:
+        """``[n]`` Σ_iab W_n[i,a,b] pair[i,a,b] (no tangents; :attr:`pairs` never formed with
+        each option removed alone)."""
+        n_agents, size = self.first.shape
+        grid = pair_weights(weighted, n_agents, size)
+        if not self.singletons:
+            return grid.sums(self.pairs)
+        ratio, _ = self.group_shares
+        factors = self.factors
+        _, _, on_same, on_other = self._split_sums(grid)
+        on_ratio = factors["group_excess"] * on_other + factors["touched_excess"] * on_same
+        return (on_ratio * ratio).sum(axis=(1, 2))
+
+    def _singleton_sums(self, grid: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`contract_all`'s sums when each option is removed alone: ``[n]`` values, the
+        coefficients of ds ``[n, I, 1+J]``, T_g ``[n, I, G]`` and T on the touched cells
+        ``[n, I, C]``.
+
+        Group g = a touches only the cell (a, h(a)) (cell number a): Λ_ah − 1 is λ_a − 1 = ē_a
+        for h ≠ h(a) and the touched E_a for h = h(a). So with Z̄_a = Σ_(b∉h(a)) W_ab s_b and
+        Z_a = Σ_(b∈h(a)) W_ab s_b every [n, I, a, H+1] sum reduces to [n, I, a] ones, and each
+        is one [1+J, 1+J] product per weight row with the weights split by nest."""
+        ratio, inverse = self.group_shares
+        factors = self.factors
+        group_excess, touched_excess = factors["group_excess"], factors["touched_excess"]
+        same, other, on_same, on_other = self._split_sums(grid)
+        on_ratio = group_excess * on_other + touched_excess * on_same  # Σ_b W s_b (Λ − 1)
+        values = (on_ratio * ratio).sum(axis=(1, 2))
+        # Σ_a r_a (Λ_a,h(b) − 1) W_ab, then dr_a = ds_a / s_a − s_a ds_a / s_a² (r_a = 1).
+        on_first = other.left((ratio * group_excess)[:, None, :])[:, :, 0]
+        on_first += same.left((ratio * touched_excess)[:, None, :])[:, :, 0]
+        on_first += on_ratio * inverse - on_ratio * ratio * inverse
+        # T_a = r_a Σ_h Λ_ah Z_ah (Λ where it has a slope, else 0).
+        group_factor = np.where(factors["group_slope"], 1.0 + group_excess, 0.0)
+        touched_factor = np.where(factors["touched_slope"], 1.0 + touched_excess, 0.0)
+        on_touched = ratio * touched_factor * on_same
+        group_totals = ratio * group_factor * on_other + on_touched
+        return values, on_first, group_totals, on_touched
+
     def _on_utilities(
-        self, weights: np.ndarray, by_group: np.ndarray, tangents: np.ndarray
+        self, by_group: np.ndarray, on_touched: np.ndarray, tangents: np.ndarray
     ) -> np.ndarray:
-        """``[n, P]`` Σ_gh T_gh d log Λ_gh through the utilities (``weights`` T ``[n, I, G,
-        H+1]``): on dV_k, s_k (T_g(k) − Σ_(g≠g(k)) T_g (Λ_gh(k) − 1)) + w_k ρ/(1 − ρ)
+        """``[n, P]`` Σ_gh T_gh d log Λ_gh through the utilities (T_g = Σ_h T_gh ``by_group``
+        ``[n, I, G]`` and T on the touched cells ``on_touched`` ``[n, I, C]``): on dV_k,
+        s_k (T_g(k) − Σ_(g≠g(k)) T_g (Λ_gh(k) − 1)) + w_k ρ/(1 − ρ)
         (T_g(k)h(k) − Σ_(g≠g(k)) T_gh(k) ω_gh(k)/ω̄_gh(k))."""
         factors = self.factors
-        n_rows, n_agents = weights.shape[:2]
+        n_rows = by_group.shape[0]
         within, _, _ = self._within
         # Sums over g ≠ g(k) of the cells (g, h(k)), k's nest nonempty. Off the touched cells
         # (those of some option) Λ_gh − 1 is the group's λ_g − 1 (ē_g, clipped at zero) and
@@ -311,17 +398,16 @@ class NestedRemovals:
             factors["touched_excess"] - group_excess[:, touched_groups]
         )
         lost = spread.sum(axis=2)[:, :, None] - spread[:, :, self.group_index] + correction @ others
-        flat = weights.reshape(n_rows, n_agents, -1)
         # ω/ω̄ is zero off the touched cells.
-        shrunk = (flat[:, :, touched] * factors["touched_removed_over_kept"]) @ others
+        shrunk = (on_touched * factors["touched_removed_over_kept"]) @ others
         nested = (self.rho_extended / (1.0 - self.rho_extended))[self.option_nests]
         on_utilities = self.first * (by_group[:, :, self.group_index] - lost)
-        on_utilities += within * nested * (flat[:, :, self.cells] - shrunk)
+        on_utilities += within * nested * (on_touched[:, :, self.cell_positions] - shrunk)
         inside = np.ascontiguousarray(on_utilities[:, :, 1:]).reshape(n_rows, -1)
         return inside @ tangents.reshape(tangents.shape[0], -1).T
 
     def _on_rho(
-        self, weights: np.ndarray, by_group: np.ndarray, scaled_nests: np.ndarray
+        self, by_group: np.ndarray, on_touched: np.ndarray, scaled_nests: np.ndarray
     ) -> np.ndarray:
         """``[n]`` Σ_gh T_gh ∂log Λ_gh/∂ρ for a ρ scaling the nests ``scaled_nests`` ``[H]``
         (the utilities held fixed)."""
@@ -350,8 +436,7 @@ class NestedRemovals:
             -log_kept + nested * (entropy[:, touched_nests] - kept_mean),
             0.0,
         )  # [I, C]
-        n_rows, n_agents = weights.shape[:2]
-        on_touched = weights.reshape(n_rows, n_agents, -1)[:, :, touched]
+        n_rows = by_group.shape[0]
         return by_group.reshape(n_rows, -1) @ (full[:, None] - reduced).reshape(
             -1
         ) + on_touched.reshape(n_rows, -1) @ own.reshape(-1)

@@ -72,6 +72,10 @@ class FactoredWeights:
         rows = self.agents.shape[0]
         return (self.agents[:, :, None] * self.choices.reshape(rows, 1, -1)).reshape(rows, -1)
 
+    def masked(self, mask: np.ndarray) -> FactoredWeights:
+        """The weights times ``mask`` ``[1+J, 1+J]`` (the same for every agent)."""
+        return FactoredWeights(self.agents, self.choices * mask)
+
     def sums(self, probabilities: np.ndarray) -> np.ndarray:
         """``[n]`` Σ_iab W[n, i, a, b] P[i, a, b] for ``probabilities`` ``[I, 1+J, 1+J]``."""
         rows = self.agents.shape[0]
@@ -103,6 +107,9 @@ class _DenseWeights:
     """Dense weights ``[n, I, 1+J, 1+J]`` behind :class:`FactoredWeights`' products."""
 
     grid: np.ndarray
+
+    def masked(self, mask: np.ndarray) -> _DenseWeights:
+        return _DenseWeights(self.grid * mask)
 
     def sums(self, probabilities: np.ndarray) -> np.ndarray:
         return self.grid.reshape(self.grid.shape[0], -1) @ probabilities.reshape(-1)
