@@ -395,10 +395,26 @@ class MarketChunk:
         mask = self.mask
         by_theta = np.zeros((*mask.shape, self.n_theta))
         random_positions = self.parameters.random_positions()
+        rho_positions = self.parameters.rho_positions()
+        by_rho = None
         if random_positions.size:
             factors, positions = self.parameters.agent_factors(
                 coefficients, self.nodes, self.demographics
             )
+        if random_positions.size and rho_positions.size and _fused_nested(nesting, probabilities):
+            # Both Jacobians from one pass of agent sums (see nested_theta_rho_jacobian).
+            pieces, by_rho = jacobians.nested_theta_rho_jacobian(
+                probabilities,
+                self.weights,
+                nesting,
+                mask,
+                self.characteristics,
+                factors,
+                delta,
+                coefficients,
+                buffers=workspace.get,
+            )
+        elif random_positions.size:
             pieces = theta_jacobian(
                 probabilities,
                 self.weights,
@@ -408,10 +424,10 @@ class MarketChunk:
                 factors,
                 buffers=workspace.get,
             )
+        if random_positions.size:
             for piece, columns in zip(pieces, positions, strict=True):
                 by_theta[:, :, columns] = piece
-        rho_positions = self.parameters.rho_positions()
-        if rho_positions.size:
+        if rho_positions.size and by_rho is None:
             by_rho = rho_jacobian(
                 probabilities,
                 delta,
@@ -422,6 +438,7 @@ class MarketChunk:
                 characteristics=self.characteristics,
                 coefficients=coefficients,
             )
+        if rho_positions.size:
             if self.parameters.rho.size == 1:
                 by_rho = by_rho.sum(axis=2, keepdims=True)
             free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
@@ -609,3 +626,10 @@ class MarketChunk:
             return np.matmul(ownership * np.swapaxes(jacobian, 1, 2), eta[:, :, None])[:, :, 0]
 
         return directional_markup_derivative(system_times_eta, system, step)
+
+
+def _fused_nested(nesting: Nesting, probabilities: Any) -> bool:
+    """Whether ∂s/∂θ and ∂s/∂ρ are formed in one pass (``nested_theta_rho_jacobian``): the
+    cases where :func:`theta_jacobian` takes its nested path (some ρ nonzero, probabilities
+    with the within-nest ones)."""
+    return nesting.nested and probabilities.conditional is not None
