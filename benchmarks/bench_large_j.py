@@ -7,7 +7,7 @@ products × 200 agents, σ on prices = 0.5, shares exact at the true θ, seed 0)
 
 With 200 agents and J ≥ 200 products, ∂s/∂δ = diag(s) − UUᵀ (U = [√w_i s_i], J × I) is
 diagonal minus rank I, which blpmodels solves by Woodbury over the agents
-(:func:`blpmodels.kernel.jacobians.woodbury_delta_jacobian`) instead of a dense J×J inverse.
+(:func:`blpmodels.kernel.woodbury.woodbury_delta_jacobian`) instead of a dense J×J inverse.
 
 For each J, each library runs in a fresh process (peak RSS is the process's, from
 ``getrusage``) and reports, after the data are built (times: best wall of ``--repeat`` runs,
@@ -60,10 +60,10 @@ def _timed(function, repeat: int) -> tuple[common.Timing, object]:
 def child_ours(args: argparse.Namespace) -> dict:
     if args.baseline:
         sys.path.insert(0, args.baseline)
-    from blpmodels.kernel import jacobians
+    from blpmodels.kernel import woodbury
 
     if args.path != "auto":
-        jacobians.WOODBURY_CROSSOVER = 0.0 if args.path == "dense" else float("inf")
+        woodbury.WOODBURY_CROSSOVER = 0.0 if args.path == "dense" else float("inf")
     problem = _problem(args.products)
     model = problem.model()
     peak_data = common.peak_mib()

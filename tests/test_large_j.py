@@ -12,10 +12,10 @@ import warnings
 import numpy as np
 import pytest
 
-from blpmodels.kernel import jacobians
+from blpmodels.kernel import woodbury
 from blpmodels.kernel.delta import solve_delta_newton
-from blpmodels.kernel.jacobians import LowRankInverse, apply_inverse, woodbury_delta_jacobian
 from blpmodels.kernel.shares import Nesting, ShareEvaluator
+from blpmodels.kernel.woodbury import LowRankInverse, apply_inverse, woodbury_delta_jacobian
 
 
 def _market_data(seed: int, n_markets: int, n_products: int, n_agents: int, scale: float):
@@ -70,7 +70,7 @@ def _check_against_dense(
 def woodbury_loop(request, monkeypatch):
     """Both implementations of the solve: all markets in batched products, or one at a time."""
     size = float("inf") if request.param == "batched" else 0.0
-    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", size)
+    monkeypatch.setattr(woodbury, "WOODBURY_LOOP_SIZE", size)
     return request.param
 
 
@@ -154,16 +154,16 @@ def test_newton_solver_takes_the_low_rank_inverse(woodbury_loop):
 def _fit(monkeypatch, crossover: float):
     from blpmodels.simulation.scale import simulate_scale
 
-    monkeypatch.setattr(jacobians, "WOODBURY_CROSSOVER", crossover)
+    monkeypatch.setattr(woodbury, "WOODBURY_CROSSOVER", crossover)
     calls = {"woodbury": 0}
-    original = jacobians.woodbury_delta_jacobian
+    original = woodbury.woodbury_delta_jacobian
 
     def counted(*args, **kwargs):
         out = original(*args, **kwargs)
         calls["woodbury"] += out is not None
         return out
 
-    monkeypatch.setattr(jacobians, "woodbury_delta_jacobian", counted)
+    monkeypatch.setattr(woodbury, "woodbury_delta_jacobian", counted)
     problem = simulate_scale(6, 40, 20, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -226,13 +226,13 @@ def _one_coefficient_market(seed: int, n_markets: int, n_products: int, n_agents
 def test_compressed_woodbury_equals_dense_solve(seed, monkeypatch):
     # One market at a time (the large-market path), with I = 80 ≥ 4 × 16 agents: U is
     # compressed to 16 or 32 columns; every product is checked against numpy's dense solve.
-    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", 0.0)
+    monkeypatch.setattr(woodbury, "WOODBURY_LOOP_SIZE", 0.0)
     evaluator, delta, weights, mask = _one_coefficient_market(seed, 3, 100, 80)
     probabilities = evaluator.probabilities(delta, factored=True)
     rng = np.random.default_rng(seed + 50)
     by_theta = np.where(mask[:, :, None], rng.normal(size=(*mask.shape, 2)), 0.0)
     jacobian, inverse = woodbury_delta_jacobian(probabilities, weights, mask, by_theta)
-    assert inverse.factor.shape[2] in jacobians.COMPRESSED_RANKS  # not the 80 agents
+    assert inverse.factor.shape[2] in woodbury.COMPRESSED_RANKS  # not the 80 agents
     oracle = _dense_oracle(evaluator, delta, weights, mask, by_theta)
     _check_against_dense(oracle, mask, jacobian, inverse, rng, 5, 1e-12, 1e-11)
     # The capacitance is diagonal: its Cholesky factor and inverse are kept as such.
@@ -244,7 +244,7 @@ def test_compressed_woodbury_equals_dense_solve(seed, monkeypatch):
 def test_compression_refused_where_the_agents_span_many_directions(monkeypatch):
     # Independent normal utilities: U has full rank 80, so no 32 columns hold it and the
     # full capacitance is formed (factor [J, I]); the solve still equals the dense one.
-    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", 0.0)
+    monkeypatch.setattr(woodbury, "WOODBURY_LOOP_SIZE", 0.0)
     evaluator, delta, weights, mask = _market_data(4, 2, 100, 80, 1.0)
     probabilities = evaluator.probabilities(delta, factored=True)
     by_theta = np.where(mask[:, :, None], 1.0, 0.0)
@@ -289,7 +289,7 @@ def test_first_solve_of_large_markets_takes_newton_steps_from_a_rough_start(monk
     # equations as the contraction does, and the counts must include the rough contraction.
     from blpmodels.kernel import delta as delta_module
 
-    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", 0.0)
+    monkeypatch.setattr(woodbury, "WOODBURY_LOOP_SIZE", 0.0)
     evaluator, delta, _, mask = _one_coefficient_market(8, 4, 100, 80)
     shares = np.where(mask, evaluator.shares(delta), 1.0)
     target = np.log(shares)
@@ -310,7 +310,7 @@ def test_first_solve_of_large_markets_takes_newton_steps_from_a_rough_start(monk
     rough = delta_module.solve_delta(evaluator, target, logit, tol=delta_module.ROUGH_TOLERANCE)
     assert (result.evaluations > rough.evaluations).all()
     # Small markets (the batched path) keep the contraction alone.
-    monkeypatch.setattr(jacobians, "WOODBURY_LOOP_SIZE", float("inf"))
+    monkeypatch.setattr(woodbury, "WOODBURY_LOOP_SIZE", float("inf"))
     fresh.clear()
     alone = delta_module.solve_delta_hybrid(evaluator, target, logit)
     contraction = delta_module.solve_delta(evaluator, target, logit)

@@ -22,7 +22,7 @@ import numpy as np
 
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.exceptions import BLPInputError
-from blpmodels.kernel import jacobians, symmetric_jacobians
+from blpmodels.kernel import jacobians, symmetric_jacobians, woodbury
 from blpmodels.kernel.delta import FixedPointResult, solve_delta, solve_delta_hybrid
 from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
 from blpmodels.kernel.markups import directional_markup_derivative, markup_jacobian, markups
@@ -68,7 +68,7 @@ class ChunkState:
     delta: np.ndarray
     theta: np.ndarray | None = None
     jacobian: np.ndarray | None = None
-    inverse: np.ndarray | jacobians.LowRankInverse | None = None
+    inverse: np.ndarray | woodbury.LowRankInverse | None = None
 
 
 @dataclass(eq=False)
@@ -385,7 +385,7 @@ class MarketChunk:
         delta: np.ndarray,
         result: ChunkResult,
         workspace: Workspace,
-    ) -> np.ndarray | jacobians.LowRankInverse:
+    ) -> np.ndarray | woodbury.LowRankInverse:
         """∂δ/∂θ = −(∂s/∂δ)⁻¹ ∂s/∂θ into ``result`` (zero for moved X1 coefficients).
 
         Returns the inverse of ∂log s/∂δ for the next evaluation's Newton solver.
@@ -443,15 +443,13 @@ class MarketChunk:
                 by_rho = by_rho.sum(axis=2, keepdims=True)
             free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
             by_theta[:, :, rho_positions] = by_rho[:, :, free]
-        few_agents = self.weights.shape[1] <= jacobians.WOODBURY_CROSSOVER * mask.shape[1]
+        few_agents = self.weights.shape[1] <= woodbury.WOODBURY_CROSSOVER * mask.shape[1]
         if few_agents and not nesting.nested:
             # Few agents, many products: ∂s/∂δ is diagonal minus rank I (Woodbury, O(J·I²)).
-            woodbury = jacobians.woodbury_delta_jacobian(
-                probabilities, self.weights, mask, by_theta
-            )
-            if woodbury is not None:
-                result.jacobian[...] = woodbury[0]
-                return woodbury[1]
+            low_rank = woodbury.woodbury_delta_jacobian(probabilities, self.weights, mask, by_theta)
+            if low_rank is not None:
+                result.jacobian[...] = low_rank[0]
+                return low_rank[1]
         inverse = None
         if mask.shape[1] >= symmetric_jacobians.INVERSE_LOOP_WIDTH and not nesting.nested:
             # Wide markets: ∂s/∂δ by symmetric rank updates and Cholesky, market by market.

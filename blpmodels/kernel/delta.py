@@ -15,14 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from blpmodels.exceptions import FixedPointError
-from blpmodels.kernel import jacobians
-from blpmodels.kernel.jacobians import (
-    LowRankInverse,
-    apply_inverse,
-    share_jacobian,
-    woodbury_delta_jacobian,
-)
+from blpmodels.kernel import woodbury
+from blpmodels.kernel.jacobians import share_jacobian
 from blpmodels.kernel.shares import ShareEvaluator
+from blpmodels.kernel.woodbury import LowRankInverse, apply_inverse, woodbury_delta_jacobian
 
 __all__ = [
     "FixedPointResult",
@@ -306,7 +302,7 @@ def solve_delta_newton(
     is left as it was), which turns the linear convergence of a fixed K into superlinear: on
     the exercise-2 fit the share evaluations per market and solve fell from 15–17 to about 7
     in the early evaluations, where θ moves most. Woodbury factors
-    (:class:`~blpmodels.kernel.jacobians.LowRankInverse`) get the same updates in product form
+    (:class:`~blpmodels.kernel.woodbury.LowRankInverse`) get the same updates in product form
     (:class:`_BroydenProduct`, the factors themselves unchanged): on the large-J benchmark
     (J = 500) the first solve after the start converged in 38 of 50 markets instead of none,
     and the next two took 6 and 5 share evaluations per market instead of 9 and 5.9. Either
@@ -533,8 +529,8 @@ def inverse_delta_jacobian(
 ) -> np.ndarray | LowRankInverse | None:
     """``[T, J, J]`` inverse of ∂log s/∂δ at ``delta`` (identity in padding), or None if singular.
 
-    Unnested markets with few agents (I ≤ :data:`~blpmodels.kernel.jacobians.WOODBURY_CROSSOVER`
-    × J) get its Woodbury factors (:class:`~blpmodels.kernel.jacobians.LowRankInverse`).
+    Unnested markets with few agents (I ≤ :data:`~blpmodels.kernel.woodbury.WOODBURY_CROSSOVER`
+    × J) get its Woodbury factors (:class:`~blpmodels.kernel.woodbury.LowRankInverse`).
 
     Examples
     --------
@@ -555,13 +551,13 @@ def inverse_delta_jacobian(
         return own_inverse(delta)
     probabilities = evaluator.probabilities(delta, factored=True)
     mask = evaluator.product_mask
-    few_agents = evaluator.weights.shape[1] <= jacobians.WOODBURY_CROSSOVER * mask.shape[1]
+    few_agents = evaluator.weights.shape[1] <= woodbury.WOODBURY_CROSSOVER * mask.shape[1]
     if few_agents and not evaluator.nesting.nested:
         # Diagonal minus rank I: the Woodbury factors, without the [T, J, J] inverse.
         no_theta = np.zeros((*mask.shape, 0))
-        woodbury = woodbury_delta_jacobian(probabilities, evaluator.weights, mask, no_theta)
-        if woodbury is not None:
-            return woodbury[1]
+        low_rank = woodbury_delta_jacobian(probabilities, evaluator.weights, mask, no_theta)
+        if low_rank is not None:
+            return low_rank[1]
     jacobian = share_jacobian(probabilities, evaluator.weights, evaluator.nesting, mask)
     return inverse_log_share_jacobian(jacobian, probabilities.shares, mask)
 
@@ -666,8 +662,8 @@ def _rough_start(
     """The contraction to :data:`ROUGH_TOLERANCE` and Woodbury factors there, or None.
 
     Only for unnested markets on the large-market Woodbury path (I ≤
-    :data:`~blpmodels.kernel.jacobians.WOODBURY_CROSSOVER` × J and J·I² ≥
-    :data:`~blpmodels.kernel.jacobians.WOODBURY_LOOP_SIZE`), whose factors cost a few share
+    :data:`~blpmodels.kernel.woodbury.WOODBURY_CROSSOVER` × J and J·I² ≥
+    :data:`~blpmodels.kernel.woodbury.WOODBURY_LOOP_SIZE`), whose factors cost a few share
     evaluations: the contraction converges slowly there (25 share evaluations per market at the
     large-J benchmark's start, J = 500, I = 200), while 6 of them and Broyden-updated Newton
     steps from fresh factors (4.4 more) solve the same markets to the same tolerance in about
@@ -683,8 +679,8 @@ def _rough_start(
     if (
         getattr(evaluator, "inverse_log_jacobian", None) is not None
         or evaluator.nesting.nested
-        or n_agents > jacobians.WOODBURY_CROSSOVER * n_products
-        or n_products * n_agents * n_agents < jacobians.WOODBURY_LOOP_SIZE
+        or n_agents > woodbury.WOODBURY_CROSSOVER * n_products
+        or n_products * n_agents * n_agents < woodbury.WOODBURY_LOOP_SIZE
         or tol >= ROUGH_TOLERANCE
     ):
         return None
