@@ -22,7 +22,7 @@ import numpy as np
 
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.exceptions import BLPInputError
-from blpmodels.kernel import jacobians, symmetric_jacobians, woodbury
+from blpmodels.kernel import symmetric_jacobians, woodbury
 from blpmodels.kernel.delta import FixedPointResult, solve_delta, solve_delta_hybrid
 from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
 from blpmodels.kernel.markups import directional_markup_derivative, markup_jacobian, markups
@@ -395,26 +395,10 @@ class MarketChunk:
         mask = self.mask
         by_theta = np.zeros((*mask.shape, self.n_theta))
         random_positions = self.parameters.random_positions()
-        rho_positions = self.parameters.rho_positions()
-        by_rho = None
         if random_positions.size:
             factors, positions = self.parameters.agent_factors(
                 coefficients, self.nodes, self.demographics
             )
-        if random_positions.size and rho_positions.size and _fused_nested(nesting, probabilities):
-            # Both Jacobians from one pass of agent sums (see nested_theta_rho_jacobian).
-            pieces, by_rho = jacobians.nested_theta_rho_jacobian(
-                probabilities,
-                self.weights,
-                nesting,
-                mask,
-                self.characteristics,
-                factors,
-                delta,
-                coefficients,
-                buffers=workspace.get,
-            )
-        elif random_positions.size:
             pieces = theta_jacobian(
                 probabilities,
                 self.weights,
@@ -424,10 +408,10 @@ class MarketChunk:
                 factors,
                 buffers=workspace.get,
             )
-        if random_positions.size:
             for piece, columns in zip(pieces, positions, strict=True):
                 by_theta[:, :, columns] = piece
-        if rho_positions.size and by_rho is None:
+        rho_positions = self.parameters.rho_positions()
+        if rho_positions.size:
             by_rho = rho_jacobian(
                 probabilities,
                 delta,
@@ -438,7 +422,6 @@ class MarketChunk:
                 characteristics=self.characteristics,
                 coefficients=coefficients,
             )
-        if rho_positions.size:
             if self.parameters.rho.size == 1:
                 by_rho = by_rho.sum(axis=2, keepdims=True)
             free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
@@ -624,10 +607,3 @@ class MarketChunk:
             return np.matmul(ownership * np.swapaxes(jacobian, 1, 2), eta[:, :, None])[:, :, 0]
 
         return directional_markup_derivative(system_times_eta, system, step)
-
-
-def _fused_nested(nesting: Nesting, probabilities: Any) -> bool:
-    """Whether ∂s/∂θ and ∂s/∂ρ are formed in one pass (``nested_theta_rho_jacobian``): the
-    cases where :func:`theta_jacobian` takes its nested path (some ρ nonzero, probabilities
-    with the within-nest ones)."""
-    return nesting.nested and probabilities.conditional is not None

@@ -15,7 +15,6 @@ import numpy as np
 from blpmodels.kernel.shares import Nesting, Probabilities, _of_product
 
 __all__ = [
-    "nested_theta_rho_jacobian",
     "rho_jacobian",
     "share_jacobian",
     "theta_jacobian",
@@ -280,50 +279,6 @@ def theta_jacobian(
     direct, centered = products[:, :, :size], products[:, :, size:]
     out = x * direct - centered
     return np.split(out, np.cumsum(sizes)[:-1], axis=2)
-
-
-def nested_theta_rho_jacobian(
-    probabilities: Probabilities,
-    weights: np.ndarray,
-    nesting: Nesting,
-    product_mask: np.ndarray,
-    characteristics: np.ndarray,
-    agent_factors: list[np.ndarray],
-    delta: np.ndarray,
-    coefficients: np.ndarray,
-    buffers: Callable[[str, tuple[int, ...]], np.ndarray] | None = None,
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """:func:`theta_jacobian` and :func:`rho_jacobian` (from X2 and the agent coefficients) of
-    a nested model at once: one :func:`_nested_agent_sums` pass forms both sets of columns,
-    so P and P_(j|h) are read once and the within-nest products are shared (about 1.2 ms of
-    a supplemental-3 RCNL evaluation against two calls).
-
-    Returns
-    -------
-    tuple
-        The list :func:`theta_jacobian` returns and the ``[T, J, H]`` ∂s/∂ρ.
-    """
-    sizes = [factors.shape[1] for factors in agent_factors]
-    columns = np.repeat(np.arange(len(agent_factors)), sizes)
-    factors = np.concatenate(agent_factors, axis=1) * weights[:, None, :]
-    sums = _nested_agent_sums(
-        probabilities,
-        weights,
-        nesting,
-        product_mask,
-        characteristics,
-        (factors, columns),
-        (delta, coefficients),
-        buffers,
-    )
-    theta_width = (1 + nesting.n_nests) * columns.size
-    by_theta = _nested_theta_from_sums(
-        sums[:, :, :theta_width], nesting, product_mask, characteristics, columns
-    )
-    by_rho = _nested_rho_from_sums(
-        sums[:, :, theta_width:], delta, probabilities, nesting, product_mask, characteristics
-    )
-    return np.split(by_theta, np.cumsum(sizes)[:-1], axis=2), by_rho
 
 
 def _market_blocks(n_markets: int, per_market: int) -> list[slice]:

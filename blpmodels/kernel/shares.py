@@ -25,8 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from blpmodels.kernel.nested_blocks import nested_probability_blocks, nested_weighted_sums
-
 __all__ = [
     "Nesting",
     "Probabilities",
@@ -454,10 +452,6 @@ class ShareEvaluator:
         else:
             onehot = np.swapaxes(members, 1, 2).astype(np.float64)
             left = np.concatenate([x, onehot], axis=2)
-        if not self.unit_scale:
-            # (μ − m)/(1 − ρ_j) with the division on the [T, J, K2 + H] rows, not on the
-            # [T, J, I] product: one pass over the agent factor fewer per θ.
-            left /= self.scale[:, :, None]
         if out is not None and out.shape == (*x.shape[:2], coefficients.shape[1]):
             factor = np.matmul(left, right, out=out)
         else:
@@ -466,7 +460,7 @@ class ShareEvaluator:
         self._characteristics = characteristics
         self._coefficients = coefficients
         self._buffers = buffers
-        self._finish(factor, peaks, scaled=True)
+        self._finish(factor, peaks)
         return self
 
     def _setup(self, weights: np.ndarray, product_mask: np.ndarray, nesting: Nesting) -> None:
@@ -484,10 +478,9 @@ class ShareEvaluator:
         self._memo_rows: np.ndarray | None = None
         self._buffers: Callable[[str, tuple[int, ...]], np.ndarray] | None = None
         self._own_buffers: dict[str, np.ndarray] = {}
-        self._own_index: np.ndarray | None = None
 
-    def _finish(self, factor: np.ndarray, peaks: np.ndarray, scaled: bool = False) -> None:
-        if not self.unit_scale and not scaled:
+    def _finish(self, factor: np.ndarray, peaks: np.ndarray) -> None:
+        if not self.unit_scale:
             factor /= self.scale[:, :, None]
         with np.errstate(under="ignore", over="ignore"):
             np.exp(factor, out=factor)
@@ -539,7 +532,6 @@ class ShareEvaluator:
         new.membership = None if self.membership is None else self.membership[markets]
         rows = np.arange(self.product_mask.shape[0]) if self._memo_rows is None else self._memo_rows
         new._memo_rows = rows[markets]
-        new._own_index = None
         return new
 
     def _exp_delta(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -575,6 +567,35 @@ class ShareEvaluator:
                 risky = np.flatnonzero((np.abs(top[:, 0]) > 708.0) | self.peak_overflow)
                 outside[risky] = np.exp(-(top[risky] + self.agent_peak[risky, 0, :]))
         return outside
+
+    def _nest_terms(
+        self, delta: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """exp(δ) factors, nest sums, inclusive values, log denominators, nest probabilities."""
+        exp_delta, top = self._exp_delta(delta)
+        if self.single_nest:
+            sums = np.matmul(exp_delta[:, None, :], self.agent_factor)
+        else:
+            sums = np.matmul(self.membership * exp_delta[:, None, :], self.agent_factor)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inclusive = np.log(sums)
+            inclusive += self.peak_term
+            inclusive += top[:, :, None]
+        if not self.unit_scale:
+            inclusive *= self.nest_scale[None, :, None]
+        with np.errstate(under="ignore"):
+            if self.single_nest:
+                log_denominator = np.logaddexp(0.0, inclusive[:, 0, :])
+                nest_probabilities = np.exp(inclusive - log_denominator[:, None, :])
+            else:
+                # P_h = e^{IV_h − m} / (e^{−m} + Σ_g e^{IV_g − m}): one exponential pass over
+                # [T, H, I] (the log of the denominator is only [T, I]).
+                peak = np.maximum(inclusive.max(axis=1), 0.0)
+                nest_probabilities = np.exp(inclusive - peak[:, None, :])
+                denominator = np.exp(-peak) + nest_probabilities.sum(axis=1)
+                log_denominator = peak + np.log(denominator)
+                nest_probabilities /= denominator[:, None, :]
+        return exp_delta, sums, inclusive, log_denominator, nest_probabilities
 
     def _fallback_markets(
         self, shares: np.ndarray, exp_delta: np.ndarray, sums: np.ndarray | None = None
@@ -630,55 +651,28 @@ class ShareEvaluator:
                 np.divide(1.0, ratio, out=ratio)
                 weighted = np.matmul(self.agent_factor, (ratio * self.weights)[:, :, None])[:, :, 0]
             else:
-                exp_delta, weighted, low = self._nested_weighted(delta)
+                exp_delta, sums, _, _, nest_probabilities = self._nest_terms(delta)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.divide(nest_probabilities, sums, out=nest_probabilities)
+                ratio *= self.weights[:, None, :]
+                empty = ~(sums > 0)
+                if empty.any():
+                    ratio[empty] = 0.0
+                if self.single_nest:
+                    weighted = np.matmul(self.agent_factor, ratio[:, 0, :, None])[:, :, 0]
+                else:
+                    per_nest = np.matmul(self.agent_factor, np.swapaxes(ratio, 1, 2))
+                    codes = self.nesting.codes[:, :, None]
+                    weighted = np.take_along_axis(per_nest, codes, axis=2)[..., 0]
             shares = exp_delta * weighted
         if self.padded:
             shares[~self.product_mask] = 0.0
-        markets = self._fallback_markets(shares, exp_delta)
-        if not unnested and low.any():
-            markets = np.union1d(markets, np.flatnonzero(low))
+        markets = self._fallback_markets(shares, exp_delta, None if unnested else sums)
         if markets.size:
             shares[markets] = self._log_space(delta, markets).shares
         if unnested:
             self._remember(delta, sums, ratio, shares, markets)
         return shares
-
-    def _nested_weighted(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Nested shares' pieces, a few markets at a time (:mod:`~blpmodels.kernel.nested_blocks`):
-        the scaled exp(δ/(1 − ρ) − c), each product's Σ_i A_ji w_i P_h(j)i / S_h(j)i ``[T, J]``
-        and the markets whose nest sums underflowed."""
-        exp_delta, top = self._exp_delta(delta)
-        if self.single_nest:
-            left = exp_delta[:, None, :]
-            nonempty = self.product_mask.any(axis=1)[:, None]
-        else:
-            left = self.membership * exp_delta[:, None, :]
-            nonempty = self.membership.any(axis=2)
-        per_nest, low = nested_weighted_sums(
-            self.agent_factor,
-            left,
-            self.peak_term,
-            top,
-            None if self.unit_scale else self.nest_scale,
-            self.weights,
-            nonempty,
-            self._work,
-        )
-        n_markets, n_products, n_nests = per_nest.shape
-        if self._own_index is None or self._own_index.size != n_markets * n_products:
-            # Flat positions of column h(j) of each row j of the [T, J, H] sums: one gather.
-            flat = np.arange(n_markets * n_products).reshape(n_markets, n_products) * n_nests
-            self._own_index = flat + self.nesting.codes
-        return exp_delta, per_nest.reshape(-1)[self._own_index], low
-
-    def _work(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """A work array used within one call (from ``buffers`` if given, else the evaluator's)."""
-        if self._buffers is not None:
-            return self._buffers(name, shape)
-        kept = self._own_buffers.get(name)
-        if kept is None or kept.shape != shape:
-            kept = self._own_buffers[name] = np.empty(shape)
-        return kept
 
     def _remember(
         self,
@@ -881,38 +875,28 @@ class ShareEvaluator:
 
     def _nested_probabilities(self, delta: np.ndarray) -> Probabilities:
         """:meth:`probabilities` of the nested (or ρ-scaled) model: unconditional and
-        conditional probabilities formed in full, a few markets at a time
-        (:func:`~blpmodels.kernel.nested_blocks.nested_probability_blocks`), into work arrays
-        from ``buffers`` when given (valid until the next evaluator writes there)."""
-        exp_delta, top = self._exp_delta(delta)
-        if self.single_nest:
-            left = exp_delta[:, None, :]
-        else:
-            left = self.membership * exp_delta[:, None, :]
+        conditional probabilities formed in full."""
+        exp_delta, sums, inclusive, log_denominator, nest_probabilities = self._nest_terms(delta)
         with np.errstate(divide="ignore", invalid="ignore", under="ignore", over="ignore"):
             # Subnormal sums overflow here; the shares check below sends such markets to
             # log space.
-            sums, inclusive, log_denominator, nest, conditional, unconditional, shares = (
-                nested_probability_blocks(
-                    self.agent_factor,
-                    exp_delta,
-                    left,
-                    self.peak_term,
-                    top,
-                    None if self.unit_scale else self.nest_scale,
-                    self.weights,
-                    self.nesting.codes,
-                    (lambda _, shape: np.empty(shape))
-                    if self._buffers is None or self._memo_rows is not None
-                    else self._buffers,
-                    self._work,
-                )
-            )
+            inverse_sums = np.where(sums > 0, 1.0 / sums, 0.0)
+            conditional = self.agent_factor * exp_delta[:, :, None]
+            if self.single_nest:
+                conditional *= inverse_sums
+                unconditional = conditional * nest_probabilities
+            else:
+                codes = self.nesting.codes
+                conditional *= _of_product(inverse_sums, codes)
+                unconditional = conditional * _of_product(nest_probabilities, codes)
+        shares = np.matmul(unconditional, self.weights[:, :, None])[:, :, 0]
         if self._fallback_markets(shares, exp_delta, sums).size:
             return self._log_space(delta)
         if not self.nesting.has_nests:
             conditional = None
-        return Probabilities(unconditional, conditional, nest, inclusive, log_denominator, shares)
+        return Probabilities(
+            unconditional, conditional, nest_probabilities, inclusive, log_denominator, shares
+        )
 
 
 def removal_shares(
