@@ -69,6 +69,15 @@ class Diagnostics:
     first_order_failed: bool = False
 
 
+# Relative step of the difference Hessian. Forward differences err by about
+# (gradient error)/h + h·(third derivative)/2, least at h ≈ √(gradient error / third
+# derivative). The analytic gradient carries errors near 1e-10 (δ goes through linear solves),
+# far above ε, so the step √ε ≈ 1.5e-8 made the Hessian noisy: against central differences at
+# 1e-5 its eigenvalues erred by 5e-4 relative at J = 500 products (the polish then took two
+# steps) and 3e-4 to 1e-3 on Nevo's smallest; steps from 3e-7 to 3e-6 erred by about 1e-5.
+HESSIAN_STEP = 1e-6
+
+
 def diagnose(
     theta: np.ndarray,
     gradient: np.ndarray,
@@ -77,7 +86,7 @@ def diagnose(
     upper: np.ndarray,
     gradient_function: Callable[[np.ndarray], np.ndarray | None] | None,
     *,
-    step: float = 1.5e-8,
+    step: float | None = None,
     scale: np.ndarray | None = None,
     hessian: np.ndarray | None = None,
 ) -> Diagnostics:
@@ -96,9 +105,10 @@ def diagnose(
     gradient_function : callable, optional
         ``θ -> gradient`` (None where it cannot be computed); when given, the Hessian is
         computed by forward differences of the analytic gradient with relative step ``step``
-        (accurate to about √ε relative, ample for the second-order check) and symmetrized.
-    step : float
-        Relative finite-difference step.
+        (accurate to about 1e-5 relative, ample for the second-order check and the Newton
+        polish) and symmetrized.
+    step : float, optional
+        Relative finite-difference step (default :data:`HESSIAN_STEP`).
     scale : numpy.ndarray, optional
         Natural scale of each parameter (default 1): the first-order check is made on the
         gradient with respect to θ/scale, and difference steps are at least ``step·scale``.
@@ -129,6 +139,7 @@ def diagnose(
     eigenvalues = None
     notes = []
     if hessian is None and gradient_function is not None and theta.size:
+        step = HESSIAN_STEP if step is None else step
         hessian = _difference_hessian(theta, gradient, upper, gradient_function, step, scale)
     if hessian is not None:
         free = ~(at_lower | at_upper)
