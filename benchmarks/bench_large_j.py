@@ -60,10 +60,13 @@ def _timed(function, repeat: int) -> tuple[common.Timing, object]:
 def child_ours(args: argparse.Namespace) -> dict:
     if args.baseline:
         sys.path.insert(0, args.baseline)
-    from blpmodels.kernel import woodbury
+    try:
+        from blpmodels.kernel import woodbury as crossover_module
+    except ImportError:  # a baseline from before kernel/woodbury.py held the Woodbury solve
+        from blpmodels.kernel import jacobians as crossover_module
 
     if args.path != "auto":
-        woodbury.WOODBURY_CROSSOVER = 0.0 if args.path == "dense" else float("inf")
+        crossover_module.WOODBURY_CROSSOVER = 0.0 if args.path == "dense" else float("inf")
     problem = _problem(args.products)
     model = problem.model()
     peak_data = common.peak_mib()
@@ -169,7 +172,11 @@ def _print_table(rows: list[dict]) -> None:
         )
     print("\nratios pyblp / blpmodels (wall, CPU in parentheses):")
     for products in sorted({row["products"] for row in rows if "failed" not in row}):
-        same = {row["library"]: row for row in rows if row.get("products") == products}
+        same = {
+            row["library"]: row
+            for row in rows
+            if row.get("products") == products and "library" in row
+        }
         reference = same.get("pyblp")
         if reference is None or "failed" in reference:
             continue
