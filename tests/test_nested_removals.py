@@ -57,6 +57,16 @@ def test_pairs_equal_the_direct_formula(groups, rhos):
     np.testing.assert_allclose(pairs.sum(axis=2), first, atol=1e-14)  # b sums to P(a first)
 
 
+def _first_choice_tangents(utilities, directions, rho, scaled):
+    """Tangents along the utility directions then each free ρ, and the first choices'."""
+    n_directions = directions.shape[0]
+    rho_tangents = tuple((n_directions + k, nests) for k, nests in enumerate(scaled))
+    tangents = np.concatenate([directions, np.zeros((len(scaled), *utilities.shape))])
+    nests = _Nests(CODES, rho, rho_tangents)
+    first = _nested(utilities, CODES, rho)
+    return tangents, rho_tangents, nests, first, _nested_tangents(first, tangents, nests)
+
+
 @pytest.mark.parametrize("rhos", RHOS)
 @pytest.mark.parametrize("groups", GROUPS)
 def test_contracted_tangents_against_central_differences(groups, rhos):
@@ -64,11 +74,9 @@ def test_contracted_tangents_against_central_differences(groups, rhos):
     differences of the direct formula, and the direct tangents' own contraction."""
     utilities, directions, rho, scaled, group, weights = _case(groups, rhos)
     n_directions = directions.shape[0]
-    rho_tangents = tuple((n_directions + k, nests) for k, nests in enumerate(scaled))
-    tangents = np.concatenate([directions, np.zeros((len(scaled), *utilities.shape))])
-    nests = _Nests(CODES, rho, rho_tangents)
-    first = _nested(utilities, CODES, rho)
-    d_first = _nested_tangents(first, tangents, nests)
+    tangents, rho_tangents, nests, first, d_first = _first_choice_tangents(
+        utilities, directions, rho, scaled
+    )
     removals = NestedRemovals(first, CODES, rho, group)
     values, contracted = removals.contract_all(weights, d_first, tangents, rho_tangents)
 
@@ -119,12 +127,9 @@ def test_factored_weights_and_sums_without_tangents(groups, rhos):
     patterns[:, group[:, None] == group[None, :]] = 0.0
     factored = FactoredWeights(rng.uniform(0.5, 2.0, size=(4, utilities.shape[0])), patterns)
     dense = factored.toarray()
-    n_directions = directions.shape[0]
-    rho_tangents = tuple((n_directions + k, nests) for k, nests in enumerate(scaled))
-    tangents = np.concatenate([directions, np.zeros((len(scaled), *utilities.shape))])
-    nests = _Nests(CODES, rho, rho_tangents)
-    first = _nested(utilities, CODES, rho)
-    d_first = _nested_tangents(first, tangents, nests)
+    tangents, rho_tangents, nests, first, d_first = _first_choice_tangents(
+        utilities, directions, rho, scaled
+    )
     expected = dense @ _nested_pairs(utilities, CODES, rho, group).reshape(-1)
     removals = NestedRemovals(first, CODES, rho, group)
     np.testing.assert_allclose(removals.values(factored), expected, rtol=1e-13)
