@@ -569,6 +569,25 @@ def test_log_costs_with_negative_implied_costs_are_named(logit_products):
         model.fit(beta={"prices": -0.1}, max_evaluations=20)
 
 
+def test_costs_clipped_at_the_estimates_are_counted_and_warned(logit_products):
+    """Costs on ``costs_bounds`` at the estimates carry no information on θ: the fit warns
+    and counts them (``convergence["clipped_costs"]``), checked against the costs it imputes."""
+    formula = "shares ~ 1 + x + [prices ~ z1 + z2]"
+    free = BLPLogit.from_formula(formula, logit_products, supply="1 + w").fit()
+    assert free.info.convergence["clipped_costs"] == 0
+    assert not any("clipped" in note for note in free.info.convergence["warnings"])
+    low = float(np.quantile(free.costs(), 0.3))
+    model = BLPLogit.from_formula(formula, logit_products, supply="1 + w", costs_bounds=(low, None))
+    with pytest.warns(ConvergenceWarning, match=r"implied marginal costs are clipped"):
+        clipped = model.fit()
+    by_hand = int((clipped.costs().to_numpy() <= low).sum())
+    assert 0 < by_hand < len(logit_products)
+    assert clipped.info.convergence["clipped_costs"] == by_hand
+    assert f"{by_hand} of {len(logit_products)}" in " ".join(clipped.info.convergence["warnings"])
+    demand_only = BLPLogit.from_formula(formula, logit_products).fit()
+    assert demand_only.info.convergence.get("clipped_costs") is None
+
+
 # ------------------------------------------------------------------ post-estimation
 
 

@@ -247,6 +247,19 @@ class SupplyDesign:
         """Absorb the cost fixed effects (identity without them)."""
         return values if self.absorber is None else self.absorber.residualize(values)
 
+    def clipped(self, costs: np.ndarray) -> np.ndarray:
+        """Which costs lie on or beyond ``costs_bounds`` (their f(c) is the bound's, fixed).
+
+        Examples
+        --------
+        >>> design = SupplyDesign.__new__(SupplyDesign)
+        >>> design.costs_bounds = (0.001, np.inf)
+        >>> design.clipped(np.array([-1.0, 0.001, 0.5])).tolist()
+        [True, True, False]
+        """
+        low, high = self.costs_bounds
+        return (costs <= low) | (costs >= high)
+
     def transform(self, costs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """f(c) after clipping to the bounds, and f'(c) (0 where clipped or not finite).
 

@@ -492,6 +492,7 @@ class Estimator:
         outside = self.problem.outside_declared_bounds(theta)
         if outside is not None:
             self._warn(outside)
+        self._check_clipped_costs(evaluation)
         if theta.size:
             self._identification(evaluation, "at the estimates")
         converged, outcome = self._converged(outcome, diagnostics, tolerance)
@@ -511,6 +512,29 @@ class Estimator:
             bound_checks=bound_check_table(self.bound_checks),
             starts_summary=self.starts_summary,
         )
+
+    def _check_clipped_costs(self, evaluation: Any) -> None:
+        """Warn when implied marginal costs sit on ``costs_bounds`` at the estimates.
+
+        A clipped cost is the bound whatever θ is, so its supply moment carries no
+        information on θ; with many clipped the supply side is switched off, and a fit can
+        reach objectives below the economically meaningful optimum (the BLP autos problem
+        from far starts: every cost on the bound, q 132 against 530.7).
+        """
+        supply = getattr(self.objective, "supply", None)
+        markups = getattr(evaluation, "markups", None)
+        if supply is None or markups is None:
+            return
+        clipped = supply.clipped(supply.prices - markups)
+        if clipped.any():
+            low, high = supply.costs_bounds
+            self._warn(
+                f"{int(clipped.sum())} of {clipped.size} implied marginal costs are clipped at "
+                f"costs_bounds=({low:g}, {high:g}) at the estimates: their supply moments do "
+                "not depend on the parameters (see results.info.convergence['clipped_costs']); "
+                "if many are, the fit may sit where the supply side is switched off (try "
+                "other starting values)"
+            )
 
     def _diagnose(
         self, theta: np.ndarray, evaluation: Any, hessian: np.ndarray | None = None

@@ -184,12 +184,21 @@ def _convergence(
         "threads": objective.threads,
         "backend": objective.backend.name,
         "fp_failures": objective.failures,
+        "clipped_costs": _clipped_costs(objective, final),
         "warnings": estimate.warnings,
         "starts": estimate.starts,
         "starts_summary": estimate.starts_summary,
         "bound_checks": estimate.bound_checks,
         "trace": estimate.trace,
     }
+
+
+def _clipped_costs(objective: NonlinearObjective, final: Any) -> int | None:
+    """How many implied costs sit on ``costs_bounds`` at the estimates (None: no supply)."""
+    supply = objective.supply
+    if supply is None or final.markups is None:
+        return None
+    return int(supply.clipped(supply.prices - final.markups).sum())
 
 
 def _micro_table(objective: NonlinearObjective, final: Any) -> pd.DataFrame | None:
