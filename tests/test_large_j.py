@@ -255,9 +255,9 @@ def test_compression_refused_where_the_agents_span_many_directions(monkeypatch):
 
 
 def test_newton_updates_low_rank_inverse_as_the_dense_broyden_update(monkeypatch):
-    # The same stale inverse, once as Woodbury factors (Broyden's update in product form) and
-    # once as the dense [T, J, J] matrix they stand for (the dense in-place update): the
-    # updates agree in exact arithmetic, so the steps, the counts and δ must agree; and both
+    # The same stale inverse, once as Woodbury factors and once as the dense [T, J, J] matrix
+    # they stand for (both updated in product form; tests/test_kernel.py checks the updates
+    # against the written-out dense loop): the steps, the counts and δ must agree; and both
     # need fewer share evaluations than the fixed inverse (updates switched off).
     from blpmodels.kernel import delta as delta_module
 

@@ -292,22 +292,24 @@ def solve_delta_newton(
     *,
     tol: float = 1e-14,
     max_iterations: int = 30,
-    slowdown: float = 0.2,
+    slowdown: float = 0.5,
 ) -> tuple[FixedPointResult, np.ndarray]:
     """Newton-type iterations for log s(δ) = log s_obs with a fixed (stale) Jacobian.
 
     Each step is δ ← δ − K (log s(δ) − log s_obs), with K the inverse of ∂log s/∂δ at a
     reference point (:func:`inverse_delta_jacobian`; e.g. the solution at the last parameter
-    vector). A dense K is refined after every step by Broyden's update (a copy: the caller's K
-    is left as it was), which turns the linear convergence of a fixed K into superlinear: on
-    the exercise-2 fit the share evaluations per market and solve fell from 15–17 to about 7
-    in the early evaluations, where θ moves most. Woodbury factors
-    (:class:`~blpmodels.kernel.woodbury.LowRankInverse`) get the same updates in product form
-    (:class:`_BroydenProduct`, the factors themselves unchanged): on the large-J benchmark
-    (J = 500) the first solve after the start converged in 38 of 50 markets instead of none,
-    and the next two took 6 and 5 share evaluations per market instead of 9 and 5.9. Either
-    way a handful of share evaluations (two batched matrix–vector products each) replace the
-    dozens a contraction needs.
+    vector). K is refined after every step by Broyden's update, which turns the linear
+    convergence of a fixed K into superlinear: on the exercise-2 fit the share evaluations per
+    market and solve fell from 15–17 to about 7 in the early evaluations, where θ moves most;
+    on the large-J benchmark (J = 500, Woodbury factors) the first solve after the start
+    converged in 38 of 50 markets instead of none, and the next two took 6 and 5 share
+    evaluations per market instead of 9 and 5.9. The updates are kept in product form
+    (:class:`_BroydenProduct`): the caller's K, dense ``[T, J, J]`` or
+    :class:`~blpmodels.kernel.woodbury.LowRankInverse` factors, is neither copied nor
+    changed, and a step costs one application of it and a few J-vector products. (Updating
+    a dense K in place cost a ``[T, J, J]`` copy and three passes over it per step: 1.6 ms a
+    step, 4.3 of the 41.5 ms of an objective evaluation of the BLP autos with supply, J up to
+    150.) Either way a handful of share evaluations replace the dozens a contraction needs.
 
     A market has converged only when the residual at the returned δ is below ``tol``
     (:func:`residual_norm`), never because the steps became small: a stale K far from the
@@ -331,8 +333,12 @@ def solve_delta_newton(
         Steps before giving a market back.
     slowdown : float
         A market whose residual norm shrinks by less than this factor is given back. A share
-        evaluation costs about a sixth of a fresh Jacobian, so a few more linear steps beat a
-        refresh; 0.2 was about 10 % faster than 0.05 on the exercise-2 and Nevo fits.
+        evaluation costs a fraction of a fresh Jacobian (a sixth on exercise 2, J = 24 and
+        I = 1,000; a fiftieth on the BLP autos, J up to 150 and I = 200), so a few more
+        Broyden steps beat a refresh: 0.2 was about 10 % faster than 0.05 on the exercise-2
+        and Nevo fits, and 0.5 cut the δ solves' CPU time on the autos fit with supply by a
+        quarter against 0.2 (fewer fresh Jacobians, 9 % fewer share evaluations), on
+        exercise 2 and Nevo by a few percent (the same counts within 0.3 %).
 
     Returns
     -------
@@ -356,7 +362,6 @@ def solve_delta_newton(
     """
     n_markets = log_shares.shape[0]
     mask = evaluator.product_mask
-    initial_inverse = inverse_log_jacobian
     delta = np.where(mask, initial_delta, 0.0)
     converged = np.zeros(n_markets, dtype=bool)
     fallback = np.zeros(n_markets, dtype=bool)
@@ -368,13 +373,9 @@ def solve_delta_newton(
     tolerance = market_tolerance(log_shares, mask, tol)
     working = np.arange(n_markets)
     current = evaluator
-    # Broyden's updates of a dense K need its last step and residual per market; K itself is
-    # copied on the first update (the caller keeps its K for the next evaluation). Woodbury
-    # factors are updated in product form instead (:class:`_BroydenProduct`).
-    broyden = not isinstance(inverse_log_jacobian, LowRankInverse)
-    product = None if broyden else _BroydenProduct(inverse_log_jacobian, delta.shape)
+    # Broyden's updates of K, in product form: the caller keeps its K for the next evaluation.
+    product = _BroydenProduct(inverse_log_jacobian, delta.shape)
     last_step = np.zeros_like(delta)
-    last_residual = np.zeros_like(delta)
     stepped = np.zeros(n_markets, dtype=bool)
     for _ in range(max_iterations + 1):
         live = active[working]
@@ -408,42 +409,31 @@ def solve_delta_newton(
         active[working[done | slow | out_of_steps]] = False
         if step_on.any():
             moving = working[step_on]
-            updated = moving[stepped[moving]]
-            if broyden and updated.size:
-                if inverse_log_jacobian is initial_inverse:
-                    inverse_log_jacobian = inverse_log_jacobian.copy()
-                _broyden_update(
-                    inverse_log_jacobian,
-                    updated,
-                    last_step[updated],
-                    residual[step_on][stepped[moving]] - last_residual[updated],
-                )
             last_delta[moving] = delta[moving]
             last_norm[moving] = merit[step_on]
-            if product is not None:
-                step = product.step(residual[step_on], moving, stepped[moving], last_step)
-            else:
-                step = apply_inverse(inverse_log_jacobian, residual[step_on], moving)
+            step = product.step(residual[step_on], moving, stepped[moving], last_step)
             delta[moving] -= step
             last_step[moving] = -step
-            last_residual[moving] = residual[step_on]
             stepped[moving] = True
     fallback |= ~converged
     return FixedPointResult(delta, converged, iterations, iterations.copy()), fallback
 
 
 class _BroydenProduct:
-    """Broyden's ("good") updates of Woodbury factors K₀, kept as a product of rank-one factors.
+    """Broyden's ("good") updates of an inverse Jacobian K₀, kept as a product of rank-one factors.
 
-    The update K ← K + (s − K y) sᵀK / (sᵀK y) of :func:`_broyden_update` is K ← (1 + w sᵀ) K
-    with w = (s − K y)/(sᵀK y), so after n updates K = (1 + w_n s_nᵀ)⋯(1 + w_1 s_1ᵀ) K₀: one
-    application of K₀ and n rank-one corrections (2n J-vectors per market) apply it, and the
-    ``[J, I]`` factors are never copied or changed. K y needs no second application: with the
-    last step s = −K r_old, K y = K r_new − K r_old = K r_new + s, and K r_new is the product
-    the next step applies anyway. The updates are the dense path's in exact arithmetic.
+    With s the last step in δ and y the change of the residual it caused, Broyden's update
+    K ← K + (s − K y) sᵀK / (sᵀK y) is the smallest change (in the sense of Broyden's method)
+    that maps y to s. It is K ← (1 + w sᵀ) K with w = (s − K y)/(sᵀK y), so after n updates
+    K = (1 + w_n s_nᵀ)⋯(1 + w_1 s_1ᵀ) K₀: one application of K₀ (dense ``[T, J, J]`` or
+    Woodbury factors) and n rank-one corrections (2n J-vectors per market) apply it, and K₀ is
+    never copied or changed. K y needs no second application: with the last step
+    s = −K r_old, K y = K r_new − K r_old = K r_new + s, and K r_new is the product the next
+    step applies anyway. A market whose denominator sᵀK y is not safely away from zero keeps
+    its K.
     """
 
-    def __init__(self, inverse: LowRankInverse, shape: tuple[int, int]) -> None:
+    def __init__(self, inverse: np.ndarray | LowRankInverse, shape: tuple[int, int]) -> None:
         self.inverse = inverse
         self.shape = shape
         #: One ``(w, s)`` pair of ``[T, J]`` arrays per round of updates, zero (the identity
@@ -459,7 +449,7 @@ class _BroydenProduct:
     ) -> np.ndarray:
         """``[n, J]`` K r for the ``markets`` (sorted positions) after updating K with the last
         steps of those flagged in ``update`` (``last_step`` ``[T, J]``: δ_new − δ_old)."""
-        mapped = apply_inverse(self.inverse, residual, markets)
+        mapped = _apply(self.inverse, residual, markets)
         for factor, direction in self.factors:
             mapped += factor[markets] * (direction[markets] * mapped).sum(axis=1)[:, None]
         if not update.any():
@@ -484,27 +474,20 @@ class _BroydenProduct:
         return mapped
 
 
-def _broyden_update(
-    inverse: np.ndarray, markets: np.ndarray, step: np.ndarray, change: np.ndarray
-) -> None:
-    """Broyden's ("good") update of the inverse Jacobians K of some markets, in place.
-
-    With s the last step in δ and y the change of the residual it caused, K becomes
-    K + (s − K y) sᵀK / (sᵀK y), the smallest change (in the sense of Broyden's method) that
-    maps y to s. A stale K then converges superlinearly instead of linearly. Markets whose
-    denominator is not safely away from zero keep their K.
-    """
-    block = inverse[markets]
-    mapped = np.matmul(block, change[:, :, None])[:, :, 0]  # K y
-    row = np.matmul(step[:, None, :], block)[:, 0, :]  # sᵀK
-    denominator = (row * change).sum(axis=1)
-    size = np.sqrt((step * step).sum(axis=1) * (mapped * mapped).sum(axis=1))
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        usable = np.isfinite(denominator) & (np.abs(denominator) > 1e-8 * size)
-        correction = (step - mapped) / np.where(usable, denominator, 1.0)[:, None]
-        block += correction[:, :, None] * row[:, None, :]
-    usable &= np.isfinite(block).all(axis=(1, 2))
-    inverse[markets[usable]] = block[usable]
+def _apply(
+    inverse: np.ndarray | LowRankInverse, vectors: np.ndarray, markets: np.ndarray
+) -> np.ndarray:
+    """``[n, J]`` K r for the ``markets`` (sorted positions among the T): :func:`apply_inverse`,
+    except that a dense K is applied to all T markets (zero vectors elsewhere) when at least
+    half of them are asked for. Indexing a dense K copies its ``[n, J, J]`` blocks, which
+    costs more than the product itself: 140 µs against 73 µs for 15 of the 20 autos markets
+    (J = 150)."""
+    if not isinstance(inverse, np.ndarray) or not 2 * len(markets) >= len(inverse) > len(markets):
+        return apply_inverse(inverse, vectors, markets)
+    count = len(inverse)
+    full = np.zeros((count, vectors.shape[1]))
+    full[markets] = vectors
+    return np.matmul(inverse, full[:, :, None])[markets, :, 0]
 
 
 def inverse_log_share_jacobian(
