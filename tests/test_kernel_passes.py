@@ -4,9 +4,10 @@ One late exercise-2 evaluation spent a third of its time above the arithmetic bo
 ∂s/∂θ and the probabilities (issue 20). These tests pin what was removed: the characteristic
 means x̄ = Σ_j P_j X_j summed in the probabilities pass (no second pass over the ``[T, J, I]``
 factor), ∂s/∂θ written into reusable work arrays (no fresh ``[T, L, I]`` arrays, counted with
-tracemalloc, which sees numpy's array data), and log(1 + e^v) without ``np.logaddexp``'s scalar
-loop. The oracles are the per-agent reference probabilities of ``test_kernel`` (``math.fsum``,
-no kernel code) and numpy's own ``logaddexp``.
+tracemalloc, which sees numpy's array data), log(1 + e^v) without ``np.logaddexp``'s scalar
+loop, ∂s/∂θ and ∂s/∂δ from one product per group of markets, and share evaluations a group
+of markets at a time. The oracles are the per-agent reference probabilities of ``test_kernel``
+(``math.fsum``, no kernel code), numpy's own ``logaddexp`` and ∂s/∂δ summed agent by agent.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from test_kernel import make_problem, reference_probabilities
+from test_kernel import make_problem, reference_probabilities, reference_shares
 
-from blpmodels.kernel.jacobians import theta_jacobian
+from blpmodels.kernel import jacobians, shares
+from blpmodels.kernel.jacobians import share_jacobian, theta_and_delta_jacobians, theta_jacobian
 from blpmodels.kernel.shares import Nesting, ShareEvaluator, _log_one_plus_exp
 
 
@@ -142,3 +144,82 @@ def test_theta_jacobian_allocates_no_agent_arrays():
     finally:
         tracemalloc.stop()
     assert peak < agent_array / 4, (peak, agent_array)
+
+
+def dense_delta_jacobian(problem, reference) -> np.ndarray:
+    """∂s_j/∂δ_k = Σ_i w_i P_ji (1{j = k} − P_ki), agent by agent."""
+    n_markets, width, n_agents = reference.shape
+    out = np.zeros((n_markets, width, width))
+    for t in range(n_markets):
+        for i in range(n_agents):
+            column = reference[t, :, i]
+            out[t] += problem.weights[t, i] * (np.diag(column) - np.outer(column, column))
+    return out
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("by_rows", [False, True])
+def test_theta_and_delta_jacobians_in_one_product(monkeypatch, fused, by_rows):
+    """∂s/∂θ and ∂s/∂δ from one product per group of markets (two markets a group here, the
+    last one short), with work arrays full of NaN, against the dense formulas; x̄ from the
+    probabilities or summed in the loop (by one product or one per characteristic)."""
+    problem, _, coefficients, nesting, evaluator, reference = unnested_problem()
+    per_market = reference.shape[1] * reference.shape[2]
+    monkeypatch.setattr(jacobians, "NESTED_BLOCK_ENTRIES", 2 * per_market)
+    monkeypatch.setattr(jacobians, "MEANS_BY_ROWS_ENTRIES", 1 if by_rows else 10**9)
+    factors, positions = problem.parameters.agent_factors(
+        coefficients, problem.nodes, problem.demographics
+    )
+    extra = {"characteristics": problem.x2} if fused else {}
+    probabilities = evaluator.probabilities(problem.delta, factored=True, **extra)
+    asked = {}
+
+    def buffers(name, shape):
+        asked[name] = np.full(shape, np.nan)
+        return asked[name]
+
+    pieces, by_delta = theta_and_delta_jacobians(
+        probabilities, problem.weights, nesting, problem.mask, problem.x2, factors, buffers
+    )
+    analytic = np.zeros((*problem.mask.shape, problem.parameters.size))
+    for piece, places in zip(pieces, positions, strict=True):
+        analytic[:, :, places] = piece
+    expected = dense_theta_jacobian(problem, reference, factors, positions)
+    np.testing.assert_allclose(analytic, expected, rtol=1e-11, atol=1e-14)
+    np.testing.assert_allclose(
+        by_delta, dense_delta_jacobian(problem, reference), rtol=1e-11, atol=1e-15
+    )
+    assert ("theta_means" in asked) != fused
+    # The results are the caller's (∂s/∂δ is overwritten): no views of work arrays.
+    for result in [by_delta, *pieces]:
+        assert not any(np.shares_memory(result, array) for array in asked.values())
+
+
+def test_theta_and_delta_jacobians_of_a_nested_model():
+    """Nested probabilities are not factored: the two functions one after the other."""
+    problem = make_problem("several", seed=32)
+    theta = problem.parameters.theta0 * 0.8
+    coefficients = problem.coefficients(theta)
+    nesting = problem.nesting()
+    evaluator = ShareEvaluator.from_coefficients(
+        problem.x2, coefficients, problem.weights, problem.mask, nesting
+    )
+    probabilities = evaluator.probabilities(problem.delta, factored=True)
+    factors, _ = problem.parameters.agent_factors(coefficients, problem.nodes, problem.demographics)
+    arguments = (probabilities, problem.weights, nesting, problem.mask, problem.x2, factors)
+    pieces, by_delta = theta_and_delta_jacobians(*arguments)
+    for piece, separate in zip(pieces, theta_jacobian(*arguments), strict=True):
+        np.testing.assert_array_equal(piece, separate)
+    np.testing.assert_array_equal(by_delta, share_jacobian(*arguments[:4]))
+
+
+def test_unnested_shares_by_groups_of_markets(monkeypatch):
+    """Share evaluations a few markets at a time (two a group, the last one short) against the
+    reference shares, and the probabilities at the same δ from the sums they keep."""
+    problem, _, _, _, evaluator, reference = unnested_problem()
+    monkeypatch.setattr(shares, "SHARE_BLOCK_ENTRIES", 2 * reference.shape[1] * reference.shape[2])
+    expected = reference_shares(reference, problem.weights)
+    np.testing.assert_allclose(evaluator.shares(problem.delta), expected, rtol=1e-13, atol=0.0)
+    kept = evaluator.probabilities(problem.delta, factored=True)
+    np.testing.assert_allclose(kept.unconditional, reference, rtol=1e-13, atol=1e-300)
+    np.testing.assert_allclose(kept.shares, expected, rtol=1e-13, atol=0.0)

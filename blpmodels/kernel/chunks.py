@@ -22,9 +22,14 @@ import numpy as np
 
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.exceptions import BLPInputError
-from blpmodels.kernel import symmetric_jacobians, woodbury
+from blpmodels.kernel import jacobians, symmetric_jacobians, woodbury
 from blpmodels.kernel.delta import FixedPointResult, solve_delta, solve_delta_hybrid
-from blpmodels.kernel.jacobians import rho_jacobian, share_jacobian, theta_jacobian
+from blpmodels.kernel.jacobians import (
+    rho_jacobian,
+    share_jacobian,
+    theta_and_delta_jacobians,
+    theta_jacobian,
+)
 from blpmodels.kernel.markups import directional_markup_derivative, markup_jacobian, markups
 from blpmodels.kernel.nests import TwoLevelNesting
 from blpmodels.kernel.shares import Nesting, Probabilities, ShareEvaluator
@@ -256,8 +261,12 @@ class MarketChunk:
         self, evaluator: ShareEvaluator, delta: np.ndarray, step: ChunkStep, workspace: Workspace
     ) -> Probabilities:
         """Factored probabilities at the solved δ; with ∂δ/∂θ to come, also x̄ = Σ_j P_j X2_j
-        (summed in the pass that forms the nest sums, into a work array of the thread)."""
-        if not (step.gradient and self.parameters.random_positions().size):
+        (summed in the pass that forms the nest sums, into a work array of the thread), unless
+        ∂s/∂θ and ∂s/∂δ are formed together, which sum x̄ themselves (see
+        :meth:`_joint_jacobians`)."""
+        if not (step.gradient and self.parameters.random_positions().size) or (
+            self._joint_jacobians(evaluator.nesting)
+        ):
             return evaluator.probabilities(delta, factored=True)
         shape = (self.mask.shape[0], 1 + self.characteristics.shape[2], self.weights.shape[1])
         return evaluator.probabilities(
@@ -395,19 +404,18 @@ class MarketChunk:
         mask = self.mask
         by_theta = np.zeros((*mask.shape, self.n_theta))
         random_positions = self.parameters.random_positions()
+        few_agents = self.weights.shape[1] <= woodbury.WOODBURY_CROSSOVER * mask.shape[1]
+        joint = self._joint_jacobians(nesting)
+        by_delta = None
         if random_positions.size:
             factors, positions = self.parameters.agent_factors(
                 coefficients, self.nodes, self.demographics
             )
-            pieces = theta_jacobian(
-                probabilities,
-                self.weights,
-                nesting,
-                mask,
-                self.characteristics,
-                factors,
-                buffers=workspace.get,
-            )
+            arguments = (probabilities, self.weights, nesting, mask, self.characteristics, factors)
+            if joint:
+                pieces, by_delta = theta_and_delta_jacobians(*arguments, buffers=workspace.get)
+            else:
+                pieces = theta_jacobian(*arguments, buffers=workspace.get)
             for piece, columns in zip(pieces, positions, strict=True):
                 by_theta[:, :, columns] = piece
         rho_positions = self.parameters.rho_positions()
@@ -426,7 +434,6 @@ class MarketChunk:
                 by_rho = by_rho.sum(axis=2, keepdims=True)
             free = [row for kind, row, _ in self.parameters.kinds if kind == "rho"]
             by_theta[:, :, rho_positions] = by_rho[:, :, free]
-        few_agents = self.weights.shape[1] <= woodbury.WOODBURY_CROSSOVER * mask.shape[1]
         if few_agents and not nesting.nested:
             # Few agents, many products: ∂s/∂δ is diagonal minus rank I (Woodbury, O(J·I²)).
             low_rank = woodbury.woodbury_delta_jacobian(probabilities, self.weights, mask, by_theta)
@@ -438,17 +445,40 @@ class MarketChunk:
             # Wide markets: ∂s/∂δ by symmetric rank updates and Cholesky, market by market.
             inverse = symmetric_jacobians.delta_jacobian_inverse(probabilities, self.weights, mask)
         if inverse is None:
-            inverse = self._dense_delta_inverse(nesting, probabilities, workspace)
+            inverse = self._dense_delta_inverse(nesting, probabilities, workspace, by_delta)
         result.jacobian[...] = -np.matmul(inverse, by_theta)
         # The Newton solver of the next evaluation wants (∂log s/∂δ)⁻¹ = (∂s/∂δ)⁻¹ diag(s).
         inverse *= np.where(mask, probabilities.shares, 1.0)[:, None, :]
         return inverse
 
+    def _joint_jacobians(self, nesting: Nesting | TwoLevelNesting) -> bool:
+        """Whether :meth:`_delta_jacobian` forms ∂s/∂θ and ∂s/∂δ in one product
+        (:func:`~blpmodels.kernel.jacobians.theta_and_delta_jacobians`): an unnested model
+        whose ∂s/∂δ is inverted densely (neither Woodbury's low-rank form nor the symmetric
+        loop of wide markets), in markets large enough for the passes over P to matter
+        (:data:`~blpmodels.kernel.jacobians.JOINT_ENTRIES`)."""
+        if isinstance(nesting, TwoLevelNesting) or nesting.nested:
+            return False
+        n_products, n_agents = self.mask.shape[1], self.weights.shape[1]
+        few_agents = n_agents <= woodbury.WOODBURY_CROSSOVER * n_products
+        wide = n_products >= symmetric_jacobians.INVERSE_LOOP_WIDTH
+        large = n_products * n_agents >= jacobians.JOINT_ENTRIES
+        return large and not (few_agents or wide)
+
     def _dense_delta_inverse(
-        self, nesting: Nesting, probabilities: Any, workspace: Workspace
+        self,
+        nesting: Nesting,
+        probabilities: Any,
+        workspace: Workspace,
+        by_delta: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``[T, J, J]`` (∂s/∂δ)⁻¹ of all markets at once (identity in padding), by LU."""
+        """``[T, J, J]`` (∂s/∂δ)⁻¹ of all markets at once (identity in padding), by LU; of
+        ``by_delta`` (∂s/∂δ, overwritten) if given."""
         mask = self.mask
+        if by_delta is not None:
+            index = np.arange(mask.shape[1])
+            by_delta[:, index, index] += ~mask
+            return np.linalg.inv(by_delta)
         by_delta = share_jacobian(
             probabilities,
             self.weights,
