@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from blpmodels.kernel.markups import firm_indicator, firm_sums_pay, markup_jacobian, markups
-from blpmodels.kernel.symmetric_jacobians import CholeskyMarkupSystem
+from blpmodels.kernel.symmetric_jacobians import MARKUP_BLOCK_SIZE, CholeskyMarkupSystem
 
 
 def _arguments(firm_codes: np.ndarray, mask: np.ndarray, seed: int) -> tuple:
@@ -145,16 +145,18 @@ def test_markup_jacobian_equals_central_differences_of_the_markups() -> None:
     np.testing.assert_allclose(exact, numeric, rtol=0, atol=1e-7 * np.abs(numeric).max())
 
 
-@pytest.mark.parametrize("column_of", [[0, 2, 1, 2, -1], [-1, -1, -1, -1, -1]])
-def test_symmetric_path_equals_the_batched_path(column_of: list[int]) -> None:
+@pytest.mark.parametrize("block_size", [MARKUP_BLOCK_SIZE, 2])
+@pytest.mark.parametrize("column_of", [[0, 2, 1, 2, -1], [0, 1, 2, -1, -1], [-1, -1, -1, -1, -1]])
+def test_symmetric_path_equals_the_batched_path(column_of: list[int], block_size: int) -> None:
     """When every product of a market has the agents' price slopes d_i, B = Ω ⊙ ∂s/∂p is
-    symmetric and factored by market (:class:`CholeskyMarkupSystem` with its ``slopes``);
-    :func:`markup_jacobian` then sorts each market's products by firm and needs no firm sums of
-    η∘dδ. It must equal the batched path given the dense B: firms listed out of order, a market
-    with padding between real products (index ``products``) and one with trailing padding
-    (a slice), two parameters on one column (its u_c sums serve both), a price column (v ≠ 0)
-    and a parameter on no column that only shifts the price derivatives; and parameters on no
-    column at all (moved X1 coefficients only)."""
+    symmetric and block diagonal on the products sorted by firm, factored in blocks of whole
+    firms (:class:`CholeskyMarkupSystem` with its ``slopes``; blocks of about 2 products make
+    several per market); :func:`markup_jacobian` then needs no firm sums of η∘dδ. It must
+    equal the batched path given the dense B: firms listed out of order, a market with padding
+    between real products and one with trailing padding, two parameters on one column (its
+    u_c sums serve both), a price column (v ≠ 0) and a parameter on no column that only
+    shifts the price derivatives; one parameter per column; and parameters on no column at
+    all (moved X1 coefficients only)."""
     rng = np.random.default_rng(11)
     T, J, N, L = 3, 7, 30, 5
     mask = np.ones((T, J), bool)
@@ -172,12 +174,8 @@ def test_symmetric_path_equals_the_batched_path(column_of: list[int]) -> None:
     jacobian -= np.matmul(P * c[:, None, :], np.swapaxes(P, 1, 2))
     shares = np.where(mask, rng.uniform(0.01, 0.05, size=(T, J)), 0.0)
     eta, system = markups(jacobian, shares, ownership, mask)
-    products = (slice(0, J), np.flatnonzero(mask[1]), slice(0, 5))
-    factors = []
-    for market, places in enumerate(products):
-        block = -system[market][np.ix_(np.arange(J)[places], np.arange(J)[places])]
-        factors.append(np.asfortranarray(np.linalg.cholesky(block)))
-    factored = CholeskyMarkupSystem(tuple(factors), products, (T, J), slopes)
+    firms = firm_indicator(ownership, mask)
+    factored = CholeskyMarkupSystem.from_dense(-system, firms, mask, slopes, block_size)
     derivative = np.where(mask[:, :, None], slopes[:, None, :], 0.0)
     utility_columns = np.where(mask[:, :, None], rng.normal(size=(T, J, 3)), 0.0)
     derivative_columns = np.zeros((T, J, 3))
@@ -190,7 +188,6 @@ def test_symmetric_path_equals_the_batched_path(column_of: list[int]) -> None:
         np.where(mask[:, :, None], np.array([0, 0, 0, 0, 1.0]), 0.0),
         np.array(column_of),
     ]
-    firms = firm_indicator(ownership, mask)
     batched = markup_jacobian(
         P, weights, derivative, eta, ownership, system, *arguments, firms=firms
     )

@@ -152,6 +152,9 @@ class MarketChunk:
     accepted: ChunkState = field(init=False)
     pending: tuple[int, ChunkState] | None = field(init=False, default=None)
     epoch: int = field(init=False, default=0)
+    #: ``(firms, order)``: each market's products sorted by firm for the symmetric markups,
+    #: kept for the ``supply["firms"]`` it was taken from (the firms never change in a fit).
+    _firm_order: tuple[np.ndarray, list[Any]] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.accepted = ChunkState(self.logit_delta.copy())
@@ -541,9 +544,10 @@ class MarketChunk:
         """Markups η and (with the gradient) ∂η/∂θ into ``result``."""
         supply = self.supply
         ownership = supply["ownership"]
-        derivative = self.price_derivative(theta, coefficients)
-        factored = self._symmetric_markups(derivative, nesting, probabilities)
+        derivative = None  # the [T, J, I] D, formed only off the symmetric path
+        factored = self._symmetric_markups(theta, coefficients, nesting, probabilities)
         if factored is None:
+            derivative = self.price_derivative(theta, coefficients)
             price_jacobian = share_jacobian(
                 probabilities, self.weights, nesting, self.mask, derivative
             )
@@ -554,8 +558,10 @@ class MarketChunk:
         if result.jacobian is None or not self.n_theta:
             return
         if not self.parameters.has_rho:
+            # The symmetric path forms P from the factors its system holds, market by market.
+            symmetric = factored is not None and factored[1].probability_factors is not None
             result.eta_jacobian[...] = markup_jacobian(
-                probabilities.unconditional,
+                None if symmetric else probabilities.unconditional,
                 self.weights,
                 derivative,
                 eta,
@@ -574,22 +580,31 @@ class MarketChunk:
             )
 
     def _symmetric_markups(
-        self, derivative: np.ndarray, nesting: Nesting, probabilities: Any
+        self, theta: np.ndarray, coefficients: np.ndarray, nesting: Nesting, probabilities: Any
     ) -> tuple[np.ndarray, symmetric_jacobians.CholeskyMarkupSystem] | None:
         """Markups and B factored by Cholesky market by market, when B is symmetric negative
         definite: wide markets, no nests, 0/1 ownership by firm and a price derivative of
-        utility that varies by agent only (else None)."""
+        utility that varies by agent only (else None). The agents' slopes are read off the
+        characteristics' price derivatives, so this path never forms the ``[T, J, I]`` D."""
         if (
             self.mask.shape[1] < symmetric_jacobians.MARKUP_LOOP_WIDTH
             or nesting.nested
             or self.supply["firms"] is None
         ):
             return None
-        slopes = symmetric_jacobians.agent_price_slopes(derivative, self.mask)
+        slopes = symmetric_jacobians.agent_price_slopes(
+            self.supply["price_x1"] @ theta[self.parameters.size :],
+            self.supply["price_x2"],
+            coefficients,
+            self.mask,
+        )
         if slopes is None:
             return None
+        firms = self.supply["firms"]
+        if self._firm_order is None or self._firm_order[0] is not firms:
+            self._firm_order = (firms, symmetric_jacobians.firm_order(firms, self.mask))
         return symmetric_jacobians.cholesky_markups(
-            probabilities, self.weights, slopes, self.supply["ownership"], self.mask
+            probabilities, self.weights, slopes, firms, self.mask, order=self._firm_order[1]
         )
 
     def _markup_directions(

@@ -24,11 +24,11 @@ with supply (20 markets × 150 products × 200 agents, 6 parameters, 22 firms) �
 of CPU (one thread) with one ``[T, J, I]`` utility change per parameter, 23 ms with dense firm
 sums (idle machine), and 26–29 ms against their 35–37 ms with the sparse ones on a loaded one
 (docs/performance.md). When B is symmetric (D_ki = d_i for all products of a market, Ω by
-firm) and factored by market, the term Ω(η∘dδ_l∘P) folds into B itself and the rest runs
-market by market on products sorted by firm (``_symmetric_jacobian``): 7.2 ms against 22.4 ms
-on inputs captured from that fit (one thread, loaded machine, 2026-12-07). Nested models take
-the same total derivative by central differences along the exact direction
-(:func:`directional_markup_derivative`).
+firm) and factored by market in blocks of whole firms, the term Ω(η∘dδ_l∘P) folds into B
+itself and the rest runs market by market on products sorted by firm
+(``_symmetric_jacobian``): 7.2 ms against 22.4 ms on inputs captured from that fit (one
+thread, loaded machine, 2026-12-07). Nested models take the same total derivative by central
+differences along the exact direction (:func:`directional_markup_derivative`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
-from scipy.linalg import lapack
 
 __all__ = [
     "directional_markup_derivative",
@@ -148,9 +147,9 @@ def firm_indicator(ownership: np.ndarray, mask: np.ndarray) -> np.ndarray | None
 
 
 def markup_jacobian(
-    probabilities: np.ndarray,
+    probabilities: np.ndarray | None,
     weights: np.ndarray,
-    price_derivative: np.ndarray,
+    price_derivative: np.ndarray | None,
     eta: np.ndarray,
     ownership: np.ndarray,
     system: Any,
@@ -176,12 +175,14 @@ def markup_jacobian(
 
     Parameters
     ----------
-    probabilities : numpy.ndarray
-        ``[T, J, I]`` agent choice probabilities P (0 in padding).
+    probabilities : numpy.ndarray or None
+        ``[T, J, I]`` agent choice probabilities P (0 in padding); None on the symmetric path
+        when ``system`` holds the factored probabilities (it then forms P market by market).
     weights : numpy.ndarray
         ``[T, I]`` agent weights.
-    price_derivative : numpy.ndarray
-        ``[T, J, I]`` D_ji = ∂V_ji/∂p_j.
+    price_derivative : numpy.ndarray or None
+        ``[T, J, I]`` D_ji = ∂V_ji/∂p_j; None on the symmetric path, which reads the agents'
+        slopes d_i off ``system`` instead.
     eta : numpy.ndarray
         ``[T, J]`` markups.
     ownership : numpy.ndarray
@@ -221,10 +222,10 @@ def markup_jacobian(
     columns = np.unique(column_of[has_column])
     slopes = getattr(system, "slopes", None)
     if firms is not None and slopes is not None and not isinstance(system, np.ndarray):
-        # B symmetric and factored by market (D_ki = d_i, Ω = HH'): see _symmetric_jacobian.
+        # B symmetric and factored by firm blocks (D_ki = d_i, Ω = HH'): _symmetric_jacobian.
         return _symmetric_jacobian(
             P, weights, slopes, eta, system, delta_change, u, v, f, derivative_shift,
-            utility_columns, column_of, firms,
+            utility_columns, column_of,
         )  # fmt: skip
     if firms is not None and not firm_sums_pay(firms.shape[2], P.shape[1], n_params, columns.size):
         firms = None
@@ -272,7 +273,7 @@ def markup_jacobian(
 
 
 def _symmetric_jacobian(
-    P: np.ndarray,
+    P: np.ndarray | None,
     weights: np.ndarray,
     slopes: np.ndarray,
     eta: np.ndarray,
@@ -284,50 +285,60 @@ def _symmetric_jacobian(
     shift: np.ndarray,
     utility_columns: np.ndarray,
     column_of: np.ndarray,
-    firms: np.ndarray,
 ) -> np.ndarray:
     """``[T, J, L]`` ∂η/∂θ of :func:`markup_jacobian` when D_ki = d_i for every product of a
-    market and Ω = HH' by firm, so that B = Ω ⊙ A is symmetric and ``system`` holds its
-    Cholesky factors by market (:class:`~blpmodels.kernel.symmetric_jacobians.
-    CholeskyMarkupSystem`, whose ``slopes`` are the d_i).
+    market and Ω = HH' by firm, so that B = Ω ⊙ A is symmetric and ``system`` holds, per
+    market, the products sorted by firm and the Cholesky factors of −B's blocks of whole
+    firms (:class:`~blpmodels.kernel.symmetric_jacobians.CholeskyMarkupSystem`, whose
+    ``slopes`` are the d_i).
 
     With c_i = w_i d_i, A = diag(Pc) − P diag(c) Pᵀ, so the ownership term of the general path,
     [Ω ⊙ (P diag(c) Pᵀ)](η∘dδ_l) = (diag(Pc) − B)(η∘dδ_l), needs no firm sums: after −B⁻¹ its
     B(η∘dδ_l) part is −η∘dδ_l exactly. Every other agent sum is P Y or (P∘a) Y for a few
-    ``[I, K]`` Y (K = 3L + 2: w f, w, c, c f, c m) or Σ_i P_ki c_i f_il [Ω(η∘u_c∘P)]_ki. A
-    market's products are sorted by firm, so its firm sums Z_F = (η, η∘u_c)_Fᵀ P_F are one
-    small product per firm; (P∘a)Y takes each product's row of P times its firm's η-sum in one
-    product with Y, and the u_c terms each firm's P_F against its own (Z_F ⊙ c f)ᵀ. The market's
-    arrays stay in cache. Per market of n products that is (4L + 4K + 2(1 + C) + 2L' + 1)·n·I
-    flops (C columns, L' parameters with a column) and 2n²L for the solve: 61 MFLOP on pyblp's
-    automobile problem (2,217 products, I = 200, L = L' = C = 6), 1.4 ms at 45 GFLOP/s, and it
-    reads P once (3.5 MB). It took 7.2 ms there against the batched path's 22.4 ms, which
-    streams a dozen ``[T, J, I]`` arrays (best of 6 × 20 calls, one thread, load average 8 on
-    2 cores, 2026-12-07): what is left is ~1,500 small numpy and BLAS calls per evaluation.
+    ``[I, K]`` Y (K = 3L + 2: w f, w, c, c f, c m) or Σ_i P_ki c_i f_il [Ω(η∘u_c∘P)]_ki. With
+    a market's products sorted by firm (as ``system`` holds them), its firm sums
+    Z_F = (η, η∘u_c)_Fᵀ P_F are one small product per firm; (P∘a)Y takes each product's row of
+    P times its firm's η-sum in one product with Y, and the u_c terms each firm's P_F against
+    its own (Z_F ⊙ c f)ᵀ. The market's arrays stay in cache. Per market of n products that is
+    (4L + 4K + 2(1 + C) + 2L' + 1)·n·I flops (C columns, L' parameters with a column) and at
+    most 2n²L for the solve: 61 MFLOP on pyblp's automobile problem (2,217 products,
+    I = 200, L = L' = C = 6), 1.4 ms at 45 GFLOP/s, and it reads P once (3.5 MB). It took
+    7.2 ms there against the batched path's 22.4 ms, which streams a dozen ``[T, J, I]``
+    arrays (best of 6 × 20 calls, one thread, load average 8 on 2 cores, 2026-12-07): what is
+    left is ~1,500 small numpy and BLAS calls per evaluation. Stacking every market's firms
+    by size instead (one gather of P into firm blocks, stacked products, no loop) was no
+    faster there (7.8 against 7.9 ms, load 5): the gathers and scatters of ``[T, J, I]``
+    arrays cost what the calls saved.
     """
-    n_agents = P.shape[2]
+    n_agents = weights.shape[1]
     n_params = f.shape[2]
     params = np.flatnonzero(column_of >= 0)
     columns = np.unique(column_of[params])
     moved_rows = 1 + np.searchsorted(columns, column_of[params])  # rows of η∘u_c(l) in Z
     n_y = 3 * n_params + 2
     first_dm = 2 * n_params + 2  # the c m columns of Y
-    firm_of = np.argmax(firms, axis=2)
-    n_groups = firms.shape[2]
+    markets = system.markets
+    n_groups = max([len(entry.firm_starts) for entry in markets if entry is not None] or [1])
     sums = np.empty((n_groups, 1 + columns.size, n_agents))
     right_buffer = np.empty((n_groups, params.size, n_agents))  # (Z_F ⊙ c f)ᵀ of each firm
     y = np.empty((n_y, n_agents))  # Yᵀ
-    positions = np.arange(P.shape[1])
+    # The rows of η∘u_c(l) in Z as a slice when they are consecutive (no copy of Z).
+    consecutive = moved_rows.size and np.array_equal(
+        moved_rows, np.arange(moved_rows[0], moved_rows[0] + moved_rows.size)
+    )
+    moved_in_z = slice(int(moved_rows[0]), int(moved_rows[-1]) + 1) if consecutive else moved_rows
     out = np.zeros(delta_change.shape)
-    for market, (factor, products) in enumerate(zip(system.factors, system.products, strict=True)):
-        if factor is None:
+    for market, entry in enumerate(markets):
+        if entry is None:
             continue  # a market of padding only
-        places = positions[products]
-        places = places[np.argsort(firm_of[market, places], kind="stable")]
-        firm = firm_of[market, places]
-        starts = np.flatnonzero(np.r_[True, firm[1:] != firm[:-1]]).tolist()
-        runs = list(zip(starts, [*starts[1:], firm.size], strict=True))
-        probabilities = P[market, places]  # [n, I], firm by firm
+        places, size = entry.places, entry.places.size  # the real products, firm by firm
+        starts = list(entry.firm_starts)
+        runs = list(zip(starts, [*starts[1:], size], strict=True))
+        # [n, I], firm by firm: from the factors when P was not formed (a market's rows in
+        # cache instead of a [T, J, I] pass for P and a gather from it).
+        probabilities = (
+            P[market, places] if P is not None else system.probability_rows(market, places)
+        )
         markup, change = eta[market, places], delta_change[market, places]
         column = u[market, places]
         w, c, factors = weights[market], weights[market] * slopes[market], f[market].T  # [L, I]
@@ -349,8 +360,8 @@ def _symmetric_jacobian(
         by_a = np.matmul(np.multiply(by_a, probabilities, out=by_a), y.T)  # [n, K]
         # Σ_i P_ki c_i f_il [Ω(η∘u_c(l)∘P)]_ki: each firm's P against its own (Z_F ⊙ c f)ᵀ.
         right = right_buffer[:groups]
-        np.multiply(sums[:groups, moved_rows], factors[params] * c, out=right)
-        owned = np.empty((firm.size, params.size))
+        np.multiply(sums[:groups, moved_in_z], factors[params] * c, out=right)
+        owned = np.empty((size, params.size))
         for group, (start, stop) in enumerate(runs):
             np.matmul(probabilities[start:stop], right[group].T, out=owned[start:stop])
         gap = markup[:, None] * plain - by_a  # R Y/w: Σ_i w_i P_ki (η_k − a_ki) Y_i
@@ -361,12 +372,9 @@ def _symmetric_jacobian(
         terms -= gap[:, first_dm:]
         terms += by_a[:, first_dm:]
         terms[:, params] -= owned
-        out[market, places] = terms
-        solution, info = lapack.dpotrs(factor, out[market, products], lower=1)
-        if info != 0:  # pragma: no cover - potrs fails only on invalid arguments
-            raise np.linalg.LinAlgError(f"dpotrs failed with info={info}")
-        out[market, products] = solution  # −B⁻¹ x = (−B)⁻¹ x
-        out[market, places] -= markup[:, None] * change
+        solution = entry.minus_solve(terms)  # −B⁻¹ x = (−B)⁻¹ x, block by block
+        solution -= markup[:, None] * change
+        out[market, places] = solution
     return out
 
 
