@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from test_kernel import make_problem, reference_probabilities, reference_shares
 
-from blpmodels.kernel import jacobians, shares
+from blpmodels.kernel import jacobians
 from blpmodels.kernel.jacobians import share_jacobian, theta_and_delta_jacobians, theta_jacobian
 from blpmodels.kernel.shares import Nesting, ShareEvaluator, _log_one_plus_exp
 
@@ -213,11 +213,10 @@ def test_theta_and_delta_jacobians_of_a_nested_model():
     np.testing.assert_array_equal(by_delta, share_jacobian(*arguments[:4]))
 
 
-def test_unnested_shares_by_groups_of_markets(monkeypatch):
-    """Share evaluations a few markets at a time (two a group, the last one short) against the
-    reference shares, and the probabilities at the same δ from the sums they keep."""
+def test_unnested_shares_and_the_probabilities_from_their_sums():
+    """Unnested share evaluations against the reference shares, and the probabilities at the
+    same δ from the sums they keep."""
     problem, _, _, _, evaluator, reference = unnested_problem()
-    monkeypatch.setattr(shares, "SHARE_BLOCK_ENTRIES", 2 * reference.shape[1] * reference.shape[2])
     expected = reference_shares(reference, problem.weights)
     np.testing.assert_allclose(evaluator.shares(problem.delta), expected, rtol=1e-13, atol=0.0)
     kept = evaluator.probabilities(problem.delta, factored=True)
