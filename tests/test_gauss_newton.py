@@ -88,12 +88,9 @@ def test_bounded_least_squares_matches_lsq_linear():
     )
 
 
-def test_nonlinear_least_squares_rosenbrock():
-    """A curved valley needs damping: residuals (10(u2 − u1²), 1 − u1) from (−1.2, 1).
-
-    The full Gauss–Newton steps overshoot along the valley, so the solver must refuse some:
-    the objective at the accepted points never rises.
-    """
+def _rosenbrock():
+    """``fun(u) -> (q, ∇q)`` and the Gauss–Newton matrix of Rosenbrock's residuals
+    (10(u2 − u1²), 1 − u1), which vanish at (1, 1)."""
 
     def residuals(u):
         return np.array([10 * (u[1] - u[0] ** 2), 1 - u[0]])
@@ -105,11 +102,21 @@ def test_nonlinear_least_squares_rosenbrock():
         r = residuals(u)
         return float(r @ r), 2 * jacobian(u).T @ r
 
+    return fun, (lambda u: 2 * jacobian(u).T @ jacobian(u))
+
+
+def test_nonlinear_least_squares_rosenbrock():
+    """A curved valley needs damping: residuals (10(u2 − u1²), 1 − u1) from (−1.2, 1).
+
+    The full Gauss–Newton steps overshoot along the valley, so the solver must refuse some:
+    the objective at the accepted points never rises.
+    """
+    fun, hessian = _rosenbrock()
     start = np.array([-1.2, 1.0])
     accepted = AcceptedValues(fun, start)
     outcome = minimize_gauss_newton(
         fun,
-        lambda u: 2 * jacobian(u).T @ jacobian(u),
+        hessian,
         start,
         np.full(2, -np.inf),
         np.full(2, np.inf),
@@ -127,23 +134,13 @@ def test_zero_residual_fit_drops_the_secant_correction_after_a_fast_fall():
     there in two steps. With ``zero_residual`` a step that lowers q by a fifth or more is
     followed by a pure Gauss–Newton step, so the fit takes those steps (3 evaluations); with
     the correction learned from the long first step kept on, it takes 12."""
-
-    def residuals(u):
-        return np.array([10 * (u[1] - u[0] ** 2), 1 - u[0]])
-
-    def jacobian(u):
-        return np.array([[-20 * u[0], 10.0], [-1.0, 0.0]])
-
-    def fun(u):
-        r = residuals(u)
-        return float(r @ r), 2 * jacobian(u).T @ r
-
+    fun, hessian = _rosenbrock()
     start = np.array([2.0, -1.0])
     accepted = AcceptedValues(fun, start)
     bounds = np.full(2, -np.inf), np.full(2, np.inf)
     outcome = minimize_gauss_newton(
         fun,
-        lambda u: 2 * jacobian(u).T @ jacobian(u),
+        hessian,
         start,
         *bounds,
         callback=accepted,
