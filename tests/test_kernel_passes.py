@@ -88,29 +88,43 @@ def test_probabilities_sum_characteristics_in_the_nest_sums_pass():
     )
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_theta_jacobian_in_work_arrays(fused):
-    """∂s/∂θ from work arrays equals the dense formula, with or without the fused x̄."""
+class _NaNBuffers(dict):
+    """Work arrays full of NaN (stale contents must not leak into results), kept by name."""
+
+    def __call__(self, name, shape):
+        self[name] = np.full(shape, np.nan)
+        return self[name]
+
+
+def _theta_jacobian_inputs(fused):
+    """The unnested problem, its agent factors and the probabilities at δ (with x̄ if fused)."""
     problem, _, coefficients, nesting, evaluator, reference = unnested_problem()
     factors, positions = problem.parameters.agent_factors(
         coefficients, problem.nodes, problem.demographics
     )
     extra = {"characteristics": problem.x2} if fused else {}
     probabilities = evaluator.probabilities(problem.delta, factored=True, **extra)
-    asked = {}
+    return problem, nesting, reference, factors, positions, probabilities
 
-    def buffers(name, shape):
-        asked[name] = np.full(shape, np.nan)  # stale contents must not leak into results
-        return asked[name]
 
-    pieces = theta_jacobian(
-        probabilities, problem.weights, nesting, problem.mask, problem.x2, factors, buffers
-    )
+def _assert_theta_pieces(problem, reference, factors, positions, pieces):
+    """∂s/∂θ's pieces, placed at their parameters' positions, against the dense formula."""
     analytic = np.zeros((*problem.mask.shape, problem.parameters.size))
     for piece, places in zip(pieces, positions, strict=True):
         analytic[:, :, places] = piece
     expected = dense_theta_jacobian(problem, reference, factors, positions)
     np.testing.assert_allclose(analytic, expected, rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_theta_jacobian_in_work_arrays(fused):
+    """∂s/∂θ from work arrays equals the dense formula, with or without the fused x̄."""
+    problem, nesting, reference, factors, positions, probabilities = _theta_jacobian_inputs(fused)
+    asked = buffers = _NaNBuffers()
+    pieces = theta_jacobian(
+        probabilities, problem.weights, nesting, problem.mask, problem.x2, factors, buffers
+    )
+    _assert_theta_pieces(problem, reference, factors, positions, pieces)
     # The fused path reads x̄ from the probabilities; otherwise it is summed into a buffer.
     assert set(asked) == ({"theta_stacked"} if fused else {"theta_stacked", "theta_means"})
 
@@ -163,29 +177,15 @@ def test_theta_and_delta_jacobians_in_one_product(monkeypatch, fused, by_rows):
     """∂s/∂θ and ∂s/∂δ from one product per group of markets (two markets a group here, the
     last one short), with work arrays full of NaN, against the dense formulas; x̄ from the
     probabilities or summed in the loop (by one product or one per characteristic)."""
-    problem, _, coefficients, nesting, evaluator, reference = unnested_problem()
+    problem, nesting, reference, factors, positions, probabilities = _theta_jacobian_inputs(fused)
     per_market = reference.shape[1] * reference.shape[2]
     monkeypatch.setattr(jacobians, "NESTED_BLOCK_ENTRIES", 2 * per_market)
     monkeypatch.setattr(jacobians, "MEANS_BY_ROWS_ENTRIES", 1 if by_rows else 10**9)
-    factors, positions = problem.parameters.agent_factors(
-        coefficients, problem.nodes, problem.demographics
-    )
-    extra = {"characteristics": problem.x2} if fused else {}
-    probabilities = evaluator.probabilities(problem.delta, factored=True, **extra)
-    asked = {}
-
-    def buffers(name, shape):
-        asked[name] = np.full(shape, np.nan)
-        return asked[name]
-
+    asked = buffers = _NaNBuffers()
     pieces, by_delta = theta_and_delta_jacobians(
         probabilities, problem.weights, nesting, problem.mask, problem.x2, factors, buffers
     )
-    analytic = np.zeros((*problem.mask.shape, problem.parameters.size))
-    for piece, places in zip(pieces, positions, strict=True):
-        analytic[:, :, places] = piece
-    expected = dense_theta_jacobian(problem, reference, factors, positions)
-    np.testing.assert_allclose(analytic, expected, rtol=1e-11, atol=1e-14)
+    _assert_theta_pieces(problem, reference, factors, positions, pieces)
     np.testing.assert_allclose(
         by_delta, dense_delta_jacobian(problem, reference), rtol=1e-11, atol=1e-15
     )
