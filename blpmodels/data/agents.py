@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula
 
 from blpmodels.data.design import (
     TermBlock,
@@ -24,8 +24,9 @@ from blpmodels.data.design import (
     numeric_values,
     warn_user,
 )
+from blpmodels.data.formula import formula_terms
 from blpmodels.data.integration import Integration, build_integration, on_gauss_hermite_nodes
-from blpmodels.data.markets import MarketLayout, check_ids
+from blpmodels.data.markets import MarketLayout, factorize_ids
 from blpmodels.exceptions import BLPInputError, IntegrationWarning
 
 __all__ = ["AgentDesign"]
@@ -115,8 +116,17 @@ class AgentDesign:
         if len(agent_data) == 0:
             raise BLPInputError("agent data has no rows")
         check_unique_columns(agent_data, "agent data")
-        check_columns(agent_data, ["market_ids"], what="agent data")
-        market_ids = check_ids(agent_data["market_ids"], "market_ids", "agent data")
+        if "market_ids" not in agent_data.columns:
+            check_columns(agent_data, ["market_ids"], what="agent data")
+        # Hashed once for the checks and the layout; check_columns words the error when ids
+        # are missing, without reading the column for missing values every time.
+        factorized = factorize_ids(
+            agent_data["market_ids"],
+            "market_ids",
+            "agent data",
+            on_missing=partial(check_columns, agent_data, ["market_ids"], what="agent data"),
+        )
+        market_ids = factorized.ids
         check_columns(agent_data, ["weights"], market_ids=market_ids, what="agent data")
         node_numbers = sorted(
             int(match.group(1))
@@ -137,7 +147,7 @@ class AgentDesign:
         nodes = np.zeros((len(agent_data), len(node_columns)))
         for position, column in enumerate(node_columns):
             nodes[:, position] = _finite_column(agent_data, column, market_ids)
-        layout = MarketLayout.from_ids(market_ids, market_labels, what="agent data")
+        layout = MarketLayout.from_factorized(factorized, market_labels, what="agent data")
         if kind != "grid":
             _check_negative_weights(weights, nodes, layout, node_columns)
         totals = np.bincount(layout.codes, weights=weights, minlength=layout.n_markets)
@@ -318,7 +328,7 @@ def _check_numeric_demographics(formula: str | None, agent_data: pd.DataFrame) -
     if not formula:
         return
     try:
-        terms = list(Formula(formula))
+        terms = formula_terms(formula)
     except Exception:  # syntax errors are reported when the block is built
         return
     for term in terms:

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from formulaic import Formula, model_matrix
+from formulaic import model_matrix
 
-from blpmodels.data.formula import required_variables
+from blpmodels.data.formula import formula_terms, required_variables
 from blpmodels.exceptions import BLPInputError
 
 __all__ = [
@@ -601,7 +601,7 @@ def check_column_types(
     blpmodels.exceptions.BLPInputError: product data column 'x' holds numbers stored as text, ...
     """
     try:
-        terms = list(Formula(rhs))
+        terms = formula_terms(rhs)
     except Exception:  # syntax errors are reported when the block is built
         return
     label = "product data" if what == "data" else what

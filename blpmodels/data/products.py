@@ -32,7 +32,7 @@ from blpmodels.data.design import (
     numeric_values,
 )
 from blpmodels.data.formula import ParsedFormula, check_shares_not_read, required_variables
-from blpmodels.data.markets import MarketLayout, check_ids
+from blpmodels.data.markets import FactorizedIds, MarketLayout, check_ids, factorize_ids
 from blpmodels.data.nests import nesting_column_names, nesting_values
 from blpmodels.exceptions import BLPInputError
 
@@ -310,8 +310,9 @@ class ProductDesign:
         # Own copy: results must not change when the caller edits the frame afterwards.
         data = data.copy()
         check_columns(data, ["market_ids"])
-        markets = _ids(data, "market_ids", required=True)
-        assert markets is not None
+        # Hashed once for the checks and the layout.
+        factorized = factorize_ids(data["market_ids"], "market_ids")
+        markets = factorized.ids
         check_columns(data, [parsed.dependent], market_ids=markets)
         shares = numeric_values(data[parsed.dependent], f"product data column {parsed.dependent!r}")
         validate_shares(shares, markets, parsed.dependent)
@@ -357,6 +358,7 @@ class ProductDesign:
             context=context,
             formula=formula,
             shares_column=parsed.dependent,
+            factorized_markets=factorized,
         )
 
     @classmethod
@@ -503,6 +505,7 @@ class ProductDesign:
         formula: str | None,
         shares_column: str,
         labelled_rows: bool = True,
+        factorized_markets: FactorizedIds | None = None,
     ) -> ProductDesign:
         products = _ids(data, product_column)
         if products is not None:
@@ -514,7 +517,11 @@ class ProductDesign:
                     f"{int(duplicated.sum())} duplicated (market, product) rows, e.g. market "
                     f"{first['m']!r}, product {first['p']!r}"
                 )
-        layout = MarketLayout.from_ids(markets)
+        layout = (
+            MarketLayout.from_ids(markets)
+            if factorized_markets is None
+            else MarketLayout.from_factorized(factorized_markets)
+        )
         return cls(
             data=data,
             shares=shares,
