@@ -190,6 +190,15 @@ _TINY = np.finfo(np.float64).tiny
 _HUGE = 1e300
 
 
+def _as_slice(markets: np.ndarray) -> np.ndarray | slice:
+    """``markets`` as a slice if it lists consecutive market indices in order, else as given."""
+    if isinstance(markets, np.ndarray) and markets.ndim == 1 and markets.dtype.kind in "iu":
+        first, last = (int(markets[0]), int(markets[-1])) if markets.size else (0, -2)
+        if first >= 0 and last - first + 1 == markets.size and (np.diff(markets) == 1).all():
+            return slice(first, last + 1)
+    return markets
+
+
 def market_blocks(n_markets: int, per_market: int, entries: int) -> list[slice]:
     """Consecutive groups of markets with about ``entries`` entries (``per_market`` each)."""
     size = max(1, entries // max(per_market, 1))
@@ -433,9 +442,13 @@ class ShareEvaluator:
             else (nesting.codes[:, None, :] == np.arange(nesting.n_nests)[None, :, None])
             & product_mask[:, None, :]
         )
-        masked = members[:, :, :, None]
-        high = np.where(masked, x[:, None, :, :], -np.inf).max(axis=2)
-        low = np.where(masked, x[:, None, :, :], np.inf).min(axis=2)
+        if self.single_nest and not self.padded:  # masking cost 0.2 ms an exercise-2 evaluation
+            high = x.max(axis=1, initial=-np.inf)[:, None, :]
+            low = x.min(axis=1, initial=np.inf)[:, None, :]
+        else:
+            masked = members[:, :, :, None]
+            high = np.where(masked, x[:, None, :, :], -np.inf).max(axis=2)
+            low = np.where(masked, x[:, None, :, :], np.inf).min(axis=2)
         high = np.where(np.isfinite(high), high, 0.0)
         low = np.where(np.isfinite(low), low, 0.0)
         # right = [c' ; −m] ``[T, K2 + H, I]``, agents on the contiguous axis, written in
@@ -444,14 +457,17 @@ class ShareEvaluator:
         n_markets, n_agents, n_columns = coefficients.shape
         right = np.empty((n_markets, n_columns + high.shape[1], n_agents))
         right[:, :n_columns] = np.swapaxes(coefficients, 1, 2)
-        # [T, H, I]: Σ_k max(c_ik · high_hk, c_ik · low_hk).
-        peaks = np.zeros((n_markets, high.shape[1], n_agents))
+        # [T, H, I]: Σ_k max(c_ik · high_hk, c_ik · low_hk), the first term written in place
+        # of a zero start (an exact zero may then be −0, which no use of m can tell apart).
+        peaks = (np.empty if n_columns else np.zeros)((n_markets, high.shape[1], n_agents))
         upper, lower = np.empty_like(peaks), np.empty_like(peaks)
         for k in range(n_columns):
             column = right[:, k, None, :]
             np.multiply(column, high[:, :, k, None], out=upper)
             np.multiply(column, low[:, :, k, None], out=lower)
-            peaks += np.maximum(upper, lower, out=upper)
+            np.maximum(upper, lower, out=upper if k else peaks)
+            if k:
+                peaks += upper
         np.negative(peaks, out=right[:, n_columns:])
         if self.single_nest:
             left = np.concatenate([x, np.ones((*x.shape[:2], 1))], axis=2)
@@ -495,13 +511,16 @@ class ShareEvaluator:
         self.agent_factor = factor
         self.agent_peak = peaks
         self.nest_scale = 1.0 - self.nesting.rho
-        self.peak_term = peaks / self.nest_scale[None, :, None]
+        unit_nests = bool((self.nest_scale == 1.0).all())  # m / 1 is m: skip that pass
+        self.peak_term = peaks if unit_nests else peaks / self.nest_scale[None, :, None]
         self.exp_negative_peak = None
         if self.single_nest:
             with np.errstate(over="ignore"):
-                self.exp_negative_peak = np.exp(-peaks[:, 0, :])
-            # Markets where e^{−m_i} overflows for some agent (utilities all below −709).
-            self.peak_overflow = (self.exp_negative_peak > _HUGE).any(axis=1)
+                negative = np.negative(peaks[:, 0, :])
+                self.exp_negative_peak = np.exp(negative, out=negative)
+            # Markets where e^{−m_i} overflows for some agent (utilities all below −709);
+            # fmax skips NaN as the comparison did, in one pass instead of two.
+            self.peak_overflow = np.fmax.reduce(self.exp_negative_peak, axis=1) > _HUGE
             self.any_peak_overflow = bool(self.peak_overflow.any())
 
     @property
@@ -512,7 +531,9 @@ class ShareEvaluator:
         return self._mu
 
     def subset(self, markets: np.ndarray) -> ShareEvaluator:
-        """An evaluator for some of the markets, sharing no state with this one."""
+        """An evaluator for some of the markets, sharing no state with this one (consecutive
+        markets give views, not copies: nothing writes into an evaluator's arrays)."""
+        markets = _as_slice(markets)
         new = object.__new__(ShareEvaluator)
         new.__dict__.update(self.__dict__)
         for name in (
@@ -548,30 +569,31 @@ class ShareEvaluator:
         if self.single_nest:
             top = scaled.max(axis=1, keepdims=True)
             top = np.where(np.isfinite(top), top, 0.0)
+            shifted = np.subtract(scaled, top)
             with np.errstate(under="ignore"):
-                return np.exp(scaled - top), top
+                return np.exp(shifted, out=shifted), top
         members = self.membership > 0
         top = _masked_max(np.where(members, scaled[:, None, :], -np.inf), members, axis=2)
         top_of_product = np.take_along_axis(top, self.nesting.codes, axis=1)
         with np.errstate(under="ignore"):
             return np.where(self.product_mask, np.exp(scaled - top_of_product), 0.0), top
 
-    def _outside(self, top: np.ndarray) -> np.ndarray:
-        """``[T, I]`` e^{−c−m_i}, the outside good's term of the unnested scaled denominators.
+    def _outside(self, top: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``[T, I]`` e^{−c−m_i} (into ``out``): the outside good's term of the scaled denominators.
 
         Formed as e^{−c}·e^{−m_i} (e^{−m_i} is kept per θ), which is exact only when both are
         normal doubles. In markets with |c| above 708 (e^{−c} subnormal, 0 or inf) or an agent
         whose e^{−m_i} overflowed it is e^{−(c + m_i)} instead: an agent with utilities
         near −715 in a market whose largest δ is 720 has ordinary probabilities, which the
         product (subnormal × inf = inf) set to zero, halving the shares without a sign.
+        Callers set ``np.errstate`` (overflow, underflow, invalid ignored), as both do anyway.
         """
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            outside = np.exp(-top) * self.exp_negative_peak
-            # Checked per market only when some market needs it (rare): this runs at every
-            # share evaluation of the contraction.
-            if self.any_peak_overflow or np.abs(top).max(initial=0.0) > 708.0:
-                risky = np.flatnonzero((np.abs(top[:, 0]) > 708.0) | self.peak_overflow)
-                outside[risky] = np.exp(-(top[risky] + self.agent_peak[risky, 0, :]))
+        outside = np.multiply(np.exp(-top), self.exp_negative_peak, out=out)
+        # Checked per market only when some market needs it (rare): this runs at every
+        # share evaluation of the contraction.
+        if self.any_peak_overflow or np.abs(top).max(initial=0.0) > 708.0:
+            risky = np.flatnonzero((np.abs(top[:, 0]) > 708.0) | self.peak_overflow)
+            outside[risky] = np.exp(-(top[risky] + self.agent_peak[risky, 0, :]))
         return outside
 
     def _nest_terms(
@@ -621,14 +643,24 @@ class ShareEvaluator:
         agent (shares were off by 4% at ρ = 0.945). Above 1e-290 the terms lost are below
         1e-18 of the sum.
         """
-        bad = ~(shares > 0) | ~np.isfinite(shares) | (exp_delta < _TINY)
-        if self.padded:
-            bad &= self.product_mask
-        bad_markets = bad.any(axis=1)
-        low = None if sums is None else ~(sums >= 1e-290)
-        # One pass over the [T, H, I] sums when none is low (the rule at every nested share
-        # evaluation); which nests and agents matter is only worked out when some are.
-        if low is not None and low.any():
+        # Without padding three reductions settle the usual case, no bad product (min and max
+        # propagate NaN, which fails the comparisons and takes the full test below).
+        if (
+            not self.padded
+            and shares.min(initial=np.inf) > 0.0
+            and shares.max(initial=0.0) < np.inf
+            and exp_delta.min(initial=np.inf) >= _TINY
+        ):
+            bad_markets = np.zeros(shares.shape[0], dtype=bool)
+        else:
+            bad = ~(shares > 0) | ~np.isfinite(shares) | (exp_delta < _TINY)
+            if self.padded:
+                bad &= self.product_mask
+            bad_markets = bad.any(axis=1)
+        # One reduction over the [T, H, I] sums when none is low or NaN (the rule at every
+        # nested share evaluation); which nests and agents matter is only worked out if some are.
+        if sums is not None and not sums.min(initial=np.inf) >= 1e-290:
+            low = ~(sums >= 1e-290)
             nonempty = (
                 self.product_mask.any(axis=1)[:, None]
                 if self.membership is None
@@ -652,7 +684,7 @@ class ShareEvaluator:
                 exp_delta, top = self._exp_delta(delta)
                 shape = (delta.shape[0], self.agent_factor.shape[2])
                 sums, ratio = self._kept("sums", shape), self._kept("ratio", shape)
-                weighted = self._logit_sums(exp_delta, self._outside(top), sums, ratio)
+                weighted = self._logit_sums(exp_delta, self._outside(top, out=ratio), sums, ratio)
             else:
                 exp_delta, sums, _, _, nest_probabilities = self._nest_terms(delta)
                 with np.errstate(divide="ignore", invalid="ignore"):
@@ -690,9 +722,10 @@ class ShareEvaluator:
         (2026-12-07, idle machine, best of 3, twice).
         """
         np.matmul(exp_delta[:, None, :], self.agent_factor, out=sums[:, None, :])
-        np.add(outside, sums, out=ratio)
+        np.add(outside, sums, out=ratio)  # ``outside`` may be ``ratio`` itself (shares())
         np.divide(1.0, ratio, out=ratio)
-        return np.matmul(self.agent_factor, (ratio * self.weights)[:, :, None])[:, :, 0]
+        weighted = np.multiply(ratio, self.weights, out=self._kept("weighted", ratio.shape))
+        return np.matmul(self.agent_factor, weighted[:, :, None])[:, :, 0]
 
     def _remember(
         self,
@@ -714,13 +747,11 @@ class ShareEvaluator:
         rows = self._memo_rows
         if rows is None:
             # The full evaluator: ``sums`` and ``ratio`` are already the kept arrays.
-            memo.update(
-                delta=delta.copy(),
-                sums=sums,
-                ratio=ratio,
-                shares=shares.copy(),
-                valid=np.ones(delta.shape[0], dtype=bool),
-            )
+            memo["delta"] = delta.copy()
+            memo["sums"] = sums
+            memo["ratio"] = ratio
+            memo["shares"] = shares.copy()
+            memo["valid"] = np.ones(delta.shape[0], dtype=bool)
         elif "valid" in memo:
             memo["delta"][rows] = delta
             memo["sums"][rows] = sums
@@ -732,8 +763,8 @@ class ShareEvaluator:
         memo["valid"][fallback if rows is None else rows[fallback]] = False
 
     def _kept(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """An array for a share evaluation's sums or ratios: the full evaluator's are kept
-        (:meth:`_remember`) in work arrays that outlive it (from ``buffers``, see
+        """An array for a share evaluation's sums, ratios (kept, :meth:`_remember`) or
+        weighted ratios: the full evaluator's are work arrays that outlive it (``buffers``, see
         :meth:`from_coefficients`) or of its own, reused by each call; a subset's are fresh.
 
         Keeping each call's fresh arrays instead measured slower (about 0.5 ms an exercise-2
@@ -766,6 +797,8 @@ class ShareEvaluator:
         (:func:`log_space_log_shares`), so δ solvers always get a usable residual.
         """
         shares = self.shares(delta)
+        if not self.padded and shares.min(initial=np.inf) > 1e-300:  # False for NaN too
+            return np.log(shares)  # the usual case: no padding, no tiny share
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.where(self.product_mask, np.log(shares), 0.0)
         tiny = ~(shares > 1e-300) & self.product_mask
