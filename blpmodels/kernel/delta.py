@@ -25,6 +25,7 @@ __all__ = [
     "inverse_delta_jacobian",
     "inverse_log_share_jacobian",
     "log_outside",
+    "logit_inverse_jacobian",
     "market_tolerance",
     "residual_norm",
     "share_residual",
@@ -293,6 +294,7 @@ def solve_delta_newton(
     tol: float = 1e-14,
     max_iterations: int = 30,
     slowdown: float = 0.5,
+    backtracks: int = 0,
 ) -> tuple[FixedPointResult, np.ndarray]:
     """Newton-type iterations for log s(δ) = log s_obs with a fixed (stale) Jacobian.
 
@@ -339,6 +341,10 @@ def solve_delta_newton(
         and Nevo fits, and 0.5 cut the δ solves' CPU time on the autos fit with supply by a
         quarter against 0.2 (fewer fresh Jacobians, 9 % fewer share evaluations), on
         exercise 2 and Nevo by a few percent (the same counts within 0.3 %).
+    backtracks : int
+        Before a market is given back, its step is cut to :data:`BACKTRACK_FACTOR` of itself
+        this many times (one share evaluation each; Broyden's update then uses the step
+        taken). The first solve takes one (see :func:`_cold_inverse`).
 
     Returns
     -------
@@ -376,6 +382,11 @@ def solve_delta_newton(
     # Broyden's updates of K, in product form: the caller keeps its K for the next evaluation.
     product = _BroydenProduct(inverse_log_jacobian, delta.shape)
     last_step = np.zeros_like(delta)
+    # The full step −K r whose fraction ``fraction`` was taken (``last_step``), and the cuts
+    # left, while backtracking (the full step is last_step itself without).
+    full_step = np.zeros_like(delta) if backtracks else last_step
+    fraction = np.ones(n_markets)
+    cuts = np.zeros(n_markets, dtype=np.int64)
     stepped = np.zeros(n_markets, dtype=bool)
     for _ in range(max_iterations + 1):
         live = active[working]
@@ -401,19 +412,35 @@ def solve_delta_newton(
         # The outside share catches steps that move every δ far up or down together, which
         # the inside residual barely sees when the observed outside share is small.
         slow = live & ~done & ~(merit <= slowdown * last_norm[working])
-        out_of_steps = live & ~done & ~slow & (iterations[working] > max_iterations)
-        step_on = live & ~done & ~slow & ~out_of_steps
+        within = iterations[working] <= max_iterations
+        # (Only a step can be cut: a start whose merit is not finite is given back at once.)
+        cut = slow & stepped[working] & (cuts[working] < backtracks) & within
+        slow &= ~cut
+        out_of_steps = live & ~done & ~slow & ~cut & ~within
+        step_on = live & ~done & ~slow & ~cut & ~out_of_steps
         converged[working[done]] = True
         delta[working[slow]] = last_delta[working[slow]]
         fallback[working[slow | out_of_steps]] = True
         active[working[done | slow | out_of_steps]] = False
+        if cut.any():
+            # Back along the step: same direction, a fraction of the length.
+            shorter = working[cut]
+            cuts[shorter] += 1
+            fraction[shorter] *= BACKTRACK_FACTOR
+            last_step[shorter] = fraction[shorter, None] * full_step[shorter]
+            delta[shorter] = last_delta[shorter] + last_step[shorter]
         if step_on.any():
             moving = working[step_on]
             last_delta[moving] = delta[moving]
             last_norm[moving] = merit[step_on]
-            step = product.step(residual[step_on], moving, stepped[moving], last_step)
+            extra = (full_step,) if backtracks else ()
+            step = product.step(residual[step_on], moving, stepped[moving], last_step, *extra)
             delta[moving] -= step
             last_step[moving] = -step
+            if backtracks:
+                full_step[moving] = -step
+                fraction[moving] = 1.0
+                cuts[moving] = 0
             stepped[moving] = True
     fallback |= ~converged
     return FixedPointResult(delta, converged, iterations, iterations.copy()), fallback
@@ -427,10 +454,10 @@ class _BroydenProduct:
     that maps y to s. It is K ← (1 + w sᵀ) K with w = (s − K y)/(sᵀK y), so after n updates
     K = (1 + w_n s_nᵀ)⋯(1 + w_1 s_1ᵀ) K₀: one application of K₀ (dense ``[T, J, J]`` or
     Woodbury factors) and n rank-one corrections (2n J-vectors per market) apply it, and K₀ is
-    never copied or changed. K y needs no second application: with the last step
-    s = −K r_old, K y = K r_new − K r_old = K r_new + s, and K r_new is the product the next
-    step applies anyway. A market whose denominator sᵀK y is not safely away from zero keeps
-    its K.
+    never copied or changed. K y needs no second application: with the last full step
+    −K r_old (of which s is taken, or a fraction after a cut), K y = K r_new − K r_old, and
+    K r_new is the product the next step applies anyway. A market whose denominator sᵀK y is
+    not safely away from zero keeps its K.
     """
 
     def __init__(self, inverse: np.ndarray | LowRankInverse, shape: tuple[int, int]) -> None:
@@ -446,21 +473,26 @@ class _BroydenProduct:
         markets: np.ndarray,
         update: np.ndarray,
         last_step: np.ndarray,
+        full_step: np.ndarray | None = None,
     ) -> np.ndarray:
         """``[n, J]`` K r for the ``markets`` (sorted positions) after updating K with the last
-        steps of those flagged in ``update`` (``last_step`` ``[T, J]``: δ_new − δ_old)."""
+        steps of those flagged in ``update`` (``last_step`` ``[T, J]``: δ_new − δ_old, a part
+        of the ``full_step`` −K r_old when the step was cut back, else the same array)."""
         mapped = _apply(self.inverse, residual, markets)
         for factor, direction in self.factors:
             mapped += factor[markets] * (direction[markets] * mapped).sum(axis=1)[:, None]
         if not update.any():
             return mapped
         step = last_step[markets]
-        changed = mapped + step  # K y
+        full = step if full_step is None or full_step is last_step else full_step[markets]
+        changed = mapped + full  # K y
         denominator = (step * changed).sum(axis=1)
         size = np.sqrt((step * step).sum(axis=1) * (changed * changed).sum(axis=1))
+        # w = (s − K y)/(sᵀK y); s − K y = −K r_new, less (full − s) after a cut.
+        numerator = mapped if full is step else mapped + (full - step)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             usable = update & np.isfinite(denominator) & (np.abs(denominator) > 1e-8 * size)
-            factor = -mapped / np.where(usable, denominator, 1.0)[:, None]
+            factor = -numerator / np.where(usable, denominator, 1.0)[:, None]
             usable &= np.isfinite(factor).all(axis=1)
         if not usable.any():
             return mapped
@@ -557,61 +589,72 @@ def solve_delta_hybrid(
     """Solve for δ with Newton-type steps, safeguarded by the SQUAREM contraction.
 
     1. Newton steps with ``inverse_log_jacobian`` (e.g. from the last parameter vector);
-       without one, the contraction alone (large unnested markets: the contraction to 1e-2,
-       then Newton steps from fresh Woodbury factors, :func:`_rough_start`);
+       without one (the first solve of a fit), unnested markets start from the plain-logit
+       inverse at the observed shares (:func:`_cold_inverse`) and nested ones run the
+       contraction alone;
     2. markets where those steps stall get a fresh Jacobian at their current δ and more
-       Newton steps;
+       Newton steps (not after the plain-logit start: see below);
     3. markets that still stall finish with :func:`solve_delta`, from where Newton stopped
        and, failing that, from ``initial_delta``.
 
     Every stage judges convergence by the same residual (:func:`residual_norm`), so a market
-    reported converged solves the share equations to ``tol`` whichever stage finished it.
+    reported converged solves the share equations to ``tol`` whichever stage finished it,
+    and no market takes more than ``max_evaluations`` share evaluations in all.
 
     Returns
     -------
     FixedPointResult
         Iterations and evaluations count every share evaluation of every stage.
     """
-    if inverse_log_jacobian is None:
-        rough = _rough_start(evaluator, log_shares, initial_delta, tol, max_evaluations)
-        if rough is None:
-            # Far from the solution (no Jacobian from a nearby θ yet), the contraction is
-            # cheaper than Newton with a fresh Jacobian at every step.
+    cold = inverse_log_jacobian is None
+    if cold:
+        inverse_log_jacobian = _cold_inverse(evaluator, log_shares)
+        if inverse_log_jacobian is None:
+            # Nested markets: far from the solution (no Jacobian from a nearby θ yet), the
+            # contraction is cheaper than Newton with a fresh Jacobian at every step.
             return solve_delta(
                 evaluator, log_shares, initial_delta, tol=tol, max_evaluations=max_evaluations
             )
-        start, inverse_log_jacobian = rough
-    else:
-        start = None
     result, fallback = solve_delta_newton(
         evaluator,
         log_shares,
-        initial_delta if start is None else start.delta,
+        initial_delta,
         inverse_log_jacobian,
         tol=tol,
+        max_iterations=_steps_left(max_evaluations, None),
+        slowdown=COLD_SLOWDOWN if cold else NEWTON_SLOWDOWN,
+        backtracks=COLD_BACKTRACKS if cold else 0,
     )
-    if start is not None:
-        result = FixedPointResult(
-            result.delta,
-            result.converged,
-            result.iterations + start.iterations,
-            result.evaluations + start.evaluations,
-        )
-    if fallback.any():
+    # After the plain-logit start a fresh Jacobian is skipped: the markets given back there
+    # are far from the solution (a large σ, or a start far from the solution's θ), where its
+    # Newton steps finished 2 of the 276 markets given back at exercise 2's first solve from
+    # σ, π × 2, 3, 5 and 10 and bench_robustness.py's e2-gh from σ₀ = 5, 10 and 20, at the
+    # price of a dense ∂s/∂δ and two share evaluations per market (fits from σ, π × 5 and
+    # × 10 took 50 % more CPU time with it).
+    if fallback.any() and not cold:
         rest = np.flatnonzero(fallback)
         subset = evaluator.subset(rest)
         start = result.delta[rest]
-        fresh = inverse_delta_jacobian(subset, start) if np.isfinite(start).all() else None
+        steps = _steps_left(max_evaluations, result.evaluations[rest])
+        usable = steps > 0 and np.isfinite(start).all()
+        fresh = inverse_delta_jacobian(subset, start) if usable else None
         if fresh is not None:
-            again, still = solve_delta_newton(subset, log_shares[rest], start, fresh, tol=tol)
+            again, still = solve_delta_newton(
+                subset, log_shares[rest], start, fresh, tol=tol, max_iterations=steps
+            )
             result = result.replace_markets(rest, again)
             fallback[rest] = still
     # The contraction finishes from where Newton stopped, with half of what is left of the
     # budget; a market that still fails starts over from the initial δ with the rest. Newton
     # stops at a δ with a smaller residual, but the contraction can be far slower there (a
     # nested market needed 1,600 evaluations from the start and more than 200,000 from
-    # Newton's end), so the hybrid never does much worse than the contraction alone.
-    for half, from_start in ((True, False), (False, True)):
+    # Newton's end), so the hybrid never does much worse than the contraction alone. After
+    # the plain-logit start (unnested markets only, where the contraction converges from any
+    # δ) it finishes from Newton's best δ with all that is left: in the 276 markets above,
+    # 16,434 share evaluations against 17,114 from the start (at most one more in a problem),
+    # while half the budget was too little for an e2-gh market from σ₀ = 20 (2,801).
+    stages = ((False, False),) if cold else ((True, False), (False, True))
+    for half, from_start in stages:
         if not fallback.any():
             break
         rest = np.flatnonzero(fallback)
@@ -630,53 +673,85 @@ def solve_delta_hybrid(
     return result
 
 
-#: Contraction tolerance before the first Newton steps of large unnested markets without a
-#: Jacobian from a nearby θ (:func:`_rough_start`).
-ROUGH_TOLERANCE = 1e-2
+#: Newton steps per stage of :func:`solve_delta_hybrid` (each takes one share evaluation).
+NEWTON_STEPS = 30
+#: :func:`solve_delta_newton`'s ``slowdown`` with an inverse Jacobian from a nearby θ.
+NEWTON_SLOWDOWN = 0.5
+#: Its ``slowdown`` from the plain-logit inverse (:func:`logit_inverse_jacobian`), see
+#: :func:`_cold_inverse`.
+COLD_SLOWDOWN = 1.0
+#: What a cut keeps of a Newton step that raised the merit (``backtracks`` of
+#: :func:`solve_delta_newton`).
+BACKTRACK_FACTOR = 0.25
+#: Cuts of a step in the first solve (:func:`_cold_inverse`).
+COLD_BACKTRACKS = 1
 
 
-def _rough_start(
-    evaluator: ShareEvaluator,
-    log_shares: np.ndarray,
-    initial_delta: np.ndarray,
-    tol: float,
-    max_evaluations: int,
-) -> tuple[FixedPointResult, LowRankInverse] | None:
-    """The contraction to :data:`ROUGH_TOLERANCE` and Woodbury factors there, or None.
+def _steps_left(max_evaluations: int, used: np.ndarray | None) -> int:
+    """Newton steps a stage may take within the share-evaluation budget (one evaluation more
+    than the steps checks the last one), given the evaluations ``used`` so far per market."""
+    spent = 0 if used is None or used.size == 0 else int(used.max())
+    return max(0, min(NEWTON_STEPS, max_evaluations - 1 - spent))
 
-    Only for unnested markets on the large-market Woodbury path (I ≤
-    :data:`~blpmodels.kernel.woodbury.WOODBURY_CROSSOVER` × J and J·I² ≥
-    :data:`~blpmodels.kernel.woodbury.WOODBURY_LOOP_SIZE`), whose factors cost a few share
-    evaluations: the contraction converges slowly there (25 share evaluations per market at the
-    large-J benchmark's start, J = 500, I = 200), while 6 of them and Broyden-updated Newton
-    steps from fresh factors (4.4 more) solve the same markets to the same tolerance in about
-    70 % of the CPU time. Dense markets gain nothing: at exercise 2's first solve (J = 24,
-    I = 1,000) it cut the share evaluations per market from 17 to 11.6 (12.4 with 1e-3), but
-    the dense ∂s/∂δ and its inverse cost about as much (best CPU ms of the solve, 2026-12-07:
-    30.6 contraction alone, 32.7 with 1e-2, 28.9 with 1e-3, all within the machine's noise).
-    None (the contraction alone) elsewhere, or when the rough contraction fails or the factors
-    cannot be formed; the caller's later stages handle markets the Newton steps give back.
+
+def logit_inverse_jacobian(
+    log_shares: np.ndarray, product_mask: np.ndarray
+) -> LowRankInverse | None:
+    """The inverse of the plain logit's ∂log s/∂δ = 1 − 1sᵀ at the observed shares, or None.
+
+    By Sherman–Morrison it is 1 + 1sᵀ/s₀ (s₀ = 1 − Σ_j s_j, the outside share): the Woodbury
+    form of :class:`~blpmodels.kernel.woodbury.LowRankInverse` with one column U = s,
+    capacitance C = 1 − sᵀD⁻¹s = s₀ and D⁻¹ = diag(1/s) (zero rows and a scale of 1 in padding,
+    so K is the identity there). None when a share is not positive or the outside share is not.
+
+    Examples
+    --------
+    >>> s = np.array([[0.2, 0.3]])
+    >>> K = logit_inverse_jacobian(np.log(s), np.ones((1, 2), bool)).dense()[0]
+    >>> np.allclose(K, np.linalg.inv(np.eye(2) - s))
+    True
     """
-    mask = evaluator.product_mask
-    n_products, n_agents = mask.shape[1], evaluator.weights.shape[1]
-    if (
-        getattr(evaluator, "inverse_log_jacobian", None) is not None
-        or evaluator.nesting.nested
-        or n_agents > woodbury.WOODBURY_CROSSOVER * n_products
-        or n_products * n_agents * n_agents < woodbury.WOODBURY_LOOP_SIZE
-        or tol >= ROUGH_TOLERANCE
-    ):
+    with np.errstate(over="ignore", invalid="ignore"):
+        shares = np.where(product_mask, np.exp(log_shares), 0.0)
+        outside = 1.0 - shares.sum(axis=1)
+    if not (np.isfinite(outside).all() and (outside > 0).all()):
         return None
-    # A market that needs more than 100 share evaluations to get within 1e-2 is left to the
-    # contraction alone (from the start again): what this can waste stays bounded.
-    budget = max(1, min(100, max_evaluations // 4))
-    rough = solve_delta(
-        evaluator, log_shares, initial_delta, tol=ROUGH_TOLERANCE, max_evaluations=budget
+    if not (shares[product_mask] > 0).all():
+        return None
+    scale = np.where(product_mask, 1.0 / np.where(product_mask, shares, 1.0), 1.0)
+    return LowRankInverse(
+        shares[:, :, None],
+        np.sqrt(outside)[:, None, None],
+        scale,
+        (1.0 / outside)[:, None, None],
     )
-    if not (rough.converged.all() and np.isfinite(rough.delta).all()):
+
+
+def _cold_inverse(evaluator: ShareEvaluator, log_shares: np.ndarray) -> LowRankInverse | None:
+    """K₀ for the first solve of unnested markets (no inverse from a nearby θ yet), or None.
+
+    Broyden-updated Newton steps (:func:`solve_delta_newton`) from the plain-logit inverse at
+    the observed shares (:func:`logit_inverse_jacobian`, free to form and to apply) solve
+    these markets in fewer share evaluations than the contraction, provided a market is given
+    back only when its merit does not decrease (:data:`COLD_SLOWDOWN`; Broyden's first steps
+    from this K₀ often shrink the residual by less than half) and a step that raises it is
+    first cut to a quarter once (:data:`COLD_BACKTRACKS`). Measured 2026-12-07 (one thread,
+    best CPU ms): exercise 2's first solve (J = 24, I = 1,000, from the logit δ) took 9.8
+    share evaluations per market and 15 ms against the contraction's 16.9 and 24, all 94
+    markets converged in the Newton steps, δ within 4e-14 of the contraction's; with K₀ = 1
+    10.5 evaluations, with the exact inverse at the logit δ most markets were given back.
+    Large-J markets (bench_large_j.py, T = 50, I = 200, σ = 1) took 10.2 per market against
+    the contraction's 24.9 (J = 500) and 20.8 (J = 250), and 25 and 11 ms against 49 and 26
+    for the former start there (the contraction to 1e-2, then Newton from fresh Woodbury
+    factors), which this replaces. Far from the solution the steps are given back after two
+    or three evaluations: whole exercise-2 fits from σ, π × 0.1, 1, 2, 3, 5 and 10 took
+    11, 14, 11 and 3 % fewer share evaluations and 5 % more at × 5 and × 10 (without the cut,
+    4 % more at × 2 and × 3). Nested markets (the logit's ∂log s/∂δ ignores the nests)
+    and evaluators that invert their own Jacobian keep the contraction.
+    """
+    if getattr(evaluator, "inverse_log_jacobian", None) is not None or evaluator.nesting.nested:
         return None
-    inverse = inverse_delta_jacobian(evaluator, rough.delta)
-    return (rough, inverse) if isinstance(inverse, LowRankInverse) else None
+    return logit_inverse_jacobian(log_shares, evaluator.product_mask)
 
 
 def raise_unconverged(result: FixedPointResult, market_labels: np.ndarray) -> None:
