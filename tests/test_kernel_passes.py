@@ -172,15 +172,15 @@ def dense_delta_jacobian(problem, reference) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fused", [False, True])
-@pytest.mark.parametrize("by_rows", [False, True])
-def test_theta_and_delta_jacobians_in_one_product(monkeypatch, fused, by_rows):
+@pytest.mark.parametrize("split", [False, True])
+def test_theta_and_delta_jacobians_in_one_product(monkeypatch, fused, split):
     """∂s/∂θ and ∂s/∂δ from one product per group of markets (two markets a group here, the
     last one short), with work arrays full of NaN, against the dense formulas; x̄ from the
-    probabilities or summed in the loop (by one product or one per characteristic)."""
+    probabilities or summed in the loop; the symmetric ∂s/∂δ in one product or two halves."""
     problem, nesting, reference, factors, positions, probabilities = _theta_jacobian_inputs(fused)
     per_market = reference.shape[1] * reference.shape[2]
     monkeypatch.setattr(jacobians, "NESTED_BLOCK_ENTRIES", 2 * per_market)
-    monkeypatch.setattr(jacobians, "MEANS_BY_ROWS_ENTRIES", 1 if by_rows else 10**9)
+    monkeypatch.setattr(jacobians, "SPLIT_WIDTH", 1 if split else 10**9)
     asked = buffers = _NaNBuffers()
     pieces, by_delta = theta_and_delta_jacobians(
         probabilities, problem.weights, nesting, problem.mask, problem.x2, factors, buffers

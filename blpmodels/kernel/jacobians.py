@@ -30,17 +30,18 @@ __all__ = [
 NESTED_BLOCK_ENTRIES = 131_072
 
 
-#: Entries of P ``[J, I]`` per market from which :func:`theta_and_delta_jacobians` sums x̄
-#: with one matrix-vector product per characteristic rather than one product for all
-#: (2026-12-07, one BLAS thread: exercise 2's 24 × 1,000 markets 0.56 against 1.15 ms; Nevo's
-#: 24 × 20, whole function, 0.74 against 0.70 ms).
-MEANS_BY_ROWS_ENTRIES = 4096
 #: Entries of P ``[J, I]`` per market from which the market chunks form ∂s/∂θ and ∂s/∂δ
 #: together (:func:`theta_and_delta_jacobians`) rather than one after the other. Measured
 #: 2026-12-07 (one BLAS thread, shared machine): exercise 2 (J·I = 24,000) one evaluation
 #: about 12% less CPU; Nevo (480, in cache either way) 0.70 ms both ways, and its fit a few
 #: percent slower (the x̄ pass moved out of the probabilities, more δ-solve steps by rounding).
 JOINT_ENTRIES = 4096
+#: Products per market from which :func:`theta_and_delta_jacobians` forms the symmetric
+#: ∂s/∂δ block in two products, the first half of A's rows against all rows and the second
+#: against the second half only, and copies the missing quarter from its transpose: a fifth
+#: fewer flops at J = 24 (2026-12-07, one BLAS thread, exercise 2's 94 markets of
+#: 24 × 1,000, the product alone: 3.0 against 3.4 ms). Few products gain less than the call.
+SPLIT_WIDTH = 16
 
 
 def _factored_delta_jacobian(
@@ -314,13 +315,16 @@ def theta_and_delta_jacobians(
     speed (it packs all of A for a few columns), becomes 2L more columns of the ``[J, J]``
     one. Without x̄ in the probabilities
     (:attr:`~blpmodels.kernel.shares.Probabilities.characteristic_means`) it is summed in
-    the same loop, first, while the group's A comes into cache. Measured 2026-12-07 on
+    the same loop as x̄ w r = (e X2)ᵀ (A w r²), from the scaled A just written (in cache),
+    and the g rows are scaled straight into the stacked rows. Measured 2026-12-07 on
     exercise 2 (T = 94, J = 24, I = 1,000, L = 3, one BLAS thread, CPU ms, best of 10 × 20,
     load average 2.6): the probabilities at δ with x̄, then :func:`theta_jacobian` and
-    :func:`share_jacobian`, 8.9; the probabilities without x̄, then this function, 7.0. The
-    results differ from those two functions' by rounding (A_ji (A_ki s_i) for
-    (A_ji s_i) A_ki, other summation orders). Other models (nested, unfactored) get the two
-    functions one after the other.
+    :func:`share_jacobian`, 8.9; the probabilities without x̄, then this function, 7.0; then
+    (same day, best of 30 × 10, alternating in one process) x̄ from the scaled A and no
+    ``[T, L, I]`` work arrays 6.4 → 6.2, and the symmetric block in two halves
+    (:data:`SPLIT_WIDTH`) 5.8. The results differ from those two functions' by rounding
+    (A_ji (A_ki s_i) for (A_ji s_i) A_ki, other summation orders). Other models (nested,
+    unfactored) get the two functions one after the other.
 
     Parameters
     ----------
@@ -352,47 +356,59 @@ def theta_and_delta_jacobians(
     if summed:
         mean_x = means[1]
     else:
-        # e_j X2_jk as rows [T, K2, J]: x̄ = r · (e X2)ᵀ A, a group at a time below. With
-        # large markets one matrix-vector product per characteristic: OpenBLAS's product with
-        # K2 rows packs the group's A first and took twice as long (exercise 2: 1.15 against
-        # 0.56 ms); with small ones (Nevo's 24 × 20) the calls per market cost more.
+        # e_j X2_jk as rows [T, K2, J]: x̄ w r = (e X2)ᵀ (A w r²), a group at a time below,
+        # one product for all K2 rows. From A in memory OpenBLAS's product packed the group's
+        # A first and took twice as long as one matrix-vector product per characteristic
+        # (exercise 2: 1.15 against 0.56 ms); from the scaled A, in cache, it is the faster
+        # (2026-12-07, one BLAS thread, 2 rows, CPU ms rows / one: 94 × 24 × 1,000 2.0 / 1.75,
+        # 40 × 48 × 3,000 5.8 / 5.0, 200 × 10 × 600 0.87 / 0.68, with the scaling pass).
         weighted_x = np.ascontiguousarray(
             np.swapaxes(exp_delta[:, :, None] * characteristics, 1, 2)
         )
-        mean_x = _buffer(buffers, "theta_means", (n_markets, characteristics.shape[2], n_agents))
-    by_rows = n_products * n_agents >= MEANS_BY_ROWS_ENTRIES
-    # g w r [T, L, I] for all markets (small); A's scale w r² likewise.
-    direct = _buffer(buffers, "theta_direct", (n_markets, size, n_agents))
-    np.concatenate(agent_factors, axis=1, out=direct)
-    direct *= weights[:, None, :]
-    direct *= ratio[:, None, :]
-    agent_scale = (weights * ratio * ratio)[:, None, :]
+    # w r and A's scale w r² [T, I]; g w r is written straight into each group's rows.
+    agent_weight = weights * ratio
+    agent_scale = agent_weight * ratio
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
     width = n_products + 2 * size
     blocks = _market_blocks(n_markets, n_products * n_agents)
     most = blocks[0].stop if blocks else 0
+    half = n_products // 2 if n_products >= SPLIT_WIDTH else 0
     work = _buffer(buffers, "theta_delta_rows", (most, width, n_agents))
     products = _buffer(buffers, "theta_delta_products", (n_markets, n_products, width))
+    if not summed:
+        means_work = _buffer(buffers, "theta_means", (most, characteristics.shape[2], n_agents))
     for block in blocks:
         count = block.stop - block.start
         factor = agent_factor[block]
         rows = work[:count]
+        scaled = np.multiply(factor, agent_scale[block, None, :], out=rows[:, :n_products])
         if not summed:
-            if by_rows:
-                for column in range(weighted_x.shape[1]):
-                    row = slice(column, column + 1)
-                    np.matmul(weighted_x[block, row], factor, out=mean_x[block, row])
-            else:
-                np.matmul(weighted_x[block], factor, out=mean_x[block])
-            mean_x[block] *= ratio[block, None, :]
-        np.multiply(factor, agent_scale[block], out=rows[:, :n_products])
-        rows[:, n_products : n_products + size] = direct[block]
-        for row, column in enumerate(columns):
-            np.multiply(
-                direct[block, row],
-                mean_x[block, column],
-                out=rows[:, n_products + size + row],
+            # x̄ w r = (e X2)ᵀ (A w r²): summed from the scaled A just written (in cache).
+            block_means = np.matmul(weighted_x[block], scaled, out=means_work[:count])
+        for column, factors in enumerate(agent_factors):
+            if not factors.shape[1]:
+                continue
+            low, high = n_products + offsets[column], n_products + offsets[column + 1]
+            direct = np.multiply(
+                factors[block], agent_weight[block, None, :], out=rows[:, low:high]
             )
-        np.matmul(factor, np.swapaxes(rows, 1, 2), out=products[block])
+            centered = rows[:, low + size : high + size]
+            if summed:
+                np.multiply(direct, mean_x[block, column, None, :], out=centered)
+            else:
+                np.multiply(factors[block], block_means[:, column, None, :], out=centered)
+        if half:
+            np.matmul(factor[:, :half], np.swapaxes(rows, 1, 2), out=products[block, :half])
+            np.matmul(
+                factor[:, half:],
+                np.swapaxes(rows[:, half:], 1, 2),
+                out=products[block, half:, half:],
+            )
+        else:
+            np.matmul(factor, np.swapaxes(rows, 1, 2), out=products[block])
+    if half:
+        # The lower left quarter of the symmetric A (w r²) Aᵀ from its upper right one.
+        products[:, half:, :half] = np.swapaxes(products[:, :half, half:n_products], 1, 2)
     by_delta = products[:, :, :n_products] * -(exp_delta[:, :, None] * exp_delta[:, None, :])
     index = np.arange(n_products)
     by_delta[:, index, index] += np.where(product_mask, probabilities.shares, 0.0)
