@@ -10,6 +10,8 @@ the data, the draws and θ) rather than trusting a solver's own residual.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from probes import independent_log_shares, probe_problem
@@ -17,6 +19,7 @@ from probes import independent_log_shares, probe_problem
 from blpmodels.kernel.delta import (
     inverse_delta_jacobian,
     logit_inverse_jacobian,
+    residual_norm,
     solve_delta,
     solve_delta_hybrid,
     solve_delta_newton,
@@ -182,3 +185,21 @@ def test_first_solve_of_exercise_2_takes_few_share_evaluations(exercise2, scale,
     assert contraction.converged.all()
     assert contraction.evaluations.mean() > most
     np.testing.assert_allclose(result.delta, contraction.delta, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.3])
+def test_residual_norm_is_the_largest_damped_residual_or_inf(rho):
+    # max_j (1 − ρ)|r_j| per market, and inf in a market with a ±inf or NaN residual, which
+    # no tolerance may accept (fails if a NaN is let through as NaN).
+    mask = np.ones((4, 3), dtype=bool)
+    mask[3, 2] = False
+    nesting = Nesting.from_codes(np.zeros((4, 3), dtype=int), 1, rho)
+    evaluator = ShareEvaluator(np.zeros((4, 3, 1)), np.ones((4, 1)), mask, nesting)
+    residual = np.array(
+        [[0.1, -0.5, 0.2], [np.nan, 0.0, 1.0], [0.0, -np.inf, 0.0], [0.3, -0.4, 0.0]]
+    )
+    expected = [
+        max(abs(value) * (1 - rho) for value in row) if all(map(math.isfinite, row)) else math.inf
+        for row in residual.tolist()
+    ]
+    np.testing.assert_array_equal(residual_norm(evaluator, residual), expected)

@@ -278,7 +278,7 @@ def test_newton_updates_low_rank_inverse_as_the_dense_broyden_update(monkeypatch
     assert fixed.evaluations.sum() > product.evaluations.sum()
 
 
-def _without_updates(self, residual, markets, update, last_step):
+def _without_updates(self, residual, markets, update, last_step, *rest, **options):
     """K₀ r: what the Newton steps were before Broyden's updates of Woodbury factors."""
     return apply_inverse(self.inverse, residual, markets)
 

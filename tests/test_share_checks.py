@@ -125,3 +125,31 @@ def test_the_agent_shift_bounds_every_utility_from_the_characteristics():
                     evaluator.agent_factor[t, mask[t], i], factor, rtol=1e-12
                 )
                 assert max(factor) <= 1 + 1e-12
+
+
+def test_each_nest_has_its_own_agent_shift_bounding_its_utilities():
+    # Nested: m_hi = Σ_k max(c_ik max_{j∈h} X_jk, c_ik min_{j∈h} X_jk) over the real products
+    # of nest h (0 for a nest without any), so (μ_ji − m_h(j)i)/(1 − ρ) ≤ 0 in every nest.
+    # Fails if a nest's extremes are taken over another nest's products.
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(3, 5, 3))
+    coefficients = rng.normal(size=(3, 4, 3))
+    codes = np.array([[0, 0, 1, 1, 2], [2, 1, 0, 1, 0], [0, 0, 0, 1, 1]])
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 1], [1, 1, 1, 0, 0]], dtype=bool)
+    nesting = Nesting.from_codes(codes, 3, np.array([0.0, 0.5, 0.8]))
+    evaluator = ShareEvaluator.from_coefficients(
+        x, coefficients, np.full((3, 4), 0.25), mask, nesting
+    )
+    for t in range(3):
+        for h in range(3):
+            members = x[t, mask[t] & (codes[t] == h)]
+            for i in range(4):
+                c = coefficients[t, i]
+                shift = math.fsum(
+                    max(c[k] * members[:, k].max(), c[k] * members[:, k].min())
+                    for k in range(3)
+                    if members.size
+                )
+                assert math.isclose(
+                    evaluator.agent_peak[t, h, i], shift, rel_tol=1e-13, abs_tol=1e-14
+                )

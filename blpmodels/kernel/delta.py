@@ -100,9 +100,14 @@ def log_outside(log_shares: np.ndarray, product_mask: np.ndarray) -> np.ndarray:
     Only a merit for judging steps: it loses relative precision when the outside share is
     below about 1e-12, where it is far from any observed outside share anyway.
     """
-    inside = np.where(product_mask, np.exp(log_shares), 0.0).sum(axis=1)
+    return _log_outside(np.where(product_mask, np.exp(log_shares), 0.0).sum(axis=1))
+
+
+def _log_outside(inside: np.ndarray) -> np.ndarray:
+    """``[T]`` log(1 − ``inside``) for the summed inside shares (−inf from 1 up)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.log1p(-np.minimum(inside, 1.0))
+        inside = np.minimum(inside, 1.0)
+        return np.log1p(np.negative(inside, out=inside), out=inside)
 
 
 def solve_delta(
@@ -278,11 +283,17 @@ def residual_norm(evaluator: ShareEvaluator, residual: np.ndarray) -> np.ndarray
     contraction's step, whose round-off floor is (1 − ρ) times smaller (utilities enter shares
     divided by 1 − ρ, so the residual cannot be resolved below about ε|δ|/(1 − ρ)).
     """
+    return _residual_norm(residual, evaluator.scale)
+
+
+def _residual_norm(residual: np.ndarray, scale: np.ndarray | None) -> np.ndarray:
+    """:func:`residual_norm` with the ``[T, J]`` damping ``scale`` (None: 1, unnested)."""
     if residual.shape[1] == 0:
         return np.zeros(residual.shape[0])
-    scaled = np.abs(residual * evaluator.scale)
-    norm = scaled.max(axis=1)
-    return np.where(np.isfinite(scaled).all(axis=1), norm, np.inf)
+    scaled = np.abs(residual) if scale is None else np.abs(residual * scale)
+    # max propagates NaN, and fmin turns it into inf (so does a row holding ±inf): one pass
+    # instead of a finiteness test over [T, J].
+    return np.fmin(scaled.max(axis=1), np.inf)
 
 
 def solve_delta_newton(
@@ -371,79 +382,182 @@ def solve_delta_newton(
     delta = np.where(mask, initial_delta, 0.0)
     converged = np.zeros(n_markets, dtype=bool)
     fallback = np.zeros(n_markets, dtype=bool)
-    active = np.ones(n_markets, dtype=bool)
     iterations = np.zeros(n_markets, dtype=np.int64)
-    last_norm = np.full(n_markets, np.inf)
-    last_delta = delta.copy()
-    observed_outside = log_outside(log_shares, mask)
-    tolerance = market_tolerance(log_shares, mask, tol)
     working = np.arange(n_markets)
     current = evaluator
+    # The state of the working markets, row k for market working[k]: the full arrays until
+    # the first subset, compact copies after it (written back to the full ones then and at the
+    # end), so that each iteration indexes nothing by market on the usual path.
+    limits = (log_outside(log_shares, mask), market_tolerance(log_shares, mask, tol))
+    state = _NewtonState(delta, log_shares, *limits, iterations, converged, fallback, backtracks)
     # Broyden's updates of K, in product form: the caller keeps its K for the next evaluation.
     product = _BroydenProduct(inverse_log_jacobian, delta.shape)
-    last_step = np.zeros_like(delta)
-    # The full step −K r whose fraction ``fraction`` was taken (``last_step``), and the cuts
-    # left, while backtracking (the full step is last_step itself without).
-    full_step = np.zeros_like(delta) if backtracks else last_step
-    fraction = np.ones(n_markets)
-    cuts = np.zeros(n_markets, dtype=np.int64)
-    stepped = np.zeros(n_markets, dtype=bool)
+    unit_scale = getattr(evaluator, "unit_scale", False)
     for _ in range(max_iterations + 1):
-        live = active[working]
-        if not live.any():
+        live = state.live
+        count = np.count_nonzero(live)
+        if not count:
             break
-        if live.mean() < 0.5:
-            current = current.subset(np.flatnonzero(live))
-            working = working[live]
-            live = np.ones(working.size, dtype=bool)
-        model = current.log_shares(delta[working])
+        if 2 * count < live.size:  # fewer than half live: drop the others
+            keep = np.flatnonzero(live)
+            state.write_back(working)
+            state = state.subset(keep)
+            product.subset(keep)
+            current = current.subset(keep)
+            working = working[keep]
+            live = state.live
+        model = current.log_shares(state.delta)
+        padded = getattr(current, "padded", True)
         with np.errstate(invalid="ignore"):
-            residual = np.where(current.product_mask, model - log_shares[working], 0.0)
-        norm = residual_norm(current, residual)
-        with np.errstate(invalid="ignore"):
-            outside_gap = np.abs(
-                log_outside(model, current.product_mask) - observed_outside[working]
-            )
-        merit = np.maximum(norm, outside_gap)
-        iterations[working[live]] += 1
-        done = live & (norm < tolerance[working])
+            residual = np.subtract(model, state.observed)
+            if padded:
+                residual = np.where(current.product_mask, residual, 0.0)
+            norm = _residual_norm(residual, None if unit_scale else current.scale)
+            inside = np.exp(model)
+            if padded:
+                inside = np.where(current.product_mask, inside, 0.0)
+            outside_gap = _log_outside(inside.sum(axis=1))
+            outside_gap -= state.observed_outside
+            merit = np.maximum(norm, np.abs(outside_gap, out=outside_gap))
+        state.iterations += live  # one share evaluation more in each live market
+        done = live & (norm < state.tolerance)
+        pending = live ^ done  # live & ~done, as done ⊆ live
         # A merit (share residual, outside share included) that grows or shrinks slowly means
         # K is too stale here: go back to the best δ so far and let the contraction finish.
         # The outside share catches steps that move every δ far up or down together, which
         # the inside residual barely sees when the observed outside share is small.
-        slow = live & ~done & ~(merit <= slowdown * last_norm[working])
-        within = iterations[working] <= max_iterations
-        # (Only a step can be cut: a start whose merit is not finite is given back at once.)
-        cut = slow & stepped[working] & (cuts[working] < backtracks) & within
-        slow &= ~cut
-        out_of_steps = live & ~done & ~slow & ~cut & ~within
-        step_on = live & ~done & ~slow & ~cut & ~out_of_steps
-        converged[working[done]] = True
-        delta[working[slow]] = last_delta[working[slow]]
-        fallback[working[slow | out_of_steps]] = True
-        active[working[done | slow | out_of_steps]] = False
-        if cut.any():
-            # Back along the step: same direction, a fraction of the length.
-            shorter = working[cut]
-            cuts[shorter] += 1
-            fraction[shorter] *= BACKTRACK_FACTOR
-            last_step[shorter] = fraction[shorter, None] * full_step[shorter]
-            delta[shorter] = last_delta[shorter] + last_step[shorter]
+        good = merit <= slowdown * state.last_norm
+        slow = pending & ~good
+        going = pending & good
+        within = state.iterations <= max_iterations
+        cut = None
+        if backtracks:
+            # (Only a step can be cut: a start whose merit is not finite is given back at once.)
+            cut = slow & state.stepped & (state.cuts < backtracks) & within
+            slow &= ~cut
+        out_of_steps = going & ~within
+        step_on = going & within
+        state.converged |= done
+        stopped = slow | out_of_steps
+        state.fallback |= stopped
+        if slow.any():
+            state.delta[slow] = state.last_delta[slow]
+        # What stays live: live less done, slow and out of steps (disjoint parts of it).
+        if cut is None:
+            np.copyto(live, step_on)
+        else:
+            np.logical_or(step_on, cut, out=live)
+        if cut is not None and cut.any():
+            state.cut_back(np.flatnonzero(cut))
         if step_on.any():
-            moving = working[step_on]
-            last_delta[moving] = delta[moving]
-            last_norm[moving] = merit[step_on]
-            extra = (full_step,) if backtracks else ()
-            step = product.step(residual[step_on], moving, stepped[moving], last_step, *extra)
-            delta[moving] -= step
-            last_step[moving] = -step
-            if backtracks:
-                full_step[moving] = -step
-                fraction[moving] = 1.0
-                cuts[moving] = 0
-            stepped[moving] = True
+            rows = slice(None) if step_on.all() else np.flatnonzero(step_on)
+            state.last_delta[rows] = state.delta[rows]
+            state.last_norm[rows] = merit[rows]
+            step = product.step(
+                residual[rows],
+                working[rows],
+                state.stepped[rows],
+                state.last_step,
+                state.full_step,
+                rows=rows,
+            )
+            state.take_step(rows, step)
+    state.write_back(working)
     fallback |= ~converged
     return FixedPointResult(delta, converged, iterations, iterations.copy()), fallback
+
+
+class _NewtonState:
+    """Per-market state of :func:`solve_delta_newton`, row k for the k-th working market.
+
+    Until the first subset the arrays are the solver's full ``[T]`` and ``[T, J]`` outputs
+    themselves; :meth:`subset` makes compact copies, and :meth:`write_back` stores them in the
+    full outputs (before each subset and at the end). Indexing ``[T, J]`` arrays by market at
+    every iteration, as the loop did, cost more than the arithmetic on them.
+    """
+
+    def __init__(
+        self,
+        delta: np.ndarray,
+        observed: np.ndarray,
+        observed_outside: np.ndarray,
+        tolerance: np.ndarray,
+        iterations: np.ndarray,
+        converged: np.ndarray,
+        fallback: np.ndarray,
+        backtracks: int,
+    ) -> None:
+        n_markets = delta.shape[0]
+        self.outputs = (delta, iterations, converged, fallback)
+        self.compact = False
+        self.delta, self.iterations = delta, iterations
+        self.converged, self.fallback = converged, fallback
+        self.observed, self.observed_outside, self.tolerance = observed, observed_outside, tolerance
+        self.live = np.ones(n_markets, dtype=bool)
+        self.last_norm = np.full(n_markets, np.inf)
+        self.last_delta = delta.copy()
+        self.last_step = np.zeros_like(delta)
+        # The full step −K r whose fraction ``fraction`` was taken (``last_step``), and the cuts
+        # made, while backtracking (the full step is last_step itself without).
+        self.full_step = np.zeros_like(delta) if backtracks else self.last_step
+        self.fraction = np.ones(n_markets)
+        self.cuts = np.zeros(n_markets, dtype=np.int64)
+        self.stepped = np.zeros(n_markets, dtype=bool)
+        self.backtracks = backtracks
+
+    _PER_MARKET = (
+        "delta",
+        "iterations",
+        "converged",
+        "fallback",
+        "observed",
+        "observed_outside",
+        "tolerance",
+        "live",
+        "last_norm",
+        "last_delta",
+        "last_step",
+        "fraction",
+        "cuts",
+        "stepped",
+    )
+
+    def subset(self, keep: np.ndarray) -> _NewtonState:
+        """The state of the markets at positions ``keep`` (compact copies)."""
+        new = object.__new__(_NewtonState)
+        new.__dict__.update(self.__dict__)
+        for name in self._PER_MARKET:
+            setattr(new, name, getattr(self, name)[keep])
+        new.full_step = self.full_step[keep] if self.backtracks else new.last_step
+        new.compact = True
+        return new
+
+    def write_back(self, working: np.ndarray) -> None:
+        """Store δ, the counts and the flags of the ``working`` markets in the full outputs."""
+        if not self.compact:
+            return
+        delta, iterations, converged, fallback = self.outputs
+        delta[working] = self.delta
+        iterations[working] = self.iterations
+        converged[working] = self.converged
+        fallback[working] = self.fallback
+
+    def cut_back(self, rows: np.ndarray) -> None:
+        """Back along the step of the markets at ``rows``: same direction, a fraction of it."""
+        self.cuts[rows] += 1
+        self.fraction[rows] *= BACKTRACK_FACTOR
+        self.last_step[rows] = self.fraction[rows, None] * self.full_step[rows]
+        self.delta[rows] = self.last_delta[rows] + self.last_step[rows]
+
+    def take_step(self, rows: np.ndarray | slice, step: np.ndarray) -> None:
+        """δ ← δ − ``step`` at ``rows`` (positions or a slice), remembered as the last step."""
+        self.delta[rows] -= step
+        self.last_step[rows] = -step
+        if self.backtracks:
+            self.full_step[rows] = -step
+            self.fraction[rows] = 1.0
+            self.cuts[rows] = 0
+        self.stepped[rows] = True
 
 
 class _BroydenProduct:
@@ -463,8 +577,8 @@ class _BroydenProduct:
     def __init__(self, inverse: np.ndarray | LowRankInverse, shape: tuple[int, int]) -> None:
         self.inverse = inverse
         self.shape = shape
-        #: One ``(w, s)`` pair of ``[T, J]`` arrays per round of updates, zero (the identity
-        #: factor) in markets not updated in that round.
+        #: One ``(w, s)`` pair of ``[n, J]`` arrays per round of updates, one row per working
+        #: market (:meth:`subset`), zero (the identity factor) in markets not updated then.
         self.factors: list[tuple[np.ndarray, np.ndarray]] = []
 
     def step(
@@ -474,17 +588,21 @@ class _BroydenProduct:
         update: np.ndarray,
         last_step: np.ndarray,
         full_step: np.ndarray | None = None,
+        rows: np.ndarray | slice | None = None,
     ) -> np.ndarray:
-        """``[n, J]`` K r for the ``markets`` (sorted positions) after updating K with the last
-        steps of those flagged in ``update`` (``last_step`` ``[T, J]``: δ_new − δ_old, a part
-        of the ``full_step`` −K r_old when the step was cut back, else the same array)."""
+        """``[n, J]`` K r for the ``markets`` (sorted positions among the T) after updating K
+        with the last steps of those flagged in ``update`` (``last_step``: δ_new − δ_old, a
+        part of the ``full_step`` −K r_old when the step was cut back, else the same array).
+        ``rows`` (positions or a slice; default ``markets``) are the markets' rows in
+        ``last_step``, ``full_step`` and the factors (see :meth:`subset`)."""
+        rows = markets if rows is None else rows
         mapped = _apply(self.inverse, residual, markets)
         for factor, direction in self.factors:
-            mapped += factor[markets] * (direction[markets] * mapped).sum(axis=1)[:, None]
+            mapped += factor[rows] * (direction[rows] * mapped).sum(axis=1)[:, None]
         if not update.any():
             return mapped
-        step = last_step[markets]
-        full = step if full_step is None or full_step is last_step else full_step[markets]
+        step = last_step[rows]
+        full = step if full_step is None or full_step is last_step else full_step[rows]
         changed = mapped + full  # K y
         denominator = (step * changed).sum(axis=1)
         size = np.sqrt((step * step).sum(axis=1) * (changed * changed).sum(axis=1))
@@ -494,16 +612,27 @@ class _BroydenProduct:
             usable = update & np.isfinite(denominator) & (np.abs(denominator) > 1e-8 * size)
             factor = -numerator / np.where(usable, denominator, 1.0)[:, None]
             usable &= np.isfinite(factor).all(axis=1)
+        if usable.all() and isinstance(rows, slice) and rows == slice(None):
+            # Every row updated (the usual case): the new factors need no scattering.
+            self.factors.append((factor, step.copy()))  # step is a view of last_step
+            mapped += factor * (step * mapped).sum(axis=1)[:, None]
+            return mapped
         if not usable.any():
             return mapped
         factors = np.zeros(self.shape)
         directions = np.zeros(self.shape)
-        factors[markets[usable]] = factor[usable]
-        directions[markets[usable]] = step[usable]
+        positions = np.arange(self.shape[0])[rows][usable]
+        factors[positions] = factor[usable]
+        directions[positions] = step[usable]
         self.factors.append((factors, directions))
         # (1 + w sᵀ) K r with K r = mapped.
         mapped[usable] += factor[usable] * (step[usable] * mapped[usable]).sum(axis=1)[:, None]
         return mapped
+
+    def subset(self, keep: np.ndarray) -> None:
+        """Keep the factors of the rows at positions ``keep`` only (the working markets)."""
+        self.factors = [(factor[keep], direction[keep]) for factor, direction in self.factors]
+        self.shape = (len(keep), self.shape[1])
 
 
 def _apply(

@@ -442,15 +442,16 @@ class ShareEvaluator:
             else (nesting.codes[:, None, :] == np.arange(nesting.n_nests)[None, :, None])
             & product_mask[:, None, :]
         )
+        # Extremes along a contiguous axis (over J in [T, J, K2]: 60 µs each on ex. 2; this 11)
+        by_column = np.swapaxes(x, 1, 2).copy()
         if self.single_nest and not self.padded:  # masking cost 0.2 ms an exercise-2 evaluation
-            high = x.max(axis=1, initial=-np.inf)[:, None, :]
-            low = x.min(axis=1, initial=np.inf)[:, None, :]
+            high = by_column.max(axis=2, initial=-np.inf)[:, None, :]
+            low = by_column.min(axis=2, initial=np.inf)[:, None, :]
         else:
-            masked = members[:, :, :, None]
-            high = np.where(masked, x[:, None, :, :], -np.inf).max(axis=2)
-            low = np.where(masked, x[:, None, :, :], np.inf).min(axis=2)
-        high = np.where(np.isfinite(high), high, 0.0)
-        low = np.where(np.isfinite(low), low, 0.0)
+            masked = members[:, :, None, :]
+            high = np.where(masked, by_column[:, None], -np.inf).max(axis=3)
+            low = np.where(masked, by_column[:, None], np.inf).min(axis=3)
+        high, low = (np.where(np.isfinite(bound), bound, 0.0) for bound in (high, low))
         # right = [c' ; −m] ``[T, K2 + H, I]``, agents on the contiguous axis, written in
         # place: concatenating ``[T, I, K2 + H]`` and transposing it cost two copies with a
         # tiny trailing axis (1 ms per exercise-2 evaluation).
