@@ -14,13 +14,11 @@ repeated with the same message (a worker lost mid-evaluation) gives the same res
 
 from __future__ import annotations
 
-import functools
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.linalg import lapack
 
 from blpmodels.data.parameters import NonlinearParameters
 from blpmodels.exceptions import BLPInputError
@@ -497,9 +495,14 @@ class MarketChunk:
         workspace: Workspace,
         by_delta: np.ndarray | None = None,
     ) -> np.ndarray:
-        """``[T, J, J]`` (∂s/∂δ)⁻¹ of all markets (identity in padding); of ``by_delta``
-        (∂s/∂δ, overwritten) if given. Unnested, ∂s/∂δ = diag(s) − P W Pᵀ is symmetric
-        positive definite: inverted by Cholesky (:func:`_symmetric_inverse`); nested, by LU."""
+        """``[T, J, J]`` (∂s/∂δ)⁻¹ of all markets at once (identity in padding), by LU; of
+        ``by_delta`` (∂s/∂δ, overwritten) if given.
+
+        numpy's batched LU releases the GIL. Cholesky market by market (LAPACK ``dpotrf`` and
+        ``dpotri`` through scipy, which hold it) took less CPU on exercise 2 (0.66 against
+        0.92 ms for the 94 markets) but slowed the default two market threads: the whole fit
+        took 113-158 ms wall against 108-122 ms with LU (eight alternating runs of five fits,
+        best of each, 2026-12-07)."""
         mask = self.mask
         if by_delta is None:
             by_delta = share_jacobian(
@@ -513,9 +516,7 @@ class MarketChunk:
             )
         index = np.arange(mask.shape[1])
         by_delta[:, index, index] += ~mask
-        if nesting.nested:
-            return np.linalg.inv(by_delta)
-        return _symmetric_inverse(by_delta)
+        return np.linalg.inv(by_delta)
 
     def _two_level_delta_jacobian(
         self,
@@ -674,50 +675,3 @@ class MarketChunk:
             return np.matmul(ownership * np.swapaxes(jacobian, 1, 2), eta[:, :, None])[:, :, 0]
 
         return directional_markup_derivative(system_times_eta, system, step)
-
-
-def _symmetric_inverse(matrices: np.ndarray) -> np.ndarray:
-    """``[T, J, J]`` inverses of symmetric positive definite matrices, market by market.
-
-    Cholesky (LAPACK ``dpotrf``, ``dpotri``) reads one triangle (the lower one of each
-    matrix; the two may differ by rounding) and gives a symmetric inverse. A market whose
-    matrix is not positive definite to working precision, or whose inverse is not finite,
-    is inverted by LU (``np.linalg.inv``) instead. Measured 2026-12-07 on exercise 2's ∂s/∂δ
-    (T = 94, J = 24, one BLAS thread, CPU ms): 0.63 against 0.89 for ``np.linalg.inv`` of
-    all markets at once (the per-market calls cost less than the LU factorisations saved).
-
-    Examples
-    --------
-    >>> matrices = np.array([[[2.0, 1.0], [1.0, 2.0]], [[1.0, 2.0], [2.0, 1.0]]])
-    >>> bool(np.allclose(_symmetric_inverse(matrices), np.linalg.inv(matrices)))
-    True
-    """
-    out = np.empty_like(matrices)
-    if not matrices.shape[1]:
-        return out
-    failed = []
-    potrf, potri = lapack.dpotrf, lapack.dpotri
-    for market, matrix in enumerate(matrices):
-        # matrix.T is Fortran-ordered without a copy: LAPACK's upper triangle is its lower one.
-        factor, info = potrf(matrix.T, lower=0, clean=0)
-        if info == 0:
-            inverse, info = potri(factor, lower=0, overwrite_c=1)
-        if info != 0:
-            failed.append(market)
-        else:
-            out[market] = inverse  # the upper triangle is the inverse's
-    rows, columns = _strict_lower(matrices.shape[1])
-    out[:, rows, columns] = out[:, columns, rows]
-    index = np.arange(matrices.shape[1])
-    failed = set(failed).union(np.flatnonzero(~np.isfinite(out[:, index, index]).all(axis=1)))
-    for market in sorted(failed):
-        out[market] = np.linalg.inv(matrices[market])
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def _strict_lower(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``np.tril_indices(size, -1)``, kept (0.1 ms a call, as much as a tenth of the inverse)."""
-    rows, columns = np.tril_indices(size, -1)
-    rows.flags.writeable = columns.flags.writeable = False
-    return rows, columns
