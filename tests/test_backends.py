@@ -534,3 +534,20 @@ def test_a_worker_process_killed_during_the_first_scatter_is_replaced():
     assert evaluation.objective == pytest.approx(expected.objective, rel=1e-12)
     np.testing.assert_allclose(evaluation.delta, expected.delta, rtol=0, atol=1e-12)
     assert recoveries >= 1
+
+
+@pytest.mark.parametrize(("threads", "sizes"), [(1, [100, 100, 100]), (2, [75, 75, 75, 75])])
+def test_threads_split_large_problems_into_cache_sized_chunks(threads, sizes):
+    """300 markets × 50 products × 200 agents is 3e6 agent-product values: three chunks of at
+    most 1.25e6 on one thread, rounded up to four equal ones on two (a multiple of the threads,
+    so each thread gets the same share). The objective is the one-chunk objective's."""
+    problem = simulate_scale(300, 50, 200, seed=0)
+    model = problem.model(threads=threads)
+    parameters = model.parameters(sigma=0.7)
+    objective = model.objective_function(parameters)
+    assert [len(markets) for markets in objective.chunks] == sizes
+    one_chunk = problem.model(threads=1, chunk_size=300).objective_function(parameters)
+    theta = parameters.theta0
+    assert objective.evaluate(theta).objective == pytest.approx(
+        one_chunk.evaluate(theta).objective, rel=1e-13
+    )

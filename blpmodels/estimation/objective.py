@@ -66,6 +66,16 @@ def check_fixed_point_options(fp_tol: Any, fp_max_evaluations: Any, fp_method: A
         raise BLPInputError(f"fp_method must be 'newton' or 'squarem', got {fp_method!r}")
 
 
+#: Agent-product values per chunk of the threads backend (about 10 MB per ``[T, J, I]`` work
+#: array). Per evaluation at the start of bench_scale.py's problem (T = 2,000 markets × 50
+#: products × 200 agents, two threads, median of six, 2026-12-07): 2 chunks of 1,000 markets
+#: (the 1e7-value default) 209 ms, 4 chunks 182, 8 chunks 178, 16 chunks (125 markets) 162,
+#: 34 chunks 175; T = 50 × 500 × 200: 2 chunks 42-44 ms, 4 chunks 39-40; exercise 2 (T = 94 ×
+#: 24 × 1,000) keeps its two chunks, each a thread's (four took 23 % longer: each chunk pays
+#: the δ solver's Python work again).
+THREAD_CHUNK_VALUES = 1_250_000
+
+
 def default_chunk_size(n_products: int, n_agents: int, budget: float = 1e7) -> int:
     """Markets per kernel call so that a chunk's ``[T, J, I]`` array holds ~``budget`` values."""
     return max(1, int(budget // max(1, n_products * n_agents)))
@@ -361,20 +371,23 @@ class NonlinearObjective:
         layout = self.design.layout
         values = layout.width * self.agents.layout.width
         size = default_chunk_size(layout.width, self.agents.layout.width)
-        if name == "threads" and self.threads > 1:
-            # At least one chunk per thread.
-            return min(size, -(-layout.n_markets // self.threads))
-        if name != "threads":
-            # Up to 16 equal chunks of at least 1e6 agent-product values each (smaller ones
-            # cost more than their arithmetic), whatever the workers, so the chunks, and so
-            # the numbers, do not depend on the cluster; a power of two of them, so they
-            # split evenly over 2, 4, 8 or 16 workers (3 chunks of exercise 2 took 52 and 42
-            # markets on two workers; 2 take 47 each).
-            count = 1
-            while count < 16 and layout.n_markets * values >= 2 * count * 1_000_000:
-                count *= 2
+        if name == "threads":
+            # Chunks of at most about THREAD_CHUNK_VALUES agent-product values, whose work
+            # arrays stay in cache between the passes of a share evaluation, in a multiple of
+            # the threads (at least one each), so that they split the markets evenly.
+            threads = max(1, self.threads)
+            count = -(-layout.n_markets * values // THREAD_CHUNK_VALUES)
+            count = max(threads, -(-count // threads) * threads)
             return min(size, -(-layout.n_markets // count))
-        return size
+        # Other backends: up to 16 equal chunks of at least 1e6 agent-product values each
+        # (smaller ones cost more than their arithmetic), whatever the workers, so the chunks,
+        # and so the numbers, do not depend on the cluster; a power of two of them, so they
+        # split evenly over 2, 4, 8 or 16 workers (3 chunks of exercise 2 took 52 and 42
+        # markets on two workers; 2 take 47 each).
+        count = 1
+        while count < 16 and layout.n_markets * values >= 2 * count * 1_000_000:
+            count *= 2
+        return min(size, -(-layout.n_markets // count))
 
     def _setup_price_terms(self) -> None:
         """Which X1 coefficients move into θ, and the price derivatives of X1 and X2.
