@@ -241,7 +241,8 @@ class NonlinearObjective:
         Market chunks evaluated in parallel threads (1: sequential); by default the available
         cores (up to 4) for large problems.
     chunk_size : int, optional
-        Markets per kernel call (bounds memory); by default about 1e7 values per chunk.
+        Markets per kernel call (bounds memory); by default about 1.25e6 agent-product values
+        per chunk with threads (:data:`THREAD_CHUNK_VALUES`), see :meth:`_default_chunk_size`.
     covariance : callable, optional
         ``covariance(Z, ξ) -> S`` with the fit's covariance type (default: robust), for the
         weighting-matrix update.
@@ -367,7 +368,8 @@ class NonlinearObjective:
         self._number = 0
 
     def _default_chunk_size(self, name: str) -> int:
-        """About 1e7 agent-product values per chunk, split further for threads or Dask."""
+        """Markets per chunk: at most about 1e7 agent-product values, split further for threads
+        (cache-sized chunks) or Dask (up to 16 equal chunks)."""
         layout = self.design.layout
         values = layout.width * self.agents.layout.width
         size = default_chunk_size(layout.width, self.agents.layout.width)
