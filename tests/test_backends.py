@@ -551,3 +551,34 @@ def test_threads_split_large_problems_into_cache_sized_chunks(threads, sizes):
     assert objective.evaluate(theta).objective == pytest.approx(
         one_chunk.evaluate(theta).objective, rel=1e-13
     )
+
+
+@pytest.mark.parametrize(
+    ("products", "agents", "nests", "expected"),
+    [
+        (100, 200, 0, 1),  # ∂s/∂δ inverted market by market: one thread
+        (50, 200, 0, 2),  # batched inverse: both cores
+        (100, 200, 2, 2),  # nested: batched inverse
+        (250, 200, 0, 2),  # few agents: Woodbury, not the loop
+    ],
+)
+def test_default_threads_avoid_the_by_market_inverse(
+    monkeypatch, products, agents, nests, expected
+):
+    """On two cores the threads backend takes one thread where the chunks would invert ∂s/∂δ
+    market by market (scipy's BLAS and LAPACK hold the GIL there), and two elsewhere."""
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    problem = simulate_scale(40, products, agents, nests=nests, seed=0)
+    model = problem.model() if not nests else _nested_model(problem)
+    objective = model.objective_function(model.parameters(**_start(nests)))
+    assert objective.threads == expected
+
+
+def _nested_model(problem):
+    return problem.model(nesting_ids="nesting_ids")
+
+
+def _start(nests):
+    return {"sigma": 0.7, "rho": 0.3} if nests else {"sigma": 0.7}

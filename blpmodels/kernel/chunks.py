@@ -35,7 +35,33 @@ from blpmodels.kernel.nests import TwoLevelNesting
 from blpmodels.kernel.shares import Nesting, Probabilities, ShareEvaluator
 from blpmodels.kernel.two_level_rcnl import TwoLevelShareEvaluator, two_level_delta_jacobian
 
-__all__ = ["ChunkResult", "ChunkState", "ChunkStep", "MarketChunk", "Workspace"]
+__all__ = [
+    "ChunkResult",
+    "ChunkState",
+    "ChunkStep",
+    "MarketChunk",
+    "Workspace",
+    "inverts_by_market",
+]
+
+
+def inverts_by_market(n_products: int, n_agents: int, nested: bool) -> bool:
+    """Whether a chunk inverts ∂s/∂δ market by market
+    (:func:`~blpmodels.kernel.symmetric_jacobians.delta_jacobian_inverse`): unnested markets
+    at least :data:`~blpmodels.kernel.symmetric_jacobians.INVERSE_LOOP_WIDTH` wide (padded
+    width) with more agents than Woodbury's crossover. That loop's scipy BLAS and LAPACK calls
+    hold the GIL, so chunks in parallel threads wait for each other there.
+
+    Examples
+    --------
+    >>> inverts_by_market(150, 200, nested=False), inverts_by_market(24, 1000, nested=False)
+    (True, False)
+    >>> inverts_by_market(500, 200, nested=False), inverts_by_market(150, 200, nested=True)
+    (False, False)
+    """
+    few_agents = n_agents <= woodbury.WOODBURY_CROSSOVER * n_products
+    wide = n_products >= symmetric_jacobians.INVERSE_LOOP_WIDTH
+    return wide and not (few_agents or nested)
 
 
 class Workspace:
