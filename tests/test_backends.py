@@ -571,14 +571,7 @@ def test_default_threads_avoid_the_by_market_inverse(
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     problem = simulate_scale(40, products, agents, nests=nests, seed=0)
-    model = problem.model() if not nests else _nested_model(problem)
-    objective = model.objective_function(model.parameters(**_start(nests)))
+    model = problem.model(nesting_ids="nesting_ids") if nests else problem.model()
+    start = {"sigma": 0.7, "rho": 0.3} if nests else {"sigma": 0.7}
+    objective = model.objective_function(model.parameters(**start))
     assert objective.threads == expected
-
-
-def _nested_model(problem):
-    return problem.model(nesting_ids="nesting_ids")
-
-
-def _start(nests):
-    return {"sigma": 0.7, "rho": 0.3} if nests else {"sigma": 0.7}

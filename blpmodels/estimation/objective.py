@@ -88,13 +88,13 @@ def default_chunk_size(n_products: int, n_agents: int, budget: float = 1e7) -> i
 
 
 def default_threads(
-    n_markets: int, n_products: int, n_agents: int, inverts_by_market: bool = False
+    n_markets: int, n_products: int, n_agents: int, by_market_inverse: bool = False
 ) -> int:
     """Threads for market chunks: the available cores (up to 4) when the arrays are large.
 
     Below about 2e5 agent-product values per evaluation, thread hand-offs cost more than the
     arithmetic they split. Where the chunks invert ∂s/∂δ market by market
-    (``inverts_by_market``, :func:`~blpmodels.kernel.chunks.inverts_by_market`), one thread:
+    (``by_market_inverse``, :func:`~blpmodels.kernel.chunks.inverts_by_market`), one thread:
     that loop's scipy BLAS and LAPACK calls hold the GIL, and two threads took longer per
     late evaluation than one (two cores, 2026-12-07, ms per evaluation, one thread / two):
     BLP's automobiles 12.1 / 14.0, with the supply side 22.6 / 27.0, simulated T = 50 × J =
@@ -104,13 +104,13 @@ def default_threads(
     --------
     >>> default_threads(10, 5, 100)  # 5,000 values: not worth a second thread
     1
-    >>> default_threads(20, 150, 200, inverts_by_market=True)
+    >>> default_threads(20, 150, 200, by_market_inverse=True)
     1
     """
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if n_markets < 2 or n_markets * n_products * n_agents < 2e5 or inverts_by_market:
+    if n_markets < 2 or n_markets * n_products * n_agents < 2e5 or by_market_inverse:
         return 1
     return max(1, min(4, cores or 1, n_markets))
 
