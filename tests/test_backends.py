@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from probes import independent_log_shares
 
+from blpmodels import BLPRandomCoefficients
 from blpmodels.backends import chunk_memory, chunk_size_for_memory, driver_memory, parse_memory
 from blpmodels.exceptions import BLPInputError
 from blpmodels.kernel.chunks import ChunkStep
@@ -553,25 +554,63 @@ def test_threads_split_large_problems_into_cache_sized_chunks(threads, sizes):
     )
 
 
+def _wide_objective(threads, supply=None, sigma=0.7):
+    """40 markets × 100 products × 200 agents: ∂s/∂δ is inverted market by market."""
+    problem = simulate_scale(40, 100, 200, seed=0)
+    if supply is None:
+        model = problem.model(threads=threads)
+    else:
+        products = problem.products.copy()
+        products["firm_ids"] = (products.groupby("market_ids").cumcount() % 8).astype(str)
+        model = BLPRandomCoefficients.from_formula(
+            problem.formula,
+            products,
+            random=problem.random,
+            agent_data=problem.agents,
+            supply="1 + cost_shifter",
+            supply_instruments="z0 + z1 + rivals_x + rivals_cost_shifter",
+            threads=threads,
+        )
+    parameters = model.parameters(sigma=sigma)
+    return model.objective_function(parameters), parameters
+
+
 @pytest.mark.parametrize(
-    ("products", "agents", "nests", "expected"),
+    ("supply", "sigma", "in_sequence"),
     [
-        (100, 200, 0, 1),  # ∂s/∂δ inverted market by market: one thread
-        (50, 200, 0, 2),  # batched inverse: both cores
-        (100, 200, 2, 2),  # nested: batched inverse
-        (250, 200, 0, 2),  # few agents: Woodbury, not the loop
+        (None, 0.7, True),  # ∂s/∂δ inverted by Cholesky market by market
+        ("symmetric", 0.2, True),  # and the markups factored market by market
+        # σ = 1 against a price coefficient of -1: some agents' demand slopes up, B is not
+        # negative definite, and the markups take the batched path (no GIL held there).
+        ("batched", 1.0, False),
     ],
 )
-def test_default_threads_avoid_the_by_market_inverse(
-    monkeypatch, products, agents, nests, expected
-):
-    """On two cores the threads backend takes one thread where the chunks would invert ∂s/∂δ
-    market by market (scipy's BLAS and LAPACK hold the GIL there), and two elsewhere."""
-    import os
+def test_chunks_that_hold_the_gil_run_in_sequence(supply, sigma, in_sequence):
+    """With two threads, chunks whose Jacobians were formed by scipy's BLAS and LAPACK market
+    by market (which hold the GIL) run one after another from the next evaluation on, and
+    give the numbers the parallel run gives."""
+    objective, parameters = _wide_objective(2, supply, sigma)
+    assert objective.threads == 2 and len(objective.chunks) == 2
+    # With a supply side θ ends with the price coefficient of X1 (the simulation's is -1).
+    moved = objective.n_theta - parameters.theta0.size
+    theta = np.concatenate([parameters.theta0, np.full(moved, -1.0)])
+    objective.evaluate(theta)
+    assert objective.backend.in_sequence is in_sequence
+    second = objective.evaluate(theta * 1.01)
+    reference, _ = _wide_objective(2, supply, sigma)
+    reference.evaluate(theta)
+    reference.backend.in_sequence = not in_sequence  # the other schedule, same chunks
+    other = reference.evaluate(theta * 1.01)
+    assert second.objective == other.objective
+    np.testing.assert_array_equal(second.gradient, other.gradient)
 
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    problem = simulate_scale(40, products, agents, nests=nests, seed=0)
-    model = problem.model(nesting_ids="nesting_ids") if nests else problem.model()
-    start = {"sigma": 0.7, "rho": 0.3} if nests else {"sigma": 0.7}
-    objective = model.objective_function(model.parameters(**start))
-    assert objective.threads == expected
+
+def test_chunks_of_narrow_markets_run_in_parallel():
+    """Markets narrower than INVERSE_LOOP_WIDTH invert ∂s/∂δ in batched products (numpy
+    releases the GIL): the chunks keep running in parallel threads."""
+    problem = simulate_scale(40, 50, 200, seed=0)
+    model = problem.model(threads=2)
+    parameters = model.parameters(sigma=0.7)
+    objective = model.objective_function(parameters)
+    objective.evaluate(parameters.theta0)
+    assert len(objective.chunks) == 2 and objective.backend.in_sequence is False

@@ -27,13 +27,7 @@ from blpmodels.estimation.gmm import inverse_weight_matrix
 from blpmodels.estimation.micro import MicroBlock, MicroEvaluation
 from blpmodels.estimation.moments import ProductBlock, StackedGMM
 from blpmodels.exceptions import BLPInputError
-from blpmodels.kernel.chunks import (
-    ChunkResult,
-    ChunkState,
-    ChunkStep,
-    MarketChunk,
-    inverts_by_market,
-)
+from blpmodels.kernel.chunks import ChunkResult, ChunkState, ChunkStep, MarketChunk
 from blpmodels.kernel.markups import firm_indicator
 from blpmodels.kernel.micro_probabilities import MicroProbabilities
 
@@ -87,30 +81,16 @@ def default_chunk_size(n_products: int, n_agents: int, budget: float = 1e7) -> i
     return max(1, int(budget // max(1, n_products * n_agents)))
 
 
-def default_threads(
-    n_markets: int, n_products: int, n_agents: int, by_market_inverse: bool = False
-) -> int:
+def default_threads(n_markets: int, n_products: int, n_agents: int) -> int:
     """Threads for market chunks: the available cores (up to 4) when the arrays are large.
 
     Below about 2e5 agent-product values per evaluation, thread hand-offs cost more than the
-    arithmetic they split. Where the chunks invert ∂s/∂δ market by market
-    (``by_market_inverse``, :func:`~blpmodels.kernel.chunks.inverts_by_market`), one thread:
-    that loop's scipy BLAS and LAPACK calls hold the GIL, and two threads took longer per
-    late evaluation than one (two cores, 2026-12-07, ms per evaluation, one thread / two):
-    BLP's automobiles 12.1 / 14.0, with the supply side 22.6 / 27.0, simulated T = 50 × J =
-    100 × I = 200 17.7 / 19.5, J = 150 38.2 / 44.1; at T = 200, J = 150 141.8 / 135.6.
-
-    Examples
-    --------
-    >>> default_threads(10, 5, 100)  # 5,000 values: not worth a second thread
-    1
-    >>> default_threads(20, 150, 200, by_market_inverse=True)
-    1
+    arithmetic they split.
     """
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if n_markets < 2 or n_markets * n_products * n_agents < 2e5 or by_market_inverse:
+    if n_markets < 2 or n_markets * n_products * n_agents < 2e5:
         return 1
     return max(1, min(4, cores or 1, n_markets))
 
@@ -354,14 +334,7 @@ class NonlinearObjective:
         name = self.backend if isinstance(self.backend, str) else self.backend.name
         if self.threads is None:
             self.threads = (
-                default_threads(
-                    layout.n_markets,
-                    layout.width,
-                    self.agents.layout.width,
-                    inverts_by_market(
-                        layout.width, self.agents.layout.width, self.parameters.has_rho
-                    ),
-                )
+                default_threads(layout.n_markets, layout.width, self.agents.layout.width)
                 if name == "threads"
                 else 1
             )

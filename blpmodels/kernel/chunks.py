@@ -35,33 +35,7 @@ from blpmodels.kernel.nests import TwoLevelNesting
 from blpmodels.kernel.shares import Nesting, Probabilities, ShareEvaluator
 from blpmodels.kernel.two_level_rcnl import TwoLevelShareEvaluator, two_level_delta_jacobian
 
-__all__ = [
-    "ChunkResult",
-    "ChunkState",
-    "ChunkStep",
-    "MarketChunk",
-    "Workspace",
-    "inverts_by_market",
-]
-
-
-def inverts_by_market(n_products: int, n_agents: int, nested: bool) -> bool:
-    """Whether a chunk inverts ∂s/∂δ market by market
-    (:func:`~blpmodels.kernel.symmetric_jacobians.delta_jacobian_inverse`): unnested markets
-    at least :data:`~blpmodels.kernel.symmetric_jacobians.INVERSE_LOOP_WIDTH` wide (padded
-    width) with more agents than Woodbury's crossover. That loop's scipy BLAS and LAPACK calls
-    hold the GIL, so chunks in parallel threads wait for each other there.
-
-    Examples
-    --------
-    >>> inverts_by_market(150, 200, nested=False), inverts_by_market(24, 1000, nested=False)
-    (True, False)
-    >>> inverts_by_market(500, 200, nested=False), inverts_by_market(150, 200, nested=True)
-    (False, False)
-    """
-    few_agents = n_agents <= woodbury.WOODBURY_CROSSOVER * n_products
-    wide = n_products >= symmetric_jacobians.INVERSE_LOOP_WIDTH
-    return wide and not (few_agents or nested)
+__all__ = ["ChunkResult", "ChunkState", "ChunkStep", "MarketChunk", "Workspace"]
 
 
 class Workspace:
@@ -142,6 +116,14 @@ class ChunkResult:
     jacobian: np.ndarray | None = None
     eta: np.ndarray | None = None
     eta_jacobian: np.ndarray | None = None
+    #: Whether the step formed its Jacobians market by market with scipy's BLAS and LAPACK,
+    #: which hold the GIL: ∂s/∂δ inverted by Cholesky per market
+    #: (:func:`~blpmodels.kernel.symmetric_jacobians.delta_jacobian_inverse`) and, with a
+    #: supply side, the markups factored per market too
+    #: (:func:`~blpmodels.kernel.symmetric_jacobians.cholesky_markups`). Chunks with this flag
+    #: gain nothing from parallel threads
+    #: (:class:`~blpmodels.backends.threads.ThreadsBackend`).
+    by_market: bool = False
 
 
 @dataclass(eq=False)
@@ -188,6 +170,7 @@ class MarketChunk:
         self.accepted = ChunkState(self.logit_delta.copy())
         self.latest = -1
         self._gave_way = False
+        self._inverted_by_market = False  # the last step's (see ChunkResult.by_market)
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -248,6 +231,7 @@ class MarketChunk:
 
     def _step(self, step: ChunkStep, workspace: Workspace | None) -> ChunkResult:
         self._update_state(step)
+        self._inverted_by_market = False  # set by _delta_jacobian
         workspace = Workspace() if workspace is None else workspace
         theta = np.asarray(step.theta, dtype=np.float64)
         initial = self.starting_delta(theta)
@@ -273,8 +257,14 @@ class MarketChunk:
                 inverse = self._delta_jacobian(
                     theta_rc, coefficients, nesting, probabilities, solved.delta, result, workspace
                 )
+            markups_by_market = False
             if self.supply is not None:
-                self._markups(theta, coefficients, nesting, probabilities, solved.delta, result)
+                markups_by_market = self._markups(
+                    theta, coefficients, nesting, probabilities, solved.delta, result
+                )
+            result.by_market = self._inverted_by_market and (
+                self.supply is None or markups_by_market
+            )
         if inverse is not None:
             self._keep_one_inverse()
         elif step.gradient:
@@ -474,6 +464,7 @@ class MarketChunk:
         if mask.shape[1] >= symmetric_jacobians.INVERSE_LOOP_WIDTH and not nesting.nested:
             # Wide markets: ∂s/∂δ by symmetric rank updates and Cholesky, market by market.
             inverse = symmetric_jacobians.delta_jacobian_inverse(probabilities, self.weights, mask)
+            self._inverted_by_market = inverse is not None
         if inverse is None:
             inverse = self._dense_delta_inverse(nesting, probabilities, workspace, by_delta)
         result.jacobian[...] = -np.matmul(inverse, by_theta)
@@ -589,8 +580,9 @@ class MarketChunk:
         probabilities: Any,
         delta: np.ndarray,
         result: ChunkResult,
-    ) -> None:
-        """Markups η and (with the gradient) ∂η/∂θ into ``result``."""
+    ) -> bool:
+        """Markups η and (with the gradient) ∂η/∂θ into ``result``; whether B was factored
+        market by market (:meth:`_symmetric_markups`)."""
         supply = self.supply
         ownership = supply["ownership"]
         derivative = None  # the [T, J, I] D, formed only off the symmetric path
@@ -605,7 +597,7 @@ class MarketChunk:
             eta, system = factored
         result.eta[...] = eta
         if result.jacobian is None or not self.n_theta:
-            return
+            return factored is not None
         if not self.parameters.has_rho:
             # The symmetric path forms P from the factors its system holds, market by market.
             symmetric = factored is not None and factored[1].probability_factors is not None
@@ -622,11 +614,12 @@ class MarketChunk:
                 *self._markup_directions(coefficients),
                 firms=supply["firms"],
             )
-            return
+            return factored is not None
         for position in range(self.n_theta):
             result.eta_jacobian[:, :, position] = self._nested_markup_derivative(
                 theta, delta, result.jacobian[:, :, position], position, eta, system
             )
+        return factored is not None
 
     def _symmetric_markups(
         self, theta: np.ndarray, coefficients: np.ndarray, nesting: Nesting, probabilities: Any
