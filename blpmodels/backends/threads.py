@@ -24,7 +24,7 @@ class ThreadsBackend:
     other in parallel threads: after a gradient step in which every chunk did, the next steps
     run one chunk after another, until a gradient step in which one did not. The chunks and
     their numbers are the same either way; only the order in time changes. Per late
-    evaluation (two cores, 2026-12-07), two chunks in parallel threads took 1.16-1.19× one
+    evaluation (two cores, 2026-12-07), two chunks in parallel threads took 1.15-1.19× one
     thread's time on BLP's automobiles (with and without their supply side) and on simulated
     T = 50, J = 150, I = 200 markets; the same two chunks in sequence took 0.99-1.05×.
 
