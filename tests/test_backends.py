@@ -587,8 +587,8 @@ def _wide_objective(threads, supply=None, sigma=0.7):
 )
 def test_chunks_that_hold_the_gil_run_in_sequence(supply, sigma, in_sequence):
     """With two threads, chunks whose Jacobians were formed by scipy's BLAS and LAPACK market
-    by market (which hold the GIL) run one after another from the next evaluation on, and
-    give the numbers the parallel run gives."""
+    by market (which hold the GIL) run one after another from the next evaluation on, with
+    one pool thread's work arrays, and give the numbers the parallel run gives."""
     objective, parameters = _wide_objective(2, supply, sigma)
     assert objective.threads == 2 and len(objective.chunks) == 2
     # With a supply side θ ends with the price coefficient of X1 (the simulation's is -1).
@@ -597,6 +597,9 @@ def test_chunks_that_hold_the_gil_run_in_sequence(supply, sigma, in_sequence):
     objective.evaluate(theta)
     assert objective.backend.in_sequence is in_sequence
     second = objective.evaluate(theta * 1.01)
+    # In sequence the chunks borrow the work arrays of one of the pool's threads: no third
+    # workspace (memory_limit counts one per thread).
+    assert len(objective.backend._workspaces) == 2
     reference, _ = _wide_objective(2, supply, sigma)
     reference.evaluate(theta)
     reference.backend.in_sequence = not in_sequence  # the other schedule, same chunks

@@ -47,6 +47,7 @@ class ThreadsBackend:
         self.chunks: list[MarketChunk] = []
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
+        self._workspaces: list[Workspace] = []  # every thread's, in the order they were made
         #: Run the chunks one after another (the last gradient step's chunks were all
         #: ``by_market``).
         self.in_sequence = False
@@ -59,6 +60,7 @@ class ThreadsBackend:
         workspace = getattr(self._local, "workspace", None)
         if workspace is None:
             workspace = self._local.workspace = Workspace()
+            self._workspaces.append(workspace)
         return workspace
 
     def run(
@@ -73,14 +75,20 @@ class ThreadsBackend:
             return self.chunks[number].step(steps[number], self._workspace())
 
         numbers = range(len(self.chunks))
-        if self.threads > 1 and len(self.chunks) > 1 and not self.in_sequence:
+        if self.threads > 1 and len(self.chunks) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.threads)
-            futures = [self._pool.submit(one, number) for number in numbers]
-            # Every step ends before an error is raised: a step left running would change
-            # its chunk's state under the next evaluation.
-            wait(futures)
-            results = [future.result() for future in futures]
+            if self.in_sequence:
+                # In this thread, with the work arrays of one of the pool's threads (idle
+                # meanwhile): no workspace beyond the threads' own, which memory_limit counts.
+                workspace = self._workspaces[0] if self._workspaces else self._workspace()
+                results = [self.chunks[number].step(steps[number], workspace) for number in numbers]
+            else:
+                futures = [self._pool.submit(one, number) for number in numbers]
+                # Every step ends before an error is raised: a step left running would change
+                # its chunk's state under the next evaluation.
+                wait(futures)
+                results = [future.result() for future in futures]
         else:
             results = [one(number) for number in numbers]
         if steps and steps[0].gradient:
@@ -99,6 +107,7 @@ class ThreadsBackend:
         state = self.__dict__.copy()
         state["_pool"] = None
         state["_local"] = None
+        state["_workspaces"] = []
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
